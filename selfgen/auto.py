@@ -1,0 +1,55 @@
+"""``AutoPipeline.from_pretrained(path)``: the right selfgen pipeline class for a saved folder.
+
+diffusers' own ``DiffusionPipeline.from_pretrained`` looks ``_class_name`` up among diffusers'
+pipelines only; this reads ``model_index.json`` and looks it up among selfgen's.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from diffusers import DiffusionPipeline
+
+
+def _pipeline_classes() -> dict[str, type[DiffusionPipeline]]:
+    import selfgen
+
+    return {
+        name: value
+        for name in dir(selfgen)
+        if isinstance(value := getattr(selfgen, name), type) and issubclass(value, DiffusionPipeline)
+    }
+
+
+class AutoPipeline:
+    """Factory; not instantiable. ``AutoPipeline.from_pretrained(path_or_hub_id, **kwargs)``."""
+
+    def __init__(self) -> None:
+        raise TypeError("use AutoPipeline.from_pretrained(path)")
+
+    @classmethod
+    def pipeline_class(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> type[DiffusionPipeline]:
+        """The class named by the folder's ``model_index.json``."""
+        path = Path(pretrained_model_name_or_path)
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"{path} has no model_index.json: it is not a saved pipeline folder "
+                "(save one with pipe.save_pretrained(path))"
+            )
+        config = DiffusionPipeline.load_config(pretrained_model_name_or_path, **kwargs)
+        class_name = config.get("_class_name")
+        classes = _pipeline_classes()
+        if class_name not in classes:
+            raise ValueError(
+                f"model_index.json of {pretrained_model_name_or_path} names _class_name={class_name!r}, "
+                f"which is not a selfgen pipeline; known: {', '.join(sorted(classes))}"
+            )
+        return classes[class_name]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DiffusionPipeline:
+        load_config_keys = ("cache_dir", "local_files_only", "revision", "token")
+        config_kwargs = {key: kwargs[key] for key in load_config_keys if key in kwargs}
+        pipeline_class = cls.pipeline_class(pretrained_model_name_or_path, **config_kwargs)
+        return pipeline_class.from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -1,0 +1,178 @@
+"""The ``selfgen`` command line: ``list``, ``train``, ``generate``, ``eval``, ``demo``.
+
+    selfgen list
+    selfgen train ddpm --config configs/ddpm_digits.yaml --max_train_steps 200
+    selfgen train ddpm --config configs/ddpm_digits.yaml --data my_images/ --pretrained assets/ddpm-digits --lora_rank 8
+    selfgen generate ddpm --model assets/ddpm-digits --output outputs/samples --num_samples 16
+    selfgen eval ddpm --model assets/ddpm-digits --output outputs/eval
+    selfgen demo [--only ddpm]
+
+Methods are found by :func:`selfgen.train.registry.discover_methods`; ``--key value`` pairs after
+the known flags override the config (train) or are passed as options (generate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def default_assets_dir() -> Path:
+    """``$SELFGEN_ASSETS``, else the repository's ``assets/`` (editable installs), else ``./assets``."""
+    if os.environ.get("SELFGEN_ASSETS"):
+        return Path(os.environ["SELFGEN_ASSETS"])
+    import selfgen
+
+    repository_assets = Path(selfgen.__file__).resolve().parents[1] / "assets"
+    return repository_assets if repository_assets.is_dir() else Path("assets")
+
+
+def bundled_checkpoints(assets_dir: Path) -> list[tuple[str, str]]:
+    """``(folder name, pipeline class)`` of every saved pipeline under ``assets_dir``."""
+    found = []
+    for index_file in sorted(assets_dir.glob("*/model_index.json")):
+        found.append((index_file.parent.name, json.loads(index_file.read_text()).get("_class_name", "?")))
+    return found
+
+
+def _methods():
+    from selfgen.train.registry import discover_methods
+
+    return discover_methods()
+
+
+def _get_method(name: str):
+    methods = _methods()
+    if name not in methods:
+        raise SystemExit(f"selfgen: unknown method {name!r}; known: {', '.join(methods)}")
+    return methods[name]
+
+
+def command_list(args: argparse.Namespace) -> None:
+    methods = _methods()
+    print("methods:")
+    for method in methods.values():
+        print(f"  {method.name:<16} {method.summary}")
+    print(f"bundled checkpoints ({args.assets}):")
+    checkpoints = bundled_checkpoints(args.assets)
+    for folder, class_name in checkpoints:
+        print(f"  {folder:<24} {class_name}")
+    if not checkpoints:
+        print("  (none found; pass --assets DIR or set SELFGEN_ASSETS)")
+
+
+def command_train(args: argparse.Namespace, extra: list[str]) -> None:
+    from selfgen.train.config import load_config, parse_overrides
+
+    method = _get_method(args.method)
+    try:
+        overrides = parse_overrides(extra)
+        for key in ("pretrained", "data"):
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
+        config = load_config(method.config_class, args.config, overrides)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"selfgen train {method.name}: {error}") from error
+    result = method.train(config)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    print(f"trained {method.name} for {result.global_step} steps; final loss {result.final_loss:.4f}")
+    print(f"pipeline saved to {result.pipeline_dir}")
+
+
+def command_run_model(args: argparse.Namespace, extra: list[str]) -> None:
+    """``selfgen generate|eval <method> --model PATH --output DIR [--option value ...]``."""
+    from selfgen.train.config import bind_options, parse_overrides
+
+    method = _get_method(args.method)
+    function = method.generate if args.command == "generate" else method.evaluate
+    command = f"{args.command} {method.name}"
+    if function is None:
+        raise SystemExit(f"selfgen: method {method.name!r} has no {args.command} command")
+    try:
+        options = bind_options(function, parse_overrides(extra), reserved=("model_path", "output_dir"))
+    except ValueError as error:
+        raise SystemExit(f"selfgen {command}: {error}") from error
+    result = function(args.model, Path(args.output), **options)
+    printable = {key: value for key, value in result.items() if not isinstance(value, np.ndarray)}
+    print(json.dumps(printable, indent=2, default=str))
+
+
+def command_demo(args: argparse.Namespace) -> None:
+    methods = {name: method for name, method in _methods().items() if method.demo is not None}
+    if args.only is not None:
+        if args.only not in methods:
+            raise SystemExit(f"selfgen demo: no demo for {args.only!r}; methods with demos: {', '.join(methods)}")
+        methods = {args.only: methods[args.only]}
+    output_root = Path(args.output)
+    summary = {}
+    for name, method in methods.items():
+        asset_dir = args.assets / method.demo_asset
+        if not (asset_dir / "model_index.json").is_file():
+            print(f"[{name}] skipped: no bundled checkpoint at {asset_dir}")
+            continue
+        start = time.perf_counter()
+        metrics = method.demo(asset_dir, output_root / name)
+        seconds = time.perf_counter() - start
+        summary[name] = {"seconds": round(seconds, 2), "metrics": metrics}
+        print(f"[{name}] {asset_dir} -> {output_root / name} in {seconds:.1f} s")
+        print("  " + json.dumps(metrics, default=str))
+    output_root.mkdir(parents=True, exist_ok=True)
+    (output_root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"demo outputs in {output_root}/ (summary.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfgen", description="Self-improving generative models.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    assets_help = "folder of bundled checkpoints (default: $SELFGEN_ASSETS or the repository's assets/)"
+
+    listing = subparsers.add_parser("list", help="methods and bundled checkpoints")
+    listing.add_argument("--assets", type=Path, default=None, help=assets_help)
+
+    train = subparsers.add_parser(
+        "train", help="train a method; extra --key value pairs override the config",
+        epilog="any TrainingConfig or method config field can be overridden, e.g. --max_train_steps 200",
+    )
+    train.add_argument("method")
+    train.add_argument("--config", type=Path, default=None, help="YAML config (see configs/)")
+    train.add_argument("--pretrained", default=None, help="fine-tune from this saved pipeline folder")
+    train.add_argument("--data", default=None, help="your own data (folder or file; the method says which)")
+
+    for name, help_text in (("generate", "sample from a saved pipeline"), ("eval", "evaluate a saved pipeline")):
+        runner = subparsers.add_parser(name, help=f"{help_text}; extra --key value pairs are options")
+        runner.add_argument("method")
+        runner.add_argument("--model", required=True, help="saved pipeline folder")
+        runner.add_argument("--output", default=f"outputs/{name}", help="where to write results")
+
+    demo = subparsers.add_parser("demo", help="run every bundled checkpoint and write results to outputs/demo")
+    demo.add_argument("--only", default=None, help="run one method's demo")
+    demo.add_argument("--output", default="outputs/demo")
+    demo.add_argument("--assets", type=Path, default=None, help=assets_help)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command in ("list", "demo"):
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.assets = args.assets or default_assets_dir()
+        (command_list if args.command == "list" else command_demo)(args)
+    elif args.command == "train":
+        command_train(args, extra)
+    else:
+        command_run_model(args, extra)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
