@@ -1,10 +1,18 @@
 """selfgen: self-improving generative models on diffusers, transformers and accelerate.
 
 The package's parts live in top-level folders mapped into this namespace (``selfgen.models``,
-``selfgen.pipelines``, ``selfgen.train``, ``selfgen.data``, ``selfgen.eval``); this root re-exports
-the public classes, so ``from selfgen import XPipeline`` works and diffusers can load components
-saved as ``["selfgen", "ClassName"]`` in ``model_index.json``.
+``selfgen.pipelines``, ``selfgen.train``, ``selfgen.data``, ``selfgen.eval``). Every class defined
+in a ``selfgen.models`` or ``selfgen.pipelines`` module is also reachable from this root
+(``from selfgen import TSDiffPipeline``), which is how diffusers loads components saved as
+``["selfgen", "ClassName"]`` in ``model_index.json``. A method adds its files; nothing here changes.
 """
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterator
+from types import ModuleType
 
 __version__ = "0.1.0"
 
@@ -13,6 +21,28 @@ from selfgen.pipelines.pipeline_utils import SelfgenPipeline
 from selfgen.pipelines.unconditional import UnconditionalDiffusionPipeline
 
 from .auto import AutoPipeline
+
+EXPORTING_PACKAGES = ("selfgen.pipelines", "selfgen.models")
+
+
+def exporting_modules() -> Iterator[ModuleType]:
+    """Every module of the packages whose classes the root re-exports."""
+    for package_name in EXPORTING_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__):
+            yield importlib.import_module(f"{package_name}.{info.name}")
+
+
+def __getattr__(name: str):
+    """Find ``name`` among the classes defined in ``selfgen.models`` / ``selfgen.pipelines`` modules."""
+    if not name.startswith("_"):
+        for module in exporting_modules():
+            value = module.__dict__.get(name)
+            if isinstance(value, type) and value.__module__ == module.__name__:
+                globals()[name] = value
+                return value
+    raise AttributeError(f"module 'selfgen' has no attribute {name!r}")
+
 
 __all__ = [
     "ATTENTION_BACKENDS",

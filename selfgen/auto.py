@@ -13,12 +13,14 @@ from diffusers import DiffusionPipeline
 
 
 def _pipeline_classes() -> dict[str, type[DiffusionPipeline]]:
+    """Every ``DiffusionPipeline`` subclass defined in a ``selfgen.pipelines`` module."""
     import selfgen
 
     return {
         name: value
-        for name in dir(selfgen)
-        if isinstance(value := getattr(selfgen, name), type) and issubclass(value, DiffusionPipeline)
+        for module in selfgen.exporting_modules()
+        for name, value in vars(module).items()
+        if isinstance(value, type) and issubclass(value, DiffusionPipeline) and value.__module__ == module.__name__
     }
 
 
