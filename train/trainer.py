@@ -406,6 +406,8 @@ class Trainer:
         pipeline_dir = self.config.pipeline_dir
         if self.is_main_process:
             model = self.unwrapped_model
+            was_training = model.training
+            model.eval()  # exported pipelines run in eval mode; some CPU kernels differ between modes
             if self.ema is not None:
                 self.ema.store(model.parameters())
                 self.ema.copy_to(model.parameters())
@@ -413,6 +415,7 @@ class Trainer:
             save_atomically(lambda directory: self.export_fn(export_model, directory), pipeline_dir)
             if self.ema is not None:
                 self.ema.restore(model.parameters())
+            model.train(was_training)
             logger.info("exported pipeline to %s", pipeline_dir)
         accelerator.wait_for_everyone()
         return pipeline_dir

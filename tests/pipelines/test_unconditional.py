@@ -14,7 +14,7 @@ def pipe():
         sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16], layers_per_block=1,
         norm_num_groups=4, down_block_types=["DownBlock2D", "AttnDownBlock2D"],
         up_block_types=["AttnUpBlock2D", "UpBlock2D"],
-    )
+    ).eval()  # as from_pretrained returns it: train-mode CPU kernels round differently
     pipeline = UnconditionalDiffusionPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100))
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

@@ -46,6 +46,34 @@ def test_loss_falls_on_digits(tiny_ddpm_config):
     assert reloaded.unet.config.sample_size == 8
 
 
+def test_trained_export_reloads_and_samples_bit_for_bit(tiny_ddpm_config):
+    """Trainer -> export -> from_pretrained: the same images as the pipeline built in memory at export."""
+    config = tiny_ddpm_config(max_train_steps=5)
+    exported = {}
+
+    def export(model, directory):
+        exported["pipe"] = UnconditionalDiffusionPipeline(unet=model, scheduler=DDPMScheduler(num_train_timesteps=100))
+        exported["pipe"].save_pretrained(directory)
+
+    set_seed(config.seed)
+    trainer = Trainer(
+        ddpm.build_unet(config), ddpm.NoisePredictionObjective(DDPMScheduler(num_train_timesteps=100)),
+        DigitsDataset("train", resolution=8), config, export_fn=export,
+    )
+    result = trainer.train()
+
+    def sample(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(batch_size=4, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+
+    in_memory = exported["pipe"]
+    in_memory.unet.eval()
+    before = sample(in_memory)
+    after = sample(UnconditionalDiffusionPipeline.from_pretrained(result.pipeline_dir))
+    assert before.std() > 0
+    assert torch.equal(torch.from_numpy(before), torch.from_numpy(after))
+
+
 def test_bf16_autocast_trains(tiny_ddpm_config):
     result = ddpm.train(tiny_ddpm_config(mixed_precision="bf16", max_train_steps=30))
     losses = [record["loss"] for record in result.history]
@@ -154,3 +182,25 @@ def test_lora_finetune_exports_merged_weights(tiny_ddpm_config, tmp_path):
         )
         original = UnconditionalDiffusionPipeline.from_pretrained(base.pipeline_dir).unet
         assert not torch.allclose(exported(sample, timestep).sample, original(sample, timestep).sample)
+
+
+def test_user_image_folder_with_a_corrupt_file_is_skipped_and_counted(tiny_ddpm_config, tmp_path):
+    """`selfgen train ddpm --data FOLDER` path: on_error="skip" drops the bad file and the metrics say so."""
+    import numpy as np
+    from PIL import Image
+
+    from selfgen.data.images import ImageFolderDataset
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(20):
+        Image.fromarray(rng.integers(0, 255, (10, 10), dtype=np.uint8)).save(folder / f"{index:02d}.png")
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match="broken.png"):
+        ImageFolderDataset(folder, resolution=8, channels=1)
+    dataset = ImageFolderDataset(folder, resolution=8, channels=1, on_error="skip")
+    config = tiny_ddpm_config(max_train_steps=3, train_batch_size=4)
+    result = _trainer(config, dataset).train()
+    assert [record["num_skipped"] for record in result.history] == [1, 1, 1]
+    assert len(dataset) == 20
