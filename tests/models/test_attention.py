@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from selfgen.models.attention import (
@@ -105,3 +107,24 @@ def test_attention_module_backends_agree_and_switch():
 def test_attention_dim_must_divide_heads():
     with pytest.raises(ValueError, match="divisible by num_heads"):
         Attention(10, num_heads=3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    heads=st.integers(1, 4),
+    query_len=st.integers(1, 9),
+    key_len=st.integers(1, 9),
+    head_dim=st.sampled_from([4, 8, 16]),
+    use_mask=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_sdpa_matches_math_on_random_shapes(batch, heads, query_len, key_len, head_dim, use_mask, seed):
+    query, key, value = _qkv(batch, heads, query_len, key_len, head_dim, seed)
+    mask = None
+    if use_mask:
+        mask = torch.rand(batch, 1, query_len, key_len, generator=torch.Generator().manual_seed(seed)) > 0.5
+        mask[..., 0] = True
+    torch.testing.assert_close(
+        attention(query, key, value, attn_mask=mask, backend="sdpa"), math_attention(query, key, value, attn_mask=mask)
+    )
