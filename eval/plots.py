@@ -31,23 +31,33 @@ def save_image_grid(images: np.ndarray, path: str | Path, columns: int = 8, scal
     return path
 
 
-def save_metric_curves(history: Sequence[dict[str, float]], keys: Sequence[str], path: str | Path) -> Path:
-    """Plot ``keys`` of a list of per-step records (each with ``"step"``) against step."""
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (no display here or in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    return plt
+
+
+def save_figure(figure, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG (creating folders) and close it."""
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    pyplot().close(figure)
+    return path
+
+
+def save_metric_curves(history: Sequence[dict[str, float]], keys: Sequence[str], path: str | Path) -> Path:
+    """Plot ``keys`` of a list of per-step records (each with ``"step"``) against step."""
+    figure, axes = pyplot().subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for axis, key in zip(axes[0], keys):
         points = [(record["step"], record[key]) for record in history if key in record]
         if points:
             axis.plot(*zip(*points))
         axis.set_xlabel("step")
         axis.set_title(key)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -31,6 +31,16 @@ _DIFFUSERS_PROCESSORS = {"sdpa": AttnProcessor2_0, "math": AttnProcessor, "xform
 class SelfgenPipeline(DiffusionPipeline):
     """Base class of selfgen pipelines: a ``DiffusionPipeline`` with attention-backend switching."""
 
+    def register_modules(self, **kwargs) -> None:
+        """diffusers records a third-party component by its full module path
+        (``["selfgen.models.tsdiff", "TSDiffModel"]``); record it as ``["selfgen", "TSDiffModel"]``
+        instead, so saved folders survive moving a class between files. The root package resolves it."""
+        super().register_modules(**kwargs)
+        for name in kwargs:
+            entry = self.config.get(name)
+            if isinstance(entry, (list, tuple)) and entry[0] and entry[0].startswith("selfgen."):
+                self.register_to_config(**{name: ("selfgen", entry[1])})
+
     def set_attention_backend(self, backend: str) -> None:
         """Use ``backend`` (``"sdpa"``, ``"xformers"`` or ``"math"``) in every component's attention."""
         check_attention_backend(backend)

@@ -33,9 +33,24 @@ def exporting_modules() -> Iterator[ModuleType]:
             yield importlib.import_module(f"{package_name}.{info.name}")
 
 
+def _loader_base_class(name: str) -> type | None:
+    """diffusers checks a ``["selfgen", X]`` component against base classes it looks up on this
+    package (``selfgen.ModelMixin``, ``selfgen.PreTrainedModel``, ...): hand it diffusers' and
+    transformers' own."""
+    from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
+
+    for library in ("diffusers", "transformers"):
+        if name in LOADABLE_CLASSES[library]:
+            return getattr(importlib.import_module(library), name)
+    return None
+
+
 def __getattr__(name: str):
     """Find ``name`` among the classes defined in ``selfgen.models`` / ``selfgen.pipelines`` modules."""
     if not name.startswith("_"):
+        base_class = _loader_base_class(name)
+        if base_class is not None:
+            return base_class
         for module in exporting_modules():
             value = module.__dict__.get(name)
             if isinstance(value, type) and value.__module__ == module.__name__:
