@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -20,6 +22,7 @@ from diffusers import (
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.attention_processor import Attention as DiffusersAttention
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, XFormersAttnProcessor
+from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.attention import Attention, check_attention_backend
 
@@ -52,6 +55,53 @@ class SelfgenPipeline(DiffusionPipeline):
                     module.set_attention_backend(backend)
                 elif isinstance(module, DiffusersAttention):
                     module.set_processor(_DIFFUSERS_PROCESSORS[backend]())
+
+
+    def check_sampling_inputs(
+        self, batch_size: int, output_type: str, callback_on_step_end_tensor_inputs: tuple[str, ...]
+    ) -> None:
+        check_output_type(output_type)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        allowed = getattr(self, "_callback_tensor_inputs", ["latents"])
+        if set(callback_on_step_end_tensor_inputs) - set(allowed):
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be within {allowed}")
+
+    def prepare_latents(
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Starting noise ``x_T ~ N(0, I)`` of ``shape`` (or the given ``latents``), scaled for the scheduler."""
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
+        elif tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        return latents.to(self._execution_device) * self.scheduler.init_noise_sigma
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        num_inference_steps: int,
+        predict_noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+    ) -> torch.Tensor:
+        """The reverse process ``x_{t-1} = scheduler.step(predict_noise(scale(x_t), t), t, x_t)`` down to ``x_0``,
+        with a progress bar and ``callback_on_step_end(pipe, step_index, t, {"latents": x}) -> dict``."""
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = self.scheduler.scale_model_input(latents, timestep)
+            noise_pred = predict_noise(model_input, timestep)
+            latents = self.scheduler.step(noise_pred, timestep, latents, generator=generator).prev_sample
+            if callback_on_step_end is not None:
+                available = {"latents": latents}
+                tensors = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                latents = callback_on_step_end(self, step_index, timestep, tensors).get("latents", latents)
+        return latents
 
 
 def check_output_type(output_type: str, allowed: tuple[str, ...] = IMAGE_OUTPUT_TYPES) -> None:

@@ -10,9 +10,8 @@ from collections.abc import Callable
 
 import torch
 from diffusers import ImagePipelineOutput, SchedulerMixin, UNet2DModel
-from diffusers.utils.torch_utils import randn_tensor
 
-from .pipeline_utils import SelfgenPipeline, check_output_type, postprocess_images
+from .pipeline_utils import SelfgenPipeline, postprocess_images
 
 
 class UnconditionalDiffusionPipeline(SelfgenPipeline):
@@ -54,30 +53,18 @@ class UnconditionalDiffusionPipeline(SelfgenPipeline):
             callback_on_step_end: ``fn(pipe, step_index, timestep, tensors) -> dict`` after each step;
                 may replace ``latents`` by returning it.
         """
-        check_output_type(output_type)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be within {self._callback_tensor_inputs}")
+        self.check_sampling_inputs(batch_size, output_type, callback_on_step_end_tensor_inputs)
         config = self.unet.config
         shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents * self.scheduler.init_noise_sigma
-
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(latents, timestep)
-            noise_pred = self.unet(model_input, timestep).sample
-            latents = self.scheduler.step(noise_pred, timestep, latents, generator=generator).prev_sample
-            if callback_on_step_end is not None:
-                available = {"latents": latents}
-                tensors = {name: available[name] for name in callback_on_step_end_tensor_inputs}
-                latents = callback_on_step_end(self, step_index, timestep, tensors).get("latents", latents)
-
+        latents = self.prepare_latents(shape, self.unet.dtype, generator, latents)
+        latents = self.denoise(
+            latents,
+            num_inference_steps,
+            lambda model_input, timestep: self.unet(model_input, timestep).sample,
+            generator,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
         images = postprocess_images(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

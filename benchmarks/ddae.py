@@ -1,0 +1,94 @@
+"""DDAE++ training-step speed: self-conditioning overhead, bf16 autocast, and ours vs diffusers' DiT.
+
+    OMP_NUM_THREADS=1 python benchmarks/ddae.py [--batch 64] [--patch 4] [--repeats 5]
+
+Times one forward + backward (+ AdamW step) of the bundled-checkpoint size (16x16x1, hidden 96, depth 6,
+4 heads) on the same batch for: our DiT with and without self-conditioning, in fp32 and bf16 autocast,
+and ``diffusers.DiTTransformer2DModel`` with the same width, depth, heads and patch (adaLN-Zero with a
+single dummy class, as that class requires labels). Variants are interleaved and the median of
+``repeats`` rounds is reported, so background load affects all of them alike. Prints steps/s and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from diffusers import DiTTransformer2DModel
+
+from selfgen.models.ddae import DDAETransformer2DModel
+
+SIZE = dict(hidden_size=96, depth=6, num_heads=4)
+
+
+def ours(self_conditioning: bool, patch: int) -> tuple[torch.nn.Module, Callable]:
+    model = DDAETransformer2DModel(sample_size=16, patch_size=patch, self_conditioning=self_conditioning, **SIZE)
+    return model, lambda x, t: model(x, t).sample
+
+
+def diffusers_dit(patch: int) -> tuple[torch.nn.Module, Callable]:
+    model = DiTTransformer2DModel(
+        num_attention_heads=SIZE["num_heads"],
+        attention_head_dim=SIZE["hidden_size"] // SIZE["num_heads"],
+        in_channels=1,
+        out_channels=1,
+        num_layers=SIZE["depth"],
+        sample_size=16,
+        patch_size=patch,
+        num_embeds_ada_norm=1,
+    )
+    return model, lambda x, t: model(x, timestep=t, class_labels=torch.zeros_like(t)).sample
+
+
+def step_time(model: torch.nn.Module, forward: Callable, batch: int, bf16: bool, iterations: int = 3) -> float:
+    """Seconds per forward + backward + optimizer step (after one warm-up step)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    sample, timesteps = torch.randn(batch, 1, 16, 16), torch.randint(0, 1000, (batch,))
+    elapsed = []
+    for index in range(iterations + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = forward(sample, timesteps).float().square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if index:
+            elapsed.append(time.perf_counter() - start)
+    return sum(elapsed) / len(elapsed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--patch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    variants = {
+        "ours, self-conditioned": ours(True, args.patch),
+        "ours, plain (ablation)": ours(False, args.patch),
+        "diffusers DiTTransformer2DModel": diffusers_dit(args.patch),
+    }
+    timings: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for name, (model, forward) in variants.items():
+            for bf16 in (False, True):
+                key = f"{name} [{'bf16' if bf16 else 'fp32'}]"
+                timings.setdefault(key, []).append(step_time(model, forward, args.batch, bf16))
+    median = {key: statistics.median(values) for key, values in timings.items()}
+    reference = median["ours, plain (ablation) [fp32]"]
+    print(f"batch {args.batch}, 16x16x1, patch {args.patch}, hidden 96, depth 6, {torch.get_num_threads()} thread(s)")
+    print(f"{'variant':48s} {'params':>9s} {'steps/s':>8s} {'time vs ours-plain-fp32':>24s}")
+    for key, seconds in median.items():
+        params = sum(p.numel() for p in variants[key.rsplit(' [', 1)[0]][0].parameters())
+        print(f"{key:48s} {params:9d} {1 / seconds:8.2f} {seconds / reference:24.3f}")
+    for precision in ("fp32", "bf16"):
+        overhead = median[f"ours, self-conditioned [{precision}]"] / median[f"ours, plain (ablation) [{precision}]"] - 1
+        print(f"self-conditioning overhead ({precision}): {100 * overhead:+.1f}%")
+
+
+if __name__ == "__main__":
+    main()

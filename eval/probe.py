@@ -1,0 +1,238 @@
+"""Judges for DDAE++: linear probes of a diffusion model's features and a classifier Frechet distance.
+
+* :func:`linear_probe`: standardise features (mean/std of the training split), fit multinomial
+  logistic regression on the training split, report top-1 accuracy on the held-out split.
+* :func:`probe_sweep`: that probe for every (timestep, layer) pair of a pipeline's features; works on
+  :class:`~selfgen.pipelines.ddae.DDAEPipeline` (pooled DiT blocks) and on the DDPM baseline
+  (``UNet2DModel``: spatially pooled outputs of its down, mid and up blocks, numbered in that order).
+* :class:`DigitsClassifier`: a small CNN trained by :func:`train_digits_classifier` on the digits train
+  split only (it shares no weights with any generator). Its penultimate 64-d activations are the feature
+  space of :func:`generation_metrics`' Frechet distance ``||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^{1/2})``
+  between samples and the real test split: an FID with a digits network in place of Inception.
+  ``python -m selfgen.eval.probe assets/digits-classifier`` rebuilds the bundled judge.
+* Inception FID, only from weights the user supplies (torchvision ``inception_v3`` state dict).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from ..data.digits import load_digits_arrays
+from .digits import DigitsJudge, frechet_distance
+
+BUNDLED_CLASSIFIER = Path(__file__).resolve().parents[1] / "assets" / "digits-classifier" / "model.safetensors"
+DEFAULT_TIMESTEPS = (0, 25, 50, 100, 200, 400)
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """Top-1 test accuracy of logistic regression on standardised features."""
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise ValueError("features and labels must have the same length for both splits")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    probe.fit(np.asarray(train_x, dtype=np.float64), train_y)
+    return float(probe.score(np.asarray(test_x, dtype=np.float64), test_y))
+
+
+def denoiser(pipe) -> nn.Module:
+    """The pipeline's noise-prediction network (``transformer`` for DDAE++, ``unet`` for DDPM)."""
+    return pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
+
+
+def pipeline_resolution(pipe) -> int:
+    return denoiser(pipe).config.sample_size
+
+
+def unet_block_outputs(unet, noisy: torch.Tensor, timestep: int, layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """Spatially pooled outputs of a ``UNet2DModel``'s blocks (down..., mid, up..., 1-based) via forward hooks."""
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    if not layers or not all(1 <= layer <= len(blocks) for layer in layers):
+        raise ValueError(f"UNet layers must each be in [1, {len(blocks)}], got {list(layers)}")
+    pooled: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int):
+        def hook(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            pooled[layer] = hidden.float().mean(dim=(2, 3))
+
+        return hook
+
+    handles = [blocks[layer - 1].register_forward_hook(keep(layer)) for layer in layers]
+    try:
+        unet(noisy, timestep)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return pooled
+
+
+@torch.no_grad()
+def feature_sets(pipe, images: torch.Tensor, timesteps, layers, batch_size: int = 256) -> dict[tuple, torch.Tensor]:
+    """``{(t, l): (N, D)}`` for a DDAE++ pipeline (its own extractor) or a UNet pipeline (block hooks)."""
+    if hasattr(pipe, "extract_feature_sets"):
+        return pipe.extract_feature_sets(images, timesteps, layers, batch_size=batch_size)
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    features = {}
+    for step in timesteps:
+        noisy = pipe.scheduler.add_noise(images, noise, torch.tensor([step]))
+        chunks = [
+            unet_block_outputs(pipe.unet, noisy[start : start + batch_size], step, tuple(layers))
+            for start in range(0, len(noisy), batch_size)
+        ]
+        for layer in layers:
+            features[(step, layer)] = torch.cat([chunk[layer] for chunk in chunks])
+    return features
+
+
+def probe_sweep(pipe, train, test, timesteps=None, layers=None) -> dict:
+    """Linear-probe accuracy for every (timestep, layer); ``train``/``test`` are ``(images in [-1, 1], labels)``.
+
+    Defaults: :data:`DEFAULT_TIMESTEPS` and every block. Returns ``{"accuracy": {"t=..,layer=..": acc},
+    "best": {...}, "default": {...}}`` where ``default`` is the pipeline's own ``extract_features`` setting."""
+    model = denoiser(pipe)
+    num_layers = model.config.depth if hasattr(model.config, "depth") else 2 * len(model.down_blocks) + 1
+    timesteps = list(timesteps or DEFAULT_TIMESTEPS)
+    layers = list(layers or range(1, num_layers + 1))
+    train_sets = feature_sets(pipe, train[0], timesteps, layers)
+    test_sets = feature_sets(pipe, test[0], timesteps, layers)
+    accuracy = {
+        key: linear_probe(train_sets[key].numpy(), train[1].numpy(), test_sets[key].numpy(), test[1].numpy())
+        for key in train_sets
+    }
+    best = max(accuracy, key=accuracy.get)
+    result = {
+        "accuracy": {f"t={t},layer={l}": value for (t, l), value in accuracy.items()},
+        "best": {"timestep": best[0], "layer": best[1], "accuracy": accuracy[best]},
+    }
+    if hasattr(pipe, "extract_features"):
+        step, layer = model.config.feature_timestep, model.feature_layer
+        train_x, test_x = pipe.extract_features(train[0]), pipe.extract_features(test[0])
+        result["default"] = {"timestep": step, "layer": layer, "accuracy": linear_probe(
+            train_x.numpy(), train[1].numpy(), test_x.numpy(), test[1].numpy()
+        )}
+    return result
+
+
+class DigitsClassifier(nn.Module):
+    """A small CNN for 16x16 digits in ``[-1, 1]``: three convolutions, global pooling to 64 features, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.GELU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.GELU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Linear(64, 10)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or tuple(images.shape[1:]) != (1, 16, 16):
+            raise ValueError(f"DigitsClassifier expects (N, 1, 16, 16) images in [-1, 1], got {tuple(images.shape)}")
+        return self.body(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def train_digits_classifier(steps: int = 600, seed: int = 0) -> DigitsClassifier:
+    """Adam, batch 128, random +-1 pixel shifts, on the digits train split only (about 99% test accuracy)."""
+    torch.manual_seed(seed)
+    images, labels = load_digits_arrays("train", 16)
+    model = DigitsClassifier()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(steps):
+        index = torch.randint(0, len(images), (128,))
+        shift = torch.randint(-1, 2, (2,)).tolist()
+        batch = torch.roll(images[index], shifts=shift, dims=(2, 3))
+        loss = F.cross_entropy(model(batch), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def load_digits_classifier(path: str | Path | None = None) -> DigitsClassifier:
+    """The judge from ``path`` (default: the bundled ``assets/digits-classifier``), or trained now if absent."""
+    path = Path(path) if path is not None else BUNDLED_CLASSIFIER
+    model = DigitsClassifier()
+    if path.is_file():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    if path != BUNDLED_CLASSIFIER:
+        raise FileNotFoundError(f"digits classifier weights not found: {path} (a safetensors file)")
+    return train_digits_classifier()
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """numpy ``(N, H, W, C)`` in ``[0, 1]`` -> torch ``(N, C, H, W)`` in ``[-1, 1]``."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1
+
+
+@torch.no_grad()
+def inception_features(images: torch.Tensor, weights: str | Path) -> np.ndarray:
+    """2048-d pool features of torchvision's Inception-v3 with the user's ``weights`` (.safetensors or .pth)."""
+    from torchvision.models import inception_v3
+
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"inception_weights: no such file {weights} (torchvision inception_v3 state dict)")
+    state = load_file(str(weights)) if weights.suffix == ".safetensors" else torch.load(weights, map_location="cpu")
+    model = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    model.load_state_dict(state)
+    model.fc = nn.Identity()
+    model.eval()
+    pixels = F.interpolate((images.expand(-1, 3, -1, -1) + 1) / 2, size=(299, 299), mode="bilinear")
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    return torch.cat([model((chunk - mean) / std) for chunk in pixels.split(64)]).numpy()
+
+
+@torch.no_grad()
+def generation_metrics(
+    samples: np.ndarray, real: torch.Tensor, classifier: str | None = None, inception_weights: str | None = None
+) -> dict[str, float]:
+    """Sample quality of digits ``samples`` ``(N, 16, 16, 1)`` in ``[0, 1]`` against ``real`` ``(M, 1, 16, 16)`` in ``[-1, 1]``:
+    ``classifier_fd`` (Frechet distance in :class:`DigitsClassifier` features), the judge's confidence,
+    DigitsJudge's PCA Frechet distance and class coverage, and ``inception_fd`` when weights are given."""
+    judge = load_digits_classifier(classifier)
+    fake = to_tensor(samples)
+    fake_features, real_features = judge.features(fake).numpy(), judge.features(real).numpy()
+    metrics = {
+        "classifier_fd": frechet_distance(fake_features, real_features),
+        "classifier_confidence": float(judge(fake).softmax(-1).max(-1).values.mean()),
+        "pca_fd": DigitsJudge(resolution=16).evaluate(samples)["frechet_distance"],
+        "class_coverage": int(judge(fake).argmax(-1).unique().numel()),
+        "num_samples": len(samples),
+    }
+    if inception_weights:
+        metrics["inception_fd"] = frechet_distance(
+            inception_features(fake, inception_weights), inception_features(real, inception_weights)
+        )
+    return metrics
+
+
+def main(argv: list[str]) -> None:
+    """``python -m selfgen.eval.probe FOLDER``: train the digits judge and save ``FOLDER/model.safetensors``."""
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m selfgen.eval.probe OUTPUT_FOLDER")
+    model = train_digits_classifier()
+    images, labels = load_digits_arrays("test", 16)
+    accuracy = float((model(images).argmax(-1) == labels).float().mean())
+    folder = Path(argv[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    print(f"saved {folder / 'model.safetensors'}; test accuracy {accuracy:.4f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

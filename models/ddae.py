@@ -1,0 +1,242 @@
+"""DDAE++ (Xiang et al., 2025): a self-conditioned diffusion transformer (DiT backbone).
+
+The backbone is a DiT (Peebles & Xie, 2023): patchify ``x_t`` into ``N`` tokens, add fixed 2-D sin-cos
+positions, run ``depth`` adaLN-Zero blocks conditioned on ``c = emb(t) [+ emb(y)]``, then an adaLN
+final layer that un-patchifies the noise prediction ``eps_theta(x_t, t)``. Each block computes::
+
+    (a1, b1, g1, a2, b2, g2) = W_mod SiLU(c)                      (W_mod zero-initialised)
+    h <- h + g1 * Attn(LN(h) * (1 + a1) + b1)
+    h <- h + g2 * MLP(LN(h) * (1 + a2) + b2)
+
+**Self-conditioning** (DDAE++): the blocks are split into an encoder (blocks ``1..L``) and a decoder
+(blocks ``L+1..depth`` and the final layer), ``L = self_condition_layer`` (default ``depth // 2``, the
+layer where a plain DiT's linear probe peaks). The encoder's output tokens are globally average pooled
+into a semantic vector ``z``, which is embedded and added to the condition of every decoding layer::
+
+    z  = mean_n h_L[n]                         (global average pooling over tokens)
+    c' = c + W_s LN(z)                          (no stop-gradient: the decoder's loss trains the encoder through z)
+    h_l = Block_l(h_{l-1}, c')  for l > L,      eps = Final(h_depth, c')
+
+so the decoder is conditioned on semantics the network reads from its own input. The extra cost is
+one pooling and one ``hidden x hidden`` linear per sample (about 1% of a forward pass).
+``self_conditioning=False`` gives the plain DiT with otherwise identical weights (the ablation).
+With ``num_classes > 0`` the model is class-conditional, ``c = emb(t) + E[y]``, where label
+``num_classes`` is the null class used for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .attention import Attention, AttentionBackendMixin
+
+
+@dataclass
+class DDAETransformerOutput(BaseOutput):
+    """``sample``: the noise prediction ``(B, C, H, W)``; ``semantic``: the pooled encoder features ``z`` ``(B, D)``
+    at ``self_condition_layer`` (computed with or without self-conditioning; the contrastive term uses it)."""
+
+    sample: torch.Tensor
+    semantic: torch.Tensor | None = None
+
+
+def modulate(hidden: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``h * (1 + scale) + shift`` with per-sample ``(B, D)`` shift and scale."""
+    return hidden * (1 + scale[:, None]) + shift[:, None]
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero conditioning (see the module docstring)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads, qk_norm=True)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        inner = int(hidden_size * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, inner), nn.GELU(approximate="tanh"), nn.Linear(inner, hidden_size)
+        )
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, hidden: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
+        hidden = hidden + gate1[:, None] * self.attn(modulate(self.norm1(hidden), shift1, scale1))
+        return hidden + gate2[:, None] * self.mlp(modulate(self.norm2(hidden), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) then a linear map from each token to its ``patch x patch x C`` pixels."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+
+    def forward(self, hidden: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.modulation(cond).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(hidden), shift, scale))
+
+
+class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
+    """Self-conditioned DiT for ``(B, in_channels, sample_size, sample_size)`` images.
+
+    Args:
+        sample_size, patch_size, in_channels: image side, patch side (must divide it), channels.
+        hidden_size, depth, num_heads, mlp_ratio: transformer width, number of blocks, heads, MLP ratio.
+        self_conditioning: route pooled encoder features into the decoder's condition (DDAE++).
+        self_condition_layer: ``L``, the last encoder block (1-based); default ``depth // 2``.
+        num_classes: ``0`` for unconditional; else class-conditional with a null label for CFG.
+        projection_dim: ``> 0`` adds the projection head used by contrastive self-distillation.
+        feature_layer, feature_timestep: defaults of ``DDAEPipeline.extract_features`` (layer ``None``
+            means ``self_condition_layer``).
+    """
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 16,
+        patch_size: int = 2,
+        in_channels: int = 1,
+        hidden_size: int = 96,
+        depth: int = 6,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        self_conditioning: bool = True,
+        self_condition_layer: int | None = None,
+        num_classes: int = 0,
+        projection_dim: int = 0,
+        feature_layer: int | None = None,
+        feature_timestep: int = 0,
+    ) -> None:
+        super().__init__()
+        if sample_size % patch_size != 0:
+            raise ValueError(f"patch_size ({patch_size}) must divide sample_size ({sample_size})")
+        self.self_condition_layer = depth // 2 if self_condition_layer is None else self_condition_layer
+        if not 1 <= self.self_condition_layer < depth:
+            raise ValueError(
+                f"self_condition_layer must be in [1, depth - 1] = [1, {depth - 1}], got {self_condition_layer}"
+            )
+        self.feature_layer = self.self_condition_layer if feature_layer is None else feature_layer
+        if not 1 <= self.feature_layer <= depth:
+            raise ValueError(f"feature_layer must be in [1, depth] = [1, {depth}], got {feature_layer}")
+        self.patch_embed = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        grid = sample_size // patch_size
+        pos = get_2d_sincos_pos_embed(hidden_size, grid, base_size=grid, output_type="pt")
+        self.register_buffer("pos_embed", pos.float()[None], persistent=False)
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(256, hidden_size)
+        self.class_embed = nn.Embedding(num_classes + 1, hidden_size) if num_classes > 0 else None
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.self_condition_embed = (
+            nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden_size)) if self_conditioning else None
+        )
+        self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
+        self.projection_head = (
+            nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, projection_dim))
+            if projection_dim > 0
+            else None
+        )
+        self._zero_init_modulations()
+
+    def _zero_init_modulations(self) -> None:
+        """adaLN-Zero: every block starts as the identity and the output as zero (DiT's initialisation)."""
+        for module in [*(block.modulation for block in self.blocks), self.final_layer.modulation]:
+            nn.init.zeros_(module[-1].weight)
+            nn.init.zeros_(module[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    @property
+    def null_class(self) -> int:
+        return self.config.num_classes
+
+    def check_sample(self, sample: torch.Tensor, name: str = "sample") -> None:
+        """Raise a ``ValueError`` naming ``name`` unless it is ``(B, in_channels, sample_size, sample_size)``."""
+        config = self.config
+        expected = (config.in_channels, config.sample_size, config.sample_size)
+        if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
+            raise ValueError(f"{name} must have shape (batch, {', '.join(map(str, expected))}), got {tuple(sample.shape)}")
+
+    def _condition(self, timestep: torch.Tensor | float, class_labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """``c = emb(t) [+ E[y]]``; missing labels of a class-conditional model mean the null class."""
+        timestep = torch.as_tensor(timestep, device=self.pos_embed.device).reshape(-1).expand(batch)
+        cond = self.time_embed(self.time_proj(timestep).to(self.pos_embed.dtype))
+        if self.class_embed is None:
+            if class_labels is not None:
+                raise ValueError("class_labels given to an unconditional model (num_classes=0)")
+            return cond
+        if class_labels is None:
+            class_labels = torch.full((batch,), self.null_class, device=cond.device, dtype=torch.long)
+        return cond + self.class_embed(class_labels.reshape(-1).expand(batch))
+
+    def _embed(self, sample: torch.Tensor) -> torch.Tensor:
+        self.check_sample(sample)
+        return self.patch_embed(sample).flatten(2).transpose(1, 2) + self.pos_embed.to(sample.dtype)
+
+    def _run_blocks(
+        self, hidden: torch.Tensor, cond: torch.Tensor, keep_layers: tuple[int, ...] = (), last_layer: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
+        """Blocks ``1..last_layer``; returns the tokens, the (self-conditioned) condition and the pooled
+        tokens ``mean_n h_l[n]`` of every layer ``l`` in ``keep_layers`` and of ``self_condition_layer``."""
+        pooled: dict[int, torch.Tensor] = {}
+        wanted = set(keep_layers) | {self.self_condition_layer}
+        for index, block in enumerate(self.blocks[:last_layer], start=1):
+            hidden = block(hidden, cond)
+            if index in wanted:
+                pooled[index] = hidden.mean(dim=1)
+            if index == self.self_condition_layer and self.self_condition_embed is not None:
+                cond = cond + self.self_condition_embed(pooled[index])
+        return hidden, cond, pooled
+
+    def _unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        patch, grid = config.patch_size, config.sample_size // config.patch_size
+        tokens = tokens.reshape(-1, grid, grid, patch, patch, config.in_channels)
+        return tokens.permute(0, 5, 1, 3, 2, 4).reshape(-1, config.in_channels, grid * patch, grid * patch)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> DDAETransformerOutput | tuple:
+        """Predict the noise of ``sample`` ``(B, C, H, W)`` at ``timestep`` (scalar or ``(B,)``)."""
+        hidden = self._embed(sample)
+        cond = self._condition(timestep, class_labels, hidden.shape[0])
+        hidden, cond, pooled = self._run_blocks(hidden, cond)
+        prediction = self._unpatchify(self.final_layer(hidden, cond))
+        semantic = pooled[self.self_condition_layer]
+        if not return_dict:
+            return (prediction, semantic)
+        return DDAETransformerOutput(sample=prediction, semantic=semantic)
+
+    def pooled_features(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float, layers: tuple[int, ...], class_labels=None
+    ) -> dict[int, torch.Tensor]:
+        """``{l: mean_n h_l[n]}`` ``(B, hidden_size)`` for each block ``l`` in ``layers`` (1-based), running
+        only the blocks needed. Used for linear probing."""
+        bad = [layer for layer in layers if not 1 <= layer <= self.config.depth]
+        if bad or not layers:
+            raise ValueError(f"layers must be non-empty, each in [1, {self.config.depth}], got {list(layers)}")
+        hidden = self._embed(sample)
+        cond = self._condition(timestep, class_labels, hidden.shape[0])
+        _, _, pooled = self._run_blocks(hidden, cond, tuple(layers), last_layer=max(layers))
+        return {layer: pooled[layer] for layer in layers}
+
+    def project(self, semantic: torch.Tensor) -> torch.Tensor:
+        """The contrastive projection head ``g(z)``; needs ``projection_dim > 0``."""
+        if self.projection_head is None:
+            raise ValueError("this model has no projection head: build it with projection_dim > 0")
+        return self.projection_head(semantic)

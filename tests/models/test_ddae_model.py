@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from selfgen import DDAETransformer2DModel
+
+TINY = dict(sample_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=4, num_heads=2)
+
+
+def randomised(**overrides) -> DDAETransformer2DModel:
+    """A tiny model with every weight random (adaLN-Zero would otherwise make the output identically zero)."""
+    torch.manual_seed(0)
+    model = DDAETransformer2DModel(**{**TINY, **overrides})
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    return model.eval()
+
+
+def inputs(batch: int = 3, channels: int = 1, size: int = 8):
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(batch, channels, size, size, generator=generator), torch.tensor([10, 400, 900][:batch])
+
+
+def test_self_conditioning_path_is_the_only_difference_from_the_ablation():
+    with_sc = randomised(self_conditioning=True)
+    without = DDAETransformer2DModel(**TINY, self_conditioning=False).eval()
+    shared = {k: v for k, v in with_sc.state_dict().items() if not k.startswith("self_condition_embed")}
+    without.load_state_dict(shared)  # strict: the ablation has exactly the other weights
+    sample, timesteps = inputs()
+    with torch.no_grad():
+        out_sc, out_plain = with_sc(sample, timesteps).sample, without(sample, timesteps).sample
+        assert not torch.allclose(out_sc, out_plain, atol=1e-3)
+        with_sc.self_condition_embed[1].weight.zero_()
+        with_sc.self_condition_embed[1].bias.zero_()
+        torch.testing.assert_close(with_sc(sample, timesteps).sample, out_plain)
+
+
+def test_self_condition_embedding_receives_gradient_and_semantic_is_the_pooled_encoder_output():
+    model = randomised(self_condition_layer=2)
+    sample, timesteps = inputs()
+    output = model(sample, timesteps)
+    output.sample.square().mean().backward()
+    assert model.self_condition_embed[1].weight.grad.abs().sum() > 0
+    assert output.semantic.requires_grad  # no stop-gradient on z
+    pooled = model.pooled_features(sample, timesteps, (2, 4))
+    torch.testing.assert_close(pooled[2], output.semantic.detach())
+    assert pooled[4].shape == (3, 32)
+
+
+def test_shapes_and_timestep_forms():
+    model = randomised()
+    sample, _ = inputs()
+    with torch.no_grad():
+        scalar = model(sample, 400).sample
+        vector = model(sample, torch.full((3,), 400)).sample
+    assert scalar.shape == sample.shape
+    torch.testing.assert_close(scalar, vector)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 1, 16, 16), (1, 8, 8)])
+def test_wrong_image_size_or_channels_is_a_clear_error(shape):
+    with pytest.raises(ValueError, match=r"sample must have shape \(batch, 1, 8, 8\)"):
+        randomised()(torch.zeros(shape), 10)
+
+
+def test_class_conditional_labels_change_the_output_and_null_label_is_default():
+    model = randomised(num_classes=3)
+    sample, timesteps = inputs()
+    with torch.no_grad():
+        zero = model(sample, timesteps, torch.tensor([0, 0, 0])).sample
+        two = model(sample, timesteps, torch.tensor([2, 2, 2])).sample
+        null = model(sample, timesteps, torch.tensor([3, 3, 3])).sample
+        default = model(sample, timesteps).sample
+    assert not torch.allclose(zero, two)
+    torch.testing.assert_close(null, default)
+    with pytest.raises(ValueError, match="unconditional"):
+        randomised()(sample, timesteps, torch.tensor([0, 0, 0]))
+
+
+def test_bad_config_and_layers_are_clear_errors():
+    with pytest.raises(ValueError, match="self_condition_layer"):
+        DDAETransformer2DModel(**TINY, self_condition_layer=4)
+    with pytest.raises(ValueError, match="patch_size"):
+        DDAETransformer2DModel(**{**TINY, "patch_size": 3})
+    with pytest.raises(ValueError, match="layers"):
+        randomised().pooled_features(inputs()[0], 10, (5,))
+    with pytest.raises(ValueError, match="projection_dim"):
+        randomised().project(torch.zeros(2, 32))
+
+
+def test_save_and_reload_is_exact(tmp_path):
+    model = randomised(projection_dim=8)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    reloaded = DDAETransformer2DModel.from_pretrained(tmp_path).eval()
+    sample, timesteps = inputs()
+    with torch.no_grad():
+        assert torch.equal(model(sample, timesteps).sample, reloaded(sample, timesteps).sample)
+        assert reloaded.project(model(sample, timesteps).semantic).shape == (3, 8)
+
+
+def test_attention_backends_agree():
+    model = randomised()
+    sample, timesteps = inputs()
+    with torch.no_grad():
+        reference = model(sample, timesteps).sample
+        model.set_attention_backend("math")
+        torch.testing.assert_close(model(sample, timesteps).sample, reference, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from selfgen import AutoPipeline, DDAEPipeline, DDAETransformer2DModel
+from selfgen.pipelines.pipeline_utils import use_scheduler
+
+
+def tiny_pipeline(channels: int = 1, num_classes: int = 0) -> DDAEPipeline:
+    torch.manual_seed(0)
+    transformer = DDAETransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=channels, hidden_size=32, depth=2, num_heads=2, num_classes=num_classes,
+        feature_timestep=20,
+    )
+    with torch.no_grad():
+        for parameter in transformer.parameters():
+            parameter.normal_(0, 0.1)
+    pipe = DDAEPipeline(transformer=transformer, scheduler=DDPMScheduler(num_train_timesteps=100))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe, **options):
+    return pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), **options).images
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "dpm"])
+def test_reload_reproduces_samples_bit_for_bit(tmp_path, scheduler):
+    pipe = tiny_pipeline()
+    use_scheduler(pipe, scheduler)
+    before = sample(pipe, output_type="np")
+    pipe.save_pretrained(tmp_path)
+    for reloaded in (DDAEPipeline.from_pretrained(tmp_path), AutoPipeline.from_pretrained(tmp_path)):
+        assert isinstance(reloaded, DDAEPipeline)
+        reloaded.set_progress_bar_config(disable=True)
+        assert type(reloaded.scheduler) is type(pipe.scheduler)
+        np.testing.assert_array_equal(sample(reloaded, output_type="np"), before)
+
+
+def test_output_types():
+    pipe = tiny_pipeline()
+    images = sample(pipe, output_type="np")
+    assert images.shape == (2, 8, 8, 1) and images.min() >= 0 and images.max() <= 1
+    assert sample(pipe, output_type="pt").shape == (2, 1, 8, 8)
+    assert all(isinstance(image, Image.Image) for image in sample(pipe, output_type="pil"))
+    with pytest.raises(ValueError, match="output_type"):
+        sample(pipe, output_type="latent")
+
+
+def test_classifier_free_guidance():
+    pipe = tiny_pipeline(num_classes=3)
+    plain = sample(pipe, output_type="np", class_labels=1)
+    guided = sample(pipe, output_type="np", class_labels=[1, 2], guidance_scale=3.0)
+    assert guided.shape == plain.shape and not np.allclose(guided[0], plain[0])
+    with pytest.raises(ValueError, match="class_labels"):
+        sample(pipe, class_labels=[5, 0])
+    with pytest.raises(ValueError, match="unconditional"):
+        sample(tiny_pipeline(), class_labels=0)
+
+
+def test_extract_features_accepts_numpy_pil_and_torch():
+    pipe = tiny_pipeline(channels=3)
+    generator = torch.Generator().manual_seed(0)
+    as_torch = torch.rand(5, 3, 8, 8, generator=generator) * 2 - 1
+    as_numpy = ((as_torch.permute(0, 2, 3, 1) + 1) / 2).numpy()
+    as_pil = [Image.fromarray((image * 255).round().astype(np.uint8)) for image in as_numpy]
+    from_torch = pipe.extract_features(as_torch)
+    assert from_torch.shape == (5, 32) and from_torch.dtype == torch.float32
+    torch.testing.assert_close(pipe.extract_features(as_numpy), from_torch, atol=1e-5, rtol=1e-5)
+    assert pipe.extract_features(as_pil).shape == (5, 32)
+    torch.testing.assert_close(pipe.extract_features(as_pil), from_torch, atol=0.05, rtol=0.05)
+    assert pipe.extract_features(as_torch, timestep=50, layer=2).shape == (5, 32)
+    assert not torch.allclose(pipe.extract_features(as_torch, layer=2), from_torch)
+
+
+def test_extract_features_defaults_are_deterministic_and_batch_independent():
+    pipe = tiny_pipeline()
+    images = torch.rand(7, 1, 8, 8) * 2 - 1
+    torch.testing.assert_close(pipe.extract_features(images), pipe.extract_features(images, batch_size=3))
+
+
+@pytest.mark.parametrize(
+    "images",
+    [
+        torch.zeros(2, 3, 8, 8),
+        torch.zeros(2, 1, 16, 16),
+        np.zeros((2, 8, 8, 3), dtype=np.float32),
+        np.zeros((2, 8, 8), dtype=np.float32),
+        [Image.new("RGB", (8, 8))],
+        [Image.new("L", (16, 16))],
+    ],
+)
+def test_wrong_image_size_or_channels_is_a_clear_error(images):
+    with pytest.raises(ValueError, match=r"8x8 with 1 channel|\(N, H, W, C\)"):
+        tiny_pipeline().extract_features(images)
+
+
+def test_bad_timestep_and_latents_are_clear_errors():
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match="timestep"):
+        pipe.extract_features(torch.zeros(2, 1, 8, 8), timestep=100)
+    with pytest.raises(ValueError, match="latents"):
+        pipe(batch_size=2, num_inference_steps=2, latents=torch.zeros(2, 1, 4, 4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("asset", ["ddae-digits", "ddae-digits-noselfcond"])
+def test_bundled_checkpoint_api_contract(asset):
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "assets" / asset
+    if not (folder / "model_index.json").is_file():
+        pytest.skip(f"{folder} not built")
+    pipe = DDAEPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    imgs = pipe(batch_size=8, num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert imgs.shape == (8, 16, 16, 1) and 0 <= imgs.min() and imgs.max() <= 1
+    feats = pipe.extract_features(imgs)
+    assert feats.shape == (8, pipe.transformer.config.hidden_size) and torch.isfinite(feats).all()

@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from selfgen import DDAEPipeline
+from selfgen.data.textures import TEXTURE_SOURCES, load_texture_arrays
+from selfgen.train.ddae import METHOD, DDAEConfig, info_nce, train
+
+
+def tiny_config(tmp_path, **overrides) -> DDAEConfig:
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        resolution=8,
+        patch_size=2,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        self_condition_layer=1,
+        train_batch_size=32,
+        max_train_steps=40,
+        learning_rate=3e-3,
+        logging_steps=1,
+        checkpointing_steps=0,
+        report_to=None,
+        feature_timestep=50,
+    )
+    values.update(overrides)
+    return DDAEConfig(**values)
+
+
+def test_loss_falls_and_the_export_loads(tmp_path):
+    result = train(tiny_config(tmp_path))
+    losses = [record["loss"] for record in result.history]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    pipe = DDAEPipeline.from_pretrained(result.pipeline_dir)
+    assert pipe.transformer.config.self_conditioning and pipe.transformer.config.sample_size == 8
+    assert pipe.extract_features(torch.zeros(2, 1, 8, 8)).shape == (2, 32)
+
+
+def test_contrastive_self_distillation_and_class_conditioning_train(tmp_path):
+    config = tiny_config(
+        tmp_path, max_train_steps=3, contrastive_weight=0.5, projection_dim=16, num_classes=10, self_conditioning=False
+    )
+    history = train(config).history
+    assert all("contrastive_loss" in record and record["contrastive_loss"] > 0 for record in history)
+    with pytest.raises(ValueError, match="projection_dim"):
+        tiny_config(tmp_path, contrastive_weight=0.5)
+
+
+def test_info_nce_matches_its_definition():
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 4, generator=generator), torch.randn(6, 4, generator=generator)
+    normalised_s, normalised_t = student / student.norm(dim=1, keepdim=True), teacher / teacher.norm(dim=1, keepdim=True)
+    logits = normalised_s @ normalised_t.T / 0.5
+    expected = -(logits.diag() - logits.logsumexp(dim=1)).mean()
+    torch.testing.assert_close(info_nce(student, teacher, 0.5), expected)
+    assert info_nce(student, student, 0.05) < info_nce(student, teacher, 0.05)
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="dataset"):
+        tiny_config(tmp_path, dataset="cifar")
+    with pytest.raises(ValueError, match="in_channels: 3"):
+        train(tiny_config(tmp_path, dataset="textures", resolution=32))
+
+
+def test_method_is_registered():
+    assert METHOD.name == "ddae" and METHOD.evaluate is not None and METHOD.demo_asset == "ddae-digits"
+
+
+def test_texture_crops_are_disjoint_between_splits():
+    train_images, train_labels = load_texture_arrays("train")
+    test_images, test_labels = load_texture_arrays("test")
+    assert train_images.shape[1:] == (3, 32, 32) and train_images.dtype == torch.float32
+    assert -1 <= train_images.min() and train_images.max() <= 1
+    assert set(train_labels.tolist()) == set(test_labels.tolist()) == set(range(len(TEXTURE_SOURCES)))
+    flat_train, flat_test = train_images.flatten(1), test_images.flatten(1)
+    assert torch.cdist(flat_test, flat_train).min() > 0  # no test crop repeats a training crop
+    with pytest.raises(ValueError, match="split"):
+        load_texture_arrays("val")
+
+
+def test_trains_on_an_image_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(8):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    config = tiny_config(tmp_path, data=str(folder), in_channels=3, train_batch_size=4, max_train_steps=2)
+    pipe = DDAEPipeline.from_pretrained(train(config).pipeline_dir)
+    assert pipe.transformer.config.in_channels == 3

@@ -1,0 +1,297 @@
+"""DDAE++ training: a self-conditioned DiT trained with the DDPM loss, plus optional contrastive self-distillation.
+
+``selfgen train ddae --config configs/ddae_digits.yaml`` rebuilds ``assets/ddae-digits``;
+``configs/ddae_digits_noselfcond.yaml`` is the same run with ``self_conditioning: false``.
+``selfgen eval ddae --model assets/ddae-digits`` reports the linear probe (with its timestep x layer
+sweep) and the Frechet distance of samples in a small digits classifier's feature space.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler
+from torch import nn
+
+from ..data.digits import DigitsDataset, load_digits_arrays
+from ..data.textures import TextureCropsDataset, load_texture_arrays
+from ..eval.plots import save_image_grid
+from ..models.ddae import DDAETransformer2DModel
+from ..pipelines.ddae import DDAEPipeline
+from ..pipelines.pipeline_utils import use_scheduler
+from .config import TrainingConfig
+from .registry import Method
+from .trainer import Objective, TrainResult, Trainer
+
+DATASETS = ("digits", "textures")
+
+
+@dataclass
+class DDAEConfig(TrainingConfig):
+    dataset: str = "digits"  # "digits" (16x16x1) or "textures" (32x32x3); --data FOLDER uses your images instead
+    resolution: int = 16
+    in_channels: int = 1
+    patch_size: int = 2
+    hidden_size: int = 96
+    depth: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    self_conditioning: bool = True
+    self_condition_layer: int | None = None  # default depth // 2
+    num_classes: int = 0  # > 0: class-conditional (labels from the dataset), CFG by label dropout
+    class_dropout_prob: float = 0.1
+    contrastive_weight: float = 0.0  # > 0 enables contrastive self-distillation
+    contrastive_temperature: float = 0.2
+    contrastive_teacher_timestep: int = 0
+    projection_dim: int = 0  # projection head width; needed when contrastive_weight > 0
+    feature_layer: int | None = None  # extract_features defaults (see the probe sweep)
+    feature_timestep: int = 0
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    random_flip: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.contrastive_weight > 0 and self.projection_dim <= 0:
+            raise ValueError("contrastive_weight > 0 needs a projection head: set projection_dim > 0 (e.g. 64)")
+
+
+def random_shift(images: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
+    """The teacher view's augmentation: one random translation by up to ``max_shift`` pixels (reflect padding)."""
+    padded = F.pad(images, [max_shift] * 4, mode="reflect")
+    top, left = torch.randint(0, 2 * max_shift + 1, (2,)).tolist()
+    return padded[..., top : top + images.shape[-2], left : left + images.shape[-1]]
+
+
+def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``-mean_i log softmax_j(<s_i, t_j> / tau)[i]`` with l2-normalised rows: sample ``i``'s positive is
+    the teacher embedding of its own other view, the other samples of the batch are the negatives."""
+    logits = F.normalize(student.float(), dim=-1) @ F.normalize(teacher.float(), dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+class DDAEObjective(Objective):
+    """``L = E || eps - eps_theta(x_t, t, y) ||^2  +  lambda * L_csd``.
+
+    Class labels are replaced by the null class with probability ``class_dropout_prob`` (CFG training).
+    Contrastive self-distillation ``L_csd`` (DDAE++): the student is the projected semantic vector
+    ``g(z(x_t))`` of the noisy training input; the teacher is the same network's ``g(z(x'_s))`` on another
+    view ``x'`` (random shift) of the clean image at the low noise level ``s``, under stop-gradient.
+    ``L_csd = InfoNCE(student, sg(teacher))`` distils the semantics of clean images into the noisy encoder.
+    """
+
+    def __init__(self, noise_scheduler: DDPMScheduler, config: DDAEConfig) -> None:
+        self.noise_scheduler = noise_scheduler
+        self.config = config
+
+    def _labels(self, batch: dict) -> torch.Tensor | None:
+        if self.config.num_classes == 0:
+            return None
+        if "label" not in batch:
+            raise ValueError(
+                "num_classes > 0 needs labelled data: digits, textures, or a folder whose metadata.jsonl has labels"
+            )
+        labels = batch["label"]
+        drop = torch.rand(labels.shape, device=labels.device) < self.config.class_dropout_prob
+        return labels.masked_fill(drop, self.config.num_classes)
+
+    def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        clean = batch["pixel_values"]
+        labels = self._labels(batch)
+        noise = torch.randn_like(clean)
+        timesteps = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
+        output = model(self.noise_scheduler.add_noise(clean, noise, timesteps), timesteps, labels)
+        diffusion_loss = F.mse_loss(output.sample.float(), noise.float())
+        if self.config.contrastive_weight <= 0:
+            return diffusion_loss, {}
+        contrastive_loss = self._contrastive(model, clean, labels, output.semantic)
+        loss = diffusion_loss + self.config.contrastive_weight * contrastive_loss
+        return loss, {"diffusion_loss": diffusion_loss.item(), "contrastive_loss": contrastive_loss.item()}
+
+    def _contrastive(self, model: nn.Module, clean, labels, semantic: torch.Tensor) -> torch.Tensor:
+        unwrapped = getattr(model, "module", model)
+        step = self.config.contrastive_teacher_timestep
+        view = random_shift(clean)
+        teacher_input = self.noise_scheduler.add_noise(view, torch.randn_like(view), torch.tensor([step]))
+        with torch.no_grad():
+            layer = unwrapped.self_condition_layer
+            teacher = unwrapped.project(unwrapped.pooled_features(teacher_input, step, (layer,), labels)[layer])
+        return info_nce(unwrapped.project(semantic), teacher, self.config.contrastive_temperature)
+
+
+def build_transformer(config: DDAEConfig) -> DDAETransformer2DModel:
+    return DDAETransformer2DModel(
+        sample_size=config.resolution,
+        patch_size=config.patch_size,
+        in_channels=config.in_channels,
+        hidden_size=config.hidden_size,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        self_conditioning=config.self_conditioning,
+        self_condition_layer=config.self_condition_layer,
+        num_classes=config.num_classes,
+        projection_dim=config.projection_dim,
+        feature_layer=config.feature_layer,
+        feature_timestep=config.feature_timestep,
+    )
+
+
+def build_dataset(config: DDAEConfig):
+    if config.data is not None:
+        from ..data.images import ImageFolderDataset
+
+        return ImageFolderDataset(
+            config.data, resolution=config.resolution, channels=config.in_channels, random_flip=config.random_flip
+        )
+    expected = {"digits": 1, "textures": 3}[config.dataset]
+    if config.in_channels != expected:
+        raise ValueError(f"dataset {config.dataset!r} has {expected} channel(s): set in_channels: {expected}")
+    if config.dataset == "digits":
+        return DigitsDataset("train", resolution=config.resolution)
+    return TextureCropsDataset("train", crop_size=config.resolution)
+
+
+def train(config: DDAEConfig) -> TrainResult:
+    set_seed(config.seed)
+    if config.pretrained:
+        pretrained = DDAEPipeline.from_pretrained(config.pretrained)
+        transformer, noise_scheduler = pretrained.transformer, DDPMScheduler.from_config(pretrained.scheduler.config)
+    else:
+        transformer = build_transformer(config)
+        noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
+
+    def export(model: DDAETransformer2DModel, directory: Path) -> None:
+        DDAEPipeline(transformer=model, scheduler=noise_scheduler).save_pretrained(directory)
+
+    objective = DDAEObjective(noise_scheduler, config)
+    trainer = Trainer(transformer, objective, build_dataset(config), config, export_fn=export)
+    return trainer.train()
+
+
+def load_pipeline(model_path: str, scheduler: str = "ddim"):
+    """Any selfgen image pipeline (a DDAE++ checkpoint or the DDPM baseline) with ``scheduler`` swapped in."""
+    from selfgen import AutoPipeline
+
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(f"--model {model_path}: no such pipeline folder (expected one with model_index.json)")
+    pipe = AutoPipeline.from_pretrained(model_path)
+    use_scheduler(pipe, scheduler)
+    return pipe
+
+
+def generate(
+    model_path: str,
+    output_dir: Path,
+    num_samples: int = 64,
+    num_inference_steps: int = 50,
+    scheduler: str = "ddim",
+    guidance_scale: float = 1.0,
+    class_label: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Sample ``num_samples`` images into ``output_dir/samples.png`` (a grid) and ``samples.npy``."""
+    pipe = load_pipeline(model_path, scheduler)
+    options = {} if class_label is None else {"class_labels": class_label, "guidance_scale": guidance_scale}
+    images = pipe(
+        batch_size=num_samples,
+        num_inference_steps=num_inference_steps,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        **options,
+    ).images
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_image_grid(images, output_dir / "samples.png")
+    np.save(output_dir / "samples.npy", images)
+    return {"num_samples": num_samples, "grid": str(output_dir / "samples.png"), "images": images}
+
+
+def dataset_arrays(dataset: str, split: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if dataset == "digits":
+        return load_digits_arrays(split, resolution)
+    if dataset == "textures":
+        return load_texture_arrays(split, crop_size=resolution)
+    raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+
+
+def evaluate(
+    model_path: str,
+    output_dir: Path,
+    dataset: str = "digits",
+    timesteps: list[int] | None = None,
+    layers: list[int] | None = None,
+    num_samples: int = 512,
+    num_inference_steps: int = 50,
+    scheduler: str = "ddim",
+    seed: int = 0,
+    classifier: str | None = None,
+    inception_weights: str | None = None,
+) -> dict:
+    """(a) Linear probe of the model's features on ``dataset``'s held-out split, swept over ``timesteps`` x
+    ``layers`` (plus the raw-pixel probe); (b) on digits, the Frechet distance of ``num_samples`` samples to
+    the real test split in the digits classifier's feature space (``classifier``: its safetensors file,
+    default the bundled judge) and in DigitsJudge's PCA space, and Inception FID when ``inception_weights``
+    is given. Works on DDAE++ checkpoints and on the DDPM baseline. Writes ``output_dir/metrics.json``."""
+    from ..eval import probe
+
+    pipe = load_pipeline(model_path, scheduler)
+    resolution = probe.pipeline_resolution(pipe)
+    train_images, train_labels = dataset_arrays(dataset, "train", resolution)
+    test_images, test_labels = dataset_arrays(dataset, "test", resolution)
+    sweep = probe.probe_sweep(pipe, (train_images, train_labels), (test_images, test_labels), timesteps, layers)
+    metrics = {
+        "model": model_path,
+        "dataset": dataset,
+        "params": sum(p.numel() for p in probe.denoiser(pipe).parameters()),
+        "probe": sweep,
+        "raw_pixel_probe_accuracy": probe.linear_probe(
+            train_images.flatten(1).numpy(), train_labels.numpy(), test_images.flatten(1).numpy(), test_labels.numpy()
+        ),
+    }
+    if dataset == "digits":
+        started = time.perf_counter()
+        samples = generate(model_path, output_dir, num_samples, num_inference_steps, scheduler, seed=seed)["images"]
+        metrics["sampling_seconds"] = time.perf_counter() - started
+        metrics["generation"] = probe.generation_metrics(samples, test_images, classifier, inception_weights)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def demo(asset_dir: Path, output_dir: Path) -> dict:
+    """64 DDIM samples and the default-feature linear probe on digits (no sweep), in a few seconds."""
+    from ..eval import probe
+
+    samples = generate(str(asset_dir), output_dir, num_samples=64, num_inference_steps=25)["images"]
+    pipe = DDAEPipeline.from_pretrained(str(asset_dir))
+    (train_images, train_labels), (test_images, test_labels) = (load_digits_arrays(s, 16) for s in ("train", "test"))
+    accuracy = probe.linear_probe(
+        pipe.extract_features(train_images).numpy(),
+        train_labels.numpy(),
+        pipe.extract_features(test_images).numpy(),
+        test_labels.numpy(),
+    )
+    metrics = {"probe_accuracy": accuracy, "generation": probe.generation_metrics(samples, test_images)}
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+METHOD = Method(
+    name="ddae",
+    summary="DDAE++: self-conditioned diffusion transformer for generation and linear-probe representations",
+    config_class=DDAEConfig,
+    train=train,
+    generate=generate,
+    evaluate=evaluate,
+    demo=demo,
+    demo_asset="ddae-digits",
+)
