@@ -1,0 +1,429 @@
+"""A seeded synthetic compositional world: 32x32 RGB scenes of coloured shapes, prompts, questions.
+
+Prompt grammar (:data:`PROMPT_GRAMMAR`)::
+
+    prompt   := phrase | phrase " and " phrase | phrase " " relation " " phrase
+    phrase   := count [size] colour shape        (shape pluralised with "s" when count > 1)
+    count    := "a" | "two" | "three"
+    size     := "small" | "large"
+    colour   := "red" | "green" | "blue" | "yellow"
+    shape    := "circle" | "square" | "triangle"
+    relation := "left of" | "right of" | "above" | "below"
+
+Categories (T2I-CompBench style): ``colour`` (``a red circle``), ``size`` (``a large blue square``),
+``binding`` (``a red circle and a blue square``), ``spatial`` (``a red circle left of a blue square``),
+``counting`` (``two green triangles``) and ``complex`` (sizes inside a spatial relation). A seeded
+split holds out ~20% of every category's prompts: training never shows them.
+
+Questions (one-word answers, next-token prediction) about a scene:
+``is there a {colour} {shape}?``, ``is there an object in the {region}?``,
+``is there a {colour} {shape} in the {region}?`` (region = top-left, top-right, bottom-left,
+bottom-right, by the object's centre), ``how many {colour} {shape}s?`` and
+``does the image show {prompt}?`` (a whole-prompt yes/no judgement).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+import textwrap
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+RESOLUTION = 32
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZES: dict[str, int] = {"small": 7, "large": 11}  # side of the object's bounding box in pixels
+DEFAULT_SIZE = 9
+RELATIONS = ("left of", "right of", "above", "below")
+COUNTS = {"a": 1, "two": 2, "three": 3}
+REGIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
+CATEGORIES = ("colour", "size", "binding", "spatial", "counting", "complex")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+
+PROMPT_GRAMMAR = textwrap.dedent(
+    __doc__.split("Prompt grammar (:data:`PROMPT_GRAMMAR`)::")[1].split("Categories")[0]
+).strip()
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<q>", "<a>")
+_WORDS = sorted(
+    {"a", "an", "and", "is", "there", "object", "in", "the", "how", "many", "does", "image", "show", "yes", "no"}
+    | set(COUNTS)
+    | set(SIZES)
+    | set(COLOURS)
+    | set(SHAPES)
+    | {shape + "s" for shape in SHAPES}
+    | {word for relation in RELATIONS for word in relation.split()}
+    | set(REGIONS)
+    | set(NUMBER_WORDS)
+)
+VOCAB: tuple[str, ...] = SPECIAL_TOKENS + tuple(_WORDS)
+TOKEN_IDS = {token: index for index, token in enumerate(VOCAB)}
+PAD_ID, BOS_ID, EOS_ID, QUESTION_ID, ANSWER_ID = (TOKEN_IDS[token] for token in SPECIAL_TOKENS)
+MAX_PROMPT_TOKENS = (
+    12  # <bos> + the longest prompt (10 words: "a large red circle left of a small blue square") + <eos>
+)
+MAX_QUESTION_TOKENS = 16  # <q> + "does the image show" + the longest prompt + <a>
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    colour: str
+    shape: str
+    size: str | None = None  # None: the default size, and any size satisfies it
+    count: int = 1
+
+    @property
+    def noun(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+    def phrase(self) -> str:
+        count = {1: "a", 2: "two", 3: "three"}[self.count]
+        size = f"{self.size} " if self.size else ""
+        return f"{count} {size}{self.colour} {self.shape}{'s' if self.count > 1 else ''}"
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """A parsed prompt: one or two object phrases and an optional relation between them."""
+
+    objects: tuple[ObjectSpec, ...]
+    relation: str | None = None
+    category: str = field(default="colour", compare=False)
+
+    def text(self) -> str:
+        if len(self.objects) == 1:
+            return self.objects[0].phrase()
+        joiner = f" {self.relation} " if self.relation else " and "
+        return joiner.join(obj.phrase() for obj in self.objects)
+
+
+def _parse_phrase(words: list[str], prompt: str) -> ObjectSpec:
+    if not words or words[0] not in COUNTS:
+        raise ValueError(f"prompt {prompt!r}: each object phrase must start with one of {list(COUNTS)}")
+    count, rest = COUNTS[words[0]], words[1:]
+    size = rest.pop(0) if rest and rest[0] in SIZES else None
+    if len(rest) != 2:
+        raise ValueError(f"prompt {prompt!r}: expected '[size] colour shape' after {words[0]!r}, got {rest}")
+    colour, shape = rest
+    if colour not in COLOURS:
+        raise ValueError(f"prompt {prompt!r}: unknown colour {colour!r}; the grammar knows {list(COLOURS)}")
+    plural = shape.endswith("s") and shape[:-1] in SHAPES
+    shape = shape[:-1] if plural else shape
+    if shape not in SHAPES:
+        raise ValueError(f"prompt {prompt!r}: unknown shape {rest[1]!r}; the grammar knows {list(SHAPES)}")
+    if plural != (count > 1):
+        raise ValueError(f"prompt {prompt!r}: '{words[0]}' needs a {'plural' if count > 1 else 'singular'} shape")
+    return ObjectSpec(colour, shape, size, count)
+
+
+def _category(objects: tuple[ObjectSpec, ...], relation: str | None) -> str:
+    sized = any(obj.size for obj in objects)
+    if relation:
+        return "complex" if sized else "spatial"
+    if len(objects) == 2:
+        return "binding"
+    if objects[0].count > 1:
+        return "counting"
+    return "size" if sized else "colour"
+
+
+def parse_prompt(prompt: str) -> PromptSpec:
+    """Parse ``prompt`` by :data:`PROMPT_GRAMMAR`; a word outside the grammar is a ``ValueError`` naming it."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    words = prompt.lower().strip().rstrip(".").split()
+    unknown = [word for word in words if word not in TOKEN_IDS]
+    if unknown:
+        raise ValueError(f"prompt {prompt!r} uses words outside the grammar: {unknown}.\nGrammar:\n{PROMPT_GRAMMAR}")
+    text = " ".join(words)
+    for relation in RELATIONS + ("and",):
+        marker = f" {relation} "
+        if marker in text:
+            left, right = text.split(marker, 1)
+            objects = (_parse_phrase(left.split(), prompt), _parse_phrase(right.split(), prompt))
+            if relation != "and" and any(obj.count > 1 for obj in objects):
+                raise ValueError(f"prompt {prompt!r}: a spatial relation relates single objects ('a ...')")
+            related = None if relation == "and" else relation
+            return PromptSpec(objects, related, _category(objects, related))
+    objects = (_parse_phrase(words, prompt),)
+    return PromptSpec(objects, None, _category(objects, None))
+
+
+def all_prompts(category: str) -> list[str]:
+    """Every prompt of ``category`` that the grammar generates (sorted)."""
+    nouns = list(itertools.product(COLOURS, SHAPES))
+    two_nouns = [(a, b) for a, b in itertools.product(nouns, nouns) if a != b]
+    if category == "colour":
+        specs = [PromptSpec((ObjectSpec(c, s),)) for c, s in nouns]
+    elif category == "size":
+        specs = [PromptSpec((ObjectSpec(c, s, z),)) for (c, s), z in itertools.product(nouns, SIZES)]
+    elif category == "counting":
+        specs = [PromptSpec((ObjectSpec(c, s, None, n),)) for (c, s), n in itertools.product(nouns, (2, 3))]
+    elif category == "binding":
+        specs = [PromptSpec((ObjectSpec(*a), ObjectSpec(*b))) for a, b in two_nouns if a < b]
+    elif category == "spatial":
+        specs = [
+            PromptSpec((ObjectSpec(*a), ObjectSpec(*b)), r) for (a, b), r in itertools.product(two_nouns, RELATIONS)
+        ]
+    elif category == "complex":
+        specs = [
+            PromptSpec((ObjectSpec(*a, "large"), ObjectSpec(*b, "small")), r)
+            for (a, b), r in itertools.product(two_nouns, RELATIONS)
+        ]
+    else:
+        raise ValueError(f"category must be one of {CATEGORIES}, got {category!r}")
+    return sorted(spec.text() for spec in specs)
+
+
+@functools.lru_cache(maxsize=None)
+def prompt_split(category: str, split: str, holdout_fraction: float = 0.2, seed: int = 0) -> tuple[str, ...]:
+    """The ``"train"`` or ``"heldout"`` prompts of ``category`` (a fixed seeded partition)."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    prompts = all_prompts(category)
+    random.Random(f"{seed}-{category}").shuffle(prompts)
+    num_heldout = max(1, round(holdout_fraction * len(prompts)))
+    return tuple(sorted(prompts[:num_heldout] if split == "heldout" else prompts[num_heldout:]))
+
+
+# ----------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    colour: str
+    shape: str
+    size: int  # bounding-box side in pixels
+    x: int  # top-left corner column
+    y: int  # top-left corner row
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return self.x + self.size / 2, self.y + self.size / 2
+
+    @property
+    def region(self) -> str:
+        cx, cy = self.centre
+        return f"{'top' if cy < RESOLUTION / 2 else 'bottom'}-{'left' if cx < RESOLUTION / 2 else 'right'}"
+
+
+def shape_mask(shape: str, size: int) -> np.ndarray:
+    """Boolean ``(size, size)`` footprint: a filled square, disc or upward triangle."""
+    centre = (np.arange(size) + 0.5) / size  # pixel centres in (0, 1)
+    rows, cols = np.meshgrid(centre, centre, indexing="ij")
+    if shape == "square":
+        return np.ones((size, size), dtype=bool)
+    if shape == "circle":
+        return (rows - 0.5) ** 2 + (cols - 0.5) ** 2 <= 0.25
+    if shape == "triangle":
+        return np.abs(cols - 0.5) <= rows / 2
+    raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+
+
+def render_scene(objects: list[SceneObject], resolution: int = RESOLUTION) -> np.ndarray:
+    """Objects painted on black: ``(resolution, resolution, 3)`` float32 in ``[0, 1]``."""
+    image = np.zeros((resolution, resolution, 3), dtype=np.float32)
+    for obj in objects:
+        mask = shape_mask(obj.shape, obj.size)
+        image[obj.y : obj.y + obj.size, obj.x : obj.x + obj.size][mask] = COLOURS[obj.colour]
+    return image
+
+
+def _overlaps(a: SceneObject, b: SceneObject, gap: int = 2) -> bool:
+    return not (
+        a.x + a.size + gap <= b.x or b.x + b.size + gap <= a.x or a.y + a.size + gap <= b.y or b.y + b.size + gap <= a.y
+    )
+
+
+def relation_holds(dx: float, dy: float, relation: str, margin: float = 0.0) -> bool:
+    """Does a displacement ``(dx, dy)`` from object A to object B make ``A {relation} B``? The displacement
+    must lie mostly along the relation's axis and exceed ``margin`` pixels (image rows grow downwards)."""
+    horizontal = abs(dx) > max(abs(dy), margin)
+    vertical = abs(dy) > max(abs(dx), margin)
+    return {
+        "left of": horizontal and dx > 0,
+        "right of": horizontal and dx < 0,
+        "above": vertical and dy > 0,
+        "below": vertical and dy < 0,
+    }[relation]
+
+
+def sample_scene(spec: PromptSpec, rng: random.Random, max_tries: int = 200) -> list[SceneObject]:
+    """Random non-overlapping placements of ``spec``'s objects that satisfy its relation."""
+    for _ in range(max_tries):
+        placed: list[SceneObject] = []
+        for obj in spec.objects:
+            side = SIZES[obj.size] if obj.size else DEFAULT_SIZE
+            for _ in range(obj.count):
+                placed.append(
+                    SceneObject(
+                        obj.colour,
+                        obj.shape,
+                        side,
+                        rng.randint(0, RESOLUTION - side),
+                        rng.randint(0, RESOLUTION - side),
+                    )
+                )
+        if any(_overlaps(a, b) for a, b in itertools.combinations(placed, 2)):
+            continue
+        (ax, ay), (bx, by) = placed[0].centre, placed[-1].centre
+        if spec.relation and not relation_holds(bx - ax, by - ay, spec.relation, margin=4):
+            continue
+        return placed
+    raise RuntimeError(f"could not place {spec.text()!r} in {max_tries} tries")
+
+
+def perturb_prompt(spec: PromptSpec, rng: random.Random) -> PromptSpec:
+    """A prompt that differs from ``spec`` in one attribute (colour, shape, count or relation): a hard negative."""
+    objects = list(spec.objects)
+    index = rng.randrange(len(objects))
+    obj = objects[index]
+    choices = ["colour", "shape"] + (["count"] if obj.count > 1 else []) + (["relation"] if spec.relation else [])
+    what = rng.choice(choices)
+    if what == "relation":
+        opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+        return PromptSpec(spec.objects, opposite[spec.relation], spec.category)
+    if what == "colour":
+        obj = ObjectSpec(rng.choice([c for c in COLOURS if c != obj.colour]), obj.shape, obj.size, obj.count)
+    elif what == "shape":
+        obj = ObjectSpec(obj.colour, rng.choice([s for s in SHAPES if s != obj.shape]), obj.size, obj.count)
+    else:
+        obj = ObjectSpec(obj.colour, obj.shape, obj.size, 5 - obj.count)  # two <-> three
+    objects[index] = obj
+    if len(objects) == 2 and objects[0].noun == objects[1].noun:
+        return perturb_prompt(spec, rng)
+    return PromptSpec(tuple(objects), spec.relation, spec.category)
+
+
+# ----------------------------------------------------------------------------- questions
+
+
+def question_about_prompt(prompt: str) -> str:
+    """The whole-prompt judgement the self-reward asks: ``does the image show {prompt}?``."""
+    return f"does the image show {prompt}?"
+
+
+def question_in_region(noun: str | None, region: str) -> str:
+    """``is there a {noun} in the {region}?``, or ``is there an object in the {region}?`` when ``noun`` is None."""
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+    return f"is there {'an object' if noun is None else 'a ' + noun} in the {region}?"
+
+
+def scene_questions(objects: list[SceneObject], spec: PromptSpec, rng: random.Random) -> list[tuple[str, str]]:
+    """Question/answer pairs about a rendered scene: existence, per-region, counting and whole-prompt."""
+    present = {f"{obj.colour} {obj.shape}" for obj in objects}
+    nouns = [f"{c} {s}" for c, s in itertools.product(COLOURS, SHAPES)]
+    absent = [noun for noun in nouns if noun not in present]
+    asked_present, asked_absent = rng.choice(sorted(present)), rng.choice(absent)
+    region = rng.choice(REGIONS)
+    in_region = {f"{obj.colour} {obj.shape}" for obj in objects if obj.region == region}
+    region_noun = rng.choice(sorted(in_region)) if in_region and rng.random() < 0.5 else rng.choice(nouns)
+    count_noun = rng.choice([asked_present, asked_absent])
+    count = sum(f"{obj.colour} {obj.shape}" == count_noun for obj in objects)
+    negative = perturb_prompt(spec, rng).text()
+    return [
+        (f"is there a {asked_present}?", "yes"),
+        (f"is there a {asked_absent}?", "no"),
+        (question_in_region(None, region), "yes" if in_region else "no"),
+        (question_in_region(region_noun, region), "yes" if region_noun in in_region else "no"),
+        (f"how many {count_noun}s?", NUMBER_WORDS[count]),
+        (question_about_prompt(spec.text()), "yes"),
+        (question_about_prompt(negative), "no"),
+    ]
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().replace("?", " ").replace(".", " ").split()
+
+
+def encode_prompt(prompt: str) -> list[int]:
+    """``<bos> words <eos>`` padded to :data:`MAX_PROMPT_TOKENS`; checks the prompt against the grammar."""
+    parse_prompt(prompt)
+    ids = [BOS_ID] + [TOKEN_IDS[word] for word in _words(prompt)] + [EOS_ID]
+    if len(ids) > MAX_PROMPT_TOKENS:
+        raise ValueError(f"prompt {prompt!r} is longer than {MAX_PROMPT_TOKENS - 2} words")
+    return ids + [PAD_ID] * (MAX_PROMPT_TOKENS - len(ids))
+
+
+def encode_question(question: str) -> list[int]:
+    """``<q> words <a>``, left-padded to :data:`MAX_QUESTION_TOKENS` so the answer is always predicted last."""
+    words = _words(question)
+    unknown = [word for word in words if word not in TOKEN_IDS]
+    if unknown:
+        raise ValueError(f"question {question!r} uses words outside the vocabulary: {unknown}")
+    ids = [QUESTION_ID] + [TOKEN_IDS[word] for word in words] + [ANSWER_ID]
+    if len(ids) > MAX_QUESTION_TOKENS:
+        raise ValueError(f"question {question!r} is longer than {MAX_QUESTION_TOKENS - 2} words")
+    return [PAD_ID] * (MAX_QUESTION_TOKENS - len(ids)) + ids
+
+
+def encode_answer(answer: str) -> int:
+    if answer not in TOKEN_IDS:
+        raise ValueError(f"answer {answer!r} is not a vocabulary word")
+    return TOKEN_IDS[answer]
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def sample_training_prompt(rng: random.Random, split: str = "train") -> str:
+    category = rng.choice(CATEGORIES)
+    return rng.choice(prompt_split(category, split))
+
+
+def to_pixels(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` in ``[0, 1]`` -> ``(3, H, W)`` in ``[-1, 1]``."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))) * 2 - 1
+
+
+class ScenesDataset(Dataset):
+    """Seeded scenes for joint pretraining: each example is an image with its prompt (generation)
+    and one question/answer pair about it (understanding).
+
+    Items: ``pixel_values`` ``(3, 32, 32)`` in ``[-1, 1]``, ``prompt_ids`` ``(MAX_PROMPT_TOKENS,)``,
+    ``question_ids`` ``(MAX_QUESTION_TOKENS,)``, ``answer_id`` (scalar) and ``prompt`` (str).
+    """
+
+    def __init__(self, num_examples: int = 20000, split: str = "train", seed: int = 0) -> None:
+        if num_examples < 1:
+            raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+        self.num_examples, self.split, self.seed = num_examples, split, seed
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def example(self, index: int) -> tuple[str, list[SceneObject], tuple[str, str]]:
+        rng = random.Random(f"{self.seed}-{self.split}-{index}")
+        prompt = sample_training_prompt(rng, self.split)
+        spec = parse_prompt(prompt)
+        objects = sample_scene(spec, rng)
+        return prompt, objects, rng.choice(scene_questions(objects, spec, rng))
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"index {index} out of range for {self.num_examples} scenes")
+        prompt, objects, (question, answer) = self.example(index)
+        return {
+            "pixel_values": to_pixels(render_scene(objects)),
+            "prompt_ids": torch.tensor(encode_prompt(prompt)),
+            "question_ids": torch.tensor(encode_question(question)),
+            "answer_id": torch.tensor(encode_answer(answer)),
+            "prompt": prompt,
+        }

@@ -1,0 +1,114 @@
+"""An independent rule-based judge of 32x32 scenes: it shares no weights with the model under test.
+
+Detection: every pixel is assigned to the nearest palette colour (or background when far from all), pixels
+of one colour are split into 8-connected components (``scipy.ndimage.label``), components smaller
+than ``min_area`` pixels are noise. Shape from the fill ratio ``area / bbox area`` (square ~1.0,
+circle ~0.79, triangle ~0.5); size from the bounding-box side; position from the bounding-box centre.
+
+A prompt (``selfgen.data.scenes.PROMPT_GRAMMAR``) is satisfied when, for every object phrase,
+exactly ``count`` components have its colour and shape (and its size when one is named), and for a
+relation, some pair of matching objects has centroids displaced along the relation's axis.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..data.scenes import COLOURS, DEFAULT_SIZE, SIZES, ObjectSpec, parse_prompt, relation_holds
+
+_PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
+_COLOUR_NAMES = list(COLOURS)
+
+
+@dataclass(frozen=True)
+class Detection:
+    colour: str
+    shape: str
+    side: float  # mean of the bounding-box height and width
+    cx: float
+    cy: float
+    area: int
+
+    @property
+    def size(self) -> str:
+        return (
+            "small"
+            if self.side < (SIZES["small"] + DEFAULT_SIZE) / 2
+            else ("large" if self.side > (SIZES["large"] + DEFAULT_SIZE) / 2 else "medium")
+        )
+
+
+def classify_shape(fill_ratio: float) -> str:
+    if fill_ratio > 0.9:
+        return "square"
+    return "circle" if fill_ratio > 0.64 else "triangle"
+
+
+def detect_objects(image: np.ndarray, min_area: int = 12, max_colour_distance: float = 0.3) -> list[Detection]:
+    """Objects in one ``(H, W, 3)`` image in ``[0, 1]``: a pixel belongs to a palette colour when its
+    squared RGB distance to it is below ``max_colour_distance`` (everything else is background)."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3) in [0, 1], got shape {image.shape}")
+    distances = ((image[:, :, None, :] - _PALETTE) ** 2).sum(-1)
+    labels = distances.argmin(-1)
+    foreground = distances.min(-1) < max_colour_distance
+    found = []
+    for colour_index, colour in enumerate(_COLOUR_NAMES):
+        components, count = ndimage.label(foreground & (labels == colour_index), structure=np.ones((3, 3)))
+        for box_index, box in enumerate(ndimage.find_objects(components), start=1):
+            mask = components[box] == box_index
+            area = int(mask.sum())
+            if area < min_area:
+                continue
+            height, width = mask.shape
+            found.append(
+                Detection(
+                    colour=colour,
+                    shape=classify_shape(area / (height * width)),
+                    side=(height + width) / 2,
+                    cx=(box[1].start + box[1].stop) / 2,
+                    cy=(box[0].start + box[0].stop) / 2,
+                    area=area,
+                )
+            )
+    return found
+
+
+def _matches(detection: Detection, obj: ObjectSpec) -> bool:
+    return (
+        detection.colour == obj.colour
+        and detection.shape == obj.shape
+        and (obj.size is None or detection.size == obj.size)
+    )
+
+
+def judge_image(image: np.ndarray, prompt: str) -> bool:
+    """Does ``image`` satisfy ``prompt``? (see the module docstring for the rules)"""
+    spec = parse_prompt(prompt)
+    detections = detect_objects(image)
+    matched = [[d for d in detections if _matches(d, obj)] for obj in spec.objects]
+    if any(len(found) != obj.count for found, obj in zip(matched, spec.objects)):
+        return False
+    if spec.relation is None:
+        return True
+    return any(relation_holds(b.cx - a.cx, b.cy - a.cy, spec.relation) for a in matched[0] for b in matched[1])
+
+
+class SceneJudge:
+    """Compositional accuracy per prompt category, from :func:`judge_image`."""
+
+    def evaluate(self, images: np.ndarray, prompts: list[str]) -> dict[str, float]:
+        """``{category: accuracy, ..., "overall": accuracy}`` over ``images`` ``(N, H, W, 3)`` and their prompts."""
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; expected one image per prompt")
+        per_category: dict[str, list[bool]] = defaultdict(list)
+        for image, prompt in zip(images, prompts):
+            per_category[parse_prompt(prompt).category].append(judge_image(image, prompt))
+        scores = {category: float(np.mean(results)) for category, results in sorted(per_category.items())}
+        scores["overall"] = float(np.mean([np.mean(results) for results in per_category.values()]))
+        return scores

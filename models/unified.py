@@ -1,0 +1,272 @@
+"""A small unified multimodal model: one transformer over text and image tokens that both
+understands (image + question -> answer token) and generates (prompt -> image by flow matching).
+
+BAGEL-like in miniature (Deng et al. 2025, "Emerging properties in unified multimodal pretraining"):
+a Mixture-of-Transformer-experts (MoT) trunk. Every layer has two experts, ``und`` (text tokens and
+clean image tokens) and ``gen`` (noisy image tokens being generated), each with its own norms, q/k/v/out
+projections and MLP; both experts' tokens meet in one shared self-attention over the joint sequence.
+Generation and understanding therefore read the same context but write through separate weights, so
+the generation path can be trained (e.g. by SRUM) while the understanding path stays frozen.
+
+Sequences (all image tokens are 4x4 patches of a 32x32 RGB image, with fixed 2-D sin-cos positions):
+
+* generation: ``[prompt tokens (und, causal)] [noisy patches + t-embedding (gen, full)]``; image tokens
+  attend to all valid prompt tokens and to each other; the ``gen`` expert's head predicts the
+  flow-matching velocity ``v = eps - x0`` of ``x_sigma = (1 - sigma) x0 + sigma eps`` (rectified flow).
+* understanding: ``[clean patches (und, full)] [question tokens (und, causal)]``; the ``und`` expert's
+  LM head predicts the next token; the answer is the token after the final ``<a>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import get_2d_sincos_pos_embed, get_timestep_embedding
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .attention import Attention, AttentionBackendMixin, attention
+
+UND, GEN = 0, 1
+_GEN_EXPERT_PARAMETER = re.compile(rf"blocks\.\d+\.(attn\.gen_|(norm1|norm2|mlp)\.{GEN}\.)")
+
+
+@dataclass
+class UnifiedModelOutput(BaseOutput):
+    """``sample``: predicted velocity ``(N, C, H, W)`` (generation); ``logits``: ``(N, L, vocab)`` (understanding)."""
+
+    sample: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class MoTAttention(Attention):
+    """Shared self-attention over ``[und tokens | gen tokens]`` with per-expert q/k/v/out projections.
+
+    The inherited ``to_q/to_k/to_v/to_out`` serve the ``und`` expert, ``gen_to_*`` the ``gen`` expert;
+    attention itself goes through :func:`~selfgen.models.attention.attention` on this module's backend.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__(dim, num_heads, qk_norm=True)
+        self.gen_to_q, self.gen_to_k, self.gen_to_v = (nn.Linear(dim, dim) for _ in range(3))
+        self.gen_to_out = nn.Linear(dim, dim)
+        self.gen_norm_q, self.gen_norm_k = nn.LayerNorm(self.head_dim), nn.LayerNorm(self.head_dim)
+
+    def _project(self, tokens: torch.Tensor, expert: int) -> tuple[torch.Tensor, ...]:
+        if expert == UND:
+            to_q, to_k, to_v, norm_q, norm_k = self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k
+        else:
+            to_q, to_k, to_v = self.gen_to_q, self.gen_to_k, self.gen_to_v
+            norm_q, norm_k = self.gen_norm_q, self.gen_norm_k
+        split = self._split_heads
+        return norm_q(split(to_q(tokens))), norm_k(split(to_k(tokens))), split(to_v(tokens))
+
+    def forward(self, hidden_states: torch.Tensor, num_und: int, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [(hidden_states[:, :num_und], UND), (hidden_states[:, num_und:], GEN)]
+        projected = [self._project(tokens, expert) for tokens, expert in parts if tokens.shape[1] > 0]
+        query, key, value = (torch.cat(tensors, dim=2) for tensors in zip(*projected))
+        output = attention(query, key, value, attn_mask=attn_mask, backend=self.backend)
+        batch, _, seq_len, _ = output.shape
+        output = output.transpose(1, 2).reshape(batch, seq_len, -1)
+        return torch.cat([self.to_out(output[:, :num_und]), self.gen_to_out(output[:, num_und:])], dim=1)
+
+
+class MoTBlock(nn.Module):
+    """Pre-norm transformer layer: shared MoT attention, then each expert's own MLP on its tokens."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.attn = MoTAttention(dim, num_heads)
+        self.norm1 = nn.ModuleList([nn.LayerNorm(dim), nn.LayerNorm(dim)])
+        self.norm2 = nn.ModuleList([nn.LayerNorm(dim), nn.LayerNorm(dim)])
+        self.mlp = nn.ModuleList(
+            [
+                nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+                for _ in range(2)
+            ]
+        )
+
+    def _per_expert(self, modules: nn.ModuleList, hidden_states: torch.Tensor, num_und: int) -> torch.Tensor:
+        und, gen = hidden_states[:, :num_und], hidden_states[:, num_und:]
+        return torch.cat([modules[UND](und), modules[GEN](gen)], dim=1)
+
+    def forward(self, hidden_states: torch.Tensor, num_und: int, attn_mask: torch.Tensor) -> torch.Tensor:
+        normed = self._per_expert(self.norm1, hidden_states, num_und)
+        hidden_states = hidden_states + self.attn(normed, num_und, attn_mask)
+        normed = self._per_expert(self.norm2, hidden_states, num_und)
+        return hidden_states + self._per_expert(self.mlp, normed, num_und)
+
+
+def _causal_text_mask(text_valid: torch.Tensor) -> torch.Tensor:
+    """``(B, L, L)`` boolean: token i sees valid tokens j <= i (and itself, so no row is empty)."""
+    length = text_valid.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=text_valid.device).tril()
+    return (causal & text_valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=text_valid.device)
+
+
+def generation_mask(text_valid: torch.Tensor, num_image: int) -> torch.Tensor:
+    """``(B, 1, S, S)`` for ``[text | image]``: causal text; image sees valid text and all image."""
+    batch, length = text_valid.shape
+    mask = torch.zeros(batch, length + num_image, length + num_image, dtype=torch.bool, device=text_valid.device)
+    mask[:, :length, :length] = _causal_text_mask(text_valid)
+    mask[:, length:, :length] = text_valid[:, None, :]
+    mask[:, length:, length:] = True
+    return mask[:, None]
+
+
+def understanding_mask(text_valid: torch.Tensor, num_image: int) -> torch.Tensor:
+    """``(B, 1, S, S)`` for ``[image | text]``: full image; text sees all image and causal valid text."""
+    batch, length = text_valid.shape
+    mask = torch.zeros(batch, num_image + length, num_image + length, dtype=torch.bool, device=text_valid.device)
+    mask[:, :num_image, :num_image] = True
+    mask[:, num_image:, :num_image] = True
+    mask[:, num_image:, num_image:] = _causal_text_mask(text_valid)
+    return mask[:, None]
+
+
+class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
+    """MoT transformer that generates images from prompts and answers questions about images.
+
+    Args:
+        vocab_size: size of the word vocabulary (``selfgen.data.scenes.VOCAB``).
+        pad_token_id: token id ignored as key in attention.
+        sample_size: image side in pixels; in_channels: image channels; patch_size: patch side.
+        max_text_length: longest prompt or question in tokens.
+        dim, num_layers, num_heads, mlp_ratio: trunk width/depth.
+    """
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        vocab_size: int = 46,
+        pad_token_id: int = 0,
+        sample_size: int = 32,
+        in_channels: int = 3,
+        patch_size: int = 4,
+        max_text_length: int = 24,
+        dim: int = 128,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if sample_size % patch_size:
+            raise ValueError(f"sample_size ({sample_size}) must be divisible by patch_size ({patch_size})")
+        self.grid = sample_size // patch_size
+        patch_dim = in_channels * patch_size**2
+        # understanding path
+        self.token_embed = nn.Embedding(vocab_size, dim)
+        self.text_pos = nn.Parameter(torch.zeros(1, max_text_length, dim))
+        self.und_patch_embed = nn.Linear(patch_dim, dim)
+        self.und_norm_out = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab_size)
+        # generation path
+        self.gen_patch_embed = nn.Linear(patch_dim, dim)
+        # fixed 2-D sin-cos positions of the image patches (as in DiT), shared by both paths
+        image_pos = get_2d_sincos_pos_embed(dim, self.grid, base_size=self.grid, output_type="pt")
+        self.register_buffer("image_pos", image_pos.float()[None], persistent=False)
+        self.time_embed = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.gen_norm_out = nn.LayerNorm(dim)
+        self.velocity_head = nn.Linear(dim, patch_dim)
+        # shared trunk (MoT: per-expert weights, shared attention)
+        self.blocks = nn.ModuleList([MoTBlock(dim, num_heads, mlp_ratio) for _ in range(num_layers)])
+        nn.init.normal_(self.text_pos, std=0.02)
+        nn.init.zeros_(self.velocity_head.weight)
+        nn.init.zeros_(self.velocity_head.bias)
+
+    # ------------------------------------------------------------------ parameters
+
+    def is_generation_parameter(self, name: str) -> bool:
+        """Generation-path weights: gen embeddings/head and the ``gen`` expert of every trunk layer."""
+        return name.startswith(("gen_", "time_embed", "velocity_head")) or bool(_GEN_EXPERT_PARAMETER.match(name))
+
+    def generation_parameters(self) -> list[nn.Parameter]:
+        return [param for name, param in self.named_parameters() if self.is_generation_parameter(name)]
+
+    # ------------------------------------------------------------------ tokens
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, grid*grid, C*p*p)``."""
+        p = self.config.patch_size
+        batch, channels, height, width = images.shape
+        patches = images.reshape(batch, channels, height // p, p, width // p, p)
+        return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // p) * (width // p), channels * p * p)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        p, grid, channels = self.config.patch_size, self.grid, self.config.in_channels
+        batch = patches.shape[0]
+        images = patches.reshape(batch, grid, grid, channels, p, p).permute(0, 3, 1, 4, 2, 5)
+        return images.reshape(batch, channels, grid * p, grid * p)
+
+    def _embed_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if ids.shape[1] > self.text_pos.shape[1]:
+            raise ValueError(f"text has {ids.shape[1]} tokens; the model takes at most {self.text_pos.shape[1]}")
+        return self.token_embed(ids) + self.text_pos[:, : ids.shape[1]], ids != self.config.pad_token_id
+
+    def _trunk(self, hidden_states: torch.Tensor, num_und: int, mask: torch.Tensor) -> torch.Tensor:
+        if mask.dtype == torch.bool and hidden_states.dtype != torch.float32:
+            mask = torch.zeros(mask.shape, dtype=hidden_states.dtype, device=mask.device).masked_fill(
+                ~mask, float("-inf")
+            )
+        for block in self.blocks:
+            hidden_states = block(hidden_states, num_und, mask)
+        return hidden_states
+
+    # ------------------------------------------------------------------ the two tasks
+
+    def predict_velocity(self, sample: torch.Tensor, timestep: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Velocity ``v_theta(x_sigma, sigma, prompt)`` for noisy images ``sample`` at ``timestep = 1000 sigma``."""
+        text, text_valid = self._embed_text(prompt_ids)
+        timestep = timestep.expand(sample.shape[0]) if timestep.ndim == 0 else timestep
+        t_emb = self.time_embed(get_timestep_embedding(timestep, text.shape[-1], flip_sin_to_cos=True).to(text.dtype))
+        image = self.gen_patch_embed(self.patchify(sample).to(text.dtype)) + self.image_pos + t_emb[:, None]
+        hidden = self._trunk(
+            torch.cat([text, image], dim=1), text.shape[1], generation_mask(text_valid, image.shape[1])
+        )
+        patches = self.velocity_head(self.gen_norm_out(hidden[:, text.shape[1] :]))
+        return self.unpatchify(patches)
+
+    def answer_logits(self, pixel_values: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits ``(B, L, vocab)`` over the question tokens, reading the clean image."""
+        text, text_valid = self._embed_text(question_ids)
+        image = self.und_patch_embed(self.patchify(pixel_values).to(text.dtype)) + self.image_pos
+        num_image = image.shape[1]
+        hidden = self._trunk(
+            torch.cat([image, text], dim=1), num_image + text.shape[1], understanding_mask(text_valid, num_image)
+        )
+        return self.lm_head(self.und_norm_out(hidden[:, num_image:]))
+
+    def forward(
+        self,
+        sample: torch.Tensor | None = None,
+        timestep: torch.Tensor | None = None,
+        prompt_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        question_ids: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> UnifiedModelOutput | tuple:
+        """Generation (``sample``, ``timestep``, ``prompt_ids``), understanding (``pixel_values``,
+        ``question_ids``), or both in one call (so a distributed wrapper sees a single forward)."""
+        if sample is None and pixel_values is None:
+            raise ValueError(
+                "pass sample/timestep/prompt_ids (generation) and/or pixel_values/question_ids (understanding)"
+            )
+        velocity = logits = None
+        if sample is not None:
+            if timestep is None or prompt_ids is None:
+                raise ValueError("generation needs timestep and prompt_ids together with sample")
+            velocity = self.predict_velocity(sample, timestep, prompt_ids)
+        if pixel_values is not None:
+            if question_ids is None:
+                raise ValueError("understanding needs question_ids together with pixel_values")
+            logits = self.answer_logits(pixel_values, question_ids)
+        if not return_dict:
+            return (velocity, logits)
+        return UnifiedModelOutput(sample=velocity, logits=logits)

@@ -1,0 +1,98 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from selfgen.data.scenes import (
+    ANSWER_ID,
+    CATEGORIES,
+    MAX_PROMPT_TOKENS,
+    MAX_QUESTION_TOKENS,
+    PROMPT_GRAMMAR,
+    ScenesDataset,
+    all_prompts,
+    encode_prompt,
+    encode_question,
+    parse_prompt,
+    perturb_prompt,
+    prompt_split,
+    render_scene,
+    sample_scene,
+    scene_questions,
+)
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_every_generated_prompt_parses_back_to_itself_and_its_category(category):
+    for prompt in all_prompts(category):
+        spec = parse_prompt(prompt)
+        assert spec.text() == prompt and spec.category == category
+        assert len(encode_prompt(prompt)) == MAX_PROMPT_TOKENS
+
+
+def test_required_grammar_forms():
+    assert parse_prompt("a red circle left of a blue square").relation == "left of"
+    assert parse_prompt("two green triangles").objects[0].count == 2
+    assert parse_prompt("a large yellow square").objects[0].size == "large"
+    for word in ("red", "green", "blue", "yellow", "circle", "square", "triangle", "left of", "above", "below"):
+        assert word in PROMPT_GRAMMAR
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("a purple circle", "outside the grammar: \\['purple'\\]"),
+        ("a red hexagon", "outside the grammar: \\['hexagon'\\]"),
+        ("two red circle", "plural"),
+        ("red circle", "must start with"),
+        ("", "non-empty"),
+    ],
+)
+def test_bad_prompts_give_clear_errors(prompt, message):
+    with pytest.raises(ValueError, match=message):
+        parse_prompt(prompt)
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_heldout_prompts_are_never_in_training(category):
+    train, heldout = set(prompt_split(category, "train")), set(prompt_split(category, "heldout"))
+    assert heldout and train and not train & heldout
+    assert train | heldout == set(all_prompts(category))
+
+
+def test_scenes_satisfy_relation_and_render_colours():
+    rng = random.Random(0)
+    spec = parse_prompt("a red circle above a blue square")
+    for _ in range(20):
+        first, second = sample_scene(spec, rng)
+        assert first.centre[1] < second.centre[1]
+        image = render_scene([first, second])
+        assert image.shape == (32, 32, 3) and image.dtype == np.float32
+        assert (image == (1, 0, 0)).all(-1).sum() > 20 and (image == (0, 0, 1)).all(-1).sum() == second.size**2
+
+
+def test_questions_are_consistent_with_the_scene():
+    rng = random.Random(1)
+    spec = parse_prompt("three green triangles")
+    objects = sample_scene(spec, rng)
+    answers = dict(scene_questions(objects, spec, rng))
+    assert answers["is there a green triangle?"] == "yes"
+    assert answers["does the image show three green triangles?"] == "yes"
+    assert perturb_prompt(spec, rng) != spec
+
+
+def test_question_encoding_ends_with_the_answer_marker():
+    ids = encode_question("is there a red circle in the top-left?")
+    assert len(ids) == MAX_QUESTION_TOKENS and ids[-1] == ANSWER_ID
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        encode_question("is there a dog?")
+
+
+def test_dataset_items_are_seeded():
+    first, again = ScenesDataset(10, seed=3)[4], ScenesDataset(10, seed=3)[4]
+    assert torch.equal(first["pixel_values"], again["pixel_values"]) and first["prompt"] == again["prompt"]
+    assert first["pixel_values"].shape == (3, 32, 32) and first["pixel_values"].min() >= -1
+    assert first["prompt"] in prompt_split(parse_prompt(first["prompt"]).category, "train")
+    with pytest.raises(IndexError):
+        ScenesDataset(10)[10]

@@ -1,0 +1,58 @@
+import random
+
+import numpy as np
+import pytest
+
+from selfgen.data.scenes import CATEGORIES, parse_prompt, perturb_prompt, prompt_split, render_scene, sample_scene
+from selfgen.eval.scenes import SceneJudge, detect_objects, judge_image
+
+
+def _rendered(count_per_category=25, seed=0):
+    rng = random.Random(seed)
+    images, prompts = [], []
+    for category in CATEGORIES:
+        for prompt in rng.sample(
+            prompt_split(category, "heldout"), min(count_per_category, len(prompt_split(category, "heldout")))
+        ):
+            images.append(render_scene(sample_scene(parse_prompt(prompt), rng)))
+            prompts.append(prompt)
+    return np.stack(images), prompts
+
+
+def test_judge_accepts_ground_truth_scenes():
+    images, prompts = _rendered()
+    scores = SceneJudge().evaluate(images, prompts)
+    assert set(scores) == set(CATEGORIES) | {"overall"}
+    assert min(scores.values()) >= 0.97, scores
+
+
+def test_judge_rejects_scenes_for_perturbed_prompts():
+    images, prompts = _rendered(seed=1)
+    rng = random.Random(2)
+    wrong = [perturb_prompt(parse_prompt(prompt), rng).text() for prompt in prompts]
+    false_positive = np.mean([judge_image(image, prompt) for image, prompt in zip(images, wrong)])
+    assert false_positive <= 0.05
+
+
+def test_judge_survives_mild_noise_and_rejects_pure_noise():
+    images, prompts = _rendered(count_per_category=10, seed=3)
+    noisy = np.clip(images + np.random.default_rng(0).normal(0, 0.08, images.shape), 0, 1)
+    assert SceneJudge().evaluate(noisy, prompts)["overall"] >= 0.95
+    assert SceneJudge().evaluate(np.random.default_rng(0).random(images.shape), prompts)["overall"] <= 0.05
+
+
+def test_detections_report_shape_size_and_position():
+    image = render_scene(
+        sample_scene(parse_prompt("a large red square left of a small blue triangle"), random.Random(0))
+    )
+    found = {d.colour: d for d in detect_objects(image)}
+    assert (found["red"].shape, found["red"].size) == ("square", "large")
+    assert (found["blue"].shape, found["blue"].size) == ("triangle", "small")
+    assert found["red"].cx < found["blue"].cx
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="one image per prompt"):
+        SceneJudge().evaluate(np.zeros((2, 32, 32, 3)), ["a red circle"])
+    with pytest.raises(ValueError, match="image must be"):
+        detect_objects(np.zeros((32, 32)))

@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from selfgen import UnifiedTransformer
+from selfgen.data.scenes import PAD_ID, VOCAB
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    model = UnifiedTransformer(vocab_size=len(VOCAB), dim=32, num_layers=2, num_heads=2).eval()
+    with torch.no_grad():  # the velocity head starts at zero; give it weights so outputs depend on inputs
+        model.velocity_head.weight.normal_(std=0.1)
+    return model
+
+
+def _inputs(batch=2):
+    generator = torch.Generator().manual_seed(1)
+    prompt_ids = torch.randint(5, len(VOCAB), (batch, 12), generator=generator)
+    prompt_ids[:, 9:] = PAD_ID
+    question_ids = torch.randint(5, len(VOCAB), (batch, 16), generator=generator)
+    question_ids[:, :4] = PAD_ID
+    return {
+        "sample": torch.randn(batch, 3, 32, 32, generator=generator),
+        "timestep": torch.tensor([100.0, 700.0][:batch]),
+        "prompt_ids": prompt_ids,
+        "pixel_values": torch.rand(batch, 3, 32, 32, generator=generator) * 2 - 1,
+        "question_ids": question_ids,
+    }
+
+
+def test_one_forward_serves_both_tasks(model):
+    output = model(**_inputs())
+    assert output.sample.shape == (2, 3, 32, 32) and output.logits.shape == (2, 16, len(VOCAB))
+    with pytest.raises(ValueError, match="timestep and prompt_ids"):
+        model(sample=torch.zeros(1, 3, 32, 32))
+
+
+def test_understanding_does_not_depend_on_generation_weights(model):
+    inputs = _inputs()
+    before = model(pixel_values=inputs["pixel_values"], question_ids=inputs["question_ids"]).logits
+    with torch.no_grad():
+        for param in model.generation_parameters():
+            param.add_(torch.randn_like(param))
+    after = model(pixel_values=inputs["pixel_values"], question_ids=inputs["question_ids"]).logits
+    torch.testing.assert_close(before, after)
+    names = {name for name, _ in model.named_parameters() if model.is_generation_parameter(name)}
+    assert "blocks.0.attn.gen_to_q.weight" in names and "blocks.0.mlp.1.0.weight" in names
+    assert (
+        "blocks.0.attn.to_q.weight" not in names and "lm_head.weight" not in names and "token_embed.weight" not in names
+    )
+
+
+def test_question_tokens_are_causal_and_pads_are_ignored(model):
+    inputs = _inputs()
+    logits = model(pixel_values=inputs["pixel_values"], question_ids=inputs["question_ids"]).logits
+    changed = inputs["question_ids"].clone()
+    changed[:, -1] = 7
+    later = model(pixel_values=inputs["pixel_values"], question_ids=changed).logits
+    torch.testing.assert_close(logits[:, :-1], later[:, :-1])
+    assert not torch.allclose(logits[:, -1], later[:, -1])
+
+
+def test_generation_reads_the_prompt_and_ignores_padding_content(model):
+    inputs = _inputs()
+    velocity = model(sample=inputs["sample"], timestep=inputs["timestep"], prompt_ids=inputs["prompt_ids"]).sample
+    other = inputs["prompt_ids"].clone()
+    other[:, 3] = 9 if other[0, 3] != 9 else 10
+    assert not torch.allclose(
+        velocity, model(sample=inputs["sample"], timestep=inputs["timestep"], prompt_ids=other).sample
+    )
+
+
+def test_patchify_round_trip(model):
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.unpatchify(model.patchify(images)), images)
+
+
+def test_attention_backends_agree(model):
+    inputs = _inputs()
+    reference = model(**inputs)
+    model.set_attention_backend("math")
+    math_output = model(**inputs)
+    torch.testing.assert_close(math_output.sample, reference.sample, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(math_output.logits, reference.logits, atol=1e-5, rtol=1e-4)
+
+
+def test_save_and_reload_is_exact(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    reloaded = UnifiedTransformer.from_pretrained(tmp_path).eval()
+    inputs = _inputs()
+    first, second = model(**inputs), reloaded(**inputs)
+    assert torch.equal(first.sample, second.sample) and torch.equal(first.logits, second.logits)
