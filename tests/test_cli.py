@@ -57,3 +57,15 @@ def test_train_20_steps_then_generate_and_demo(tmp_path, capsys):
     assert set(summary) == {"ddpm"} and (tmp_path / "demo" / "ddpm" / "samples.png").is_file()
     metrics = json.loads((tmp_path / "demo" / "ddpm" / "metrics.json").read_text())
     assert metrics["samples"]["frechet_distance"] > 0
+
+
+def test_a_broken_method_module_is_named_and_the_rest_still_work(tmp_path, monkeypatch):
+    import selfgen.train as train_package
+    from selfgen.train.registry import discover_methods
+
+    broken = tmp_path / "broken_method_for_test.py"
+    broken.write_text("import a_module_that_does_not_exist\n")
+    monkeypatch.setattr(train_package, "__path__", [*train_package.__path__, str(tmp_path)])
+    with pytest.warns(RuntimeWarning, match="broken_method_for_test.*ModuleNotFoundError"):
+        methods = discover_methods()
+    assert "ddpm" in methods

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +43,27 @@ class Method:
 
 
 def discover_methods() -> dict[str, Method]:
-    """Import every module under ``selfgen.train`` and return its ``METHOD``/``METHODS`` by name."""
+    """Import every module under ``selfgen.train`` and return its ``METHOD``/``METHODS`` by name.
+
+    A module that fails to import is reported with a warning naming it and the error, and the
+    other methods stay usable."""
     package = importlib.import_module("selfgen.train")
     methods: dict[str, Method] = {}
-    for info in pkgutil.walk_packages(package.__path__, prefix="selfgen.train."):
-        module = importlib.import_module(info.name)
+    for info in pkgutil.walk_packages(package.__path__, prefix="selfgen.train.", onerror=_warn_unimportable):
+        try:
+            module = importlib.import_module(info.name)
+        except Exception as error:  # a broken method must not take the whole CLI down
+            _warn_unimportable(info.name, error)
+            continue
         found = list(getattr(module, "METHODS", [])) + ([module.METHOD] if hasattr(module, "METHOD") else [])
         for method in found:
             if method.name in methods:
                 raise ValueError(f"two methods are named {method.name!r}: {info.name} and another module")
             methods[method.name] = method
     return dict(sorted(methods.items()))
+
+
+def _warn_unimportable(module_name: str, error: BaseException | None = None) -> None:
+    detail = f"{type(error).__name__}: {error}" if error is not None else "import failed"
+    warnings.warn(f"selfgen: skipping method module {module_name} ({detail})", RuntimeWarning, stacklevel=3)
+
