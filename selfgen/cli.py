@@ -33,11 +33,24 @@ def default_assets_dir() -> Path:
     return repository_assets if repository_assets.is_dir() else Path("assets")
 
 
+def checkpoint_class(folder: Path) -> str | None:
+    """The class a saved folder holds: a diffusers pipeline (``model_index.json``) or a transformers
+    model (``config.json`` with ``architectures``); ``None`` if it is neither."""
+    if (folder / "model_index.json").is_file():
+        return json.loads((folder / "model_index.json").read_text()).get("_class_name", "?")
+    if (folder / "config.json").is_file():
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures")
+        return architectures[0] if architectures else None
+    return None
+
+
 def bundled_checkpoints(assets_dir: Path) -> list[tuple[str, str]]:
-    """``(folder name, pipeline class)`` of every saved pipeline under ``assets_dir``."""
+    """``(folder name, class)`` of every saved pipeline or transformers model under ``assets_dir``."""
     found = []
-    for index_file in sorted(assets_dir.glob("*/model_index.json")):
-        found.append((index_file.parent.name, json.loads(index_file.read_text()).get("_class_name", "?")))
+    for folder in sorted(path for path in assets_dir.glob("*") if path.is_dir()):
+        class_name = checkpoint_class(folder)
+        if class_name is not None:
+            found.append((folder.name, class_name))
     return found
 
 
@@ -116,7 +129,7 @@ def command_demo(args: argparse.Namespace) -> None:
     summary = {}
     for name, method in methods.items():
         asset_dir = args.assets / method.demo_asset
-        if not (asset_dir / "model_index.json").is_file():
+        if checkpoint_class(asset_dir) is None:
             print(f"[{name}] skipped: no bundled checkpoint at {asset_dir}")
             continue
         start = time.perf_counter()

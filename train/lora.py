@@ -56,9 +56,10 @@ def merge_lora_adapters(model: nn.Module) -> nn.Module:
         for key, value in merged.state_dict().items()
         if "lora_" not in key
     }
-    if hasattr(model, "config") and hasattr(type(model), "from_config"):
-        plain = type(model).from_config(model.config)
-    else:
+    # diffusers models build from their config with `from_config`, transformers models with `_from_config`
+    build = getattr(type(model), "from_config", None) or getattr(type(model), "_from_config", None)
+    if build is None or not hasattr(model, "config"):
         raise ValueError(f"cannot rebuild {type(model).__name__} without adapters: it has no config/from_config")
+    plain = build(model.config)
     plain.load_state_dict(state_dict)
     return plain.to(next(model.parameters()).device)

@@ -1,0 +1,302 @@
+"""Seeded verifiable reasoning tasks with chain-of-thought formats, for the LLM self-improvement recipes.
+
+Every task draws :class:`~selfgen.data.problems.Problem` s from a seed, writes a worked solution
+(the chain of thought a tiny LM is pretrained on), extracts the final answer from a completion and
+verifies it. The text formats are compact so that a character-level model can learn them::
+
+    addition       Q:47+85              S:7+5+0=12,4+8+1=13         A:132
+    multiplication Q:47*6               S:7*6+0=42,4*6+4=28         A:282
+    countdown      Q:3,5,7>22           S:3*5=15,15+7=22            A:22
+
+A prompt is ``"Q:<question>\\n"`` (``"Q:<question>\\nH:<answer>\\n"`` with a STaR rationalisation hint)
+and a completion is ``"S:<steps>\\nA:<answer>"``. Besides the final answer, each step of a solution
+can be checked (:meth:`Task.step_accuracy`: for column arithmetic, against the reference column
+steps; for countdown, each step must be a true equation), a process reward used by B-STaR's threshold.
+
+Users' own problems (``{"question", "answer"}`` JSONL, see :mod:`selfgen.data.problems`) become a
+:class:`JsonlTask`: exact-match or numeric-tolerance verification of the ``A:`` line.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .problems import Problem, load_problems
+
+ANSWER_PATTERN = re.compile(r"A:[ \t]*([^\n]*)")
+STEP_PATTERN = re.compile(r"^(-?\d+)([+*-])(-?\d+)(?:\+(\d+))?=(-?\d+)$")
+NUMBER_PATTERN = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
+
+
+def prompt_text(question: str, hint: str | None = None) -> str:
+    """The prompt of a problem; with ``hint`` the reference answer is shown (STaR rationalisation)."""
+    return f"Q:{question}\n" + (f"H:{hint}\n" if hint is not None else "")
+
+
+def completion_text(steps: list[str], answer: str) -> str:
+    return f"S:{','.join(steps)}\nA:{answer}"
+
+
+def extract_answer(completion: str) -> str | None:
+    """The text after the last ``A:`` of a completion, stripped (``None`` when there is no ``A:`` line)."""
+    found = ANSWER_PATTERN.findall(completion)
+    if not found:
+        return None
+    answer = found[-1].strip()
+    return answer or None
+
+
+def parse_number(text: str) -> float | None:
+    """A float from ``text`` allowing thousands separators (``"1,234"``) and a trailing period; else None."""
+    cleaned = text.strip().replace(",", "").rstrip(".")
+    if not NUMBER_PATTERN.match(cleaned):
+        return None
+    return float(cleaned)
+
+
+def answers_match(predicted: str | None, reference: str, rel_tol: float = 0.0, abs_tol: float = 0.0) -> bool:
+    """Numeric comparison within tolerance when both parse as numbers, else exact (whitespace-stripped) match."""
+    if predicted is None:
+        return False
+    predicted_number, reference_number = parse_number(predicted), parse_number(reference)
+    if predicted_number is not None and reference_number is not None:
+        return math.isclose(predicted_number, reference_number, rel_tol=rel_tol, abs_tol=abs_tol)
+    return predicted.strip() == reference.strip()
+
+
+def solution_steps(completion: str) -> list[str]:
+    """The comma-separated steps of the first ``S:`` line of a completion (empty when absent)."""
+    for line in completion.split("\n"):
+        if line.startswith("S:"):
+            return [step for step in line[2:].split(",") if step]
+    return []
+
+
+def step_is_true(step: str) -> bool:
+    """Whether one arithmetic step ``a<op>b[+carry]=c`` is a true equation."""
+    match = STEP_PATTERN.match(step.strip())
+    if match is None:
+        return False
+    left, op, right, carry, result = match.groups()
+    value = {"+": int(left) + int(right), "-": int(left) - int(right), "*": int(left) * int(right)}[op]
+    return value + int(carry or 0) == int(result)
+
+
+class Task:
+    """A verifiable task: ``sample`` problems, ``worked_solution`` for pretraining, ``verify`` completions."""
+
+    name: str = "task"
+
+    def sample(self, count: int, seed: int) -> list[Problem]:
+        rng = random.Random(seed)
+        return [self.make_problem(rng, f"{self.name}-{seed}-{index}") for index in range(count)]
+
+    def make_problem(self, rng: random.Random, problem_id: str) -> Problem:
+        raise NotImplementedError
+
+    def worked_solution(self, problem: Problem) -> str:
+        """A correct completion (``S:...\\nA:...``) for ``problem``."""
+        raise NotImplementedError
+
+    def verify(self, problem: Problem, completion: str) -> bool:
+        return answers_match(extract_answer(completion), problem.answer)
+
+    def step_accuracy(self, problem: Problem, completion: str) -> float:
+        """The fraction of true steps in the completion's ``S:`` line (0 without steps)."""
+        steps = solution_steps(completion)
+        return sum(step_is_true(step) for step in steps) / len(steps) if steps else 0.0
+
+
+@dataclass
+class ArithmeticTask(Task):
+    """Column addition or multiplication by one digit, least significant digit first, with carries.
+
+    Difficulty knob: ``min_digits``/``max_digits`` of the operands (the multiplier of ``"mul"`` is one digit).
+    """
+
+    op: str = "add"
+    min_digits: int = 1
+    max_digits: int = 3
+
+    def __post_init__(self) -> None:
+        if self.op not in ("add", "mul"):
+            raise ValueError(f"op must be 'add' or 'mul', got {self.op!r}")
+        if not 1 <= self.min_digits <= self.max_digits:
+            raise ValueError(f"need 1 <= min_digits <= max_digits, got {self.min_digits}, {self.max_digits}")
+        self.name = self.op
+
+    def _operand(self, rng: random.Random) -> int:
+        digits = rng.randint(self.min_digits, self.max_digits)
+        return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1)
+
+    def make_problem(self, rng: random.Random, problem_id: str) -> Problem:
+        left = self._operand(rng)
+        if self.op == "add":
+            right = self._operand(rng)
+            return Problem(f"{left}+{right}", str(left + right), problem_id)
+        right = rng.randint(2, 9)
+        return Problem(f"{left}*{right}", str(left * right), problem_id)
+
+    def worked_solution(self, problem: Problem) -> str:
+        symbol = "+" if self.op == "add" else "*"
+        left, right = problem.question.split(symbol)
+        steps, carry = [], 0
+        if self.op == "add":
+            width = max(len(left), len(right))
+            left, right = left.zfill(width), right.zfill(width)
+            for a, b in zip(reversed(left), reversed(right)):
+                total = int(a) + int(b) + carry
+                steps.append(f"{a}+{b}+{carry}={total}")
+                carry = total // 10
+        else:
+            for a in reversed(left):
+                total = int(a) * int(right) + carry
+                steps.append(f"{a}*{right}+{carry}={total}")
+                carry = total // 10
+        return completion_text(steps, problem.answer)
+
+    def step_accuracy(self, problem: Problem, completion: str) -> float:
+        """The fraction of the reference column steps reproduced exactly, position by position (a step
+        with the wrong digits is wrong even when its sum is true); extra steps count against it."""
+        reference = solution_steps(self.worked_solution(problem))
+        steps = solution_steps(completion)
+        matches = sum(a == b for a, b in zip(steps, reference))
+        return matches / max(len(steps), len(reference))
+
+
+@dataclass
+class CountdownTask(Task):
+    """Reach a target from given numbers with ``+ - *``, each number (or intermediate result) used once.
+
+    Difficulty knob: ``num_numbers`` (numbers are drawn from 1..``max_number``). Problems are built
+    by applying random operations, so each has a solution; any valid solution is accepted.
+    """
+
+    num_numbers: int = 3
+    max_number: int = 9
+    name: str = "countdown"
+
+    def __post_init__(self) -> None:
+        if self.num_numbers < 2:
+            raise ValueError(f"num_numbers must be >= 2, got {self.num_numbers}")
+
+    def make_problem(self, rng: random.Random, problem_id: str) -> Problem:
+        numbers = [rng.randint(1, self.max_number) for _ in range(self.num_numbers)]
+        pool, steps = list(numbers), []
+        while len(pool) > 1:
+            a, b = pool.pop(0), pool.pop(0)
+            op = rng.choice("+*-" if a > b else "+*")
+            value = {"+": a + b, "-": a - b, "*": a * b}[op]
+            steps.append(f"{a}{op}{b}={value}")
+            pool.insert(0, value)
+        shown = list(numbers)
+        rng.shuffle(shown)
+        question = f"{','.join(map(str, shown))}>{pool[0]}"
+        return Problem(question, str(pool[0]), problem_id, {"solution": ",".join(steps)})
+
+    def worked_solution(self, problem: Problem) -> str:
+        return completion_text(problem.metadata["solution"].split(","), problem.answer)
+
+    def verify(self, problem: Problem, completion: str) -> bool:
+        """Every step is true and uses available numbers, and the last result is the target."""
+        numbers, target = problem.question.split(">")
+        pool = [int(n) for n in numbers.split(",")]
+        steps = solution_steps(completion)
+        if not steps or not answers_match(extract_answer(completion), problem.answer):
+            return False
+        for step in steps:
+            match = STEP_PATTERN.match(step.strip())
+            if match is None or match.group(4) is not None or not step_is_true(step):
+                return False
+            left, _, right, _, result = match.groups()
+            for operand in (int(left), int(right)):
+                if operand not in pool:
+                    return False
+                pool.remove(operand)
+            pool.append(int(result))
+        return pool == [int(target)]
+
+
+@dataclass
+class JsonlTask(Task):
+    """Users' own ``{"question", "answer"}`` JSONL problems, verified on the ``A:`` line (numbers within tolerance)."""
+
+    path: str = ""
+    rel_tol: float = 0.0
+    abs_tol: float = 0.0
+    name: str = "jsonl"
+
+    def __post_init__(self) -> None:
+        self.problems = load_problems(self.path)
+
+    def sample(self, count: int, seed: int) -> list[Problem]:
+        rng = random.Random(seed)
+        return [rng.choice(self.problems) for _ in range(count)]
+
+    def worked_solution(self, problem: Problem) -> str:
+        if "solution" not in problem.metadata:
+            raise ValueError(f"{self.path}: problem {problem.id!r} has no 'solution' field to pretrain on")
+        return completion_text([problem.metadata["solution"]], problem.answer)
+
+    def verify(self, problem: Problem, completion: str) -> bool:
+        return answers_match(extract_answer(completion), problem.answer, self.rel_tol, self.abs_tol)
+
+
+TASK_NAMES = ("add", "mul", "arith", "countdown")
+
+
+def get_task(name: str, **options) -> Task:
+    """A task by name (``add``/``arith``, ``mul``, ``countdown``) or a path to a problems JSONL file."""
+    if name in ("add", "arith"):
+        return ArithmeticTask("add", **options)
+    if name == "mul":
+        return ArithmeticTask("mul", **options)
+    if name == "countdown":
+        return CountdownTask(**options)
+    if name.endswith(".jsonl") or Path(name).is_file():
+        return JsonlTask(path=name, **options)
+    raise ValueError(f"task must be one of {TASK_NAMES} or a problems .jsonl file, got {name!r}")
+
+
+# ----------------------------------------------------------------- two-turn and judge formats
+
+REVISION_MARK = "\nR:\n"
+JUDGE_MARK = "\nJ:"
+VERDICT_PATTERN = re.compile(r"V:([YN])")
+
+
+def revision_prompt(prompt: str, first_completion: str) -> str:
+    """The second-turn prompt of a self-correction episode: the first attempt, then ``R:`` (revise)."""
+    return prompt + first_completion + REVISION_MARK
+
+
+def judge_prompt(prompt: str, completion: str) -> str:
+    """The prompt that asks the model to judge ``completion``: it re-solves the problem after ``J:``."""
+    return prompt + completion + JUDGE_MARK
+
+
+def judge_completion(own_solution: str, candidate_answer: str | None, reference: str) -> str:
+    """A judgement: the judge's own solution as rationale, then ``V:Y`` if the candidate matches it."""
+    verdict = "Y" if answers_match(candidate_answer, reference) else "N"
+    return f"{own_solution}\nV:{verdict}"
+
+
+def parse_verdict(judgement: str) -> bool | None:
+    """``True`` for ``V:Y``, ``False`` for ``V:N``, ``None`` when the judgement has no verdict."""
+    found = VERDICT_PATTERN.findall(judgement)
+    return None if not found else found[-1] == "Y"
+
+
+def corrupt_answer(answer: str, rng: random.Random) -> str:
+    """A wrong answer close to ``answer``: one digit changed (a negative-example generator)."""
+    digits = list(answer)
+    positions = [index for index, char in enumerate(digits) if char.isdigit()]
+    if not positions:
+        return answer + "0"
+    index = rng.choice(positions)
+    digits[index] = rng.choice([d for d in "0123456789" if d != digits[index]])
+    return "".join(digits)

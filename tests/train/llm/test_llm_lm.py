@@ -1,0 +1,56 @@
+"""`selfgen train lm`: the seed set, a few pretraining steps, save_pretrained round trip and evaluation."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from selfgen.data.tasks import ArithmeticTask, parse_verdict
+from selfgen.train.llm import lm
+
+
+def test_seed_examples_cover_every_format_and_are_correct():
+    config = lm.LMConfig(num_seed_examples=400, seed=1)
+    examples = lm.seed_examples(config)
+    assert [e.prompt for e in examples] == [e.prompt for e in lm.seed_examples(config)]
+    assert any("\nH:" in e.prompt for e in examples) and any("\nR:\n" in e.prompt for e in examples)
+    judged = [e for e in examples if e.prompt.endswith("\nJ:")]
+    assert {parse_verdict(e.completion) for e in judged} == {True, False}
+    assert any(">" in e.prompt for e in examples) and any("*" in e.prompt for e in examples)
+
+
+def test_bad_config_keys_are_named():
+    with pytest.raises(ValueError, match="format_weights has unknown formats"):
+        lm.LMConfig(format_weights={"plain": 1.0, "poem": 1.0})
+    with pytest.raises(ValueError, match="task_weights has unknown tasks"):
+        lm.seed_examples(lm.LMConfig(task_weights={"chess": 1.0}))
+
+
+def test_pretrain_export_reload_and_evaluate(tmp_path):
+    config = lm.LMConfig(
+        output_dir=str(tmp_path / "run"), num_seed_examples=64, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64, max_train_steps=4, train_batch_size=16,
+        learning_rate=1e-2, logging_steps=1, checkpointing_steps=0, report_to=None,
+    )
+    result = lm.train(config)
+    losses = [record["loss"] for record in result.history]
+    assert losses[-1] < losses[0]
+    model = AutoModelForCausalLM.from_pretrained(result.pipeline_dir)
+    tokenizer = AutoTokenizer.from_pretrained(result.pipeline_dir)
+    assert tokenizer.decode(tokenizer("Q:12+3\nS:").input_ids) == "Q:12+3\nS:"
+    assert (result.pipeline_dir / "model.safetensors").is_file()
+    ids = tokenizer("Q:1+1\n", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    metrics = lm.evaluate(str(result.pipeline_dir), tmp_path / "eval", task="add", num_problems=4)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_problems"] == 4
+
+
+def test_accuracy_counts_verified_greedy_answers(monkeypatch):
+    task = ArithmeticTask("add", 1, 2)
+    problems = task.sample(4, seed=0)
+    answers = [task.worked_solution(p) for p in problems[:3]] + ["A:nope"]
+    monkeypatch.setattr(lm, "greedy_completions", lambda model, tokenizer, prompts, max_new_tokens: answers)
+    assert lm.accuracy(None, None, task, problems) == 0.75

@@ -1,0 +1,261 @@
+"""The iteration driver: generate -> reward -> select/pair -> optimise -> evaluate, for K iterations.
+
+A recipe subclasses :class:`IterativeTrainer` and implements :meth:`IterativeTrainer.build_round`,
+which samples from the current policy, rewards, selects or pairs, and returns a :class:`Round`: the
+objective (SFT / DPO / GRPO), its dataset and collator, and the round's own metrics. The driver then
+runs one shared :class:`~selfgen.train.trainer.Trainer` on it (from the current policy, or from the
+base model when the recipe restarts each iteration, as STaR and ReST-EM do), evaluates on held-out
+problems and records the iteration:
+
+    output_dir/iteration-k/            the Trainer's run (config.yaml, logs/metrics.jsonl)
+    output_dir/iteration-k/model/      the iteration's policy (save_pretrained, reloadable)
+    output_dir/metrics.jsonl           one line per iteration (iteration 0 = the starting model)
+    output_dir/metrics.png             the recipe's key metrics per iteration
+    config.pipeline_dir                the final policy (model + tokenizer)
+
+``resume_from="latest"`` restarts after the last finished iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import Dataset
+
+from ...data.problems import Problem
+from ...data.tasks import Task, get_task, prompt_text
+from ...eval.plots import save_metric_curves
+from ..config import TrainingConfig
+from ..trainer import Objective, Trainer, save_atomically
+from .lm import EVAL_SEED
+from .modeling import load_policy, tokenizer_exporter
+from .rollout import Rollout, SamplingParams, generate_rollouts
+
+logger = logging.getLogger("selfgen.train.llm")
+
+
+@dataclass
+class IterativeConfig(TrainingConfig):
+    """Fields shared by every recipe; ``max_train_steps`` etc. apply to each iteration's optimisation."""
+
+    model: str = "assets/lm-arith"
+    task: str = "add"  # add | mul | countdown | path to a problems JSONL
+    min_digits: int = 1  # difficulty knob of add/mul: operand digits
+    max_digits: int = 4
+    iterations: int = 3
+    problems_per_iteration: int = 256
+    eval_problems: int = 200
+    samples_per_problem: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    max_length: int = 192
+    generation_batch_size: int = 256
+    max_train_steps: int = 60
+    train_batch_size: int = 32
+    learning_rate: float = 3e-4
+    checkpointing_steps: int = 0
+    logging_steps: int = 10
+    report_to: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("iterations", "problems_per_iteration", "eval_problems", "samples_per_problem"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Round:
+    """What one iteration optimises: ``objective`` on ``dataset`` batched by ``collate_fn``."""
+
+    objective: Objective
+    dataset: Dataset | list
+    collate_fn: Any
+    logs: dict[str, float] = field(default_factory=dict)
+    from_base: bool = False  # train the base model rather than the current policy (STaR, ReST-EM)
+    max_train_steps: int | None = None  # overrides config.max_train_steps for this round
+
+
+@dataclass
+class IterationReport:
+    history: list[dict[str, float]]
+    model_dir: Path
+
+    def __getitem__(self, index: int) -> dict[str, float]:
+        return self.history[index]
+
+    # what `selfgen train` prints for every method
+    @property
+    def pipeline_dir(self) -> Path:
+        return self.model_dir
+
+    @property
+    def global_step(self) -> int:
+        return int(sum(record.get("train_steps", 0) for record in self.history))
+
+    @property
+    def final_loss(self) -> float:
+        losses = [record["train_loss"] for record in self.history if "train_loss" in record]
+        return losses[-1] if losses else float("nan")
+
+
+def build_task(config: IterativeConfig) -> Task:
+    if config.task in ("add", "arith", "mul"):
+        return get_task(config.task, min_digits=config.min_digits, max_digits=config.max_digits)
+    return get_task(config.task)
+
+
+class IterativeTrainer:
+    """Base of the recipes; see the module docstring. ``model``/``task`` may be paths/names or objects."""
+
+    config_class = IterativeConfig
+    plot_keys: tuple[str, ...] = ("accuracy",)
+
+    def __init__(
+        self,
+        model: str | nn.Module | None = None,
+        task: str | Task | None = None,
+        config: IterativeConfig | None = None,
+        tokenizer=None,
+    ) -> None:
+        self.config = config or self.config_class()
+        set_seed(self.config.seed)
+        model = model if model is not None else self.config.model
+        if isinstance(model, (str, Path)):
+            self.base_path: Path | None = Path(model)
+            self.policy, self.tokenizer = load_policy(model)
+        else:
+            if tokenizer is None:
+                raise ValueError("pass tokenizer= together with a model object")
+            self.base_path, self.policy, self.tokenizer = None, model, tokenizer
+        self.base_state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        task = task if task is not None else self.config.task
+        self.task = task if isinstance(task, Task) else build_task(replace(self.config, task=task))
+        self.eval_set = self.task.sample(self.config.eval_problems, EVAL_SEED + self.config.seed)
+        self.output_dir = Path(self.config.output_dir)
+
+    # ----------------------------------------------------------------- helpers for recipes
+
+    def problems(self, iteration: int) -> list[Problem]:
+        """This iteration's training problems (fresh draws, never from the held-out seeds)."""
+        return self.task.sample(self.config.problems_per_iteration, self.config.seed * 1000 + iteration)
+
+    def sample(
+        self, prompts: list[str], temperature: float | None = None, num_samples: int | None = None, seed: int = 0
+    ) -> list[Rollout]:
+        config = self.config
+        params = SamplingParams(
+            temperature=config.temperature if temperature is None else temperature,
+            top_p=config.top_p,
+            num_samples=num_samples or config.samples_per_problem,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.generation_batch_size,
+        )
+        return generate_rollouts(self.policy, self.tokenizer, prompts, params, seed=seed)
+
+    def solve(self, problems: list[Problem], **kwargs) -> list[Rollout]:
+        return self.sample([prompt_text(p.question) for p in problems], **kwargs)
+
+    def fresh_base(self) -> nn.Module:
+        """A copy of the starting model (for recipes that fine-tune the base model every iteration)."""
+        import copy
+
+        model = copy.deepcopy(self.policy)
+        model.load_state_dict(self.base_state)
+        return model
+
+    # ----------------------------------------------------------------- the recipe's parts
+
+    def build_round(self, iteration: int) -> Round:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out greedy accuracy; recipes add their own metrics."""
+        rollouts = self.solve(self.eval_set, temperature=0.0, num_samples=1)
+        return {"accuracy": sum(self.task.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)) / len(rollouts)}
+
+    # ----------------------------------------------------------------- the loop
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / "metrics.jsonl"
+
+    def _resume(self) -> tuple[list[dict[str, float]], int]:
+        if self.config.resume_from != "latest" or not self.metrics_path.is_file():
+            self.metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
+            return [], 0
+        history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        done = history[-1]["iteration"] if history else 0
+        if done:
+            self.policy, self.tokenizer = load_policy(self.iteration_dir(done) / "model")
+            logger.info("resumed after iteration %d", done)
+        return history, done
+
+    def iteration_dir(self, iteration: int) -> Path:
+        return self.output_dir / f"iteration-{iteration}"
+
+    def _record(self, history: list[dict[str, float]], record: dict[str, float]) -> None:
+        history.append(record)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        curves = [{"step": r["iteration"], **r} for r in history]
+        keys = [key for key in self.plot_keys if any(key in record for record in history)]
+        save_metric_curves(curves, keys, self.output_dir / "metrics.png")
+
+    def optimise(self, iteration: int, round_: Round) -> dict[str, float]:
+        if len(round_.dataset) == 0:
+            logger.warning("iteration %d selected no data: the policy is unchanged", iteration)
+            return {"train_examples": 0.0}
+        run_dir = self.iteration_dir(iteration)
+        config = replace(
+            self.config,
+            output_dir=str(run_dir),
+            export_dir=str(run_dir / "model"),
+            max_train_steps=round_.max_train_steps or self.config.max_train_steps,
+            train_batch_size=min(self.config.train_batch_size, len(round_.dataset)),
+            resume_from=None,
+            seed=self.config.seed + iteration,
+        )
+        model = self.fresh_base() if round_.from_base else self.policy
+        trainer = Trainer(
+            model.train(), round_.objective, round_.dataset, config,
+            export_fn=tokenizer_exporter(self.tokenizer), collate_fn=round_.collate_fn,
+        )
+        result = trainer.train()
+        self.policy = trainer.unwrapped_model.eval()
+        return {
+            "train_examples": float(len(round_.dataset)),
+            "train_loss": result.final_loss,
+            "train_steps": float(result.global_step),
+        }
+
+    def train(self) -> IterationReport:
+        history, done = self._resume()
+        if not history:
+            self._record(history, {"iteration": 0, **self.evaluate()})
+        for iteration in range(done + 1, self.config.iterations + 1):
+            round_ = self.build_round(iteration)
+            train_logs = self.optimise(iteration, round_)
+            record = {"iteration": iteration, **round_.logs, **train_logs, **self.evaluate()}
+            self._record(history, record)
+            logger.info("iteration %d: %s", iteration, record)
+        export = tokenizer_exporter(self.tokenizer)
+        save_atomically(lambda directory: export(self.policy, directory), self.config.pipeline_dir)
+        return IterationReport(history, self.config.pipeline_dir)
+
+
+def run_recipe(trainer_class: type[IterativeTrainer]):
+    """The ``train(config)`` of a recipe's ``Method``: build the trainer from the config and run it."""
+
+    def train(config: IterativeConfig) -> IterationReport:
+        return trainer_class(config=config).train()
+
+    return train

@@ -1,0 +1,290 @@
+"""The three optimisers every recipe reduces to, as :class:`~selfgen.train.trainer.Objective` s.
+
+* :class:`SFTObjective` - rejection-sampling fine-tuning: mean negative log-likelihood of the
+  completion tokens only, ``L = -(1/|C|) sum_{t in C} log pi(y_t | x, y_<t)``.
+* :class:`DPOObjective` - DPO's sigmoid loss (Rafailov et al. 2023, eq. 7), against a frozen reference,
+  ``L = -log sigmoid(beta [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])``
+  with sequence log-probabilities summed over completion tokens (TRL's ``loss_type="sigmoid"``).
+* :class:`GRPOObjective` - GRPO-family policy gradient (Shao et al. 2024): per token
+  ``l_t = -min(r_t A, clip(r_t, 1 - eps_low, 1 + eps_high) A) + beta k3_t`` with the ratio
+  ``r_t = pi(y_t)/pi_old(y_t)``, group-normalised advantages ``A = (R - mean_group R)/(std_group R + 1e-4)``
+  (:func:`group_advantages`) and the k3 KL estimator ``k3_t = exp(q_t) - q_t - 1``,
+  ``q_t = log pi_ref(y_t) - log pi(y_t)``; reduced by ``loss_type``: ``"grpo"`` (mean over each
+  sequence's tokens, then over sequences), ``"bnpo"`` (mean over all tokens of the batch) or
+  ``"dr_grpo"`` (sum over tokens / (batch size x max_completion_length)), as TRL does.
+
+Batches are built by the collators below; every sequence is ``prompt + completion`` with a
+``completion_mask`` marking the tokens that are scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..trainer import Objective
+
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as ``generate`` computes them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float = 1.0,
+    last: int | None = None,
+) -> torch.Tensor:
+    """``log pi(x_t | x_<t)`` for t = 1..L-1 under ``softmax(logits / temperature)``: shape ``(B, L-1)``;
+    with ``last`` only the last ``last`` tokens are scored (the LM head runs on those positions only)."""
+    keep = input_ids.shape[1] if last is None else last + 1
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=keep,
+    ).logits
+    logits = logits[:, :-1].float() / temperature
+    return torch.gather(logits.log_softmax(-1), -1, input_ids[:, -logits.shape[1] :, None]).squeeze(-1)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
+    """``(R - mean_group R) / (std_group R + 1e-4)`` over consecutive groups of ``group_size`` samples
+    (unbiased std, as TRL's ``scale_rewards="group"``); without ``scale`` only the mean is removed."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of group_size={group_size}")
+    grouped = rewards.view(-1, group_size)
+    advantages = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped)
+        advantages = advantages / (std + 1e-4)
+    return advantages.reshape(-1)
+
+
+# ----------------------------------------------------------------- batches
+
+
+@dataclass
+class TextPair:
+    """A prompt and one completion (already ending with the tokenizer's eos where it should)."""
+
+    prompt: str
+    completion: str
+
+
+def encode_pair(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of prompt and completion, tokenised separately (completion + eos), truncated from the left."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    completion_ids = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    overflow = len(prompt_ids) + len(completion_ids) - max_length
+    if overflow > 0:
+        prompt_ids = prompt_ids[overflow:]
+    return prompt_ids, completion_ids[:max_length]
+
+
+def pad_sequences(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    padding = [[value] * (width - len(row)) for row in rows]
+    padded = [pad + list(row) if left else list(row) + pad for pad, row in zip(padding, rows)]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def sequence_batch(encoded: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``completion_mask`` of prompt+completion rows."""
+    ids = [prompt + completion for prompt, completion in encoded]
+    completion = [[0] * len(prompt) + [1] * len(completion) for prompt, completion in encoded]
+    return {
+        "input_ids": pad_sequences(ids, pad_token_id),
+        "attention_mask": pad_sequences([[1] * len(row) for row in ids], 0),
+        "completion_mask": pad_sequences(completion, 0),
+    }
+
+
+class SFTCollator:
+    """Batches :class:`TextPair` s for :class:`SFTObjective`; ``completion_only=False`` scores every token."""
+
+    def __init__(self, tokenizer, max_length: int = 256, completion_only: bool = True) -> None:
+        self.tokenizer, self.max_length, self.completion_only = tokenizer, max_length, completion_only
+
+    def __call__(self, pairs: Sequence[TextPair]) -> dict[str, torch.Tensor]:
+        encoded = [encode_pair(self.tokenizer, p.prompt, p.completion, self.max_length) for p in pairs]
+        batch = sequence_batch(encoded, self.tokenizer.pad_token_id)
+        if not self.completion_only:
+            batch["completion_mask"] = batch["attention_mask"].clone()
+        return batch
+
+
+@dataclass
+class PreferencePair:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+class DPOCollator:
+    """Batches :class:`PreferencePair` s as TRL does: rows ``[chosen_1..chosen_B, rejected_1..rejected_B]``."""
+
+    def __init__(self, tokenizer, max_length: int = 256) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, pairs: Sequence[PreferencePair]) -> dict[str, torch.Tensor]:
+        rows = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+        encoded = [encode_pair(self.tokenizer, prompt, completion, self.max_length) for prompt, completion in rows]
+        return sequence_batch(encoded, self.tokenizer.pad_token_id)
+
+
+@dataclass
+class PolicySample:
+    """One rollout for policy-gradient training: token ids, its advantage and the sampler's logprobs."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float
+    old_logprobs: list[float] | None = None
+    kl_weight: float = 1.0
+
+
+class GRPOCollator:
+    """Batches :class:`PolicySample` s in TRL's layout: left-padded prompts, right-padded completions."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, samples: Sequence[PolicySample]) -> dict[str, torch.Tensor]:
+        prompts = [s.prompt_ids for s in samples]
+        completions = [s.completion_ids for s in samples]
+        batch = {
+            "prompt_ids": pad_sequences(prompts, self.pad_token_id, left=True),
+            "prompt_mask": pad_sequences([[1] * len(p) for p in prompts], 0, left=True),
+            "completion_ids": pad_sequences(completions, self.pad_token_id),
+            "completion_mask": pad_sequences([[1] * len(c) for c in completions], 0),
+            "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+            "kl_weight": torch.tensor([s.kl_weight for s in samples], dtype=torch.float32),
+        }
+        if all(s.old_logprobs is not None for s in samples):
+            width = batch["completion_ids"].shape[1]
+            batch["old_per_token_logps"] = torch.tensor(
+                [s.old_logprobs + [0.0] * (width - len(s.old_logprobs)) for s in samples], dtype=torch.float32
+            )
+        return batch
+
+
+# ----------------------------------------------------------------- objectives
+
+
+def completion_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token logprobs of a :func:`sequence_batch` and the matching (shifted) completion mask."""
+    logprobs = token_logprobs(model, batch["input_ids"], batch["attention_mask"])
+    return logprobs, batch["completion_mask"][:, 1:].to(logprobs.dtype)
+
+
+class SFTObjective(Objective):
+    """Mean NLL over the completion tokens of a batch (rejection-sampling fine-tuning)."""
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        logprobs, mask = completion_token_logprobs(model, batch)
+        loss = -(logprobs * mask).sum() / mask.sum().clamp(min=1.0)
+        return loss, {"tokens": float(mask.sum())}
+
+
+class DPOObjective(Objective):
+    """DPO sigmoid loss against ``reference`` (frozen); see the module docstring for the equation."""
+
+    def __init__(self, reference: nn.Module, beta: float = 0.1) -> None:
+        self.reference, self.beta = reference, beta
+
+    def setup(self, accelerator) -> None:
+        self.reference.to(accelerator.device)
+
+    def sequence_logprobs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logprobs, mask = completion_token_logprobs(model, batch)
+        return (logprobs * mask).sum(-1)
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected = self.sequence_logprobs(model, batch).chunk(2)
+        with torch.no_grad():
+            ref_chosen, ref_rejected = self.sequence_logprobs(self.reference, batch).chunk(2)
+        chosen_reward = self.beta * (chosen - ref_chosen)
+        rejected_reward = self.beta * (rejected - ref_rejected)
+        margin = chosen_reward - rejected_reward
+        loss = -F.logsigmoid(margin).mean()
+        logs = {"reward_margin": float(margin.detach().mean()), "reward_accuracy": float((margin > 0).float().mean())}
+        return loss, logs
+
+
+class GRPOObjective(Objective):
+    """Clipped policy gradient with a k3 KL penalty to ``reference``; see the module docstring.
+
+    ``batch["kl_weight"]`` (per sequence, default 1) multiplies the KL term, which is how SCoRe puts a
+    strong KL constraint on its first turn only. ``kl_importance_correction`` multiplies the k3 term by
+    the ratio ``r_t`` (samples come from ``pi_old``, not ``pi``; TRL's ``use_bias_correction_kl``).
+    ``old_per_token_logps`` defaults to the detached
+    current logprobs (one update per rollout: ratio 1, as in TRL with ``num_iterations=1``).
+    """
+
+    def __init__(
+        self,
+        reference: nn.Module | None = None,
+        beta: float = 0.04,
+        epsilon_low: float = 0.2,
+        epsilon_high: float = 0.2,
+        loss_type: str = "grpo",
+        max_completion_length: int | None = None,
+        temperature: float = 1.0,
+        kl_importance_correction: bool = False,
+    ) -> None:
+        if loss_type not in GRPO_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {GRPO_LOSS_TYPES}, got {loss_type!r}")
+        if loss_type == "dr_grpo" and not max_completion_length:
+            raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+        if beta and reference is None:
+            raise ValueError(f"beta={beta} needs a reference model (or beta=0)")
+        self.reference, self.beta, self.loss_type = reference, beta, loss_type
+        self.epsilon_low, self.epsilon_high = epsilon_low, epsilon_high
+        self.max_completion_length, self.temperature = max_completion_length, temperature
+        self.kl_importance_correction = kl_importance_correction
+
+    def setup(self, accelerator) -> None:
+        if self.reference is not None:
+            self.reference.to(accelerator.device)
+
+    def completion_logprobs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        return token_logprobs(model, input_ids, attention_mask, self.temperature, last=batch["completion_ids"].shape[1])
+
+    def reduce(self, per_token_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.loss_type == "grpo":
+            return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+        if self.loss_type == "bnpo":
+            return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
+        return (per_token_loss * mask).sum() / (per_token_loss.shape[0] * self.max_completion_length)
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        logprobs = self.completion_logprobs(model, batch)
+        mask = batch["completion_mask"].to(logprobs.dtype)
+        old = batch.get("old_per_token_logps")
+        old = logprobs.detach() if old is None else old
+        ratio = torch.exp(logprobs - old)
+        advantages = batch["advantages"].unsqueeze(1)
+        clipped = torch.clamp(ratio, 1 - self.epsilon_low, 1 + self.epsilon_high)
+        per_token_loss = -torch.min(ratio * advantages, clipped * advantages)
+        logs = {"clip_fraction": float(((ratio != clipped).float() * mask).sum() / mask.sum().clamp(min=1))}
+        if self.beta:
+            with torch.no_grad():
+                ref = batch.get("ref_per_token_logps")
+                ref = self.completion_logprobs(self.reference, batch) if ref is None else ref
+            log_ratio = ref - logprobs
+            kl = torch.exp(log_ratio) - log_ratio - 1
+            if self.kl_importance_correction:
+                kl = kl * ratio
+            weight = batch.get("kl_weight", torch.ones_like(advantages[:, 0])).unsqueeze(1)
+            per_token_loss = per_token_loss + self.beta * weight * kl
+            logs["kl"] = float((kl.detach() * mask).sum() / mask.sum().clamp(min=1))
+        return self.reduce(per_token_loss, mask), logs

@@ -1,0 +1,137 @@
+"""Rollouts: batched sampling from a causal LM with the KV cache, returning ids, text and logprobs.
+
+``generate_rollouts`` calls ``model.generate`` (KV cache on by default) on left-padded prompt
+batches, ``num_samples`` completions per prompt, and returns for each completion its token ids, its
+text (cut at the first stop string) and per-token logprobs ``log softmax(logits / T)[y_t]`` of the
+sampled tokens - the sampling policy at temperature ``T`` without top-p truncation, which is the
+``pi_old`` of GRPO (TRL's convention). Greedy decoding (``temperature=0``) reports ``T = 1`` logprobs.
+
+Stop strings are matched in the completion only, after generation (``generate``'s own
+``stop_strings`` also matches text that straddles the prompt, e.g. a prompt ending in a newline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    num_samples: int = 1  # completions per prompt
+    max_new_tokens: int = 64
+    stop_strings: Sequence[str] = ()
+    batch_size: int = 128  # prompts x samples per generate call
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.num_samples < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                "SamplingParams expects temperature >= 0, 0 < top_p <= 1, num_samples >= 1, max_new_tokens >= 1; "
+                f"got temperature={self.temperature}, top_p={self.top_p}, num_samples={self.num_samples}, "
+                f"max_new_tokens={self.max_new_tokens}"
+            )
+        if self.temperature == 0 and self.num_samples > 1:
+            raise ValueError(
+                f"greedy decoding (temperature=0) gives one completion per prompt, got num_samples={self.num_samples}"
+            )
+
+
+@dataclass
+class Rollout:
+    prompt_index: int
+    prompt: str
+    text: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float] = field(repr=False)
+    finished: bool = True  # ended by eos or a stop string, not by max_new_tokens
+
+
+def _cut_at_stop(tokenizer, ids: list[int], stop_strings: Sequence[str]) -> tuple[list[int], str, bool]:
+    """Keep ids through the first eos or stop string; the text excludes the eos and the stop string.
+
+    Returns ``(ids, text, finished)``; ``finished`` is False when neither eos nor a stop string occurred."""
+    finished = tokenizer.eos_token_id in ids
+    if finished:
+        ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    hits = [(text.index(stop), stop) for stop in stop_strings if stop in text]
+    if not hits:
+        return ids, text, finished
+    position, stop = min(hits)
+    cut = position + len(stop)
+    ends = (end for end in range(1, len(ids) + 1) if len(tokenizer.decode(ids[:end], skip_special_tokens=True)) >= cut)
+    end = next(ends, len(ids))
+    return ids[:end], text[:position], True
+
+
+@torch.no_grad()
+def generate_rollouts(
+    model: nn.Module, tokenizer, prompts: Sequence[str], params: SamplingParams, seed: int = 0
+) -> list[Rollout]:
+    """``params.num_samples`` completions for each prompt, grouped by prompt (prompt 0's samples first)."""
+    if tokenizer.padding_side != "left":
+        raise ValueError("generate_rollouts needs tokenizer.padding_side='left' (decoder-only batching)")
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    prompts_per_call = max(1, params.batch_size // params.num_samples)
+    rollouts = []
+    for start in range(0, len(prompts), prompts_per_call):
+        chunk = list(prompts[start : start + prompts_per_call])
+        rollouts += _generate_chunk(model, tokenizer, chunk, start, params)
+    model.train(was_training)
+    return rollouts
+
+
+def _generate_chunk(model, tokenizer, prompts: list[str], offset: int, params: SamplingParams) -> list[Rollout]:
+    device = next(model.parameters()).device
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    greedy = params.temperature == 0
+    sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+    output = model.generate(
+        **encoded,
+        do_sample=not greedy,
+        **sampling,
+        max_new_tokens=params.max_new_tokens,
+        num_return_sequences=params.num_samples,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=params.use_cache,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    width = encoded.input_ids.shape[1]
+    new_tokens = output.sequences[:, width:]
+    logits = torch.stack(output.logits, dim=1).float() / (1.0 if greedy else params.temperature)
+    logprobs = torch.gather(logits.log_softmax(-1), -1, new_tokens[..., None]).squeeze(-1).cpu()
+    rollouts = []
+    for row in range(new_tokens.shape[0]):
+        index = row // params.num_samples
+        prompt_ids = encoded.input_ids[index][encoded.attention_mask[index].bool()].tolist()
+        generated = new_tokens[row].tolist()
+        ids, text, finished = _cut_at_stop(tokenizer, generated, params.stop_strings)
+        rollouts.append(
+            Rollout(
+                prompt_index=offset + index,
+                prompt=prompts[index],
+                text=text,
+                prompt_ids=prompt_ids,
+                completion_ids=ids,
+                logprobs=logprobs[row, : len(ids)].tolist(),
+                finished=finished,
+            )
+        )
+    return rollouts
+
+
+def greedy_completions(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """The greedy completion text of each prompt."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    return [rollout.text for rollout in generate_rollouts(model, tokenizer, prompts, params)]

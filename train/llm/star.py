@@ -1,0 +1,66 @@
+"""STaR: Self-Taught Reasoner (Zelikman et al., 2022), with rationalisation.
+
+Each outer iteration n:
+
+1. the current policy writes a rationale + answer for every training problem;
+2. for the problems it got wrong, it is prompted again *with the answer as a hint* (``H:<answer>``,
+   rationalisation) and the hinted rationales that reach the right answer are kept too, stored
+   **without** the hint, as if the model had produced them unaided;
+3. the **base** model is fine-tuned (SFT on the completion tokens) on all correct rationales, with
+   the number of steps growing by ``step_growth`` (20% in the paper) per iteration;
+4. the fine-tuned model becomes the policy of the next iteration.
+
+Departure: problems are fresh seeded draws each iteration instead of one fixed dataset (same
+distribution); decoding is greedy by default (``temperature: 0``), one rationale per problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...data.tasks import prompt_text
+from ..registry import Method
+from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
+from .objectives import SFTCollator, SFTObjective, TextPair
+
+
+@dataclass
+class STaRConfig(IterativeConfig):
+    temperature: float = 0.0
+    samples_per_problem: int = 1
+    rationalize: bool = True
+    step_growth: float = 0.2
+
+
+class STaRTrainer(IterativeTrainer):
+    config_class = STaRConfig
+    plot_keys = ("accuracy", "train_accuracy", "rationalized")
+
+    def build_round(self, iteration: int) -> Round:
+        config = self.config
+        problems = self.problems(iteration)
+        rollouts = self.solve(problems, seed=iteration)
+        correct = [(p, r.text) for p, r in zip(problems, rollouts) if self.task.verify(p, r.text)]
+        solved = {p.id for p, _ in correct}
+        failed = [p for p in problems if p.id not in solved]
+        rationalized = []
+        if config.rationalize and failed:
+            hinted = [prompt_text(p.question, hint=p.answer) for p in failed]
+            hinted_rollouts = self.sample(hinted, seed=iteration)
+            rationalized = [(p, r.text) for p, r in zip(failed, hinted_rollouts) if self.task.verify(p, r.text)]
+        examples = [TextPair(prompt_text(p.question), text) for p, text in correct + rationalized]
+        steps = round(config.max_train_steps * (1 + config.step_growth) ** (iteration - 1))
+        logs = {
+            "train_accuracy": len(correct) / len(problems),
+            "rationalized": len(rationalized) / len(problems),
+        }
+        collator = SFTCollator(self.tokenizer, config.max_length)
+        return Round(SFTObjective(), examples, collator, logs, from_base=True, max_train_steps=steps)
+
+
+METHOD = Method(
+    name="star",
+    summary="STaR: fine-tune the base LM on its own correct rationales, with answer-hinted rationalisation",
+    config_class=STaRConfig,
+    train=run_recipe(STaRTrainer),
+)
