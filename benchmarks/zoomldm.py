@@ -1,0 +1,55 @@
+"""ZoomLDM large-image speed: joint multi-scale sampling vs naive tiling, fp32 vs bf16 autocast.
+
+    OMP_NUM_THREADS=1 python benchmarks/zoomldm.py [--model assets/zoomldm-retina] [--size 128] [--steps 10] [--repeats 3]
+
+Times ``pipe.generate_large_image(size, size)`` (one ``size x size`` image, ``(size / 32)^2`` tiles plus the
+low-magnification view) with and without the per-step coupling, in fp32 and under ``torch.autocast("cpu",
+bfloat16)``. Variants are interleaved and the median of ``repeats`` rounds is reported, so background load
+affects all of them alike. Prints seconds per image and ratios to joint fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+
+from selfgen import ZoomLDMPipeline
+
+
+def seconds(pipe: ZoomLDMPipeline, size: int, steps: int, coupling: bool, bf16: bool) -> float:
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    started = time.perf_counter()
+    with autocast:
+        pipe.generate_large_image(size, size, coupling=coupling, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="assets/zoomldm-retina")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    pipe = ZoomLDMPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    variants = {(coupling, bf16): [] for coupling in (True, False) for bf16 in (False, True)}
+    for variant in variants:  # warm-up
+        seconds(pipe, args.size, 2, *variant)
+    for _ in range(args.repeats):
+        for variant, times in variants.items():
+            times.append(seconds(pipe, args.size, args.steps, *variant))
+    reference = statistics.median(variants[(True, False)])
+    print(f"{args.size}x{args.size}, {args.steps} DDIM steps, torch threads {torch.get_num_threads()}")
+    print(f"{'sampler':<8} {'precision':<9} {'s/image':>8} {'vs joint fp32':>14}")
+    for (coupling, bf16), times in variants.items():
+        median = statistics.median(times)
+        print(f"{'joint' if coupling else 'naive':<8} {'bf16' if bf16 else 'fp32':<9} {median:>8.2f} {median / reference:>14.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from selfgen.models.zoomldm import (
+    ZoomEmbeddingDiffusion,
+    ZoomLDMDenoiser,
+    ZoomSSLEncoder,
+    full_grid_to_tokens,
+    tokens_to_full_grid,
+)
+
+
+def tiny_denoiser(**kwargs):
+    torch.manual_seed(0)
+    config = dict(sample_size=4, in_channels=4, hidden_size=32, depth=1, num_heads=2, ssl_dim=8, max_grid=2,
+                  num_levels=3, summarizer_hidden=16, summarizer_depth=1, context_dim=16, image_patch_size=16)
+    config.update(kwargs)
+    model = ZoomLDMDenoiser(**config).eval()
+    torch.nn.init.normal_(model.proj_out.weight, std=0.1)  # zero-initialised output would hide the conditioning
+    for block in model.blocks:
+        torch.nn.init.normal_(block.modulation[-1].weight, std=0.1)
+    return model
+
+
+def conditions(count, valid):
+    tokens = torch.randn(count, 4, 8)
+    mask = (torch.arange(4) < valid).expand(count, -1)
+    return tokens, mask
+
+
+def test_summarizer_handles_one_to_many_embeddings():
+    model = tiny_denoiser()
+    for valid, level in ((1, 0), (4, 1), (4, 2)):
+        tokens, mask = conditions(3, valid)
+        context = model.summarize(tokens, mask, torch.full((3,), level))
+        assert context.shape == (3, 5, 16)
+    tokens, mask = conditions(2, 1)
+    padded = tokens.clone()
+    padded[:, 1:] = 100.0  # masked-out tokens are replaced by the pad token: their values must not matter
+    levels = torch.zeros(2, dtype=torch.long)
+    torch.testing.assert_close(model.summarize(tokens, mask, levels), model.summarize(padded, mask, levels))
+    changed = tokens.clone()
+    changed[:, 0] += 1
+    assert not torch.allclose(model.summarize(tokens, mask, levels), model.summarize(changed, mask, levels))
+
+
+def test_magnification_changes_the_prediction():
+    model = tiny_denoiser()
+    latents, (tokens, mask) = torch.randn(2, 4, 4, 4), conditions(2, 4)
+    low = model(latents, 10, tokens, mask, torch.tensor([0, 0])).sample
+    high = model(latents, 10, tokens, mask, torch.tensor([2, 2])).sample
+    assert low.shape == latents.shape and (low - high).abs().mean() > 1e-4
+
+
+def test_condition_dropout_uses_null_context():
+    model = tiny_denoiser()
+    latents, (tokens, mask) = torch.randn(2, 4, 4, 4), conditions(2, 4)
+    drop = torch.tensor([True, True])
+    first = model(latents, 5, tokens, mask, torch.tensor([1, 1]), drop).sample
+    second = model(latents, 5, torch.randn_like(tokens), mask, torch.tensor([2, 2]), drop).sample
+    torch.testing.assert_close(first, second)
+
+
+def test_magnification_outside_trained_levels_is_an_error():
+    model = tiny_denoiser()
+    tokens, mask = conditions(1, 1)
+    with pytest.raises(ValueError, match=r"trained level in \[0, 3\)"):
+        model(torch.randn(1, 4, 4, 4), 1, tokens, mask, torch.tensor([3]))
+
+
+def test_grid_round_trip_and_embedding_diffusion():
+    tokens = torch.zeros(2, 16, 3)
+    tokens[:, :4] = torch.randn(2, 4, 3)
+    full = tokens_to_full_grid(tokens, level=1, max_grid=4)
+    back, mask = full_grid_to_tokens(full, level=1, max_grid=4)
+    torch.testing.assert_close(back, tokens)
+    assert mask[0].tolist() == [True] * 4 + [False] * 12
+    cdm = ZoomEmbeddingDiffusion(ssl_dim=3, max_grid=4, num_levels=2, hidden_size=16, depth=1, num_heads=2)
+    assert cdm(full, torch.tensor([3, 7]), torch.tensor([0, 1])).sample.shape == (2, 16, 3)
+
+
+def test_ssl_encoder_embeddings_are_normalised():
+    encoder = ZoomSSLEncoder(embed_dim=8, channels=(8, 8), projection_dim=4)
+    embeddings = encoder(torch.randn(5, 3, 16, 16))
+    assert embeddings.shape == (5, 8) and encoder.project(embeddings).shape == (5, 4)
+    torch.testing.assert_close(embeddings.mean(-1), torch.zeros(5), atol=1e-5, rtol=0)

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from selfgen import ZoomLDMPipeline
+from selfgen.cli import main
+from selfgen.train.zoomldm import ZoomLDMConfig, train
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY = dict(
+    patch_size=16, num_levels=3, max_grid=2, train_batch_size=8, max_train_steps=4, vae_steps=3, ssl_steps=3,
+    cdm_steps=3, logging_steps=1, checkpointing_steps=0, report_to=None, vae_channels=[16, 16], latent_channels=4,
+    ssl_dim=8, ssl_channels=[8, 8], hidden_size=32, depth=1, num_heads=2, summarizer_hidden=16, summarizer_depth=1,
+    context_dim=16, cdm_hidden=16, cdm_depth=1, learning_rate=1e-3,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoom")
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    Image.fromarray(rng.integers(0, 256, (256, 272, 3), dtype=np.uint8)).save(root / "images" / "slide.png")
+    config = ZoomLDMConfig(output_dir=str(root / "run"), data=str(root / "images"), **TINY)
+    return root, train(config)
+
+
+def test_all_stages_train_and_export_a_loadable_pipeline(trained):
+    root, result = trained
+    assert result.global_step == 3 and result.pipeline_dir == root / "run" / "pipeline"
+    for stage in ("autoencoder", "ssl", "ldm", "cdm"):
+        assert (root / "run" / stage / "logs" / "metrics.jsonl").is_file()
+    pipe = ZoomLDMPipeline.from_pretrained(result.pipeline_dir)
+    assert pipe.vae.config.scaling_factor != 0.18215  # set from the latents' std
+    assert pipe(magnification=2, num_images=2, num_inference_steps=2, output_type="np").images.shape == (2, 16, 16, 3)
+
+
+def test_cli_generate_writes_a_large_png(trained, tmp_path):
+    _, result = trained
+    main(["generate", "zoomldm", "--model", str(result.pipeline_dir), "--output", str(tmp_path), "--large", "64x64",
+          "--num-inference-steps", "2"])
+    with Image.open(tmp_path / "large.png") as image:
+        assert image.size == (64, 64)
+
+
+def test_bundled_config_is_valid_and_exports_the_asset():
+    from selfgen.train.config import load_config
+
+    config = load_config(ZoomLDMConfig, CONFIGS / "zoomldm_retina.yaml")
+    assert config.export_dir == "assets/zoomldm-retina" and config.images == ["retina"]
+    assert yaml.safe_load((CONFIGS / "zoomldm_retina_single.yaml").read_text())["levels"] == [0]
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="patch_size"):
+        ZoomLDMConfig(patch_size=30, vae_channels=[8, 8, 8])
+    with pytest.raises(ValueError, match="condition_dropout"):
+        ZoomLDMConfig(condition_dropout=1.5)
+    with pytest.raises(ValueError, match="--large"):
+        from selfgen.train.zoomldm import parse_size
+
+        parse_size("big")
