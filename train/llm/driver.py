@@ -9,7 +9,8 @@ problems and records the iteration:
 
     output_dir/iteration-k/            the Trainer's run (config.yaml, logs/metrics.jsonl)
     output_dir/iteration-k/model/      the iteration's policy (save_pretrained, reloadable)
-    output_dir/metrics.jsonl           one line per iteration (iteration 0 = the starting model)
+    output_dir/metrics.jsonl           one line per iteration (iteration 0 = the starting model, or the
+                                       model after the recipe's optional seed_round)
     output_dir/metrics.png             the recipe's key metrics per iteration
     config.pipeline_dir                the final policy (model + tokenizer)
 
@@ -81,6 +82,7 @@ class Round:
     logs: dict[str, float] = field(default_factory=dict)
     from_base: bool = False  # train the base model rather than the current policy (STaR, ReST-EM)
     max_train_steps: int | None = None  # overrides config.max_train_steps for this round
+    learning_rate: float | None = None  # overrides config.learning_rate for this round
 
 
 @dataclass
@@ -176,6 +178,14 @@ class IterativeTrainer:
     def build_round(self, iteration: int) -> Round:
         raise NotImplementedError
 
+    def seed_round(self) -> Round | None:
+        """An optional supervised stage before iteration 1 (self-rewarding DPO's seed IFT + EFT); ``None``: none.
+
+        When given, the starting model is evaluated (``base_*`` in the iteration-0 record), the round is
+        optimised into ``output_dir/iteration-0`` and iteration 0 records the seeded model.
+        """
+        return None
+
     def evaluate(self) -> dict[str, float]:
         """Held-out greedy accuracy; recipes add their own metrics."""
         rollouts = self.solve(self.eval_set, temperature=0.0, num_samples=1)
@@ -193,7 +203,7 @@ class IterativeTrainer:
             return [], 0
         history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
         done = history[-1]["iteration"] if history else 0
-        if done:
+        if done or (history and "seed_train_steps" in history[0]):
             self.policy, self.tokenizer = load_policy(self.iteration_dir(done) / "model")
             logger.info("resumed after iteration %d", done)
         return history, done
@@ -220,6 +230,7 @@ class IterativeTrainer:
             output_dir=str(run_dir),
             export_dir=str(run_dir / "model"),
             max_train_steps=round_.max_train_steps or self.config.max_train_steps,
+            learning_rate=round_.learning_rate or self.config.learning_rate,
             train_batch_size=min(self.config.train_batch_size, len(round_.dataset)),
             resume_from=None,
             seed=self.config.seed + iteration,
@@ -240,7 +251,13 @@ class IterativeTrainer:
     def train(self) -> IterationReport:
         history, done = self._resume()
         if not history:
-            self._record(history, {"iteration": 0, **self.evaluate()})
+            record: dict[str, float] = {"iteration": 0}
+            seed_round = self.seed_round()
+            if seed_round is not None:
+                record.update({f"base_{key}": value for key, value in self.evaluate().items()})
+                train_logs = self.optimise(0, seed_round)
+                record.update({**seed_round.logs, **{f"seed_{key}": value for key, value in train_logs.items()}})
+            self._record(history, {**record, **self.evaluate()})
         for iteration in range(done + 1, self.config.iterations + 1):
             round_ = self.build_round(iteration)
             train_logs = self.optimise(iteration, round_)

@@ -2,22 +2,31 @@
 Self-Correct via Reinforcement Learning").
 
 An episode is ``x -> y1 ~ pi(.|x) -> y2 ~ pi(.|x, y1, "R:")`` (first attempt, then a revision) with
-verifier rewards ``r1 = r(y1)``, ``r2 = r(y2)``. Both stages are policy gradient against the base
-model ``pi_ref`` through :class:`~selfgen.train.llm.objectives.GRPOObjective`:
+verifier rewards ``r1 = r(y1)``, ``r2 = r(y2)``. Both stages are on-policy REINFORCE against the
+base model ``pi_ref``, as in the paper: the gradient of a sequence is ``-(R - b) grad log pi(y)``
+(sum over the sequence's tokens) plus a per-token k3 estimate of ``KL(pi || pi_ref)``, with ``R`` the
+return credited to that turn and ``b`` the mean return of the problem's ``samples_per_problem``
+episodes (a baseline; no standard-deviation normalisation, no ratio clipping). It runs through
+:class:`~selfgen.train.llm.objectives.GRPOObjective` with ``old_per_token_logps`` equal to the
+current logprobs (ratio 1, so the clipped surrogate's gradient is exactly REINFORCE's) and the
+``dr_grpo`` reduction (token sums over a constant ``max_new_tokens``). A round's steps may revisit a
+rollout after earlier updates (no importance correction: slightly stale REINFORCE).
 
 * **Stage I** (``stage1_iterations``) - maximise the second turn's reward while keeping the first
   turn close to the base model: ``max E[r2] - beta2 KL(pi(.|x) || pi_ref(.|x)) - beta1 KL(turn 2)``.
-  Turn-2 tokens get the advantage of ``r2``; turn-1 tokens get no advantage and the strong KL weight
-  ``beta2`` (this decouples the turns and avoids collapsing into "never change the answer").
-* **Stage II** - jointly maximise both turns with reward shaping on turn 2:
-  ``r2_hat = r2 + alpha (r2 - r1)`` (a bonus for going incorrect -> correct, a penalty for
-  correct -> incorrect); turn 1 is credited with the return ``r1 + r2_hat``, turn 2 with ``r2_hat``,
-  under the weak KL ``beta1`` on both turns.
+  Turn-2 tokens get ``r2 - b``; turn-1 tokens get no reward term and the strong KL weight ``beta2``
+  (this decouples the turns and avoids collapsing into "never change the answer").
+* **Stage II** - jointly maximise both turns with reward shaping on turn 2
+  (:func:`shaped_reward`): ``r2_hat = r2 + alpha (r2 - r1)`` (a bonus for going incorrect ->
+  correct, a penalty for correct -> incorrect); the objective is ``r1 + r2_hat - beta1 KL`` on both
+  turns, so turn 1 is credited with the return ``r1 + r2_hat`` and turn 2 with ``r2_hat``. Note
+  ``r1 + r2_hat = (1 - alpha) r1 + (1 + alpha) r2``: the first attempt is rewarded for being wrong;
+  ``first_turn_bonus: false`` credits turn 1 with the unshaped ``r1 + r2`` instead (a departure).
 
-Advantages are group-normalised over the ``samples_per_problem`` episodes of a problem (GRPO-style;
-the paper uses REINFORCE with a baseline). Metrics, greedy on held-out problems: Accuracy@t1,
-Accuracy@t2, Delta(t1,t2) = Acc@t2 - Acc@t1, Delta_i->c (fraction fixed by the revision) and
-Delta_c->i (fraction broken by it).
+Metrics, greedy on held-out problems: Accuracy@t1, Accuracy@t2, Delta(t1,t2) = Acc@t2 - Acc@t1,
+Delta_i->c (fraction fixed by the revision) and Delta_c->i (fraction broken by it); with
+``tune_problems`` the same on training-seed problems as ``tune_*`` (for choosing settings).
+``stage2_learning_rate`` sets stage II's step size apart (its shaped returns are ~alpha x larger).
 """
 
 from __future__ import annotations
@@ -31,9 +40,11 @@ from ...data.tasks import prompt_text, revision_prompt
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy
-from .objectives import GRPOCollator, GRPOObjective, PolicySample, group_advantages
+from .objectives import GRPOCollator, GRPOObjective, PolicySample
 from .rewards import VerifierReward
 from .rollout import Rollout
+
+TUNE_SEED = 9_000  # a training seed (< lm.EVAL_SEED) that problems(iteration) never draws for seed*1000+iteration < 9000
 
 
 @dataclass
@@ -43,8 +54,21 @@ class SCoReConfig(IterativeConfig):
     beta1: float = 0.01  # KL weight on every turn
     beta2: float = 0.1  # stage I: KL weight on the first turn
     alpha: float = 10.0  # stage II: reward-shaping multiplier
-    epsilon: float = 0.2
     learning_rate: float = 1e-4
+    stage2_learning_rate: float | None = None  # stage II's rounds (None: learning_rate); shaped returns are ~alpha x larger
+    first_turn_bonus: bool = True  # stage II: turn 1's return includes the shaping bonus (False: r1 + r2)
+    tune_problems: int = 0  # > 0: also report tune_* metrics on this many training-seed problems
+
+
+def shaped_reward(r1: torch.Tensor, r2: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Stage II's turn-2 reward ``r2 + alpha (r2 - r1)``."""
+    return r2 + alpha * (r2 - r1)
+
+
+def baseline_advantages(returns: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE advantages: each return minus the mean return of its problem's ``group_size`` episodes."""
+    grouped = returns.view(-1, group_size)
+    return (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
 
 
 def correction_metrics(first: list[bool], second: list[bool]) -> dict[str, float]:
@@ -75,13 +99,19 @@ class SCoReTrainer(IterativeTrainer):
         second = self.sample(second_prompts, **{**sampling, "num_samples": 1})
         return first, second
 
-    def evaluate(self) -> dict[str, float]:
-        first, second = self.episodes(self.eval_set, temperature=0.0, num_samples=1)
+    def correction_eval(self, problems: list[Problem]) -> dict[str, float]:
+        first, second = self.episodes(problems, temperature=0.0, num_samples=1)
         verify = self.task.verify
-        metrics = correction_metrics(
-            [verify(p, r.text) for p, r in zip(self.eval_set, first)],
-            [verify(p, r.text) for p, r in zip(self.eval_set, second)],
+        return correction_metrics(
+            [verify(p, r.text) for p, r in zip(problems, first)],
+            [verify(p, r.text) for p, r in zip(problems, second)],
         )
+
+    def evaluate(self) -> dict[str, float]:
+        metrics = self.correction_eval(self.eval_set)
+        if self.config.tune_problems:  # training-seed problems (never the held-out set), for choosing settings
+            tune = self.task.sample(self.config.tune_problems, TUNE_SEED + self.config.seed)
+            metrics.update({f"tune_{key}": value for key, value in self.correction_eval(tune).items()})
         return {"accuracy": metrics["accuracy_t2"], **metrics}
 
     def build_round(self, iteration: int) -> Round:
@@ -94,25 +124,27 @@ class SCoReTrainer(IterativeTrainer):
         stage = 1 if iteration <= config.stage1_iterations else 2
         if stage == 1:
             first_advantages = torch.zeros_like(r1)
-            second_advantages = group_advantages(r2, k)
+            second_advantages = baseline_advantages(r2, k)
             first_kl = config.beta2 / config.beta1
         else:
-            shaped = r2 + config.alpha * (r2 - r1)
-            first_advantages = group_advantages(r1 + shaped, k)
-            second_advantages = group_advantages(shaped, k)
+            shaped = shaped_reward(r1, r2, config.alpha)
+            first_return = r1 + (shaped if config.first_turn_bonus else r2)
+            first_advantages = baseline_advantages(first_return, k)
+            second_advantages = baseline_advantages(shaped, k)
             first_kl = 1.0
-        samples = [
-            PolicySample(r.prompt_ids, r.completion_ids, float(a), r.logprobs, kl)
+        samples = [  # no old logprobs: the ratio is 1 and the update is REINFORCE's (see the docstring)
+            PolicySample(r.prompt_ids, r.completion_ids, float(a), None, kl)
             for rollouts, advantages, kl in ((first, first_advantages, first_kl), (second, second_advantages, 1.0))
             for r, a in zip(rollouts, advantages)
         ]
         objective = GRPOObjective(
-            self.reference, beta=config.beta1, epsilon_low=config.epsilon, epsilon_high=config.epsilon,
+            self.reference, beta=config.beta1, loss_type="dr_grpo", max_completion_length=config.max_new_tokens,
             temperature=config.temperature,
         )
         sampled = correction_metrics(r1.bool().tolist(), r2.bool().tolist())
         logs = {"stage": float(stage), **{f"train_{key}": value for key, value in sampled.items()}}
-        return Round(objective, samples, GRPOCollator(self.tokenizer.pad_token_id), logs)
+        learning_rate = config.stage2_learning_rate if stage == 2 else None
+        return Round(objective, samples, GRPOCollator(self.tokenizer.pad_token_id), logs, learning_rate=learning_rate)
 
 
 METHOD = Method(

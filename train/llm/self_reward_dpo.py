@@ -1,6 +1,17 @@
 """Iterative self-rewarding / self-rationalising DPO, with EVOLVE's self-refinement as an option.
 
-Each iteration, with no access to the verifier:
+Seed stage (Self-Rewarding LMs' M1, before iteration 1; ``eft_problems``/``ift_problems`` > 0): SFT
+on the shared Trainer on seed data drawn from training seeds (:func:`seed_examples`):
+
+* **EFT** (evaluation fine-tuning): LLM-as-a-judge examples on ``eft_problems`` seed problems, a
+  candidate solution - exactly half correct, half with one corrupted answer digit - then ``J:``, a
+  rationale (:func:`eft_rationale`: the candidate's answer quoted, the problem re-derived step by
+  step, and the two answers compared digit by digit) and the verdict of the task's
+  **verifier**;
+* **IFT** (instruction fine-tuning): ``ift_problems`` plain worked solutions, so that answering is
+  kept while judging is taught.
+
+The verifier labels the seed data only; the iterations never see it. Then each iteration:
 
 1. the policy samples ``samples_per_problem`` candidate solutions per problem; with
    ``self_refine: true`` (EVOLVE, iterative preference optimisation with self-refinement) each
@@ -23,14 +34,15 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from itertools import zip_longest
 from dataclasses import dataclass
 
 from ...data.problems import Problem
-from ...data.tasks import corrupt_answer, judge_prompt, parse_verdict, prompt_text, revision_prompt
+from ...data.tasks import Task, corrupt_answer, extract_answer, judge_prompt, parse_verdict, prompt_text, revision_prompt
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy
-from .objectives import DPOCollator, DPOObjective, PreferencePair
+from .objectives import DPOCollator, DPOObjective, PreferencePair, SFTCollator, SFTObjective, TextPair
 from .rewards import SelfJudgeReward
 
 
@@ -45,6 +57,42 @@ class SelfRewardDPOConfig(IterativeConfig):
     beta: float = 0.1
     learning_rate: float = 1e-4
     train_batch_size: int = 16
+    eft_problems: int = 0  # seed EFT judge examples (0: no seed stage unless ift_problems > 0)
+    ift_problems: int = 0  # seed IFT worked solutions mixed into the seed stage
+    seed_train_steps: int = 200
+    seed_learning_rate: float = 3e-4
+
+
+EFT_SEED = 8_000  # seed problems come from training seeds below lm.EVAL_SEED, apart from problems(iteration)
+
+
+def corrupted_solution(solution: str, answer: str, rng: random.Random) -> str:
+    """``solution`` with its ``A:`` line's answer changed in one digit (a wrong candidate)."""
+    return solution.replace(f"A:{answer}", f"A:{corrupt_answer(answer, rng)}")
+
+
+def eft_rationale(solution: str, candidate_answer: str | None) -> str:
+    """The seed judge's rationale: the candidate's answer quoted first (``C:``), its own solution, then a
+    digit by digit comparison of the two answers (``D:``, ``=`` same, ``x`` different or missing)."""
+    own, quoted = extract_answer(solution) or "", candidate_answer or ""
+    marks = "".join("=" if a == b else "x" for a, b in zip_longest(own, quoted))
+    return f"C:{quoted}\n{solution}\nD:{marks}"
+
+
+def seed_examples(task: Task, eft_problems: int, ift_problems: int, seed: int = 0) -> list[TextPair]:
+    """Seed EFT judge examples (half correct, half corrupted candidates; verdict = the verifier) + IFT."""
+    rng = random.Random(seed)
+    examples = []
+    for index, problem in enumerate(task.sample(eft_problems, EFT_SEED + seed)):
+        solution = task.worked_solution(problem)
+        candidate = solution if index % 2 == 0 else corrupted_solution(solution, problem.answer, rng)
+        verdict = "Y" if task.verify(problem, candidate) else "N"
+        rationale = eft_rationale(solution, extract_answer(candidate))
+        examples.append(TextPair(judge_prompt(prompt_text(problem.question), candidate), f"{rationale}\nV:{verdict}"))
+    for problem in task.sample(ift_problems, EFT_SEED + 500 + seed):
+        examples.append(TextPair(prompt_text(problem.question), task.worked_solution(problem)))
+    rng.shuffle(examples)
+    return examples
 
 
 class SelfRewardDPOTrainer(IterativeTrainer):
@@ -60,7 +108,7 @@ class SelfRewardDPOTrainer(IterativeTrainer):
         solution = self.task.worked_solution(problem)
         if rng.random() < 0.5:
             return solution, True
-        return solution.replace(f"A:{problem.answer}", f"A:{corrupt_answer(problem.answer, rng)}"), False
+        return corrupted_solution(solution, problem.answer, rng), False
 
     def judge(self, num_judgements: int, temperature: float) -> SelfJudgeReward:
         config = self.config
@@ -73,6 +121,17 @@ class SelfRewardDPOTrainer(IterativeTrainer):
         verdicts = [parse_verdict(j.text) for j in self.judge(1, 0.0).judgements(problems, candidates)]
         agreement = sum(v == truth for v, (_, (_, truth)) in zip(verdicts, self.judge_set)) / len(verdicts)
         return {**metrics, "judge_agreement": agreement}
+
+    def seed_round(self) -> Round | None:
+        config = self.config
+        if not (config.eft_problems or config.ift_problems):
+            return None
+        examples = seed_examples(self.task, config.eft_problems, config.ift_problems, config.seed)
+        logs = {"eft_examples": float(config.eft_problems), "ift_examples": float(config.ift_problems)}
+        return Round(
+            SFTObjective(), examples, SFTCollator(self.tokenizer, config.max_length), logs,
+            max_train_steps=config.seed_train_steps, learning_rate=config.seed_learning_rate,
+        )
 
     def candidates(self, problems: list[Problem], iteration: int) -> list[tuple[Problem, str]]:
         rollouts = self.solve(problems, seed=iteration)

@@ -1,0 +1,125 @@
+"""SCoRe's REINFORCE stages and reward shaping; self-rewarding DPO's seed EFT/IFT stage."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfgen.data.problems import Problem
+from selfgen.data.tasks import JUDGE_MARK, extract_answer, get_task, parse_verdict
+from selfgen.train.llm.objectives import GRPOCollator, GRPOObjective, PolicySample
+from selfgen.train.llm.score import SCoReConfig, SCoReTrainer, baseline_advantages, shaped_reward
+from selfgen.train.llm.self_reward_dpo import SelfRewardDPOConfig, SelfRewardDPOTrainer, seed_examples
+
+ASSET = Path(__file__).resolve().parents[3] / "assets" / "lm-arith"
+needs_asset = pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+
+TINY = dict(
+    iterations=1, problems_per_iteration=3, eval_problems=4, samples_per_problem=2, max_train_steps=2,
+    train_batch_size=4, max_new_tokens=32, max_digits=2, logging_steps=1,
+)
+
+
+def test_stage2_shaped_reward_is_r2_plus_alpha_times_improvement():
+    r1 = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    r2 = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    alpha = 10.0
+    torch.testing.assert_close(shaped_reward(r1, r2, alpha), r2 + alpha * (r2 - r1))
+    assert shaped_reward(r1, r2, alpha).tolist() == [0.0, 11.0, -10.0, 1.0]  # i->c bonus, c->i penalty
+
+
+def test_reinforce_baseline_is_the_group_mean_without_scaling():
+    returns = torch.tensor([1.0, 0.0, 0.0, 0.0, 3.0, 3.0])
+    assert baseline_advantages(returns, 2).tolist() == [0.5, -0.5, 0.0, 0.0, 0.0, 0.0]
+    assert baseline_advantages(returns, 3).tolist() == pytest.approx([2 / 3, -1 / 3, -1 / 3, -2.0, 1.0, 1.0])
+
+
+def test_score_objective_gradient_is_reinforce():
+    """Ratio 1 (no old logprobs), dr_grpo reduction: grad = -sum_i A_i grad log pi(y_i) / (B * L)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(11, 8), torch.nn.Linear(8, 11))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **_):
+            return type("Out", (), {"logits": self.net(input_ids)[:, -logits_to_keep:]})()
+
+    policy = Wrapped()
+    samples = [PolicySample([1, 2], [3, 4, 5], 0.7), PolicySample([2], [6, 7], -0.3)]
+    batch = GRPOCollator(pad_token_id=0)(samples)
+    objective = GRPOObjective(None, beta=0.0, loss_type="dr_grpo", max_completion_length=8)
+    loss, _ = objective.compute_loss(policy, batch)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    logprobs = objective.completion_logprobs(policy, batch)
+    mask = batch["completion_mask"].float()
+    reference = -((logprobs * mask).sum(-1) * batch["advantages"]).sum() / (2 * 8)
+    expected = torch.autograd.grad(reference, list(model.parameters()))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+
+
+@needs_asset
+@pytest.mark.parametrize("stage", [1, 2])
+def test_score_round_credits_turns_as_the_paper(tmp_path, stage):
+    config = SCoReConfig(output_dir=str(tmp_path), stage1_iterations=1, beta1=0.05, beta2=1.0, alpha=10.0, **TINY)
+    trainer = SCoReTrainer(model=str(ASSET), task="arith", config=config)
+    round_ = trainer.build_round(stage)
+    k, n = config.samples_per_problem, config.problems_per_iteration * config.samples_per_problem
+    first, second = round_.dataset[:n], round_.dataset[n:]
+    assert round_.objective.loss_type == "dr_grpo" and round_.objective.beta == 0.05
+    assert all(s.old_logprobs is None for s in round_.dataset)  # on-policy REINFORCE: ratio 1
+    problems = [p for p in trainer.problems(stage) for _ in range(k)]
+    tokenizer = trainer.tokenizer
+    r1 = torch.tensor([float(trainer.task.verify(p, tokenizer.decode(s.completion_ids))) for p, s in zip(problems, first)])
+    r2 = torch.tensor([float(trainer.task.verify(p, tokenizer.decode(s.completion_ids))) for p, s in zip(problems, second)])
+    a1, a2 = torch.tensor([s.advantage for s in first]), torch.tensor([s.advantage for s in second])
+    if stage == 1:
+        assert round_.logs["stage"] == 1.0
+        assert a1.abs().sum() == 0 and all(s.kl_weight == pytest.approx(1.0 / 0.05) for s in first)
+        torch.testing.assert_close(a2, baseline_advantages(r2, k))
+    else:
+        assert round_.logs["stage"] == 2.0 and all(s.kl_weight == 1.0 for s in first)
+        shaped = r2 + 10.0 * (r2 - r1)
+        torch.testing.assert_close(a1, baseline_advantages(r1 + shaped, k))
+        torch.testing.assert_close(a2, baseline_advantages(shaped, k))
+        trainer.config.first_turn_bonus = False  # the departure: turn 1 credited with the unshaped r1 + r2
+        again = trainer.build_round(stage).dataset
+        assert [s.completion_ids for s in again] == [s.completion_ids for s in round_.dataset]  # seeded rollouts
+        torch.testing.assert_close(torch.tensor([s.advantage for s in again[:n]]), baseline_advantages(r1 + r2, k))
+
+
+def test_eft_seed_data_is_balanced_and_labelled_by_the_verifier():
+    task = get_task("arith", min_digits=1, max_digits=3)
+    examples = seed_examples(task, eft_problems=40, ift_problems=10, seed=0)
+    judge = [e for e in examples if e.prompt.endswith(JUDGE_MARK)]
+    assert len(judge) == 40 and len(examples) == 50
+    verdicts = [parse_verdict(e.completion) for e in judge]
+    assert verdicts.count(True) == verdicts.count(False) == 20
+    for example, verdict in zip(judge, verdicts):
+        question = example.prompt.split("\n")[0][2:]
+        left, right = question.split("+")
+        problem = Problem(question, str(int(left) + int(right)), "p")
+        candidate = example.prompt[len(f"Q:{question}\n") : -len(JUDGE_MARK)]
+        assert verdict == task.verify(problem, candidate)
+        assert task.verify(problem, example.completion)  # the rationale re-derives the right answer
+        assert extract_answer(example.completion.rsplit("\nV:", 1)[0]) == problem.answer
+        marks = example.completion.split("\nD:")[1].split("\n")[0]  # the digit-by-digit comparison
+        assert ("x" not in marks) == verdict
+
+
+@needs_asset
+def test_self_reward_dpo_seed_stage_runs_before_the_iterations(tmp_path):
+    config = SelfRewardDPOConfig(
+        output_dir=str(tmp_path / "run"), num_judgements=2, judge_max_new_tokens=36, eft_problems=6, ift_problems=2,
+        seed_train_steps=2, **TINY,
+    )
+    report = SelfRewardDPOTrainer(model=str(ASSET), task="arith", config=config).train()
+    first = report[0]
+    assert first["iteration"] == 0 and first["seed_train_steps"] == 2 and first["eft_examples"] == 6
+    for key in ("base_accuracy", "base_judge_agreement", "accuracy", "judge_agreement"):
+        assert 0.0 <= first[key] <= 1.0
+    assert (tmp_path / "run" / "iteration-0" / "model" / "config.json").is_file()
+    assert [record["iteration"] for record in report.history] == [0, 1]
