@@ -22,6 +22,9 @@ One round, repeated ``num_rounds`` times (``selfgen train srum --config configs/
         + lambda E [ mean_ij (v_theta(x_sigma, sigma, c) - v_ref(x_sigma, sigma, c))^2_ij ]``,
    ``x_sigma = (1 - sigma) x0 + sigma eps``;
 
+   Optionally (``reward_baseline="group"``, ``samples_per_prompt=K``; not in the paper) ``R`` is replaced by
+   its excess over the mean map of the same prompt's K samples, clipped at 0 (:func:`group_baseline`);
+
 4. log the rewards, reward maps (PNG grids with the maps overlaid) and held-out accuracy of the
    independent rule-based judge (:mod:`selfgen.eval.scenes`).
 
@@ -49,6 +52,7 @@ from torch.utils.data import Dataset
 
 from ..data.scenes import REGIONS, parse_prompt, question_in_region, sample_training_prompt
 from ..eval.plots import save_image_grid, save_metric_curves
+from ..eval.scenes import judge_image
 from ..pipelines.unified import UnifiedPipeline
 from . import unified
 from .config import TrainingConfig
@@ -56,6 +60,7 @@ from .registry import Method
 from .trainer import Objective, TrainResult, Trainer
 
 REWARD_MODES = ("both", "global", "local")
+BASELINES = ("none", "group")
 
 
 class SelfRewardingUMM(Protocol):
@@ -99,13 +104,27 @@ class SRUMConfig(TrainingConfig):
     guidance_scale: float = 3.0
     reward: str = "both"  # "both" (global x local, the paper), "global" only, "local" only
     constraint_weight: float = 1.0  # lambda of the regulariser toward the reference model
+    cfg_dropout: float = 0.0  # prompt dropped to the empty prompt in the update (authors: text_cond_dropout_prob)
+    samples_per_prompt: int = 1  # images generated per prompt (a group shares one baseline)
+    reward_baseline: str = "none"  # "none" (the raw map, the paper) or "group" (see group_baseline)
     eval_prompts_per_category: int = 16
     eval_seed: int = 0
+    eval_split: str = "heldout"  # "train" for tuning hyper-parameters; report on "heldout" only
+    eval_samples_per_prompt: int = 1  # images judged per evaluation prompt (different noise), less noisy
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.reward not in REWARD_MODES:
             raise ValueError(f"reward must be one of {REWARD_MODES}, got {self.reward!r}")
+        if self.reward_baseline not in BASELINES:
+            raise ValueError(f"reward_baseline must be one of {BASELINES}, got {self.reward_baseline!r}")
+        if self.eval_split not in ("train", "heldout"):
+            raise ValueError(f"eval_split must be 'train' or 'heldout', got {self.eval_split!r}")
+        if self.samples_per_prompt < 1 or self.eval_samples_per_prompt < 1:
+            raise ValueError(
+                f"samples_per_prompt and eval_samples_per_prompt must be >= 1, got {self.samples_per_prompt} "
+                f"and {self.eval_samples_per_prompt}"
+            )
         if not self.pretrained:
             raise ValueError("SRUM fine-tunes a pretrained unified model: set pretrained (e.g. assets/unified-shapes)")
         if self.num_rounds < 1 or self.prompts_per_round < 1:
@@ -179,10 +198,68 @@ def self_rewards(umm: SelfRewardingUMM, images: np.ndarray, prompts: list[str], 
     return SelfRewards(global_reward, scores, reward_maps(global_reward, scores, occupied, images.shape[1:3], mode))
 
 
+def group_baseline(maps: np.ndarray, group_size: int) -> np.ndarray:
+    """Weights relative to a per-prompt baseline: ``w = max(R - mean_group(R), 0)``, pixel by pixel over the
+    ``group_size`` consecutive samples of one prompt, rescaled so that ``mean(w) = mean(R)`` (the loss keeps
+    the raw map's scale, so ``constraint_weight`` means the same). Samples (regions) the model's own judge
+    finds better than its average for that prompt are imitated; the rest get weight 0."""
+    if len(maps) % group_size:
+        raise ValueError(f"{len(maps)} reward maps do not split into groups of samples_per_prompt={group_size}")
+    grouped = maps.reshape(-1, group_size, *maps.shape[1:])
+    weights = np.maximum(grouped - grouped.mean(axis=1, keepdims=True), 0).reshape(maps.shape)
+    total = weights.mean()
+    return (weights * (maps.mean() / total) if total > 0 else np.zeros_like(maps)).astype(np.float32)
+
+
 def overlay_reward_maps(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend each reward map (red = 0, green = 1) over its image: ``(N, H, W, 3)`` in ``[0, 1]``."""
     heat = np.stack([1 - maps, maps, np.zeros_like(maps)], axis=-1)
     return (1 - alpha) * images + alpha * heat
+
+
+def self_judge_agreement(
+    umm: SelfRewardingUMM,
+    num_prompts: int = 64,
+    samples_per_prompt: int = 4,
+    seed: int = 0,
+    num_inference_steps: int = 16,
+    guidance_scale: float = 3.0,
+) -> dict[str, float]:
+    """How well the model's own rewards rank its own samples, measured against the rule-based judge.
+
+    Draws ``num_prompts`` training prompts, ``samples_per_prompt`` images each, and returns the judge's
+    accuracy, the AUC of each self-reward (global ``g``, reward-map mean, sum of local ``s_r``) for
+    telling judge-correct from judge-wrong samples (0.5 = chance), and the judge accuracy of the
+    top-1 sample of each prompt under that reward (best-of-K selection by the model itself).
+    """
+    rng = random.Random(f"agreement-{seed}")
+    prompts = [sample_training_prompt(rng) for _ in range(num_prompts)]
+    prompts = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+    with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16):
+        images = umm.generate(
+            prompts,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+        ).images
+        rewards = self_rewards(umm, images, prompts)
+    correct = np.array([judge_image(image, prompt) for image, prompt in zip(images, prompts)], dtype=np.float64)
+    results = {"judge_accuracy": float(correct.mean())}
+    candidates = {
+        "global": rewards.global_reward,
+        "map_mean": rewards.reward_maps.mean(axis=(1, 2)),
+        "local_sum": rewards.local_rewards.sum(axis=1),
+    }
+    for name, values in candidates.items():
+        positive, negative = values[correct == 1], values[correct == 0]
+        if len(positive) and len(negative):
+            greater = (positive[:, None] > negative[None]).mean()
+            results[f"auc_{name}"] = float(greater + 0.5 * (positive[:, None] == negative[None]).mean())
+        best = values.reshape(-1, samples_per_prompt).argmax(axis=1)
+        grouped = correct.reshape(-1, samples_per_prompt)
+        results[f"top1_accuracy_{name}"] = float(grouped[np.arange(len(best)), best].mean())
+    return results
 
 
 # ----------------------------------------------------------------------------- objective
@@ -214,14 +291,20 @@ class SRUMObjective(Objective):
     ``L = mean[R * (v_theta - (eps - x0))^2] + lambda * mean[(v_theta - v_ref)^2]`` at the same ``x_sigma``.
     """
 
-    def __init__(self, umm: SelfRewardingUMM, reference: nn.Module, constraint_weight: float) -> None:
+    def __init__(
+        self, umm: SelfRewardingUMM, reference: nn.Module, constraint_weight: float, cfg_dropout: float = 0.0
+    ) -> None:
         self.umm, self.reference, self.constraint_weight = umm, reference, constraint_weight
+        self.cfg_dropout = cfg_dropout
 
     def setup(self, accelerator) -> None:
         self.reference.to(accelerator.device).eval().requires_grad_(False)
 
     def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         images, prompt_ids, maps = batch["pixel_values"], batch["prompt_ids"], batch["reward_map"]
+        if self.cfg_dropout > 0:  # keep training the unconditional branch that guidance relies on
+            drop = torch.rand(images.shape[0], device=images.device) < self.cfg_dropout
+            prompt_ids = torch.where(drop[:, None], unified.empty_prompt_like(prompt_ids), prompt_ids)
         noisy, sigmas, target = unified.noisy_pair(images)
         velocity = self.umm.velocity(model, noisy, sigmas, prompt_ids).float()
         with torch.no_grad():
@@ -280,7 +363,8 @@ class SRUMTrainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out compositional accuracy of the current model, by the rule-based scene judge."""
         config = self.config
-        prompts = unified.heldout_prompts(config.eval_prompts_per_category, config.eval_seed)
+        prompts = unified.heldout_prompts(config.eval_prompts_per_category, config.eval_seed, config.eval_split)
+        prompts = [prompt for prompt in prompts for _ in range(config.eval_samples_per_prompt)]
         scores, _ = unified.compositional_accuracy(
             self.umm,
             prompts,
@@ -297,6 +381,7 @@ class SRUMTrainer:
         round_dir = Path(config.output_dir) / f"round-{round_index}"
         rng = random.Random(f"{config.seed}-round-{round_index}")
         prompts = [sample_training_prompt(rng) for _ in range(config.prompts_per_round)]
+        prompts = [prompt for prompt in prompts for _ in range(config.samples_per_prompt)]
         start = time.perf_counter()
         with inference_precision(config):
             images = generate_round(umm, prompts, config, seed=config.seed * 1000 + round_index)
@@ -309,7 +394,10 @@ class SRUMTrainer:
             round_dir / "samples_and_reward_maps.png",
         )
         pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()) * 2 - 1
-        dataset = SelfGeneratedDataset(pixels, umm.encode_prompts(prompts).cpu(), rewards.reward_maps)
+        weights = rewards.reward_maps
+        if config.reward_baseline == "group":
+            weights = group_baseline(weights, config.samples_per_prompt)
+        dataset = SelfGeneratedDataset(pixels, umm.encode_prompts(prompts).cpu(), weights)
         freeze_understanding(umm.transformer, umm.generation_parameters())
         round_config = dataclasses.replace(
             config,
@@ -317,7 +405,7 @@ class SRUMTrainer:
             export_dir=str(config.pipeline_dir) if round_index == config.num_rounds else str(round_dir / "pipeline"),
             seed=config.seed + round_index,
         )
-        objective = SRUMObjective(umm, self.reference, config.constraint_weight)
+        objective = SRUMObjective(umm, self.reference, config.constraint_weight, config.cfg_dropout)
         result = Trainer(umm.transformer, objective, dataset, round_config, export_fn=unified.export_pipeline).train()
         updated = time.perf_counter()
         self.umm = type(umm).from_pretrained(result.pipeline_dir)  # the exported weights, free of training wrappers

@@ -141,12 +141,15 @@ def train(config: UnifiedConfig) -> TrainResult:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def heldout_prompts(per_category: int, seed: int = 0) -> list[str]:
-    """Up to ``per_category`` held-out prompts of every category (never seen in training), seeded."""
+def heldout_prompts(per_category: int, seed: int = 0, split: str = "heldout") -> list[str]:
+    """Up to ``per_category`` held-out prompts of every category (never seen in training), seeded.
+
+    ``split="train"`` draws training-split prompts instead (for tuning hyper-parameters without
+    looking at the held-out prompts)."""
     rng = random.Random(seed)
     prompts = []
     for category in CATEGORIES:
-        pool = list(prompt_split(category, "heldout"))
+        pool = list(prompt_split(category, split))
         prompts += rng.sample(pool, min(per_category, len(pool)))
     return prompts
 

@@ -6,7 +6,15 @@ import torch
 
 from selfgen import UnifiedTransformer
 from selfgen.data.scenes import VOCAB
-from selfgen.train.srum import SRUMConfig, SRUMObjective, reward_maps, self_rewards, train
+from selfgen.train.srum import (
+    SRUMConfig,
+    SRUMObjective,
+    group_baseline,
+    reward_maps,
+    self_judge_agreement,
+    self_rewards,
+    train,
+)
 from selfgen.train.unified import build_pipeline
 
 
@@ -53,20 +61,45 @@ def test_objective_terms_vanish_where_they_should(tiny_pipe):
     assert SRUMObjective(tiny_pipe, model, 1.0).compute_loss(model, batch)[0].item() > 0
 
 
+def test_group_baseline_keeps_only_better_than_average_samples_of_a_prompt():
+    maps = np.stack([np.full((4, 4), value, dtype=np.float32) for value in (0.2, 0.6, 0.3, 0.3)])
+    maps[1, 0, 0] = 0.0  # one region of the better sample is judged worse than its group
+    weights = group_baseline(maps, group_size=2)
+    assert weights[1, 0, 0] == 0 and weights[0, 0, 0] > 0  # there the worse sample is the better one
+    assert (weights[0, 1:] == 0).all() and (weights[1, 1:] > 0).all()
+    assert (weights[2:] == 0).all()  # a group of equal samples teaches nothing
+    assert np.isclose(weights.mean(), maps.mean())  # same loss scale as the raw map
+    with pytest.raises(ValueError, match="samples_per_prompt=3"):
+        group_baseline(maps, group_size=3)
+
+
+def test_self_judge_agreement_reports_judge_accuracy_and_rankings(tiny_pipe):
+    results = self_judge_agreement(tiny_pipe, num_prompts=2, samples_per_prompt=2, num_inference_steps=1)
+    assert {"judge_accuracy", "top1_accuracy_global", "top1_accuracy_map_mean", "top1_accuracy_local_sum"} <= set(results)
+    assert all(0 <= value <= 1 for value in results.values())
+
+
 def test_bad_config_is_named():
     with pytest.raises(ValueError, match="reward must be one of"):
         SRUMConfig(reward="dense")
+    with pytest.raises(ValueError, match="reward_baseline must be one of"):
+        SRUMConfig(reward_baseline="mean")
+    with pytest.raises(ValueError, match="eval_split"):
+        SRUMConfig(eval_split="test")
     with pytest.raises(FileNotFoundError, match="not a UnifiedPipeline folder"):
         train(SRUMConfig(pretrained="/nonexistent", report_to=None))
 
 
-def test_one_round_runs_end_to_end_and_changes_only_generation(tiny_pipe, tmp_path):
+@pytest.mark.parametrize("baseline", ["none", "group"])
+def test_one_round_runs_end_to_end_and_changes_only_generation(tiny_pipe, tmp_path, baseline):
     tiny_pipe.save_pretrained(tmp_path / "base")
     config = SRUMConfig(
         pretrained=str(tmp_path / "base"),
         output_dir=str(tmp_path / "run"),
         num_rounds=1,
-        prompts_per_round=4,
+        prompts_per_round=4 if baseline == "none" else 2,
+        samples_per_prompt=1 if baseline == "none" else 2,
+        reward_baseline=baseline,
         num_inference_steps=2,
         max_train_steps=2,
         train_batch_size=2,
