@@ -87,7 +87,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as output_dir:
         for precision in ("no", "bf16"):
             overrides = dict(
-                output_dir=output_dir, max_train_steps=args.steps, train_batch_size=args.batch_size,
+                output_dir=output_dir, export_dir=f"{output_dir}/export",  # never the bundled asset
+                max_train_steps=args.steps, train_batch_size=args.batch_size,
                 mixed_precision=precision, use_ema=False, checkpointing_steps=0, report_to=None, logging_steps=10**9,
                 lr_scheduler="constant", lr_warmup_steps=0,
             )
