@@ -79,7 +79,14 @@ class SelfgenPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
         elif tuple(latents.shape) != tuple(shape):
             raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
-        return latents.to(self._execution_device) * self.scheduler.init_noise_sigma
+        # flow-matching schedulers start from unit noise and have no init_noise_sigma
+        return latents.to(self._execution_device) * getattr(self.scheduler, "init_noise_sigma", 1.0)
+
+    def scale_model_input(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The scheduler's input scaling; flow-matching schedulers have none."""
+        if hasattr(self.scheduler, "scale_model_input"):
+            return self.scheduler.scale_model_input(latents, timestep)
+        return latents
 
     def denoise(
         self,
@@ -90,11 +97,12 @@ class SelfgenPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> torch.Tensor:
-        """The reverse process ``x_{t-1} = scheduler.step(predict_noise(scale(x_t), t), t, x_t)`` down to ``x_0``,
+        """The reverse process ``x_{t-1} = scheduler.step(predict_noise(scale(x_t), t), t, x_t)`` down to ``x_0``
+        (``predict_noise`` returns whatever the scheduler steps on: noise, ``v`` or a flow velocity),
         with a progress bar and ``callback_on_step_end(pipe, step_index, t, {"latents": x}) -> dict``."""
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(latents, timestep)
+            model_input = self.scale_model_input(latents, timestep)
             noise_pred = predict_noise(model_input, timestep)
             latents = self.scheduler.step(noise_pred, timestep, latents, generator=generator).prev_sample
             if callback_on_step_end is not None:

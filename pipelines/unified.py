@@ -18,7 +18,6 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from ..data.scenes import (
@@ -32,7 +31,7 @@ from ..data.scenes import (
     question_about_prompt,
 )
 from ..models.unified import UnifiedTransformer
-from .pipeline_utils import SelfgenPipeline, check_output_type, postprocess_images
+from .pipeline_utils import SelfgenPipeline, postprocess_images
 
 ImageInput = np.ndarray | torch.Tensor | Sequence[PIL.Image.Image]
 
@@ -118,33 +117,30 @@ class UnifiedPipeline(SelfgenPipeline):
             output_type: ``"pil"``, ``"np"`` (``(N, H, W, 3)`` in ``[0, 1]``) or ``"pt"``
                 (``(N, 3, H, W)`` in ``[0, 1]``).
         """
-        check_output_type(output_type)
+        self.check_sampling_inputs(len(prompts), output_type, ())
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         prompt_ids = self.encode_prompts(prompts)
         config = self.transformer.config
         shape = (len(prompts), config.in_channels, config.sample_size, config.sample_size)
-        if latents is None:
-            latents = randn_tensor(
-                shape, generator=generator, device=self._execution_device, dtype=self.transformer.dtype
-            )
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        latents = self.prepare_latents(shape, self.transformer.dtype, generator, latents)
         use_cfg = guidance_scale != 1.0
         if use_cfg:
             empty = torch.full_like(prompt_ids, PAD_ID)
             empty[:, 0], empty[:, 1] = BOS_ID, EOS_ID
             prompt_ids = torch.cat([empty, prompt_ids])
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        for timestep in self.progress_bar(self.scheduler.timesteps):
-            model_input = torch.cat([latents, latents]) if use_cfg else latents
+
+        def predict_velocity(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            model_input = torch.cat([model_input, model_input]) if use_cfg else model_input
             velocity = self.transformer(
                 sample=model_input, timestep=timestep.expand(model_input.shape[0]), prompt_ids=prompt_ids
             ).sample
-            if use_cfg:
-                uncond, cond = velocity.chunk(2)
-                velocity = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(velocity, timestep, latents).prev_sample
+            if not use_cfg:
+                return velocity
+            uncond, cond = velocity.chunk(2)
+            return uncond + guidance_scale * (cond - uncond)
+
+        latents = self.denoise(latents, num_inference_steps, predict_velocity)
         images = postprocess_images(latents.clamp(-1, 1), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
