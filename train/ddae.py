@@ -27,6 +27,7 @@ from ..models.ddae import DDAETransformer2DModel
 from ..pipelines.ddae import DDAEPipeline
 from ..pipelines.pipeline_utils import use_scheduler
 from .config import TrainingConfig
+from .losses import info_nce, random_shift
 from .registry import Method
 from .trainer import Objective, TrainResult, Trainer
 
@@ -63,20 +64,6 @@ class DDAEConfig(TrainingConfig):
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.contrastive_weight > 0 and self.projection_dim <= 0:
             raise ValueError("contrastive_weight > 0 needs a projection head: set projection_dim > 0 (e.g. 64)")
-
-
-def random_shift(images: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
-    """The teacher view's augmentation: one random translation by up to ``max_shift`` pixels (reflect padding)."""
-    padded = F.pad(images, [max_shift] * 4, mode="reflect")
-    top, left = torch.randint(0, 2 * max_shift + 1, (2,)).tolist()
-    return padded[..., top : top + images.shape[-2], left : left + images.shape[-1]]
-
-
-def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``-mean_i log softmax_j(<s_i, t_j> / tau)[i]`` with l2-normalised rows: sample ``i``'s positive is
-    the teacher embedding of its own other view, the other samples of the batch are the negatives."""
-    logits = F.normalize(student.float(), dim=-1) @ F.normalize(teacher.float(), dim=-1).T / temperature
-    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
 class DDAEObjective(Objective):

@@ -37,7 +37,7 @@ from ..eval.plots import save_image_grid
 from ..models.zoomldm import ZoomEmbeddingDiffusion, ZoomLDMDenoiser, ZoomSSLEncoder, tokens_to_full_grid
 from ..pipelines.zoomldm import ZoomLDMPipeline, assemble_tiles
 from .config import TrainingConfig
-from .ddae import info_nce, random_shift
+from .losses import info_nce, random_shift
 from .registry import Method
 from .trainer import Objective, TrainResult, Trainer
 

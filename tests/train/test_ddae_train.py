@@ -3,7 +3,8 @@ import torch
 
 from selfgen import DDAEPipeline
 from selfgen.data.textures import TEXTURE_SOURCES, load_texture_arrays
-from selfgen.train.ddae import METHOD, DDAEConfig, info_nce, train
+from selfgen.train.ddae import METHOD, DDAEConfig, train
+from selfgen.train.losses import info_nce
 
 
 def tiny_config(tmp_path, **overrides) -> DDAEConfig:
