@@ -365,8 +365,9 @@ class Trainer:
         with accelerator.accumulate(self.model):
             with accelerator.autocast():
                 loss, logs = self.objective.compute_loss(self.model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}")
+            loss_value = loss.detach().item()  # the one host sync per micro-batch (logging and the check)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"non-finite loss {loss_value} at step {self.global_step}")
             accelerator.backward(loss)
             grad_norm = None
             if accelerator.sync_gradients and config.max_grad_norm:
@@ -376,7 +377,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients and self.ema is not None:
             self.ema.step(self.model.parameters())
-        out = {"loss": loss.detach().item(), **{key: float(value) for key, value in logs.items()}}
+        out = {"loss": loss_value, **{key: float(value) for key, value in logs.items()}}
         if grad_norm is not None:
             out["grad_norm"] = float(grad_norm)
         return out

@@ -204,3 +204,20 @@ def test_user_image_folder_with_a_corrupt_file_is_skipped_and_counted(tiny_ddpm_
     result = _trainer(config, dataset).train()
     assert [record["num_skipped"] for record in result.history] == [1, 1, 1]
     assert len(dataset) == 20
+
+
+def test_non_finite_loss_stops_training_with_the_step(tiny_ddpm_config):
+    class NaNAfterTwoSteps(ddpm.NoisePredictionObjective):
+        calls = 0
+
+        def compute_loss(self, model, batch):
+            loss, logs = super().compute_loss(model, batch)
+            self.calls += 1
+            return (loss * float("nan") if self.calls > 2 else loss), logs
+
+    config = tiny_ddpm_config(max_train_steps=5)
+    set_seed(config.seed)
+    trainer = Trainer(ddpm.build_unet(config), NaNAfterTwoSteps(DDPMScheduler(num_train_timesteps=100)),
+                      DigitsDataset("train", resolution=8), config)
+    with pytest.raises(FloatingPointError, match="non-finite loss nan at step 2"):
+        trainer.train()
