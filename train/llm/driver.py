@@ -10,7 +10,8 @@ problems and records the iteration:
     output_dir/iteration-k/            the Trainer's run (config.yaml, logs/metrics.jsonl)
     output_dir/iteration-k/model/      the iteration's policy (save_pretrained, reloadable)
     output_dir/metrics.jsonl           one line per iteration (iteration 0 = the starting model, or the
-                                       model after the recipe's optional seed_round)
+                                       model after the recipe's optional seed_round), with the
+                                       iteration's wall time split into rollout / reward / update seconds
     output_dir/metrics.png             the recipe's key metrics per iteration
     config.pipeline_dir                the final policy (model + tokenizer)
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,7 @@ class IterativeTrainer:
         self.task = task if isinstance(task, Task) else build_task(replace(self.config, task=task))
         self.eval_set = self.task.sample(self.config.eval_problems, EVAL_SEED + self.config.seed)
         self.output_dir = Path(self.config.output_dir)
+        self.rollout_seconds = 0.0  # time spent in `sample` since the driver last reset it
 
     # ----------------------------------------------------------------- helpers for recipes
 
@@ -160,7 +163,10 @@ class IterativeTrainer:
             max_new_tokens=config.max_new_tokens,
             batch_size=config.generation_batch_size,
         )
-        return generate_rollouts(self.policy, self.tokenizer, prompts, params, seed=seed)
+        start = time.perf_counter()
+        rollouts = generate_rollouts(self.policy, self.tokenizer, prompts, params, seed=seed)
+        self.rollout_seconds += time.perf_counter() - start
+        return rollouts
 
     def solve(self, problems: list[Problem], **kwargs) -> list[Rollout]:
         return self.sample([prompt_text(p.question) for p in problems], **kwargs)
@@ -248,6 +254,15 @@ class IterativeTrainer:
             "train_steps": float(result.global_step),
         }
 
+    def timed_round(self, iteration: int) -> tuple[Round, dict[str, float]]:
+        """``build_round`` and its wall time: ``time_rollout_s`` in :meth:`sample`, the rest (rewarding,
+        judging, selecting, pairing) as ``time_reward_s``."""
+        self.rollout_seconds = 0.0
+        start = time.perf_counter()
+        round_ = self.build_round(iteration)
+        total = time.perf_counter() - start
+        return round_, {"time_rollout_s": self.rollout_seconds, "time_reward_s": total - self.rollout_seconds}
+
     def train(self) -> IterationReport:
         history, done = self._resume()
         if not history:
@@ -259,9 +274,11 @@ class IterativeTrainer:
                 record.update({**seed_round.logs, **{f"seed_{key}": value for key, value in train_logs.items()}})
             self._record(history, {**record, **self.evaluate()})
         for iteration in range(done + 1, self.config.iterations + 1):
-            round_ = self.build_round(iteration)
+            round_, timings = self.timed_round(iteration)
+            start = time.perf_counter()
             train_logs = self.optimise(iteration, round_)
-            record = {"iteration": iteration, **round_.logs, **train_logs, **self.evaluate()}
+            timings["time_update_s"] = time.perf_counter() - start
+            record = {"iteration": iteration, **round_.logs, **train_logs, **timings, **self.evaluate()}
             self._record(history, record)
             logger.info("iteration %d: %s", iteration, record)
         export = tokenizer_exporter(self.tokenizer)

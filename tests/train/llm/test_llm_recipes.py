@@ -38,6 +38,8 @@ def test_one_iteration_end_to_end(tmp_path, trainer_class, config_class, options
     report = trainer.train()
     assert [record["iteration"] for record in report.history] == [0, 1]
     assert 0.0 <= report[1]["accuracy"] <= 1.0
+    timings = [report[1][f"time_{phase}_s"] for phase in ("rollout", "reward", "update")]
+    assert all(seconds >= 0.0 for seconds in timings) and report[1]["time_rollout_s"] > 0.0
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines] == [0, 1]
     assert (tmp_path / "run" / "metrics.png").is_file()
