@@ -13,6 +13,12 @@ and a completion is ``"S:<steps>\\nA:<answer>"``. Besides the final answer, each
 can be checked (:meth:`Task.step_accuracy`: for column arithmetic, against the reference column
 steps; for countdown, each step must be a true equation), a process reward used by B-STaR's threshold.
 
+For Co-Reward, :meth:`Task.rephrase` gives an *exact* rephrasing of a problem - a different
+question string with the same answer (addition: operands swapped or zero-padded to equal width;
+multiplication: the multiplicand zero-padded; countdown: the numbers reordered; JSONL: the line's
+own ``"rephrasing"`` field). :meth:`Task.rephrasings` rephrases a list of problems from a seed, so a
+rephrasing is reproducible and, like its original, never drawn from the held-out seeds.
+
 Users' own problems (``{"question", "answer"}`` JSONL, see :mod:`selfgen.data.problems`) become a
 :class:`JsonlTask`: exact-match or numeric-tolerance verification of the ``A:`` line.
 """
@@ -110,6 +116,20 @@ class Task:
         steps = solution_steps(completion)
         return sum(step_is_true(step) for step in steps) / len(steps) if steps else 0.0
 
+    def rephrase(self, problem: Problem, rng: random.Random) -> Problem:
+        """An exact rephrasing of ``problem``: another question string with the same answer."""
+        raise ValueError(f"task {self.name!r} has no exact rephrasings (needed by Co-Reward)")
+
+    def rephrasings(self, problems: list[Problem], seed: int) -> list[Problem]:
+        """One seeded rephrasing per problem (id ``<id>-r``, metadata ``original`` and ``rephrasing``)."""
+        rng = random.Random(seed)
+        return [self.rephrase(problem, rng) for problem in problems]
+
+
+def rephrased(problem: Problem, question: str, style: str) -> Problem:
+    metadata = {**problem.metadata, "original": problem.question, "rephrasing": style}
+    return Problem(question, problem.answer, f"{problem.id}-r", metadata)
+
 
 @dataclass
 class ArithmeticTask(Task):
@@ -159,6 +179,21 @@ class ArithmeticTask(Task):
                 carry = total // 10
         return completion_text(steps, problem.answer)
 
+    def rephrase(self, problem: Problem, rng: random.Random) -> Problem:
+        """Addition: ``b+a`` (``swap``) or both operands zero-padded to the same width (``pad``, one more
+        zero when they already have it), chosen at random among those that change the question;
+        multiplication: the multiplicand with a leading zero (``pad``). The answer is unchanged."""
+        symbol = "+" if self.op == "add" else "*"
+        left, right = problem.question.split(symbol)
+        if self.op == "mul":
+            return rephrased(problem, f"0{left}*{right}", "pad")
+        width = max(len(left), len(right)) + (len(left) == len(right))
+        candidates = {"pad": f"{left.zfill(width)}+{right.zfill(width)}"}
+        if left != right:
+            candidates["swap"] = f"{right}+{left}"
+        style = rng.choice(sorted(candidates))
+        return rephrased(problem, candidates[style], style)
+
     def step_accuracy(self, problem: Problem, completion: str) -> float:
         """The fraction of the reference column steps reproduced exactly, position by position (a step
         with the wrong digits is wrong even when its sum is true); extra steps count against it."""
@@ -200,6 +235,18 @@ class CountdownTask(Task):
 
     def worked_solution(self, problem: Problem) -> str:
         return completion_text(problem.metadata["solution"].split(","), problem.answer)
+
+    def rephrase(self, problem: Problem, rng: random.Random) -> Problem:
+        """The same numbers and target with the numbers in another order (``reorder``; unchanged only
+        when every number is the same)."""
+        numbers, target = problem.question.split(">")
+        order = numbers.split(",")
+        shuffled = list(order)
+        for _ in range(10):
+            rng.shuffle(shuffled)
+            if shuffled != order:
+                break
+        return rephrased(problem, f"{','.join(shuffled)}>{target}", "reorder")
 
     def verify(self, problem: Problem, completion: str) -> bool:
         """Every step is true and uses available numbers, and the last result is the target."""
@@ -244,6 +291,16 @@ class JsonlTask(Task):
 
     def verify(self, problem: Problem, completion: str) -> bool:
         return answers_match(extract_answer(completion), problem.answer, self.rel_tol, self.abs_tol)
+
+    def rephrase(self, problem: Problem, rng: random.Random) -> Problem:
+        """The line's own ``"rephrasing"`` field (an equivalent question written by the user)."""
+        text = problem.metadata.get("rephrasing")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"{self.path}: problem {problem.id!r} has no 'rephrasing' string field; Co-Reward needs one per problem"
+            )
+        metadata = {key: value for key, value in problem.metadata.items() if key != "rephrasing"}
+        return rephrased(Problem(problem.question, problem.answer, problem.id, metadata), text, "user")
 
 
 TASK_NAMES = ("add", "mul", "arith", "countdown")

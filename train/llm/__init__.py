@@ -2,7 +2,11 @@
 core (``rollout``, ``rewards``, ``objectives``, ``driver``) and one file per recipe."""
 
 from .bstar import BSTaRConfig, BSTaRTrainer
+from .co_reward import CoRewardConfig, CoRewardTrainer
 from .driver import IterationReport, IterativeConfig, IterativeTrainer, Round
+from .expo import ExPOConfig, ExPOTrainer
+from .grpo import GRPOConfig, GRPOTrainer
+from .laser import LaSeRConfig, LaSeRTrainer
 from .objectives import DPOObjective, GRPOObjective, SFTObjective, group_advantages
 from .rewards import (
     CallableReward,
@@ -12,33 +16,55 @@ from .rewards import (
     Reward,
     SelfJudgeReward,
     VerifierReward,
+    answer_key,
+    majority_answer,
 )
 from .rest_em import ReSTEMConfig, ReSTEMTrainer
+from .rest_mcts import ReSTMCTSConfig, ReSTMCTSTrainer
 from .rollout import Rollout, SamplingParams, generate_rollouts
+from .rlccf import RLCCFConfig, RLCCFTrainer
 from .score import SCoReConfig, SCoReTrainer
 from .self_reward_dpo import SelfRewardDPOConfig, SelfRewardDPOTrainer
+from .spiral import SPIRALConfig, SPIRALTrainer
+from .spc import SPCConfig, SPCTrainer
 from .star import STaRConfig, STaRTrainer
 
 __all__ = [
     "BSTaRConfig",
     "BSTaRTrainer",
     "CallableReward",
+    "CoRewardConfig",
+    "CoRewardTrainer",
     "DPOObjective",
+    "ExPOConfig",
+    "ExPOTrainer",
+    "GRPOConfig",
     "GRPOObjective",
+    "GRPOTrainer",
     "IterationReport",
     "IterativeConfig",
     "IterativeTrainer",
+    "LaSeRConfig",
+    "LaSeRTrainer",
     "MajorityVoteReward",
     "OutcomeReward",
     "ProcessReward",
+    "RLCCFConfig",
+    "RLCCFTrainer",
     "ReSTEMConfig",
     "ReSTEMTrainer",
+    "ReSTMCTSConfig",
+    "ReSTMCTSTrainer",
     "Reward",
     "Rollout",
     "Round",
     "SCoReConfig",
     "SCoReTrainer",
     "SFTObjective",
+    "SPCConfig",
+    "SPCTrainer",
+    "SPIRALConfig",
+    "SPIRALTrainer",
     "STaRConfig",
     "STaRTrainer",
     "SamplingParams",
@@ -46,6 +72,8 @@ __all__ = [
     "SelfRewardDPOConfig",
     "SelfRewardDPOTrainer",
     "VerifierReward",
+    "answer_key",
     "generate_rollouts",
     "group_advantages",
+    "majority_answer",
 ]

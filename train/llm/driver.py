@@ -163,6 +163,11 @@ class IterativeTrainer:
             max_new_tokens=config.max_new_tokens,
             batch_size=config.generation_batch_size,
         )
+        return self.generate(prompts, params, seed=seed)
+
+    def generate(self, prompts: list[str], params: SamplingParams, seed: int = 0) -> list[Rollout]:
+        """Rollouts of the current policy with explicit sampling parameters (stop strings, token budget),
+        timed into ``time_rollout_s``; :meth:`sample` is this with the config's parameters."""
         start = time.perf_counter()
         rollouts = generate_rollouts(self.policy, self.tokenizer, prompts, params, seed=seed)
         self.rollout_seconds += time.perf_counter() - start

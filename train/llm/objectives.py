@@ -20,7 +20,7 @@ Batches are built by the collators below; every sequence is ``prompt + completio
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -148,10 +148,12 @@ class PolicySample:
     advantage: float
     old_logprobs: list[float] | None = None
     kl_weight: float = 1.0
+    extras: dict[str, float] = field(default_factory=dict)  # per-sample values a recipe's objective reads
 
 
 class GRPOCollator:
-    """Batches :class:`PolicySample` s in TRL's layout: left-padded prompts, right-padded completions."""
+    """Batches :class:`PolicySample` s in TRL's layout: left-padded prompts, right-padded completions;
+    each key of the samples' ``extras`` becomes a float tensor of the batch."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
@@ -167,6 +169,8 @@ class GRPOCollator:
             "advantages": torch.tensor([s.advantage for s in samples], dtype=torch.float32),
             "kl_weight": torch.tensor([s.kl_weight for s in samples], dtype=torch.float32),
         }
+        for key in samples[0].extras:
+            batch[key] = torch.tensor([s.extras[key] for s in samples], dtype=torch.float32)
         if all(s.old_logprobs is not None for s in samples):
             width = batch["completion_ids"].shape[1]
             batch["old_per_token_logps"] = torch.tensor(
@@ -267,7 +271,13 @@ class GRPOObjective(Objective):
         return (per_token_loss * mask).sum() / (per_token_loss.shape[0] * self.max_completion_length)
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        logprobs = self.completion_logprobs(model, batch)
+        return self.policy_loss(self.completion_logprobs(model, batch), batch)
+
+    def policy_loss(
+        self, logprobs: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The clipped surrogate + KL loss from the policy's completion ``logprobs`` (one forward pass
+        that subclasses adding their own terms, e.g. LaSeR's MSE or ExPO's SFT, can share)."""
         mask = batch["completion_mask"].to(logprobs.dtype)
         old = batch.get("old_per_token_logps")
         old = logprobs.detach() if old is None else old

@@ -19,8 +19,24 @@ from collections.abc import Callable, Mapping, Sequence
 from torch import nn
 
 from ...data.problems import Problem
-from ...data.tasks import Task, extract_answer, judge_prompt, parse_verdict, prompt_text
+from ...data.tasks import Task, extract_answer, judge_prompt, parse_number, parse_verdict, prompt_text
 from .rollout import SamplingParams, generate_rollouts
+
+
+def answer_key(completion: str) -> str | None:
+    """The final answer of a completion in a canonical form for voting: a number's value (``"0132"``,
+    ``"132."`` and ``"132"`` vote together), else the stripped text; ``None`` without an answer."""
+    answer = extract_answer(completion)
+    if answer is None:
+        return None
+    number = parse_number(answer)
+    return answer.strip() if number is None else repr(number)
+
+
+def majority_answer(keys: Sequence[str | None]) -> str | None:
+    """The most common non-``None`` key (the first seen among ties); ``None`` when there is none."""
+    counts = Counter(key for key in keys if key is not None)
+    return counts.most_common(1)[0][0] if counts else None
 
 
 class Reward:

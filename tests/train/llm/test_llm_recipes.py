@@ -10,7 +10,12 @@ from transformers import AutoModelForCausalLM
 from selfgen.data.problems import Problem
 from selfgen.train.llm import BSTaRConfig, BSTaRTrainer, STaRConfig, STaRTrainer
 from selfgen.train.llm.bstar import balance_score
+from selfgen.train.llm.co_reward import CoRewardConfig, CoRewardTrainer
+from selfgen.train.llm.expo import ExPOConfig, ExPOTrainer
+from selfgen.train.llm.grpo import GRPOConfig, GRPOTrainer
+from selfgen.train.llm.laser import LaSeRConfig, LaSeRTrainer
 from selfgen.train.llm.rest_em import ReSTEMConfig, ReSTEMTrainer
+from selfgen.train.llm.rlccf import RLCCFConfig, RLCCFTrainer
 from selfgen.train.llm.score import SCoReConfig, SCoReTrainer, correction_metrics
 from selfgen.train.llm.self_reward_dpo import SelfRewardDPOConfig, SelfRewardDPOTrainer
 
@@ -28,6 +33,11 @@ RECIPES = [
     (ReSTEMTrainer, ReSTEMConfig, {}),
     (SCoReTrainer, SCoReConfig, {}),
     (SelfRewardDPOTrainer, SelfRewardDPOConfig, {"num_judgements": 2, "self_refine": True, "judge_max_new_tokens": 36}),
+    (GRPOTrainer, GRPOConfig, {}),
+    (CoRewardTrainer, CoRewardConfig, {}),
+    (RLCCFTrainer, RLCCFConfig, {"num_models": 2}),
+    (LaSeRTrainer, LaSeRConfig, {"best_of_n": 2, "best_of_n_problems": 2}),
+    (ExPOTrainer, ExPOConfig, {}),
 ]
 
 
@@ -95,7 +105,9 @@ def test_config_errors_name_the_field():
         STaRTrainer(model="/nonexistent/model")
 
 
-@pytest.mark.parametrize("name", ["lm", "star", "bstar", "rest_em", "score", "self_reward_dpo"])
+@pytest.mark.parametrize(
+    "name", ["lm", "star", "bstar", "rest_em", "score", "self_reward_dpo", "grpo", "co_reward", "rlccf", "laser", "expo"]
+)
 def test_bundled_configs_load_into_their_method(name):
     import importlib
 

@@ -1,0 +1,163 @@
+"""Step-level views of the step-structured solutions of :mod:`selfgen.data.tasks`, for process critics
+and tree search (SPC, ReST-MCTS*).
+
+A solution ``S:<step>,<step>,...\\nA:<answer>`` is read as a sequence of *actions*: every step but the
+last is one action, and the last step together with the answer line is the final (terminal) action.
+A partial solution - the state of a tree search or the context of a critic - is the prompt followed
+by the steps taken so far, each closed by its comma::
+
+    Q:47+85\\nS:                      nothing taken yet
+    Q:47+85\\nS:7+5+0=12,             one step taken; the next action is "4+8+1=13\\nA:132"
+    Q:47+85\\nS:7+5+0=12,4+8+1=13\\nA:132   a terminal state (a complete solution)
+
+Role prompts of the SPC game (same model, two roles):
+
+    sneaky   Q:47+85\\nS:7+5+0=12,\\nX:4+8+1=13\\n   ->  4+8+1=14          (rewrite the step as a wrong one)
+    critic   Q:47+85\\nS:7+5+0=12,\\nC:4+8+1=14\\n   ->  V:N                  (the verdict: Y correct, N wrong)
+
+Rule-based step corruption (:func:`corrupt_step`) builds the held-out evaluation sets and the
+supervised warm-up data: a wrong result (``calculation``), a wrong carry with a consistent result
+(``carry``) or a misread operand digit with a consistent result (``operand``) - the last two are true
+equations and only wrong in context. Everything is seeded; callers pass training seeds below the
+held-out ones.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .problems import Problem
+from .tasks import STEP_PATTERN, Task, completion_text, prompt_text, solution_steps
+
+ANSWER_MARK = "\nA:"
+SNEAKY_MARK = "\nX:"
+CRITIC_MARK = "\nC:"
+ERROR_KINDS = ("calculation", "carry", "operand")
+DIGIT = re.compile(r"\d")
+
+
+def partial_solution(question: str, steps: Sequence[str]) -> str:
+    """The prompt plus the steps taken so far, each closed by a comma (a search state, a critic's context)."""
+    return prompt_text(question) + "S:" + "".join(f"{step}," for step in steps)
+
+
+def trace_text(question: str, steps: Sequence[str], answer: str | None = None) -> str:
+    """A partial solution, or with ``answer`` the complete solution ``Q:..\\nS:..\\nA:..``."""
+    if answer is None:
+        return partial_solution(question, steps)
+    return prompt_text(question) + completion_text(list(steps), answer)
+
+
+@dataclass
+class Action:
+    """One generated action: a step, and the answer when the action ends the solution.
+
+    ``valid`` is False for text that is neither a step closed by a comma nor a last step with an
+    answer (an empty step, no answer, or cut by the token budget): a dead end of the search."""
+
+    step: str
+    answer: str | None
+    valid: bool = True
+
+    @property
+    def terminal(self) -> bool:
+        return self.answer is not None or not self.valid
+
+
+def parse_action(text: str, stopped_at_comma: bool) -> Action:
+    """Read a generated continuation of a partial solution (generation stopped at the first comma)."""
+    if ANSWER_MARK in text:
+        step, answer = text.split(ANSWER_MARK, 1)
+        answer = answer.strip()
+        return Action(step, answer or None, valid=bool(step) and bool(answer) and "," not in step)
+    return Action(text, None, valid=stopped_at_comma and bool(text) and "\n" not in text)
+
+
+def reference_steps(task: Task, problem: Problem) -> list[str]:
+    """The steps of the task's worked solution (what a step is compared with in rule-built labels)."""
+    return solution_steps(task.worked_solution(problem))
+
+
+def corrupt_step(step: str, kind: str, rng: random.Random) -> str:
+    """A wrong version of ``step`` (``a<op>b[+c]=r``) of error ``kind``; always differs from ``step``.
+
+    ``calculation``: the result changed by 1-3; ``carry``: the carry changed (0 <-> 1) and the result
+    recomputed; ``operand``: one operand digit changed and the result recomputed. The last two give
+    true equations that are wrong only in context (the column or the carry of the previous step)."""
+    if kind not in ERROR_KINDS:
+        raise ValueError(f"kind must be one of {ERROR_KINDS}, got {kind!r}")
+    match = STEP_PATTERN.match(step)
+    if match is None:
+        raise ValueError(f"step {step!r} is not of the form a<op>b[+carry]=result")
+    left, op, right, carry, result = match.groups()
+    if kind == "calculation" or (kind == "carry" and carry is None):
+        shift = rng.choice([delta for delta in (-3, -2, -1, 1, 2, 3) if int(result) + delta >= 0])
+        return f"{left}{op}{right}{'' if carry is None else '+' + carry}={int(result) + shift}"
+    if kind == "carry":
+        carry = "1" if carry == "0" else "0"
+    elif rng.random() < 0.5:
+        right = _other_digit(right, rng)
+    else:
+        left = _other_digit(left, rng)
+    value = {"+": int(left) + int(right), "-": int(left) - int(right), "*": int(left) * int(right)}[op]
+    total = value + int(carry or 0)
+    return f"{left}{op}{right}{'' if carry is None else '+' + carry}={total}"
+
+
+def _other_digit(number: str, rng: random.Random) -> str:
+    digits = list(number)
+    index = rng.choice([i for i, char in enumerate(digits) if DIGIT.match(char)])
+    digits[index] = rng.choice([d for d in "0123456789" if d != digits[index]])
+    return "".join(digits)
+
+
+@dataclass
+class LabelledSolution:
+    """A worked solution, possibly with one corrupted step; ``error_index`` is -1 for a clean one."""
+
+    problem: Problem
+    steps: list[str]
+    error_index: int
+    kind: str = ""
+
+
+def labelled_solutions(
+    task: Task, count: int, seed: int, error_fraction: float = 0.5, kinds: Sequence[str] = ERROR_KINDS
+) -> list[LabelledSolution]:
+    """``count`` seeded solutions: a share ``error_fraction`` with one rule-corrupted step (uniform
+    position and kind), the rest clean. Later steps and the answer are left as they were."""
+    if not 0.0 <= error_fraction <= 1.0:
+        raise ValueError(f"error_fraction must be in [0, 1], got {error_fraction}")
+    unknown = set(kinds) - set(ERROR_KINDS)
+    if not kinds or unknown:
+        raise ValueError(f"kinds must be a non-empty subset of {ERROR_KINDS}, got {list(kinds)}")
+    rng = random.Random(seed)
+    solutions = []
+    for problem in task.sample(count, seed):
+        steps = reference_steps(task, problem)
+        if rng.random() >= error_fraction:
+            solutions.append(LabelledSolution(problem, steps, -1))
+            continue
+        index, kind = rng.randrange(len(steps)), rng.choice(list(kinds))
+        wrong = list(steps)
+        wrong[index] = corrupt_step(steps[index], kind, rng)
+        solutions.append(LabelledSolution(problem, wrong, index, kind))
+    return solutions
+
+
+def sneaky_prompt(question: str, prefix: Sequence[str], step: str) -> str:
+    """The sneaky generator's prompt: the partial solution, then ``X:`` and the correct step to corrupt."""
+    return partial_solution(question, prefix) + SNEAKY_MARK + step + "\n"
+
+
+def critic_prompt(question: str, prefix: Sequence[str], step: str) -> str:
+    """The critic's prompt: the partial solution, then ``C:`` and the step to judge."""
+    return partial_solution(question, prefix) + CRITIC_MARK + step + "\n"
+
+
+def critic_completion(reference_step: str, judged_step: str) -> str:
+    """A rule-built verdict: ``V:Y`` if the judged step equals the reference step, else ``V:N``."""
+    return f"V:{'Y' if reference_step == judged_step else 'N'}"

@@ -1,0 +1,72 @@
+"""Step-level views of step-structured solutions: states, actions, rule-based corruption, role prompts."""
+
+import random
+
+import pytest
+
+from selfgen.data.reasoning import (
+    ERROR_KINDS,
+    corrupt_step,
+    critic_completion,
+    critic_prompt,
+    labelled_solutions,
+    parse_action,
+    partial_solution,
+    reference_steps,
+    sneaky_prompt,
+    trace_text,
+)
+from selfgen.data.tasks import get_task, step_is_true
+
+
+def test_states_and_role_prompts():
+    assert partial_solution("47+85", []) == "Q:47+85\nS:"
+    assert partial_solution("47+85", ["7+5+0=12"]) == "Q:47+85\nS:7+5+0=12,"
+    assert trace_text("47+85", ["7+5+0=12", "4+8+1=13"], "132") == "Q:47+85\nS:7+5+0=12,4+8+1=13\nA:132"
+    assert sneaky_prompt("47+85", ["7+5+0=12"], "4+8+1=13") == "Q:47+85\nS:7+5+0=12,\nX:4+8+1=13\n"
+    assert critic_prompt("47+85", [], "7+5+0=12") == "Q:47+85\nS:\nC:7+5+0=12\n"
+    assert critic_completion("4+8+1=13", "4+8+1=14") == "V:N"
+    assert critic_completion("4+8+1=13", "4+8+1=13") == "V:Y"
+
+
+def test_parse_action():
+    final = parse_action("4+8+1=13\nA:132", stopped_at_comma=False)
+    assert (final.step, final.answer, final.valid, final.terminal) == ("4+8+1=13", "132", True, True)
+    step = parse_action("7+5+0=12", stopped_at_comma=True)
+    assert (step.answer, step.valid, step.terminal) == (None, True, False)
+    assert not parse_action("7+5+0", stopped_at_comma=False).valid  # cut by the token budget
+    assert not parse_action("", stopped_at_comma=True).valid
+    assert not parse_action("1+2+0=3\nA:", stopped_at_comma=False).valid
+
+
+def test_corrupt_step_kinds():
+    rng = random.Random(0)
+    for _ in range(50):
+        calc = corrupt_step("4+8+1=13", "calculation", rng)
+        assert calc != "4+8+1=13" and not step_is_true(calc)
+        carry = corrupt_step("4+8+1=13", "carry", rng)
+        assert carry == "4+8+0=12"  # a true equation, wrong only in context
+        operand = corrupt_step("4+8+1=13", "operand", rng)
+        assert operand != "4+8+1=13" and step_is_true(operand)
+    assert step_is_true(corrupt_step("7*6+4=46", "operand", rng))
+    with pytest.raises(ValueError, match="kind"):
+        corrupt_step("4+8+1=13", "typo", rng)
+    with pytest.raises(ValueError, match="not of the form"):
+        corrupt_step("four", "carry", rng)
+
+
+def test_labelled_solutions_are_seeded_and_labelled():
+    task = get_task("add", min_digits=3, max_digits=4)
+    first, again = labelled_solutions(task, 40, seed=3), labelled_solutions(task, 40, seed=3)
+    assert [(s.steps, s.error_index) for s in first] == [(s.steps, s.error_index) for s in again]
+    assert 5 < sum(s.error_index >= 0 for s in first) < 35
+    for solution in first:
+        reference = reference_steps(task, solution.problem)
+        wrong = [k for k, (a, b) in enumerate(zip(solution.steps, reference)) if a != b]
+        assert wrong == ([solution.error_index] if solution.error_index >= 0 else [])
+        assert solution.kind in ERROR_KINDS or solution.error_index == -1
+    assert all(s.error_index == -1 for s in labelled_solutions(task, 10, seed=1, error_fraction=0.0))
+    with pytest.raises(ValueError, match="kinds"):
+        labelled_solutions(task, 4, seed=1, kinds=["typo"])
+    with pytest.raises(ValueError, match="error_fraction"):
+        labelled_solutions(task, 4, seed=1, error_fraction=1.5)

@@ -1,0 +1,104 @@
+"""ReST-MCTS*: the quality value of eqs. (1)-(2), value inference from traces, MCTS* backup on a
+hand-built tree, one tiny iteration end to end, config errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from selfgen.train.llm.rest_mcts import (
+    Node,
+    ReSTMCTSConfig,
+    ReSTMCTSTrainer,
+    Trace,
+    backup,
+    infer_values,
+    quality_values,
+    select,
+    uct,
+)
+
+ASSET = Path(__file__).resolve().parents[3] / "assets" / "lm-arith"
+
+
+def test_quality_values_follow_equations_1_and_2():
+    # a correct trace of K = 4 steps (r = 0, m_k = K - k) climbs linearly to 1
+    assert quality_values([0, 0, 0, 0], [3, 2, 1, 0]) == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    # correct, correct, then a wrong step two steps from the end, then a wrong end:
+    # v3 = 0.5 - (1 - 0.5) / 2 = 0.25, v4 = max(0.25 - 0.75 / 1, 0) = 0
+    assert quality_values([0, 0, 1, 1], [3, 2, 1, 0]) == pytest.approx([0.25, 0.5, 0.25, 0.0])
+
+
+def test_infer_values_on_a_branching_tree():
+    good = Trace(("a", "b", "c"), "9", correct=True)
+    bad = Trace(("a", "x", "y"), "7", correct=False)
+    targets = infer_values([good, bad])
+    # shared first step: on a correct trace, 3 steps (incl. the answer action) from its end
+    assert targets[("a",)] == pytest.approx(0.25)
+    assert [targets[("a", "b")], targets[("a", "b", "c")], targets[("a", "b", "c", "\nA:9")]] == pytest.approx([0.5, 0.75, 1.0])
+    # the wrong branch: r = 1 with m = 2, 1, 0 further steps
+    assert targets[("a", "x")] == pytest.approx(0.25 - 0.75 / 3)
+    assert targets[("a", "x", "y")] == pytest.approx(0.0)
+    assert targets[("a", "x", "y", "\nA:7")] == 0.0
+
+
+def test_backup_is_the_visit_weighted_mean_of_visited_children():
+    root = Node(expanded=True)
+    left, right, fresh = Node(("l",), parent=root), Node(("r",), parent=root), Node(("f",), parent=root)
+    root.children = [left, right, fresh]
+    left.value, left.visits = 0.8, 3
+    right.value, right.visits = 0.2, 1
+    fresh.value = 0.9  # unvisited: does not enter the mean
+    backup(root)
+    assert root.visits == 1 and root.value == pytest.approx((3 * 0.8 + 1 * 0.2) / 4)
+    leaf = Node(("l", "x"), parent=left, value=0.5)
+    left.children, left.expanded = [leaf], True
+    leaf.visits = 1
+    backup(leaf)  # leaf (not expanded) keeps its value; left becomes the mean of its only visited child
+    assert (leaf.visits, left.visits, root.visits) == (2, 4, 2)
+    assert left.value == pytest.approx(0.5)
+    assert root.value == pytest.approx((4 * 0.5 + 1 * 0.2) / 5)
+
+
+def test_selection_visits_unvisited_children_first_then_uct():
+    root = Node(expanded=True, visits=4)
+    a, b = Node(("a",), parent=root, value=0.9, visits=3), Node(("b",), parent=root, value=0.1)
+    root.children = [a, b]
+    assert uct(b, root.visits, 1.0) == float("inf") and select(root, 1.0) is b
+    b.visits = 1
+    assert select(root, 0.0) is a  # pure exploitation
+    assert select(root, 10.0) is b  # exploration favours the less visited child
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_one_iteration_end_to_end(tmp_path):
+    config = ReSTMCTSConfig(
+        output_dir=str(tmp_path / "run"), iterations=1, problems_per_iteration=3, eval_problems=3, search_eval_problems=2,
+        value_eval_pairs=4, num_rollouts=2, branch=2, max_train_steps=2, value_train_steps=2, train_batch_size=4,
+        max_new_tokens=40, max_digits=2, logging_steps=1,
+    )
+    report = ReSTMCTSTrainer(model=str(ASSET), task="arith", config=config).train()
+    assert [record["iteration"] for record in report.history] == [0, 1]
+    record = report[1]
+    for key in ("accuracy", "search_accuracy", "value_pair_accuracy", "value_terminal_accuracy", "search_solved"):
+        assert 0.0 <= record[key] <= 1.0
+    assert record["value_examples"] > 0 and record["expansions_per_s"] > 0 and record["time_rollout_s"] > 0
+    assert (tmp_path / "run" / "iteration-1" / "value" / "config.json").is_file()
+    assert [json.loads(line)["iteration"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="branch"):
+        ReSTMCTSConfig(branch=0)
+    with pytest.raises(ValueError, match="alpha"):
+        ReSTMCTSConfig(alpha=1.5)
+    with pytest.raises(ValueError, match="step_temperature"):
+        ReSTMCTSConfig(step_temperature=0.0)
+
+
+def test_bundled_config_loads():
+    from selfgen.train.config import load_config
+    from selfgen.train.llm import rest_mcts
+
+    config = load_config(rest_mcts.METHOD.config_class, ASSET.parents[1] / "configs" / "rest_mcts_arith.yaml")
+    assert rest_mcts.METHOD.name == "rest_mcts" and config.seed == 0 and config.branch >= 2

@@ -1,0 +1,480 @@
+"""ReST-MCTS* (Zhang et al., NeurIPS 2024, "ReST-MCTS*: LLM Self-Training via Process Reward Guided
+Tree Search"; THUDM/ReST-MCTS).
+
+A state is a partial solution (:func:`~selfgen.data.reasoning.partial_solution`), an action one
+``S:`` step (the last step carries the ``A:`` line and ends the solution). A **value model**
+``V_theta`` - here a second tiny LM with a scalar head (``AutoModelForSequenceClassification``,
+``num_labels=1``, started from the same checkpoint as the policy), ``V = sigmoid(logit)`` - scores
+partial solutions. Each iteration:
+
+1. **MCTS*** on every training problem (all trees advance in lockstep so that each phase is one
+   batched ``generate`` or forward pass), ``num_rollouts`` times:
+   *selection* from the root by ``UCT(c) = V_c + c_puct sqrt(2 ln n_parent / n_c)`` (an unvisited
+   child first); *expansion* of the selected leaf by ``branch`` sampled next steps, each new child
+   valued ``V_theta(child)``; *simulation* from the best child by a greedy rollout to the end of the
+   solution, ``best = max_k V_theta(rollout prefix_k)`` and ``V_child <- (1 - alpha) V_child + alpha
+   best``; *backup* along the path, ``n_c <- n_c + 1`` and ``V_c <- sum_i n_i V_i / sum_i n_i`` over
+   the visited children (:func:`backup`). At test time the search stops early once the selected leaf
+   is a terminal state with ``V >= end_gate``, and the answer is the highest-valued complete solution.
+2. **Value inference** (:func:`infer_values`): with the oracle final answer, every prefix of every
+   complete trace found (tree paths and simulations) gets a step reward ``r_k = 0`` if some correct
+   trace passes through it, else 1, and a reasoning distance ``m_k`` (the fewest further steps to a
+   correct end when ``r_k = 0``, else to any end), and the quality value of the paper's eqs. (1)-(2)
+
+       w_k = (1 - v_{k-1}) / (m_k + 1) * (1 - 2 r_k),        v_k = max(v_{k-1} + w_k, 0),  v_0 = 0,
+
+   so a correct trace of K steps climbs linearly to ``v_K = 1`` and a wrong step pulls the value down.
+3. **Self-training of both models**: the value model regresses ``(V_theta(p_k) - v_k)^2`` on all
+   inferred targets (one shared-``Trainer`` run, :class:`ValueRegressionObjective`), and the policy is
+   fine-tuned (SFT) on the distinct correct traces, at most ``max_traces_per_problem`` per problem,
+   highest quality first.
+
+Departures: the value model is a 0.86 M-parameter LM (the paper's is a 6B PRM) trained from a random
+head in iteration 1 (the paper starts from a value model fitted on seed data), so iteration-0 search
+is guided by an untrained value; simulations are whole greedy completions (one ``generate`` call)
+rather than step-by-step roll-forwards, and their complete solutions join the candidate answers and
+the traces used for value inference; no self-critic/reflection step (a state is terminal when it has an
+``A:`` line); prefixes that no complete trace passes through get no target.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from ...data.problems import Problem
+from ...data.reasoning import Action, corrupt_step, labelled_solutions, parse_action, partial_solution, trace_text
+from ...data.tasks import ArithmeticTask, completion_text, prompt_text, solution_steps
+from ..registry import Method
+from ..trainer import Objective, Trainer
+from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
+from .lm import EVAL_SEED
+from .objectives import SFTCollator, SFTObjective, TextPair, pad_sequences, position_ids_from_mask
+from .rollout import Rollout, SamplingParams
+
+
+@dataclass
+class ReSTMCTSConfig(IterativeConfig):
+    problems_per_iteration: int = 128
+    num_rollouts: int = 8  # MCTS* iterations (selection-expansion-simulation-backup) per problem
+    branch: int = 3  # sampled next steps per expansion
+    exploration: float = 0.2  # c_puct of UCT
+    alpha: float = 0.5  # weight of the simulation's best value in the rolled child's value
+    end_gate: float = 0.9  # test-time early stop: a selected terminal state valued at least this
+    step_temperature: float = 1.0
+    step_max_new_tokens: int = 24
+    max_traces_per_problem: int = 2
+    value_train_steps: int = 40
+    value_learning_rate: float = 3e-4
+    search_eval_problems: int = 64  # held-out problems searched at each evaluation (a prefix of the eval set)
+    value_eval_pairs: int = 200  # held-out (correct, one-step-corrupted) partial-solution pairs
+    learning_rate: float = 1e-4
+    max_train_steps: int = 30
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_rollouts", "branch", "step_max_new_tokens", "max_traces_per_problem", "search_eval_problems"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.step_temperature <= 0:
+            raise ValueError(f"step_temperature must be > 0 (expansion samples), got {self.step_temperature}")
+
+
+# ----------------------------------------------------------------- the search tree
+
+
+@dataclass(eq=False)
+class Node:
+    """A partial solution: its steps, the answer when complete, and the search statistics ``V``, ``n``."""
+
+    steps: tuple[str, ...] = ()
+    answer: str | None = None
+    valid: bool = True
+    parent: Node | None = None
+    children: list[Node] = field(default_factory=list)
+    value: float = 0.0
+    visits: int = 0
+    expanded: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.answer is not None or not self.valid
+
+    def child(self, action: Action) -> Node:
+        node = Node(self.steps + (action.step,), action.answer, action.valid, parent=self)
+        self.children.append(node)
+        return node
+
+    def nodes(self) -> list[Node]:
+        return [self] + [node for child in self.children for node in child.nodes()]
+
+
+def uct(child: Node, parent_visits: int, exploration: float) -> float:
+    """``V_c + c sqrt(2 ln n_parent / n_c)``; an unvisited child scores infinity (visited first)."""
+    if child.visits == 0:
+        return math.inf
+    return child.value + exploration * math.sqrt(2 * math.log(max(parent_visits, 1)) / child.visits)
+
+
+def select(root: Node, exploration: float) -> Node:
+    """Descend by UCT from ``root`` through expanded nodes to a leaf (ties: the first child)."""
+    node = root
+    while node.expanded and node.children:
+        node = max(node.children, key=lambda child: uct(child, node.visits, exploration))
+    return node
+
+
+def backup(node: Node) -> None:
+    """MCTS*'s backup from ``node`` to the root: ``n <- n + 1`` and, for expanded nodes, the visit-weighted
+    mean of the visited children's values ``V = sum_i n_i V_i / sum_i n_i``."""
+    while node is not None:
+        node.visits += 1
+        visited = [child for child in node.children if child.visits > 0]
+        if node.expanded and visited:
+            node.value = sum(c.visits * c.value for c in visited) / sum(c.visits for c in visited)
+        node = node.parent
+
+
+# ----------------------------------------------------------------- value inference (eqs. 1-2)
+
+
+def quality_values(step_rewards: Sequence[int], distances: Sequence[int]) -> list[float]:
+    """``v_1..v_K`` of eqs. (1)-(2): ``w_k = (1 - v_{k-1}) / (m_k + 1) (1 - 2 r_k)``, ``v_k = max(v_{k-1} + w_k, 0)``."""
+    values, previous = [], 0.0
+    for reward, distance in zip(step_rewards, distances, strict=True):
+        previous = max(previous + (1.0 - previous) / (distance + 1) * (1 - 2 * reward), 0.0)
+        values.append(previous)
+    return values
+
+
+@dataclass
+class Trace:
+    """A complete solution found by the search: its actions' steps, answer and correctness."""
+
+    steps: tuple[str, ...]
+    answer: str | None
+    correct: bool
+
+
+def infer_values(traces: Sequence[Trace]) -> dict[tuple[str, ...], float]:
+    """Per-prefix value targets from a problem's complete traces (the prefix of the final action
+    includes the answer, keyed with the answer appended). ``r = 0`` on prefixes some correct trace
+    passes through, ``m`` = fewest further steps to a correct (else any) end; ``v`` by eqs. (1)-(2)."""
+    keyed = [(_trace_key(trace), trace.correct) for trace in traces]
+    best: dict[tuple[str, ...], tuple[int, int]] = {}  # prefix -> (r, m), r = 0 preferred, then smaller m
+    for key, correct in keyed:
+        for length in range(1, len(key) + 1):
+            candidate = (0 if correct else 1, len(key) - length)
+            best[key[:length]] = min(best.get(key[:length], candidate), candidate)
+    targets = {}
+    for key, _ in keyed:
+        prefixes = [key[:length] for length in range(1, len(key) + 1)]
+        rewards, distances = zip(*(best[prefix] for prefix in prefixes))
+        targets.update(zip(prefixes, quality_values(rewards, distances)))
+    return targets
+
+
+def _trace_key(trace: Trace) -> tuple[str, ...]:
+    return trace.steps + (f"\nA:{trace.answer}",)
+
+
+def key_text(question: str, key: tuple[str, ...]) -> str:
+    """The text a value-target key stands for (a partial or, with the answer entry, complete solution)."""
+    if key and key[-1].startswith("\nA:"):
+        return trace_text(question, key[:-1], key[-1][3:])
+    return partial_solution(question, key)
+
+
+# ----------------------------------------------------------------- the value model
+
+
+def load_value_model(path: str | Path, pad_token_id: int) -> nn.Module:
+    """A causal LM checkpoint with a fresh scalar head (or a saved value model): ``AutoModelForSequenceClassification``."""
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = pad_token_id
+    return model.eval()
+
+
+def value_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    return output.logits[:, 0].float()
+
+
+@torch.no_grad()
+def predict_values(model: nn.Module, tokenizer, texts: Sequence[str], batch_size: int = 256) -> list[float]:
+    """``V_theta(text) = sigmoid(logit)`` of each partial solution (left-padded batches)."""
+    values = []
+    device = next(model.parameters()).device
+    for start in range(0, len(texts), batch_size):
+        batch = ValueCollator(tokenizer)([(text, 0.0) for text in texts[start : start + batch_size]])
+        logits = value_logits(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        values += torch.sigmoid(logits).tolist()
+    return values
+
+
+class ValueCollator:
+    """``(text, target)`` pairs -> left-padded ``input_ids``/``attention_mask`` and ``targets``."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, examples: Sequence[tuple[str, float]]) -> dict[str, torch.Tensor]:
+        ids = [self.tokenizer(text, add_special_tokens=False).input_ids for text, _ in examples]
+        return {
+            "input_ids": pad_sequences(ids, self.tokenizer.pad_token_id, left=True),
+            "attention_mask": pad_sequences([[1] * len(row) for row in ids], 0, left=True),
+            "targets": torch.tensor([target for _, target in examples], dtype=torch.float32),
+        }
+
+
+class ValueRegressionObjective(Objective):
+    """The value model's loss: ``mean (sigmoid(logit(p_k)) - v_k)^2`` over inferred targets."""
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        values = torch.sigmoid(value_logits(model, batch["input_ids"], batch["attention_mask"]))
+        loss = torch.mean((values - batch["targets"]) ** 2)
+        return loss, {"value_mean": float(values.detach().mean())}
+
+
+# ----------------------------------------------------------------- the recipe
+
+
+@dataclass
+class SearchResult:
+    """One problem's search: its tree, the complete traces found and the chosen (highest-valued) answer."""
+
+    root: Node
+    traces: list[tuple[Trace, float]]  # (trace, value) of complete solutions: tree terminals + simulations
+    expansions: int = 0
+
+    def best(self) -> Trace | None:
+        return max(self.traces, key=lambda item: item[1])[0] if self.traces else None
+
+
+class ReSTMCTSTrainer(IterativeTrainer):
+    config_class = ReSTMCTSConfig
+    plot_keys = ("accuracy", "search_accuracy", "value_pair_accuracy", "value_terminal_accuracy", "search_solved", "expansions_per_s")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.base_path is None:
+            raise ValueError("ReSTMCTSTrainer needs model= as a checkpoint path (the value model starts from it)")
+        self.value_model = load_value_model(self.base_path, self.tokenizer.pad_token_id)
+        self.value_pairs = self._value_pairs()
+
+    def _resume(self):
+        history, done = super()._resume()
+        saved = self.iteration_dir(done) / "value"
+        if done and (saved / "config.json").is_file():
+            self.value_model = load_value_model(saved, self.tokenizer.pad_token_id)
+        return history, done
+
+    # ------------------------------------------------------------- search
+
+    def values(self, texts: Sequence[str]) -> list[float]:
+        return predict_values(self.value_model, self.tokenizer, texts)
+
+    def expand(self, problems: list[Problem], leaves: list[Node], seed: int) -> list[list[Node]]:
+        """Sample ``branch`` next steps for each leaf (one batched call); value the new children."""
+        config = self.config
+        params = SamplingParams(
+            temperature=config.step_temperature, num_samples=config.branch, max_new_tokens=config.step_max_new_tokens,
+            stop_strings=(",",), batch_size=config.generation_batch_size,
+        )
+        prompts = [partial_solution(p.question, leaf.steps) for p, leaf in zip(problems, leaves)]
+        rollouts = self.generate(prompts, params, seed)
+        children = []
+        for index, leaf in enumerate(leaves):
+            seen, new = set(), []
+            for rollout in rollouts[index * config.branch : (index + 1) * config.branch]:
+                ended_by_eos = rollout.completion_ids[-1:] == [self.tokenizer.eos_token_id]
+                action = parse_action(rollout.text, rollout.finished and not ended_by_eos)
+                if (action.step, action.answer) not in seen:
+                    seen.add((action.step, action.answer))
+                    new.append(leaf.child(action))
+            leaf.expanded = True
+            children.append(new)
+        texts = [trace_text(p.question, c.steps, c.answer) for p, new in zip(problems, children) for c in new]
+        values = iter(self.values(texts))
+        for new in children:
+            for child in new:
+                child.value = next(values) if child.valid else 0.0
+        return children
+
+    def simulate(self, problems: list[Problem], nodes: list[Node], seed: int) -> list[tuple[Trace | None, float]]:
+        """Greedy rollouts to the end from ``nodes``; the best value along each and its complete trace."""
+        params = SamplingParams(temperature=0.0, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.generation_batch_size)
+        prompts = [partial_solution(p.question, node.steps) for p, node in zip(problems, nodes)]
+        rollouts = self.generate(prompts, params, seed)
+        texts, owners, traces = [], [], []
+        for index, (problem, node, rollout) in enumerate(zip(problems, nodes, rollouts)):
+            steps = node.steps + tuple(solution_steps("S:" + rollout.text.split("\n")[0]))
+            answer = rollout.text.split("\nA:", 1)[1].strip() if "\nA:" in rollout.text else None
+            trace = Trace(steps, answer, self.task.verify(problem, f"A:{answer}")) if answer and steps else None
+            traces.append(trace)
+            for length in range(len(node.steps) + 1, len(steps) + 1):
+                texts.append(trace_text(problem.question, steps[:length]))
+                owners.append(index)
+            if trace is not None:
+                texts.append(trace_text(problem.question, steps, answer))
+                owners.append(index)
+        best = [0.0] * len(nodes)
+        for owner, value in zip(owners, self.values(texts)):
+            best[owner] = max(best[owner], value)
+        return list(zip(traces, best))
+
+    def search(self, problems: list[Problem], seed: int, early_stop: bool = False) -> list[SearchResult]:
+        """MCTS* on every problem, trees advancing in lockstep (see the module docstring)."""
+        config = self.config
+        results = [SearchResult(Node(), []) for _ in problems]
+        active = list(range(len(problems)))
+        for round_index in range(config.num_rollouts):
+            leaves = {index: select(results[index].root, config.exploration) for index in active}
+            if early_stop:
+                for index in [i for i in active if leaves[i].terminal and leaves[i].value >= config.end_gate]:
+                    active.remove(index)
+            open_ = [index for index in active if not leaves[index].terminal]
+            expanded = self.expand([problems[i] for i in open_], [leaves[i] for i in open_], seed * 1000 + round_index)
+            rolled = {}
+            for index, children in zip(open_, expanded):
+                results[index].expansions += 1
+                if children:
+                    rolled[index] = max(children, key=lambda child: uct(child, leaves[index].visits, config.exploration))
+            rolling = [i for i in rolled if not rolled[i].terminal]
+            outcomes = self.simulate([problems[i] for i in rolling], [rolled[i] for i in rolling], seed)
+            for index, (trace, best) in zip(rolling, outcomes):
+                node = rolled[index]
+                node.value = (1 - config.alpha) * node.value + config.alpha * best
+                node.visits += 1
+                if trace is not None:
+                    results[index].traces.append((trace, best))
+            for index in active:
+                backup(leaves[index])
+        for problem, result in zip(problems, results):
+            for node in result.root.nodes():
+                if node.answer is not None and node.valid:
+                    trace = Trace(node.steps, node.answer, self.task.verify(problem, f"A:{node.answer}"))
+                    result.traces.append((trace, node.value))
+        return results
+
+    def search_metrics(self, problems: list[Problem], seed: int) -> dict[str, float]:
+        """Test-time search accuracy, and how well ``V_theta`` tells apart the complete solutions the search
+        found: balanced accuracy of ``V >= 0.5`` against the verifier (mean of the accuracies on correct
+        and on wrong solutions, every distinct solution counted once; 0.5 = chance)."""
+        results = self.search(problems, seed, early_stop=True)
+        found = {(p.question, t.steps, t.answer): t.correct for p, r in zip(problems, results) for t, _ in r.traces}
+        values = self.values([trace_text(question, steps, answer) for question, steps, answer in found])
+        per_class = [
+            [(v >= 0.5) == ok for v, ok in zip(values, found.values()) if ok == label] for label in (True, False)
+        ]
+        return {
+            "search_accuracy": sum(bool(r.best() and r.best().correct) for r in results) / len(results),
+            "value_terminal_accuracy": sum(sum(c) / len(c) if c else 0.5 for c in per_class) / 2,
+        }
+
+    # ------------------------------------------------------------- one iteration
+
+    def build_round(self, iteration: int) -> Round:
+        config = self.config
+        problems = self.problems(iteration)
+        start = time.perf_counter()
+        results = self.search(problems, seed=iteration)
+        search_seconds = time.perf_counter() - start
+        expansions = sum(r.expansions for r in results)
+        value_examples, policy_examples = [], []
+        for problem, result in zip(problems, results):
+            traces = [trace for trace, _ in result.traces]
+            for key, target in infer_values(traces).items():
+                value_examples.append((key_text(problem.question, key), target))
+            correct = list(dict.fromkeys(trace.steps + (trace.answer,) for trace in traces if trace.correct))
+            for *steps, answer in correct[: config.max_traces_per_problem]:
+                policy_examples.append(TextPair(prompt_text(problem.question), completion_text(steps, answer)))
+        value_examples = list(dict(value_examples).items())
+        value_logs = self.train_value_model(iteration, value_examples)
+        logs = {
+            "search_solved": sum(any(t.correct for t, _ in r.traces) for r in results) / len(results),
+            "expansions_per_s": expansions / search_seconds,
+            "nodes_per_s": sum(len(r.root.nodes()) - 1 for r in results) / search_seconds,
+            "value_examples": float(len(value_examples)),
+            "policy_traces": float(len(policy_examples)),
+            **value_logs,
+        }
+        return Round(SFTObjective(), policy_examples, SFTCollator(self.tokenizer, config.max_length), logs)
+
+    def train_value_model(self, iteration: int, examples: list[tuple[str, float]]) -> dict[str, float]:
+        """Regress the value model on the inferred targets (the shared Trainer, into ``iteration-k/value``)."""
+        if not examples:
+            return {}
+        config = self.config
+        run_dir = self.iteration_dir(iteration) / "value-run"
+        value_config = replace(
+            config, output_dir=str(run_dir), export_dir=str(self.iteration_dir(iteration) / "value"),
+            max_train_steps=config.value_train_steps, learning_rate=config.value_learning_rate,
+            train_batch_size=min(config.train_batch_size, len(examples)), resume_from=None, seed=config.seed + iteration,
+        )
+        start = time.perf_counter()
+        trainer = Trainer(
+            self.value_model.train(), ValueRegressionObjective(), examples, value_config,
+            export_fn=lambda model, directory: model.save_pretrained(directory), collate_fn=ValueCollator(self.tokenizer),
+        )
+        result = trainer.train()
+        self.value_model = trainer.unwrapped_model.eval()
+        return {"value_loss": result.final_loss, "time_value_update_s": time.perf_counter() - start}
+
+    # ------------------------------------------------------------- evaluation
+
+    def _value_pairs(self) -> list[tuple[str, str]]:
+        """Held-out (correct partial solution, the same with its last step corrupted) pairs."""
+        if not isinstance(self.task, ArithmeticTask):
+            return []
+        rng = random.Random(self.config.seed)
+        solutions = labelled_solutions(self.task, self.config.value_eval_pairs, EVAL_SEED + 700 + self.config.seed, 0.0)
+        pairs = []
+        for solution in solutions:
+            length = rng.randrange(1, len(solution.steps) + 1)
+            good = list(solution.steps[:length])
+            bad = good[:-1] + [corrupt_step(good[-1], rng.choice(("calculation", "carry", "operand")), rng)]
+            pairs.append((partial_solution(solution.problem.question, good), partial_solution(solution.problem.question, bad)))
+        return pairs
+
+    def evaluate(self) -> dict[str, float]:
+        metrics = super().evaluate()
+        problems = self.eval_set[: self.config.search_eval_problems]
+        metrics.update(self.search_metrics(problems, seed=EVAL_SEED))
+        metrics["greedy_accuracy_search_subset"] = self._greedy_accuracy(problems)
+        if self.value_pairs:
+            good = self.values([g for g, _ in self.value_pairs])
+            bad = self.values([b for _, b in self.value_pairs])
+            metrics["value_pair_accuracy"] = sum(g > b for g, b in zip(good, bad)) / len(good)
+        return metrics
+
+    def _greedy_accuracy(self, problems: list[Problem]) -> float:
+        rollouts = self.solve(problems, temperature=0.0, num_samples=1)
+        return sum(self.task.verify(p, r.text) for p, r in zip(problems, rollouts)) / len(problems)
+
+
+def expansions_per_second(trainer: ReSTMCTSTrainer, problems: list[Problem], lockstep: bool = True, seed: int = 0) -> float:
+    """Tree-search node expansions per second of ``trainer.search`` on ``problems``: all trees in lockstep
+    (one batched call per phase), or one problem at a time (``lockstep=False``, the unbatched reference)."""
+    start = time.perf_counter()
+    groups = [problems] if lockstep else [[problem] for problem in problems]
+    expansions = sum(result.expansions for group in groups for result in trainer.search(group, seed))
+    return expansions / (time.perf_counter() - start)
+
+
+METHOD = Method(
+    name="rest_mcts",
+    summary="ReST-MCTS*: value-guided MCTS* over steps; inferred per-step values train the value model, correct traces the policy",
+    config_class=ReSTMCTSConfig,
+    train=run_recipe(ReSTMCTSTrainer),
+)

@@ -1,0 +1,200 @@
+"""RLCCF: Reinforcement Learning from Coevolutionary Collective Feedback (Yuan et al. 2025, "Wisdom of
+the Crowd: Reinforcement Learning from Coevolutionary Collective Feedback").
+
+A collective of ``M`` models answers every training question, each with a group of ``G`` rollouts.
+Model ``m``'s **self-consistency** on the question is the share of its rollouts that give its own
+majority answer, ``SC_m = max_a (1/G) sum_i 1[a_{m,i} = a]``. The **collective answer** is the vote
+weighted by self-consistency,
+
+    a* = argmax_a  sum_m SC_m * (1/G) sum_i 1[a_{m,i} = a]
+
+(:func:`collective_vote`), and every rollout of every model is rewarded by agreement with it,
+``r_{m,i} = 1[a_{m,i} = a*]`` (maximising the collective consistency). Each model is then updated by
+GRPO on its own rollouts (:class:`~selfgen.train.llm.grpo.GRPOTrainer`'s round, its own reference
+model), so all ``M`` models coevolve. No ground truth is used; the verifier only reports
+diagnostics (``collective_label_accuracy``: how often ``a*`` is the true answer).
+
+Evaluation: ``accuracy`` is the mean held-out greedy accuracy of the members, ``accuracy_m{k}`` each
+member's, ``vote_accuracy`` the accuracy of the plurality of the members' greedy answers (ties go
+to the lowest-index member).
+
+Departure: the paper's collective is four different open LLMs; ours is ``models`` (paths, default
+``num_models`` copies of ``model``) that differ by their sampling and update seeds - and, when given
+different folders, by size (e.g. a second tiny LM from ``selfgen train lm`` with other widths).
+Copies of one model start with identical answers distributions, so their votes begin correlated.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...data.problems import Problem
+from ..registry import Method
+from ..trainer import save_atomically
+from .driver import IterationReport, Round, run_recipe
+from .grpo import GRPOConfig, GRPOTrainer
+from .modeling import frozen_copy, load_policy, tokenizer_exporter
+from .rewards import answer_key, majority_answer
+from .rollout import Rollout
+
+
+@dataclass
+class RLCCFConfig(GRPOConfig):
+    models: list[str] = field(default_factory=list)  # the collective; empty: num_models copies of `model`
+    num_models: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.models and self.num_models < 2:
+            raise ValueError(f"num_models must be >= 2 for a collective (or list >= 2 models), got {self.num_models}")
+        if self.models and len(self.models) < 2:
+            raise ValueError(f"models must list at least 2 model folders for a collective, got {self.models}")
+
+    @property
+    def member_paths(self) -> list[str]:
+        return list(self.models) if self.models else [self.model] * self.num_models
+
+
+def self_consistency(keys: list[str | None]) -> float:
+    """The share of a model's rollouts that give its most common answer (0 without any answer)."""
+    counts = Counter(key for key in keys if key is not None)
+    return counts.most_common(1)[0][1] / len(keys) if counts else 0.0
+
+
+def collective_vote(member_keys: list[list[str | None]]) -> tuple[str | None, list[float]]:
+    """The self-consistency-weighted vote of the members on one question: ``(a*, [SC_m])``.
+
+    ``member_keys[m]`` holds member ``m``'s answers (``None``: no answer); each member's answer
+    frequencies are weighted by its ``SC_m``; ties go to the answer seen first."""
+    weights = [self_consistency(keys) for keys in member_keys]
+    scores: dict[str, float] = {}
+    for weight, keys in zip(weights, member_keys):
+        for key in keys:
+            if key is not None:
+                scores[key] = scores.get(key, 0.0) + weight / len(keys)
+    best = max(scores.values(), default=0.0)
+    winner = next((key for key, score in scores.items() if score == best), None) if best > 0 else None
+    return winner, weights
+
+
+class RLCCFTrainer(GRPOTrainer):
+    """``M`` policies; member 0 is the driver's ``policy``, the others live in ``members``."""
+
+    config_class = RLCCFConfig
+    plot_keys = ("accuracy", "vote_accuracy", "train_accuracy", "reward_agreement", "collective_label_accuracy")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        paths = self.config.member_paths
+        self.members = [(self.policy, self.tokenizer, self.reference)]
+        for path in paths[1:]:
+            policy, tokenizer = load_policy(path)
+            self.members.append((policy, tokenizer, frozen_copy(policy) if self.config.beta else None))
+        self.current = 0
+        self.member_rounds: list[Round] = []
+
+    # ----------------------------------------------------------------- members
+
+    def use_member(self, index: int) -> None:
+        """Make member ``index`` the driver's policy (after storing the current one back)."""
+        self.members[self.current] = (self.policy, self.tokenizer, self.reference)
+        self.policy, self.tokenizer, self.reference = self.members[index]
+        self.current = index
+
+    def iteration_dir(self, iteration: int) -> Path:
+        return super().iteration_dir(iteration) / f"member-{self.current}"
+
+    def _resume(self):
+        history, done = super()._resume()  # loads member 0
+        if done:
+            for index in range(1, len(self.members)):
+                self.use_member(index)
+                self.policy, self.tokenizer = load_policy(self.iteration_dir(done) / "model")
+            self.use_member(0)
+        return history, done
+
+    # ----------------------------------------------------------------- the round
+
+    def collective_rewards(self, problems: list[Problem], member_rollouts: list[list[Rollout]]) -> list[list[float]]:
+        """Each member's rewards: agreement of each rollout with the question's collective answer."""
+        size = len(member_rollouts[0]) // len(problems)
+        keys = [[answer_key(r.text) for r in rollouts] for rollouts in member_rollouts]
+        rewards: list[list[float]] = [[] for _ in member_rollouts]
+        labels_right, consistency = 0, 0.0
+        for index, problem in enumerate(problems):
+            group_keys = [member[index * size : (index + 1) * size] for member in keys]
+            winner, weights = collective_vote(group_keys)
+            for member, member_keys in enumerate(group_keys):
+                rewards[member] += [float(key is not None and key == winner) for key in member_keys]
+            labels_right += winner is not None and winner == answer_key(f"A:{problem.answer}")
+            consistency += sum(weights) / len(weights)
+        self.collective_logs = {
+            "collective_label_accuracy": labels_right / len(problems),
+            "self_consistency": consistency / len(problems),
+        }
+        return rewards
+
+    def build_round(self, iteration: int) -> Round:
+        problems = self.problems(iteration)
+        member_rollouts = []
+        for index in range(len(self.members)):
+            self.use_member(index)
+            member_rollouts.append(self.solve(problems, seed=iteration * len(self.members) + index))
+        member_rewards = self.collective_rewards(problems, member_rollouts)
+        self.member_rounds = []
+        for index, (rollouts, rewards) in enumerate(zip(member_rollouts, member_rewards)):
+            self.use_member(index)
+            self.member_rounds.append(self.grpo_round(problems, rollouts, rewards))
+        self.use_member(0)
+        logs = {
+            key: sum(r.logs[key] for r in self.member_rounds) / len(self.member_rounds)
+            for key in self.member_rounds[0].logs
+        }
+        return Round(self.member_rounds[0].objective, [], None, {**logs, **self.collective_logs})
+
+    def optimise(self, iteration: int, round_: Round) -> dict[str, float]:
+        """One GRPO run per member, each on its own rollouts; logs are averaged over members."""
+        member_logs = []
+        for index, member_round in enumerate(self.member_rounds):
+            self.use_member(index)
+            member_logs.append(super().optimise(iteration, member_round))
+        self.use_member(0)
+        logs = {key: sum(log[key] for log in member_logs) / len(member_logs) for key in member_logs[0]}
+        return {**logs, **{f"train_loss_m{k}": log.get("train_loss", float("nan")) for k, log in enumerate(member_logs)}}
+
+    # ----------------------------------------------------------------- evaluation and export
+
+    def evaluate(self) -> dict[str, float]:
+        metrics, answers = {}, []
+        for index in range(len(self.members)):
+            self.use_member(index)
+            rollouts = self.solve(self.eval_set, temperature=0.0, num_samples=1)
+            answers.append([answer_key(r.text) for r in rollouts])
+            correct = [self.task.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)]
+            metrics[f"accuracy_m{index}"] = sum(correct) / len(correct)
+        self.use_member(0)
+        truths = [answer_key(f"A:{p.answer}") for p in self.eval_set]
+        votes = [majority_answer(list(column)) for column in zip(*answers)]
+        metrics["vote_accuracy"] = sum(a == t for a, t in zip(votes, truths)) / len(truths)
+        metrics["accuracy"] = sum(metrics[f"accuracy_m{k}"] for k in range(len(self.members))) / len(self.members)
+        return metrics
+
+    def train(self) -> IterationReport:
+        """The driver's loop; member 0 is exported to ``pipeline_dir``, member k next to it (``<pipeline_dir>-member-k``)."""
+        report = super().train()
+        for index in range(1, len(self.members)):
+            policy, tokenizer, _ = self.members[index]
+            export = tokenizer_exporter(tokenizer)
+            target = self.config.pipeline_dir.parent / f"{self.config.pipeline_dir.name}-member-{index}"
+            save_atomically(lambda directory, p=policy, e=export: e(p, directory), target)
+        return report
+
+
+METHOD = Method(
+    name="rlccf",
+    summary="RLCCF: several LMs vote (weighted by self-consistency) on each answer; all are updated by GRPO",
+    config_class=RLCCFConfig,
+    train=run_recipe(RLCCFTrainer),
+)
