@@ -203,14 +203,23 @@ class ZoomLDMDenoiser(AttentionBackendMixin, ModelMixin, ConfigMixin):
         context = self.summarize(ssl_tokens, ssl_mask, magnification, drop_condition)
         return ZoomDenoiserOutput(sample=self.denoise_with_context(latents, timestep, context))
 
-    def denoise_with_context(self, latents: torch.Tensor, timestep, context: torch.Tensor) -> torch.Tensor:
-        batch, channels, size, _ = latents.shape
-        patch = self.config.patch_size
-        timesteps = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(batch)
+    def hidden_states(self, latents: torch.Tensor, timestep, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last block's ``(N, tokens, hidden)`` states and the timestep embedding ``(N, hidden)``."""
+        timesteps = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(len(latents))
         temb = self.time_embed(self.time_proj(timesteps).to(latents.dtype))
         hidden = self.patch_embed(latents).flatten(2).transpose(1, 2) + self.position
         for block in self.blocks:
             hidden = block(hidden, context, temb)
+        return hidden, temb
+
+    def pooled_features(self, latents: torch.Tensor, timestep, context: torch.Tensor) -> torch.Tensor:
+        """``(N, hidden)``: the last block's states averaged over tokens (ZoomLDM features for MIL)."""
+        return self.hidden_states(latents, timestep, context)[0].mean(dim=1)
+
+    def denoise_with_context(self, latents: torch.Tensor, timestep, context: torch.Tensor) -> torch.Tensor:
+        batch, channels, size, _ = latents.shape
+        patch = self.config.patch_size
+        hidden, temb = self.hidden_states(latents, timestep, context)
         shift, scale = self.out_modulation(temb).chunk(2, dim=-1)
         out = self.proj_out(modulate(self.norm_out(hidden), shift, scale))
         side = size // patch

@@ -10,17 +10,22 @@ patch covers ``P 2^k`` source pixels). Sampling one patch:
    guidance ``eps_u + w (eps_c - eps_u)`` when ``guidance_scale = w != 1``); ``x = D(z_0 / sf)``.
 
 **Joint multi-scale sampling** (:meth:`generate_large_image`): an ``H x W = P 2^L`` image is ``2^L x 2^L``
-level-0 tiles plus one level-``L`` view of the same region, denoised together. At every step each
-latent's clean estimate ``z0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` is decoded; the tiles are assembled
-into ``X`` and the view into ``v``; both are pulled to a common low-frequency image
-``u = (v + A(X)) / 2`` (``A`` = ``2^L`` area downsampling) by iterating ``X <- X + U(u - A(X))``, ``v <- u``
-(``U`` = bilinear upsampling); the corrected images are re-encoded to ``z0'`` and the step continues with
-``eps' = (z_t - sqrt(a_t) z0') / sqrt(1 - a_t)``. Tiles are thus coupled through the shared view at every
-step, instead of being sampled independently (``coupling=False``, naive tiling).
+level-0 tiles plus one level-``L`` view of the same region, denoised together in one batch. As in the
+paper, they are coupled by gradient guidance at every step (:meth:`guided_noise`): the clean estimates
+``z0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` are decoded, the loss
+``L = 1/2 ||A(D(z0_tiles)) - D(z0_view)||^2`` (``A`` = ``2^L`` area downsampling) is differentiated with
+respect to the latents, ``z0`` takes a gradient step and the DDIM step continues from it. ``coupling="none"``
+is naive tiling (tiles sampled independently); ``coupling="projection"`` is an ablation that replaces the
+gradient step by an explicit back-projection of the decoded estimates (:meth:`projected_noise`).
 
-**Super-resolution** (:meth:`super_resolve`): the same loop with ``v`` fixed to the low-resolution input
-(``u = input``), tiles conditioned on the SSL embeddings of the bicubic-upsampled input, so the output
-downsamples back to the input.
+**Super-resolution** (:meth:`super_resolve`): the same guidance with the low-magnification image fixed to
+the low-resolution input (``L = 1/2 ||A(D(z0)) - y||^2``), tiles conditioned on the SSL embeddings of the
+bicubic-upsampled input, and a final data-consistency step (:func:`match_low_frequencies`) so that the
+output downsamples exactly to the input.
+
+Departures (see ``docs/zoomldm.md``): the gradient is taken with respect to the clean latent estimate
+(through the decoder only) rather than the noisy latent (through the denoiser too), with a Polyak step size;
+tiles are decoded one by one (the small VAE only reconstructs ``P x P`` patches well).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from ..models.zoomldm import (
     grid_side,
 )
 from .pipeline_utils import SelfgenPipeline, check_output_type, postprocess_images
+
+COUPLINGS = ("guidance", "projection", "none")
 
 
 def images_to_pixels(images, name: str) -> torch.Tensor:
@@ -74,12 +81,15 @@ def split_tiles(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def match_low_frequencies(image: torch.Tensor, target: torch.Tensor, iterations: int = 8) -> torch.Tensor:
-    """Iterative back-projection ``X <- X + U(target - A(X))`` (``A``: area downsampling to ``target``'s size,
-    ``U``: bilinear upsampling): gives ``image`` the low frequencies of ``target`` so that ``A(X) ~= target``."""
+    """Back-projection of ``(N, 3, H, W)`` images in ``[-1, 1]`` onto ``A(X) = target`` (``A``: area downsampling
+    to ``target``'s size): ``iterations`` smooth steps ``X <- clamp(X + U_bilinear(target - A(X)))``, then as many
+    exact ones with ``U_nearest`` (``A U_nearest = I``: the least-norm correction), i.e. alternating projections
+    onto the consistent set and the pixel box, so that ``A(X) = target`` holds after clamping too."""
     factor = image.shape[-1] // target.shape[-1]
-    for _ in range(iterations):
-        residual = target - F.avg_pool2d(image, factor)
-        image = image + F.interpolate(residual, scale_factor=factor, mode="bilinear", align_corners=False)
+    for mode in ("bilinear", "nearest"):
+        for _ in range(iterations):
+            residual = target - F.avg_pool2d(image, factor)
+            image = (image + F.interpolate(residual, scale_factor=factor, mode=mode)).clamp(-1, 1)
     return image
 
 
@@ -243,41 +253,73 @@ class ZoomLDMPipeline(SelfgenPipeline):
     # ------------------------------------------------------------------ joint multi-scale sampling
 
     def decode_tiles(self, latents: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-        """Assemble ``(N rows cols, C, s, s)`` tile latents into one latent image and decode it whole (the
-        convolutional VAE then sees across tile borders, as the authors' large-image decoder does)."""
-        return self.decode_latents(assemble_tiles(latents, rows, cols))
+        """Decode ``(N rows cols, C, s, s)`` tile latents one tile at a time (the ``P x P`` size the VAE was trained
+        on) and assemble them into ``(N, 3, rows P, cols P)``. Decoding the assembled latent whole, or in
+        overlapping windows as the authors' large-image decoder does, reconstructs ~10x worse with this small
+        VAE (its attention, GroupNorm and zero padding only ever saw ``P x P`` patches)."""
+        return assemble_tiles(self.decode_latents(latents), rows, cols)
 
     def encode_tiles(self, images: torch.Tensor) -> torch.Tensor:
-        """Encode whole ``(N, 3, H, W)`` images and split the latent into the tiles' latents."""
-        return split_tiles(self.encode_latents(images), self.denoiser.config.sample_size)
+        """Inverse of :meth:`decode_tiles`: encode the ``P x P`` tiles of ``(N, 3, H, W)`` images one by one."""
+        return self.encode_latents(split_tiles(images, self.patch_size))
 
-    def coupled_noise(
+    def guided_noise(
         self,
         predict: Callable,
         num_tiles: int,
         rows: int,
         cols: int,
-        low_target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        low_image: Callable[[torch.Tensor], torch.Tensor],
+        coupling_scale: float,
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Wrap ``predict(z, t) -> eps`` over ``[tiles; views]`` latents so that every step's clean estimate
-        is coupled across scales (see the module docstring). ``low_target(views_x0, tiles_x0_image)`` gives
-        the shared low-frequency image ``u``; views are replaced by the re-encoded ``u``."""
+        """The paper's coupling, gradient guidance at every step: wrap ``predict(z, t) -> eps`` over
+        ``[tiles; views]`` latents so that the clean estimate ``z0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` takes
+        one gradient step on
+
+            ``L(z0) = 1/2 || A(D(z0_tiles)) - low_image(z0_views) ||^2``
+
+        (``D``: the VAE decoder, tile by tile; ``A``: area downsampling to the view's size), of Polyak size
+        ``z0' = z0 - s L / ||grad L||^2 grad L`` (``s = coupling_scale``; ``s = 1`` would zero the linearised
+        loss), and the step continues with ``eps' = (z_t - sqrt(a_t) z0') / sqrt(1 - a_t)``. When ``low_image``
+        decodes the views, the gradient steers the views too: both scales are pulled towards each other."""
         alphas = self.scheduler.alphas_cumprod
 
-        def coupled(latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        def guided(latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            eps = predict(latents, timestep)
+            alpha = alphas[int(timestep)].to(latents.device, torch.float32)
+            clean = ((latents - (1 - alpha).sqrt() * eps) / alpha.sqrt()).float()
+            with torch.enable_grad():
+                clean.requires_grad_(True)
+                image = self.decode_tiles(clean[:num_tiles], rows, cols)
+                low = low_image(clean[num_tiles:])
+                loss = 0.5 * (F.avg_pool2d(image, image.shape[-1] // low.shape[-1]) - low).pow(2).sum()
+                (gradient,) = torch.autograd.grad(loss, clean)
+            step = coupling_scale * loss.detach() / gradient.pow(2).sum().clamp_min(1e-12)
+            guided_clean = clean.detach() - step * gradient
+            return ((latents - alpha.sqrt() * guided_clean) / (1 - alpha).sqrt()).to(latents.dtype)
+
+        return guided
+
+    def projected_noise(
+        self, predict: Callable, num_tiles: int, rows: int, cols: int
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Ablation (``coupling="projection"``, not the paper's): decode each step's clean estimates, pull the tile
+        image ``X`` and the view ``v`` to ``u = (v + A(X)) / 2`` by :func:`match_low_frequencies`, re-encode to
+        ``z0'`` and continue with ``eps' = (z_t - sqrt(a_t) z0') / sqrt(1 - a_t)``."""
+        alphas = self.scheduler.alphas_cumprod
+        cells = rows
+
+        def projected(latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             eps = predict(latents, timestep)
             alpha = alphas[int(timestep)].to(latents.device, latents.dtype)
             clean = (latents - (1 - alpha).sqrt() * eps) / alpha.sqrt()
             image = self.decode_tiles(clean[:num_tiles], rows, cols)
-            views = self.decode_latents(clean[num_tiles:]) if len(clean) > num_tiles else clean[num_tiles:]
-            target = low_target(views, image)
-            corrected = [self.encode_tiles(match_low_frequencies(image, target).clamp(-1, 1))]
-            if len(clean) > num_tiles:
-                corrected.append(self.encode_latents(target.clamp(-1, 1)))
-            clean = torch.cat(corrected).to(latents.dtype)
+            shared = (self.decode_latents(clean[num_tiles:]) + F.avg_pool2d(image, cells)) / 2
+            tiles = self.encode_tiles(match_low_frequencies(image, shared))
+            clean = torch.cat([tiles, self.encode_latents(shared.clamp(-1, 1))]).to(latents.dtype)
             return (latents - alpha.sqrt() * clean) / (1 - alpha).sqrt()
 
-        return coupled
+        return projected
 
     def tile_contexts(self, tokens: torch.Tensor, level: int, cells: int, guidance_scale: float) -> torch.Tensor:
         """Level-0 contexts of the ``cells x cells`` tiles of each level-``level`` grid: every tile takes the
@@ -297,7 +339,8 @@ class ZoomLDMPipeline(SelfgenPipeline):
         height: int = 128,
         width: int = 128,
         reference_image: np.ndarray | torch.Tensor | None = None,
-        coupling: bool = True,
+        coupling: str = "guidance",
+        coupling_scale: float = 1.0,
         num_inference_steps: int = 25,
         guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
@@ -305,32 +348,37 @@ class ZoomLDMPipeline(SelfgenPipeline):
         return_dict: bool = True,
     ) -> LargeImageOutput | tuple:
         """One ``height x width`` image at the highest magnification, ``height = width = P 2^L`` with ``L`` a
-        trained level: the level-``L`` view and its ``2^L x 2^L`` level-0 tiles are sampled jointly
-        (``coupling=False``: the same tiles and conditions sampled independently, i.e. naive tiling).
-        ``reference_image`` (``(1, S, S, 3)`` in ``[0, 1]``) conditions the view; otherwise the CDM samples it.
-        Returns ``images`` and ``views`` (the jointly sampled ``P x P`` level-``L`` view, as sampled)."""
+        trained level: the level-``L`` view and its ``2^L x 2^L`` level-0 tiles are denoised in one batch.
+
+        Args:
+            coupling: ``"guidance"`` (the paper's joint multi-scale sampling, :meth:`guided_noise`, step
+                ``coupling_scale``), ``"projection"`` (ablation, :meth:`projected_noise`) or ``"none"`` (naive
+                tiling: the same tiles, noise and conditions sampled independently and stitched).
+            reference_image: ``(1, S, S, 3)`` in ``[0, 1]`` conditioning the view; otherwise the CDM samples it.
+
+        Returns ``images`` and ``views`` (the jointly sampled ``P x P`` level-``L`` view)."""
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
+        check_output_type(output_type)
         level = self.large_image_level(height, width)
-        cells = 2**level
+        cells, num_tiles = 2**level, 4**level
         tokens, mask = self.conditions(level, 1, reference_image, generator, num_inference_steps)
         view_context = self.context(tokens[:1], mask[:1], level, guidance_scale)
         tile_context = self.tile_contexts(tokens[:1], level, cells, guidance_scale)
-        num_tiles = cells * cells
         contexts = torch.cat([tile_context[:num_tiles], view_context[:1]])
         if guidance_scale != 1.0:
             contexts = torch.cat([contexts, tile_context[num_tiles:], view_context[1:]])
         predict = lambda z, t: self.predict_noise(z, t, contexts, guidance_scale)  # noqa: E731
-        if coupling:
-            shared = lambda view, tiles: (view + F.avg_pool2d(tiles, cells)) / 2  # noqa: E731
-            predict = self.coupled_noise(predict, num_tiles, cells, cells, shared)
-        check_output_type(output_type)
+        if coupling == "guidance":
+            predict = self.guided_noise(predict, num_tiles, cells, cells, self.decode_latents, coupling_scale)
+        elif coupling == "projection":
+            predict = self.projected_noise(predict, num_tiles, cells, cells)
         latents = self.prepare_latents(self.latent_shape(num_tiles + 1), self.denoiser.dtype, generator)
         latents = self.denoise(latents, num_inference_steps, predict, generator)
         view = self.decode_latents(latents[num_tiles:])
-        if coupling:
-            image = self.decode_tiles(latents[:num_tiles], cells, cells)
+        image = self.decode_tiles(latents[:num_tiles], cells, cells)
+        if coupling == "projection":
             image = match_low_frequencies(image, (view + F.avg_pool2d(image, cells)) / 2)
-        else:  # naive tiling: every tile decoded on its own and stitched
-            image = assemble_tiles(self.decode_latents(latents[:num_tiles]), cells, cells)
         output = self.finish(image.clamp(-1, 1), output_type, return_dict)
         views = postprocess_images(view.clamp(-1, 1), output_type)
         return LargeImageOutput(images=output.images, views=views) if return_dict else (output[0], views)
@@ -351,14 +399,20 @@ class ZoomLDMPipeline(SelfgenPipeline):
         self,
         low_res: np.ndarray | torch.Tensor,
         scale: int = 4,
+        coupling_scale: float = 1.0,
+        data_consistency: bool = True,
         num_inference_steps: int = 25,
         guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
-        """``low_res`` numpy ``(N, h, w, 3)`` in ``[0, 1]`` -> ``(N, scale h, scale w, 3)``: level-0 tiles conditioned
-        on the SSL embeddings of the bicubic-upsampled input and coupled at every step to downsample to it.
+        """``low_res`` numpy ``(N, h, w, 3)`` in ``[0, 1]`` -> ``(N, scale h, scale w, 3)``.
+
+        Level-0 tiles conditioned on the SSL embeddings of the (bicubic-upsampled) input are sampled with the
+        joint-sampling guidance of :meth:`guided_noise`, the low-magnification image held fixed at the input:
+        ``L = 1/2 ||A(D(z0)) - y||^2``. ``data_consistency`` then back-projects the decoded output onto the
+        input (:func:`match_low_frequencies`), so that ``A(output) = y`` up to clamping.
         ``h`` and ``w`` must be multiples of ``P / scale``; ``scale`` a power of two below ``2^num_levels``."""
         if scale < 2 or scale & (scale - 1) or scale >= 2**self.num_levels:
             raise ValueError(f"scale must be a power of two in [2, {2 ** (self.num_levels - 1)}], got {scale}")
@@ -374,11 +428,13 @@ class ZoomLDMPipeline(SelfgenPipeline):
         upsampled = F.interpolate(pixels, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1)
         tokens, mask = self.embed_regions(split_tiles(upsampled, self.patch_size), 0)
         context = self.context(tokens, mask, 0, guidance_scale)
-        num_tiles = len(tokens)
-        predict = self.coupled_noise(
-            lambda z, t: self.predict_noise(z, t, context, guidance_scale), num_tiles, rows, cols, lambda view, tiles: pixels
+        predict = self.guided_noise(
+            lambda z, t: self.predict_noise(z, t, context, guidance_scale), len(tokens), rows, cols,
+            lambda views: pixels, coupling_scale,
         )
-        latents = self.prepare_latents(self.latent_shape(num_tiles), self.denoiser.dtype, generator)
+        latents = self.prepare_latents(self.latent_shape(len(tokens)), self.denoiser.dtype, generator)
         latents = self.denoise(latents, num_inference_steps, predict, generator)
-        image = match_low_frequencies(self.decode_tiles(latents, rows, cols), pixels)
+        image = self.decode_tiles(latents, rows, cols)
+        if data_consistency:
+            image = match_low_frequencies(image, pixels)
         return self.finish(image.clamp(-1, 1), output_type, return_dict)

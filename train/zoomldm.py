@@ -35,7 +35,7 @@ from torch import nn
 from ..data.zoom import ZoomPatchDataset
 from ..eval.plots import save_image_grid
 from ..models.zoomldm import ZoomEmbeddingDiffusion, ZoomLDMDenoiser, ZoomSSLEncoder, tokens_to_full_grid
-from ..pipelines.zoomldm import ZoomLDMPipeline, assemble_tiles
+from ..pipelines.zoomldm import COUPLINGS, ZoomLDMPipeline, assemble_tiles
 from .config import TrainingConfig
 from .losses import info_nce, random_shift
 from .registry import Method
@@ -260,7 +260,11 @@ def train(config: ZoomLDMConfig) -> TrainResult:
     set_seed(config.seed)
     dataset = build_dataset(config)
     noise_scheduler = DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps, beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule="scaled_linear",
+        beta_start=0.0015,
+        beta_end=0.0195,
+        clip_sample=False,  # x0 estimates are unit-variance latents, not [-1, 1] pixels
     )
     vae_config = stage_config(config, "autoencoder", config.vae_steps, config.vae_learning_rate, use_ema=False)
     vae = run_stage(build_vae(config), AutoencoderObjective(config.kl_weight), dataset, vae_config)
@@ -324,12 +328,12 @@ def generate(
     magnification: int = 0,
     num_samples: int = 16,
     large: str | None = None,
-    coupling: bool = True,
+    coupling: str = "guidance",
     num_inference_steps: int = 25,
     seed: int = 0,
 ) -> dict:
     """``num_samples`` patches at ``magnification`` into ``samples.png``; with ``--large HxW`` one jointly
-    sampled large image into ``large.png`` instead (``--coupling false``: naive tiling)."""
+    sampled large image into ``large.png`` instead (``--coupling none``: naive tiling; ``projection``: ablation)."""
     pipe = load_pipeline(model_path)
     generator = torch.Generator().manual_seed(seed)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -392,13 +396,16 @@ def patch_quality(
     return scores
 
 
-def large_image_scores(pipe: ZoomLDMPipeline, size: int, steps: int, seeds: list[int], output_dir: Path) -> dict:
+def large_image_scores(
+    pipe: ZoomLDMPipeline, size: int, steps: int, seeds: list[int], output_dir: Path, couplings: tuple[str, ...] = COUPLINGS
+) -> dict:
     """Seam score and low-vs-high consistency PSNR (downsampled large image vs the view sampled with it) of
-    joint sampling vs naive tiling, with the same seeds, noise and conditions."""
+    joint sampling (gradient guidance), the projection ablation and naive tiling, with the same seeds, noise
+    and conditions."""
     from ..eval.zoom import consistency_psnr, seam_score
 
     scores = {}
-    for coupling, name in ((True, "joint"), (False, "naive")):
+    for coupling in couplings:
         started = time.perf_counter()
         outputs = [
             pipe.generate_large_image(
@@ -408,8 +415,8 @@ def large_image_scores(pipe: ZoomLDMPipeline, size: int, steps: int, seeds: list
         ]
         seconds = (time.perf_counter() - started) / len(seeds)
         images, views = np.concatenate([o.images for o in outputs]), np.concatenate([o.views for o in outputs])
-        save_image_grid(images, output_dir / f"large_{name}.png", columns=len(seeds), scale=2)
-        scores[name] = {
+        save_image_grid(images, output_dir / f"large_{coupling}.png", columns=len(seeds), scale=2)
+        scores[coupling] = {
             "seam_score": seam_score(images, pipe.patch_size),
             "consistency_psnr": consistency_psnr(images, views),
             "seconds_per_image": seconds,
@@ -418,8 +425,9 @@ def large_image_scores(pipe: ZoomLDMPipeline, size: int, steps: int, seeds: list
 
 
 def super_resolution_scores(pipe: ZoomLDMPipeline, images: list[str], count: int, steps: int, seed: int) -> dict:
-    """4x SR of held-out full-resolution ``4P``-pixel crops (the regions of level-2 test patches), area-downsampled
-    to ``P``: consistency PSNR, PSNR and high-frequency energy against the crops, vs bicubic."""
+    """4x SR of held-out full-resolution ``4P``-pixel crops (the regions of evenly spaced level-2 test patches),
+    area-downsampled to ``P``: consistency PSNR, PSNR and high-frequency energy against the crops, for ZoomLDM
+    (gradient guidance, with and without the final data-consistency step) vs bicubic."""
     from ..eval.zoom import area_downsample, consistency_psnr, high_frequency_energy, psnr
 
     dataset = ZoomPatchDataset(images, "test", pipe.patch_size, pipe.num_levels, [2], pipe.denoiser.config.max_grid)
@@ -430,10 +438,14 @@ def super_resolution_scores(pipe: ZoomLDMPipeline, images: list[str], count: int
         dataset.images[e.image][1][:, e.top : e.top + size, e.left : e.left + size].permute(1, 2, 0).numpy() for e in crops
     ])
     low = area_downsample(truth, 4).astype(np.float32)
-    generator = torch.Generator().manual_seed(seed)
-    output = pipe.super_resolve(low, scale=4, num_inference_steps=steps, generator=generator, output_type="np").images
+    results = {
+        name: pipe.super_resolve(
+            low, 4, data_consistency=consistent, num_inference_steps=steps, generator=seeded(seed), output_type="np"
+        ).images
+        for name, consistent in (("zoomldm", True), ("zoomldm_guidance_only", False))
+    }
     bicubic = F.interpolate(torch.from_numpy(low).permute(0, 3, 1, 2), scale_factor=4, mode="bicubic")
-    bicubic = bicubic.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    results["bicubic"] = bicubic.clamp(0, 1).permute(0, 2, 3, 1).numpy()
     reference = high_frequency_energy(truth)
     return {
         name: {
@@ -441,8 +453,11 @@ def super_resolution_scores(pipe: ZoomLDMPipeline, images: list[str], count: int
             "psnr_vs_truth": psnr(result, truth),
             "hf_energy_ratio": high_frequency_energy(result) / reference,
         }
-        for name, result in (("zoomldm", output), ("bicubic", bicubic))
+        for name, result in results.items()
     }
+
+
+EVAL_PARTS = ("frechet", "large", "sr", "mil")
 
 
 def evaluate(
@@ -451,38 +466,56 @@ def evaluate(
     baseline: str | None = None,
     baseline_max_level: int = 2,
     images: list[str] | None = None,
+    parts: list[str] | None = None,
     num_samples: int = 128,
     num_inference_steps: int = 25,
     large_size: int = 128,
     num_large: int = 4,
-    num_sr: int = 4,
+    num_sr: int = 8,
+    mil_images: list[str] | None = None,
+    mil_max_bags: int = 48,
     seed: int = 0,
 ) -> dict:
-    """Per-magnification Frechet distance (held-out patches, SSL features of ``model_path``'s encoder) for the model
-    and for the single-scale ``baseline`` (level-0 samples, tiled and downsampled for levels up to
-    ``baseline_max_level``); large-image seams joint vs naive; 4x SR vs bicubic.
+    """``parts`` (default all of :data:`EVAL_PARTS`): ``frechet`` -- per-magnification Frechet distance (held-out
+    patches, SSL features of ``model_path``'s encoder) for the model and for the single-scale ``baseline``
+    (level-0 samples, tiled and downsampled for levels up to ``baseline_max_level``); ``large`` -- seams and
+    consistency of joint sampling vs the projection ablation vs naive tiling; ``sr`` -- 4x SR vs bicubic;
+    ``mil`` -- the multi-scale MIL probe (:mod:`selfgen.eval.zoom_mil`) on both tasks.
     Writes ``output_dir/metrics.json`` and PNGs."""
+    from ..eval.zoom_mil import MIL_TASKS, mil_probe
+
+    parts = list(parts or EVAL_PARTS)
+    if unknown := set(parts) - set(EVAL_PARTS):
+        raise ValueError(f"--parts must be a subset of {list(EVAL_PARTS)}, got {sorted(unknown)}")
     images = images or ["retina"]
     pipe = load_pipeline(model_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     levels = list(range(pipe.num_levels))
-    frechet = patch_quality(pipe, pipe, images, levels, num_samples, num_inference_steps, seed)
-    metrics: dict[str, Any] = {"model": model_path, "frechet": frechet}
-    if baseline is not None:
+    metrics: dict[str, Any] = {"model": model_path}
+    if "frechet" in parts:
+        metrics["frechet"] = patch_quality(pipe, pipe, images, levels, num_samples, num_inference_steps, seed)
+    if "frechet" in parts and baseline is not None:
         base = load_pipeline(baseline)
         base_levels = [level for level in levels if level <= baseline_max_level]
         metrics["baseline_frechet"] = patch_quality(
             base, pipe, images, base_levels, num_samples, num_inference_steps, seed, tiled=True
         )
-    seeds = list(range(seed, seed + num_large))
-    metrics["large_image"] = large_image_scores(pipe, large_size, num_inference_steps, seeds, output_dir)
-    metrics["super_resolution"] = super_resolution_scores(pipe, images, num_sr, num_inference_steps, seed)
+    if "large" in parts:
+        seeds = list(range(seed, seed + num_large))
+        metrics["large_image"] = large_image_scores(pipe, large_size, num_inference_steps, seeds, output_dir)
+    if "sr" in parts:
+        metrics["super_resolution"] = super_resolution_scores(pipe, images, num_sr, num_inference_steps, seed)
+    if "mil" in parts:
+        metrics["mil"] = {
+            task: mil_probe(pipe, task, mil_images, max_bags=mil_max_bags, seed=seed) for task in MIL_TASKS
+        }
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
 def demo(asset_dir: Path, output_dir: Path) -> dict:
-    """Patches at every level and one 128x128 image jointly vs naively tiled, with their seam scores."""
+    """Patches at every level and one 128x128 image jointly (gradient guidance) vs naively tiled, with their seam
+    scores."""
     pipe = load_pipeline(str(asset_dir))
     output_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
@@ -491,7 +524,7 @@ def demo(asset_dir: Path, output_dir: Path) -> dict:
         for level in range(pipe.num_levels)
     ]
     save_image_grid(np.concatenate(rows), output_dir / "levels.png")
-    metrics = {"large_image": large_image_scores(pipe, 128, 20, [0], output_dir)}
+    metrics = {"large_image": large_image_scores(pipe, 128, 20, [0], output_dir, ("guidance", "none"))}
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

@@ -35,6 +35,7 @@ def test_all_stages_train_and_export_a_loadable_pipeline(trained):
         assert (root / "run" / stage / "logs" / "metrics.jsonl").is_file()
     pipe = ZoomLDMPipeline.from_pretrained(result.pipeline_dir)
     assert pipe.vae.config.scaling_factor != 0.18215  # set from the latents' std
+    assert not pipe.scheduler.config.clip_sample  # DDIM must not clip unit-variance latent estimates to [-1, 1]
     assert pipe(magnification=2, num_images=2, num_inference_steps=2, output_type="np").images.shape == (2, 16, 16, 3)
 
 
