@@ -39,8 +39,10 @@ from ..trainer import Objective, Trainer, save_atomically
 from .lm import EVAL_SEED
 from .modeling import load_policy, tokenizer_exporter
 from .rollout import Rollout, SamplingParams, generate_rollouts
+from .vllm_backend import VLLMRollouts
 
 logger = logging.getLogger("selfgen.train.llm")
+ROLLOUT_BACKENDS = ("generate", "vllm")
 
 
 @dataclass
@@ -66,12 +68,16 @@ class IterativeConfig(TrainingConfig):
     checkpointing_steps: int = 0
     logging_steps: int = 10
     report_to: str | None = None
+    rollout_backend: str = "generate"  # generate (in-process, KV cache) | vllm (CUDA + vLLM installed)
+    vllm_gpu_memory_utilization: float = 0.3
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("iterations", "problems_per_iteration", "eval_problems", "samples_per_problem"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rollout_backend not in ROLLOUT_BACKENDS:
+            raise ValueError(f"rollout_backend must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}")
 
 
 @dataclass
@@ -144,7 +150,9 @@ class IterativeTrainer:
         self.task = task if isinstance(task, Task) else build_task(replace(self.config, task=task))
         self.eval_set = self.task.sample(self.config.eval_problems, EVAL_SEED + self.config.seed)
         self.output_dir = Path(self.config.output_dir)
-        self.rollout_seconds = 0.0  # time spent in `sample` since the driver last reset it
+        self.rollout_seconds = 0.0  # time spent in `generate` since the driver last reset it
+        self.policy_version = 0  # bumped when the policy's weights change; with the policy's id, the vLLM sync key
+        self.vllm = VLLMRollouts(self.config.vllm_gpu_memory_utilization) if self.config.rollout_backend == "vllm" else None
 
     # ----------------------------------------------------------------- helpers for recipes
 
@@ -169,7 +177,12 @@ class IterativeTrainer:
         """Rollouts of the current policy with explicit sampling parameters (stop strings, token budget),
         timed into ``time_rollout_s``; :meth:`sample` is this with the config's parameters."""
         start = time.perf_counter()
-        rollouts = generate_rollouts(self.policy, self.tokenizer, prompts, params, seed=seed)
+        if self.vllm is not None:
+            rollouts = self.vllm.generate(
+                self.policy, self.tokenizer, prompts, params, (id(self.policy), self.policy_version), seed=seed
+            )
+        else:
+            rollouts = generate_rollouts(self.policy, self.tokenizer, prompts, params, seed=seed)
         self.rollout_seconds += time.perf_counter() - start
         return rollouts
 
@@ -216,6 +229,7 @@ class IterativeTrainer:
         done = history[-1]["iteration"] if history else 0
         if done or (history and "seed_train_steps" in history[0]):
             self.policy, self.tokenizer = load_policy(self.iteration_dir(done) / "model")
+            self.policy_version += 1
             logger.info("resumed after iteration %d", done)
         return history, done
 
@@ -253,6 +267,7 @@ class IterativeTrainer:
         )
         result = trainer.train()
         self.policy = trainer.unwrapped_model.eval()
+        self.policy_version += 1
         return {
             "train_examples": float(len(round_.dataset)),
             "train_loss": result.final_loss,

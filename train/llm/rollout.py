@@ -53,7 +53,7 @@ class Rollout:
     finished: bool = True  # ended by eos or a stop string, not by max_new_tokens
 
 
-def _cut_at_stop(tokenizer, ids: list[int], stop_strings: Sequence[str]) -> tuple[list[int], str, bool]:
+def cut_at_stop(tokenizer, ids: list[int], stop_strings: Sequence[str]) -> tuple[list[int], str, bool]:
     """Keep ids through the first eos or stop string; the text excludes the eos and the stop string.
 
     Returns ``(ids, text, finished)``; ``finished`` is False when neither eos nor a stop string occurred."""
@@ -116,7 +116,7 @@ def _generate_chunk(model, tokenizer, prompts: list[str], offset: int, params: S
         index = row // params.num_samples
         prompt_ids = encoded.input_ids[index][encoded.attention_mask[index].bool()].tolist()
         generated = new_tokens[row].tolist()
-        ids, text, finished = _cut_at_stop(tokenizer, generated, params.stop_strings)
+        ids, text, finished = cut_at_stop(tokenizer, generated, params.stop_strings)
         rollouts.append(
             Rollout(
                 prompt_index=offset + index,
