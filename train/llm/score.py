@@ -26,7 +26,10 @@ rollout after earlier updates (no importance correction: slightly stale REINFORC
 Metrics, greedy on held-out problems: Accuracy@t1, Accuracy@t2, Delta(t1,t2) = Acc@t2 - Acc@t1,
 Delta_i->c (fraction fixed by the revision) and Delta_c->i (fraction broken by it); with
 ``tune_problems`` the same on training-seed problems as ``tune_*`` (for choosing settings).
-``stage2_learning_rate`` sets stage II's step size apart (its shaped returns are ~alpha x larger).
+``stage2_learning_rate`` sets stage II's step size apart (its shaped returns are ~alpha x larger);
+``stage2_beta_first`` (a departure, off by default) keeps a KL weight on the first turn in stage II
+other than ``beta1`` (e.g. stage I's ``beta2``), to hold the first attempt near the base model
+while the shaped bonus trains the revision.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class SCoReConfig(IterativeConfig):
     learning_rate: float = 1e-4
     stage2_learning_rate: float | None = None  # stage II's rounds (None: learning_rate); shaped returns are ~alpha x larger
     first_turn_bonus: bool = True  # stage II: turn 1's return includes the shaping bonus (False: r1 + r2)
+    stage2_beta_first: float | None = None  # stage II: KL weight on the first turn (None: beta1, as the paper)
     tune_problems: int = 0  # > 0: also report tune_* metrics on this many training-seed problems
 
 
@@ -131,7 +135,7 @@ class SCoReTrainer(IterativeTrainer):
             first_return = r1 + (shaped if config.first_turn_bonus else r2)
             first_advantages = baseline_advantages(first_return, k)
             second_advantages = baseline_advantages(shaped, k)
-            first_kl = 1.0
+            first_kl = (config.beta1 if config.stage2_beta_first is None else config.stage2_beta_first) / config.beta1
         samples = [  # no old logprobs: the ratio is 1 and the update is REINFORCE's (see the docstring)
             PolicySample(r.prompt_ids, r.completion_ids, float(a), None, kl)
             for rollouts, advantages, kl in ((first, first_advantages, first_kl), (second, second_advantages, 1.0))

@@ -3,11 +3,15 @@
 Seed stage (Self-Rewarding LMs' M1, before iteration 1; ``eft_problems``/``ift_problems`` > 0): SFT
 on the shared Trainer on seed data drawn from training seeds (:func:`seed_examples`):
 
-* **EFT** (evaluation fine-tuning): LLM-as-a-judge examples on ``eft_problems`` seed problems, a
-  candidate solution - exactly half correct, half with one corrupted answer digit - then ``J:``, a
-  rationale (:func:`eft_rationale`: the candidate's answer quoted, the problem re-derived step by
-  step, and the two answers compared digit by digit) and the verdict of the task's
-  **verifier**;
+* **EFT** (evaluation fine-tuning): LLM-as-a-judge examples, each a candidate solution, then ``J:``,
+  a rationale (:func:`eft_rationale`: the candidate's answer quoted ``C:``, the problem re-derived
+  step by step, the two answers compared digit by digit ``D:``, each comparison written right after
+  the two digits it compares) and the verdict ``V:Y|N`` of the
+  task's **verifier** (:func:`eft_example`). The candidates (``eft_candidates``) are by default the
+  starting model's **own** samples on ``eft_problems`` seed problems (``"policy"``: the responses
+  the judge will have to rate, as the paper's seed EFT data rates model-style responses), balanced to
+  as many correct as wrong ones (:func:`balanced_candidates`); ``"corrupted"``: worked solutions,
+  half of them with one answer digit changed (:func:`corrupted_candidates`);
 * **IFT** (instruction fine-tuning): ``ift_problems`` plain worked solutions, so that answering is
   kept while judging is taught.
 
@@ -25,17 +29,20 @@ The verifier labels the seed data only; the iterations never see it. Then each i
    so the judge is trained towards its own consensus;
 5. DPO (sigmoid loss) on all pairs against the policy at the start of the iteration as reference.
 
-Evaluation: held-out accuracy and **judge agreement**, the fraction of a fixed set of held-out
-candidate solutions (half correct, half with one corrupted digit) whose greedy verdict matches the
-verifier (a judgement without a verdict counts as a disagreement).
+Evaluation: held-out accuracy and **judge agreement** with the verifier (greedy verdicts; a
+judgement without a verdict counts as a disagreement) on two fixed sets of held-out candidates:
+``judge_agreement`` on the starting model's own samples, balanced correct / wrong (the responses a
+self-rewarding judge rates; ``judge_accepts_correct`` and ``judge_rejects_wrong`` are its two
+halves), and ``judge_agreement_corrupted`` on worked solutions half of which have one corrupted
+answer digit (a candidate whose answer contradicts its own correct steps).
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from itertools import zip_longest
 from dataclasses import dataclass
+from itertools import zip_longest
 
 from ...data.problems import Problem
 from ...data.tasks import Task, corrupt_answer, extract_answer, judge_prompt, parse_verdict, prompt_text, revision_prompt
@@ -44,6 +51,8 @@ from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy
 from .objectives import DPOCollator, DPOObjective, PreferencePair, SFTCollator, SFTObjective, TextPair
 from .rewards import SelfJudgeReward
+
+EFT_CANDIDATES = ("policy", "corrupted")
 
 
 @dataclass
@@ -57,13 +66,20 @@ class SelfRewardDPOConfig(IterativeConfig):
     beta: float = 0.1
     learning_rate: float = 1e-4
     train_batch_size: int = 16
-    eft_problems: int = 0  # seed EFT judge examples (0: no seed stage unless ift_problems > 0)
+    eft_problems: int = 0  # seed EFT problems (0: no seed stage unless ift_problems > 0)
+    eft_candidates: str = "policy"  # "policy": the starting model's own samples | "corrupted": one-digit corruptions
     ift_problems: int = 0  # seed IFT worked solutions mixed into the seed stage
     seed_train_steps: int = 200
     seed_learning_rate: float = 3e-4
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eft_candidates not in EFT_CANDIDATES:
+            raise ValueError(f"eft_candidates must be one of {EFT_CANDIDATES}, got {self.eft_candidates!r}")
+
 
 EFT_SEED = 8_000  # seed problems come from training seeds below lm.EVAL_SEED, apart from problems(iteration)
+Candidate = tuple[Problem, str, bool]  # a problem, a candidate completion, the verifier's verdict on it
 
 
 def corrupted_solution(solution: str, answer: str, rng: random.Random) -> str:
@@ -71,63 +87,103 @@ def corrupted_solution(solution: str, answer: str, rng: random.Random) -> str:
     return solution.replace(f"A:{answer}", f"A:{corrupt_answer(answer, rng)}")
 
 
-def eft_rationale(solution: str, candidate_answer: str | None) -> str:
-    """The seed judge's rationale: the candidate's answer quoted first (``C:``), its own solution, then a
-    digit by digit comparison of the two answers (``D:``, ``=`` same, ``x`` different or missing)."""
-    own, quoted = extract_answer(solution) or "", candidate_answer or ""
-    marks = "".join("=" if a == b else "x" for a, b in zip_longest(own, quoted))
-    return f"C:{quoted}\n{solution}\nD:{marks}"
-
-
-def seed_examples(task: Task, eft_problems: int, ift_problems: int, seed: int = 0) -> list[TextPair]:
-    """Seed EFT judge examples (half correct, half corrupted candidates; verdict = the verifier) + IFT."""
+def corrupted_candidates(task: Task, problems: list[Problem], seed: int) -> list[Candidate]:
+    """Worked solutions, every second one with a corrupted answer digit (exactly half correct)."""
     rng = random.Random(seed)
-    examples = []
-    for index, problem in enumerate(task.sample(eft_problems, EFT_SEED + seed)):
+    candidates = []
+    for index, problem in enumerate(problems):
         solution = task.worked_solution(problem)
         candidate = solution if index % 2 == 0 else corrupted_solution(solution, problem.answer, rng)
-        verdict = "Y" if task.verify(problem, candidate) else "N"
-        rationale = eft_rationale(solution, extract_answer(candidate))
-        examples.append(TextPair(judge_prompt(prompt_text(problem.question), candidate), f"{rationale}\nV:{verdict}"))
+        candidates.append((problem, candidate, task.verify(problem, candidate)))
+    return candidates
+
+
+def balanced_candidates(task: Task, problems: list[Problem], completions: list[list[str]]) -> list[Candidate]:
+    """As many correct as wrong candidates: per problem its first correct and first wrong completion
+    (``completions[i]`` are problem i's samples), then the larger class cut to the smaller, interleaved."""
+    correct, wrong = [], []
+    for problem, samples in zip(problems, completions, strict=True):
+        verdicts = [task.verify(problem, sample) for sample in samples]
+        for verdict, found in ((True, correct), (False, wrong)):
+            if verdict in verdicts:
+                found.append((problem, samples[verdicts.index(verdict)], verdict))
+    return [candidate for pair in zip(correct, wrong) for candidate in pair]
+
+
+def eft_rationale(solution: str, candidate_answer: str | None) -> str:
+    """The seed judge's rationale: the candidate's answer quoted first (``C:``), its own solution, then
+    the two answers compared digit by digit (``D:``): per position its own digit, the candidate's digit
+    (``_`` where one answer is shorter) and ``=`` when they are the same, ``x`` when not - so that each
+    mark compares the two characters just before it, and the verdict is ``Y`` iff there is no ``x``."""
+    own, quoted = extract_answer(solution) or "", candidate_answer or ""
+    pairs = zip_longest(own, quoted, fillvalue="_")
+    return f"C:{quoted}\n{solution}\nD:" + ",".join(f"{a}{b}{'=' if a == b else 'x'}" for a, b in pairs)
+
+
+def eft_example(task: Task, candidate: Candidate) -> TextPair:
+    """One EFT judge example: the candidate after its problem, ``J:``, the rationale, the verifier's verdict."""
+    problem, completion, verdict = candidate
+    rationale = eft_rationale(task.worked_solution(problem), extract_answer(completion))
+    return TextPair(judge_prompt(prompt_text(problem.question), completion), f"{rationale}\nV:{'Y' if verdict else 'N'}")
+
+
+def seed_examples(task: Task, candidates: list[Candidate], ift_problems: int, seed: int = 0) -> list[TextPair]:
+    """Seed EFT judge examples on ``candidates`` + ``ift_problems`` IFT worked solutions, shuffled."""
+    examples = [eft_example(task, candidate) for candidate in candidates]
     for problem in task.sample(ift_problems, EFT_SEED + 500 + seed):
         examples.append(TextPair(prompt_text(problem.question), task.worked_solution(problem)))
-    rng.shuffle(examples)
+    random.Random(seed).shuffle(examples)
     return examples
 
 
 class SelfRewardDPOTrainer(IterativeTrainer):
     config_class = SelfRewardDPOConfig
-    plot_keys = ("accuracy", "judge_agreement", "answer_pairs", "judgement_pairs")
+    plot_keys = ("accuracy", "judge_agreement", "judge_agreement_corrupted", "answer_pairs", "judgement_pairs")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        rng = random.Random(self.config.seed)
-        self.judge_set = [(p, self._candidate(p, rng)) for p in self.eval_set]
+        self.judge_sets = {
+            "": self.policy_candidates(self.eval_set, seed=EFT_SEED),
+            "_corrupted": corrupted_candidates(self.task, self.eval_set, self.config.seed),
+        }
 
-    def _candidate(self, problem: Problem, rng: random.Random) -> tuple[str, bool]:
-        solution = self.task.worked_solution(problem)
-        if rng.random() < 0.5:
-            return solution, True
-        return corrupted_solution(solution, problem.answer, rng), False
+    def policy_candidates(self, problems: list[Problem], seed: int) -> list[Candidate]:
+        """The current policy's own samples on ``problems`` (temperature ``config.temperature``), balanced."""
+        k = self.config.samples_per_problem
+        texts = [r.text for r in self.solve(problems, seed=seed)]
+        return balanced_candidates(self.task, problems, [texts[i * k : (i + 1) * k] for i in range(len(problems))])
 
     def judge(self, num_judgements: int, temperature: float) -> SelfJudgeReward:
         config = self.config
         return SelfJudgeReward(self.policy, self.tokenizer, num_judgements, temperature, config.judge_max_new_tokens)
 
+    def judge_agreement(self, candidates: list[Candidate]) -> list[bool]:
+        """Per candidate: whether the greedy self-judgement's verdict is the verifier's."""
+        judgements = self.judge(1, 0.0).judgements([p for p, _, _ in candidates], [c for _, c, _ in candidates])
+        return [parse_verdict(j.text) == truth for j, (_, _, truth) in zip(judgements, candidates)]
+
     def evaluate(self) -> dict[str, float]:
         metrics = super().evaluate()
-        problems = [p for p, _ in self.judge_set]
-        candidates = [c for _, (c, _) in self.judge_set]
-        verdicts = [parse_verdict(j.text) for j in self.judge(1, 0.0).judgements(problems, candidates)]
-        agreement = sum(v == truth for v, (_, (_, truth)) in zip(verdicts, self.judge_set)) / len(verdicts)
-        return {**metrics, "judge_agreement": agreement}
+        for suffix, candidates in self.judge_sets.items():
+            if candidates:
+                agreed = self.judge_agreement(candidates)
+                metrics[f"judge_agreement{suffix}"] = sum(agreed) / len(agreed)
+                if not suffix:  # the balanced own-sample set interleaves correct, wrong, correct, ...
+                    metrics["judge_accepts_correct"] = sum(agreed[0::2]) / len(agreed[0::2])
+                    metrics["judge_rejects_wrong"] = sum(agreed[1::2]) / len(agreed[1::2])
+        return metrics
 
     def seed_round(self) -> Round | None:
         config = self.config
         if not (config.eft_problems or config.ift_problems):
             return None
-        examples = seed_examples(self.task, config.eft_problems, config.ift_problems, config.seed)
-        logs = {"eft_examples": float(config.eft_problems), "ift_examples": float(config.ift_problems)}
+        problems = self.task.sample(config.eft_problems, EFT_SEED + config.seed)
+        if config.eft_candidates == "policy":
+            candidates = self.policy_candidates(problems, seed=EFT_SEED + config.seed)
+        else:
+            candidates = corrupted_candidates(self.task, problems, config.seed)
+        examples = seed_examples(self.task, candidates, config.ift_problems, config.seed)
+        logs = {"eft_examples": float(len(candidates)), "ift_examples": float(config.ift_problems)}
         return Round(
             SFTObjective(), examples, SFTCollator(self.tokenizer, config.max_length), logs,
             max_train_steps=config.seed_train_steps, learning_rate=config.seed_learning_rate,

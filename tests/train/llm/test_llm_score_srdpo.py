@@ -9,7 +9,13 @@ from selfgen.data.problems import Problem
 from selfgen.data.tasks import JUDGE_MARK, extract_answer, get_task, parse_verdict
 from selfgen.train.llm.objectives import GRPOCollator, GRPOObjective, PolicySample
 from selfgen.train.llm.score import SCoReConfig, SCoReTrainer, baseline_advantages, shaped_reward
-from selfgen.train.llm.self_reward_dpo import SelfRewardDPOConfig, SelfRewardDPOTrainer, seed_examples
+from selfgen.train.llm.self_reward_dpo import (
+    SelfRewardDPOConfig,
+    SelfRewardDPOTrainer,
+    balanced_candidates,
+    corrupted_candidates,
+    seed_examples,
+)
 
 ASSET = Path(__file__).resolve().parents[3] / "assets" / "lm-arith"
 needs_asset = pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
@@ -89,11 +95,16 @@ def test_score_round_credits_turns_as_the_paper(tmp_path, stage):
         again = trainer.build_round(stage).dataset
         assert [s.completion_ids for s in again] == [s.completion_ids for s in round_.dataset]  # seeded rollouts
         torch.testing.assert_close(torch.tensor([s.advantage for s in again[:n]]), baseline_advantages(r1 + r2, k))
+        trainer.config.stage2_beta_first = 1.0  # the other departure: stage I's strong first-turn KL kept
+        held = trainer.build_round(stage).dataset
+        assert all(s.kl_weight == pytest.approx(1.0 / 0.05) for s in held[:n])
+        assert all(s.kl_weight == 1.0 for s in held[n:])
 
 
-def test_eft_seed_data_is_balanced_and_labelled_by_the_verifier():
+def test_eft_seed_data_is_labelled_by_the_verifier_with_a_local_comparison():
     task = get_task("arith", min_digits=1, max_digits=3)
-    examples = seed_examples(task, eft_problems=40, ift_problems=10, seed=0)
+    problems = task.sample(40, 0)
+    examples = seed_examples(task, corrupted_candidates(task, problems, seed=0), ift_problems=10, seed=0)
     judge = [e for e in examples if e.prompt.endswith(JUDGE_MARK)]
     assert len(judge) == 40 and len(examples) == 50
     verdicts = [parse_verdict(e.completion) for e in judge]
@@ -104,22 +115,37 @@ def test_eft_seed_data_is_balanced_and_labelled_by_the_verifier():
         problem = Problem(question, str(int(left) + int(right)), "p")
         candidate = example.prompt[len(f"Q:{question}\n") : -len(JUDGE_MARK)]
         assert verdict == task.verify(problem, candidate)
-        assert task.verify(problem, example.completion)  # the rationale re-derives the right answer
-        assert extract_answer(example.completion.rsplit("\nV:", 1)[0]) == problem.answer
+        assert example.completion.startswith(f"C:{extract_answer(candidate)}\n")  # the candidate's answer quoted
+        assert extract_answer(example.completion.rsplit("\nV:", 1)[0]) == problem.answer  # re-derived
         marks = example.completion.split("\nD:")[1].split("\n")[0]  # the digit-by-digit comparison
         assert ("x" not in marks) == verdict
 
 
+def test_policy_candidates_are_balanced_one_of_each_class_per_problem():
+    task = get_task("arith", min_digits=1, max_digits=2)
+    problems = [Problem("1+2", "3", "a"), Problem("4+4", "8", "b"), Problem("5+5", "10", "c")]
+    completions = [["A:3", "A:4", "A:3"], ["A:8", "A:8"], ["A:11", "A:10", "A:12"]]
+    candidates = balanced_candidates(task, problems, completions)
+    assert [(p.id, c, v) for p, c, v in candidates] == [
+        ("a", "A:3", True), ("a", "A:4", False), ("b", "A:8", True), ("c", "A:11", False),
+    ]
+    with pytest.raises(ValueError, match="eft_candidates"):
+        SelfRewardDPOConfig(eft_candidates="human")
+
+
+@pytest.mark.slow  # samples, judges and trains three times: 6.5 min on the shared 2-core machine
 @needs_asset
 def test_self_reward_dpo_seed_stage_runs_before_the_iterations(tmp_path):
     config = SelfRewardDPOConfig(
         output_dir=str(tmp_path / "run"), num_judgements=2, judge_max_new_tokens=36, eft_problems=6, ift_problems=2,
-        seed_train_steps=2, **TINY,
+        seed_train_steps=2, **{**TINY, "min_digits": 3, "max_digits": 4, "max_new_tokens": 48},  # the model errs
     )
     report = SelfRewardDPOTrainer(model=str(ASSET), task="arith", config=config).train()
     first = report[0]
-    assert first["iteration"] == 0 and first["seed_train_steps"] == 2 and first["eft_examples"] == 6
-    for key in ("base_accuracy", "base_judge_agreement", "accuracy", "judge_agreement"):
+    assert first["iteration"] == 0 and first["seed_train_steps"] == 2
+    assert first["eft_examples"] % 2 == 0 and 0 < first["eft_examples"] <= 12  # own samples, balanced
+    for key in ("base_accuracy", "base_judge_agreement", "base_judge_agreement_corrupted", "accuracy",
+                "judge_agreement", "judge_accepts_correct", "judge_rejects_wrong", "judge_agreement_corrupted"):
         assert 0.0 <= first[key] <= 1.0
     assert (tmp_path / "run" / "iteration-0" / "model" / "config.json").is_file()
     assert [record["iteration"] for record in report.history] == [0, 1]
