@@ -1,0 +1,167 @@
+"""PlenopticDreamer's multi-in-single-out video DiT (Fu et al. 2026, "Plenoptic Video Generation").
+
+ReCamMaster-style in-context conditioning, generalised to several conditioning videos: every video
+(``N`` clean conditioning videos, then the noisy target) is cut into ``p x p`` patch tokens per frame and
+the token sequences are concatenated along the frame axis, ``x = [x^1 | ... | x^N | x^{N+1}_t]``, into one
+sequence that full 3-D self-attention mixes. Each token carries
+
+* its video's camera for that frame: the Plücker ray map ``(d, o x d)`` of its pixels (cameras relative
+  to the source video's first frame), patchified and projected (``models/embeddings.py``);
+* its patch position and its frame index (shared across videos, so frame ``f`` of every video is the same
+  scene time, which is what keeps views synchronised);
+* a role embedding (condition or target) and its own diffusion timestep through adaLN-zero: conditioning
+  frames and the clean prefix frames of a long-video chunk have ``t = 0`` ("noisy scheduling" of the
+  target only), the target's other frames the sampled ``t``.
+
+The head reads the target tokens only and predicts the clean target ``x_0`` (x-prediction); the forward
+also returns the rectified-flow velocity it implies for ``x_t = (1 - sigma) x_0 + sigma eps``,
+``v = eps - x_0 = (x_t - x_0) / sigma``, which is what flow-matching schedulers step on. Predicting ``x_0``
+rather than ``v`` matters at this size: a patch token (``3 p^2 = 192`` values) is wider than the hidden
+width, so the network cannot carry the input noise through to a ``v`` or ``eps`` output (our first,
+``v``-predicting run sampled noise), while the clean image is smooth and low-dimensional (as argued by
+Li and He 2025, "Back to Basics: Let Denoising Generative Models Denoise").
+
+Departures from the paper (named in ``docs/plenoptic.md``): pixel space instead of a video VAE's latents,
+a ~1-2 M parameter DiT trained from scratch instead of a fine-tuned large text-to-video model, no text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_timestep_embedding
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .attention import Attention, AttentionBackendMixin
+from .embeddings import PluckerPatchEmbedding, patchify, unpatchify
+
+CONDITION, TARGET = 0, 1
+NUM_TRAIN_TIMESTEPS = 1000  # timestep = 1000 sigma, as FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+MIN_SIGMA = 1e-3  # clean (t = 0) frames: keeps their (unused) velocity finite
+
+
+@dataclass
+class PlenopticTransformerOutput(BaseOutput):
+    """``sample``: the velocity ``(x_t - x_0) / sigma`` of the target video, ``(B, F, C, H, W)``;
+    ``denoised``: the predicted clean target ``x_0``, same shape."""
+
+    sample: torch.Tensor | None = None
+    denoised: torch.Tensor | None = None
+
+
+def modulate(hidden: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN with per-token ``shift`` and ``scale``: ``h (1 + scale) + shift``."""
+    return hidden * (1 + scale) + shift
+
+
+class PlenopticBlock(nn.Module):
+    """DiT block with per-token adaLN-zero: ``h += g1 Attn(adaLN(h)); h += g2 MLP(adaLN(h))``, where
+    ``(shift, scale, gate)`` are regressed from each token's timestep embedding."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn = Attention(dim, num_heads, qk_norm=True)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.modulation[-1].weight)
+        nn.init.zeros_(self.modulation[-1].bias)
+
+    def forward(self, hidden: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(temb).chunk(6, dim=-1)
+        hidden = hidden + gate1 * self.attn(modulate(self.norm1(hidden), shift1, scale1))
+        return hidden + gate2 * self.mlp(modulate(self.norm2(hidden), shift2, scale2))
+
+
+class PlenopticTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
+    """Denoised target ``x_theta(x_t, t, P^{N+1} | {(V^n, P^n)}_{n=1..N})`` and its velocity, given ``N >= 0``
+    conditioning videos and all cameras.
+
+    ``forward(sample (B, F, C, H, W), timestep (B,) or (B, F), target_cameras (B, F, 4, 4), intrinsics
+    (B, 3, 3), condition_videos (B, N, F, C, H, W) = None, condition_cameras (B, N, F, 4, 4) = None)``
+    -> :class:`PlenopticTransformerOutput`. A per-frame ``timestep`` of 0 marks a clean (given) target frame.
+    Videos are in ``[-1, 1]``; cameras are camera-to-world, already relative to a common reference.
+    ``num_frames`` is the clip length it is trained on; pipelines generate longer videos chunk by chunk.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        num_frames: int = 4,
+        in_channels: int = 3,
+        patch_size: int = 8,
+        hidden_size: int = 128,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if sample_size % patch_size:
+            raise ValueError(f"sample_size ({sample_size}) must be divisible by patch_size ({patch_size})")
+        num_patches = (sample_size // patch_size) ** 2
+        self.patch_embed = nn.Linear(in_channels * patch_size * patch_size, hidden_size)
+        self.camera_embed = PluckerPatchEmbedding(patch_size, hidden_size)
+        self.position = nn.Parameter(torch.randn(num_patches, hidden_size) * 0.02)
+        self.role_embed = nn.Embedding(2, hidden_size)
+        self.time_proj = Timesteps(hidden_size, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(hidden_size, hidden_size)
+        self.blocks = nn.ModuleList(PlenopticBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False)
+        self.out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.proj_out = nn.Linear(hidden_size, in_channels * patch_size * patch_size)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def embed_videos(
+        self, videos: torch.Tensor, cameras: torch.Tensor, intrinsics: torch.Tensor, role: int
+    ) -> torch.Tensor:
+        """Tokens of ``videos`` ``(B, N, F, C, H, W)`` with cameras ``(B, N, F, 4, 4)``: ``(B, N F P, D)``,
+        the sum of patch, camera, patch-position, frame-index and role embeddings."""
+        batch, count, frames, _, height, width = videos.shape
+        tokens = self.patch_embed(patchify(videos.to(self.dtype), self.config.patch_size))
+        rays = self.camera_embed(cameras, intrinsics[:, None, None], height, width)
+        frame_index = torch.arange(frames, device=videos.device)
+        frame_embed = get_timestep_embedding(frame_index, self.config.hidden_size, flip_sin_to_cos=True)
+        tokens = tokens + rays.to(tokens.dtype) + self.position + frame_embed[:, None].to(tokens.dtype)
+        tokens = tokens + self.role_embed.weight[role]
+        return tokens.reshape(batch, count * frames * tokens.shape[-2], -1)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        target_cameras: torch.Tensor,
+        intrinsics: torch.Tensor,
+        condition_videos: torch.Tensor | None = None,
+        condition_cameras: torch.Tensor | None = None,
+    ) -> PlenopticTransformerOutput:
+        batch, frames, channels, height, width = sample.shape
+        num_patches = self.position.shape[0]
+        timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32)
+        frame_timesteps = timestep.reshape(-1, 1).expand(batch, frames) if timestep.ndim < 2 else timestep
+        target = self.embed_videos(sample[:, None], target_cameras[:, None], intrinsics, TARGET)
+        token_timesteps = frame_timesteps.repeat_interleave(num_patches, dim=1)
+        if condition_videos is not None and condition_videos.shape[1] > 0:
+            if condition_cameras is None or condition_cameras.shape[:3] != condition_videos.shape[:3]:
+                raise ValueError("condition_cameras must be (B, N, F, 4, 4) matching condition_videos (B, N, F, C, H, W)")
+            context = self.embed_videos(condition_videos, condition_cameras, intrinsics, CONDITION)
+            target = torch.cat([context, target], dim=1)
+            token_timesteps = torch.cat([token_timesteps.new_zeros(batch, context.shape[1]), token_timesteps], dim=1)
+        temb = self.time_embed(self.time_proj(token_timesteps.flatten()).to(target.dtype)).reshape(batch, -1, target.shape[-1])
+        hidden = target
+        for block in self.blocks:
+            hidden = block(hidden, temb)
+        num_target = frames * num_patches
+        shift, scale = self.out_modulation(temb[:, -num_target:]).chunk(2, dim=-1)
+        output = self.proj_out(modulate(self.norm_out(hidden[:, -num_target:]), shift, scale))
+        denoised = unpatchify(output.reshape(batch, frames, num_patches, -1), self.config.patch_size, channels, height, width)
+        sigma = (frame_timesteps / NUM_TRAIN_TIMESTEPS).clamp(min=MIN_SIGMA)[..., None, None, None]
+        velocity = (sample.float() - denoised.float()) / sigma
+        return PlenopticTransformerOutput(sample=velocity, denoised=denoised)

@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from selfgen.data.multiview import MultiViewSceneDataset, default_intrinsics
+from selfgen.train.plenoptic import METHOD, PlenopticConfig, PlenopticObjective, build_transformer, generate, train, write_video
+from selfgen.train.registry import discover_methods
+
+
+def _config(tmp_path, **overrides) -> PlenopticConfig:
+    values = dict(
+        output_dir=str(tmp_path / "run"), num_scenes=4, num_views=3, num_frames=3, size=16, patch_size=8,
+        hidden_size=32, depth=1, num_heads=2, max_train_steps=100, train_batch_size=2, learning_rate=3e-3,
+        logging_steps=1, checkpointing_steps=0, report_to=None,
+    )
+    values.update(overrides)
+    return PlenopticConfig(**values)
+
+
+def _batch(count: int = 4) -> dict:
+    dataset = MultiViewSceneDataset(count, num_views=3, num_frames=3, size=16, include_scene=False)
+    return torch.utils.data.default_collate([dataset[index] for index in range(count)])
+
+
+def test_progressive_context_scaling_and_single_in(tmp_path):
+    objective = PlenopticObjective(_config(tmp_path, max_conditions=2, context_warmup_fraction=0.5))
+    counts = []
+    for step in (0, 24, 25, 99):
+        objective.global_step = step
+        counts.append(objective.max_conditions_now())
+    assert counts == [1, 1, 2, 2]
+    flat = PlenopticObjective(_config(tmp_path, progressive_context=False))
+    assert flat.max_conditions_now() == 2
+    single = PlenopticObjective(_config(tmp_path, single_in=True, max_conditions=1))
+    targets, views = single.pick_views(5, 3, torch.device("cpu"))
+    assert (views == 0).all() and ((targets >= 1) & (targets <= 2)).all()
+    objective.global_step = 99
+    targets, views = objective.pick_views(64, 3, torch.device("cpu"))
+    assert not (views == targets[:, None]).any()  # a target never conditions itself
+
+
+def test_loss_falls_on_a_fixed_batch(tmp_path):
+    torch.manual_seed(0)
+    config = _config(tmp_path, self_conditioning_prob=0.0, clean_prefix_prob=0.0, progressive_context=False)
+    model, objective, batch = build_transformer(config), PlenopticObjective(config), _batch(2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def loss_at(seed: int) -> float:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return objective.compute_loss(model, batch)[0].item()
+
+    before = np.mean([loss_at(seed) for seed in range(3)])
+    for _ in range(20):
+        loss, _ = objective.compute_loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert np.mean([loss_at(seed) for seed in range(3)]) < 0.95 * before
+
+
+def test_self_conditioning_replaces_generated_views_but_never_the_source(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    config = _config(tmp_path, self_conditioning_prob=1.0, self_conditioning_start=0.0)
+    model, objective, batch = build_transformer(config), PlenopticObjective(config), _batch(2)
+    seen = {}
+    original = objective.self_generate
+
+    def spy(model, videos, cameras, intrinsics, views):
+        seen["views"] = views.clone()
+        seen["generated"] = original(model, videos, cameras, intrinsics, views)
+        return seen["generated"]
+
+    monkeypatch.setattr(objective, "self_generate", spy)
+    monkeypatch.setattr(objective, "pick_views", lambda b, v, d: (torch.tensor([2, 2]), torch.tensor([[0, 1], [1, 0]])))
+    _, logs = objective.compute_loss(model, batch)
+    assert logs["self_conditioned"] == 0.5  # the two non-source slots of four
+    assert seen["generated"].shape == (2, 2, 3, 3, 16, 16)
+    objective.config.self_conditioning_start = 0.5  # not yet active at step 0
+    assert "self_conditioned" not in objective.compute_loss(model, batch)[1]
+
+
+def test_train_export_and_generate_from_files(tmp_path):
+    assert discover_methods()["plenoptic"] is METHOD
+    config = _config(tmp_path, max_train_steps=2, self_conditioning_start=0.0)
+    result = train(config)
+    assert (result.pipeline_dir / "model_index.json").is_file()
+
+    rng = np.random.default_rng(0)
+    write_video(rng.random((3, 24, 24, 3)), tmp_path / "src.mp4", fps=4)
+    dataset = MultiViewSceneDataset(1, num_views=3, num_frames=3, size=16)
+    cameras = dataset[0]["cameras"].numpy()
+    K = default_intrinsics(24).tolist()
+    (tmp_path / "src.json").write_text(json.dumps({"cameras": cameras[0].tolist(), "intrinsics": K}))
+    (tmp_path / "targets.json").write_text(json.dumps([cameras[1].tolist(), {"cameras": cameras[2].tolist()}]))
+    out = generate(
+        str(result.pipeline_dir), tmp_path / "out", video=str(tmp_path / "src.mp4"), cameras=str(tmp_path / "src.json"),
+        targets=str(tmp_path / "targets.json"), num_inference_steps=2,
+    )
+    assert [p.split("/")[-1] for p in out["videos"]] == ["target_0.mp4", "target_1.mp4"]
+    assert (tmp_path / "out" / "grid.png").is_file() and out["conditions"][0] == [0]
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        generate(str(result.pipeline_dir), tmp_path / "o2", video=str(tmp_path / "src.mp4"),
+                 cameras=str(tmp_path / "nope.json"), targets=str(tmp_path / "targets.json"))
+    (tmp_path / "short.json").write_text(json.dumps({"cameras": cameras[0][:2].tolist(), "intrinsics": K}))
+    with pytest.raises(ValueError, match="has 2 camera matrices but the video has 3 frames"):
+        generate(str(result.pipeline_dir), tmp_path / "o3", video=str(tmp_path / "src.mp4"),
+                 cameras=str(tmp_path / "short.json"), targets=str(tmp_path / "targets.json"))
+
+
+def test_config_rejects_impossible_context(tmp_path):
+    with pytest.raises(ValueError, match="max_conditions"):
+        _config(tmp_path, num_views=3, max_conditions=3)
+    with pytest.raises(ValueError, match="self_conditioning_prob"):
+        _config(tmp_path, self_conditioning_prob=1.5)
