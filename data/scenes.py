@@ -395,35 +395,43 @@ def to_pixels(image: np.ndarray) -> torch.Tensor:
 
 class ScenesDataset(Dataset):
     """Seeded scenes for joint pretraining: each example is an image with its prompt (generation)
-    and one question/answer pair about it (understanding).
+    and ``questions_per_image`` distinct question/answer pairs about it (understanding).
 
     Items: ``pixel_values`` ``(3, 32, 32)`` in ``[-1, 1]``, ``prompt_ids`` ``(MAX_PROMPT_TOKENS,)``,
-    ``question_ids`` ``(MAX_QUESTION_TOKENS,)``, ``answer_id`` (scalar) and ``prompt`` (str).
+    ``question_ids`` ``(questions_per_image, MAX_QUESTION_TOKENS)``, ``answer_id``
+    ``(questions_per_image,)`` and ``prompt`` (str).
     """
 
-    def __init__(self, num_examples: int = 20000, split: str = "train", seed: int = 0) -> None:
+    def __init__(
+        self, num_examples: int = 20000, split: str = "train", seed: int = 0, questions_per_image: int = 1
+    ) -> None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+        if not 1 <= questions_per_image <= 7:
+            raise ValueError(
+                f"questions_per_image must be in 1..7 (a scene has 7 questions), got {questions_per_image}"
+            )
         self.num_examples, self.split, self.seed = num_examples, split, seed
+        self.questions_per_image = questions_per_image
 
     def __len__(self) -> int:
         return self.num_examples
 
-    def example(self, index: int) -> tuple[str, list[SceneObject], tuple[str, str]]:
+    def example(self, index: int) -> tuple[str, list[SceneObject], list[tuple[str, str]]]:
         rng = random.Random(f"{self.seed}-{self.split}-{index}")
         prompt = sample_training_prompt(rng, self.split)
         spec = parse_prompt(prompt)
         objects = sample_scene(spec, rng)
-        return prompt, objects, rng.choice(scene_questions(objects, spec, rng))
+        return prompt, objects, rng.sample(scene_questions(objects, spec, rng), self.questions_per_image)
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} scenes")
-        prompt, objects, (question, answer) = self.example(index)
+        prompt, objects, pairs = self.example(index)
         return {
             "pixel_values": to_pixels(render_scene(objects)),
             "prompt_ids": torch.tensor(encode_prompt(prompt)),
-            "question_ids": torch.tensor(encode_question(question)),
-            "answer_id": torch.tensor(encode_answer(answer)),
+            "question_ids": torch.tensor([encode_question(question) for question, _ in pairs]),
+            "answer_id": torch.tensor([encode_answer(answer) for _, answer in pairs]),
             "prompt": prompt,
         }

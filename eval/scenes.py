@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..data.scenes import COLOURS, DEFAULT_SIZE, SIZES, ObjectSpec, parse_prompt, relation_holds
+from ..data.scenes import COLOURS, DEFAULT_SIZE, REGIONS, SIZES, ObjectSpec, parse_prompt, relation_holds
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 _COLOUR_NAMES = list(COLOURS)
@@ -99,16 +99,47 @@ def judge_image(image: np.ndarray, prompt: str) -> bool:
     return any(relation_holds(b.cx - a.cx, b.cy - a.cy, spec.relation) for a in matched[0] for b in matched[1])
 
 
+def region_labels(image: np.ndarray, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per region of :data:`~selfgen.data.scenes.REGIONS` (quadrants, by a detection's centre): is any
+    object there, and is every object there one of the prompt's (colour and shape)? Two boolean ``(4,)``
+    arrays: the ground truth that the local self-rewards try to estimate."""
+    nouns = {(obj.colour, obj.shape) for obj in parse_prompt(prompt).objects}
+    height, width = np.asarray(image).shape[:2]
+    occupied, correct = np.zeros(len(REGIONS), dtype=bool), np.zeros(len(REGIONS), dtype=bool)
+    by_region: dict[str, list[Detection]] = defaultdict(list)
+    for detection in detect_objects(image):
+        vertical = "top" if detection.cy < height / 2 else "bottom"
+        by_region[f"{vertical}-{'left' if detection.cx < width / 2 else 'right'}"].append(detection)
+    for index, region in enumerate(REGIONS):
+        found = by_region[region]
+        occupied[index] = bool(found)
+        correct[index] = bool(found) and all((d.colour, d.shape) in nouns for d in found)
+    return occupied, correct
+
+
 class SceneJudge:
     """Compositional accuracy per prompt category, from :func:`judge_image`."""
 
-    def evaluate(self, images: np.ndarray, prompts: list[str]) -> dict[str, float]:
-        """``{category: accuracy, ..., "overall": accuracy}`` over ``images`` ``(N, H, W, 3)`` and their prompts."""
+    def evaluate(self, images: np.ndarray, prompts: list[str], samples_per_prompt: int = 1) -> dict[str, float]:
+        """Accuracy of ``images`` ``(N, H, W, 3)`` against their ``prompts``.
+
+        Returns ``{category: accuracy, ..., "overall": mean of the categories, "pooled": fraction of all
+        images right, "pooled_se": its standard error}``. ``samples_per_prompt`` consecutive images share
+        one prompt; they are correlated, so ``pooled_se`` is the standard error of the per-prompt means
+        (clustered by prompt), not of the images."""
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; expected one image per prompt")
-        per_category: dict[str, list[bool]] = defaultdict(list)
-        for image, prompt in zip(images, prompts):
-            per_category[parse_prompt(prompt).category].append(judge_image(image, prompt))
+        if samples_per_prompt < 1 or len(prompts) % samples_per_prompt:
+            raise ValueError(
+                f"{len(prompts)} prompts do not split into groups of samples_per_prompt={samples_per_prompt}"
+            )
+        correct = np.array([judge_image(image, prompt) for image, prompt in zip(images, prompts)], dtype=np.float64)
+        per_category: dict[str, list[float]] = defaultdict(list)
+        for right, prompt in zip(correct, prompts):
+            per_category[parse_prompt(prompt).category].append(right)
         scores = {category: float(np.mean(results)) for category, results in sorted(per_category.items())}
         scores["overall"] = float(np.mean([np.mean(results) for results in per_category.values()]))
+        per_prompt = correct.reshape(-1, samples_per_prompt).mean(axis=1)
+        scores["pooled"] = float(correct.mean())
+        scores["pooled_se"] = float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else 0.0
         return scores

@@ -52,14 +52,14 @@ from torch.utils.data import Dataset
 
 from ..data.scenes import REGIONS, parse_prompt, question_in_region, sample_training_prompt
 from ..eval.plots import save_image_grid, save_metric_curves
-from ..eval.scenes import judge_image
+from ..eval.scenes import judge_image, region_labels
 from ..pipelines.unified import UnifiedPipeline
 from . import unified
 from .config import TrainingConfig
 from .registry import Method
 from .trainer import Objective, TrainResult, Trainer
 
-REWARD_MODES = ("both", "global", "local")
+REWARD_MODES = ("both", "global", "local", "blind")
 BASELINES = ("none", "group")
 
 
@@ -102,7 +102,7 @@ class SRUMConfig(TrainingConfig):
     prompts_per_round: int = 128
     num_inference_steps: int = 16
     guidance_scale: float = 3.0
-    reward: str = "both"  # "both" (global x local, the paper), "global" only, "local" only
+    reward: str = "both"  # "both" (global x local, the paper), "global" only, "local" only, "blind" (control)
     constraint_weight: float = 1.0  # lambda of the regulariser toward the reference model
     cfg_dropout: float = 0.0  # prompt dropped to the empty prompt in the update (authors: text_cond_dropout_prob)
     samples_per_prompt: int = 1  # images generated per prompt (a group shares one baseline)
@@ -111,6 +111,7 @@ class SRUMConfig(TrainingConfig):
     eval_seed: int = 0
     eval_split: str = "heldout"  # "train" for tuning hyper-parameters; report on "heldout" only
     eval_samples_per_prompt: int = 1  # images judged per evaluation prompt (different noise), less noisy
+    eval_train_prompts_per_category: int = 0  # > 0: also judge this many training prompts (train_accuracy_*)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -137,11 +138,12 @@ class SRUMConfig(TrainingConfig):
 @dataclass
 class SelfRewards:
     """``global_reward`` ``(N,)`` and ``local_rewards`` ``(N, 4)`` in ``[-1, 1]``;
-    ``reward_maps`` ``(N, H, W)`` in ``[0, 1]``."""
+    ``reward_maps`` ``(N, H, W)`` in ``[0, 1]``; ``occupancy`` ``(N, 4)``: the model's ``P(object in r)``."""
 
     global_reward: np.ndarray
     local_rewards: np.ndarray
     reward_maps: np.ndarray
+    occupancy: np.ndarray
 
 
 def region_slices(height: int, width: int) -> dict[str, tuple[slice, slice]]:
@@ -175,7 +177,9 @@ def reward_maps(
 ) -> np.ndarray:
     """``R = M (g + 1) / 2`` with ``M = 0.5`` except ``(s_r + 1) / 2`` on occupied regions (see the module docstring).
 
-    ``mode="global"`` keeps ``M = 0.5`` (no local term); ``mode="local"`` drops the global factor."""
+    ``mode="global"`` keeps ``M = 0.5`` (no local term); ``mode="local"`` drops the global factor;
+    ``mode="blind"`` (a control, not in the paper) gives every pixel of every sample the mean of the
+    ``"both"`` maps: the same update size with no information from the rewards."""
     height, width = size
     maps = np.full((len(global_reward), height, width), 0.5, dtype=np.float32)
     if mode != "global":
@@ -186,7 +190,7 @@ def reward_maps(
             maps[:, rows, cols] = regional[:, None, None]
     if mode != "local":
         maps *= ((global_reward + 1) / 2)[:, None, None]
-    return maps
+    return np.full_like(maps, maps.mean()) if mode == "blind" else maps
 
 
 def self_rewards(umm: SelfRewardingUMM, images: np.ndarray, prompts: list[str], mode: str = "both") -> SelfRewards:
@@ -195,7 +199,8 @@ def self_rewards(umm: SelfRewardingUMM, images: np.ndarray, prompts: list[str], 
         raise ValueError(f"mode must be one of {REWARD_MODES}, got {mode!r}")
     global_reward = np.asarray(umm.score(images, prompts), dtype=np.float32)
     scores, occupied = local_rewards(umm, images, prompts)
-    return SelfRewards(global_reward, scores, reward_maps(global_reward, scores, occupied, images.shape[1:3], mode))
+    maps = reward_maps(global_reward, scores, occupied, images.shape[1:3], mode)
+    return SelfRewards(global_reward, scores, maps, occupied)
 
 
 def group_baseline(maps: np.ndarray, group_size: int) -> np.ndarray:
@@ -217,6 +222,15 @@ def overlay_reward_maps(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5
     return (1 - alpha) * images + alpha * heat
 
 
+def ranking_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """``P(score of a positive > score of a negative)`` (ties count half): 0.5 is chance, NaN without both classes."""
+    positive, negative = scores[labels], scores[~labels]
+    if not len(positive) or not len(negative):
+        return float("nan")
+    greater = (positive[:, None] > negative[None]).mean()
+    return float(greater + 0.5 * (positive[:, None] == negative[None]).mean())
+
+
 def self_judge_agreement(
     umm: SelfRewardingUMM,
     num_prompts: int = 64,
@@ -224,16 +238,22 @@ def self_judge_agreement(
     seed: int = 0,
     num_inference_steps: int = 16,
     guidance_scale: float = 3.0,
+    split: str = "train",
 ) -> dict[str, float]:
     """How well the model's own rewards rank its own samples, measured against the rule-based judge.
 
-    Draws ``num_prompts`` training prompts, ``samples_per_prompt`` images each, and returns the judge's
+    Draws ``num_prompts`` prompts of ``split``, ``samples_per_prompt`` images each, and returns the judge's
     accuracy, the AUC of each self-reward (global ``g``, reward-map mean, sum of local ``s_r``) for
-    telling judge-correct from judge-wrong samples (0.5 = chance), and the judge accuracy of the
-    top-1 sample of each prompt under that reward (best-of-K selection by the model itself).
+    telling judge-correct from judge-wrong samples (0.5 = chance), the judge accuracy of the
+    top-1 sample of each prompt under that reward (best-of-K selection by the model itself), the
+    accuracy of the model's own yes/no answers on its own images (``answer_accuracy_whole_prompt``: "does
+    the image show {prompt}?" against the judge; ``answer_accuracy_occupancy``: "is there an object in the
+    {r}?" against the detector), and, per quadrant (:func:`~selfgen.eval.scenes.region_labels`), the
+    AUC of ``P(object in r)`` for the detector's occupancy (``auc_occupancy``) and of ``s_r`` for "the
+    objects there are the prompt's" among occupied quadrants (``auc_local_region``).
     """
     rng = random.Random(f"agreement-{seed}")
-    prompts = [sample_training_prompt(rng) for _ in range(num_prompts)]
+    prompts = [sample_training_prompt(rng, split) for _ in range(num_prompts)]
     prompts = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
     with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16):
         images = umm.generate(
@@ -244,21 +264,23 @@ def self_judge_agreement(
             guidance_scale=guidance_scale,
         ).images
         rewards = self_rewards(umm, images, prompts)
-    correct = np.array([judge_image(image, prompt) for image, prompt in zip(images, prompts)], dtype=np.float64)
+    correct = np.array([judge_image(image, prompt) for image, prompt in zip(images, prompts)])
     results = {"judge_accuracy": float(correct.mean())}
     candidates = {
         "global": rewards.global_reward,
         "map_mean": rewards.reward_maps.mean(axis=(1, 2)),
         "local_sum": rewards.local_rewards.sum(axis=1),
     }
+    grouped = correct.reshape(-1, samples_per_prompt)
     for name, values in candidates.items():
-        positive, negative = values[correct == 1], values[correct == 0]
-        if len(positive) and len(negative):
-            greater = (positive[:, None] > negative[None]).mean()
-            results[f"auc_{name}"] = float(greater + 0.5 * (positive[:, None] == negative[None]).mean())
+        results[f"auc_{name}"] = ranking_auc(values, correct)
         best = values.reshape(-1, samples_per_prompt).argmax(axis=1)
-        grouped = correct.reshape(-1, samples_per_prompt)
         results[f"top1_accuracy_{name}"] = float(grouped[np.arange(len(best)), best].mean())
+    occupied, right = map(np.stack, zip(*(region_labels(image, prompt) for image, prompt in zip(images, prompts))))
+    results["answer_accuracy_whole_prompt"] = float(((rewards.global_reward > 0) == correct).mean())
+    results["answer_accuracy_occupancy"] = float(((rewards.occupancy > 0.5) == occupied).mean())
+    results["auc_occupancy"] = ranking_auc(rewards.occupancy.ravel(), occupied.ravel())
+    results["auc_local_region"] = ranking_auc(rewards.local_rewards[occupied], right[occupied])
     return results
 
 
@@ -361,18 +383,27 @@ class SRUMTrainer:
         self.history: list[dict] = []
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out compositional accuracy of the current model, by the rule-based scene judge."""
+        """Compositional accuracy of the current model by the rule-based scene judge: ``accuracy_*`` on
+        ``eval_split`` prompts and, when ``eval_train_prompts_per_category > 0``, ``train_accuracy_*`` on
+        training prompts (same sampler, same noise every round; bf16 when the run trains in bf16)."""
         config = self.config
-        prompts = unified.heldout_prompts(config.eval_prompts_per_category, config.eval_seed, config.eval_split)
-        prompts = [prompt for prompt in prompts for _ in range(config.eval_samples_per_prompt)]
-        scores, _ = unified.compositional_accuracy(
-            self.umm,
-            prompts,
-            config.eval_seed,
-            num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
-        )
-        return {f"accuracy_{key}": value for key, value in scores.items()}
+        splits = {"accuracy": (config.eval_split, config.eval_prompts_per_category)}
+        if config.eval_train_prompts_per_category:
+            splits["train_accuracy"] = ("train", config.eval_train_prompts_per_category)
+        results = {}
+        for prefix, (split, per_category) in splits.items():
+            prompts = unified.heldout_prompts(per_category, config.eval_seed, split)
+            with inference_precision(config):
+                scores, _ = unified.compositional_accuracy(
+                    self.umm,
+                    prompts,
+                    config.eval_seed,
+                    config.eval_samples_per_prompt,
+                    num_inference_steps=config.num_inference_steps,
+                    guidance_scale=config.guidance_scale,
+                )
+            results.update({f"{prefix}_{key}": value for key, value in scores.items()})
+        return results
 
     def run_round(self, round_index: int) -> dict:
         """Generate -> self-reward -> update; reloads the exported weights and returns the round's logs
@@ -444,10 +475,41 @@ def write_history(history: list[dict], output_dir: Path) -> None:
     """``rounds.jsonl`` and ``accuracy_per_round.png`` (held-out judge accuracy per category vs round)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "rounds.jsonl").write_text("".join(json.dumps(record) + "\n" for record in history))
-    keys = sorted(key for key in history[0] if key.startswith("accuracy_"))
+    keys = sorted(key for key in history[0] if key.startswith("accuracy_") and not key.endswith("_se"))
     save_metric_curves(
         [{**record, "step": record["round"]} for record in history], keys, output_dir / "accuracy_per_round.png"
     )
+
+
+def evaluate(
+    model_path: str,
+    output_dir: Path,
+    prompts_per_category: int = 16,
+    samples_per_prompt: int = 8,
+    split: str = "heldout",
+    agreement_prompts: int = 64,
+    seed: int = 0,
+) -> dict:
+    """SRUM's report for one checkpoint: :func:`selfgen.train.unified.evaluate` (judge accuracy on ``split``
+    prompts with its standard error, understanding accuracy on rendered scenes) at the loop's sampler
+    settings (16 Euler steps, guidance 3), plus :func:`self_judge_agreement` on ``agreement_prompts``
+    prompts of the same split x 4 samples (0 skips it); all in ``output_dir/metrics.json``."""
+    options = {"num_inference_steps": 16, "guidance_scale": 3.0}
+    metrics = unified.evaluate(
+        model_path,
+        output_dir,
+        prompts_per_category,
+        samples_per_prompt=samples_per_prompt,
+        split=split,
+        seed=seed,
+        **options,
+    )
+    if agreement_prompts:
+        umm = UnifiedPipeline.from_pretrained(model_path)
+        umm.set_progress_bar_config(disable=True)
+        metrics["self_judge_agreement"] = self_judge_agreement(umm, agreement_prompts, 4, seed, split=split, **options)
+        (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
 
 
 def demo(asset_dir: Path, output_dir: Path) -> dict:
@@ -472,7 +534,7 @@ METHOD = Method(
     config_class=SRUMConfig,
     train=train,
     generate=unified.generate,
-    evaluate=unified.evaluate,
+    evaluate=evaluate,
     demo=demo,
     demo_asset="unified-shapes-srum",
 )

@@ -39,7 +39,7 @@ from ..data.scenes import (
     scene_questions,
 )
 from ..eval.plots import save_image_grid
-from ..eval.scenes import SceneJudge
+from ..eval.scenes import SceneJudge, judge_image
 from ..models.unified import UnifiedTransformer
 from ..pipelines.unified import UnifiedPipeline
 from .config import TrainingConfig
@@ -56,6 +56,7 @@ class UnifiedConfig(TrainingConfig):
     num_examples: int = 200000  # scenes in the (procedural) training set
     cfg_dropout: float = 0.1
     understanding_weight: float = 1.0
+    questions_per_image: int = 1  # distinct questions answered about each training scene per step
     eval_prompts_per_category: int = 16
 
 
@@ -87,17 +88,19 @@ class JointObjective(Objective):
         drop = torch.rand(images.shape[0], device=images.device) < self.cfg_dropout
         prompt_ids = torch.where(drop[:, None], empty_prompt_like(prompt_ids), prompt_ids)
         noisy, sigmas, target = noisy_pair(images)
+        questions_per_image = batch["question_ids"].shape[1]
         output = model(
             sample=noisy,
             timestep=sigmas * 1000,
             prompt_ids=prompt_ids,
-            pixel_values=images,
-            question_ids=batch["question_ids"],
+            pixel_values=images.repeat_interleave(questions_per_image, dim=0),
+            question_ids=batch["question_ids"].flatten(0, 1),
         )
         generation = F.mse_loss(output.sample.float(), target.float())
         logits = output.logits[:, -1].float()
-        understanding = F.cross_entropy(logits, batch["answer_id"])
-        accuracy = (logits.argmax(-1) == batch["answer_id"]).float().mean()
+        answers = batch["answer_id"].flatten()
+        understanding = F.cross_entropy(logits, answers)
+        accuracy = (logits.argmax(-1) == answers).float().mean()
         loss = generation + self.understanding_weight * understanding
         return loss, {
             "loss_generation": generation.item(),
@@ -124,16 +127,26 @@ def export_pipeline(model: nn.Module, directory: Path) -> None:
 
 def train(config: UnifiedConfig) -> TrainResult:
     set_seed(config.seed)
-    model = UnifiedTransformer(
-        vocab_size=len(VOCAB),
-        pad_token_id=PAD_ID,
-        max_text_length=max(MAX_PROMPT_TOKENS, MAX_QUESTION_TOKENS),
-        patch_size=config.patch_size,
-        dim=config.dim,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
+    if config.pretrained:  # continue joint pretraining from an exported UnifiedPipeline
+        if not Path(config.pretrained, "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"pretrained={config.pretrained!r} is not a UnifiedPipeline folder (no model_index.json); "
+                "stage 2 continues stage 1: run selfgen train unified --config configs/unified_shapes_stage1.yaml first"
+            )
+        model = UnifiedPipeline.from_pretrained(config.pretrained).transformer
+    else:
+        model = UnifiedTransformer(
+            vocab_size=len(VOCAB),
+            pad_token_id=PAD_ID,
+            max_text_length=max(MAX_PROMPT_TOKENS, MAX_QUESTION_TOKENS),
+            patch_size=config.patch_size,
+            dim=config.dim,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+        )
+    dataset = ScenesDataset(
+        config.num_examples, "train", seed=config.seed, questions_per_image=config.questions_per_image
     )
-    dataset = ScenesDataset(config.num_examples, "train", seed=config.seed)
     objective = JointObjective(config.cfg_dropout, config.understanding_weight)
     return Trainer(model, objective, dataset, config, export_fn=export_pipeline, collate_fn=collate).train()
 
@@ -155,12 +168,16 @@ def heldout_prompts(per_category: int, seed: int = 0, split: str = "heldout") ->
 
 
 def compositional_accuracy(
-    pipe: UnifiedPipeline, prompts: list[str], seed: int = 0, **generate_options
+    pipe: UnifiedPipeline, prompts: list[str], seed: int = 0, samples_per_prompt: int = 1, **generate_options
 ) -> tuple[dict, np.ndarray]:
-    """Generate one image per prompt and judge it with the rule-based :class:`SceneJudge`."""
+    """Generate ``samples_per_prompt`` images per prompt (different noise, seeded) and judge them with the
+    rule-based :class:`SceneJudge` (per category, pooled, and the pooled standard error over prompts).
+
+    The images come back in prompt order, ``samples_per_prompt`` consecutive images per prompt."""
     generator = torch.Generator().manual_seed(seed)
-    images = pipe.generate(prompts, generator=generator, output_type="np", **generate_options).images
-    return SceneJudge().evaluate(images, prompts), images
+    repeated = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+    images = pipe.generate(repeated, generator=generator, output_type="np", **generate_options).images
+    return SceneJudge().evaluate(images, repeated, samples_per_prompt), images
 
 
 def understanding_accuracy(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1) -> dict[str, float]:
@@ -219,19 +236,36 @@ def evaluate(
     prompts_per_category: int = 32,
     num_scenes: int = 200,
     guidance_scale: float = 3.0,
+    num_inference_steps: int = 20,
+    samples_per_prompt: int = 1,
+    split: str = "heldout",
     seed: int = 0,
 ) -> dict:
-    """Held-out compositional accuracy (rule-based judge) and understanding accuracy on rendered scenes;
-    writes ``output_dir/metrics.json`` and the sample grid."""
+    """Compositional accuracy (rule-based judge) on ``split`` prompts (``"heldout"``: never trained on;
+    ``"train"``: the prompts the model and SRUM saw), ``samples_per_prompt`` images each, and
+    understanding accuracy on rendered held-out scenes; writes ``output_dir/metrics.json`` (with each
+    prompt's accuracy, for paired comparisons of two models on the same prompts and noise) and the sample grid."""
     pipe = UnifiedPipeline.from_pretrained(model_path)
-    prompts = heldout_prompts(prompts_per_category, seed)
-    generation, images = compositional_accuracy(pipe, prompts, seed, guidance_scale=guidance_scale)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = heldout_prompts(prompts_per_category, seed, split)
+    generation, images = compositional_accuracy(
+        pipe,
+        prompts,
+        seed,
+        samples_per_prompt,
+        guidance_scale=guidance_scale,
+        num_inference_steps=num_inference_steps,
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images, output_dir / "samples.png")
+    save_image_grid(images[::samples_per_prompt], output_dir / "samples.png")
+    correct = [judge_image(image, prompt) for image, prompt in zip(images, np.repeat(prompts, samples_per_prompt))]
     metrics = {
         "compositional_accuracy": generation,
+        "per_prompt_accuracy": dict(zip(prompts, np.reshape(correct, (-1, samples_per_prompt)).mean(1).tolist())),
         "understanding_accuracy": understanding_accuracy(pipe, num_scenes, seed + 1),
+        "split": split,
         "num_prompts": len(prompts),
+        "samples_per_prompt": samples_per_prompt,
         "grid": str(output_dir / "samples.png"),
     }
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

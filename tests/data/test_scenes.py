@@ -96,3 +96,12 @@ def test_dataset_items_are_seeded():
     assert first["prompt"] in prompt_split(parse_prompt(first["prompt"]).category, "train")
     with pytest.raises(IndexError):
         ScenesDataset(10)[10]
+
+
+def test_dataset_asks_several_distinct_questions_per_scene():
+    single, several = ScenesDataset(10, seed=3)[4], ScenesDataset(10, seed=3, questions_per_image=3)[4]
+    assert torch.equal(single["pixel_values"], several["pixel_values"])
+    assert several["question_ids"].shape == (3, MAX_QUESTION_TOKENS) and several["answer_id"].shape == (3,)
+    assert len({tuple(ids) for ids in several["question_ids"].tolist()}) == 3
+    with pytest.raises(ValueError, match="questions_per_image"):
+        ScenesDataset(10, questions_per_image=8)

@@ -3,8 +3,16 @@ import random
 import numpy as np
 import pytest
 
-from selfgen.data.scenes import CATEGORIES, parse_prompt, perturb_prompt, prompt_split, render_scene, sample_scene
-from selfgen.eval.scenes import SceneJudge, detect_objects, judge_image
+from selfgen.data.scenes import (
+    CATEGORIES,
+    SceneObject,
+    parse_prompt,
+    perturb_prompt,
+    prompt_split,
+    render_scene,
+    sample_scene,
+)
+from selfgen.eval.scenes import SceneJudge, detect_objects, judge_image, region_labels
 
 
 def _rendered(count_per_category=25, seed=0):
@@ -22,8 +30,20 @@ def _rendered(count_per_category=25, seed=0):
 def test_judge_accepts_ground_truth_scenes():
     images, prompts = _rendered()
     scores = SceneJudge().evaluate(images, prompts)
-    assert set(scores) == set(CATEGORIES) | {"overall"}
-    assert min(scores.values()) >= 0.97, scores
+    assert set(scores) == set(CATEGORIES) | {"overall", "pooled", "pooled_se"}
+    assert min(scores[key] for key in (*CATEGORIES, "overall", "pooled")) >= 0.97, scores
+
+
+def test_pooled_error_is_clustered_by_prompt():
+    image = render_scene(sample_scene(parse_prompt("a red circle"), random.Random(0)))
+    images = np.stack([image, image, np.zeros_like(image), np.zeros_like(image)])
+    prompts = ["a red circle"] * 2 + ["a blue square"] * 2
+    scores = SceneJudge().evaluate(images, prompts, samples_per_prompt=2)
+    assert scores["pooled"] == 0.5
+    assert scores["pooled_se"] == pytest.approx(0.5)  # two prompts, per-prompt means 1 and 0
+    assert SceneJudge().evaluate(images, prompts)["pooled_se"] == pytest.approx(np.std([1, 1, 0, 0], ddof=1) / 2)
+    with pytest.raises(ValueError, match="samples_per_prompt=3"):
+        SceneJudge().evaluate(images, prompts, samples_per_prompt=3)
 
 
 def test_judge_rejects_scenes_for_perturbed_prompts():
@@ -56,3 +76,10 @@ def test_bad_inputs_are_named():
         SceneJudge().evaluate(np.zeros((2, 32, 32, 3)), ["a red circle"])
     with pytest.raises(ValueError, match="image must be"):
         detect_objects(np.zeros((32, 32)))
+
+
+def test_region_labels_mark_occupied_quadrants_and_prompt_objects():
+    image = render_scene([SceneObject("red", "circle", 9, 2, 2), SceneObject("blue", "square", 9, 20, 20)])
+    occupied, correct = region_labels(image, "a red circle")
+    assert occupied.tolist() == [True, False, False, True]  # top-left, top-right, bottom-left, bottom-right
+    assert correct.tolist() == [True, False, False, False]  # the blue square is not in the prompt

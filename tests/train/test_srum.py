@@ -10,6 +10,7 @@ from selfgen.train.srum import (
     SRUMConfig,
     SRUMObjective,
     group_baseline,
+    ranking_auc,
     reward_maps,
     self_judge_agreement,
     self_rewards,
@@ -36,6 +37,8 @@ def test_reward_map_combines_global_and_local_rewards():
     assert (maps[1] == 0).all() and maps[2, 0, 0] == 0.5  # a rejected image weighs nothing
     assert np.unique(reward_maps(global_reward, scores, occupied, (8, 8), "global")[0]).tolist() == [0.5]
     np.testing.assert_array_equal(reward_maps(global_reward, scores, occupied, (8, 8), "local")[1], maps[0])
+    blind = reward_maps(global_reward, scores, occupied, (8, 8), "blind")
+    assert np.unique(blind).tolist() == [pytest.approx(maps.mean())]  # same scale, no information
 
 
 def test_self_rewards_have_the_image_spatial_shape(tiny_pipe):
@@ -76,7 +79,16 @@ def test_group_baseline_keeps_only_better_than_average_samples_of_a_prompt():
 def test_self_judge_agreement_reports_judge_accuracy_and_rankings(tiny_pipe):
     results = self_judge_agreement(tiny_pipe, num_prompts=2, samples_per_prompt=2, num_inference_steps=1)
     assert {"judge_accuracy", "top1_accuracy_global", "top1_accuracy_map_mean", "top1_accuracy_local_sum"} <= set(results)
-    assert all(0 <= value <= 1 for value in results.values())
+    assert {"answer_accuracy_whole_prompt", "answer_accuracy_occupancy", "auc_occupancy", "auc_local_region"} <= set(
+        results
+    )
+    assert all(0 <= value <= 1 for value in results.values() if not np.isnan(value))
+
+
+def test_ranking_auc_counts_ordered_pairs_and_half_ties():
+    assert ranking_auc(np.array([0.9, 0.8, 0.1]), np.array([True, True, False])) == 1.0
+    assert ranking_auc(np.array([0.1, 0.5, 0.5]), np.array([True, False, True])) == 0.25
+    assert np.isnan(ranking_auc(np.ones(3), np.ones(3, dtype=bool)))
 
 
 def test_bad_config_is_named():
