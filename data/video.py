@@ -4,9 +4,10 @@ Videos (mp4, avi, mov, mkv, webm) are found recursively under ``root`` and decod
 (``decord.VideoReader``) or with PyAV: ``backend="auto"`` uses decord and falls back to PyAV for
 a file decord cannot decode (or for every file when decord is not importable). An
 optional ``metadata.jsonl`` holds one JSON object per video: ``{"file_name": "clip.mp4", "caption":
-"...", "trajectories": [[[x, y], ...], ...]}``: each trajectory entity is a list of ``[x, y]``
-pixel coordinates in the source video, one point per source frame. Every video is opened and its
-frame count checked when the dataset is built.
+"...", "trajectories": [[[x, y], ...], ...], "reference_images": ["ref_a.png", ...]}``: each trajectory
+entity is a list of ``[x, y]`` pixel coordinates in the source video, one point per source frame, and
+``reference_images`` (optional, used by Tora2) names one image of each entity alone, relative to ``root``.
+Every video is opened, its frame count checked and its reference images found when the dataset is built.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .common import MetadataRecord, ReportsSkips, SkipLog, expect_type, find_files, load_metadata
@@ -42,7 +44,18 @@ def parse_trajectories(value: Any) -> np.ndarray:
     return points
 
 
-METADATA_FIELDS = {"caption": expect_type(str, "a string"), "trajectories": parse_trajectories}
+def parse_reference_images(value: Any) -> list[str]:
+    """A non-empty list of image paths (strings); ``ValueError`` otherwise."""
+    if not isinstance(value, list) or not value or not all(isinstance(name, str) and name for name in value):
+        raise ValueError(f"expected a non-empty list of image paths (one per entity), got {value!r}")
+    return value
+
+
+METADATA_FIELDS = {
+    "caption": expect_type(str, "a string"),
+    "trajectories": parse_trajectories,
+    "reference_images": parse_reference_images,
+}
 
 
 @dataclass(frozen=True)
@@ -143,12 +156,22 @@ def resize_and_crop(frames: torch.Tensor, size: tuple[int, int]) -> tuple[torch.
     return frames, (resized_h / source_h, resized_w / source_w, top, left)
 
 
+def load_rgb(path: Path) -> np.ndarray:
+    """An image file as ``(h, w, 3)`` float32 in ``[0, 1]``; ``ValueError`` naming it if unreadable."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    except (OSError, ValueError) as error:
+        raise ValueError(f"could not read reference image {path}: {error}") from None
+
+
 class VideoFolderDataset(ReportsSkips, Dataset):
     """Clips of ``num_frames`` frames, ``frame_stride`` apart, from the videos under ``root``.
 
     Items: ``"pixel_values"`` float32 ``(num_frames, 3, H, W)`` in ``[-1, 1]`` (shorter side resized,
-    center crop), ``"caption"`` when the metadata has captions and ``"trajectories"`` float32
-    ``(num_entities, num_frames, 2)`` as ``(x, y)`` in output pixels, sampled at the clip's frames.
+    center crop), ``"caption"`` when the metadata has captions, ``"trajectories"`` float32
+    ``(num_entities, num_frames, 2)`` as ``(x, y)`` in output pixels, sampled at the clip's frames, and
+    ``"reference_images"`` (a list of ``(h, w, 3)`` float32 arrays in ``[0, 1]``) when the metadata names them.
     Undecodable or too-short videos raise ``ValueError`` naming the file, or with
     ``on_error="skip"`` are left out and counted in ``num_skipped``.
     """
@@ -187,6 +210,7 @@ class VideoFolderDataset(ReportsSkips, Dataset):
             if path in probed
         ]
         self._check_trajectory_lengths(metadata_path)
+        self._check_reference_images(metadata_path)
 
     @property
     def clip_span(self) -> int:
@@ -220,6 +244,21 @@ class VideoFolderDataset(ReportsSkips, Dataset):
                     f"points per entity but the video has {video.num_frames} frames (expected one point per frame)"
                 )
 
+    def _check_reference_images(self, metadata_path: Path) -> None:
+        for video in self.videos:
+            names = video.metadata.fields.get("reference_images", [])
+            trajectories = video.metadata.fields.get("trajectories")
+            if names and trajectories is not None and len(names) != len(trajectories):
+                raise ValueError(
+                    f"{metadata_path}:{video.metadata.line}: {len(names)} reference_images but "
+                    f"{len(trajectories)} trajectories for {video.path} (expected one image per entity)"
+                )
+            for name in names:
+                if not (self.root / name).is_file():
+                    raise FileNotFoundError(
+                        f"{metadata_path}:{video.metadata.line}: reference image {name!r} not found under {self.root}"
+                    )
+
     def __len__(self) -> int:
         return len(self.videos)
 
@@ -246,4 +285,6 @@ class VideoFolderDataset(ReportsSkips, Dataset):
         if "trajectories" in fields:
             points = fields["trajectories"][:, indices] * np.float32([scale_x, scale_y])
             item["trajectories"] = torch.from_numpy(points - np.float32([left, top]))
+        if "reference_images" in fields:
+            item["reference_images"] = [load_rgb(self.root / name) for name in fields["reference_images"]]
         return item

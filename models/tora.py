@@ -1,0 +1,481 @@
+"""Tora2 in miniature: a video diffusion transformer customised by each entity's path and appearance.
+
+Papers: Zhang et al., "Tora: Trajectory-oriented Diffusion Transformer for Video Generation" (CVPR 2025)
+and "Tora2: Motion and Appearance Customized Diffusion Transformer for Multi-Entity Video Generation"
+(2025). Our own implementation at toy scale (pixel space, 8 x 32 x 32 videos), read top to bottom:
+
+1. **Video DiT.** Spatio-temporal patches (``temporal_patch_size x patch_size x patch_size`` pixels) become
+   tokens; a small text encoder trained with the model encodes the prompt; text and video tokens attend
+   jointly (as in CogVideoX, Tora's base) in blocks with adaLN-Zero timestep conditioning. The model
+   predicts the clean video ``x0`` from ``x_sigma = (1 - sigma) x0 + sigma eps`` (x-prediction); the pipeline
+   turns it into the rectified-flow velocity ``v = (x_sigma - x0) / sigma = eps - x0``.
+2. **Trajectory extractor (Tora).** Each entity's path becomes dense per-frame maps: its displacement
+   ``(dx, dy)`` to the next frame, Gaussian-splatted around its position, plus the Gaussian itself
+   (:func:`trajectory_maps`). A small spatio-temporal conv encoder turns the maps into one motion token
+   per video token.
+3. **Motion-guidance fuser (Tora, adaptive norm).** In every block the video tokens become
+   ``h + norm(h) * gamma(m) + beta(m)`` with ``gamma, beta`` zero-initialised projections of the motion
+   tokens ``m`` (the sum over entities).
+4. **Decoupled personalization extractor (Tora2).** From each reference image, a detail branch (shallow,
+   full-resolution conv -> spatial tokens) and a semantic branch (deep strided conv -> one global token)
+   are fused by learned queries (a Q-Former-style cross-attention) into ``num_appearance_tokens`` tokens.
+5. **Gated self-attention (Tora2).** Per entity and appearance token, ``MLP([motion; text; appearance])``
+   binds the entity's trajectory embedding, its text-entity embedding and its appearance; the bound
+   entity tokens and the video tokens attend jointly and the result enters the video tokens through
+   ``tanh(alpha)`` with ``alpha = 0`` at initialisation (GLIGEN-style).
+
+Modes (``mode``): ``"tora2"`` (all of the above), ``"tora1"`` (trajectory only: no appearance path, no
+entity tokens), ``"no_gate"`` (the same entity tokens simply concatenated into each block's joint
+attention, no separate gated attention), and ``"dit"`` (the same DiT with neither path: the reference for
+the cost of customisation in ``benchmarks/tora2.py``).
+
+The forward pass also returns, per entity, the *motion embedding* (the final video features pooled along
+the entity's path, weighted by its Gaussian) and the *appearance embedding* (its pooled personalization
+tokens), both projected for Tora2's contrastive loss.
+
+Departures from the papers (also in ``docs/tora2.md``): pixel space instead of a 3D-VAE latent, hence
+x-prediction (a 192-value pixel patch embedded in 64 channels cannot carry the noise that v- or
+eps-prediction must reproduce; Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"); the
+trajectory maps carry a third (presence) channel so the first frame's position is encoded too; the motion
+tokens come from a 3D conv encoder at token resolution instead of a VAE + ResNet stack; MGF uses linear
+(not conv) projections; the personalization branches are small convnets trained from scratch (the paper
+uses pretrained image encoders); the motion embedding of the contrastive loss is our reading of the paper
+(features sampled along the entity's path).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .attention import Attention, AttentionBackendMixin
+
+MODES = ("tora2", "tora1", "no_gate", "dit")
+
+
+@dataclass
+class Tora2TransformerOutput(BaseOutput):
+    """``sample``: predicted clean video ``x0`` ``(B, F, 3, H, W)``; ``motion_embeddings`` / ``appearance_embeddings``:
+    ``(B, K, contrastive_dim)`` per entity slot (``None`` in ``tora1`` mode)."""
+
+    sample: torch.Tensor
+    motion_embeddings: torch.Tensor | None = None
+    appearance_embeddings: torch.Tensor | None = None
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(approximate="tanh"), nn.Linear(hidden_dim, out_dim))
+
+
+def zero_linear(in_dim: int, out_dim: int) -> nn.Linear:
+    layer = nn.Linear(in_dim, out_dim)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+def trajectory_maps(trajectories: torch.Tensor, size: int, sigma: float, displacement_scale: float) -> torch.Tensor:
+    """Dense per-frame maps of each entity's path (Tora's trajectory -> flow visualisation, in miniature).
+
+    ``trajectories``: ``(..., F, 2)`` normalised ``(x, y)``. Returns ``(..., 3, F, size, size)``: channels
+    ``g * dx, g * dy, g`` with ``g = exp(-|pixel - p_f|^2 / (2 sigma^2))`` a Gaussian around the frame's
+    position ``p_f`` (pixels) and ``(dx, dy) = displacement_scale * (p_{f+1} - p_f)`` in normalised units
+    (the last frame repeats the previous displacement).
+    """
+    displacement = trajectories[..., 1:, :] - trajectories[..., :-1, :]
+    displacement = torch.cat([displacement, displacement[..., -1:, :]], dim=-2) * displacement_scale
+    centres = torch.arange(size, device=trajectories.device, dtype=trajectories.dtype) + 0.5
+    points = trajectories * size
+    gauss_x = torch.exp(-((centres - points[..., 0:1]) ** 2) / (2 * sigma**2))  # (..., F, W)
+    gauss_y = torch.exp(-((centres - points[..., 1:2]) ** 2) / (2 * sigma**2))  # (..., F, H)
+    gauss = gauss_y[..., :, None] * gauss_x[..., None, :]  # (..., F, H, W)
+    maps = torch.stack([gauss * displacement[..., 0, None, None], gauss * displacement[..., 1, None, None], gauss])
+    return maps.movedim(0, -4)
+
+
+def fourier_features(values: torch.Tensor, num_frequencies: int) -> torch.Tensor:
+    """``[sin(2^k pi v), cos(2^k pi v)]_k`` over the last dimension (GLIGEN's box embedding), flattened."""
+    frequencies = 2.0 ** torch.arange(num_frequencies, device=values.device, dtype=values.dtype) * math.pi
+    angles = values[..., None] * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+class ResidualConv3d(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.GroupNorm(min(8, channels), channels),
+            nn.SiLU(),
+            nn.Conv3d(channels, channels, 3, padding=1),
+            nn.GroupNorm(min(8, channels), channels),
+            nn.SiLU(),
+            nn.Conv3d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.block(hidden)
+
+
+class TrajectoryExtractor(nn.Module):
+    """Trajectory maps ``(N, 3, F, H, W)`` -> motion tokens ``(N, tokens, motion_dim)`` on the video token grid.
+
+    The maps are cut into the same spatio-temporal patches as the video (Tora patchifies its motion
+    latents the same way) and refined by residual 3D convolutions.
+    """
+
+    def __init__(self, patch: tuple[int, int, int], motion_dim: int, num_blocks: int = 2) -> None:
+        super().__init__()
+        self.patch = patch
+        self.conv_in = nn.Conv3d(3 * patch[0] * patch[1] * patch[2], motion_dim, 1)
+        self.blocks = nn.Sequential(*[ResidualConv3d(motion_dim) for _ in range(num_blocks)])
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        pt, ph, pw = self.patch
+        batch, channels, frames, height, width = maps.shape
+        patches = maps.reshape(batch, channels, frames // pt, pt, height // ph, ph, width // pw, pw)
+        patches = patches.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(
+            batch, channels * pt * ph * pw, frames // pt, height // ph, width // pw
+        )
+        features = self.blocks(self.conv_in(patches))
+        return features.flatten(2).transpose(1, 2)
+
+
+class MotionGuidanceFuser(nn.Module):
+    """Tora's adaptive-norm MGF: ``h + norm(h) * gamma(m) + beta(m)``, ``gamma, beta`` zero-initialised."""
+
+    def __init__(self, dim: int, motion_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.to_gamma = zero_linear(motion_dim, dim)
+        self.to_beta = zero_linear(motion_dim, dim)
+
+    def forward(self, video: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        return video + self.norm(video) * self.to_gamma(motion) + self.to_beta(motion)
+
+
+# ----------------------------------------------------------------------------- appearance
+
+
+class PersonalizationExtractor(nn.Module):
+    """Tora2's decoupled personalization extractor: reference image ``(N, 3, h, w)`` in ``[-1, 1]``
+    -> ``(N, num_tokens, dim)``.
+
+    Detail branch: one full-resolution conv and a 2x2 patch conv keep fine texture as spatial tokens.
+    Semantic branch: three stride-2 convs and global pooling give one token for the identity. Learned
+    queries cross-attend to ``[detail tokens; semantic token]`` (Q-Former-style fusion) and an MLP follows.
+    """
+
+    def __init__(self, dim: int, num_heads: int, num_tokens: int, reference_size: int, width: int = 32) -> None:
+        super().__init__()
+        self.detail = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, dim, 2, stride=2)
+        )
+        self.detail_pos = nn.Parameter(torch.randn(1, (reference_size // 2) ** 2, dim) * 0.02)
+        self.semantic = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(2 * width, dim, 3, stride=2, padding=1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(dim, dim),
+        )
+        self.queries = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
+        self.norm_context = nn.LayerNorm(dim)
+        self.fuse = Attention(dim, num_heads)
+        self.norm_out = nn.LayerNorm(dim)
+        self.mlp = mlp(dim, 2 * dim, dim)
+
+    def forward(self, reference: torch.Tensor) -> torch.Tensor:
+        detail = self.detail(reference).flatten(2).transpose(1, 2) + self.detail_pos
+        semantic = self.semantic(reference)[:, None]
+        context = self.norm_context(torch.cat([detail, semantic], dim=1))
+        tokens = self.queries.expand(reference.shape[0], -1, -1)
+        tokens = tokens + self.fuse(tokens, context=context)
+        return tokens + self.mlp(self.norm_out(tokens))
+
+
+# ----------------------------------------------------------------------------- transformer blocks
+
+
+class GatedSelfAttention(nn.Module):
+    """Tora2's gated self-attention: ``v + tanh(alpha) * SelfAttn(LN([v; e]))[:len(v)]`` with ``alpha = 0`` at init."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qk_norm=True)
+        self.alpha = nn.Parameter(torch.zeros(1))
+
+    def forward(self, video: torch.Tensor, entities: torch.Tensor, entity_mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(torch.cat([video, entities], dim=1))
+        keys_valid = torch.cat([entity_mask.new_ones(video.shape[:2]), entity_mask], dim=1)
+        attended = self.attn(tokens, attn_mask=keys_valid[:, None, None, :])
+        return video + torch.tanh(self.alpha) * attended[:, : video.shape[1]]
+
+
+class Tora2Block(nn.Module):
+    """DiT block over ``[text; (entities); video]`` with adaLN-Zero, then MGF and (tora2) gated attention."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, motion_dim: int, gated: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn = Attention(dim, num_heads, qk_norm=True)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mlp = mlp(dim, int(dim * mlp_ratio), dim)
+        self.modulation = zero_linear(dim, 6 * dim)
+        self.fuser = MotionGuidanceFuser(dim, motion_dim) if motion_dim > 0 else None
+        self.gated_attn = GatedSelfAttention(dim, num_heads) if gated else None
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        time_embedding: torch.Tensor,
+        key_mask: torch.Tensor,
+        num_video: int,
+        motion: torch.Tensor | None,
+        entities: torch.Tensor | None,
+        entity_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(time_embedding)[:, None].chunk(6, dim=-1)
+        normed = self.norm1(hidden) * (1 + scale1) + shift1
+        hidden = hidden + gate1 * self.attn(normed, attn_mask=key_mask[:, None, None, :])
+        context, video = hidden[:, :-num_video], hidden[:, -num_video:]
+        if self.fuser is not None:
+            video = self.fuser(video, motion)
+        if self.gated_attn is not None and entities is not None:
+            video = self.gated_attn(video, entities, entity_mask)
+        hidden = torch.cat([context, video], dim=1)
+        normed = self.norm2(hidden) * (1 + scale2) + shift2
+        return hidden + gate2 * self.mlp(normed)
+
+
+class TextEncoder(nn.Module):
+    """Word embeddings + learned positions + one transformer layer; trained with the DiT."""
+
+    def __init__(self, vocab_size: int, max_length: int, dim: int, num_heads: int, pad_token_id: int) -> None:
+        super().__init__()
+        self.pad_token_id = pad_token_id
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.randn(1, max_length, dim) * 0.02)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.mlp = mlp(dim, 2 * dim, dim)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ids (B, L)`` -> ``(tokens (B, L, dim), valid (B, L) bool)``; an all-pad row still attends to itself."""
+        if ids.shape[1] > self.pos.shape[1]:
+            raise ValueError(f"text has {ids.shape[1]} tokens; the text encoder takes at most {self.pos.shape[1]}")
+        valid = ids != self.pad_token_id
+        keys = valid.clone()
+        keys[:, 0] = True
+        tokens = self.embed(ids) + self.pos[:, : ids.shape[1]]
+        tokens = tokens + self.attn(self.norm1(tokens), attn_mask=keys[:, None, None, :])
+        return tokens + self.mlp(self.norm2(tokens)), valid
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
+    """Video DiT with Tora's trajectory path and Tora2's personalization path (see the module docstring).
+
+    Args:
+        vocab_size, pad_token_id, max_text_length, max_entity_text_length: the word vocabulary and the
+            longest prompt / entity description in tokens.
+        sample_size, num_frames, in_channels, patch_size, temporal_patch_size: the video and its patches.
+        dim, num_layers, num_heads, mlp_ratio: the DiT trunk.
+        motion_dim: channels of the trajectory extractor; trajectory_sigma (pixels) and
+            displacement_scale: the Gaussian splat of :func:`trajectory_maps`.
+        reference_size: side of the reference images; num_appearance_tokens: personalization tokens per entity.
+        max_entities: entity slots; contrastive_dim: width of the contrastive embeddings.
+        mode: ``"tora2"``, ``"tora1"`` or ``"no_gate"``.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        vocab_size: int = 20,
+        pad_token_id: int = 0,
+        max_text_length: int = 14,
+        max_entity_text_length: int = 3,
+        sample_size: int = 32,
+        num_frames: int = 8,
+        in_channels: int = 3,
+        patch_size: int = 4,
+        temporal_patch_size: int = 2,
+        dim: int = 128,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 3.0,
+        motion_dim: int = 32,
+        trajectory_sigma: float = 1.5,
+        displacement_scale: float = 8.0,
+        reference_size: int = 16,
+        num_appearance_tokens: int = 4,
+        max_entities: int = 3,
+        contrastive_dim: int = 64,
+        mode: str = "tora2",
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if sample_size % patch_size or num_frames % temporal_patch_size:
+            raise ValueError(
+                f"sample_size ({sample_size}) must be divisible by patch_size ({patch_size}) and num_frames "
+                f"({num_frames}) by temporal_patch_size ({temporal_patch_size})"
+            )
+        self.patch = (temporal_patch_size, patch_size, patch_size)
+        self.num_video_tokens = (num_frames // temporal_patch_size) * (sample_size // patch_size) ** 2
+        patch_dim = in_channels * temporal_patch_size * patch_size**2
+        self.text_encoder = TextEncoder(vocab_size, max_text_length, dim, num_heads, pad_token_id)
+        self.patch_embed = nn.Linear(patch_dim, dim)
+        self.video_pos = nn.Parameter(torch.randn(1, self.num_video_tokens, dim) * 0.02)
+        self.time_embed = mlp(dim, dim, dim)
+        motion_channels = 0 if mode == "dit" else motion_dim
+        if mode != "dit":
+            self.trajectory_extractor = TrajectoryExtractor(self.patch, motion_dim)
+        self.blocks = nn.ModuleList(
+            [Tora2Block(dim, num_heads, mlp_ratio, motion_channels, gated=mode == "tora2") for _ in range(num_layers)]
+        )
+        self.norm_out = nn.LayerNorm(dim, elementwise_affine=False)
+        self.out_modulation = zero_linear(dim, 2 * dim)
+        self.prediction_head = zero_linear(dim, patch_dim)
+        if mode in ("tora2", "no_gate"):
+            self.personalization = PersonalizationExtractor(dim, num_heads, num_appearance_tokens, reference_size)
+            self.trajectory_embed = mlp(motion_dim + 4 * 2 * 2 * num_frames, dim, dim)
+            self.entity_binder = mlp(3 * dim, dim, dim)
+            self.motion_projection = nn.Linear(dim, contrastive_dim)
+            self.appearance_projection = nn.Linear(dim, contrastive_dim)
+
+    # ------------------------------------------------------------------ patches
+
+    def patchify(self, video: torch.Tensor) -> torch.Tensor:
+        """``(B, F, C, H, W)`` -> ``(B, tokens, C * pt * p * p)``, tokens ordered (time, row, column)."""
+        pt, ph, pw = self.patch
+        batch, frames, channels, height, width = video.shape
+        patches = video.reshape(batch, frames // pt, pt, channels, height // ph, ph, width // pw, pw)
+        patches = patches.permute(0, 1, 4, 6, 3, 2, 5, 7)
+        return patches.reshape(batch, self.num_video_tokens, channels * pt * ph * pw)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        pt, ph, pw = self.patch
+        config = self.config
+        grid_t, grid = config.num_frames // pt, config.sample_size // ph
+        batch = patches.shape[0]
+        video = patches.reshape(batch, grid_t, grid, grid, config.in_channels, pt, ph, pw)
+        video = video.permute(0, 1, 5, 4, 2, 6, 3, 7)
+        return video.reshape(batch, config.num_frames, config.in_channels, config.sample_size, config.sample_size)
+
+    # ------------------------------------------------------------------ conditions
+
+    def encode_trajectories(self, trajectories: torch.Tensor, entity_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-entity motion tokens ``(B, K, tokens, motion_dim)`` (zeroed for empty slots) and each entity's
+        presence weights on the token grid ``(B, K, tokens)`` (its Gaussian, pooled per patch, summing to 1)."""
+        config = self.config
+        batch, slots = trajectories.shape[:2]
+        maps = trajectory_maps(
+            trajectories.float(), config.sample_size, config.trajectory_sigma, config.displacement_scale
+        ).to(self.video_pos.dtype)
+        flat_maps = maps.flatten(0, 1)
+        motion = self.trajectory_extractor(flat_maps).unflatten(0, (batch, slots))
+        presence = F.avg_pool3d(flat_maps[:, 2:3], self.patch).flatten(1).unflatten(0, (batch, slots))
+        presence = presence / presence.sum(-1, keepdim=True).clamp_min(1e-6)
+        return motion * entity_mask[..., None, None], presence
+
+    def entity_tokens(
+        self,
+        trajectories: torch.Tensor,
+        motion: torch.Tensor,
+        presence: torch.Tensor,
+        entity_ids: torch.Tensor,
+        reference_images: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bound entity tokens ``(B, K * A, dim)`` = ``MLP([trajectory emb; text-entity emb; appearance token])``
+        for each of the ``A`` appearance tokens, and the appearance tokens ``(B, K, A, dim)``."""
+        batch, slots = trajectories.shape[:2]
+        pooled_motion = (motion * presence[..., None]).sum(2)
+        path_features = fourier_features(trajectories.flatten(2).to(motion.dtype), 4)
+        trajectory_embedding = self.trajectory_embed(torch.cat([pooled_motion, path_features], dim=-1))
+        words, words_valid = self.text_encoder(entity_ids.flatten(0, 1))
+        weights = words_valid[..., None].to(words.dtype)
+        text_embedding = ((words * weights).sum(1) / weights.sum(1).clamp_min(1)).unflatten(0, (batch, slots))
+        appearance = self.personalization(reference_images.flatten(0, 1).to(words.dtype)).unflatten(0, (batch, slots))
+        num_tokens = appearance.shape[2]
+        per_entity = torch.cat([trajectory_embedding, text_embedding], dim=-1)[:, :, None].expand(-1, -1, num_tokens, -1)
+        bound = self.entity_binder(torch.cat([per_entity, appearance], dim=-1))
+        return bound.flatten(1, 2), appearance
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        trajectories: torch.Tensor,
+        entity_mask: torch.Tensor,
+        reference_images: torch.Tensor | None = None,
+        entity_ids: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> Tora2TransformerOutput | tuple:
+        """Clean-video prediction ``x0_hat`` for noisy videos.
+
+        Args:
+            sample: ``(B, F, 3, H, W)`` noisy video ``x_sigma``; timestep: ``(B,)`` or scalar, ``1000 sigma``.
+            prompt_ids: ``(B, L)`` word ids of the prompt.
+            trajectories: ``(B, K, F, 2)`` normalised centres; entity_mask: ``(B, K)`` bool, valid slots.
+            reference_images: ``(B, K, 3, r, r)`` in ``[-1, 1]``; entity_ids: ``(B, K, Le)`` word ids of
+                each entity's description (both required in modes ``tora2`` and ``no_gate``).
+            In mode ``dit`` the trajectories are ignored.
+        """
+        config = self.config
+        dtype = self.video_pos.dtype
+        entity_mask = entity_mask.bool()
+        text, text_valid = self.text_encoder(prompt_ids)
+        batch = sample.shape[0]
+        timestep = timestep.expand(batch) if timestep.ndim == 0 else timestep
+        time_embedding = self.time_embed(get_timestep_embedding(timestep, config.dim, flip_sin_to_cos=True).to(dtype))
+        video = self.patch_embed(self.patchify(sample.to(dtype))) + self.video_pos
+        motion = entities = appearance = entity_token_mask = None
+        if config.mode != "dit":
+            entity_motion, presence = self.encode_trajectories(trajectories, entity_mask)
+            motion = entity_motion.sum(1)
+        if config.mode in ("tora2", "no_gate"):
+            if reference_images is None or entity_ids is None:
+                raise ValueError(f"mode {config.mode!r} needs reference_images and entity_ids")
+            entities, appearance = self.entity_tokens(trajectories, entity_motion, presence, entity_ids, reference_images)
+            entity_token_mask = entity_mask.repeat_interleave(appearance.shape[2], dim=1)
+        context, context_valid = text, text_valid | (torch.arange(text.shape[1], device=text.device) == 0)
+        if config.mode == "no_gate":
+            context = torch.cat([context, entities], dim=1)
+            context_valid = torch.cat([context_valid, entity_token_mask], dim=1)
+        hidden = torch.cat([context, video], dim=1)
+        key_mask = torch.cat([context_valid, context_valid.new_ones(batch, video.shape[1])], dim=1)
+        for block in self.blocks:
+            hidden = block(
+                hidden, time_embedding, key_mask, video.shape[1], motion, entities, entity_token_mask
+            )
+        video = hidden[:, -video.shape[1] :]
+        shift, scale = self.out_modulation(time_embedding)[:, None].chunk(2, dim=-1)
+        prediction = self.unpatchify(self.prediction_head(self.norm_out(video) * (1 + scale) + shift))
+        motion_embeddings = appearance_embeddings = None
+        if appearance is not None:
+            along_path = torch.einsum("bkn,bnd->bkd", presence.to(video.dtype), video)
+            motion_embeddings = self.motion_projection(along_path)
+            appearance_embeddings = self.appearance_projection(appearance.mean(2))
+        if not return_dict:
+            return (prediction, motion_embeddings, appearance_embeddings)
+        return Tora2TransformerOutput(prediction, motion_embeddings, appearance_embeddings)

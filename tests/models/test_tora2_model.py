@@ -1,0 +1,128 @@
+"""Tora2Transformer: trajectory maps, zero-initialised gate and fuser, modes, patches, attention backends."""
+
+import pytest
+import torch
+
+from selfgen.models.tora import GatedSelfAttention, Tora2Transformer, trajectory_maps
+
+TINY = dict(dim=32, num_layers=2, num_heads=2, mlp_ratio=2.0, motion_dim=8, num_appearance_tokens=2, vocab_size=20)
+
+
+def tiny_model(mode="tora2", **overrides):
+    torch.manual_seed(0)
+    return Tora2Transformer(**{**TINY, "mode": mode, **overrides}).eval()
+
+
+def inputs(batch=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    entity_mask = torch.tensor([[True, True, False], [True, False, False]])[:batch]
+    return dict(
+        sample=torch.randn(batch, 8, 3, 32, 32, generator=generator),
+        timestep=torch.full((batch,), 500.0),
+        prompt_ids=torch.randint(1, 20, (batch, 14), generator=generator),
+        trajectories=torch.rand(batch, 3, 8, 2, generator=generator),
+        entity_mask=entity_mask,
+        reference_images=torch.rand(batch, 3, 3, 16, 16, generator=generator) * 2 - 1,
+        entity_ids=torch.randint(1, 20, (batch, 3, 3), generator=generator),
+    )
+
+
+def randomise_zero_layers(model):
+    """Give the zero-initialised output layers (prediction head, adaLN, MGF, gates) random weights."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.abs().sum() == 0:
+                param.normal_(0, 0.2)
+
+
+def test_trajectory_maps_peak_at_the_point_and_carry_the_displacement():
+    trajectory = torch.tensor([[[0.25, 0.5], [0.5, 0.5], [0.75, 0.5]]])
+    maps = trajectory_maps(trajectory, size=16, sigma=1.0, displacement_scale=1.0)
+    assert maps.shape == (1, 3, 3, 16, 16)
+    presence = maps[0, 2]
+    peak = presence.flatten(1).argmax(1)
+    rows, cols = peak // 16, peak % 16
+    assert rows.tolist() == [7, 7, 7] or rows.tolist() == [8, 8, 8]
+    assert cols.tolist() in ([3, 7, 11], [4, 8, 12])
+    torch.testing.assert_close(maps[0, 0].sum((1, 2)) / presence.sum((1, 2)), torch.full((3,), 0.25))
+    assert maps[0, 1].abs().max() == 0  # no vertical motion
+
+
+def test_gate_starts_at_zero_so_entities_do_not_change_video_tokens():
+    model = tiny_model()
+    gates = [block.gated_attn for block in model.blocks]
+    assert all(isinstance(gate, GatedSelfAttention) and gate.alpha.item() == 0 for gate in gates)
+    video, entities = torch.randn(2, 10, 32), torch.randn(2, 4, 32)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    torch.testing.assert_close(gates[0](video, entities, mask), video, rtol=0, atol=0)
+    with torch.no_grad():
+        gates[0].alpha.fill_(1.0)
+    assert not torch.allclose(gates[0](video, entities, mask), video)
+
+
+def test_at_initialisation_conditions_do_not_change_the_prediction_but_do_after_learning():
+    model = tiny_model()
+    batch = inputs()
+    other = dict(batch, trajectories=torch.rand(2, 3, 8, 2), reference_images=torch.rand(2, 3, 3, 16, 16))
+    with torch.no_grad():
+        assert model(**batch).sample.abs().max() == 0  # zero-initialised head (adaLN-Zero)
+        randomise_zero_layers(model)
+        first, second = model(**batch).sample, model(**other).sample
+    assert not torch.allclose(first, second, atol=1e-4)
+
+
+def test_padding_entity_slots_are_ignored():
+    model = tiny_model()
+    randomise_zero_layers(model)
+    batch = inputs()
+    changed = dict(batch, trajectories=batch["trajectories"].clone(), reference_images=batch["reference_images"].clone())
+    changed["trajectories"][0, 2] = 0.9  # slot 2 of video 0 is padding
+    changed["reference_images"][0, 2] = 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).sample, model(**changed).sample)
+
+
+@pytest.mark.parametrize("mode", ["tora2", "tora1", "no_gate", "dit"])
+def test_modes_shapes_and_embeddings(mode):
+    model = tiny_model(mode)
+    randomise_zero_layers(model)
+    with torch.no_grad():
+        output = model(**inputs())
+    assert output.sample.shape == (2, 8, 3, 32, 32)
+    assert torch.isfinite(output.sample).all()
+    if mode in ("tora1", "dit"):
+        assert output.motion_embeddings is None and not hasattr(model, "personalization")
+    else:
+        assert output.motion_embeddings.shape == output.appearance_embeddings.shape == (2, 3, 64)
+    assert all((block.gated_attn is not None) == (mode == "tora2") for block in model.blocks)
+    assert all((block.fuser is None) == (mode == "dit") for block in model.blocks)
+
+
+def test_modes_other_than_tora1_need_reference_images():
+    batch = inputs()
+    del batch["reference_images"]
+    with pytest.raises(ValueError, match="needs reference_images"):
+        tiny_model()(**batch)
+
+
+def test_patchify_round_trip():
+    model = tiny_model()
+    video = torch.randn(2, 8, 3, 32, 32)
+    torch.testing.assert_close(model.unpatchify(model.patchify(video)), video, rtol=0, atol=0)
+
+
+def test_sdpa_and_math_backends_agree():
+    model = tiny_model()
+    randomise_zero_layers(model)
+    batch = inputs()
+    with torch.no_grad():
+        reference = model(**batch).sample
+        model.set_attention_backend("math")
+        torch.testing.assert_close(model(**batch).sample, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_configuration_is_rejected():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        Tora2Transformer(**TINY, mode="tora3")
+    with pytest.raises(ValueError, match="divisible"):
+        Tora2Transformer(**TINY, patch_size=5)
