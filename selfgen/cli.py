@@ -116,7 +116,15 @@ def command_run_model(args: argparse.Namespace, extra: list[str]) -> None:
         raise SystemExit(f"selfgen {command}: {error}") from error
     result = function(args.model, Path(args.output), **options)
     printable = {key: value for key, value in result.items() if not isinstance(value, np.ndarray)}
+    if args.command == "eval":
+        write_metrics(printable, Path(args.output))
     print(json.dumps(printable, indent=2, default=str))
+
+
+def write_metrics(metrics: dict, output_dir: Path) -> None:
+    """``output_dir/metrics.json``: what a method's ``evaluate``/``demo`` returned (methods never write it)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
 
 
 def command_demo(args: argparse.Namespace) -> None:
@@ -135,6 +143,7 @@ def command_demo(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         metrics = method.demo(asset_dir, output_root / name)
         seconds = time.perf_counter() - start
+        write_metrics(metrics, output_root / name)
         summary[name] = {"seconds": round(seconds, 2), "metrics": metrics}
         print(f"[{name}] {asset_dir} -> {output_root / name} in {seconds:.1f} s")
         print("  " + json.dumps(metrics, default=str))

@@ -52,6 +52,12 @@ def test_train_20_steps_then_generate_and_demo(tmp_path, capsys):
     with pytest.raises(SystemExit, match="generate ddpm: unknown option --colour"):
         main(["generate", "ddpm", "--model", str(tmp_path / "assets" / "ddpm-digits"), "--colour", "red"])
 
+    capsys.readouterr()
+    main(["eval", "ddpm", "--model", str(tmp_path / "assets" / "ddpm-digits"), "--output", str(tmp_path / "eval"),
+          "--num_samples", "4", "--num_inference_steps", "3"])
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == printed  # the CLI saves what eval returned
+
     main(["demo", "--only", "ddpm", "--assets", str(tmp_path / "assets"), "--output", str(tmp_path / "demo")])
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert set(summary) == {"ddpm"} and (tmp_path / "demo" / "ddpm" / "samples.png").is_file()

@@ -8,7 +8,6 @@ sweep) and the Frechet distance of samples in a small digits classifier's featur
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +249,6 @@ def evaluate(
         metrics["sampling_seconds"] = time.perf_counter() - started
         metrics["generation"] = probe.generation_metrics(samples, test_images, classifier, inception_weights)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -268,7 +266,6 @@ def demo(asset_dir: Path, output_dir: Path) -> dict:
         test_labels.numpy(),
     )
     metrics = {"probe_accuracy": accuracy, "generation": probe.generation_metrics(samples, test_images)}
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -7,7 +7,6 @@ the user's images, and exports an :class:`~selfgen.pipelines.unconditional.Uncon
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +138,7 @@ def evaluate(
     seed: int = 0,
 ) -> dict:
     """Judge ``num_samples`` samples with :class:`DigitsJudge`, next to uniform noise as a floor;
-    writes ``output_dir/metrics.json`` and the sample grid."""
+    writes the sample grid and returns the metrics."""
     result = generate(model_path, output_dir, num_samples, num_inference_steps, scheduler, seed)
     judge = DigitsJudge(resolution=result["images"].shape[1])
     noise = torch.rand(result["images"].shape, generator=torch.Generator().manual_seed(seed)).numpy()
@@ -149,7 +148,6 @@ def evaluate(
         "num_samples": num_samples,
         "grid": result["grid"],
     }
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

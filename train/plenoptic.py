@@ -345,8 +345,8 @@ def evaluate(
     seed: int = 0,
 ) -> dict:
     """Held-out chains A, B, C, ... then A' for the model under each retrieval mode, for ``extra_models``
-    (``name=path@retrieval``, e.g. ablation checkpoints) and for the copy-the-source floor. Writes
-    ``metrics.json``, ``chain_quality.png`` (PSNR vs chain position) and ``chains.png`` (first scene)."""
+    (``name=path@retrieval``, e.g. ablation checkpoints) and for the copy-the-source floor. Returns
+    the metrics and writes ``chain_quality.png`` (PSNR vs chain position) and ``chains.png`` (first scene)."""
     pipe = load_pipeline(model_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = pipe.transformer.config
@@ -362,7 +362,6 @@ def evaluate(
     plot_chain_quality(rows, output_dir / "chain_quality.png")
     save_image_grid(np.stack(chains).reshape(-1, *chains[0].shape[1:]), output_dir / "chains.png", columns=chains[0].shape[0])
     metrics = {"model": model_path, "num_scenes": num_scenes, "chain_length": chain_length, "retrieval_k": retrieval_k, "rows": rows}
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -445,7 +444,6 @@ def demo(asset_dir: Path, output_dir: Path) -> dict:
     save_image_grid(np.concatenate([videos[0], *generated, *videos[1:]]), output_dir / "chain.png", columns=len(videos[0]))
     scores = scene_chain_scores(item, generated, intrinsics)
     metrics = {key: scores[key] for key in ("psnr", "sync_psnr", "camera_error_deg")}
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

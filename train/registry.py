@@ -27,8 +27,9 @@ class Method:
         config_class: its :class:`TrainingConfig` subclass.
         train: ``train(config) -> TrainResult``.
         generate: ``generate(model_path, output_dir, **options) -> dict`` for ``selfgen generate``.
-        evaluate: ``evaluate(model_path, output_dir, **options) -> dict`` for ``selfgen eval``.
-        demo: ``demo(asset_dir, output_dir) -> dict`` for ``selfgen demo``; returns metrics.
+        evaluate: ``evaluate(model_path, output_dir, **options) -> dict`` for ``selfgen eval``; returns
+            metrics (the CLI saves them as ``output_dir/metrics.json``; the method writes only its own files).
+        demo: ``demo(asset_dir, output_dir) -> dict`` for ``selfgen demo``; returns metrics (saved likewise).
         demo_asset: folder under ``assets/`` that the demo loads.
     """
 

@@ -493,7 +493,7 @@ def evaluate(
     """SRUM's report for one checkpoint: :func:`selfgen.train.unified.evaluate` (judge accuracy on ``split``
     prompts with its standard error, understanding accuracy on rendered scenes) at the loop's sampler
     settings (16 Euler steps, guidance 3), plus :func:`self_judge_agreement` on ``agreement_prompts``
-    prompts of the same split x 4 samples (0 skips it); all in ``output_dir/metrics.json``."""
+    prompts of the same split x 4 samples (0 skips it)."""
     options = {"num_inference_steps": 16, "guidance_scale": 3.0}
     metrics = unified.evaluate(
         model_path,
@@ -508,7 +508,6 @@ def evaluate(
         umm = UnifiedPipeline.from_pretrained(model_path)
         umm.set_progress_bar_config(disable=True)
         metrics["self_judge_agreement"] = self_judge_agreement(umm, agreement_prompts, 4, seed, split=split, **options)
-        (Path(output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -20,7 +20,6 @@ template-matching tracker of :mod:`selfgen.eval.tracking` (no shared weights); `
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,7 +298,7 @@ def evaluate(
 ) -> dict:
     """Generate ``num_videos`` held-out videos and track every entity with the template tracker.
 
-    Rows of ``metrics.json``: ``generated`` (the model), ``shuffled_control`` (the same tracks scored against
+    Rows of the metrics: ``generated`` (the model), ``shuffled_control`` (the same tracks scored against
     another video's paths: what an uninformative generator scores) and ``ground_truth`` (the tracker on the
     real sprite videos: its own error floor)."""
     pipe = Tora2Pipeline.from_pretrained(model_path)
@@ -315,7 +314,6 @@ def evaluate(
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     write_clip(frames[0], items[0]["entities"], output_dir / "sample.mp4")
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

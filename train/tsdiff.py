@@ -9,7 +9,6 @@ from 1e-4 to 0.1), and exports a :class:`TSDiffPipeline`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,7 +270,6 @@ def evaluate(
     metrics = {"dataset": dataset, "forecasters": results}
     if lps_samples:
         metrics.update(_lps(pipe, bundled, lps_samples, num_inference_steps, seed))
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (output_dir / "table.md").write_text(format_table(results) + "\n")
     return metrics
 
@@ -293,7 +291,6 @@ def demo(asset_dir: Path, output_dir: Path) -> dict:
         "tsdiff_quantile": score_forecasts(list(out.samples), windows, season),
         "seasonal_naive": score_forecasts(naive, windows, season),
     }
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

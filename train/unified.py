@@ -268,7 +268,6 @@ def evaluate(
         "samples_per_prompt": samples_per_prompt,
         "grid": str(output_dir / "samples.png"),
     }
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

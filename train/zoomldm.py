@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -481,7 +480,7 @@ def evaluate(
     (level-0 samples, tiled and downsampled for levels up to ``baseline_max_level``); ``large`` -- seams and
     consistency of joint sampling vs the projection ablation vs naive tiling; ``sr`` -- 4x SR vs bicubic;
     ``mil`` -- the multi-scale MIL probe (:mod:`selfgen.eval.zoom_mil`) on both tasks.
-    Writes ``output_dir/metrics.json`` and PNGs."""
+    Writes PNGs and returns the metrics."""
     from ..eval.zoom_mil import MIL_TASKS, mil_probe
 
     parts = list(parts or EVAL_PARTS)
@@ -509,7 +508,6 @@ def evaluate(
         metrics["mil"] = {
             task: mil_probe(pipe, task, mil_images, max_bags=mil_max_bags, seed=seed) for task in MIL_TASKS
         }
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -525,7 +523,6 @@ def demo(asset_dir: Path, output_dir: Path) -> dict:
     ]
     save_image_grid(np.concatenate(rows), output_dir / "levels.png")
     metrics = {"large_image": large_image_scores(pipe, 128, 20, [0], output_dir, ("guidance", "none"))}
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -15,7 +15,6 @@ measure greedy accuracy on held-out problems.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +142,7 @@ def evaluate(
     seed: int = EVAL_SEED,
 ) -> dict:
     """Greedy accuracy on ``num_problems`` held-out problems of ``task`` (digits of add/mul operands in
-    ``[min_digits, max_digits]``, one less for mul's bound); writes ``output_dir/metrics.json``."""
+    ``[min_digits, max_digits]``, one less for mul's bound)."""
     model, tokenizer = load_policy(model_path)
     top = max_digits - (task == "mul")
     options = {} if task == "countdown" else {"min_digits": min(min_digits, top), "max_digits": top}
@@ -152,7 +151,6 @@ def evaluate(
     score = accuracy(model, tokenizer, task_object, problems)
     metrics = {"task": task, "num_problems": num_problems, "accuracy": score}
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -303,15 +303,13 @@ def evaluate(
     max_digits: int = 4,
     eval_problems: int = 200,
 ) -> dict:
-    """``selfgen eval spiral``: win rates against the fixed opponents and arithmetic accuracy; writes
-    ``output_dir/metrics.json``."""
+    """``selfgen eval spiral``: win rates against the fixed opponents and arithmetic accuracy."""
     config = SPIRALConfig(
         output_dir=str(output_dir), games=games or list(GAMES), eval_games=eval_games, task=task,
         min_digits=min_digits, max_digits=max_digits, eval_problems=eval_problems,
     )
     metrics = SPIRALTrainer(model=model_path, config=config).evaluate()
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

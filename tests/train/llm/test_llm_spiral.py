@@ -110,4 +110,3 @@ def test_eval_command_writes_win_rates(tmp_path):
     metrics = evaluate(str(ASSET), tmp_path, games=["tictactoe"], eval_games=2, min_digits=1, max_digits=2, eval_problems=2)
     assert set(metrics) >= {"accuracy", "tictactoe_win_vs_random", "tictactoe_win_vs_minimax"}
     assert metrics["tictactoe_illegal_vs_minimax"] == 1.0  # the arithmetic LM knows no moves: it loses by an illegal one
-    assert (tmp_path / "metrics.json").is_file()
