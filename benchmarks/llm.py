@@ -16,9 +16,7 @@ in alternation (after two warm-ups each) so that a busy machine slows both alike
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
 import torch
@@ -27,16 +25,7 @@ from selfgen.data.tasks import ArithmeticTask, prompt_text
 from selfgen.train.llm.modeling import frozen_copy, load_policy
 from selfgen.train.llm.objectives import GRPOCollator, GRPOObjective, PolicySample
 from selfgen.train.llm.rollout import SamplingParams, generate_rollouts
-
-
-def median_seconds(function: Callable[[], object], repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import interleaved_medians
 
 
 def rollout_speed(model, tokenizer, prompts: list[str], new_tokens: int, repeats: int) -> dict[str, float]:
@@ -47,7 +36,7 @@ def rollout_speed(model, tokenizer, prompts: list[str], new_tokens: int, repeats
         )
         generation_config = model.generation_config
         generation_config.min_new_tokens = new_tokens
-        seconds = median_seconds(lambda: generate_rollouts(model, tokenizer, prompts, params, seed=0), repeats)
+        seconds = interleaved_medians({"rollout": lambda: generate_rollouts(model, tokenizer, prompts, params, seed=0)}, repeats)["rollout"]
         speeds[name] = len(prompts) * new_tokens / seconds
     model.generation_config.min_new_tokens = None
     return speeds
@@ -75,19 +64,6 @@ def update_step(model, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds of each step, timed in alternation after two warm-ups each (fair under load)."""
-    for step in steps.values():
-        step(), step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def trl_policy_and_loss(model_path: str, batch: dict[str, torch.Tensor], new_tokens: int, output_dir: str):
@@ -135,7 +111,7 @@ def main() -> None:
         trl_run = trl_policy_and_loss(args.model, batch, args.new_tokens, output_dir)
         if trl_run is not None:
             steps["trl GRPOTrainer"] = update_step(*trl_run)
-        seconds = interleaved_medians(steps, args.repeats)
+        seconds = interleaved_medians(steps, args.repeats, warmups=2)
     ours = seconds["selfgen GRPOObjective"]
     print(f"\n{'one GRPO update':<28}{'seconds':>12}{'ratio':>8}")
     for name, value in seconds.items():

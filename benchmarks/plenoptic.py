@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
+from functools import partial
 
 import torch
 
 from selfgen import PlenopticDreamerPipeline
+from timing import interleaved_medians
 
 CONDITION_COUNTS = (0, 1, 2, 3)
 
 
-def seconds(pipe: PlenopticDreamerPipeline, num_conditions: int, steps: int, bf16: bool) -> float:
+def generate_view(pipe: PlenopticDreamerPipeline, num_conditions: int, steps: int, bf16: bool) -> None:
     config = pipe.transformer.config
     shape = (config.num_frames, config.in_channels, config.sample_size, config.sample_size)
     generator = torch.Generator().manual_seed(0)
@@ -31,10 +31,8 @@ def seconds(pipe: PlenopticDreamerPipeline, num_conditions: int, steps: int, bf1
     cameras = torch.eye(4).repeat(config.num_frames, 1, 1)
     intrinsics = torch.tensor([[config.sample_size, 0.0, config.sample_size / 2], [0.0, config.sample_size, config.sample_size / 2], [0.0, 0.0, 1.0]])
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    started = time.perf_counter()
     with torch.no_grad(), autocast:
         pipe.generate_view(conditions, cameras[None].repeat(num_conditions, 1, 1, 1), cameras, intrinsics, steps, generator, 1)
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -45,20 +43,17 @@ def main() -> None:
     args = parser.parse_args()
     pipe = PlenopticDreamerPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    variants = {(count, bf16): [] for count in CONDITION_COUNTS for bf16 in (False, True)}
-    for variant in variants:  # warm-up
-        seconds(pipe, variant[0], 2, variant[1])
-    for _ in range(args.repeats):
-        for variant, times in variants.items():
-            times.append(seconds(pipe, variant[0], args.steps, variant[1]))
-    reference = statistics.median(variants[(1, False)])
+    variants = {
+        (count, bf16): partial(generate_view, pipe, count, args.steps, bf16) for count in CONDITION_COUNTS for bf16 in (False, True)
+    }
+    medians = interleaved_medians(variants, args.repeats)
+    reference = medians[(1, False)]
     config = pipe.transformer.config
     tokens = config.num_frames * (config.sample_size // config.patch_size) ** 2
     print(f"{config.num_frames} frames of {config.sample_size}x{config.sample_size}, {tokens} tokens per video, "
           f"{args.steps} steps, torch threads {torch.get_num_threads()}")
     print(f"{'conditions':<11} {'precision':<9} {'s/view':>8} {'vs 1 cond fp32':>15}")
-    for (count, bf16), times in variants.items():
-        median = statistics.median(times)
+    for (count, bf16), median in medians.items():
         print(f"{count:<11} {'bf16' if bf16 else 'fp32':<9} {median:>8.3f} {median / reference:>15.2f}")
 
 

@@ -14,22 +14,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
+from functools import partial
 
 import torch
 
 from selfgen import ZoomLDMPipeline
 from selfgen.pipelines.zoomldm import COUPLINGS
+from timing import interleaved_medians
 
 
-def seconds(pipe: ZoomLDMPipeline, size: int, steps: int, coupling: str, bf16: bool) -> float:
+def large_image(pipe: ZoomLDMPipeline, size: int, steps: int, coupling: str, bf16: bool) -> None:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    generator = torch.Generator().manual_seed(0)
-    started = time.perf_counter()
     with autocast:
-        pipe.generate_large_image(size, size, coupling=coupling, num_inference_steps=steps, generator=generator, output_type="np")
-    return time.perf_counter() - started
+        pipe.generate_large_image(
+            size, size, coupling=coupling, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np"
+        )
 
 
 def main() -> None:
@@ -41,17 +40,15 @@ def main() -> None:
     args = parser.parse_args()
     pipe = ZoomLDMPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    variants = {(coupling, bf16): [] for coupling in COUPLINGS for bf16 in (False, True)}
-    for variant in variants:  # warm-up
-        seconds(pipe, args.size, 2, *variant)
-    for _ in range(args.repeats):
-        for variant, times in variants.items():
-            times.append(seconds(pipe, args.size, args.steps, *variant))
-    reference = statistics.median(variants[("none", False)])
+    variants = {
+        (coupling, bf16): partial(large_image, pipe, args.size, args.steps, coupling, bf16)
+        for coupling in COUPLINGS for bf16 in (False, True)
+    }
+    medians = interleaved_medians(variants, args.repeats)
+    reference = medians[("none", False)]
     print(f"{args.size}x{args.size}, {args.steps} DDIM steps, torch threads {torch.get_num_threads()}")
     print(f"{'coupling':<11} {'precision':<9} {'s/image':>8} {'vs naive fp32':>14}")
-    for (coupling, bf16), times in variants.items():
-        median = statistics.median(times)
+    for (coupling, bf16), median in medians.items():
         print(f"{coupling:<11} {'bf16' if bf16 else 'fp32':<9} {median:>8.2f} {median / reference:>14.2f}")
 
 
