@@ -58,13 +58,23 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION_MODES:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_MODES}, got {self.mixed_precision!r}")
-        for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_at_least_one("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "logging_steps")
         if self.checkpointing_steps < 0:
             raise ValueError(f"checkpointing_steps must be >= 0 (0 disables), got {self.checkpointing_steps}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+
+    def require_at_least_one(self, *names: str) -> None:
+        """``ValueError`` naming the first of these count fields that is below 1."""
+        for name in names:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def require_fractions(self, *names: str) -> None:
+        """``ValueError`` naming the first of these fields outside ``[0, 1]``."""
+        for name in names:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     @property
     def pipeline_dir(self) -> Path:

@@ -93,9 +93,7 @@ class PlenopticConfig(TrainingConfig):
             raise ValueError(f"num_views must be >= 2 (a source and a target), got {self.num_views}")
         if not 1 <= self.max_conditions <= self.num_views - 1:
             raise ValueError(f"max_conditions must be in [1, num_views - 1 = {self.num_views - 1}], got {self.max_conditions}")
-        for name in ("context_warmup_fraction", "self_conditioning_prob", "self_conditioning_start", "clean_prefix_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        self.require_fractions("context_warmup_fraction", "self_conditioning_prob", "self_conditioning_start", "clean_prefix_prob")
 
 
 # ---------------------------------------------------------------------- objective

@@ -73,9 +73,7 @@ class IterativeConfig(TrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("iterations", "problems_per_iteration", "eval_problems", "samples_per_problem"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_at_least_one("iterations", "problems_per_iteration", "eval_problems", "samples_per_problem")
         if self.rollout_backend not in ROLLOUT_BACKENDS:
             raise ValueError(f"rollout_backend must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}")
 

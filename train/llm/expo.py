@@ -49,8 +49,7 @@ class ExPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_explanations < 1:
-            raise ValueError(f"num_explanations must be >= 1, got {self.num_explanations}")
+        self.require_at_least_one("num_explanations")
         if self.sft_coef < 0:
             raise ValueError(f"sft_coef must be >= 0, got {self.sft_coef}")
 

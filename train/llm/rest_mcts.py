@@ -81,11 +81,8 @@ class ReSTMCTSConfig(IterativeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("num_rollouts", "branch", "step_max_new_tokens", "max_traces_per_problem", "search_eval_problems"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        self.require_at_least_one("num_rollouts", "branch", "step_max_new_tokens", "max_traces_per_problem", "search_eval_problems")
+        self.require_fractions("alpha")
         if self.step_temperature <= 0:
             raise ValueError(f"step_temperature must be > 0 (expansion samples), got {self.step_temperature}")
 

@@ -99,13 +99,8 @@ class SPCConfig(IterativeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("validation_samples", "critic_samples", "detection_problems"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.warmup_critic_fraction <= 1.0:
-            raise ValueError(f"warmup_critic_fraction must be in [0, 1], got {self.warmup_critic_fraction}")
-        if not 0.0 <= self.min_original_success <= 1.0:
-            raise ValueError(f"min_original_success must be in [0, 1], got {self.min_original_success}")
+        self.require_at_least_one("validation_samples", "critic_samples", "detection_problems")
+        self.require_fractions("warmup_critic_fraction", "min_original_success")
         unknown = set(self.warmup_error_kinds) - set(ERROR_KINDS)
         if not self.warmup_error_kinds or unknown:
             raise ValueError(f"warmup_error_kinds must be a non-empty subset of {ERROR_KINDS}, got {self.warmup_error_kinds}")

@@ -99,9 +99,7 @@ class SPIRALConfig(IterativeConfig):
             raise ValueError(f"games must be a non-empty list of {sorted(GAMES)}, got {self.games}")
         if not 0.0 <= self.baseline_decay < 1.0:
             raise ValueError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
-        for name in ("games_per_iteration", "eval_games", "warmup_steps", "move_max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_at_least_one("games_per_iteration", "eval_games", "warmup_steps", "move_max_new_tokens")
         if self.warmup_games < 0:
             raise ValueError(f"warmup_games must be >= 0 (0: no warm-up), got {self.warmup_games}")
         if self.warmup_replay < 0:
