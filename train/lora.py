@@ -24,8 +24,18 @@ def _require_peft():
 
 
 def default_lora_targets(model: nn.Module) -> list[str]:
-    """Full names of every Linear and Conv2d layer of ``model``."""
-    return [name for name, module in model.named_modules() if isinstance(module, LORA_LAYER_TYPES) and name]
+    """Full names of every Linear and Conv2d layer of ``model`` whose weight is its own.
+
+    A layer whose weight is tied to another module (a causal LM's ``lm_head`` sharing the input
+    embedding) is left out: merging an adapter into it would also change the tied embedding.
+    """
+    owners: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        owners[id(param)] = owners.get(id(param), 0) + 1
+    return [
+        name for name, module in model.named_modules()
+        if isinstance(module, LORA_LAYER_TYPES) and name and owners[id(module.weight)] == 1
+    ]
 
 
 def add_lora_adapters(

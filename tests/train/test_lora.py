@@ -43,3 +43,16 @@ def test_model_without_config_is_a_clear_error():
     add_lora_adapters(model, rank=2)
     with pytest.raises(ValueError, match="cannot rebuild Sequential"):
         merge_lora_adapters(model)
+
+
+def test_default_targets_leave_out_a_tied_output_layer():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from selfgen.train.lora import default_lora_targets
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    targets = default_lora_targets(LlamaForCausalLM(config))
+    assert "lm_head" not in targets and "model.layers.0.self_attn.q_proj" in targets
+    config.tie_word_embeddings = False
+    assert "lm_head" in default_lora_targets(LlamaForCausalLM(config))

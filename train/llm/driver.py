@@ -35,6 +35,7 @@ from ...data.problems import Problem
 from ...data.tasks import Task, get_task, prompt_text
 from ...eval.plots import save_metric_curves
 from ..config import TrainingConfig
+from ..lora import merge_lora_adapters
 from ..trainer import Objective, Trainer, save_atomically
 from .lm import EVAL_SEED
 from .modeling import load_policy, tokenizer_exporter
@@ -264,7 +265,8 @@ class IterativeTrainer:
             export_fn=tokenizer_exporter(self.tokenizer), collate_fn=round_.collate_fn,
         )
         result = trainer.train()
-        self.policy = trainer.unwrapped_model.eval()
+        policy = trainer.unwrapped_model
+        self.policy = (merge_lora_adapters(policy) if config.lora_rank > 0 else policy).eval()
         self.policy_version += 1
         return {
             "train_examples": float(len(round_.dataset)),
