@@ -347,6 +347,9 @@ class Trainer:
         progress.close()
         pipeline_dir = self.export()
         accelerator.end_training()
+        # the trained model leaves without accelerate's mixed-precision forward wrapper: whoever keeps
+        # using it (iterative recipes roll out from it) gets the same fp32 forward as a reloaded export
+        accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         for callback in self.callbacks:
             callback.on_train_end(self)
         return TrainResult(self.global_step, pipeline_dir, self.history)

@@ -81,6 +81,20 @@ def test_bf16_autocast_trains(tiny_ddpm_config):
     assert _mean(losses[-5:]) < _mean(losses[:5])
 
 
+def test_model_after_bf16_training_runs_like_its_reloaded_export(tiny_ddpm_config):
+    """No autocast wrapper is left on the trained model: its forward is the fp32 one of the export."""
+    config = tiny_ddpm_config(mixed_precision="bf16", max_train_steps=3)
+    trainer = _trainer(config, DigitsDataset("train", resolution=8))
+    result = trainer.train()
+    model = trainer.unwrapped_model.eval()
+    reloaded = UNet2DModel.from_pretrained(result.pipeline_dir).eval()
+    sample, timestep = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 50])
+    with torch.no_grad():
+        trained_output, reloaded_output = model(sample, timestep).sample, reloaded(sample, timestep).sample
+    assert trained_output.dtype == torch.float32
+    assert torch.equal(trained_output, reloaded_output)
+
+
 def test_resume_is_exact(tiny_ddpm_config, tmp_path):
     """8 steps straight == 6 steps, killed, resumed from the step-4 checkpoint to 8 (weights, EMA, data order, RNG)."""
     dataset = Subset(DigitsDataset("train", resolution=8), range(40))  # 5 batches/epoch: the run crosses epochs
