@@ -1,7 +1,8 @@
 """The three optimisers every recipe reduces to, as :class:`~selfgen.train.trainer.Objective` s.
 
 * :class:`SFTObjective` - rejection-sampling fine-tuning: mean negative log-likelihood of the
-  completion tokens only, ``L = -(1/|C|) sum_{t in C} log pi(y_t | x, y_<t)``.
+  completion tokens only, ``L = -(1/|C|) sum_{t in C} log pi(y_t | x, y_<t)`` (optionally a
+  per-token weighted mean, :attr:`TextPair.weighted_spans`).
 * :class:`DPOObjective` - DPO's sigmoid loss (Rafailov et al. 2023, eq. 7), against a frozen reference,
   ``L = -log sigmoid(beta [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])``
   with sequence log-probabilities summed over completion tokens (TRL's ``loss_type="sigmoid"``).
@@ -72,10 +73,14 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
 
 @dataclass
 class TextPair:
-    """A prompt and one completion (already ending with the tokenizer's eos where it should)."""
+    """A prompt and one completion (already ending with the tokenizer's eos where it should).
+
+    ``weighted_spans``: optional ``(start, end, weight)`` character spans of the completion whose tokens
+    get that loss weight in :class:`SFTObjective` (every other token weighs 1)."""
 
     prompt: str
     completion: str
+    weighted_spans: tuple[tuple[int, int, float], ...] = ()
 
 
 def encode_pair(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
@@ -106,8 +111,23 @@ def sequence_batch(encoded: Sequence[tuple[list[int], list[int]]], pad_token_id:
     }
 
 
+def completion_token_weights(tokenizer, pair: TextPair, num_tokens: int) -> list[float]:
+    """Per completion token (``num_tokens`` of them, eos included) the weight of the ``weighted_spans``
+    it overlaps (the last such span), else 1; token spans come from the fast tokenizer's offsets."""
+    offsets = tokenizer(pair.completion, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    weights = []
+    for start, end in offsets:
+        weight = 1.0
+        for span_start, span_end, span_weight in pair.weighted_spans:
+            if start < span_end and span_start < end:
+                weight = span_weight
+        weights.append(weight)
+    return (weights + [1.0])[:num_tokens]
+
+
 class SFTCollator:
-    """Batches :class:`TextPair` s for :class:`SFTObjective`; ``completion_only=False`` scores every token."""
+    """Batches :class:`TextPair` s for :class:`SFTObjective`; ``completion_only=False`` scores every token.
+    When a pair has ``weighted_spans`` the batch also carries ``loss_weights`` (aligned with ``input_ids``)."""
 
     def __init__(self, tokenizer, max_length: int = 256, completion_only: bool = True) -> None:
         self.tokenizer, self.max_length, self.completion_only = tokenizer, max_length, completion_only
@@ -117,6 +137,13 @@ class SFTCollator:
         batch = sequence_batch(encoded, self.tokenizer.pad_token_id)
         if not self.completion_only:
             batch["completion_mask"] = batch["attention_mask"].clone()
+        if any(p.weighted_spans for p in pairs):
+            rows = [
+                [1.0] * len(prompt) + completion_token_weights(self.tokenizer, pair, len(completion))
+                for pair, (prompt, completion) in zip(pairs, encoded)
+            ]
+            width = batch["input_ids"].shape[1]
+            batch["loss_weights"] = torch.tensor([row + [0.0] * (width - len(row)) for row in rows])
         return batch
 
 
@@ -189,12 +216,16 @@ def completion_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) 
 
 
 class SFTObjective(Objective):
-    """Mean NLL over the completion tokens of a batch (rejection-sampling fine-tuning)."""
+    """Mean NLL over the completion tokens of a batch (rejection-sampling fine-tuning); with the
+    collator's ``loss_weights`` the weighted mean ``sum_t w_t (-log pi(y_t)) / sum_t w_t``."""
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         logprobs, mask = completion_token_logprobs(model, batch)
+        tokens = float(mask.sum())
+        if "loss_weights" in batch:
+            mask = mask * batch["loss_weights"][:, 1:].to(logprobs.dtype)
         loss = -(logprobs * mask).sum() / mask.sum().clamp(min=1.0)
-        return loss, {"tokens": float(mask.sum())}
+        return loss, {"tokens": tokens}
 
 
 class DPOObjective(Objective):

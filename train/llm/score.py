@@ -30,6 +30,19 @@ Delta_i->c (fraction fixed by the revision) and Delta_c->i (fraction broken by i
 ``stage2_beta_first`` (a departure, off by default) keeps a KL weight on the first turn in stage II
 other than ``beta1`` (e.g. stage I's ``beta2``), to hold the first attempt near the base model
 while the shaped bonus trains the revision.
+
+**Warm start** (``warmup_problems`` > 0; a departure, the driver's ``seed_round``, iteration 0): the
+paper starts from instruction-tuned models that already follow "here is your previous attempt,
+correct it"; our pretrained base has only seen revisions that restate a *correct* first attempt, so
+its second attempt re-solves from scratch and breaks more than it fixes. Before the RL stages the
+model is fine-tuned (SFT, ``warmup_train_steps`` at ``warmup_learning_rate``) on its **own** T = 1
+samples of ``warmup_problems`` training-seed problems, labelled by the same verifier as the rewards:
+revision examples (:func:`revision_pairs`, Pair-SFT: a correct attempt followed by itself, a wrong
+one followed by a correct sample of the same problem) plus, as turn-1 examples, the samples
+themselves (a Monte-Carlo forward-KL anchor that holds the first attempt near the starting model;
+``warmup_anchor_correct_only``: only the correct ones, i.e. rejection-sampling fine-tuning of turn
+1). No reference solution is used. The warm-started model is then the KL reference ``pi_ref`` of
+both RL stages.
 """
 
 from __future__ import annotations
@@ -42,11 +55,12 @@ from ...data.problems import Problem
 from ...data.tasks import prompt_text, revision_prompt
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
-from .modeling import frozen_copy
-from .objectives import GRPOCollator, GRPOObjective, PolicySample
+from .modeling import frozen_copy, load_policy
+from .objectives import GRPOCollator, GRPOObjective, PolicySample, SFTCollator, SFTObjective, TextPair
 from .rewards import VerifierReward
 from .rollout import Rollout
 
+WARMUP_SEED = 8_500  # training seeds of the warm start's problems, apart from problems(iteration) and TUNE_SEED
 TUNE_SEED = 9_000  # a training seed (< lm.EVAL_SEED) that problems(iteration) never draws for seed*1000+iteration < 9000
 
 
@@ -62,6 +76,10 @@ class SCoReConfig(IterativeConfig):
     first_turn_bonus: bool = True  # stage II: turn 1's return includes the shaping bonus (False: r1 + r2)
     stage2_beta_first: float | None = None  # stage II: KL weight on the first turn (None: beta1, as the paper)
     tune_problems: int = 0  # > 0: also report tune_* metrics on this many training-seed problems
+    warmup_problems: int = 0  # > 0: Pair-SFT warm start of the revision turn on the model's own samples (departure)
+    warmup_train_steps: int = 200
+    warmup_learning_rate: float = 3e-4
+    warmup_anchor_correct_only: bool = False  # the warm start's turn-1 examples: only its correct samples (else all)
 
 
 def shaped_reward(r1: torch.Tensor, r2: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -88,6 +106,21 @@ def correction_metrics(first: list[bool], second: list[bool]) -> dict[str, float
     }
 
 
+def revision_pairs(prompts: list[str], attempts: list[list[str]], verdicts: list[list[bool]]) -> list[TextPair]:
+    """Pair-SFT revision examples from a model's own samples (``attempts[i]``: problem i's samples,
+    ``verdicts[i]`` the verifier's): a correct attempt is followed by itself (keep a right answer), a
+    wrong one by a correct sample of the same problem (fix it); problems without a correct sample give
+    nothing. Each is ``revision_prompt(prompt, attempt) -> target``."""
+    pairs = []
+    for prompt, samples, correct in zip(prompts, attempts, verdicts, strict=True):
+        right = [sample for sample, ok in zip(samples, correct) if ok]
+        for index, (attempt, ok) in enumerate(zip(samples, correct)):
+            if right:
+                target = attempt if ok else right[index % len(right)]
+                pairs.append(TextPair(revision_prompt(prompt, attempt), target))
+    return pairs
+
+
 class SCoReTrainer(IterativeTrainer):
     config_class = SCoReConfig
     plot_keys = ("accuracy_t1", "accuracy_t2", "delta_t1_t2", "delta_i_to_c", "delta_c_to_i")
@@ -95,6 +128,18 @@ class SCoReTrainer(IterativeTrainer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.reference = frozen_copy(self.policy)
+
+    def optimise(self, iteration: int, round_: Round) -> dict[str, float]:
+        logs = super().optimise(iteration, round_)
+        if iteration == 0:  # after the warm start: the RL stages' KL reference is the warm-started model
+            self.reference = frozen_copy(self.policy)
+        return logs
+
+    def _resume(self) -> tuple[list[dict[str, float]], int]:
+        history, done = super()._resume()
+        if history and "seed_train_steps" in history[0]:
+            self.reference = frozen_copy(load_policy(self.iteration_dir(0) / "model")[0])
+        return history, done
 
     def episodes(self, problems: list[Problem], **sampling) -> tuple[list[Rollout], list[Rollout]]:
         """First attempts (``num_samples`` per problem) and one revision of each."""
@@ -117,6 +162,34 @@ class SCoReTrainer(IterativeTrainer):
             tune = self.task.sample(self.config.tune_problems, TUNE_SEED + self.config.seed)
             metrics.update({f"tune_{key}": value for key, value in self.correction_eval(tune).items()})
         return {"accuracy": metrics["accuracy_t2"], **metrics}
+
+    def seed_round(self) -> Round | None:
+        """The optional warm start (``warmup_problems`` > 0; a departure, see the module docstring): SFT on
+        :func:`revision_pairs` of the model's own T = 1 samples plus those samples as turn-1 examples."""
+        config, k = self.config, self.config.samples_per_problem
+        if not config.warmup_problems:
+            return None
+        problems = self.task.sample(config.warmup_problems, WARMUP_SEED + config.seed)
+        texts = [r.text for r in self.solve(problems, seed=WARMUP_SEED)]
+        attempts = [texts[i * k : (i + 1) * k] for i in range(len(problems))]
+        verdicts = [[self.task.verify(p, t) for t in group] for p, group in zip(problems, attempts)]
+        prompts = [prompt_text(p.question) for p in problems]
+        pairs = revision_pairs(prompts, attempts, verdicts)
+        anchor = [
+            TextPair(prompt, text)
+            for prompt, group, correct in zip(prompts, attempts, verdicts)
+            for text, ok in zip(group, correct)
+            if ok or not config.warmup_anchor_correct_only
+        ]
+        fixes = sum(not ok for group in verdicts if any(group) for ok in group)
+        logs = {
+            "warmup_examples": float(len(pairs)), "warmup_fix_examples": float(fixes),
+            "warmup_anchor_examples": float(len(anchor)),
+        }
+        return Round(
+            SFTObjective(), pairs + anchor, SFTCollator(self.tokenizer, config.max_length), logs,
+            max_train_steps=config.warmup_train_steps, learning_rate=config.warmup_learning_rate,
+        )
 
     def build_round(self, iteration: int) -> Round:
         config, k = self.config, self.config.samples_per_problem

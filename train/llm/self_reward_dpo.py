@@ -11,11 +11,18 @@ on the shared Trainer on seed data drawn from training seeds (:func:`seed_exampl
   starting model's **own** samples on ``eft_problems`` seed problems (``"policy"``: the responses
   the judge will have to rate, as the paper's seed EFT data rates model-style responses), balanced to
   as many correct as wrong ones (:func:`balanced_candidates`); ``"corrupted"``: worked solutions,
-  half of them with one answer digit changed (:func:`corrupted_candidates`);
+  half of them with one answer digit changed (:func:`corrupted_candidates`). ``eft_scrambled`` adds
+  that many worked solutions half of which have a scrambled answer (:func:`scrambled_answer`, about
+  half the digits changed), and ``eft_mark_weight`` is the SFT loss weight of each judgement's
+  decisions - the ``=``/``x`` marks and the verdict (:func:`decision_spans`). Both are departures:
+  with the model's own candidates a wrong answer differs from the right one in one or two digits, so
+  ``x`` is a rare token among ~100 per judgement, and the 0.86 M model learned to write ``=``
+  everywhere (its ``x`` was right half the time, teacher-forced) - even though it learns the same
+  comparison in isolation within 200 steps;
 * **IFT** (instruction fine-tuning): ``ift_problems`` plain worked solutions, so that answering is
   kept while judging is taught.
 
-The verifier labels the seed data only; the iterations never see it. Then each iteration:
+The verifier labels the seed data only; the iterations never call it. Then each iteration:
 
 1. the policy samples ``samples_per_problem`` candidate solutions per problem; with
    ``self_refine: true`` (EVOLVE, iterative preference optimisation with self-refinement) each
@@ -26,7 +33,12 @@ The verifier labels the seed data only; the iterations never see it. Then each i
    lowest-rewarded candidate, when their rewards differ;
 4. judgement pairs (self-rationalisation, Trivedi et al. 2024): for each candidate whose judgements
    disagree, a rationale with the majority verdict is preferred over one with the minority verdict,
-   so the judge is trained towards its own consensus;
+   so the judge is trained towards its own consensus; with ``labelled_judgements`` > 0 also, as in
+   Trivedi et al.'s curation from the judge's labelled training set, that many seed EFT candidates
+   (saved by the seed stage to ``iteration-0/eft_candidates.jsonl``) are judged ``num_judgements``
+   times and a judgement whose verdict is the seed label is preferred over one whose is not
+   (:meth:`SelfRewardDPOTrainer.labelled_judgement_pairs`; the labels are the seed data's, no new
+   verifier call);
 5. DPO (sigmoid loss) on all pairs against the policy at the start of the iteration as reference.
 
 Evaluation: held-out accuracy and **judge agreement** with the verifier (greedy verdicts; a
@@ -39,10 +51,13 @@ answer digit (a candidate whose answer contradicts its own correct steps).
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import zip_longest
+from pathlib import Path
 
 from ...data.problems import Problem
 from ...data.tasks import Task, corrupt_answer, extract_answer, judge_prompt, parse_verdict, prompt_text, revision_prompt
@@ -68,12 +83,17 @@ class SelfRewardDPOConfig(IterativeConfig):
     train_batch_size: int = 16
     eft_problems: int = 0  # seed EFT problems (0: no seed stage unless ift_problems > 0)
     eft_candidates: str = "policy"  # "policy": the starting model's own samples | "corrupted": one-digit corruptions
+    eft_mark_weight: float = 1.0  # SFT loss weight of the EFT judgements' decisions (the =/x marks, the verdict)
+    labelled_judgements: int = 0  # > 0: also judgement pairs on this many labelled seed EFT candidates per iteration
+    eft_scrambled: int = 0  # extra EFT candidates: worked solutions with a scrambled answer (balances the x/= marks)
     ift_problems: int = 0  # seed IFT worked solutions mixed into the seed stage
     seed_train_steps: int = 200
     seed_learning_rate: float = 3e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.labelled_judgements and not self.eft_problems:
+            raise ValueError("labelled_judgements > 0 needs the seed stage's labelled candidates: set eft_problems > 0")
         if self.eft_candidates not in EFT_CANDIDATES:
             raise ValueError(f"eft_candidates must be one of {EFT_CANDIDATES}, got {self.eft_candidates!r}")
 
@@ -82,20 +102,29 @@ EFT_SEED = 8_000  # seed problems come from training seeds below lm.EVAL_SEED, a
 Candidate = tuple[Problem, str, bool]  # a problem, a candidate completion, the verifier's verdict on it
 
 
-def corrupted_solution(solution: str, answer: str, rng: random.Random) -> str:
-    """``solution`` with its ``A:`` line's answer changed in one digit (a wrong candidate)."""
-    return solution.replace(f"A:{answer}", f"A:{corrupt_answer(answer, rng)}")
-
-
-def corrupted_candidates(task: Task, problems: list[Problem], seed: int) -> list[Candidate]:
-    """Worked solutions, every second one with a corrupted answer digit (exactly half correct)."""
+def corrupted_candidates(
+    task: Task, problems: list[Problem], seed: int, corrupt: Callable[[str, random.Random], str] = corrupt_answer
+) -> list[Candidate]:
+    """Worked solutions, every second one with its answer changed by ``corrupt`` (exactly half correct)."""
     rng = random.Random(seed)
     candidates = []
     for index, problem in enumerate(problems):
         solution = task.worked_solution(problem)
-        candidate = solution if index % 2 == 0 else corrupted_solution(solution, problem.answer, rng)
-        candidates.append((problem, candidate, task.verify(problem, candidate)))
+        if index % 2:
+            solution = solution.replace(f"A:{problem.answer}", f"A:{corrupt(problem.answer, rng)}")
+        candidates.append((problem, solution, task.verify(problem, solution)))
     return candidates
+
+
+def scrambled_answer(answer: str, rng: random.Random) -> str:
+    """``answer`` with each digit changed with probability 1/2 (at least one): about as many differing
+    as equal digits, so the rationale's ``x`` and ``=`` marks are balanced."""
+    digits = list(answer)
+    positions = [index for index, char in enumerate(digits) if char.isdigit()]
+    changed = [index for index in positions if rng.random() < 0.5] or [rng.choice(positions)]
+    for index in changed:
+        digits[index] = rng.choice([d for d in "0123456789" if d != digits[index]])
+    return "".join(digits)
 
 
 def balanced_candidates(task: Task, problems: list[Problem], completions: list[list[str]]) -> list[Candidate]:
@@ -120,16 +149,31 @@ def eft_rationale(solution: str, candidate_answer: str | None) -> str:
     return f"C:{quoted}\n{solution}\nD:" + ",".join(f"{a}{b}{'=' if a == b else 'x'}" for a, b in pairs)
 
 
-def eft_example(task: Task, candidate: Candidate) -> TextPair:
-    """One EFT judge example: the candidate after its problem, ``J:``, the rationale, the verifier's verdict."""
+def decision_spans(judgement: str, weight: float) -> tuple[tuple[int, int, float], ...]:
+    """``(start, end, weight)`` spans of a judgement's decisions: the ``=``/``x`` marks of its ``D:``
+    line and its ``V:`` verdict."""
+    start = judgement.index("\nD:") + 3
+    line = judgement[start:].split("\n")[0]
+    verdict = judgement.rindex("\nV:") + 3
+    marks = tuple((start + index, start + index + 1, weight) for index in range(2, len(line), 4))
+    return marks + ((verdict, verdict + 1, weight),)
+
+
+def eft_example(task: Task, candidate: Candidate, mark_weight: float = 1.0) -> TextPair:
+    """One EFT judge example: the candidate after its problem, ``J:``, the rationale, the verifier's
+    verdict; with ``mark_weight`` != 1 the comparison marks and the verdict get that SFT loss weight."""
     problem, completion, verdict = candidate
     rationale = eft_rationale(task.worked_solution(problem), extract_answer(completion))
-    return TextPair(judge_prompt(prompt_text(problem.question), completion), f"{rationale}\nV:{'Y' if verdict else 'N'}")
+    judgement = f"{rationale}\nV:{'Y' if verdict else 'N'}"
+    spans = decision_spans(judgement, mark_weight) if mark_weight != 1.0 else ()
+    return TextPair(judge_prompt(prompt_text(problem.question), completion), judgement, spans)
 
 
-def seed_examples(task: Task, candidates: list[Candidate], ift_problems: int, seed: int = 0) -> list[TextPair]:
+def seed_examples(
+    task: Task, candidates: list[Candidate], ift_problems: int, seed: int = 0, mark_weight: float = 1.0
+) -> list[TextPair]:
     """Seed EFT judge examples on ``candidates`` + ``ift_problems`` IFT worked solutions, shuffled."""
-    examples = [eft_example(task, candidate) for candidate in candidates]
+    examples = [eft_example(task, candidate, mark_weight) for candidate in candidates]
     for problem in task.sample(ift_problems, EFT_SEED + 500 + seed):
         examples.append(TextPair(prompt_text(problem.question), task.worked_solution(problem)))
     random.Random(seed).shuffle(examples)
@@ -182,7 +226,11 @@ class SelfRewardDPOTrainer(IterativeTrainer):
             candidates = self.policy_candidates(problems, seed=EFT_SEED + config.seed)
         else:
             candidates = corrupted_candidates(self.task, problems, config.seed)
-        examples = seed_examples(self.task, candidates, config.ift_problems, config.seed)
+        if config.eft_scrambled:
+            scrambled = self.task.sample(config.eft_scrambled, EFT_SEED + 700 + config.seed)
+            candidates = candidates + corrupted_candidates(self.task, scrambled, config.seed, scrambled_answer)
+        self.save_seed_candidates(candidates)
+        examples = seed_examples(self.task, candidates, config.ift_problems, config.seed, config.eft_mark_weight)
         logs = {"eft_examples": float(len(candidates)), "ift_examples": float(config.ift_problems)}
         return Round(
             SFTObjective(), examples, SFTCollator(self.tokenizer, config.max_length), logs,
@@ -217,22 +265,64 @@ class SelfRewardDPOTrainer(IterativeTrainer):
             scored = sorted(by_problem.get(problem.id, []), key=lambda item: item[0])
             if scored and scored[-1][0] > scored[0][0]:
                 answer_pairs.append(PreferencePair(prompt_text(problem.question), scored[-1][1], scored[0][1]))
-        pairs = answer_pairs + judgement_pairs
-        logs = {"answer_pairs": float(len(answer_pairs)), "judgement_pairs": float(len(judgement_pairs))}
+        labelled = self.labelled_judgement_pairs(iteration) if config.labelled_judgements else []
+        pairs = answer_pairs + judgement_pairs + labelled
+        logs = {
+            "answer_pairs": float(len(answer_pairs)), "judgement_pairs": float(len(judgement_pairs)),
+            "labelled_judgement_pairs": float(len(labelled)),
+        }
         objective = DPOObjective(frozen_copy(self.policy), beta=config.beta)
         return Round(objective, pairs, DPOCollator(self.tokenizer, config.max_length), logs)
 
+    @property
+    def seed_candidates_path(self) -> Path:
+        return self.iteration_dir(0) / "eft_candidates.jsonl"
+
+    def save_seed_candidates(self, candidates: list[Candidate]) -> None:
+        """The labelled seed EFT candidates, kept for the labelled judgement pairs (and a resumed run)."""
+        self.seed_candidates_path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [
+            json.dumps({"question": p.question, "answer": p.answer, "id": p.id, "candidate": c, "label": label})
+            for p, c, label in candidates
+        ]
+        self.seed_candidates_path.write_text("\n".join(lines) + "\n")
+
+    def load_seed_candidates(self) -> list[Candidate]:
+        if not self.seed_candidates_path.is_file():
+            raise FileNotFoundError(
+                f"{self.seed_candidates_path}: labelled_judgements needs the seed stage's candidates"
+            )
+        rows = [json.loads(line) for line in self.seed_candidates_path.read_text().splitlines() if line]
+        return [(Problem(r["question"], r["answer"], r["id"]), r["candidate"], r["label"]) for r in rows]
+
+    def labelled_judgement_pairs(self, iteration: int) -> list[PreferencePair]:
+        """Self-rationalisation on the labelled seed set (Trivedi et al.): ``labelled_judgements`` seed
+        EFT candidates, each judged ``num_judgements`` times; a judgement whose verdict is the candidate's
+        seed label is preferred over one whose verdict is not."""
+        config = self.config
+        seed_candidates = self.load_seed_candidates()
+        count = min(config.labelled_judgements, len(seed_candidates))
+        chosen = random.Random(config.seed + iteration).sample(seed_candidates, count)
+        judge = self.judge(config.num_judgements, config.judge_temperature)
+        judgements = judge.judgements([p for p, _, _ in chosen], [c for _, c, _ in chosen], seed=iteration)
+        k, pairs = config.num_judgements, []
+        for index, (problem, candidate, label) in enumerate(chosen):
+            texts = [j.text for j in judgements[index * k : (index + 1) * k]]
+            pairs += self.judgement_pair(problem, candidate, texts, [parse_verdict(t) for t in texts], label)
+        return pairs
+
     @staticmethod
     def judgement_pair(
-        problem: Problem, candidate: str, texts: list[str], verdicts: list[bool | None]
+        problem: Problem, candidate: str, texts: list[str], verdicts: list[bool | None], preferred: bool | None = None
     ) -> list[PreferencePair]:
-        """A majority-verdict rationale preferred over a minority one (none when the judgements agree)."""
+        """A rationale whose verdict is ``preferred`` over one with the other verdict; ``preferred=None``:
+        the majority verdict (none when the judgements agree or tie)."""
         counts = Counter(v for v in verdicts if v is not None)
-        if len(counts) < 2 or counts[True] == counts[False]:
+        if len(counts) < 2 or (preferred is None and counts[True] == counts[False]):
             return []
-        majority = counts.most_common(1)[0][0]
-        chosen = next(t for t, v in zip(texts, verdicts) if v == majority)
-        rejected = next(t for t, v in zip(texts, verdicts) if v is not None and v != majority)
+        preferred = counts.most_common(1)[0][0] if preferred is None else preferred
+        chosen = next(t for t, v in zip(texts, verdicts) if v == preferred)
+        rejected = next(t for t, v in zip(texts, verdicts) if v is not None and v != preferred)
         return [PreferencePair(judge_prompt(prompt_text(problem.question), candidate), chosen, rejected)]
 
 

@@ -8,12 +8,13 @@ import torch
 from selfgen.data.problems import Problem
 from selfgen.data.tasks import JUDGE_MARK, extract_answer, get_task, parse_verdict
 from selfgen.train.llm.objectives import GRPOCollator, GRPOObjective, PolicySample
-from selfgen.train.llm.score import SCoReConfig, SCoReTrainer, baseline_advantages, shaped_reward
+from selfgen.train.llm.score import SCoReConfig, SCoReTrainer, baseline_advantages, revision_pairs, shaped_reward
 from selfgen.train.llm.self_reward_dpo import (
     SelfRewardDPOConfig,
     SelfRewardDPOTrainer,
     balanced_candidates,
     corrupted_candidates,
+    scrambled_answer,
     seed_examples,
 )
 
@@ -101,6 +102,32 @@ def test_score_round_credits_turns_as_the_paper(tmp_path, stage):
         assert all(s.kl_weight == 1.0 for s in held[n:])
 
 
+def test_warm_start_revisions_keep_right_attempts_and_fix_wrong_ones_with_own_samples():
+    prompts = ["Q:1+2\n", "Q:4+4\n", "Q:5+5\n"]
+    attempts = [["A:3", "A:4", "A:5"], ["A:9", "A:7"], ["A:10", "A:10"]]
+    verdicts = [[True, False, False], [False, False], [True, True]]
+    pairs = revision_pairs(prompts, attempts, verdicts)
+    assert [(p.prompt, p.completion) for p in pairs] == [
+        ("Q:1+2\nA:3\nR:\n", "A:3"), ("Q:1+2\nA:4\nR:\n", "A:3"), ("Q:1+2\nA:5\nR:\n", "A:3"),
+        ("Q:5+5\nA:10\nR:\n", "A:10"), ("Q:5+5\nA:10\nR:\n", "A:10"),
+    ]  # the second problem has no correct sample of its own: no target, no pair
+
+
+def test_scrambled_eft_candidates_balance_the_marks_and_weight_the_decisions():
+    task = get_task("arith", min_digits=3, max_digits=4)
+    candidates = corrupted_candidates(task, task.sample(300, 0), seed=0, corrupt=scrambled_answer)
+    examples = seed_examples(task, candidates, ift_problems=0, mark_weight=10.0)
+    verdicts = [parse_verdict(e.completion) for e in examples]
+    assert verdicts.count(True) == verdicts.count(False) == 150
+    wrong = [e for e, verdict in zip(examples, verdicts) if not verdict]
+    marks = "".join(e.completion.split("\nD:")[1].split("\n")[0][2::4] for e in wrong)
+    assert 0.4 < marks.count("x") / len(marks) < 0.65  # scrambled answers differ in about half their digits
+    for example in examples:  # the weighted tokens are exactly the =/x marks and the verdict
+        weighted = "".join(example.completion[start:end] for start, end, _ in example.weighted_spans)
+        line = example.completion.split("\nD:")[1].split("\n")[0]
+        assert weighted == line[2::4] + example.completion[-1] and set(weighted[:-1]) <= {"=", "x"}
+
+
 def test_eft_seed_data_is_labelled_by_the_verifier_with_a_local_comparison():
     task = get_task("arith", min_digits=1, max_digits=3)
     problems = task.sample(40, 0)
@@ -149,3 +176,74 @@ def test_self_reward_dpo_seed_stage_runs_before_the_iterations(tmp_path):
         assert 0.0 <= first[key] <= 1.0
     assert (tmp_path / "run" / "iteration-0" / "model" / "config.json").is_file()
     assert [record["iteration"] for record in report.history] == [0, 1]
+
+
+@needs_asset
+def test_sft_loss_weights_weight_the_spans_tokens_and_default_to_the_plain_mean():
+    from selfgen.train.llm.modeling import load_policy
+    from selfgen.train.llm.objectives import SFTCollator, SFTObjective, TextPair, completion_token_logprobs
+
+    model, tokenizer = load_policy(ASSET)
+    plain = [TextPair("Q:12+5\n", "S:2+5+0=7\nA:17"), TextPair("Q:3+4\n", "A:7")]
+    weighted = [TextPair(plain[0].prompt, plain[0].completion, ((10, 11, 4.0),)), plain[1]]  # the "A" of line 2
+    collate, objective = SFTCollator(tokenizer), SFTObjective()
+    batch = collate(weighted)
+    logprobs, mask = completion_token_logprobs(model, batch)
+    weights = torch.ones_like(mask)
+    row_start = int(batch["completion_mask"][0].nonzero()[0]) - 1  # logprob index of the completion's first token
+    weights[0, row_start + 10] = 4.0
+    expected = -(logprobs * mask * weights).sum() / (mask * weights).sum()
+    torch.testing.assert_close(objective.compute_loss(model, batch)[0], expected)
+    assert "loss_weights" not in collate(plain)
+    torch.testing.assert_close(
+        objective.compute_loss(model, collate(plain))[0], -(logprobs * mask).sum() / mask.sum()
+    )
+
+
+def test_labelled_judgement_pairs_prefer_the_seed_label_even_in_the_minority():
+    problem = Problem("1+2", "3", "a")
+    texts, verdicts = ["j1 V:Y", "j2 V:N", "j3 V:Y", "j4"], [True, False, True, None]
+    pair = SelfRewardDPOTrainer.judgement_pair(problem, "A:4", texts, verdicts, preferred=False)
+    assert [(p.chosen, p.rejected) for p in pair] == [("j2 V:N", "j1 V:Y")]  # the label, not the majority
+    assert SelfRewardDPOTrainer.judgement_pair(problem, "A:4", texts, verdicts)[0].chosen == "j1 V:Y"
+    assert SelfRewardDPOTrainer.judgement_pair(problem, "A:4", texts[:1], verdicts[:1], preferred=False) == []
+    with pytest.raises(ValueError, match="labelled_judgements"):
+        SelfRewardDPOConfig(labelled_judgements=8)
+
+
+@needs_asset
+def test_score_warm_start_is_iteration_zero_and_becomes_the_kl_reference(tmp_path):
+    config = SCoReConfig(
+        output_dir=str(tmp_path / "run"), warmup_problems=3, warmup_train_steps=2, warmup_learning_rate=1e-3,
+        **{**TINY, "iterations": 1, "max_train_steps": 1},
+    )
+    trainer = SCoReTrainer(model=str(ASSET), task="arith", config=config)
+    report = trainer.train()
+    first = report[0]
+    assert first["seed_train_steps"] == 2 and first["warmup_anchor_examples"] == 3 * config.samples_per_problem
+    assert "base_delta_t1_t2" in first and "delta_t1_t2" in first
+    warm = SCoReTrainer(model=str(tmp_path / "run" / "iteration-0" / "model"), task="arith", config=config).policy
+    for got, want in zip(trainer.reference.parameters(), warm.parameters()):
+        torch.testing.assert_close(got, want)  # the RL stages' reference is the warm-started model
+    resumed = SCoReTrainer(model=str(ASSET), task="arith", config=config)
+    resumed.config.resume_from = "latest"
+    resumed._resume()
+    for got, want in zip(resumed.reference.parameters(), warm.parameters()):
+        torch.testing.assert_close(got, want)
+
+
+@needs_asset
+def test_labelled_judgements_reuse_the_saved_seed_candidates(tmp_path):
+    config = SelfRewardDPOConfig(
+        output_dir=str(tmp_path / "run"), num_judgements=2, judge_max_new_tokens=36, eft_problems=6,
+        eft_scrambled=4, labelled_judgements=3, **{**TINY, "min_digits": 3, "max_digits": 4, "max_new_tokens": 48},
+    )
+    trainer = SelfRewardDPOTrainer(model=str(ASSET), task="arith", config=config)
+    trainer.seed_round()
+    saved = trainer.load_seed_candidates()
+    assert [label for _, _, label in saved[-4:]] == [True, False, True, False]  # the scrambled half
+    assert all(trainer.task.verify(problem, candidate) == label for problem, candidate, label in saved)
+    round_ = trainer.build_round(1)
+    assert 0 <= round_.logs["labelled_judgement_pairs"] <= 3
+    kinds = ("answer_pairs", "judgement_pairs", "labelled_judgement_pairs")
+    assert len(round_.dataset) == sum(round_.logs[kind] for kind in kinds)
