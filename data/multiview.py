@@ -268,6 +268,14 @@ class MultiViewSceneDataset(Dataset):
     azimuth; the other views start within ``max_view_offset`` radians of it, on either side, so they
     overlap the source but also see what it never saw. ``cache=True`` keeps rendered items (uint8).
     Items also hold ``"scene"`` (the :class:`Scene`) unless ``include_scene=False``.
+
+    ``neighbour_prob`` (default 0: independent paths only) makes each non-source view, with that
+    probability, a *neighbour* of a random earlier view: that view's whole path turned about the
+    vertical axis by at most ``neighbour_angle`` radians. Multi-camera datasets (the paper's Basic and
+    Agibot) hold such overlapping trajectories; without them a scene never offers a conditioning video
+    near the target camera, and a model cannot learn to carry content over from one, which is what a
+    revisited camera needs. Neighbours are drawn from their own random stream, so every other view is
+    the same as with ``neighbour_prob=0``.
     """
 
     def __init__(
@@ -281,13 +289,18 @@ class MultiViewSceneDataset(Dataset):
         max_view_offset: float = 1.8,
         cache: bool = False,
         include_scene: bool = True,
+        neighbour_prob: float = 0.0,
+        neighbour_angle: float = 0.15,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
         if num_scenes < 1 or num_views < 1 or num_frames < 1 or size < 1:
             raise ValueError("num_scenes, num_views, num_frames and size must all be >= 1")
+        if not 0.0 <= neighbour_prob <= 1.0:
+            raise ValueError(f"neighbour_prob must be in [0, 1], got {neighbour_prob}")
         self.num_scenes, self.num_views, self.num_frames, self.size = num_scenes, num_views, num_frames, size
         self.seed, self.split, self.max_view_offset = seed, split, max_view_offset
+        self.neighbour_prob, self.neighbour_angle = neighbour_prob, neighbour_angle
         self.include_scene = include_scene
         self.intrinsics = default_intrinsics(size)
         self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
@@ -303,6 +316,13 @@ class MultiViewSceneDataset(Dataset):
         offsets = np.concatenate([[0.0], rng.uniform(-self.max_view_offset, self.max_view_offset, self.num_views - 1)])
         kinds = rng.choice(CAMERA_PATHS, size=self.num_views)
         cameras = np.stack([camera_path(kind, azimuth + offset, self.num_frames, rng) for kind, offset in zip(kinds, offsets)])
+        if self.neighbour_prob > 0:
+            neighbour_rng = np.random.default_rng([self.seed, SPLITS[self.split], index, 1])
+            for view in range(1, self.num_views):
+                if neighbour_rng.random() < self.neighbour_prob:
+                    anchor = int(neighbour_rng.integers(view))
+                    angle = neighbour_rng.uniform(-self.neighbour_angle, self.neighbour_angle)
+                    cameras[view] = rotate_about_vertical(cameras[anchor], angle)
         return scene, cameras
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -16,13 +16,13 @@ sequence that full 3-D self-attention mixes. Each token carries
 The head reads the target tokens only and predicts the clean target ``x_0`` (x-prediction); the forward
 also returns the rectified-flow velocity it implies for ``x_t = (1 - sigma) x_0 + sigma eps``,
 ``v = eps - x_0 = (x_t - x_0) / sigma``, which is what flow-matching schedulers step on. Predicting ``x_0``
-rather than ``v`` matters at this size: a patch token (``3 p^2 = 192`` values) is wider than the hidden
-width, so the network cannot carry the input noise through to a ``v`` or ``eps`` output (our first,
+rather than ``v`` matters at this size: a patch token (``3 p^2 = 192`` values) is at least as wide as the
+hidden width, so the network cannot carry the input noise through to a ``v`` or ``eps`` output (our first,
 ``v``-predicting run sampled noise), while the clean image is smooth and low-dimensional (as argued by
 Li and He 2025, "Back to Basics: Let Denoising Generative Models Denoise").
 
 Departures from the paper (named in ``docs/plenoptic.md``): pixel space instead of a video VAE's latents,
-a ~1-2 M parameter DiT trained from scratch instead of a fine-tuned large text-to-video model, no text.
+a ~3 M parameter DiT trained from scratch instead of a fine-tuned large text-to-video model, no text.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from selfgen.data.multiview import (
     look_at,
     project_points,
     render,
+    rotate_about_vertical,
     unseen_mask,
 )
 
@@ -58,6 +59,24 @@ def test_moving_objects_move_and_every_camera_path_kind_is_rigid():
         path = camera_path(kind, 0.3, 5, rng)
         check_cameras(path, kind, 5)
         assert not np.allclose(path[0], path[-1]), kind
+
+
+def test_neighbour_views_are_slightly_turned_copies_and_leave_other_views_alone():
+    plain = MultiViewSceneDataset(3, num_views=4, num_frames=2, size=16)
+    near = MultiViewSceneDataset(3, num_views=4, num_frames=2, size=16, neighbour_prob=1.0, neighbour_angle=0.15)
+    for index in range(3):
+        scene, plain_cameras = plain.scene_and_cameras(index)
+        _, cameras = near.scene_and_cameras(index)
+        np.testing.assert_array_equal(cameras[0], plain_cameras[0])  # the source never moves
+        for view in range(1, 4):  # each view is an earlier view turned about the vertical by at most 0.15 rad
+            found = False
+            for anchor in range(view):
+                (z0, x0), (z1, x1) = cameras[anchor, 0, [2, 0], 3], cameras[view, 0, [2, 0], 3]
+                angle = np.arctan2(z0 * x1 - x0 * z1, z0 * z1 + x0 * x1)
+                found |= abs(angle) <= 0.15 + 1e-9 and np.allclose(rotate_about_vertical(cameras[anchor], angle), cameras[view], atol=1e-6)
+            assert found, (index, view)
+    with pytest.raises(ValueError, match="neighbour_prob"):
+        MultiViewSceneDataset(1, neighbour_prob=1.5)
 
 
 def test_unseen_mask_is_empty_for_the_source_itself_and_grows_for_a_far_view():

@@ -3,9 +3,23 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from selfgen.data.multiview import MultiViewSceneDataset, default_intrinsics
-from selfgen.train.plenoptic import METHOD, PlenopticConfig, PlenopticObjective, build_transformer, generate, train, write_video
+from selfgen import PlenopticDreamerPipeline
+from selfgen.data.multiview import MultiViewSceneDataset, default_intrinsics, rotate_about_vertical
+from selfgen.eval.multiview import MAX_PSNR
+from selfgen.train.plenoptic import (
+    METHOD,
+    PlenopticConfig,
+    PlenopticObjective,
+    build_transformer,
+    chain_scores,
+    generate,
+    held_out_scenes,
+    standard_error,
+    train,
+    write_video,
+)
 from selfgen.train.registry import discover_methods
 
 
@@ -34,11 +48,28 @@ def test_progressive_context_scaling_and_single_in(tmp_path):
     flat = PlenopticObjective(_config(tmp_path, progressive_context=False))
     assert flat.max_conditions_now() == 2
     single = PlenopticObjective(_config(tmp_path, single_in=True, max_conditions=1))
-    targets, views = single.pick_views(5, 3, torch.device("cpu"))
+    batch = _batch(4)
+    targets, views = single.pick_views(batch["cameras"], batch["intrinsics"], 16)
     assert (views == 0).all() and ((targets >= 1) & (targets <= 2)).all()
     objective.global_step = 99
-    targets, views = objective.pick_views(64, 3, torch.device("cpu"))
-    assert not (views == targets[:, None]).any()  # a target never conditions itself
+    for _ in range(8):
+        targets, views = objective.pick_views(batch["cameras"], batch["intrinsics"], 16)
+        assert not (views == targets[:, None]).any()  # a target never conditions itself
+
+
+def test_fov_selection_conditions_on_the_view_nearest_the_target(tmp_path):
+    batch = _batch(4)
+    cameras = batch["cameras"].clone()
+    cameras[:, 1] = torch.from_numpy(rotate_about_vertical(cameras[:, 2].double().numpy(), 0.05)).float()  # view 1 beside view 2
+    cameras[:, 0] = torch.from_numpy(rotate_about_vertical(cameras[:, 2].double().numpy(), np.pi)).float()  # source opposite
+    fov = PlenopticObjective(_config(tmp_path, progressive_context=False, max_conditions=1))
+    torch.manual_seed(0)
+    for _ in range(6):
+        targets, views = fov.pick_views(cameras, batch["intrinsics"], 16)
+        assert (views[:, 0] == 3 - targets).all()  # target 2 gets view 1, target 1 gets view 2; never the far source
+    random_pick = PlenopticObjective(_config(tmp_path, progressive_context=False, max_conditions=1, condition_selection="random"))
+    picks = torch.cat([random_pick.pick_views(cameras, batch["intrinsics"], 16)[1][:, 0] for _ in range(10)])
+    assert (picks == 0).any()
 
 
 def test_loss_falls_on_a_fixed_batch(tmp_path):
@@ -74,7 +105,7 @@ def test_self_conditioning_replaces_generated_views_but_never_the_source(tmp_pat
         return seen["generated"]
 
     monkeypatch.setattr(objective, "self_generate", spy)
-    monkeypatch.setattr(objective, "pick_views", lambda b, v, d: (torch.tensor([2, 2]), torch.tensor([[0, 1], [1, 0]])))
+    monkeypatch.setattr(objective, "pick_views", lambda cameras, intrinsics, size: (torch.tensor([2, 2]), torch.tensor([[0, 1], [1, 0]])))
     _, logs = objective.compute_loss(model, batch)
     assert logs["self_conditioned"] == 0.5  # the two non-source slots of four
     assert seen["generated"].shape == (2, 2, 3, 3, 16, 16)
@@ -84,9 +115,12 @@ def test_self_conditioning_replaces_generated_views_but_never_the_source(tmp_pat
 
 def test_train_export_and_generate_from_files(tmp_path):
     assert discover_methods()["plenoptic"] is METHOD
-    config = _config(tmp_path, max_train_steps=2, self_conditioning_start=0.0)
+    config = _config(tmp_path, max_train_steps=2, self_conditioning_start=0.0, export_dtype="float16")
     result = train(config)
     assert (result.pipeline_dir / "model_index.json").is_file()
+    stored = load_file(result.pipeline_dir / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert {tensor.dtype for tensor in stored.values()} == {torch.float16}  # halved on disk ...
+    assert PlenopticDreamerPipeline.from_pretrained(result.pipeline_dir).transformer.dtype == torch.float32  # ... float32 in use
 
     rng = np.random.default_rng(0)
     write_video(rng.random((3, 24, 24, 3)), tmp_path / "src.mp4", fps=4)
@@ -115,3 +149,14 @@ def test_config_rejects_impossible_context(tmp_path):
         _config(tmp_path, num_views=3, max_conditions=3)
     with pytest.raises(ValueError, match="self_conditioning_prob"):
         _config(tmp_path, self_conditioning_prob=1.5)
+    with pytest.raises(ValueError, match="condition_selection"):
+        _config(tmp_path, condition_selection="nearest")
+
+
+def test_copy_source_floor_scores_and_standard_errors():
+    scores = chain_scores(None, held_out_scenes(2, 2, 2, 16), "source", 2, 2, 0)["scores"]
+    assert len(scores["psnr"]) == 3 and 5.0 < scores["mean_psnr"] < 40.0  # A, B, then A' again
+    assert scores["sync_psnr"] == MAX_PSNR and scores["standard_error"]["sync_psnr"] == 0.0  # A and A' are both the source
+    assert scores["standard_error"]["mean_psnr"] > 0
+    assert standard_error([1.0, 2.0, 3.0, float("nan")]) == pytest.approx(1 / np.sqrt(3))
+    assert np.isnan(standard_error([1.0]))
