@@ -388,6 +388,24 @@ def sample_training_prompt(rng: random.Random, split: str = "train") -> str:
     return rng.choice(prompt_split(category, split))
 
 
+def scramble_patches(image: np.ndarray, rng: random.Random, patch_size: int = 4) -> np.ndarray:
+    """A copy of ``image`` whose object patches are scattered: a random third to all of its occupied
+    ``patch_size`` patches each swap places with a random patch of the grid.
+
+    The result keeps the scene's colours but breaks its shapes and layout, like an under-trained patch
+    generator's samples; :class:`ScenesDataset` asks "does the image show {prompt}?" about it, answer "no"."""
+    side = image.shape[0]
+    grid = side // patch_size
+    patches = image.reshape(grid, patch_size, grid, patch_size, 3).transpose(0, 2, 1, 3, 4)
+    patches = patches.reshape(grid * grid, patch_size, patch_size, 3).copy()
+    occupied = [index for index in range(grid * grid) if patches[index].any()]
+    for index in rng.sample(occupied, max(1, round(len(occupied) * rng.uniform(1 / 3, 1)))):
+        other = rng.randrange(grid * grid)
+        patches[[index, other]] = patches[[other, index]]
+    patches = patches.reshape(grid, grid, patch_size, patch_size, 3).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(patches.reshape(side, side, 3))
+
+
 def to_pixels(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` in ``[0, 1]`` -> ``(3, H, W)`` in ``[-1, 1]``."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))) * 2 - 1
@@ -397,13 +415,24 @@ class ScenesDataset(Dataset):
     """Seeded scenes for joint pretraining: each example is an image with its prompt (generation)
     and ``questions_per_image`` distinct question/answer pairs about it (understanding).
 
-    Items: ``pixel_values`` ``(3, 32, 32)`` in ``[-1, 1]``, ``prompt_ids`` ``(MAX_PROMPT_TOKENS,)``,
-    ``question_ids`` ``(questions_per_image, MAX_QUESTION_TOKENS)``, ``answer_id``
-    ``(questions_per_image,)`` and ``prompt`` (str).
+    With ``scrambled_fraction > 0`` each question slot is, with that probability, replaced by the
+    whole-prompt question asked about a :func:`scramble_patches` copy of the scene, answer "no"
+    (the scene's colours without its shapes), so the understanding path also learns to reject
+    incoherent images.
+
+    Items: ``pixel_values`` ``(3, 32, 32)`` in ``[-1, 1]`` (the scene, what generation learns),
+    ``prompt_ids`` ``(MAX_PROMPT_TOKENS,)``, ``question_ids`` ``(questions_per_image, MAX_QUESTION_TOKENS)``,
+    ``answer_id`` ``(questions_per_image,)``, ``question_pixel_values`` ``(questions_per_image, 3, 32, 32)``
+    (the image each question is about) and ``prompt`` (str).
     """
 
     def __init__(
-        self, num_examples: int = 20000, split: str = "train", seed: int = 0, questions_per_image: int = 1
+        self,
+        num_examples: int = 20000,
+        split: str = "train",
+        seed: int = 0,
+        questions_per_image: int = 1,
+        scrambled_fraction: float = 0.0,
     ) -> None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
@@ -411,8 +440,11 @@ class ScenesDataset(Dataset):
             raise ValueError(
                 f"questions_per_image must be in 1..7 (a scene has 7 questions), got {questions_per_image}"
             )
+        if not 0.0 <= scrambled_fraction <= 1.0:
+            raise ValueError(f"scrambled_fraction must be in [0, 1], got {scrambled_fraction}")
         self.num_examples, self.split, self.seed = num_examples, split, seed
         self.questions_per_image = questions_per_image
+        self.scrambled_fraction = scrambled_fraction
 
     def __len__(self) -> int:
         return self.num_examples
@@ -428,10 +460,20 @@ class ScenesDataset(Dataset):
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} scenes")
         prompt, objects, pairs = self.example(index)
+        image = render_scene(objects)
+        scramble_rng = random.Random(f"{self.seed}-{self.split}-{index}-scrambled")
+        question_images = []
+        for slot in range(len(pairs)):
+            if scramble_rng.random() < self.scrambled_fraction:
+                pairs[slot] = (question_about_prompt(prompt), "no")
+                question_images.append(to_pixels(scramble_patches(image, scramble_rng)))
+            else:
+                question_images.append(to_pixels(image))
         return {
-            "pixel_values": to_pixels(render_scene(objects)),
+            "pixel_values": to_pixels(image),
             "prompt_ids": torch.tensor(encode_prompt(prompt)),
             "question_ids": torch.tensor([encode_question(question) for question, _ in pairs]),
             "answer_id": torch.tensor([encode_answer(answer) for _, answer in pairs]),
+            "question_pixel_values": torch.stack(question_images),
             "prompt": prompt,
         }

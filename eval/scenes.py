@@ -143,3 +143,28 @@ class SceneJudge:
         scores["pooled"] = float(correct.mean())
         scores["pooled_se"] = float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else 0.0
         return scores
+
+
+def paired_difference(baseline: dict[str, float], candidate: dict[str, float]) -> tuple[float, float]:
+    """Mean over prompts of ``candidate - baseline`` per-prompt accuracy and its standard error.
+
+    Both map the same prompts to the fraction of their images the judge accepts (``per_prompt_accuracy``
+    of two evaluations with the same prompts and noise), so the difference is paired and clustered by prompt."""
+    if set(baseline) != set(candidate):
+        raise ValueError(
+            f"paired comparison needs the same prompts: {len(set(baseline) ^ set(candidate))} prompts are in only "
+            "one of the two evaluations (evaluate both with the same split, prompts_per_category and seed)"
+        )
+    differences = np.array([candidate[prompt] - baseline[prompt] for prompt in baseline])
+    if len(differences) < 2:
+        raise ValueError(f"paired comparison needs at least 2 prompts, got {len(differences)}")
+    return float(differences.mean()), float(differences.std(ddof=1) / np.sqrt(len(differences)))
+
+
+def ranking_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """``P(score of a positive > score of a negative)`` (ties count half): 0.5 is chance, NaN without both classes."""
+    positive, negative = scores[labels], scores[~labels]
+    if not len(positive) or not len(negative):
+        return float("nan")
+    greater = (positive[:, None] > negative[None]).mean()
+    return float(greater + 0.5 * (positive[:, None] == negative[None]).mean())

@@ -52,14 +52,14 @@ from torch.utils.data import Dataset
 
 from ..data.scenes import REGIONS, parse_prompt, question_in_region, sample_training_prompt
 from ..eval.plots import save_image_grid, save_metric_curves
-from ..eval.scenes import judge_image, region_labels
+from ..eval.scenes import judge_image, paired_difference, ranking_auc, region_labels
 from ..pipelines.unified import UnifiedPipeline
 from . import unified
 from .config import TrainingConfig
 from .registry import Method
 from .trainer import Objective, TrainResult, Trainer
 
-REWARD_MODES = ("both", "global", "local", "blind")
+REWARD_MODES = ("both", "global", "local", "blind", "oracle")
 BASELINES = ("none", "group")
 
 
@@ -102,7 +102,7 @@ class SRUMConfig(TrainingConfig):
     prompts_per_round: int = 128
     num_inference_steps: int = 16
     guidance_scale: float = 3.0
-    reward: str = "both"  # "both" (global x local, the paper), "global" only, "local" only, "blind" (control)
+    reward: str = "both"  # "both" (global x local, the paper), "global", "local"; controls "blind", "oracle"
     constraint_weight: float = 1.0  # lambda of the regulariser toward the reference model
     cfg_dropout: float = 0.0  # prompt dropped to the empty prompt in the update (authors: text_cond_dropout_prob)
     samples_per_prompt: int = 1  # images generated per prompt (a group shares one baseline)
@@ -193,10 +193,25 @@ def reward_maps(
     return np.full_like(maps, maps.mean()) if mode == "blind" else maps
 
 
+def oracle_rewards(images: np.ndarray, prompts: list[str]) -> SelfRewards:
+    """The ``"both"`` reward map built from the rule-based judge instead of the model's own answers (a
+    diagnostic upper bound, not SRUM: it uses an external judge): ``g = +1`` if :func:`judge_image` accepts
+    the image else ``-1``; ``s_r = +1`` on a quadrant whose detected objects are all the prompt's, ``-1``
+    on one holding another object, ``0`` on an empty one; occupancy from the detector."""
+    global_reward = np.array([1.0 if judge_image(image, prompt) else -1.0 for image, prompt in zip(images, prompts)])
+    occupied, right = map(np.stack, zip(*(region_labels(image, prompt) for image, prompt in zip(images, prompts))))
+    scores = np.where(right, 1.0, -1.0) * occupied
+    maps = reward_maps(global_reward, scores, occupied.astype(np.float32), images.shape[1:3], "both")
+    return SelfRewards(global_reward.astype(np.float32), scores.astype(np.float32), maps, occupied.astype(np.float32))
+
+
 def self_rewards(umm: SelfRewardingUMM, images: np.ndarray, prompts: list[str], mode: str = "both") -> SelfRewards:
-    """Global + local self-rewards and dense reward maps of ``images`` ``(N, H, W, 3)`` in ``[0, 1]``."""
+    """Global + local self-rewards and dense reward maps of ``images`` ``(N, H, W, 3)`` in ``[0, 1]``
+    (``mode="oracle"``: :func:`oracle_rewards`, the control that replaces the self-judge by the rule-based one)."""
     if mode not in REWARD_MODES:
         raise ValueError(f"mode must be one of {REWARD_MODES}, got {mode!r}")
+    if mode == "oracle":
+        return oracle_rewards(images, prompts)
     global_reward = np.asarray(umm.score(images, prompts), dtype=np.float32)
     scores, occupied = local_rewards(umm, images, prompts)
     maps = reward_maps(global_reward, scores, occupied, images.shape[1:3], mode)
@@ -222,15 +237,6 @@ def overlay_reward_maps(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5
     return (1 - alpha) * images + alpha * heat
 
 
-def ranking_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """``P(score of a positive > score of a negative)`` (ties count half): 0.5 is chance, NaN without both classes."""
-    positive, negative = scores[labels], scores[~labels]
-    if not len(positive) or not len(negative):
-        return float("nan")
-    greater = (positive[:, None] > negative[None]).mean()
-    return float(greater + 0.5 * (positive[:, None] == negative[None]).mean())
-
-
 def self_judge_agreement(
     umm: SelfRewardingUMM,
     num_prompts: int = 64,
@@ -245,7 +251,9 @@ def self_judge_agreement(
     Draws ``num_prompts`` prompts of ``split``, ``samples_per_prompt`` images each, and returns the judge's
     accuracy, the AUC of each self-reward (global ``g``, reward-map mean, sum of local ``s_r``) for
     telling judge-correct from judge-wrong samples (0.5 = chance), the judge accuracy of the
-    top-1 sample of each prompt under that reward (best-of-K selection by the model itself), the
+    top-1 sample of each prompt under that reward (best-of-K selection by the model itself) and its gain over
+    a random pick of the same prompt's samples with the standard error over prompts (``top1_gain_*``,
+    ``top1_gain_*_se``: 0 means the judge cannot rank its own samples), the
     accuracy of the model's own yes/no answers on its own images (``answer_accuracy_whole_prompt``: "does
     the image show {prompt}?" against the judge; ``answer_accuracy_occupancy``: "is there an object in the
     {r}?" against the detector), and, per quadrant (:func:`~selfgen.eval.scenes.region_labels`), the
@@ -275,7 +283,10 @@ def self_judge_agreement(
     for name, values in candidates.items():
         results[f"auc_{name}"] = ranking_auc(values, correct)
         best = values.reshape(-1, samples_per_prompt).argmax(axis=1)
+        gain = grouped[np.arange(len(best)), best] - grouped.mean(axis=1)
         results[f"top1_accuracy_{name}"] = float(grouped[np.arange(len(best)), best].mean())
+        results[f"top1_gain_{name}"] = float(gain.mean())
+        results[f"top1_gain_{name}_se"] = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
     occupied, right = map(np.stack, zip(*(region_labels(image, prompt) for image, prompt in zip(images, prompts))))
     results["answer_accuracy_whole_prompt"] = float(((rewards.global_reward > 0) == correct).mean())
     results["answer_accuracy_occupancy"] = float(((rewards.occupancy > 0.5) == occupied).mean())
@@ -489,11 +500,14 @@ def evaluate(
     split: str = "heldout",
     agreement_prompts: int = 64,
     seed: int = 0,
+    baseline: str | None = None,
 ) -> dict:
     """SRUM's report for one checkpoint: :func:`selfgen.train.unified.evaluate` (judge accuracy on ``split``
     prompts with its standard error, understanding accuracy on rendered scenes) at the loop's sampler
     settings (16 Euler steps, guidance 3), plus :func:`self_judge_agreement` on ``agreement_prompts``
-    prompts of the same split x 4 samples (0 skips it)."""
+    prompts of the same split x 4 samples (0 skips it). ``baseline``: the ``metrics.json`` of another
+    model evaluated with the same options; adds ``paired_vs_baseline`` (this model minus it, per prompt,
+    with its standard error, :func:`~selfgen.eval.scenes.paired_difference`)."""
     options = {"num_inference_steps": 16, "guidance_scale": 3.0}
     metrics = unified.evaluate(
         model_path,
@@ -504,6 +518,12 @@ def evaluate(
         seed=seed,
         **options,
     )
+    if baseline:
+        if not Path(baseline).is_file():
+            raise FileNotFoundError(f"baseline={baseline!r}: expected the metrics.json of a 'selfgen eval srum' run")
+        reference = json.loads(Path(baseline).read_text())["per_prompt_accuracy"]
+        difference, standard_error = paired_difference(reference, metrics["per_prompt_accuracy"])
+        metrics["paired_vs_baseline"] = {"baseline": baseline, "difference": difference, "se": standard_error}
     if agreement_prompts:
         umm = UnifiedPipeline.from_pretrained(model_path)
         umm.set_progress_bar_config(disable=True)

@@ -7,6 +7,12 @@ Each batch trains both paths of the :class:`~selfgen.models.unified.UnifiedTrans
 
 with ``x_sigma = (1 - sigma) x0 + sigma eps``, ``sigma ~ U(0, 1)`` (rectified flow) and the prompt ``c``
 dropped to the empty prompt with probability ``cfg_dropout`` (for classifier-free guidance).
+
+``scrambled_fraction > 0`` (not in SRUM or BAGEL; ours) asks that fraction of the questions about a
+patch-scrambled copy of the scene instead ("does the image show {prompt}?" -> "no",
+:func:`~selfgen.data.scenes.scramble_patches`): the understanding path, which SRUM later uses as its judge
+as is, then also knows that scattered patches of the right colours do not show the prompt, the failure
+mode of an under-trained patch generator. Generation always learns from the intact scene.
 """
 
 from __future__ import annotations
@@ -30,16 +36,18 @@ from ..data.scenes import (
     MAX_PROMPT_TOKENS,
     MAX_QUESTION_TOKENS,
     PAD_ID,
+    REGIONS,
     VOCAB,
     ScenesDataset,
     parse_prompt,
     prompt_split,
+    question_in_region,
     render_scene,
     sample_scene,
     scene_questions,
 )
 from ..eval.plots import save_image_grid
-from ..eval.scenes import SceneJudge, judge_image
+from ..eval.scenes import SceneJudge, judge_image, ranking_auc
 from ..models.unified import UnifiedTransformer
 from ..pipelines.unified import UnifiedPipeline
 from .config import TrainingConfig
@@ -57,6 +65,7 @@ class UnifiedConfig(TrainingConfig):
     cfg_dropout: float = 0.1
     understanding_weight: float = 1.0
     questions_per_image: int = 1  # distinct questions answered about each training scene per step
+    scrambled_fraction: float = 0.0  # question slots asked about a patch-scrambled scene instead (answer "no")
     eval_prompts_per_category: int = 16
 
 
@@ -88,12 +97,11 @@ class JointObjective(Objective):
         drop = torch.rand(images.shape[0], device=images.device) < self.cfg_dropout
         prompt_ids = torch.where(drop[:, None], empty_prompt_like(prompt_ids), prompt_ids)
         noisy, sigmas, target = noisy_pair(images)
-        questions_per_image = batch["question_ids"].shape[1]
         output = model(
             sample=noisy,
             timestep=sigmas * 1000,
             prompt_ids=prompt_ids,
-            pixel_values=images.repeat_interleave(questions_per_image, dim=0),
+            pixel_values=batch["question_pixel_values"].flatten(0, 1),
             question_ids=batch["question_ids"].flatten(0, 1),
         )
         generation = F.mse_loss(output.sample.float(), target.float())
@@ -145,7 +153,11 @@ def train(config: UnifiedConfig) -> TrainResult:
             num_heads=config.num_heads,
         )
     dataset = ScenesDataset(
-        config.num_examples, "train", seed=config.seed, questions_per_image=config.questions_per_image
+        config.num_examples,
+        "train",
+        seed=config.seed,
+        questions_per_image=config.questions_per_image,
+        scrambled_fraction=config.scrambled_fraction,
     )
     objective = JointObjective(config.cfg_dropout, config.understanding_weight)
     return Trainer(model, objective, dataset, config, export_fn=export_pipeline, collate_fn=collate).train()
@@ -201,6 +213,28 @@ def understanding_accuracy(pipe: UnifiedPipeline, num_scenes: int = 200, seed: i
     }
     scores["overall"] = float(np.mean([p == a for p, a in zip(predicted, answers)]))
     return scores
+
+
+def occupancy_auc(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1) -> float:
+    """AUC of the model's ``P(yes | "is there an object in the {r}?")`` for occupied against empty quadrants
+    of freshly rendered held-out scenes (every quadrant of every scene): 0.5 means the understanding path
+    cannot tell where objects are, whatever its answers' accuracy (it may just answer the majority)."""
+    rng = random.Random(seed)
+    images, questions, occupied = [], [], []
+    for prompt in (rng.choice(heldout_prompts(10**6)) for _ in range(num_scenes)):
+        objects = sample_scene(parse_prompt(prompt), rng)
+        image = render_scene(objects)
+        for region in REGIONS:
+            images.append(image)
+            questions.append(question_in_region(None, region))
+            occupied.append(any(obj.region == region for obj in objects))
+    probabilities = torch.cat(
+        [
+            pipe.yes_probability(np.stack(images[start : start + 256]), questions[start : start + 256]).cpu()
+            for start in range(0, len(images), 256)
+        ]
+    )
+    return ranking_auc(probabilities.numpy(), np.array(occupied))
 
 
 def _question_kind(question: str) -> str:
@@ -263,6 +297,7 @@ def evaluate(
         "compositional_accuracy": generation,
         "per_prompt_accuracy": dict(zip(prompts, np.reshape(correct, (-1, samples_per_prompt)).mean(1).tolist())),
         "understanding_accuracy": understanding_accuracy(pipe, num_scenes, seed + 1),
+        "understanding_occupancy_auc": occupancy_auc(pipe, num_scenes, seed + 1),
         "split": split,
         "num_prompts": len(prompts),
         "samples_per_prompt": samples_per_prompt,

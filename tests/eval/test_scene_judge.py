@@ -12,7 +12,7 @@ from selfgen.data.scenes import (
     render_scene,
     sample_scene,
 )
-from selfgen.eval.scenes import SceneJudge, detect_objects, judge_image, region_labels
+from selfgen.eval.scenes import SceneJudge, detect_objects, judge_image, paired_difference, region_labels
 
 
 def _rendered(count_per_category=25, seed=0):
@@ -83,3 +83,13 @@ def test_region_labels_mark_occupied_quadrants_and_prompt_objects():
     occupied, correct = region_labels(image, "a red circle")
     assert occupied.tolist() == [True, False, False, True]  # top-left, top-right, bottom-left, bottom-right
     assert correct.tolist() == [True, False, False, False]  # the blue square is not in the prompt
+
+
+def test_paired_difference_is_clustered_by_prompt_and_needs_the_same_prompts():
+    baseline = {"a red circle": 0.0, "a blue square": 0.5, "two green circles": 0.25}
+    candidate = {"a red circle": 0.5, "a blue square": 0.5, "two green circles": 0.5}
+    difference, standard_error = paired_difference(baseline, candidate)
+    assert difference == pytest.approx(0.25)
+    assert standard_error == pytest.approx(np.std([0.5, 0.0, 0.25], ddof=1) / np.sqrt(3))
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference(baseline, {"a red circle": 1.0, "a blue square": 1.0, "a red square": 1.0})

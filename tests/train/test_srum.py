@@ -1,16 +1,18 @@
 import json
+import random
 
 import numpy as np
 import pytest
 import torch
 
 from selfgen import UnifiedTransformer
-from selfgen.data.scenes import VOCAB
+from selfgen.data.scenes import VOCAB, parse_prompt, render_scene, sample_scene
+from selfgen.eval.scenes import ranking_auc
 from selfgen.train.srum import (
     SRUMConfig,
     SRUMObjective,
     group_baseline,
-    ranking_auc,
+    oracle_rewards,
     reward_maps,
     self_judge_agreement,
     self_rewards,
@@ -82,7 +84,10 @@ def test_self_judge_agreement_reports_judge_accuracy_and_rankings(tiny_pipe):
     assert {"answer_accuracy_whole_prompt", "answer_accuracy_occupancy", "auc_occupancy", "auc_local_region"} <= set(
         results
     )
-    assert all(0 <= value <= 1 for value in results.values() if not np.isnan(value))
+    gains = {key for key in results if key.startswith("top1_gain_")}
+    assert {"top1_gain_global", "top1_gain_global_se"} <= gains
+    assert all(-1 <= results[key] <= 1 for key in gains)
+    assert all(0 <= value <= 1 for key, value in results.items() if key not in gains and not np.isnan(value))
 
 
 def test_ranking_auc_counts_ordered_pairs_and_half_ties():
@@ -131,3 +136,13 @@ def test_one_round_runs_end_to_end_and_changes_only_generation(tiny_pipe, tmp_pa
     assert [record["round"] for record in history] == [0, 1] and "accuracy_overall" in history[1]
     assert (tmp_path / "run" / "round-1" / "samples_and_reward_maps.png").is_file()
     assert (tmp_path / "run" / "accuracy_per_round.png").is_file()
+
+
+def test_oracle_rewards_follow_the_rule_based_judge():
+    prompt = "a red circle left of a blue square"
+    image = render_scene(sample_scene(parse_prompt(prompt), random.Random(0)))[None]
+    right = oracle_rewards(image, [prompt])
+    wrong = oracle_rewards(image, ["a red circle right of a blue square"])
+    assert right.global_reward.tolist() == [1.0] and wrong.global_reward.tolist() == [-1.0]
+    assert right.reward_maps.max() == 1.0 and right.reward_maps.min() == 0.5  # objects' quadrants up, rest neutral
+    assert wrong.reward_maps.max() == 0.0
