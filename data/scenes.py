@@ -461,6 +461,7 @@ class ScenesDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.num_examples} scenes")
         prompt, objects, pairs = self.example(index)
         image = render_scene(objects)
+        pixel_values = to_pixels(image)
         scramble_rng = random.Random(f"{self.seed}-{self.split}-{index}-scrambled")
         question_images = []
         for slot in range(len(pairs)):
@@ -468,9 +469,9 @@ class ScenesDataset(Dataset):
                 pairs[slot] = (question_about_prompt(prompt), "no")
                 question_images.append(to_pixels(scramble_patches(image, scramble_rng)))
             else:
-                question_images.append(to_pixels(image))
+                question_images.append(pixel_values)
         return {
-            "pixel_values": to_pixels(image),
+            "pixel_values": pixel_values,
             "prompt_ids": torch.tensor(encode_prompt(prompt)),
             "question_ids": torch.tensor([encode_question(question) for question, _ in pairs]),
             "answer_id": torch.tensor([encode_answer(answer) for _, answer in pairs]),

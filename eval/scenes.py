@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.scenes import COLOURS, DEFAULT_SIZE, REGIONS, SIZES, ObjectSpec, parse_prompt, relation_holds
+from .statistics import standard_error
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 _COLOUR_NAMES = list(COLOURS)
@@ -126,7 +127,7 @@ class SceneJudge:
         Returns ``{category: accuracy, ..., "overall": mean of the categories, "pooled": fraction of all
         images right, "pooled_se": its standard error}``. ``samples_per_prompt`` consecutive images share
         one prompt; they are correlated, so ``pooled_se`` is the standard error of the per-prompt means
-        (clustered by prompt), not of the images."""
+        (clustered by prompt), not of the images; `nan` for a single prompt."""
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; expected one image per prompt")
         if samples_per_prompt < 1 or len(prompts) % samples_per_prompt:
@@ -141,7 +142,7 @@ class SceneJudge:
         scores["overall"] = float(np.mean([np.mean(results) for results in per_category.values()]))
         per_prompt = correct.reshape(-1, samples_per_prompt).mean(axis=1)
         scores["pooled"] = float(correct.mean())
-        scores["pooled_se"] = float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else 0.0
+        scores["pooled_se"] = standard_error(per_prompt)
         return scores
 
 
@@ -158,7 +159,7 @@ def paired_difference(baseline: dict[str, float], candidate: dict[str, float]) -
     differences = np.array([candidate[prompt] - baseline[prompt] for prompt in baseline])
     if len(differences) < 2:
         raise ValueError(f"paired comparison needs at least 2 prompts, got {len(differences)}")
-    return float(differences.mean()), float(differences.std(ddof=1) / np.sqrt(len(differences)))
+    return float(differences.mean()), standard_error(differences)
 
 
 def ranking_auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -65,6 +65,7 @@ from ..data.multiview import (
 )
 from ..eval.multiview import camera_error, masked_psnr, psnr, ssim
 from ..eval.plots import pyplot, save_figure, save_image_grid
+from ..eval.statistics import standard_error
 from ..models.embeddings import relative_cameras
 from ..models.plenoptic import PlenopticTransformer
 from ..pipelines.plenoptic import RETRIEVAL_MODES, PlenopticDreamerPipeline, frustum_overlap
@@ -314,13 +315,6 @@ def scene_chain_scores(item: dict[str, Any], generated: list[np.ndarray], intrin
         "unseen_fraction": float(unseen.mean()),
         "camera_error_deg": float(np.mean(camera_errors)),
     }
-
-
-def standard_error(values: list[float]) -> float:
-    """Standard error of the mean of ``values``, NaNs left out (``nan`` for fewer than two values)."""
-    finite = np.asarray(values, dtype=float)
-    finite = finite[np.isfinite(finite)]
-    return float(finite.std(ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else float("nan")
 
 
 def chain_scores(

@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 from ..data.scenes import REGIONS, parse_prompt, question_in_region, sample_training_prompt
 from ..eval.plots import save_image_grid, save_metric_curves
 from ..eval.scenes import judge_image, paired_difference, ranking_auc, region_labels
+from ..eval.statistics import standard_error
 from ..pipelines.unified import UnifiedPipeline
 from . import unified
 from .config import TrainingConfig
@@ -283,10 +284,11 @@ def self_judge_agreement(
     for name, values in candidates.items():
         results[f"auc_{name}"] = ranking_auc(values, correct)
         best = values.reshape(-1, samples_per_prompt).argmax(axis=1)
-        gain = grouped[np.arange(len(best)), best] - grouped.mean(axis=1)
-        results[f"top1_accuracy_{name}"] = float(grouped[np.arange(len(best)), best].mean())
+        top1 = grouped[np.arange(len(best)), best]
+        gain = top1 - grouped.mean(axis=1)
+        results[f"top1_accuracy_{name}"] = float(top1.mean())
         results[f"top1_gain_{name}"] = float(gain.mean())
-        results[f"top1_gain_{name}_se"] = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
+        results[f"top1_gain_{name}_se"] = standard_error(gain)
     occupied, right = map(np.stack, zip(*(region_labels(image, prompt) for image, prompt in zip(images, prompts))))
     results["answer_accuracy_whole_prompt"] = float(((rewards.global_reward > 0) == correct).mean())
     results["answer_accuracy_occupancy"] = float(((rewards.occupancy > 0.5) == occupied).mean())

@@ -194,13 +194,14 @@ def compositional_accuracy(
 
 def understanding_accuracy(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1) -> dict[str, float]:
     """Accuracy of the model's answers on freshly rendered scenes of held-out prompts, per question kind."""
-    rng = random.Random(seed)
+    rng, pool = random.Random(seed), heldout_prompts(10**6)
     images, questions, answers = [], [], []
-    for prompt in (rng.choice(heldout_prompts(10**6)) for _ in range(num_scenes)):
+    for prompt in (rng.choice(pool) for _ in range(num_scenes)):
         spec = parse_prompt(prompt)
         objects = sample_scene(spec, rng)
+        image = render_scene(objects)
         for question, answer in scene_questions(objects, spec, rng):
-            images.append(render_scene(objects))
+            images.append(image)
             questions.append(question)
             answers.append(answer)
     predicted = []
@@ -219,9 +220,9 @@ def occupancy_auc(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1) -
     """AUC of the model's ``P(yes | "is there an object in the {r}?")`` for occupied against empty quadrants
     of freshly rendered held-out scenes (every quadrant of every scene): 0.5 means the understanding path
     cannot tell where objects are, whatever its answers' accuracy (it may just answer the majority)."""
-    rng = random.Random(seed)
+    rng, pool = random.Random(seed), heldout_prompts(10**6)
     images, questions, occupied = [], [], []
-    for prompt in (rng.choice(heldout_prompts(10**6)) for _ in range(num_scenes)):
+    for prompt in (rng.choice(pool) for _ in range(num_scenes)):
         objects = sample_scene(parse_prompt(prompt), rng)
         image = render_scene(objects)
         for region in REGIONS:

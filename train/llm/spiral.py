@@ -306,9 +306,7 @@ def evaluate(
         output_dir=str(output_dir), games=games or list(GAMES), eval_games=eval_games, task=task,
         min_digits=min_digits, max_digits=max_digits, eval_problems=eval_problems,
     )
-    metrics = SPIRALTrainer(model=model_path, config=config).evaluate()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return metrics
+    return SPIRALTrainer(model=model_path, config=config).evaluate()
 
 
 METHOD = Method(
