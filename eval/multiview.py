@@ -6,6 +6,8 @@
   generations of the same camera path (e.g. views A and A' at the start and end of a chain), over the whole
   frame and over the pixels the source never saw (``selfgen.data.multiview.unseen_mask``), where the model
   must hallucinate and only memory can make the two generations agree.
+* :func:`chain_slope` -- how fast quality changes along an autoregressive chain: the least-squares slope of
+  per-view PSNR against chain position (dB per view; negative = degrading).
 * :func:`camera_error` -- the camera-accuracy proxy: a generated view is matched (lowest MSE) against
   ground-truth renders of candidate camera paths, the true path turned about the scene's vertical axis by
   each of a set of angles; the error is ``|chosen angle|`` in degrees (0 when the true path matches best).
@@ -65,3 +67,15 @@ def camera_error(generated: np.ndarray, candidate_renders: Sequence[np.ndarray],
         raise ValueError("candidate_renders and candidate_angles must be non-empty and of equal length")
     errors = [float(np.mean((np.asarray(generated) - render) ** 2)) for render in candidate_renders]
     return abs(float(candidate_angles[int(np.argmin(errors))]))
+
+
+def chain_slope(values: Sequence[float]) -> float:
+    """Least-squares slope ``b`` of ``values[i] ~ a + b i`` over positions ``i = 0, 1, ...``; ``nan`` for
+    fewer than two values."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"values must be one-dimensional, got shape {values.shape}")
+    if len(values) < 2:
+        return float("nan")
+    positions = np.arange(len(values)) - (len(values) - 1) / 2
+    return float(positions @ (values - values.mean()) / (positions @ positions))

@@ -13,11 +13,23 @@ averaged over the target frames that are not given clean. The paper's training r
 * **progressive context scaling** -- the number of conditioning videos ``n`` is drawn from ``1..n_max`` where
   ``n_max`` grows from 1 to ``max_conditions`` (K) in equal stages over the first ``context_warmup_fraction``
   of training (``progressive_context: false`` draws from ``1..K`` from the start);
-* **self-conditioning** -- after ``self_conditioning_start`` of training, with probability
-  ``self_conditioning_prob`` per sample, every conditioning view other than the source is replaced by the
-  model's own generation of that view (``self_conditioning_steps`` Euler steps from noise, conditioned on
-  the source, no gradient), so the model learns to condition on imperfect generated videos as it must at
-  inference time, deep in an autoregressive chain;
+* **self-conditioning** -- after ``self_conditioning_start`` of training, each conditioning view other than
+  the source is, with probability ``self_conditioning_prob``, replaced by the model's own generation of that
+  view, so the model learns to condition on imperfect generated videos as it must at inference time, deep
+  in an autoregressive chain. Two sources of generations (``self_conditioning``):
+
+  - ``"offline"`` (nearer the paper, used to fine-tune a trained model): before training, the model being
+    fine-tuned (``pretrained``) re-renders every training scene with the full inference pipeline -- views
+    ``1..V-1`` generated autoregressively from view 0 with FOV retrieval (``max_conditions`` videos) and
+    ``self_conditioning_steps`` Euler steps, so later views carry the compounded errors of a chain. The
+    generations are stored once as a uint8 ``.npz`` bank (``self_conditioning_bank``; by default
+    ``<output_dir>/self_conditioning_bank.npz``, built if missing, reused if present) and the training
+    batches carry them as ``"generated_videos"`` (:class:`SelfGeneratedViews`). Departures: the bank is made
+    once and not refreshed as the model changes, and the replacement probability is ours (the paper's
+    schedule was not available to us);
+  - ``"online"``: generated inside the training step with ``self_conditioning_steps`` Euler steps,
+    conditioned on the source only, no gradient (cheap, but a coarse sample unlike those of a real chain;
+    used for the bundled model);
 * **long-video conditioning** -- with probability ``clean_prefix_prob`` the first ``1..num_frames - 1`` target
   frames are given clean (timestep 0) and excluded from the loss, as a continuation chunk sees them;
 * **retrieved conditions** -- ``condition_selection: fov`` (default) conditions the target on the ``n``
@@ -31,7 +43,8 @@ synthetic training scenes (``neighbour_prob``, see :class:`MultiViewSceneDataset
 path is a slightly turned copy of another view's, as multi-camera datasets include overlapping
 trajectories; without them retrieval never offers a condition near the target camera (a departure in
 the data, named in ``docs/plenoptic.md``). ``selfgen train plenoptic --config configs/plenoptic_scenes.yaml``
-rebuilds ``assets/plenoptic-scenes``.
+rebuilds ``assets/plenoptic-scenes``; ``configs/plenoptic_scenes_selfcond.yaml`` fine-tunes it with offline
+self-conditioning.
 
 Evaluation (``selfgen eval plenoptic``): on held-out scenes, chains A, B, C, ... then A' (A's cameras
 again), scored against ground-truth renders (``eval/multiview.py``).
@@ -51,6 +64,8 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..data.multiview import (
     MultiViewSceneDataset,
@@ -63,7 +78,7 @@ from ..data.multiview import (
     rotate_about_vertical,
     unseen_mask,
 )
-from ..eval.multiview import camera_error, masked_psnr, psnr, ssim
+from ..eval.multiview import camera_error, chain_slope, masked_psnr, psnr, ssim
 from ..eval.plots import pyplot, save_figure, save_image_grid
 from ..eval.statistics import standard_error
 from ..models.embeddings import relative_cameras
@@ -75,6 +90,7 @@ from .trainer import Objective, TrainerCallback, TrainResult, Trainer
 
 CAMERA_CANDIDATE_DEGREES = (-30.0, -20.0, -10.0, 0.0, 10.0, 20.0, 30.0)
 CONDITION_SELECTIONS = ("fov", "random")
+SELF_CONDITIONING_MODES = ("online", "offline")
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -94,7 +110,9 @@ class PlenopticConfig(TrainingConfig):
     context_warmup_fraction: float = 0.5
     self_conditioning_prob: float = 0.3
     self_conditioning_start: float = 0.5
-    self_conditioning_steps: int = 2
+    self_conditioning_steps: int = 2  # Euler steps of the self-generated conditions (in-step sample or offline chains)
+    self_conditioning: str = "online"  # "offline": a bank of full-pipeline chains by the pretrained model
+    self_conditioning_bank: str | None = None  # offline bank (.npz); None: <output_dir>/self_conditioning_bank.npz, built if missing
     clean_prefix_prob: float = 0.2
     condition_selection: str = "fov"
     neighbour_prob: float = 0.0
@@ -115,6 +133,13 @@ class PlenopticConfig(TrainingConfig):
             raise ValueError(f"export_dtype must be one of {tuple(EXPORT_DTYPES)}, got {self.export_dtype!r}")
         if self.condition_selection not in CONDITION_SELECTIONS:
             raise ValueError(f"condition_selection must be one of {CONDITION_SELECTIONS}, got {self.condition_selection!r}")
+        if self.self_conditioning not in SELF_CONDITIONING_MODES:
+            raise ValueError(f"self_conditioning must be one of {SELF_CONDITIONING_MODES}, got {self.self_conditioning!r}")
+        if self.self_conditioning == "offline" and self.pretrained is None and self.self_conditioning_bank is None:
+            raise ValueError(
+                "self_conditioning: offline fine-tunes a trained model: set pretrained (the pipeline whose own "
+                "chains fill the bank) or self_conditioning_bank (an existing bank .npz)"
+            )
 
 
 # ---------------------------------------------------------------------- objective
@@ -191,6 +216,16 @@ class PlenopticObjective(Objective):
         generated = flow_sample(model, inputs, tuple(videos[sample_index, flat].shape), self.config.self_conditioning_steps)
         return generated.reshape(batch, count, *generated.shape[1:])
 
+    def own_generations(self, model: nn.Module, batch: dict, videos, cameras, intrinsics, views: torch.Tensor) -> torch.Tensor:
+        """The model's own versions of ``views`` ``(B, n)`` in ``[-1, 1]``: the offline bank's chain generations
+        (``batch["generated_videos"]``) or, online, a fresh :meth:`self_generate`."""
+        if self.config.self_conditioning == "online":
+            return self.self_generate(model, videos, cameras, intrinsics, views)
+        if "generated_videos" not in batch:
+            raise ValueError("self_conditioning: offline needs batches with 'generated_videos' (wrap the dataset in SelfGeneratedViews)")
+        generated = batch["generated_videos"].permute(0, 1, 2, 5, 3, 4) * 2 - 1
+        return generated[torch.arange(views.shape[0], device=views.device)[:, None], views]
+
     def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         videos = batch["videos"].permute(0, 1, 2, 5, 3, 4) * 2 - 1  # (B, V, F, C, H, W) in [-1, 1]
         cameras = relative_cameras(batch["cameras"], batch["cameras"][:, :1, :1])
@@ -203,7 +238,7 @@ class PlenopticObjective(Objective):
         if self.self_conditioning_active():
             replace = (views != 0) & (torch.rand(views.shape, device=videos.device) < self.config.self_conditioning_prob)
             if replace.any():
-                generated = self.self_generate(model, videos, cameras, intrinsics, views).to(conditions.dtype)
+                generated = self.own_generations(model, batch, videos, cameras, intrinsics, views).to(conditions.dtype)
                 conditions = torch.where(replace[..., None, None, None, None], generated, conditions)
             logs["self_conditioned"] = replace.float().mean().item()
 
@@ -248,6 +283,79 @@ def build_dataset(config: PlenopticConfig):
     )
 
 
+class SelfGeneratedViews(Dataset):
+    """``dataset`` with each item's ``"generated_videos"`` added: ``(V, F, H, W, 3)`` in ``[0, 1]``, view 0 the
+    real source and views ``1..V-1`` the offline bank's generations of that scene (``bank[index]``, uint8)."""
+
+    def __init__(self, dataset: Dataset, bank: np.ndarray) -> None:
+        self.dataset, self.bank = dataset, bank
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        generated = torch.from_numpy(self.bank[index]).float() / 255
+        return {**item, "generated_videos": torch.cat([item["videos"][:1], generated])}
+
+
+@torch.no_grad()
+def generate_bank(pipe: PlenopticDreamerPipeline, dataset: Dataset, retrieval_k: int, num_inference_steps: int, seed: int) -> np.ndarray:
+    """``(S, V - 1, F, H, W, 3)`` uint8: for every scene of ``dataset``, views ``1..V-1`` re-rendered by ``pipe``
+    from view 0 in one autoregressive chain (FOV retrieval of ``retrieval_k`` videos, as at inference),
+    with the generator seeded ``seed + scene index``."""
+    chains = []
+    for index in tqdm(range(len(dataset)), desc="self-conditioning bank", mininterval=10):
+        item = dataset[index]
+        videos, cameras, intrinsics = item["videos"].numpy(), item["cameras"].numpy(), item["intrinsics"].numpy()
+        generated = pipe(
+            source_video=videos[0], source_cameras=cameras[0], target_cameras=list(cameras[1:]), intrinsics=intrinsics,
+            retrieval_k=retrieval_k, retrieval="fov", num_inference_steps=num_inference_steps,
+            generator=torch.Generator().manual_seed(seed + index), output_type="np",
+        ).videos
+        chains.append((np.stack(generated) * 255).round().astype(np.uint8))
+    return np.stack(chains)
+
+
+def load_bank(path: Path, dataset: Dataset) -> np.ndarray:
+    """The bank stored at ``path``, checked against ``dataset`` (one chain of ``V - 1`` views per scene)."""
+    with np.load(path) as stored:
+        if "videos" not in stored:
+            raise ValueError(f"self_conditioning_bank {path}: expected an array 'videos' inside")
+        bank = stored["videos"]
+    videos = dataset[0]["videos"]
+    expected = (len(dataset), videos.shape[0] - 1, *videos.shape[1:])
+    if bank.shape != expected or bank.dtype != np.uint8:
+        raise ValueError(
+            f"self_conditioning_bank {path}: videos of shape {bank.shape} ({bank.dtype}) do not fit the training data, "
+            f"expected {expected} uint8 (scenes, views - 1, frames, H, W, 3)"
+        )
+    return bank
+
+
+def self_conditioning_bank(config: PlenopticConfig, transformer: PlenopticTransformer, dataset: Dataset) -> np.ndarray:
+    """The offline self-conditioning bank: ``config.self_conditioning_bank`` (must exist) or
+    ``<output_dir>/self_conditioning_bank.npz``, generated by ``transformer`` and written atomically if missing."""
+    if config.self_conditioning_bank is not None:
+        path = Path(config.self_conditioning_bank)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"self_conditioning_bank {path} not found (expected a bank .npz from an earlier offline run; "
+                "leave the field unset to build one under output_dir)"
+            )
+        return load_bank(path, dataset)
+    path = Path(config.output_dir) / "self_conditioning_bank.npz"
+    if not path.is_file():
+        pipe = build_pipeline(transformer)
+        pipe.set_progress_bar_config(disable=True)
+        bank = generate_bank(pipe, dataset, config.max_conditions, config.self_conditioning_steps, config.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez_compressed(partial, videos=bank)
+        partial.replace(path)  # atomic: a crash leaves no half-written bank behind
+    return load_bank(path, dataset)
+
+
 def build_transformer(config: PlenopticConfig) -> PlenopticTransformer:
     if config.pretrained:
         return PlenopticDreamerPipeline.from_pretrained(config.pretrained).transformer
@@ -269,9 +377,13 @@ def export_pipeline(model: PlenopticTransformer, directory: Path, dtype: str) ->
 
 def train(config: PlenopticConfig) -> TrainResult:
     set_seed(config.seed)
+    transformer, dataset = build_transformer(config), build_dataset(config)
+    if config.self_conditioning == "offline" and config.self_conditioning_prob > 0:
+        dataset = SelfGeneratedViews(dataset, self_conditioning_bank(config, transformer, dataset))
+        set_seed(config.seed)  # the same training randomness as a run without a bank
     objective = PlenopticObjective(config)
     trainer = Trainer(
-        build_transformer(config), objective, build_dataset(config), config,
+        transformer, objective, dataset, config,
         export_fn=lambda model, directory: export_pipeline(model, directory, config.export_dtype),
         callbacks=[ObjectiveStep(objective)],
     )
@@ -326,8 +438,12 @@ def chain_scores(
     seed: int,
 ) -> dict[str, Any]:
     """Mean scores over ``dataset``'s scenes of the chain A, B, ..., A' (with standard errors over the
-    scenes of the mean PSNR and of both sync scores); ``pipe=None`` scores the "copy the source video"
-    floor. Also returns the generated chains of the first scene."""
+    scenes of the mean PSNR, of both sync scores and of the degradation along the chain); ``pipe=None``
+    scores the "copy the source video" floor. Degradation is measured from B (the first view whose
+    context may hold generated videos) to the last new view: ``degradation_slope`` is the mean per-scene
+    least-squares slope of PSNR in dB per view, ``drop_b_to_last`` the mean PSNR difference last - B.
+    ``per_scene`` keeps each scene's mean PSNR, sync PSNR and slope for paired comparisons between rows. Also
+    returns the generated chains of the first scene."""
     per_scene, first_chain = [], None
     for index in range(len(dataset)):
         item = dataset[index]
@@ -348,10 +464,20 @@ def chain_scores(
     }
     summary["mean_psnr"] = float(np.mean(summary["psnr"][:-1]))
     summary["mean_ssim"] = float(np.mean(summary["ssim"][:-1]))
+    slopes = [chain_slope(scores["psnr"][1:-1]) for scores in per_scene]
+    drops = [scores["psnr"][-2] - scores["psnr"][1] for scores in per_scene]
+    summary["degradation_slope"], summary["drop_b_to_last"] = float(np.mean(slopes)), float(np.mean(drops))
+    summary["per_scene"] = {
+        "mean_psnr": [float(np.mean(scores["psnr"][:-1])) for scores in per_scene],
+        "sync_psnr": [scores["sync_psnr"] for scores in per_scene],
+        "degradation_slope": slopes,
+    }
     summary["standard_error"] = {
-        "mean_psnr": standard_error([np.mean(scores["psnr"][:-1]) for scores in per_scene]),
-        "sync_psnr": standard_error([scores["sync_psnr"] for scores in per_scene]),
+        "mean_psnr": standard_error(summary["per_scene"]["mean_psnr"]),
+        "sync_psnr": standard_error(summary["per_scene"]["sync_psnr"]),
         "sync_psnr_unseen": standard_error([scores["sync_psnr_unseen"] for scores in per_scene]),
+        "degradation_slope": standard_error(summary["per_scene"]["degradation_slope"]),
+        "drop_b_to_last": standard_error(drops),
     }
     return {"scores": summary, "first_chain": first_chain}
 
@@ -366,6 +492,16 @@ def parse_extra_model(entry: str) -> tuple[str, str, str]:
     if retrieval not in RETRIEVAL_MODES:
         raise ValueError(f"--extra_models {entry!r}: retrieval must be one of {RETRIEVAL_MODES}")
     return name, path, retrieval
+
+
+def paired_differences(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, list[float]]:
+    """Per-scene differences ``row - reference`` of mean PSNR, sync PSNR and degradation slope (same scenes,
+    same seeds): ``{metric: [mean, standard error over scenes]}``."""
+    differences = {}
+    for metric in ("mean_psnr", "sync_psnr", "degradation_slope"):
+        values = np.asarray(row["per_scene"][metric]) - np.asarray(reference["per_scene"][metric])
+        differences[metric] = [float(values.mean()), standard_error(values)]
+    return differences
 
 
 def plot_chain_quality(rows: dict[str, dict[str, Any]], path: Path) -> None:
@@ -391,10 +527,12 @@ def evaluate(
     chain_length: int = 8,
     num_inference_steps: int = 20,
     seed: int = 0,
+    paired_references: list[str] | None = None,
 ) -> dict:
     """Held-out chains A, B, C, ... then A' for the model under each retrieval mode, for ``extra_models``
     (``name=path@retrieval``, e.g. ablation checkpoints) and for the copy-the-source floor. Returns
-    the metrics and writes ``chain_quality.png`` (PSNR vs chain position) and ``chains.png`` (first scene)."""
+    the metrics and writes ``chain_quality.png`` (PSNR vs chain position) and ``chains.png`` (first scene).
+    ``paired_references`` (row names, e.g. ``[single-in]``) add every row's :func:`paired_differences` to each."""
     pipe = load_pipeline(model_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = pipe.transformer.config
@@ -402,11 +540,18 @@ def evaluate(
     runs = [(f"plenoptic-{mode}", pipe, mode) for mode in (retrievals or ["fov", "recent"])]
     runs += [(name, load_pipeline(path), mode) for name, path, mode in map(parse_extra_model, extra_models or [])]
     runs.append(("copy-source", None, "source"))
+    names = [name for name, _, _ in runs]
+    for reference in paired_references or []:
+        if reference not in names:
+            raise ValueError(f"--paired_references {reference!r} is not a row; rows: {names}")
     rows, chains = {}, []
     for name, run_pipe, mode in runs:
         result = chain_scores(run_pipe, dataset, mode, retrieval_k, num_inference_steps, seed)
         rows[name] = result["scores"]
         chains.append(np.concatenate(result["first_chain"]))
+    for reference in paired_references or []:
+        for row in rows.values():
+            row["paired_vs_" + reference] = paired_differences(row, rows[reference])
     plot_chain_quality(rows, output_dir / "chain_quality.png")
     save_image_grid(np.stack(chains).reshape(-1, *chains[0].shape[1:]), output_dir / "chains.png", columns=chains[0].shape[0])
     metrics = {"model": model_path, "num_scenes": num_scenes, "chain_length": chain_length, "retrieval_k": retrieval_k, "rows": rows}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from selfgen.eval.multiview import MAX_PSNR, camera_error, masked_psnr, psnr, ssim
+from selfgen.eval.multiview import MAX_PSNR, camera_error, chain_slope, masked_psnr, psnr, ssim
 
 
 def test_psnr_values_and_mask():
@@ -33,3 +33,11 @@ def test_camera_error_picks_the_closest_candidate():
     assert camera_error(np.full((1, 2, 2, 3), 0.12), renders, [-10.0, 0.0, 10.0]) == 10.0
     with pytest.raises(ValueError, match="equal length"):
         camera_error(renders[0], renders, [0.0])
+
+
+def test_chain_slope_is_the_least_squares_slope():
+    assert chain_slope([3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert chain_slope([1.0, 3.0, 2.0, 4.0]) == pytest.approx(0.8)
+    assert np.isnan(chain_slope([1.0]))
+    with pytest.raises(ValueError, match="one-dimensional"):
+        chain_slope(np.zeros((2, 2)))

@@ -12,10 +12,13 @@ from selfgen.train.plenoptic import (
     METHOD,
     PlenopticConfig,
     PlenopticObjective,
+    SelfGeneratedViews,
+    build_dataset,
     build_transformer,
     chain_scores,
     generate,
     held_out_scenes,
+    paired_differences,
     train,
     write_video,
 )
@@ -157,3 +160,67 @@ def test_copy_source_floor_scores_and_standard_errors():
     assert len(scores["psnr"]) == 3 and 5.0 < scores["mean_psnr"] < 40.0  # A, B, then A' again
     assert scores["sync_psnr"] == MAX_PSNR and scores["standard_error"]["sync_psnr"] == 0.0  # A and A' are both the source
     assert scores["standard_error"]["mean_psnr"] > 0
+
+
+def test_offline_self_conditioning_builds_a_bank_of_chains_and_trains_on_it(tmp_path):
+    first = train(_config(tmp_path, max_train_steps=2))
+    config = _config(
+        tmp_path, output_dir=str(tmp_path / "finetune"), max_train_steps=1, pretrained=str(first.pipeline_dir),
+        self_conditioning="offline", self_conditioning_prob=1.0, self_conditioning_start=0.0, self_conditioning_steps=2,
+    )
+    train(config)
+    bank = np.load(tmp_path / "finetune" / "self_conditioning_bank.npz")["videos"]
+    assert bank.shape == (4, 2, 3, 16, 16, 3) and bank.dtype == np.uint8  # scenes, views 1..V-1
+    dataset = build_dataset(config)
+    item = dataset[1]
+    pipe = PlenopticDreamerPipeline.from_pretrained(first.pipeline_dir)
+    chain = pipe(source_video=item["videos"][0].numpy(), source_cameras=item["cameras"][0].numpy(),
+                 target_cameras=list(item["cameras"][1:].numpy()), intrinsics=item["intrinsics"].numpy(),
+                 retrieval_k=2, num_inference_steps=2, generator=torch.Generator().manual_seed(1)).videos
+    np.testing.assert_array_equal(bank[1], (np.stack(chain) * 255).round().astype(np.uint8))  # the pipeline's own chain
+
+    batch = torch.utils.data.default_collate([SelfGeneratedViews(dataset, bank)[index] for index in (0, 1)])
+    objective, model = PlenopticObjective(config), pipe.transformer
+    views = torch.tensor([[0, 1], [1, 0]])
+    objective.pick_views = lambda cameras, intrinsics, size: (torch.tensor([2, 2]), views)
+    seen = {}
+
+    def record(module, args):
+        seen["conditions"] = args[4].clone()
+
+    hook = model.register_forward_pre_hook(record)
+    _, logs = objective.compute_loss(model, batch)
+    hook.remove()
+    truth = batch["videos"].permute(0, 1, 2, 5, 3, 4) * 2 - 1
+    generated = torch.from_numpy(bank[:, 0]).permute(0, 1, 4, 2, 3).float() / 255 * 2 - 1
+    torch.testing.assert_close(seen["conditions"][0, 1], generated[0])  # view 1 comes from the bank ...
+    torch.testing.assert_close(seen["conditions"][1, 0], generated[1])
+    torch.testing.assert_close(seen["conditions"][0, 0], truth[0, 0])  # ... the source never does
+    assert (seen["conditions"][0, 1] - truth[0, 1]).abs().max() > 0.1 and logs["self_conditioned"] == 0.5
+
+
+def test_offline_self_conditioning_errors(tmp_path):
+    with pytest.raises(ValueError, match="pretrained"):
+        _config(tmp_path, self_conditioning="offline")
+    with pytest.raises(ValueError, match="self_conditioning must be one of"):
+        _config(tmp_path, self_conditioning="sometimes")
+    missing = _config(tmp_path, self_conditioning="offline", self_conditioning_bank=str(tmp_path / "nope.npz"))
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        train(missing)
+    np.savez(tmp_path / "small.npz", videos=np.zeros((2, 2, 3, 16, 16, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"expected \(4, 2, 3, 16, 16, 3\) uint8"):
+        train(_config(tmp_path, self_conditioning="offline", self_conditioning_bank=str(tmp_path / "small.npz")))
+    objective = PlenopticObjective(_config(tmp_path, self_conditioning="offline", self_conditioning_bank="unused.npz",
+                                           self_conditioning_prob=1.0, self_conditioning_start=0.0))
+    with pytest.raises(ValueError, match="generated_videos"):
+        objective.compute_loss(build_transformer(objective.config), _batch(2))
+
+
+def test_chain_degradation_and_paired_differences():
+    scores = chain_scores(None, held_out_scenes(3, 4, 2, 16), "source", 2, 2, 0)["scores"]
+    psnrs = np.asarray(scores["psnr"])
+    assert scores["drop_b_to_last"] == pytest.approx(psnrs[-2] - psnrs[1])
+    assert np.isfinite(scores["degradation_slope"]) and scores["standard_error"]["degradation_slope"] > 0
+    shifted = {"per_scene": {key: [value + 0.5 for value in values] for key, values in scores["per_scene"].items()}}
+    differences = paired_differences(shifted, scores)
+    assert differences["mean_psnr"] == pytest.approx([0.5, 0.0]) and differences["degradation_slope"] == pytest.approx([0.5, 0.0])
