@@ -9,11 +9,17 @@ difference to the frame is lowest; the template's centre there is the tracked po
   in ``[0, 1]`` (1 = the reference appearance, pixel for pixel);
 * ``swap_rate``: over videos with two or more entities, the fraction whose tracks fit another assignment of
   the requested paths better than the intended one (two entities exchanging paths).
+
+Each comes with its standard error (``*_se``: the binomial ``sqrt(p (1 - p) / n)`` over the multi-entity videos
+for the swap rate, the standard error of the mean over entities for the others), and ``swap_chance`` is the
+swap rate of tracks that carry no information about the paths (``1 - 1/K!`` for a video of ``K`` entities,
+averaged over the multi-entity videos).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -94,7 +100,7 @@ def evaluate_tracking(frames: np.ndarray, items: Sequence[dict], shuffle_seed: i
         targets = [[np.asarray(e["trajectory"], np.float32) for e in item["entities"]] for item in items]
     else:
         targets = _shuffled_targets(items, shuffle_seed)
-    errors, similarities, swaps = [], [], []
+    errors, similarities, swaps, chances = [], [], [], []
     for video, item, video_targets in zip(frames, items, targets):
         tracks = []
         for entity, target in zip(item["entities"], video_targets):
@@ -104,13 +110,24 @@ def evaluate_tracking(frames: np.ndarray, items: Sequence[dict], shuffle_seed: i
             similarities.append(similarity.mean())
         if len(tracks) > 1:
             swaps.append(_is_swapped(tracks, video_targets))
+            chances.append(1 - 1 / math.factorial(len(tracks)))
+    swap_rate = float(np.mean(swaps)) if swaps else float("nan")
     return {
         "trajectory_error": float(np.mean(errors)),
+        "trajectory_error_se": _standard_error(errors),
         "appearance_similarity": float(np.mean(similarities)),
-        "swap_rate": float(np.mean(swaps)) if swaps else float("nan"),
+        "appearance_similarity_se": _standard_error(similarities),
+        "swap_rate": swap_rate,
+        "swap_rate_se": math.sqrt(swap_rate * (1 - swap_rate) / len(swaps)) if swaps else float("nan"),
+        "swap_chance": float(np.mean(chances)) if chances else float("nan"),
         "num_entities": len(errors),
         "num_multi_entity_videos": len(swaps),
     }
+
+
+def _standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean, ``std / sqrt(n)`` (``nan`` for fewer than two values)."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
 def draw_trajectories(frames: np.ndarray, trajectories: Sequence[np.ndarray], scale: int = 1) -> np.ndarray:

@@ -5,7 +5,9 @@ and "Tora2: Motion and Appearance Customized Diffusion Transformer for Multi-Ent
 (2025). Our own implementation at toy scale (pixel space, 8 x 32 x 32 videos), read top to bottom:
 
 1. **Video DiT.** Spatio-temporal patches (``temporal_patch_size x patch_size x patch_size`` pixels) become
-   tokens; a small text encoder trained with the model encodes the prompt; text and video tokens attend
+   tokens with fixed 3-D sin-cos positions (CogVideoX's ``get_3d_sincos_pos_embed``; a learned table
+   initialised at std 0.02 left the tokens nearly position-blind for thousands of steps and sampled
+   mosaics); a small text encoder trained with the model encodes the prompt; text and video tokens attend
    jointly (as in CogVideoX, Tora's base) in blocks with adaLN-Zero timestep conditioning. The model
    predicts the clean video ``x0`` from ``x_sigma = (1 - sigma) x0 + sigma eps`` (x-prediction); the pipeline
    turns it into the rectified-flow velocity ``v = (x_sigma - x0) / sigma = eps - x0``.
@@ -22,7 +24,12 @@ and "Tora2: Motion and Appearance Customized Diffusion Transformer for Multi-Ent
 5. **Gated self-attention (Tora2).** Per entity and appearance token, ``MLP([motion; text; appearance])``
    binds the entity's trajectory embedding, its text-entity embedding and its appearance; the bound
    entity tokens and the video tokens attend jointly and the result enters the video tokens through
-   ``tanh(alpha)`` with ``alpha = 0`` at initialisation (GLIGEN-style).
+   ``tanh(alpha)`` with ``alpha = 0`` at initialisation (GLIGEN-style). With ``entity_binding="positional"``
+   the trajectory embedding is taken per temporal token (the entity's motion tokens along its path in
+   those frames, as Tora2 binds motion patches rather than one vector per path) and the bound token
+   carries the video tokens' sin-cos code at the entity's position there, so a video token can find "the
+   entity passing here" by ``q . k`` (GLIGEN likewise binds each grounding token to its box by a Fourier
+   code of the box). ``"pooled"``: one trajectory embedding per entity for its whole path.
 
 Modes (``mode``): ``"tora2"`` (all of the above), ``"tora1"`` (trajectory only: no appearance path, no
 entity tokens), ``"no_gate"`` (the same entity tokens simply concatenated into each block's joint
@@ -40,7 +47,8 @@ trajectory maps carry a third (presence) channel so the first frame's position i
 tokens come from a 3D conv encoder at token resolution instead of a VAE + ResNet stack; MGF uses linear
 (not conv) projections; the personalization branches are small convnets trained from scratch (the paper
 uses pretrained image encoders); the motion embedding of the contrastive loss is our reading of the paper
-(features sampled along the entity's path).
+(features sampled along the entity's path); the sin-cos position code added to the positional entity tokens
+is ours (the paper does not say how its entity tokens are aligned with the video tokens).
 """
 
 from __future__ import annotations
@@ -51,7 +59,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.models.embeddings import (
+    get_1d_sincos_pos_embed_from_grid,
+    get_2d_sincos_pos_embed,
+    get_3d_sincos_pos_embed,
+    get_timestep_embedding,
+)
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
@@ -59,6 +72,7 @@ from torch import nn
 from .attention import Attention, AttentionBackendMixin
 
 MODES = ("tora2", "tora1", "no_gate", "dit")
+ENTITY_BINDINGS = ("positional", "pooled")
 
 
 @dataclass
@@ -109,6 +123,19 @@ def fourier_features(values: torch.Tensor, num_frequencies: int) -> torch.Tensor
     frequencies = 2.0 ** torch.arange(num_frequencies, device=values.device, dtype=values.dtype) * math.pi
     angles = values[..., None] * frequencies
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+def sincos_position_code(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed sin-cos code of continuous token-grid positions ``(..., 3)`` = ``(t, row, column)`` -> ``(..., dim)``.
+
+    ``[PE_t (dim/4); PE_column (3 dim/8); PE_row (3 dim/8)]`` with ``PE(p)_i = [sin(p w_i), cos(p w_i)]``,
+    ``w_i = 10000^(-2i/d)`` (Vaswani et al.): the layout of diffusers' ``get_3d_sincos_pos_embed`` (CogVideoX),
+    so a point at integer grid coordinates gets exactly the code of the video token there.
+    """
+    spatial = 3 * dim // 8
+    axes = ((positions[..., 0], dim // 4), (positions[..., 2], spatial), (positions[..., 1], spatial))
+    codes = [get_1d_sincos_pos_embed_from_grid(width, axis.reshape(-1)) for axis, width in axes]
+    return torch.cat(codes, dim=-1).to(positions.dtype).reshape(*positions.shape[:-1], dim)
 
 
 class ResidualConv3d(nn.Module):
@@ -171,7 +198,8 @@ class PersonalizationExtractor(nn.Module):
     """Tora2's decoupled personalization extractor: reference image ``(N, 3, h, w)`` in ``[-1, 1]``
     -> ``(N, num_tokens, dim)``.
 
-    Detail branch: one full-resolution conv and a 2x2 patch conv keep fine texture as spatial tokens.
+    Detail branch: one full-resolution conv and a 2x2 patch conv keep fine texture as spatial tokens (with
+    fixed 2-D sin-cos positions).
     Semantic branch: three stride-2 convs and global pooling give one token for the identity. Learned
     queries cross-attend to ``[detail tokens; semantic token]`` (Q-Former-style fusion) and an MLP follows.
     """
@@ -181,7 +209,8 @@ class PersonalizationExtractor(nn.Module):
         self.detail = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, dim, 2, stride=2)
         )
-        self.detail_pos = nn.Parameter(torch.randn(1, (reference_size // 2) ** 2, dim) * 0.02)
+        detail_pos = get_2d_sincos_pos_embed(dim, reference_size // 2, base_size=reference_size // 2)
+        self.register_buffer("detail_pos", detail_pos[None].float(), persistent=False)
         self.semantic = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1),
             nn.SiLU(),
@@ -301,7 +330,10 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
             displacement_scale: the Gaussian splat of :func:`trajectory_maps`.
         reference_size: side of the reference images; num_appearance_tokens: personalization tokens per entity.
         max_entities: entity slots; contrastive_dim: width of the contrastive embeddings.
-        mode: ``"tora2"``, ``"tora1"`` or ``"no_gate"``.
+        mode: ``"tora2"``, ``"tora1"``, ``"no_gate"`` or ``"dit"``.
+        entity_binding: ``"positional"`` (one trajectory embedding per entity and temporal token, carrying the
+            entity's position there in the video tokens' sin-cos code) or ``"pooled"`` (one embedding per
+            entity from its whole path; the earlier design, kept for the ablation in ``docs/tora2.md``).
     """
 
     @register_to_config
@@ -328,21 +360,28 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         max_entities: int = 3,
         contrastive_dim: int = 64,
         mode: str = "tora2",
+        entity_binding: str = "positional",
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if entity_binding not in ENTITY_BINDINGS:
+            raise ValueError(f"entity_binding must be one of {ENTITY_BINDINGS}, got {entity_binding!r}")
+        if dim % 16:
+            raise ValueError(f"dim must be divisible by 16 (3-D sin-cos positions), got {dim}")
         if sample_size % patch_size or num_frames % temporal_patch_size:
             raise ValueError(
                 f"sample_size ({sample_size}) must be divisible by patch_size ({patch_size}) and num_frames "
                 f"({num_frames}) by temporal_patch_size ({temporal_patch_size})"
             )
         self.patch = (temporal_patch_size, patch_size, patch_size)
-        self.num_video_tokens = (num_frames // temporal_patch_size) * (sample_size // patch_size) ** 2
+        self.grid = (num_frames // temporal_patch_size, sample_size // patch_size)
+        self.num_video_tokens = self.grid[0] * self.grid[1] ** 2
         patch_dim = in_channels * temporal_patch_size * patch_size**2
         self.text_encoder = TextEncoder(vocab_size, max_text_length, dim, num_heads, pad_token_id)
         self.patch_embed = nn.Linear(patch_dim, dim)
-        self.video_pos = nn.Parameter(torch.randn(1, self.num_video_tokens, dim) * 0.02)
+        video_pos = get_3d_sincos_pos_embed(dim, self.grid[1], self.grid[0]).flatten(0, 1)
+        self.register_buffer("video_pos", video_pos[None].float(), persistent=False)
         self.time_embed = mlp(dim, dim, dim)
         motion_channels = 0 if mode == "dit" else motion_dim
         if mode != "dit":
@@ -355,7 +394,8 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self.prediction_head = zero_linear(dim, patch_dim)
         if mode in ("tora2", "no_gate"):
             self.personalization = PersonalizationExtractor(dim, num_heads, num_appearance_tokens, reference_size)
-            self.trajectory_embed = mlp(motion_dim + 4 * 2 * 2 * num_frames, dim, dim)
+            frames_per_embedding = temporal_patch_size if entity_binding == "positional" else num_frames
+            self.trajectory_embed = mlp(motion_dim + 4 * 2 * 2 * frames_per_embedding, dim, dim)
             self.entity_binder = mlp(3 * dim, dim, dim)
             self.motion_projection = nn.Linear(dim, contrastive_dim)
             self.appearance_projection = nn.Linear(dim, contrastive_dim)
@@ -395,6 +435,35 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         presence = presence / presence.sum(-1, keepdim=True).clamp_min(1e-6)
         return motion * entity_mask[..., None, None], presence
 
+    def trajectory_embeddings(
+        self, trajectories: torch.Tensor, motion: torch.Tensor, presence: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each entity's trajectory embedding ``(B, K, S, dim)`` = ``MLP([motion tokens pooled along its path;
+        Fourier features of its points])`` and, for ``"positional"`` binding, the sin-cos position code
+        ``(B, K, S, dim)`` of where it is.
+
+        ``"positional"``: ``S`` = temporal tokens; embedding ``s`` pools the motion tokens of temporal token
+        ``s`` along the entity's Gaussian and encodes that token's frames, and its code is the video tokens'
+        code (:func:`sincos_position_code`) at the entity's mean position over those frames, so that in the
+        attention ``q . k`` can match a video token to the entity passing through it. ``"pooled"``: ``S = 1``,
+        the whole path in one embedding, no code.
+        """
+        config = self.config
+        if config.entity_binding == "pooled":
+            pooled = (motion * presence[..., None]).sum(2)[:, :, None]
+            points = trajectories.flatten(2)[:, :, None]
+            return self.trajectory_embed(torch.cat([pooled, fourier_features(points, 4)], dim=-1)), None
+        grid_t, grid = self.grid
+        slot_presence = presence.unflatten(2, (grid_t, -1))
+        slot_presence = slot_presence / slot_presence.sum(-1, keepdim=True).clamp_min(1e-6)
+        pooled = torch.einsum("bkts,bktsd->bktd", slot_presence, motion.unflatten(2, (grid_t, -1)))
+        slot_points = trajectories.unflatten(2, (grid_t, -1))  # (B, K, S, pt, 2)
+        embedding = self.trajectory_embed(torch.cat([pooled, fourier_features(slot_points.flatten(3), 4)], dim=-1))
+        centre = slot_points.mean(3) * grid - 0.5  # token-grid (column, row) of the entity's mean position
+        times = torch.arange(grid_t, device=centre.device, dtype=centre.dtype).expand(centre.shape[:3])
+        code = sincos_position_code(torch.stack([times, centre[..., 1], centre[..., 0]], dim=-1), config.dim)
+        return embedding, code
+
     def entity_tokens(
         self,
         trajectories: torch.Tensor,
@@ -403,20 +472,30 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         entity_ids: torch.Tensor,
         reference_images: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bound entity tokens ``(B, K * A, dim)`` = ``MLP([trajectory emb; text-entity emb; appearance token])``
-        for each of the ``A`` appearance tokens, and the appearance tokens ``(B, K, A, dim)``."""
+        """Bound entity tokens ``(B, K, S * A, dim)`` = ``MLP([trajectory emb_s; text-entity emb; appearance
+        token_a]) (+ position code_s)`` for each of the ``S`` trajectory embeddings (:meth:`trajectory_embeddings`)
+        and ``A`` appearance tokens, and the appearance tokens ``(B, K, A, dim)``."""
         batch, slots = trajectories.shape[:2]
-        pooled_motion = (motion * presence[..., None]).sum(2)
-        path_features = fourier_features(trajectories.flatten(2).to(motion.dtype), 4)
-        trajectory_embedding = self.trajectory_embed(torch.cat([pooled_motion, path_features], dim=-1))
+        trajectory_embedding, code = self.trajectory_embeddings(trajectories.to(motion.dtype), motion, presence)
         words, words_valid = self.text_encoder(entity_ids.flatten(0, 1))
         weights = words_valid[..., None].to(words.dtype)
         text_embedding = ((words * weights).sum(1) / weights.sum(1).clamp_min(1)).unflatten(0, (batch, slots))
         appearance = self.personalization(reference_images.flatten(0, 1).to(words.dtype)).unflatten(0, (batch, slots))
-        num_tokens = appearance.shape[2]
-        per_entity = torch.cat([trajectory_embedding, text_embedding], dim=-1)[:, :, None].expand(-1, -1, num_tokens, -1)
-        bound = self.entity_binder(torch.cat([per_entity, appearance], dim=-1))
-        return bound.flatten(1, 2), appearance
+        num_embeddings, num_tokens = trajectory_embedding.shape[2], appearance.shape[2]
+        shape = (-1, -1, num_embeddings, num_tokens, -1)
+        bound = self.entity_binder(
+            torch.cat(
+                [
+                    trajectory_embedding[:, :, :, None].expand(shape),
+                    text_embedding[:, :, None, None].expand(shape),
+                    appearance[:, :, None].expand(shape),
+                ],
+                dim=-1,
+            )
+        )
+        if code is not None:
+            bound = bound + code[:, :, :, None].to(bound.dtype)
+        return bound.flatten(2, 3), appearance
 
     # ------------------------------------------------------------------ forward
 
@@ -457,7 +536,8 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
             if reference_images is None or entity_ids is None:
                 raise ValueError(f"mode {config.mode!r} needs reference_images and entity_ids")
             entities, appearance = self.entity_tokens(trajectories, entity_motion, presence, entity_ids, reference_images)
-            entity_token_mask = entity_mask.repeat_interleave(appearance.shape[2], dim=1)
+            entity_token_mask = entity_mask[..., None].expand(entities.shape[:3]).flatten(1)
+            entities = entities.flatten(1, 2)
         context, context_valid = text, text_valid | (torch.arange(text.shape[1], device=text.device) == 0)
         if config.mode == "no_gate":
             context = torch.cat([context, entities], dim=1)

@@ -11,7 +11,8 @@ entities' trajectories, descriptions and reference images, and InfoNCE over all 
 entity ``k``'s motion embedding (the video features along its path) must pick its own appearance
 embedding among every other entity's (the other entities of its video included). ``mode`` selects the
 ablations (``tora1``: trajectory only; ``no_gate``: entity tokens concatenated, no gated attention) and
-``contrastive_weight: 0`` drops the contrastive term.
+``contrastive_weight: 0`` drops the contrastive term. ``loss_space: v`` scores the same x-prediction as a
+velocity, ``||x0_theta - x0||^2 / max(sigma, 0.05)^2`` (Li & He 2025), see :class:`Tora2Objective`.
 
 ``selfgen eval tora2`` generates videos for held-out appearances and paths and scores them with the
 template-matching tracker of :mod:`selfgen.eval.tracking` (no shared weights); ``selfgen generate tora2
@@ -47,6 +48,7 @@ from .trainer import Objective, TrainResult, Trainer
 @dataclass
 class Tora2Config(TrainingConfig):
     mode: str = "tora2"  # "tora2" | "tora1" | "no_gate" | "dit" (no trajectory or appearance path)
+    entity_binding: str = "positional"  # "positional" (per temporal token, sin-cos position) | "pooled" (one per entity)
     dim: int = 96
     num_layers: int = 4
     num_heads: int = 4
@@ -57,6 +59,7 @@ class Tora2Config(TrainingConfig):
     num_appearance_tokens: int = 4
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 0.1
+    loss_space: str = "x"  # "x": ||x0_hat - x0||^2; "v": the same prediction scored as a velocity (JiT's x-pred + v-loss)
     num_videos: int = 50000  # procedural sprite videos in the training set
     num_frames: int = 8
     size: int = 32
@@ -130,12 +133,25 @@ def contrastive_loss(
     return info_nce(motion[entity_mask], appearance[entity_mask], temperature)
 
 
-class Tora2Objective(Objective):
-    """Rectified-flow (x-prediction) loss + ``contrastive_weight`` x motion-appearance InfoNCE (module docstring)."""
+LOSS_SPACES = ("x", "v")
+MIN_LOSS_SIGMA = 0.05
 
-    def __init__(self, contrastive_weight: float, temperature: float) -> None:
+
+class Tora2Objective(Objective):
+    """Rectified-flow (x-prediction) loss + ``contrastive_weight`` x motion-appearance InfoNCE (module docstring).
+
+    ``loss_space="x"`` scores the clean-video prediction directly, ``||x0_hat - x0||^2``; ``"v"`` scores the
+    velocity it implies, ``||(x_sigma - x0_hat) / sigma - (x_sigma - x0) / sigma||^2 = ||x0_hat - x0||^2 / sigma^2``
+    with ``sigma`` clipped at ``MIN_LOSS_SIGMA`` (Li & He 2025's x-prediction + v-loss), which weights the
+    low-noise end, where the model must reproduce fine detail, far more.
+    """
+
+    def __init__(self, contrastive_weight: float, temperature: float, loss_space: str = "x") -> None:
+        if loss_space not in LOSS_SPACES:
+            raise ValueError(f"loss_space must be one of {LOSS_SPACES}, got {loss_space!r}")
         self.contrastive_weight = contrastive_weight
         self.temperature = temperature
+        self.loss_space = loss_space
 
     def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         noisy, sigmas = noisy_video(batch["video"])
@@ -148,8 +164,12 @@ class Tora2Objective(Objective):
             reference_images=batch["reference_images"],
             entity_ids=batch["entity_ids"],
         )
-        diffusion = F.mse_loss(output.sample.float(), batch["video"].float())
-        logs = {"loss_diffusion": diffusion.item()}
+        squared_error = (output.sample.float() - batch["video"].float()).pow(2).flatten(1).mean(1)
+        if self.loss_space == "v":
+            diffusion = (squared_error / sigmas.clamp_min(MIN_LOSS_SIGMA).pow(2)).mean()
+        else:
+            diffusion = squared_error.mean()
+        logs = {"loss_diffusion": diffusion.item(), "loss_x0": squared_error.mean().item()}
         loss = diffusion
         if output.motion_embeddings is not None:
             contrastive = contrastive_loss(
@@ -181,6 +201,7 @@ def build_model(config: Tora2Config) -> Tora2Transformer:
         num_appearance_tokens=config.num_appearance_tokens,
         max_entities=config.max_entities,
         mode=config.mode,
+        entity_binding=config.entity_binding,
     )
 
 
@@ -202,7 +223,7 @@ def train(config: Tora2Config) -> TrainResult:
         dataset = ClipEntityDataset(config.data, config.num_frames, config.size)
     else:
         dataset = SpriteVideoDataset(config.num_videos, config.num_frames, config.size, config.max_entities, config.seed)
-    objective = Tora2Objective(config.contrastive_weight, config.contrastive_temperature)
+    objective = Tora2Objective(config.contrastive_weight, config.contrastive_temperature, config.loss_space)
     return Trainer(
         model, objective, dataset, config, export_fn=export_pipeline, collate_fn=Collate(model.config)
     ).train()

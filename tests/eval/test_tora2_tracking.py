@@ -39,6 +39,16 @@ def test_exchanged_paths_count_as_a_swap(items):
     assert evaluate_tracking(videos(multi), swapped)["swap_rate"] == 1.0
 
 
+def test_standard_errors_and_chance_swap_rate(items):
+    control = evaluate_tracking(videos(items), items, shuffle_seed=0)
+    sizes = [len(item["entities"]) for item in items if len(item["entities"]) > 1]
+    expected_chance = np.mean([{2: 0.5, 3: 5 / 6}[size] for size in sizes])
+    assert control["swap_chance"] == pytest.approx(expected_chance)
+    rate, count = control["swap_rate"], control["num_multi_entity_videos"]
+    assert control["swap_rate_se"] == pytest.approx(np.sqrt(rate * (1 - rate) / count))
+    assert 0 < control["trajectory_error_se"] < control["trajectory_error"]
+
+
 def test_wrong_appearance_scores_lower_similarity(items):
     video, entity = items[0]["video"], items[0]["entities"][0]
     _, right = track(video, entity["reference_image"])

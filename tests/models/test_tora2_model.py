@@ -1,9 +1,10 @@
-"""Tora2Transformer: trajectory maps, zero-initialised gate and fuser, modes, patches, attention backends."""
+"""Tora2Transformer: trajectory maps, fixed sin-cos positions, positional entity binding, zero-initialised gate and
+fuser, modes, patches, attention backends."""
 
 import pytest
 import torch
 
-from selfgen.models.tora import GatedSelfAttention, Tora2Transformer, trajectory_maps
+from selfgen.models.tora import GatedSelfAttention, Tora2Transformer, sincos_position_code, trajectory_maps
 
 TINY = dict(dim=32, num_layers=2, num_heads=2, mlp_ratio=2.0, motion_dim=8, num_appearance_tokens=2, vocab_size=20)
 
@@ -48,6 +49,33 @@ def test_trajectory_maps_peak_at_the_point_and_carry_the_displacement():
     assert maps[0, 1].abs().max() == 0  # no vertical motion
 
 
+def test_video_positions_are_a_fixed_sincos_code_with_one_distinct_code_per_token():
+    model = tiny_model()
+    assert "video_pos" not in model.state_dict() and "video_pos" not in dict(model.named_parameters())
+    grid_t, grid = model.grid
+    axes = torch.meshgrid(torch.arange(grid_t), torch.arange(grid), torch.arange(grid), indexing="ij")
+    positions = torch.stack(axes, dim=-1).reshape(-1, 3).float()  # (t, row, column) in patchify order
+    torch.testing.assert_close(model.video_pos[0], sincos_position_code(positions, 32), rtol=0, atol=1e-6)
+    distances = torch.cdist(model.video_pos[0], model.video_pos[0]) + torch.eye(len(positions)) * 1e3
+    assert distances.min() > 0.5
+
+
+@pytest.mark.parametrize("row, column", [(2, 5), (7, 0)])
+def test_positional_entity_embeddings_carry_the_code_of_the_video_token_they_pass(row, column):
+    """An entity standing at the centre of token (row, column) gets, for every temporal token, exactly the
+    position code of the video token there, so attention can match the two by q . k."""
+    model = tiny_model(entity_binding="positional")
+    grid_t, grid = model.grid
+    batch = inputs(batch=1)
+    centre = torch.tensor([(column + 0.5) / grid, (row + 0.5) / grid])
+    trajectories = centre.expand(1, 3, 8, 2).clone()
+    entity_motion, presence = model.encode_trajectories(trajectories, batch["entity_mask"])
+    embedding, code = model.trajectory_embeddings(trajectories, entity_motion, presence)
+    assert embedding.shape == code.shape == (1, 3, grid_t, 32)
+    expected = model.video_pos[0, [t * grid * grid + row * grid + column for t in range(grid_t)]]
+    torch.testing.assert_close(code[0, 0], expected, rtol=0, atol=1e-5)
+
+
 def test_gate_starts_at_zero_so_entities_do_not_change_video_tokens():
     model = tiny_model()
     gates = [block.gated_attn for block in model.blocks]
@@ -71,8 +99,9 @@ def test_at_initialisation_conditions_do_not_change_the_prediction_but_do_after_
     assert not torch.allclose(first, second, atol=1e-4)
 
 
-def test_padding_entity_slots_are_ignored():
-    model = tiny_model()
+@pytest.mark.parametrize("binding", ["positional", "pooled"])
+def test_padding_entity_slots_are_ignored(binding):
+    model = tiny_model(entity_binding=binding)
     randomise_zero_layers(model)
     batch = inputs()
     changed = dict(batch, trajectories=batch["trajectories"].clone(), reference_images=batch["reference_images"].clone())
@@ -82,9 +111,10 @@ def test_padding_entity_slots_are_ignored():
         torch.testing.assert_close(model(**batch).sample, model(**changed).sample)
 
 
+@pytest.mark.parametrize("binding", ["positional", "pooled"])
 @pytest.mark.parametrize("mode", ["tora2", "tora1", "no_gate", "dit"])
-def test_modes_shapes_and_embeddings(mode):
-    model = tiny_model(mode)
+def test_modes_shapes_and_embeddings(mode, binding):
+    model = tiny_model(mode, entity_binding=binding)
     randomise_zero_layers(model)
     with torch.no_grad():
         output = model(**inputs())
@@ -126,3 +156,7 @@ def test_bad_configuration_is_rejected():
         Tora2Transformer(**TINY, mode="tora3")
     with pytest.raises(ValueError, match="divisible"):
         Tora2Transformer(**TINY, patch_size=5)
+    with pytest.raises(ValueError, match="entity_binding must be one of"):
+        Tora2Transformer(**TINY, entity_binding="global")
+    with pytest.raises(ValueError, match="dim must be divisible by 16"):
+        Tora2Transformer(**{**TINY, "dim": 40})

@@ -169,3 +169,29 @@ def test_users_clips_errors(tmp_path):
     (tmp_path / "broken" / "clip.mp4").write_bytes(b"not a video at all")
     with pytest.raises(ValueError, match="undecodable video"):
         VideoFolderDataset(tmp_path / "broken", num_frames=8, resolution=32)
+
+
+def test_v_space_loss_weights_the_x0_error_by_inverse_squared_sigma():
+    """x-prediction scored as a velocity: ``||x0_hat - x0||^2 / max(sigma, 0.05)^2`` per video."""
+    from types import SimpleNamespace
+
+    from selfgen.train.tora import noisy_video
+
+    video = torch.zeros(3, 2, 3, 4, 4)
+
+    def model(sample, **conditions):
+        return SimpleNamespace(sample=torch.full_like(sample, 0.1), motion_embeddings=None)
+
+    batch = {"video": video, "prompt_ids": None, "trajectories": None, "entity_mask": None,
+             "reference_images": None, "entity_ids": None}
+    losses = {}
+    for space in ("x", "v"):
+        torch.manual_seed(0)
+        losses[space], logs = Tora2Objective(0.0, 0.1, loss_space=space).compute_loss(model, batch)
+        assert logs["loss_x0"] == pytest.approx(0.01)
+    torch.manual_seed(0)
+    _, sigmas = noisy_video(video)
+    assert losses["x"].item() == pytest.approx(0.01)
+    assert losses["v"].item() == pytest.approx((0.01 / sigmas.clamp_min(0.05) ** 2).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="loss_space must be one of"):
+        Tora2Objective(0.0, 0.1, loss_space="eps")
