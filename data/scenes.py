@@ -323,23 +323,34 @@ def question_in_region(noun: str | None, region: str) -> str:
     return f"is there {'an object' if noun is None else 'a ' + noun} in the {region}?"
 
 
+def region_questions(objects: list[SceneObject], rng: random.Random) -> list[tuple[str, str]]:
+    """The two region-level question/answer pairs about one random quadrant: ``is there an object in the
+    {region}?`` and ``is there a {noun} in the {region}?`` (the noun is one that is there half the time
+    when the quadrant holds an object, else any noun)."""
+    nouns = [f"{c} {s}" for c, s in itertools.product(COLOURS, SHAPES)]
+    region = rng.choice(REGIONS)
+    in_region = {f"{obj.colour} {obj.shape}" for obj in objects if obj.region == region}
+    region_noun = rng.choice(sorted(in_region)) if in_region and rng.random() < 0.5 else rng.choice(nouns)
+    return [
+        (question_in_region(None, region), "yes" if in_region else "no"),
+        (question_in_region(region_noun, region), "yes" if region_noun in in_region else "no"),
+    ]
+
+
 def scene_questions(objects: list[SceneObject], spec: PromptSpec, rng: random.Random) -> list[tuple[str, str]]:
     """Question/answer pairs about a rendered scene: existence, per-region, counting and whole-prompt."""
     present = {f"{obj.colour} {obj.shape}" for obj in objects}
     nouns = [f"{c} {s}" for c, s in itertools.product(COLOURS, SHAPES)]
     absent = [noun for noun in nouns if noun not in present]
     asked_present, asked_absent = rng.choice(sorted(present)), rng.choice(absent)
-    region = rng.choice(REGIONS)
-    in_region = {f"{obj.colour} {obj.shape}" for obj in objects if obj.region == region}
-    region_noun = rng.choice(sorted(in_region)) if in_region and rng.random() < 0.5 else rng.choice(nouns)
+    about_region = region_questions(objects, rng)
     count_noun = rng.choice([asked_present, asked_absent])
     count = sum(f"{obj.colour} {obj.shape}" == count_noun for obj in objects)
     negative = perturb_prompt(spec, rng).text()
     return [
         (f"is there a {asked_present}?", "yes"),
         (f"is there a {asked_absent}?", "no"),
-        (question_in_region(None, region), "yes" if in_region else "no"),
-        (question_in_region(region_noun, region), "yes" if region_noun in in_region else "no"),
+        *about_region,
         (f"how many {count_noun}s?", NUMBER_WORDS[count]),
         (question_about_prompt(spec.text()), "yes"),
         (question_about_prompt(negative), "no"),
@@ -415,6 +426,10 @@ class ScenesDataset(Dataset):
     """Seeded scenes for joint pretraining: each example is an image with its prompt (generation)
     and ``questions_per_image`` distinct question/answer pairs about it (understanding).
 
+    With ``region_fraction > 0`` each question slot is, with that probability, replaced by a region
+    question about a random quadrant (:func:`region_questions`: occupancy or a noun in the quadrant),
+    so the understanding path sees more of the questions that need it to know where things are;
+    ``occupancy_fraction`` slots ask the occupancy question ("is there an object in the {region}?") alone.
     With ``scrambled_fraction > 0`` each question slot is, with that probability, replaced by the
     whole-prompt question asked about a :func:`scramble_patches` copy of the scene, answer "no"
     (the scene's colours without its shapes), so the understanding path also learns to reject
@@ -433,6 +448,8 @@ class ScenesDataset(Dataset):
         seed: int = 0,
         questions_per_image: int = 1,
         scrambled_fraction: float = 0.0,
+        region_fraction: float = 0.0,
+        occupancy_fraction: float = 0.0,
     ) -> None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
@@ -442,9 +459,15 @@ class ScenesDataset(Dataset):
             )
         if not 0.0 <= scrambled_fraction <= 1.0:
             raise ValueError(f"scrambled_fraction must be in [0, 1], got {scrambled_fraction}")
+        if not (0.0 <= region_fraction and 0.0 <= occupancy_fraction and region_fraction + occupancy_fraction <= 1.0):
+            raise ValueError(
+                f"region_fraction and occupancy_fraction must be >= 0 with a sum <= 1, got {region_fraction} "
+                f"and {occupancy_fraction}"
+            )
         self.num_examples, self.split, self.seed = num_examples, split, seed
         self.questions_per_image = questions_per_image
         self.scrambled_fraction = scrambled_fraction
+        self.region_fraction, self.occupancy_fraction = region_fraction, occupancy_fraction
 
     def __len__(self) -> int:
         return self.num_examples
@@ -460,6 +483,13 @@ class ScenesDataset(Dataset):
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} scenes")
         prompt, objects, pairs = self.example(index)
+        region_rng = random.Random(f"{self.seed}-{self.split}-{index}-region")
+        for slot in range(len(pairs)):
+            draw = region_rng.random()
+            if draw < self.occupancy_fraction:
+                pairs[slot] = region_questions(objects, region_rng)[0]
+            elif draw < self.occupancy_fraction + self.region_fraction:
+                pairs[slot] = region_rng.choice(region_questions(objects, region_rng))
         image = render_scene(objects)
         pixel_values = to_pixels(image)
         scramble_rng = random.Random(f"{self.seed}-{self.split}-{index}-scrambled")

@@ -254,7 +254,8 @@ def self_judge_agreement(
     telling judge-correct from judge-wrong samples (0.5 = chance), the judge accuracy of the
     top-1 sample of each prompt under that reward (best-of-K selection by the model itself) and its gain over
     a random pick of the same prompt's samples with the standard error over prompts (``top1_gain_*``,
-    ``top1_gain_*_se``: 0 means the judge cannot rank its own samples), the
+    ``top1_gain_*_se``: 0 means the judge cannot rank its own samples; ``top1_gain_oracle`` is the same for
+    a perfect judge, the headroom of best-of-K selection), the
     accuracy of the model's own yes/no answers on its own images (``answer_accuracy_whole_prompt``: "does
     the image show {prompt}?" against the judge; ``answer_accuracy_occupancy``: "is there an object in the
     {r}?" against the detector), and, per quadrant (:func:`~selfgen.eval.scenes.region_labels`), the
@@ -289,6 +290,9 @@ def self_judge_agreement(
         results[f"top1_accuracy_{name}"] = float(top1.mean())
         results[f"top1_gain_{name}"] = float(gain.mean())
         results[f"top1_gain_{name}_se"] = standard_error(gain)
+    oracle_gain = grouped.max(axis=1) - grouped.mean(axis=1)
+    results["top1_gain_oracle"] = float(oracle_gain.mean())
+    results["top1_gain_oracle_se"] = standard_error(oracle_gain)
     occupied, right = map(np.stack, zip(*(region_labels(image, prompt) for image, prompt in zip(images, prompts))))
     results["answer_accuracy_whole_prompt"] = float(((rewards.global_reward > 0) == correct).mean())
     results["answer_accuracy_occupancy"] = float(((rewards.occupancy > 0.5) == occupied).mean())

@@ -1,6 +1,7 @@
 """Joint pretraining of the unified model on synthetic scenes: generation and understanding at once.
 
-``selfgen train unified --config configs/unified_shapes.yaml`` rebuilds ``assets/unified-shapes``.
+``selfgen train unified --config configs/unified_shapes_stage5.yaml`` rebuilds ``assets/unified-shapes`` (the last of five
+stages, each continuing the previous export; see ``docs/srum.md``).
 Each batch trains both paths of the :class:`~selfgen.models.unified.UnifiedTransformer`:
 
 ``L = E ||v_theta(x_sigma, sigma, c) - (eps - x0)||^2 + lambda_und * CE(answer | image, question)``
@@ -13,6 +14,18 @@ patch-scrambled copy of the scene instead ("does the image show {prompt}?" -> "n
 :func:`~selfgen.data.scenes.scramble_patches`): the understanding path, which SRUM later uses as its judge
 as is, then also knows that scattered patches of the right colours do not show the prompt, the failure
 mode of an under-trained patch generator. Generation always learns from the intact scene.
+
+``region_fraction > 0`` (ours) replaces that fraction of the question slots by region questions ("is there
+an object / a {noun} in the {region}?") and ``occupancy_fraction`` by the occupancy question alone, the other
+question kinds staying in the mix, and
+``train_parameters: understanding`` freezes the generation expert
+(:meth:`~selfgen.models.unified.UnifiedTransformer.generation_parameters`): together they make the
+understanding warm-up stage (``configs/unified_shapes_stage4.yaml``) that teaches the judge where objects
+are. Prompt tokens pass through the understanding expert on the generation side too, so such a stage
+changes generation; ``generation_weight: 0`` drops the flow loss and its forward pass (stage 4 does: with the
+flow loss on, the runs this CPU allowed did not leave the plateau), and stage 5
+(``configs/unified_shapes_stage5.yaml``) trains both paths again on a balanced mixture.
+``occupancy_eval_steps > 0`` logs :func:`occupancy_auc` every that many steps to ``logs/occupancy_auc.jsonl``.
 """
 
 from __future__ import annotations
@@ -52,7 +65,10 @@ from ..models.unified import UnifiedTransformer
 from ..pipelines.unified import UnifiedPipeline
 from .config import TrainingConfig
 from .registry import Method
-from .trainer import Objective, TrainResult, Trainer
+from .trainer import Objective, Trainer, TrainerCallback, TrainResult
+
+
+TRAIN_PARAMETERS = ("all", "understanding")
 
 
 @dataclass
@@ -64,9 +80,19 @@ class UnifiedConfig(TrainingConfig):
     num_examples: int = 200000  # scenes in the (procedural) training set
     cfg_dropout: float = 0.1
     understanding_weight: float = 1.0
+    generation_weight: float = 1.0  # 0 skips the flow-matching forward (an understanding-only stage)
     questions_per_image: int = 1  # distinct questions answered about each training scene per step
     scrambled_fraction: float = 0.0  # question slots asked about a patch-scrambled scene instead (answer "no")
+    region_fraction: float = 0.0  # question slots replaced by a region question (occupancy or noun in a quadrant)
+    occupancy_fraction: float = 0.0  # question slots replaced by "is there an object in the {region}?"
+    train_parameters: str = "all"  # "all", or "understanding": the generation expert stays frozen
+    occupancy_eval_steps: int = 0  # > 0: log occupancy_auc every that many steps
     eval_prompts_per_category: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train_parameters not in TRAIN_PARAMETERS:
+            raise ValueError(f"train_parameters must be one of {TRAIN_PARAMETERS}, got {self.train_parameters!r}")
 
 
 def noisy_pair(
@@ -88,39 +114,65 @@ def empty_prompt_like(prompt_ids: torch.Tensor) -> torch.Tensor:
 class JointObjective(Objective):
     """Rectified-flow generation loss plus answer cross-entropy (see the module docstring)."""
 
-    def __init__(self, cfg_dropout: float, understanding_weight: float) -> None:
+    def __init__(self, cfg_dropout: float, understanding_weight: float, generation_weight: float = 1.0) -> None:
         self.cfg_dropout = cfg_dropout
         self.understanding_weight = understanding_weight
+        self.generation_weight = generation_weight
 
-    def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def _generation_inputs(self, batch: dict) -> tuple[dict, torch.Tensor | None]:
+        """The flow-matching inputs and target, or nothing when the generation loss is off."""
+        if self.generation_weight == 0:
+            return {}, None
         images, prompt_ids = batch["pixel_values"], batch["prompt_ids"]
         drop = torch.rand(images.shape[0], device=images.device) < self.cfg_dropout
         prompt_ids = torch.where(drop[:, None], empty_prompt_like(prompt_ids), prompt_ids)
         noisy, sigmas, target = noisy_pair(images)
+        return {"sample": noisy, "timestep": sigmas * 1000, "prompt_ids": prompt_ids}, target
+
+    def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs, target = self._generation_inputs(batch)
         output = model(
-            sample=noisy,
-            timestep=sigmas * 1000,
-            prompt_ids=prompt_ids,
+            **inputs,
             pixel_values=batch["question_pixel_values"].flatten(0, 1),
             question_ids=batch["question_ids"].flatten(0, 1),
         )
-        generation = F.mse_loss(output.sample.float(), target.float())
         logits = output.logits[:, -1].float()
         answers = batch["answer_id"].flatten()
         understanding = F.cross_entropy(logits, answers)
         accuracy = (logits.argmax(-1) == answers).float().mean()
-        loss = generation + self.understanding_weight * understanding
-        return loss, {
-            "loss_generation": generation.item(),
-            "loss_understanding": understanding.item(),
-            "answer_accuracy": accuracy.item(),
-        }
+        logs = {"loss_understanding": understanding.item(), "answer_accuracy": accuracy.item()}
+        loss = self.understanding_weight * understanding
+        if target is not None:
+            generation = F.mse_loss(output.sample.float(), target.float())
+            loss = loss + self.generation_weight * generation
+            logs["loss_generation"] = generation.item()
+        return loss, logs
 
 
 def collate(examples: list[dict]) -> dict:
     batch = {key: torch.stack([example[key] for example in examples]) for key in examples[0] if key != "prompt"}
     batch["prompt"] = [example["prompt"] for example in examples]
     return batch
+
+
+class OccupancyCallback(TrainerCallback):
+    """Every ``every_steps`` updates, appends the current weights' :func:`occupancy_auc` (does the judge
+    know where objects are?) to ``logs/occupancy_auc.jsonl``."""
+
+    def __init__(self, every_steps: int, num_scenes: int = 200) -> None:
+        self.every_steps, self.num_scenes = every_steps, num_scenes
+
+    def on_step_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if trainer.global_step % self.every_steps or not trainer.is_main_process:
+            return
+        model = trainer.unwrapped_model
+        model.eval()
+        with torch.no_grad(), trainer.accelerator.autocast():
+            auc = occupancy_auc(build_pipeline(model), self.num_scenes)
+        model.train()
+        record = {"step": trainer.global_step, "occupancy_auc": auc, "loss_understanding": logs.get("loss_understanding")}
+        with open(trainer.logs_dir / "occupancy_auc.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
 
 
 def build_pipeline(model: UnifiedTransformer) -> UnifiedPipeline:
@@ -139,7 +191,8 @@ def train(config: UnifiedConfig) -> TrainResult:
         if not Path(config.pretrained, "model_index.json").is_file():
             raise FileNotFoundError(
                 f"pretrained={config.pretrained!r} is not a UnifiedPipeline folder (no model_index.json); "
-                "stage 2 continues stage 1: run selfgen train unified --config configs/unified_shapes_stage1.yaml first"
+                "each stage continues the previous one's export: run the previous stage's config first "
+                "(configs/unified_shapes_stage1.yaml, _stage2.yaml, unified_shapes.yaml, _stage4.yaml)"
             )
         model = UnifiedPipeline.from_pretrained(config.pretrained).transformer
     else:
@@ -158,9 +211,16 @@ def train(config: UnifiedConfig) -> TrainResult:
         seed=config.seed,
         questions_per_image=config.questions_per_image,
         scrambled_fraction=config.scrambled_fraction,
+        region_fraction=config.region_fraction,
+        occupancy_fraction=config.occupancy_fraction,
     )
-    objective = JointObjective(config.cfg_dropout, config.understanding_weight)
-    return Trainer(model, objective, dataset, config, export_fn=export_pipeline, collate_fn=collate).train()
+    if config.train_parameters == "understanding":
+        for param in model.generation_parameters():
+            param.requires_grad_(False)
+    objective = JointObjective(config.cfg_dropout, config.understanding_weight, config.generation_weight)
+    callbacks = [OccupancyCallback(config.occupancy_eval_steps)] if config.occupancy_eval_steps > 0 else []
+    trainer = Trainer(model, objective, dataset, config, export_fn=export_pipeline, collate_fn=collate, callbacks=callbacks)
+    return trainer.train()
 
 
 # ----------------------------------------------------------------------------- evaluation

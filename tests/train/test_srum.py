@@ -85,8 +85,10 @@ def test_self_judge_agreement_reports_judge_accuracy_and_rankings(tiny_pipe):
         results
     )
     gains = {key for key in results if key.startswith("top1_gain_")}
-    assert {"top1_gain_global", "top1_gain_global_se"} <= gains
+    assert {"top1_gain_global", "top1_gain_global_se", "top1_gain_oracle"} <= gains
     assert all(-1 <= results[key] <= 1 for key in gains)
+    picks = [results[key] for key in gains if not key.endswith("_se")]
+    assert results["top1_gain_oracle"] == max(picks) >= 0  # a perfect judge bounds every self-ranking
     assert all(0 <= value <= 1 for key, value in results.items() if key not in gains and not np.isnan(value))
 
 

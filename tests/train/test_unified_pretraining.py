@@ -1,8 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from selfgen import UnifiedTransformer
+from selfgen import UnifiedPipeline, UnifiedTransformer
 from selfgen.data.scenes import (
     MAX_QUESTION_TOKENS,
     PAD_ID,
@@ -10,10 +12,12 @@ from selfgen.data.scenes import (
     VOCAB,
     ScenesDataset,
     encode_question,
+    parse_prompt,
     question_about_prompt,
+    render_scene,
 )
 from selfgen.train.srum import region_slices
-from selfgen.train.unified import JointObjective, UnifiedConfig, collate, occupancy_auc, train
+from selfgen.train.unified import JointObjective, UnifiedConfig, build_pipeline, collate, occupancy_auc, train
 
 
 def test_joint_objective_answers_every_question_of_a_scene_and_its_loss_falls():
@@ -75,3 +79,60 @@ class _QuadrantOracle:
 def test_occupancy_auc_tells_a_model_that_locates_objects_from_one_that_cannot():
     assert occupancy_auc(_QuadrantOracle(sees_the_image=True), num_scenes=12) > 0.7  # by any pixel, not by centre
     assert occupancy_auc(_QuadrantOracle(sees_the_image=False), num_scenes=12) == 0.5
+
+
+def test_region_fraction_asks_region_questions_that_match_the_scene():
+    dataset = ScenesDataset(6, seed=0, questions_per_image=3, region_fraction=1.0)
+    for index in range(6):
+        item = dataset[index]
+        prompt, objects, _ = dataset.example(index)
+        assert torch.equal(item["pixel_values"], ScenesDataset(6, seed=0)[index]["pixel_values"])
+        for ids, answer in zip(item["question_ids"].tolist(), item["answer_id"].tolist()):
+            words = [VOCAB[token] for token in ids if token != PAD_ID]
+            region = words[-2]  # <q> is there ... in the {region} <a>
+            assert words[-3:-1] == ["the", region] and "in" in words
+            noun = None if words[4] == "object" else f"{words[4]} {words[5]}"
+            there = [obj for obj in objects if obj.region == region and noun in (None, f"{obj.colour} {obj.shape}")]
+            assert answer == TOKEN_IDS["yes" if there else "no"]
+    with pytest.raises(ValueError, match="region_fraction"):
+        ScenesDataset(6, region_fraction=-0.1)
+    with pytest.raises(ValueError, match="occupancy_fraction"):
+        ScenesDataset(6, region_fraction=0.5, occupancy_fraction=0.6)
+    occupancy = ScenesDataset(6, seed=0, questions_per_image=3, occupancy_fraction=1.0)[2]
+    assert all(VOCAB[ids[-5]] == "object" for ids in occupancy["question_ids"].tolist())  # object in the r <a>
+
+
+def test_understanding_stage_keeps_generation_weights_and_logs_occupancy(tmp_path):
+    torch.manual_seed(0)
+    model = UnifiedTransformer(vocab_size=len(VOCAB), pad_token_id=PAD_ID, dim=32, num_layers=1, num_heads=2)
+    build_pipeline(model).save_pretrained(tmp_path / "start")
+    config = UnifiedConfig(
+        output_dir=str(tmp_path / "run"),
+        pretrained=str(tmp_path / "start"),
+        max_train_steps=2,
+        train_batch_size=2,
+        learning_rate=1e-2,
+        num_examples=4,
+        questions_per_image=2,
+        region_fraction=0.5,
+        train_parameters="understanding",
+        occupancy_eval_steps=2,
+    )
+    trained = UnifiedPipeline.from_pretrained(train(config).pipeline_dir).transformer
+    start = dict(model.named_parameters())
+    for name, param in trained.named_parameters():
+        assert torch.equal(param, start[name]) == model.is_generation_parameter(name), name
+    record = json.loads((tmp_path / "run" / "logs" / "occupancy_auc.jsonl").read_text())
+    assert record["step"] == 2 and 0 <= record["occupancy_auc"] <= 1
+    with pytest.raises(ValueError, match="train_parameters"):
+        UnifiedConfig(train_parameters="generation")
+
+
+def test_generation_weight_zero_trains_understanding_alone():
+    torch.manual_seed(0)
+    model = UnifiedTransformer(vocab_size=len(VOCAB), pad_token_id=PAD_ID, dim=32, num_layers=1, num_heads=2)
+    batch = collate([ScenesDataset(4, seed=0, questions_per_image=2)[index] for index in range(4)])
+    loss, logs = JointObjective(cfg_dropout=0.0, understanding_weight=2.0, generation_weight=0.0).compute_loss(model, batch)
+    assert "loss_generation" not in logs and torch.isclose(loss, torch.tensor(2 * logs["loss_understanding"]))
+    loss.backward()
+    assert all(param.grad is None or not param.grad.any() for param in model.generation_parameters())  # no flow forward
