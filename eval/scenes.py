@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.scenes import COLOURS, DEFAULT_SIZE, REGIONS, SIZES, ObjectSpec, parse_prompt, relation_holds
-from .statistics import standard_error
+from .statistics import mean_difference, standard_error
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 _COLOUR_NAMES = list(COLOURS)
@@ -156,10 +156,10 @@ def paired_difference(baseline: dict[str, float], candidate: dict[str, float]) -
             f"paired comparison needs the same prompts: {len(set(baseline) ^ set(candidate))} prompts are in only "
             "one of the two evaluations (evaluate both with the same split, prompts_per_category and seed)"
         )
-    differences = np.array([candidate[prompt] - baseline[prompt] for prompt in baseline])
-    if len(differences) < 2:
-        raise ValueError(f"paired comparison needs at least 2 prompts, got {len(differences)}")
-    return float(differences.mean()), standard_error(differences)
+    if len(baseline) < 2:
+        raise ValueError(f"paired comparison needs at least 2 prompts, got {len(baseline)}")
+    prompts = list(baseline)
+    return mean_difference([baseline[prompt] for prompt in prompts], [candidate[prompt] for prompt in prompts])
 
 
 def ranking_auc(scores: np.ndarray, labels: np.ndarray) -> float:

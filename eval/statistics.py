@@ -13,3 +13,10 @@ def standard_error(values: Iterable[float]) -> float:
     finite = np.asarray(list(values), dtype=float)
     finite = finite[np.isfinite(finite)]
     return float(finite.std(ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else float("nan")
+
+
+def mean_difference(reference: Iterable[float], candidate: Iterable[float]) -> tuple[float, float]:
+    """Paired comparison: the mean of ``candidate - reference`` over matched units (prompts, scenes, ...)
+    and its :func:`standard_error`."""
+    differences = np.asarray(list(candidate), dtype=float) - np.asarray(list(reference), dtype=float)
+    return float(differences.mean()), standard_error(differences)

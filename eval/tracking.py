@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .statistics import standard_error
+
 BACKGROUND_TOLERANCE = 0.08
 TRACK_COLORS = ((255, 255, 255), (255, 64, 64), (64, 255, 64))
 
@@ -114,20 +116,16 @@ def evaluate_tracking(frames: np.ndarray, items: Sequence[dict], shuffle_seed: i
     swap_rate = float(np.mean(swaps)) if swaps else float("nan")
     return {
         "trajectory_error": float(np.mean(errors)),
-        "trajectory_error_se": _standard_error(errors),
+        "trajectory_error_se": standard_error(errors),
         "appearance_similarity": float(np.mean(similarities)),
-        "appearance_similarity_se": _standard_error(similarities),
+        "appearance_similarity_se": standard_error(similarities),
         "swap_rate": swap_rate,
-        "swap_rate_se": math.sqrt(swap_rate * (1 - swap_rate) / len(swaps)) if swaps else float("nan"),
+        "swap_rate_se": standard_error(swaps),
         "swap_chance": float(np.mean(chances)) if chances else float("nan"),
         "num_entities": len(errors),
         "num_multi_entity_videos": len(swaps),
     }
 
-
-def _standard_error(values: Sequence[float]) -> float:
-    """Standard error of the mean, ``std / sqrt(n)`` (``nan`` for fewer than two values)."""
-    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
 def draw_trajectories(frames: np.ndarray, trajectories: Sequence[np.ndarray], scale: int = 1) -> np.ndarray:

@@ -80,7 +80,7 @@ from ..data.multiview import (
 )
 from ..eval.multiview import camera_error, chain_slope, masked_psnr, psnr, ssim
 from ..eval.plots import pyplot, save_figure, save_image_grid
-from ..eval.statistics import standard_error
+from ..eval.statistics import mean_difference, standard_error
 from ..models.embeddings import relative_cameras
 from ..models.plenoptic import PlenopticTransformer
 from ..pipelines.plenoptic import RETRIEVAL_MODES, PlenopticDreamerPipeline, frustum_overlap
@@ -497,11 +497,10 @@ def parse_extra_model(entry: str) -> tuple[str, str, str]:
 def paired_differences(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, list[float]]:
     """Per-scene differences ``row - reference`` of mean PSNR, sync PSNR and degradation slope (same scenes,
     same seeds): ``{metric: [mean, standard error over scenes]}``."""
-    differences = {}
-    for metric in ("mean_psnr", "sync_psnr", "degradation_slope"):
-        values = np.asarray(row["per_scene"][metric]) - np.asarray(reference["per_scene"][metric])
-        differences[metric] = [float(values.mean()), standard_error(values)]
-    return differences
+    return {
+        metric: list(mean_difference(reference["per_scene"][metric], row["per_scene"][metric]))
+        for metric in ("mean_psnr", "sync_psnr", "degradation_slope")
+    }
 
 
 def plot_chain_quality(rows: dict[str, dict[str, Any]], path: Path) -> None:

@@ -45,7 +45,7 @@ def test_standard_errors_and_chance_swap_rate(items):
     expected_chance = np.mean([{2: 0.5, 3: 5 / 6}[size] for size in sizes])
     assert control["swap_chance"] == pytest.approx(expected_chance)
     rate, count = control["swap_rate"], control["num_multi_entity_videos"]
-    assert control["swap_rate_se"] == pytest.approx(np.sqrt(rate * (1 - rate) / count))
+    assert control["swap_rate_se"] == pytest.approx(np.sqrt(rate * (1 - rate) / (count - 1)))  # s.e. of a 0/1 mean, ddof 1
     assert 0 < control["trajectory_error_se"] < control["trajectory_error"]
 
 
