@@ -49,6 +49,7 @@ COUNTS = {"a": 1, "two": 2, "three": 3}
 REGIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 CATEGORIES = ("colour", "size", "binding", "spatial", "counting", "complex")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+NOUNS = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)  # "red circle", ...
 
 PROMPT_GRAMMAR = textwrap.dedent(
     __doc__.split("Prompt grammar (:data:`PROMPT_GRAMMAR`)::")[1].split("Categories")[0]
@@ -327,10 +328,9 @@ def region_questions(objects: list[SceneObject], rng: random.Random) -> list[tup
     """The two region-level question/answer pairs about one random quadrant: ``is there an object in the
     {region}?`` and ``is there a {noun} in the {region}?`` (the noun is one that is there half the time
     when the quadrant holds an object, else any noun)."""
-    nouns = [f"{c} {s}" for c, s in itertools.product(COLOURS, SHAPES)]
     region = rng.choice(REGIONS)
     in_region = {f"{obj.colour} {obj.shape}" for obj in objects if obj.region == region}
-    region_noun = rng.choice(sorted(in_region)) if in_region and rng.random() < 0.5 else rng.choice(nouns)
+    region_noun = rng.choice(sorted(in_region)) if in_region and rng.random() < 0.5 else rng.choice(NOUNS)
     return [
         (question_in_region(None, region), "yes" if in_region else "no"),
         (question_in_region(region_noun, region), "yes" if region_noun in in_region else "no"),
@@ -340,8 +340,7 @@ def region_questions(objects: list[SceneObject], rng: random.Random) -> list[tup
 def scene_questions(objects: list[SceneObject], spec: PromptSpec, rng: random.Random) -> list[tuple[str, str]]:
     """Question/answer pairs about a rendered scene: existence, per-region, counting and whole-prompt."""
     present = {f"{obj.colour} {obj.shape}" for obj in objects}
-    nouns = [f"{c} {s}" for c, s in itertools.product(COLOURS, SHAPES)]
-    absent = [noun for noun in nouns if noun not in present]
+    absent = [noun for noun in NOUNS if noun not in present]
     asked_present, asked_absent = rng.choice(sorted(present)), rng.choice(absent)
     about_region = region_questions(objects, rng)
     count_noun = rng.choice([asked_present, asked_absent])

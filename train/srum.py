@@ -528,8 +528,8 @@ def evaluate(
         if not Path(baseline).is_file():
             raise FileNotFoundError(f"baseline={baseline!r}: expected the metrics.json of a 'selfgen eval srum' run")
         reference = json.loads(Path(baseline).read_text())["per_prompt_accuracy"]
-        difference, standard_error = paired_difference(reference, metrics["per_prompt_accuracy"])
-        metrics["paired_vs_baseline"] = {"baseline": baseline, "difference": difference, "se": standard_error}
+        difference, difference_se = paired_difference(reference, metrics["per_prompt_accuracy"])
+        metrics["paired_vs_baseline"] = {"baseline": baseline, "difference": difference, "se": difference_se}
     if agreement_prompts:
         umm = UnifiedPipeline.from_pretrained(model_path)
         umm.set_progress_bar_config(disable=True)

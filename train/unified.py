@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,8 @@ from ..data.scenes import (
     PAD_ID,
     REGIONS,
     VOCAB,
+    PromptSpec,
+    SceneObject,
     ScenesDataset,
     parse_prompt,
     prompt_split,
@@ -252,21 +255,34 @@ def compositional_accuracy(
     return SceneJudge().evaluate(images, repeated, samples_per_prompt), images
 
 
+def rendered_heldout_scenes(num_scenes: int, rng: random.Random) -> Iterator[tuple[PromptSpec, list[SceneObject], np.ndarray]]:
+    """``num_scenes`` scenes of held-out prompts drawn with ``rng``, one at a time: ``(spec, objects, image)``
+    (the caller may draw from ``rng`` between scenes, e.g. for their questions)."""
+    pool = heldout_prompts(10**6)
+    for _ in range(num_scenes):
+        spec = parse_prompt(rng.choice(pool))
+        objects = sample_scene(spec, rng)
+        yield spec, objects, render_scene(objects)
+
+
+def answer_in_batches(answer: Callable, images: list[np.ndarray], questions: list[str], batch_size: int = 256) -> list:
+    """``answer(images, questions)`` (e.g. ``pipe.understand``) over batches of ``batch_size``, one result per batch."""
+    return [
+        answer(np.stack(images[start : start + batch_size]), questions[start : start + batch_size])
+        for start in range(0, len(images), batch_size)
+    ]
+
+
 def understanding_accuracy(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1) -> dict[str, float]:
     """Accuracy of the model's answers on freshly rendered scenes of held-out prompts, per question kind."""
-    rng, pool = random.Random(seed), heldout_prompts(10**6)
+    rng = random.Random(seed)
     images, questions, answers = [], [], []
-    for prompt in (rng.choice(pool) for _ in range(num_scenes)):
-        spec = parse_prompt(prompt)
-        objects = sample_scene(spec, rng)
-        image = render_scene(objects)
+    for spec, objects, image in rendered_heldout_scenes(num_scenes, rng):
         for question, answer in scene_questions(objects, spec, rng):
             images.append(image)
             questions.append(question)
             answers.append(answer)
-    predicted = []
-    for start in range(0, len(images), 256):
-        predicted += pipe.understand(np.stack(images[start : start + 256]), questions[start : start + 256])
+    predicted = sum(answer_in_batches(pipe.understand, images, questions), [])
     kinds = [_question_kind(question) for question in questions]
     scores = {
         kind: float(np.mean([p == a for p, a, k in zip(predicted, answers, kinds) if k == kind]))
@@ -280,21 +296,13 @@ def occupancy_auc(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1) -
     """AUC of the model's ``P(yes | "is there an object in the {r}?")`` for occupied against empty quadrants
     of freshly rendered held-out scenes (every quadrant of every scene): 0.5 means the understanding path
     cannot tell where objects are, whatever its answers' accuracy (it may just answer the majority)."""
-    rng, pool = random.Random(seed), heldout_prompts(10**6)
     images, questions, occupied = [], [], []
-    for prompt in (rng.choice(pool) for _ in range(num_scenes)):
-        objects = sample_scene(parse_prompt(prompt), rng)
-        image = render_scene(objects)
+    for _, objects, image in rendered_heldout_scenes(num_scenes, random.Random(seed)):
         for region in REGIONS:
             images.append(image)
             questions.append(question_in_region(None, region))
             occupied.append(any(obj.region == region for obj in objects))
-    probabilities = torch.cat(
-        [
-            pipe.yes_probability(np.stack(images[start : start + 256]), questions[start : start + 256]).cpu()
-            for start in range(0, len(images), 256)
-        ]
-    )
+    probabilities = torch.cat([batch.cpu() for batch in answer_in_batches(pipe.yes_probability, images, questions)])
     return ranking_auc(probabilities.numpy(), np.array(occupied))
 
 

@@ -285,7 +285,9 @@ class SelfRewardDPOTrainer(IterativeTrainer):
             json.dumps({"question": p.question, "answer": p.answer, "id": p.id, "candidate": c, "label": label})
             for p, c, label in candidates
         ]
-        self.seed_candidates_path.write_text("\n".join(lines) + "\n")
+        partial = self.seed_candidates_path.with_suffix(".jsonl.tmp")
+        partial.write_text("\n".join(lines) + "\n")
+        partial.replace(self.seed_candidates_path)  # atomic: a resumed run never reads half a file
 
     def load_seed_candidates(self) -> list[Candidate]:
         if not self.seed_candidates_path.is_file():
