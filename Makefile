@@ -22,7 +22,7 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 venv: $(STAMP_TEST)
 
 test: $(STAMP_TEST)
-	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15
 
 demo: $(STAMP_DEMO)
 	HF_HUB_OFFLINE=1 $(BIN)/selfgen demo
