@@ -47,11 +47,11 @@ def test_cli_generate_writes_a_large_png(trained, tmp_path):
         assert image.size == (64, 64)
 
 
-def test_bundled_config_is_valid_and_exports_the_asset():
+def test_bundled_config_is_valid_and_exports_under_its_output_dir():
     from selfgen.train.config import load_config
 
     config = load_config(ZoomLDMConfig, CONFIGS / "zoomldm_retina.yaml")
-    assert config.export_dir == "assets/zoomldm-retina" and config.images == ["retina"]
+    assert config.pipeline_dir == Path(config.output_dir) / "pipeline" and config.images == ["retina"]  # assets/ only via --export_dir
     assert yaml.safe_load((CONFIGS / "zoomldm_retina_single.yaml").read_text())["levels"] == [0]
 
 
