@@ -20,13 +20,17 @@ supervised warm-up data: a wrong result (``calculation``), a wrong carry with a 
 (``carry``) or a misread operand digit with a consistent result (``operand``) - the last two are true
 equations and only wrong in context. Everything is seeded; callers pass training seeds below the
 held-out ones.
+
+Every function that writes a prompt takes ``prompt`` (question -> prompt text, default
+:func:`~selfgen.data.tasks.prompt_text`), so a recipe's prompt format reaches the search states and
+role prompts too; :func:`labelled_solutions` draws from a task ``split``.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .problems import Problem
@@ -37,18 +41,19 @@ SNEAKY_MARK = "\nX:"
 CRITIC_MARK = "\nC:"
 ERROR_KINDS = ("calculation", "carry", "operand")
 DIGIT = re.compile(r"\d")
+PromptFn = Callable[[str], str]
 
 
-def partial_solution(question: str, steps: Sequence[str]) -> str:
+def partial_solution(question: str, steps: Sequence[str], prompt: PromptFn = prompt_text) -> str:
     """The prompt plus the steps taken so far, each closed by a comma (a search state, a critic's context)."""
-    return prompt_text(question) + "S:" + "".join(f"{step}," for step in steps)
+    return prompt(question) + "S:" + "".join(f"{step}," for step in steps)
 
 
-def trace_text(question: str, steps: Sequence[str], answer: str | None = None) -> str:
+def trace_text(question: str, steps: Sequence[str], answer: str | None = None, prompt: PromptFn = prompt_text) -> str:
     """A partial solution, or with ``answer`` the complete solution ``Q:..\\nS:..\\nA:..``."""
     if answer is None:
-        return partial_solution(question, steps)
-    return prompt_text(question) + completion_text(list(steps), answer)
+        return partial_solution(question, steps, prompt)
+    return prompt(question) + completion_text(list(steps), answer)
 
 
 @dataclass
@@ -125,10 +130,16 @@ class LabelledSolution:
 
 
 def labelled_solutions(
-    task: Task, count: int, seed: int, error_fraction: float = 0.5, kinds: Sequence[str] = ERROR_KINDS
+    task: Task,
+    count: int,
+    seed: int,
+    error_fraction: float = 0.5,
+    kinds: Sequence[str] = ERROR_KINDS,
+    split: str = "train",
 ) -> list[LabelledSolution]:
-    """``count`` seeded solutions: a share ``error_fraction`` with one rule-corrupted step (uniform
-    position and kind), the rest clean. Later steps and the answer are left as they were."""
+    """``count`` seeded solutions of the task's ``split``: a share ``error_fraction`` with one
+    rule-corrupted step (uniform position and kind), the rest clean. Later steps and the answer are
+    left as they were."""
     if not 0.0 <= error_fraction <= 1.0:
         raise ValueError(f"error_fraction must be in [0, 1], got {error_fraction}")
     unknown = set(kinds) - set(ERROR_KINDS)
@@ -136,7 +147,7 @@ def labelled_solutions(
         raise ValueError(f"kinds must be a non-empty subset of {ERROR_KINDS}, got {list(kinds)}")
     rng = random.Random(seed)
     solutions = []
-    for problem in task.sample(count, seed):
+    for problem in task.sample(count, seed, split):
         steps = reference_steps(task, problem)
         if rng.random() >= error_fraction:
             solutions.append(LabelledSolution(problem, steps, -1))
@@ -148,14 +159,14 @@ def labelled_solutions(
     return solutions
 
 
-def sneaky_prompt(question: str, prefix: Sequence[str], step: str) -> str:
+def sneaky_prompt(question: str, prefix: Sequence[str], step: str, prompt: PromptFn = prompt_text) -> str:
     """The sneaky generator's prompt: the partial solution, then ``X:`` and the correct step to corrupt."""
-    return partial_solution(question, prefix) + SNEAKY_MARK + step + "\n"
+    return partial_solution(question, prefix, prompt) + SNEAKY_MARK + step + "\n"
 
 
-def critic_prompt(question: str, prefix: Sequence[str], step: str) -> str:
+def critic_prompt(question: str, prefix: Sequence[str], step: str, prompt: PromptFn = prompt_text) -> str:
     """The critic's prompt: the partial solution, then ``C:`` and the step to judge."""
-    return partial_solution(question, prefix) + CRITIC_MARK + step + "\n"
+    return partial_solution(question, prefix, prompt) + CRITIC_MARK + step + "\n"
 
 
 def critic_completion(reference_step: str, judged_step: str) -> str:

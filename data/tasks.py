@@ -21,13 +21,25 @@ rephrasing is reproducible and, like its original, never drawn from the held-out
 
 Users' own problems (``{"question", "answer"}`` JSONL, see :mod:`selfgen.data.problems`) become a
 :class:`JsonlTask`: exact-match or numeric-tolerance verification of the ``A:`` line.
+
+**Held-out split.** ``task.sample(count, seed, split="train" | "eval")``. A problem's split is a
+property of the problem, never of the seed: for generated tasks the SHA-256 of the question's
+canonical form (:meth:`Task.split_key`: ``a+b`` and ``b+a`` share one) decides it, a share
+``eval_fraction`` (default 0.1) being held out, and sampling a split keeps only the draws that fall
+in it; a JSONL file holds out the ``eval_fraction`` of its questions with the smallest hashes, or
+uses a separate ``eval_file``. So no seed, iteration or recipe can ever train on an evaluation
+problem. :func:`derive_seed` mixes several integers (run seed, iteration, purpose) into one seed by
+hashing, so distinct purposes never share a seed by arithmetic accident.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +48,30 @@ from .problems import Problem, load_problems
 ANSWER_PATTERN = re.compile(r"A:[ \t]*([^\n]*)")
 STEP_PATTERN = re.compile(r"^(-?\d+)([+*-])(-?\d+)(?:\+(\d+))?=(-?\d+)$")
 NUMBER_PATTERN = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
+SPLITS = ("train", "eval")
+EVAL_FRACTION = 0.1
+logger = logging.getLogger("selfgen.data.tasks")
+
+
+def stable_hash(text: str) -> float:
+    """A uniform number in [0, 1) from the SHA-256 of ``text`` (the same on every machine and run)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def derive_seed(*parts: int | str) -> int:
+    """One 63-bit seed from ``parts`` (e.g. ``(run_seed, iteration)``) by hashing, so that no two
+    different tuples collide by arithmetic (as ``seed * 1000 + iteration`` did)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def check_eval_fraction(eval_fraction: float) -> None:
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
 
 
 def prompt_text(question: str, hint: str | None = None) -> str:
@@ -54,6 +90,16 @@ def extract_answer(completion: str) -> str | None:
         return None
     answer = found[-1].strip()
     return answer or None
+
+
+def replace_answer(completion: str, answer: str) -> str:
+    """``completion`` with the text of its last ``A:`` line replaced by ``answer`` (a wrong-answer variant
+    of a worked solution); unchanged when it has no ``A:`` line."""
+    found = list(ANSWER_PATTERN.finditer(completion))
+    if not found:
+        return completion
+    start, end = found[-1].span(1)
+    return completion[:start] + answer + completion[end:]
 
 
 def parse_number(text: str) -> float | None:
@@ -92,14 +138,40 @@ def step_is_true(step: str) -> bool:
     return value + int(carry or 0) == int(result)
 
 
+AnswerExtractor = Callable[[str], "str | None"]
+
+
 class Task:
-    """A verifiable task: ``sample`` problems, ``worked_solution`` for pretraining, ``verify`` completions."""
+    """A verifiable task: ``sample`` problems of a split, ``worked_solution`` for pretraining, ``verify``
+    completions. Generated tasks implement :meth:`make_problem`; their split is decided per question."""
 
     name: str = "task"
+    eval_fraction: float = EVAL_FRACTION
 
-    def sample(self, count: int, seed: int) -> list[Problem]:
-        rng = random.Random(seed)
-        return [self.make_problem(rng, f"{self.name}-{seed}-{index}") for index in range(count)]
+    def sample(self, count: int, seed: int, split: str = "train") -> list[Problem]:
+        """``count`` seeded problems of ``split``: draws from ``make_problem`` outside the split are skipped."""
+        check_split(split)
+        rng, problems, draws = random.Random(seed), [], 0
+        limit = 1000 * (count + 1)
+        while len(problems) < count:
+            if draws == limit:
+                raise ValueError(
+                    f"task {self.name!r}: {draws} draws gave only {len(problems)} {split!r} problems "
+                    f"(eval_fraction={self.eval_fraction}); widen the task or change eval_fraction"
+                )
+            problem = self.make_problem(rng, f"{self.name}-{seed}-{draws}")
+            draws += 1
+            if self.split_of(problem) == split:
+                problems.append(problem)
+        return problems
+
+    def split_key(self, question: str) -> str:
+        """The canonical form of a question that decides its split (equivalent questions share one)."""
+        return " ".join(question.split())
+
+    def split_of(self, problem: Problem) -> str:
+        """``"eval"`` when the hash of the problem's :meth:`split_key` falls below ``eval_fraction``."""
+        return "eval" if stable_hash(self.split_key(problem.question)) < self.eval_fraction else "train"
 
     def make_problem(self, rng: random.Random, problem_id: str) -> Problem:
         raise NotImplementedError
@@ -108,8 +180,9 @@ class Task:
         """A correct completion (``S:...\\nA:...``) for ``problem``."""
         raise NotImplementedError
 
-    def verify(self, problem: Problem, completion: str) -> bool:
-        return answers_match(extract_answer(completion), problem.answer)
+    def verify(self, problem: Problem, completion: str, extract: AnswerExtractor = extract_answer) -> bool:
+        """Whether the answer ``extract`` reads from ``completion`` matches the reference answer."""
+        return answers_match(extract(completion), problem.answer)
 
     def step_accuracy(self, problem: Problem, completion: str) -> float:
         """The fraction of true steps in the completion's ``S:`` line (0 without steps)."""
@@ -141,13 +214,22 @@ class ArithmeticTask(Task):
     op: str = "add"
     min_digits: int = 1
     max_digits: int = 3
+    eval_fraction: float = EVAL_FRACTION
 
     def __post_init__(self) -> None:
+        check_eval_fraction(self.eval_fraction)
         if self.op not in ("add", "mul"):
             raise ValueError(f"op must be 'add' or 'mul', got {self.op!r}")
         if not 1 <= self.min_digits <= self.max_digits:
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {self.min_digits}, {self.max_digits}")
         self.name = self.op
+
+    def split_key(self, question: str) -> str:
+        """Operands as integers (zero padding dropped), an addition's in sorted order: a rephrasing
+        (:meth:`rephrase`) always lies in its original's split."""
+        symbol = "+" if self.op == "add" else "*"
+        operands = [str(int(part)) for part in question.split(symbol)]
+        return symbol.join(sorted(operands) if self.op == "add" else operands)
 
     def _operand(self, rng: random.Random) -> int:
         digits = rng.randint(self.min_digits, self.max_digits)
@@ -214,10 +296,17 @@ class CountdownTask(Task):
     num_numbers: int = 3
     max_number: int = 9
     name: str = "countdown"
+    eval_fraction: float = EVAL_FRACTION
 
     def __post_init__(self) -> None:
+        check_eval_fraction(self.eval_fraction)
         if self.num_numbers < 2:
             raise ValueError(f"num_numbers must be >= 2, got {self.num_numbers}")
+
+    def split_key(self, question: str) -> str:
+        """The numbers in sorted order and the target (a reordering lies in its original's split)."""
+        numbers, target = question.split(">")
+        return f"{','.join(sorted(numbers.split(','), key=int))}>{target}"
 
     def make_problem(self, rng: random.Random, problem_id: str) -> Problem:
         numbers = [rng.randint(1, self.max_number) for _ in range(self.num_numbers)]
@@ -248,12 +337,12 @@ class CountdownTask(Task):
                 break
         return rephrased(problem, f"{','.join(shuffled)}>{target}", "reorder")
 
-    def verify(self, problem: Problem, completion: str) -> bool:
+    def verify(self, problem: Problem, completion: str, extract: AnswerExtractor = extract_answer) -> bool:
         """Every step is true and uses available numbers, and the last result is the target."""
         numbers, target = problem.question.split(">")
         pool = [int(n) for n in numbers.split(",")]
         steps = solution_steps(completion)
-        if not steps or not answers_match(extract_answer(completion), problem.answer):
+        if not steps or not answers_match(extract(completion), problem.answer):
             return False
         for step in steps:
             match = STEP_PATTERN.match(step.strip())
@@ -270,27 +359,62 @@ class CountdownTask(Task):
 
 @dataclass
 class JsonlTask(Task):
-    """Users' own ``{"question", "answer"}`` JSONL problems, verified on the ``A:`` line (numbers within tolerance)."""
+    """Users' own ``{"question", "answer"}`` JSONL problems, verified on the ``A:`` line (numbers within tolerance).
+
+    Held out: the questions of ``eval_file`` when given (none may also be a training question), else
+    the share ``eval_fraction`` of the file's distinct questions with the smallest SHA-256 (at least one,
+    never all; repeated questions stay together). ``sample`` draws without replacement in a seeded
+    order; the training split is reshuffled and repeated when ``count`` exceeds it, an evaluation
+    draw is capped at the split's size."""
 
     path: str = ""
     rel_tol: float = 0.0
     abs_tol: float = 0.0
     name: str = "jsonl"
+    eval_fraction: float = EVAL_FRACTION
+    eval_file: str | None = None
 
     def __post_init__(self) -> None:
-        self.problems = load_problems(self.path)
+        check_eval_fraction(self.eval_fraction)
+        self.problems = problems = load_problems(self.path)  # the file's problems, in file order
+        if self.eval_file:
+            held_out = load_problems(self.eval_file)
+            shared = {self.split_key(p.question) for p in problems} & {self.split_key(p.question) for p in held_out}
+            if shared:
+                raise ValueError(
+                    f"eval_file {self.eval_file} shares {len(shared)} question(s) with {self.path} "
+                    f"(e.g. {sorted(shared)[0]!r}); a held-out problem must never be a training problem"
+                )
+            self.splits = {"train": problems, "eval": held_out}
+            return
+        keys = sorted({self.split_key(p.question) for p in problems}, key=stable_hash)
+        if len(keys) < 2:
+            raise ValueError(f"{self.path}: needs at least 2 distinct questions to hold some out, or an eval_file")
+        held = set(keys[: min(len(keys) - 1, max(1, round(self.eval_fraction * len(keys))))])
+        self.splits = {
+            "train": [p for p in problems if self.split_key(p.question) not in held],
+            "eval": [p for p in problems if self.split_key(p.question) in held],
+        }
 
-    def sample(self, count: int, seed: int) -> list[Problem]:
-        rng = random.Random(seed)
-        return [rng.choice(self.problems) for _ in range(count)]
+    def sample(self, count: int, seed: int, split: str = "train") -> list[Problem]:
+        check_split(split)
+        pool, rng = self.splits[split], random.Random(seed)
+        if split == "eval":
+            if count > len(pool):
+                logger.info("%s: %d eval problems asked, the held-out split has %d", self.path, count, len(pool))
+            return rng.sample(pool, min(count, len(pool)))
+        drawn: list[Problem] = []
+        while len(drawn) < count:
+            drawn += rng.sample(pool, min(count - len(drawn), len(pool)))
+        return drawn
 
     def worked_solution(self, problem: Problem) -> str:
         if "solution" not in problem.metadata:
             raise ValueError(f"{self.path}: problem {problem.id!r} has no 'solution' field to pretrain on")
         return completion_text([problem.metadata["solution"]], problem.answer)
 
-    def verify(self, problem: Problem, completion: str) -> bool:
-        return answers_match(extract_answer(completion), problem.answer, self.rel_tol, self.abs_tol)
+    def verify(self, problem: Problem, completion: str, extract: AnswerExtractor = extract_answer) -> bool:
+        return answers_match(extract(completion), problem.answer, self.rel_tol, self.abs_tol)
 
     def rephrase(self, problem: Problem, rng: random.Random) -> Problem:
         """The line's own ``"rephrasing"`` field (an equivalent question written by the user)."""

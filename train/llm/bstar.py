@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from itertools import product
 
 from ...data.problems import Problem
-from ...data.tasks import prompt_text
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .objectives import SFTCollator, SFTObjective, TextPair
-from .rewards import ProcessReward, VerifierReward
+from .rewards import ProcessReward
 from .rollout import Rollout
 
 
@@ -77,7 +76,10 @@ class Scored:
 
 
 class BSTaRTrainer(IterativeTrainer):
+    """Answer correctness is :meth:`~selfgen.train.llm.driver.IterativeTrainer.verify` (a user's ``verify_fn=``)."""
+
     config_class = BSTaRConfig
+    uses_reward_fn = False
     plot_keys = ("accuracy", "balance_score", "pass_at_k", "temperature", "threshold", "selection_precision")
 
     def score(self, problems: list[Problem], temperature: float, seed: int) -> list[Scored]:
@@ -86,7 +88,7 @@ class BSTaRTrainer(IterativeTrainer):
         texts = [r.text for r in rollouts]
         repeated = [p for p in problems for _ in range(k)]
         scores = ProcessReward(self.task)(repeated, texts)
-        correct = [bool(v) for v in VerifierReward(self.task)(repeated, texts)]
+        correct = [self.verify(p, text) for p, text in zip(repeated, texts)]
         return [
             Scored(p, texts[i * k : (i + 1) * k], scores[i * k : (i + 1) * k], correct[i * k : (i + 1) * k])
             for i, p in enumerate(problems)
@@ -117,7 +119,7 @@ class BSTaRTrainer(IterativeTrainer):
             selected = query.selected(threshold, config.require_correct_answer)
             num_selected += len(selected)
             num_selected_correct += sum(ok for _, ok in selected)
-            prompt = prompt_text(query.problem.question)
+            prompt = self.prompt(query.problem)
             examples += [TextPair(prompt, text) for text in dict.fromkeys(t for t, _ in selected)]
         logs = {
             "temperature": temperature,

@@ -26,30 +26,32 @@ because the rephrasing changed the problem.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...data.problems import Problem
+from ...data.tasks import derive_seed
 from ..registry import Method
 from .driver import run_recipe
 from .grpo import GRPOConfig, GRPOTrainer
 from .lm import EVAL_SEED
-from .rewards import answer_key, majority_answer
+from .rewards import answer_key, canonical_answer, majority_answer
 from .rollout import Rollout
-
-REPHRASE_SEED_OFFSET = 500  # the rephrasing styles of iteration k are drawn from seed*1000 + k + 500
-
 
 @dataclass
 class CoRewardConfig(GRPOConfig):
     """``problems_per_iteration`` original questions, each with one rephrasing: 2x as many groups as GRPO."""
 
 
-def cross_vote_rewards(original: list[str], rephrased: list[str]) -> tuple[list[float], list[float], str | None, str | None]:
-    """Rewards of one question's two groups of completions from the other group's majority answer.
+def cross_vote_rewards(
+    original: list[str], rephrased: list[str], key: Callable[[str], str | None] = answer_key
+) -> tuple[list[float], list[float], str | None, str | None]:
+    """Rewards of one question's two groups of completions from the other group's majority answer
+    (answers compared by ``key``, the prompt format's canonical answer).
 
     Returns ``(original_rewards, rephrased_rewards, original_majority, rephrased_majority)``."""
-    original_keys = [answer_key(text) for text in original]
-    rephrased_keys = [answer_key(text) for text in rephrased]
+    original_keys = [key(text) for text in original]
+    rephrased_keys = [key(text) for text in rephrased]
     original_majority, rephrased_majority = majority_answer(original_keys), majority_answer(rephrased_keys)
     original_rewards = [float(key is not None and key == rephrased_majority) for key in original_keys]
     rephrased_rewards = [float(key is not None and key == original_majority) for key in rephrased_keys]
@@ -60,18 +62,18 @@ class CoRewardTrainer(GRPOTrainer):
     """GRPO on ``[originals..., rephrasings...]`` with the cross-vote rewards of :func:`cross_vote_rewards`."""
 
     config_class = CoRewardConfig
+    uses_reward_fn = False
     plot_keys = ("accuracy", "rephrased_accuracy", "train_accuracy", "reward_agreement", "pseudo_label_accuracy")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.rephrased_eval_set = self.task.rephrasings(self.eval_set, EVAL_SEED + self.config.seed)
+        self.rephrased_eval_set = self.task.rephrasings(self.eval_set, EVAL_SEED)
         self.label_logs: dict[str, float] = {}
 
     def problems(self, iteration: int) -> list[Problem]:
         """The iteration's originals followed by one rephrasing of each (group ``i + N`` rephrases group ``i``)."""
         originals = super().problems(iteration)
-        seed = self.config.seed * 1000 + iteration + REPHRASE_SEED_OFFSET
-        return originals + self.task.rephrasings(originals, seed)
+        return originals + self.task.rephrasings(originals, derive_seed(self.config.seed, iteration, "rephrase"))
 
     def rewards(self, problems: list[Problem], rollouts: list[Rollout]) -> list[float]:
         half, size = len(problems) // 2, len(rollouts) // len(problems)
@@ -83,10 +85,10 @@ class CoRewardTrainer(GRPOTrainer):
         for index, problem in enumerate(problems[:half]):
             original = texts[index * size : (index + 1) * size]
             rephrased = texts[(half + index) * size : (half + index + 1) * size]
-            to_original, to_rephrased, original_label, rephrased_label = cross_vote_rewards(original, rephrased)
+            to_original, to_rephrased, original_label, rephrased_label = cross_vote_rewards(original, rephrased, self.answer_key)
             original_rewards += to_original
             rephrased_rewards += to_rephrased
-            truth = answer_key(f"A:{problem.answer}")
+            truth = canonical_answer(problem.answer)
             labels_right += (original_label == truth) + (rephrased_label == truth)
         self.label_logs = {"pseudo_label_accuracy": labels_right / len(problems)}
         return original_rewards + rephrased_rewards
@@ -97,7 +99,7 @@ class CoRewardTrainer(GRPOTrainer):
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy on the held-out questions and on their rephrasings."""
         rollouts = self.solve(self.rephrased_eval_set, temperature=0.0, num_samples=1)
-        correct = sum(self.task.verify(p, r.text) for p, r in zip(self.rephrased_eval_set, rollouts))
+        correct = sum(self.verify(p, r.text) for p, r in zip(self.rephrased_eval_set, rollouts))
         return {**super().evaluate(), "rephrased_accuracy": correct / len(rollouts)}
 
 

@@ -16,6 +16,18 @@ problems and records the iteration:
     config.pipeline_dir                the final policy (model + tokenizer)
 
 ``resume_from="latest"`` restarts after the last finished iteration.
+
+Users' own parts plug in at construction: ``model=`` a folder or an ``nn.Module`` (with
+``tokenizer=``, normalised by :func:`~selfgen.train.llm.prompts.prepare_tokenizer`), ``task=`` a name,
+a problems JSONL or a :class:`~selfgen.data.tasks.Task`, ``prompt_format=`` a
+:class:`~selfgen.train.llm.prompts.PromptFormat` (or ``config.prompt_format: chat``), ``reward_fn=``
+(TRL's convention, :class:`~selfgen.train.llm.rewards.FunctionReward`) for the recipes whose reward
+is a verifier, and ``verify_fn(problem, completion) -> bool`` for every recipe's notion of a correct
+answer (selection of rejection-sampling recipes, diagnostics and held-out accuracy).
+
+Training problems of iteration ``k`` come from ``task.sample(n, derive_seed(seed, k), "train")`` and
+the held-out set from ``task.sample(eval_problems, EVAL_SEED, "eval")`` - the same problems for every
+run seed, so runs are paired by item; the task's split guarantees they never meet.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from accelerate.utils import set_seed
@@ -32,13 +45,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ...data.problems import Problem
-from ...data.tasks import Task, get_task, prompt_text
+from ...data.tasks import EVAL_FRACTION, Task, derive_seed, get_task
 from ...eval.plots import save_metric_curves
 from ..config import TrainingConfig
 from ..lora import merge_lora_adapters
 from ..trainer import Objective, Trainer, save_atomically
 from .lm import EVAL_SEED
 from .modeling import load_policy, tokenizer_exporter
+from .prompts import CHAT_SYSTEM_PROMPT, PromptFormat, get_prompt_format, prepare_tokenizer
+from .rewards import CallableReward, FunctionReward, Reward, RewardFn, answer_key
 from .rollout import Rollout, SamplingParams, generate_rollouts
 from .vllm_backend import VLLMRollouts
 
@@ -54,6 +69,10 @@ class IterativeConfig(TrainingConfig):
     task: str = "add"  # add | mul | countdown | path to a problems JSONL
     min_digits: int = 1  # difficulty knob of add/mul: operand digits
     max_digits: int = 4
+    eval_fraction: float = EVAL_FRACTION  # share of the task's questions held out for evaluation
+    eval_file: str | None = None  # JSONL tasks: held-out problems in their own file (instead of eval_fraction)
+    prompt_format: str = "arith"  # arith (Q:/A:, the bundled LM's) | chat (the tokenizer's chat template)
+    system_prompt: str | None = CHAT_SYSTEM_PROMPT  # prompt_format chat: the system message (None: none)
     iterations: int = 3
     problems_per_iteration: int = 256
     eval_problems: int = 200
@@ -117,8 +136,12 @@ class IterationReport:
 
 def build_task(config: IterativeConfig) -> Task:
     if config.task in ("add", "arith", "mul"):
-        return get_task(config.task, min_digits=config.min_digits, max_digits=config.max_digits)
-    return get_task(config.task)
+        return get_task(
+            config.task, min_digits=config.min_digits, max_digits=config.max_digits, eval_fraction=config.eval_fraction
+        )
+    if config.task == "countdown":
+        return get_task(config.task, eval_fraction=config.eval_fraction)
+    return get_task(config.task, eval_fraction=config.eval_fraction, eval_file=config.eval_file)
 
 
 class IterativeTrainer:
@@ -126,6 +149,7 @@ class IterativeTrainer:
 
     config_class = IterativeConfig
     plot_keys: tuple[str, ...] = ("accuracy",)
+    uses_reward_fn = True  # False: the recipe's reward is not a verifier's (label-free, self-judged, games)
 
     def __init__(
         self,
@@ -133,6 +157,10 @@ class IterativeTrainer:
         task: str | Task | None = None,
         config: IterativeConfig | None = None,
         tokenizer=None,
+        *,
+        prompt_format: str | PromptFormat | None = None,
+        reward_fn: RewardFn | Sequence[RewardFn] | None = None,
+        verify_fn: Callable[[Problem, str], bool] | None = None,
     ) -> None:
         self.config = config or self.config_class()
         set_seed(self.config.seed)
@@ -143,11 +171,20 @@ class IterativeTrainer:
         else:
             if tokenizer is None:
                 raise ValueError("pass tokenizer= together with a model object")
-            self.base_path, self.policy, self.tokenizer = None, model, tokenizer
+            self.base_path, self.policy, self.tokenizer = None, model, prepare_tokenizer(tokenizer)
         self.base_state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
         task = task if task is not None else self.config.task
         self.task = task if isinstance(task, Task) else build_task(replace(self.config, task=task))
-        self.eval_set = self.task.sample(self.config.eval_problems, EVAL_SEED + self.config.seed)
+        spec = prompt_format if prompt_format is not None else self.config.prompt_format
+        self.format = get_prompt_format(spec, self.tokenizer, self.config.system_prompt)
+        if reward_fn is not None and not self.uses_reward_fn:
+            raise ValueError(
+                f"{type(self).__name__} does not take reward_fn= (its reward is not a verifier's); "
+                "verify_fn= sets what counts as a correct answer"
+            )
+        self.verify_fn = verify_fn
+        self.reward: Reward = FunctionReward(reward_fn, self.prompt) if reward_fn is not None else CallableReward(self.verify)
+        self.eval_set = self.task.sample(self.config.eval_problems, EVAL_SEED, split="eval")
         self.output_dir = Path(self.config.output_dir)
         self.rollout_seconds = 0.0  # time spent in `generate` since the driver last reset it
         self.policy_version = 0  # bumped when the policy's weights change; with the policy's id, the vLLM sync key
@@ -156,8 +193,27 @@ class IterativeTrainer:
     # ----------------------------------------------------------------- helpers for recipes
 
     def problems(self, iteration: int) -> list[Problem]:
-        """This iteration's training problems (fresh draws, never from the held-out seeds)."""
-        return self.task.sample(self.config.problems_per_iteration, self.config.seed * 1000 + iteration)
+        """This iteration's training problems (fresh draws from the task's training split)."""
+        return self.task.sample(self.config.problems_per_iteration, derive_seed(self.config.seed, iteration))
+
+    def prompt(self, problem: Problem, hint: bool = False) -> str:
+        """The prompt of ``problem`` in the trainer's format; ``hint`` shows the reference answer."""
+        return self.format.prompt(problem.question, problem.answer if hint else None)
+
+    def verify(self, problem: Problem, completion: str) -> bool:
+        """Whether ``completion`` answers ``problem`` correctly: ``verify_fn`` when given, else the
+        task's verifier on the answer the prompt format reads."""
+        if self.verify_fn is not None:
+            return bool(self.verify_fn(problem, completion))
+        return self.task.verify(problem, completion, self.format.answer)
+
+    def verifier_rewards(self, problems: Sequence[Problem], completions: Sequence[str]) -> list[float]:
+        """The verifier reward of each completion: ``reward_fn`` when given, else 1/0 from :meth:`verify`."""
+        return self.reward(problems, completions)
+
+    def answer_key(self, completion: str) -> str | None:
+        """The completion's answer in the canonical form answers vote in."""
+        return answer_key(completion, self.format.answer)
 
     def sample(
         self, prompts: list[str], temperature: float | None = None, num_samples: int | None = None, seed: int = 0
@@ -186,7 +242,7 @@ class IterativeTrainer:
         return rollouts
 
     def solve(self, problems: list[Problem], **kwargs) -> list[Rollout]:
-        return self.sample([prompt_text(p.question) for p in problems], **kwargs)
+        return self.sample([self.prompt(p) for p in problems], **kwargs)
 
     def fresh_base(self) -> nn.Module:
         """A copy of the starting model (for recipes that fine-tune the base model every iteration)."""
@@ -212,7 +268,7 @@ class IterativeTrainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out greedy accuracy; recipes add their own metrics."""
         rollouts = self.solve(self.eval_set, temperature=0.0, num_samples=1)
-        return {"accuracy": sum(self.task.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)) / len(rollouts)}
+        return {"accuracy": sum(self.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)) / len(rollouts)}
 
     # ----------------------------------------------------------------- the loop
 

@@ -3,8 +3,8 @@
 
 GRPO learns nothing from a group whose rollouts all fail: every advantage is zero. ExPO supplies a
 positive sample that is still close to the current policy - a **self-explanation** ``y~ ~ pi(. | x, a*)``
-that the policy writes with the ground-truth answer ``a*`` in its context (our hinted prompt
-``Q:<x>\\nH:<a*>\\n``, the STaR rationalisation format). For each group with no correct rollout
+that the policy writes with the ground-truth answer ``a*`` in its context (the prompt format's hinted
+prompt, ``Q:<x>\\nH:<a*>\\n`` in the arithmetic format, as STaR's rationalisation). For each group with no correct rollout
 (:meth:`ExPOTrainer.extra_samples`):
 
 1. the policy samples ``num_explanations`` self-explanations from the hinted prompt;
@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from ...data.problems import Problem
-from ...data.tasks import prompt_text
 from ..registry import Method
 from .driver import run_recipe
 from .grpo import Group, GRPOConfig, GRPOTrainer
@@ -89,14 +88,14 @@ class ExPOTrainer(GRPOTrainer):
             self.explained_groups = 0.0
             return {}
         k = self.config.num_explanations
-        hinted = [prompt_text(problems[i].question, hint=problems[i].answer) for i in failed]
+        hinted = [self.prompt(problems[i], hint=True) for i in failed]
         explanations = self.sample(hinted, num_samples=k, seed=len(groups))
         extras: dict[int, Group] = {}
         for position, index in enumerate(failed):
             problem, plain_prompt = problems[index], groups[index][0][0]
             kept = [
                 e for e in explanations[position * k : (position + 1) * k]
-                if e.finished and (self.task.verify(problem, e.text) or not self.config.require_correct_explanation)
+                if e.finished and (self.verify(problem, e.text) or not self.config.require_correct_explanation)
             ]
             if kept:
                 extras[index] = [(rollout, 1.0) for rollout in self.as_plain_rollouts(plain_prompt, kept)]

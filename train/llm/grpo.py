@@ -5,7 +5,7 @@ Each iteration (Shao et al. 2024, DeepSeekMath, section 4):
 1. the current policy samples a group of ``G = samples_per_problem`` completions ``y_1..y_G`` per
    training problem ``x`` at ``temperature`` (their per-token logprobs are ``pi_old``);
 2. each completion gets a scalar reward ``R_i`` (:meth:`GRPOTrainer.rewards`; here the verifier's
-   1/0 on the final answer);
+   1/0 on the final answer, or a user's ``reward_fn=`` in TRL's convention);
 3. advantages are group-normalised, ``A_i = (R_i - mean_group R) / (std_group R + 1e-4)``
    (:func:`~selfgen.train.llm.objectives.group_advantages`, ``scale_rewards: false`` only centres);
 4. the policy takes ``max_train_steps`` steps of the clipped surrogate with a k3 KL to the starting
@@ -43,7 +43,6 @@ from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy
 from .objectives import GRPO_LOSS_TYPES, GRPOCollator, GRPOObjective, PolicySample, group_advantages
-from .rewards import VerifierReward
 from .rollout import Rollout
 
 Group = list[tuple[Rollout, float]]
@@ -93,7 +92,7 @@ class GRPOTrainer(IterativeTrainer):
 
     def rewards(self, problems: list[Problem], rollouts: list[Rollout]) -> list[float]:
         """One reward per rollout; ``rollouts`` come in consecutive groups, one group per problem."""
-        return VerifierReward(self.task)(repeat_per_rollout(problems, len(rollouts)), [r.text for r in rollouts])
+        return self.verifier_rewards(repeat_per_rollout(problems, len(rollouts)), [r.text for r in rollouts])
 
     def extra_samples(self, problems: list[Problem], groups: list[Group]) -> dict[int, Group]:
         """Extra ``(rollout, reward)`` entries per group index, joining the group before its advantages."""
@@ -141,7 +140,8 @@ class GRPOTrainer(IterativeTrainer):
         return Round(self.objective(), samples, self.collator(), logs)
 
     def rollout_logs(self, problems: list[Problem], rollouts: list[Rollout], rewards: list[float]) -> dict[str, float]:
-        correct = VerifierReward(self.task)(repeat_per_rollout(problems, len(rollouts)), [r.text for r in rollouts])
+        repeated = repeat_per_rollout(problems, len(rollouts))
+        correct = [float(self.verify(p, r.text)) for p, r in zip(repeated, rollouts)]
         size = len(rollouts) // len(problems)
         solved = [any(correct[i * size : (i + 1) * size]) for i in range(len(problems))]
         return {

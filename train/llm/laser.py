@@ -44,10 +44,10 @@ from .driver import run_recipe
 from .grpo import GRPOConfig, GRPOTrainer, repeat_per_rollout
 from .lm import EVAL_SEED
 from .objectives import GRPOCollator, GRPOObjective, PolicySample
-from .rewards import VerifierReward, answer_key, majority_answer
+from .rewards import canonical_answer, majority_answer
 from .rollout import Rollout
 
-CALIBRATION_SEED = 9_500  # training seeds (< EVAL_SEED) that problems(iteration) never draws for seed*1000+iteration < 9500
+CALIBRATION_SEED = 9_500  # the calibration problems' seed (training split)
 CALIBRATION_PROBLEMS = 16
 
 
@@ -204,13 +204,14 @@ class LaSeRTrainer(GRPOTrainer):
         """Best-of-N by ``r_s`` vs majority vote vs one sample, on the same ``best_of_n`` samples per problem."""
         n = self.config.best_of_n
         rollouts = self.solve(problems, temperature=1.0, num_samples=n, seed=EVAL_SEED)
-        correct = VerifierReward(self.task)(repeat_per_rollout(problems, len(rollouts)), [r.text for r in rollouts])
+        repeated = repeat_per_rollout(problems, len(rollouts))
+        correct = [float(self.verify(p, r.text)) for p, r in zip(repeated, rollouts)]
         scores = self.self_rewards(rollouts)
         best, vote = 0, 0
         for index, problem in enumerate(problems):
             group = slice(index * n, (index + 1) * n)
             best += correct[group][int(scores[group].argmax())]
-            vote += majority_answer([answer_key(r.text) for r in rollouts[group]]) == answer_key(f"A:{problem.answer}")
+            vote += majority_answer([self.answer_key(r.text) for r in rollouts[group]]) == canonical_answer(problem.answer)
         finished = torch.isfinite(scores)
         agree = ((scores > 0.5) == (torch.tensor(correct) > 0.5)) & finished
         return {

@@ -31,6 +31,7 @@ from ...data.tasks import (
     judge_completion,
     judge_prompt,
     prompt_text,
+    replace_answer,
     revision_prompt,
 )
 from ..config import TrainingConfig
@@ -40,7 +41,7 @@ from .modeling import build_char_tokenizer, build_tiny_llama, load_policy, token
 from .objectives import SFTCollator, SFTObjective, TextPair
 from .rollout import greedy_completions
 
-EVAL_SEED = 10_000  # held-out problems are drawn from seeds >= EVAL_SEED; training draws stay below it
+EVAL_SEED = 10_000  # the seed of held-out draws (from the task's eval split, which no training draw reaches)
 
 
 @dataclass
@@ -82,9 +83,7 @@ def seed_example(task: Task, kind: str, rng: random.Random, problem_id: str) -> 
     if kind == "revision":
         return TextPair(revision_prompt(prompt, solution), solution)
     if kind == "judge":
-        candidate = solution if rng.random() < 0.5 else solution.replace(
-            f"A:{problem.answer}", f"A:{corrupt_answer(problem.answer, rng)}"
-        )
+        candidate = solution if rng.random() < 0.5 else replace_answer(solution, corrupt_answer(problem.answer, rng))
         verdict = judge_completion(solution, extract_answer(candidate), problem.answer)
         return TextPair(judge_prompt(prompt, candidate), verdict)
     return TextPair(prompt, solution)
@@ -147,7 +146,7 @@ def evaluate(
     top = max_digits - (task == "mul")
     options = {} if task == "countdown" else {"min_digits": min(min_digits, top), "max_digits": top}
     task_object = get_task(task, **options)
-    problems = task_object.sample(num_problems, seed)
+    problems = task_object.sample(num_problems, seed, split="eval")
     score = accuracy(model, tokenizer, task_object, problems)
     metrics = {"task": task, "num_problems": num_problems, "accuracy": score}
     output_dir.mkdir(parents=True, exist_ok=True)

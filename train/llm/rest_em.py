@@ -17,11 +17,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ...data.tasks import prompt_text
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .objectives import SFTCollator, SFTObjective, TextPair
-from .rewards import VerifierReward
 
 
 @dataclass
@@ -32,14 +30,17 @@ class ReSTEMConfig(IterativeConfig):
 
 
 class ReSTEMTrainer(IterativeTrainer):
+    """The binary reward is :meth:`~selfgen.train.llm.driver.IterativeTrainer.verify` (a user's ``verify_fn=``)."""
+
     config_class = ReSTEMConfig
+    uses_reward_fn = False
     plot_keys = ("accuracy", "e_step_accuracy", "problems_solved")
 
     def build_round(self, iteration: int) -> Round:
         config, k = self.config, self.config.samples_per_problem
         problems = self.problems(iteration)
         texts = [r.text for r in self.solve(problems, seed=iteration)]
-        rewards = VerifierReward(self.task)([p for p in problems for _ in range(k)], texts)
+        rewards = [float(self.verify(p, text)) for p, text in zip([p for p in problems for _ in range(k)], texts)]
         rng = random.Random(config.seed + iteration)
         examples, solved = [], 0
         for index, problem in enumerate(problems):
@@ -47,7 +48,7 @@ class ReSTEMTrainer(IterativeTrainer):
             correct = list(dict.fromkeys(text for text, reward in group if reward > 0))
             rng.shuffle(correct)
             solved += bool(correct)
-            examples += [TextPair(prompt_text(problem.question), text) for text in correct[: config.max_per_problem]]
+            examples += [TextPair(self.prompt(problem), text) for text in correct[: config.max_per_problem]]
         logs = {"e_step_accuracy": sum(rewards) / len(rewards), "problems_solved": solved / len(problems)}
         return Round(SFTObjective(), examples, SFTCollator(self.tokenizer, config.max_length), logs, from_base=True)
 

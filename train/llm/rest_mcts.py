@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -185,11 +185,11 @@ def _trace_key(trace: Trace) -> tuple[str, ...]:
     return trace.steps + (f"\nA:{trace.answer}",)
 
 
-def key_text(question: str, key: tuple[str, ...]) -> str:
+def key_text(question: str, key: tuple[str, ...], prompt: Callable[[str], str] = prompt_text) -> str:
     """The text a value-target key stands for (a partial or, with the answer entry, complete solution)."""
     if key and key[-1].startswith("\nA:"):
-        return trace_text(question, key[:-1], key[-1][3:])
-    return partial_solution(question, key)
+        return trace_text(question, key[:-1], key[-1][3:], prompt)
+    return partial_solution(question, key, prompt)
 
 
 # ----------------------------------------------------------------- the value model
@@ -260,6 +260,7 @@ class SearchResult:
 
 class ReSTMCTSTrainer(IterativeTrainer):
     config_class = ReSTMCTSConfig
+    uses_reward_fn = False  # a trace's correctness is verify() (a user's verify_fn=)
     plot_keys = ("accuracy", "search_accuracy", "value_pair_accuracy", "value_terminal_accuracy", "search_solved", "expansions_per_s")
 
     def __init__(self, *args, **kwargs) -> None:
@@ -278,6 +279,10 @@ class ReSTMCTSTrainer(IterativeTrainer):
 
     # ------------------------------------------------------------- search
 
+    def state_text(self, question: str, steps: Sequence[str], answer: str | None = None) -> str:
+        """A search state (or, with ``answer``, a complete solution) after the prompt format's prompt."""
+        return trace_text(question, steps, answer, self.format.prompt)
+
     def values(self, texts: Sequence[str]) -> list[float]:
         return predict_values(self.value_model, self.tokenizer, texts)
 
@@ -288,7 +293,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
             temperature=config.step_temperature, num_samples=config.branch, max_new_tokens=config.step_max_new_tokens,
             stop_strings=(",",), batch_size=config.generation_batch_size,
         )
-        prompts = [partial_solution(p.question, leaf.steps) for p, leaf in zip(problems, leaves)]
+        prompts = [self.state_text(p.question, leaf.steps) for p, leaf in zip(problems, leaves)]
         rollouts = self.generate(prompts, params, seed)
         children = []
         for index, leaf in enumerate(leaves):
@@ -301,7 +306,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
                     new.append(leaf.child(action))
             leaf.expanded = True
             children.append(new)
-        texts = [trace_text(p.question, c.steps, c.answer) for p, new in zip(problems, children) for c in new]
+        texts = [self.state_text(p.question, c.steps, c.answer) for p, new in zip(problems, children) for c in new]
         values = iter(self.values(texts))
         for new in children:
             for child in new:
@@ -311,19 +316,19 @@ class ReSTMCTSTrainer(IterativeTrainer):
     def simulate(self, problems: list[Problem], nodes: list[Node], seed: int) -> list[tuple[Trace | None, float]]:
         """Greedy rollouts to the end from ``nodes``; the best value along each and its complete trace."""
         params = SamplingParams(temperature=0.0, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.generation_batch_size)
-        prompts = [partial_solution(p.question, node.steps) for p, node in zip(problems, nodes)]
+        prompts = [self.state_text(p.question, node.steps) for p, node in zip(problems, nodes)]
         rollouts = self.generate(prompts, params, seed)
         texts, owners, traces = [], [], []
         for index, (problem, node, rollout) in enumerate(zip(problems, nodes, rollouts)):
             steps = node.steps + tuple(solution_steps("S:" + rollout.text.split("\n")[0]))
             answer = rollout.text.split("\nA:", 1)[1].strip() if "\nA:" in rollout.text else None
-            trace = Trace(steps, answer, self.task.verify(problem, f"A:{answer}")) if answer and steps else None
+            trace = Trace(steps, answer, self.verify(problem, completion_text(list(steps), answer))) if answer and steps else None
             traces.append(trace)
             for length in range(len(node.steps) + 1, len(steps) + 1):
-                texts.append(trace_text(problem.question, steps[:length]))
+                texts.append(self.state_text(problem.question, steps[:length]))
                 owners.append(index)
             if trace is not None:
-                texts.append(trace_text(problem.question, steps, answer))
+                texts.append(self.state_text(problem.question, steps, answer))
                 owners.append(index)
         best = [0.0] * len(nodes)
         for owner, value in zip(owners, self.values(texts)):
@@ -360,7 +365,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
         for problem, result in zip(problems, results):
             for node in result.root.nodes():
                 if node.answer is not None and node.valid:
-                    trace = Trace(node.steps, node.answer, self.task.verify(problem, f"A:{node.answer}"))
+                    trace = Trace(node.steps, node.answer, self.verify(problem, completion_text(list(node.steps), node.answer)))
                     result.traces.append((trace, node.value))
         return results
 
@@ -370,7 +375,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
         and on wrong solutions, every distinct solution counted once; 0.5 = chance)."""
         results = self.search(problems, seed, early_stop=True)
         found = {(p.question, t.steps, t.answer): t.correct for p, r in zip(problems, results) for t, _ in r.traces}
-        values = self.values([trace_text(question, steps, answer) for question, steps, answer in found])
+        values = self.values([self.state_text(question, steps, answer) for question, steps, answer in found])
         per_class = [
             [(v >= 0.5) == ok for v, ok in zip(values, found.values()) if ok == label] for label in (True, False)
         ]
@@ -392,10 +397,10 @@ class ReSTMCTSTrainer(IterativeTrainer):
         for problem, result in zip(problems, results):
             traces = [trace for trace, _ in result.traces]
             for key, target in infer_values(traces).items():
-                value_examples.append((key_text(problem.question, key), target))
+                value_examples.append((key_text(problem.question, key, self.format.prompt), target))
             correct = list(dict.fromkeys(trace.steps + (trace.answer,) for trace in traces if trace.correct))
             for *steps, answer in correct[: config.max_traces_per_problem]:
-                policy_examples.append(TextPair(prompt_text(problem.question), completion_text(steps, answer)))
+                policy_examples.append(TextPair(self.prompt(problem), completion_text(steps, answer)))
         value_examples = list(dict(value_examples).items())
         value_logs = self.train_value_model(iteration, value_examples)
         logs = {
@@ -435,13 +440,13 @@ class ReSTMCTSTrainer(IterativeTrainer):
         if not isinstance(self.task, ArithmeticTask):
             return []
         rng = random.Random(self.config.seed)
-        solutions = labelled_solutions(self.task, self.config.value_eval_pairs, EVAL_SEED + 700 + self.config.seed, 0.0)
+        solutions = labelled_solutions(self.task, self.config.value_eval_pairs, EVAL_SEED + 700, 0.0, split="eval")
         pairs = []
         for solution in solutions:
             length = rng.randrange(1, len(solution.steps) + 1)
             good = list(solution.steps[:length])
             bad = good[:-1] + [corrupt_step(good[-1], rng.choice(("calculation", "carry", "operand")), rng)]
-            pairs.append((partial_solution(solution.problem.question, good), partial_solution(solution.problem.question, bad)))
+            pairs.append((self.state_text(solution.problem.question, good), self.state_text(solution.problem.question, bad)))
         return pairs
 
     def evaluate(self) -> dict[str, float]:
@@ -457,7 +462,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
 
     def _greedy_accuracy(self, problems: list[Problem]) -> float:
         rollouts = self.solve(problems, temperature=0.0, num_samples=1)
-        return sum(self.task.verify(p, r.text) for p, r in zip(problems, rollouts)) / len(problems)
+        return sum(self.verify(p, r.text) for p, r in zip(problems, rollouts)) / len(problems)
 
 
 def expansions_per_second(trainer: ReSTMCTSTrainer, problems: list[Problem], lockstep: bool = True, seed: int = 0) -> float:

@@ -18,14 +18,19 @@ Evaluation: ``accuracy`` is the mean held-out greedy accuracy of the members, ``
 member's, ``vote_accuracy`` the accuracy of the plurality of the members' greedy answers (ties go
 to the lowest-index member).
 
-Departure: the paper's collective is four different open LLMs; ours is ``models`` (paths, default
-``num_models`` copies of ``model``) that differ by their sampling and update seeds - and, when given
-different folders, by size (e.g. a second tiny LM from ``selfgen train lm`` with other widths).
-Copies of one model start with identical answers distributions, so their votes begin correlated.
+Members: member 0 is the ``model`` passed to the trainer (a folder or an ``nn.Module`` with its
+tokenizer; ``models[0]`` when only ``config.models`` is given), the others are ``models[1:]`` (folders)
+or, without ``models``, ``num_models - 1`` copies of member 0 - never ``config.model`` behind the
+caller's back. Members differ by their sampling seeds (member ``m`` samples iteration ``k`` with seed
+``k * M + m``) and, when given different folders, by architecture or size.
+
+Departure: the paper's collective is four different open LLMs; copies of one model start with
+identical answer distributions, so their votes begin correlated.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +41,13 @@ from ..trainer import save_atomically
 from .driver import IterationReport, Round, run_recipe
 from .grpo import GRPOConfig, GRPOTrainer
 from .modeling import frozen_copy, load_policy, tokenizer_exporter
-from .rewards import answer_key, majority_answer
+from .rewards import canonical_answer, majority_answer
 from .rollout import Rollout
 
 
 @dataclass
 class RLCCFConfig(GRPOConfig):
-    models: list[str] = field(default_factory=list)  # the collective; empty: num_models copies of `model`
+    models: list[str] = field(default_factory=list)  # the collective's folders, member 0 first; empty: num_models copies of the model
     num_models: int = 3
 
     def __post_init__(self) -> None:
@@ -52,9 +57,6 @@ class RLCCFConfig(GRPOConfig):
         if self.models and len(self.models) < 2:
             raise ValueError(f"models must list at least 2 model folders for a collective, got {self.models}")
 
-    @property
-    def member_paths(self) -> list[str]:
-        return list(self.models) if self.models else [self.model] * self.num_models
 
 
 def self_consistency(keys: list[str | None]) -> float:
@@ -83,14 +85,21 @@ class RLCCFTrainer(GRPOTrainer):
     """``M`` policies; member 0 is the driver's ``policy``, the others live in ``members``."""
 
     config_class = RLCCFConfig
+    uses_reward_fn = False
     plot_keys = ("accuracy", "vote_accuracy", "train_accuracy", "reward_agreement", "collective_label_accuracy")
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        paths = self.config.member_paths
+    def __init__(self, model=None, task=None, config: RLCCFConfig | None = None, tokenizer=None, **kwargs) -> None:
+        config = config or self.config_class()
+        if config.models and model is not None and str(model) != str(config.models[0]):
+            raise ValueError(
+                f"model={model!r} and config.models={config.models} disagree on member 0: pass the collective "
+                "either as config.models (member 0 first) or as model= with num_models copies"
+            )
+        model = config.models[0] if config.models else model
+        super().__init__(model, task, config, tokenizer, **kwargs)
         self.members = [(self.policy, self.tokenizer, self.reference)]
-        for path in paths[1:]:
-            policy, tokenizer = load_policy(path)
+        for path in self.config.models[1:] or [None] * (self.config.num_models - 1):
+            policy, tokenizer = load_policy(path) if path is not None else (copy.deepcopy(self.policy), self.tokenizer)
             self.members.append((policy, tokenizer, frozen_copy(policy) if self.config.beta else None))
         self.current = 0
         self.member_rounds: list[Round] = []
@@ -120,7 +129,7 @@ class RLCCFTrainer(GRPOTrainer):
     def collective_rewards(self, problems: list[Problem], member_rollouts: list[list[Rollout]]) -> list[list[float]]:
         """Each member's rewards: agreement of each rollout with the question's collective answer."""
         size = len(member_rollouts[0]) // len(problems)
-        keys = [[answer_key(r.text) for r in rollouts] for rollouts in member_rollouts]
+        keys = [[self.answer_key(r.text) for r in rollouts] for rollouts in member_rollouts]
         rewards: list[list[float]] = [[] for _ in member_rollouts]
         labels_right, consistency = 0, 0.0
         for index, problem in enumerate(problems):
@@ -128,7 +137,7 @@ class RLCCFTrainer(GRPOTrainer):
             winner, weights = collective_vote(group_keys)
             for member, member_keys in enumerate(group_keys):
                 rewards[member] += [float(key is not None and key == winner) for key in member_keys]
-            labels_right += winner is not None and winner == answer_key(f"A:{problem.answer}")
+            labels_right += winner is not None and winner == canonical_answer(problem.answer)
             consistency += sum(weights) / len(weights)
         self.collective_logs = {
             "collective_label_accuracy": labels_right / len(problems),
@@ -171,11 +180,11 @@ class RLCCFTrainer(GRPOTrainer):
         for index in range(len(self.members)):
             self.use_member(index)
             rollouts = self.solve(self.eval_set, temperature=0.0, num_samples=1)
-            answers.append([answer_key(r.text) for r in rollouts])
-            correct = [self.task.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)]
+            answers.append([self.answer_key(r.text) for r in rollouts])
+            correct = [self.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)]
             metrics[f"accuracy_m{index}"] = sum(correct) / len(correct)
         self.use_member(0)
-        truths = [answer_key(f"A:{p.answer}") for p in self.eval_set]
+        truths = [canonical_answer(p.answer) for p in self.eval_set]
         votes = [majority_answer(list(column)) for column in zip(*answers)]
         metrics["vote_accuracy"] = sum(a == t for a, t in zip(votes, truths)) / len(truths)
         metrics["accuracy"] = sum(metrics[f"accuracy_m{k}"] for k in range(len(self.members))) / len(self.members)

@@ -52,16 +52,15 @@ from dataclasses import dataclass
 import torch
 
 from ...data.problems import Problem
-from ...data.tasks import prompt_text, revision_prompt
+from ...data.tasks import revision_prompt
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy, load_policy
 from .objectives import GRPOCollator, GRPOObjective, PolicySample, SFTCollator, SFTObjective, TextPair
-from .rewards import VerifierReward
 from .rollout import Rollout
 
-WARMUP_SEED = 8_500  # training seeds of the warm start's problems, apart from problems(iteration) and TUNE_SEED
-TUNE_SEED = 9_000  # a training seed (< lm.EVAL_SEED) that problems(iteration) never draws for seed*1000+iteration < 9000
+WARMUP_SEED = 8_500  # the warm start's problems (training split)
+TUNE_SEED = 9_000  # the tune_* problems (training split, never the held-out set)
 
 
 @dataclass
@@ -150,7 +149,7 @@ class SCoReTrainer(IterativeTrainer):
 
     def correction_eval(self, problems: list[Problem]) -> dict[str, float]:
         first, second = self.episodes(problems, temperature=0.0, num_samples=1)
-        verify = self.task.verify
+        verify = self.verify
         return correction_metrics(
             [verify(p, r.text) for p, r in zip(problems, first)],
             [verify(p, r.text) for p, r in zip(problems, second)],
@@ -172,8 +171,8 @@ class SCoReTrainer(IterativeTrainer):
         problems = self.task.sample(config.warmup_problems, WARMUP_SEED + config.seed)
         texts = [r.text for r in self.solve(problems, seed=WARMUP_SEED)]
         attempts = [texts[i * k : (i + 1) * k] for i in range(len(problems))]
-        verdicts = [[self.task.verify(p, t) for t in group] for p, group in zip(problems, attempts)]
-        prompts = [prompt_text(p.question) for p in problems]
+        verdicts = [[self.verify(p, t) for t in group] for p, group in zip(problems, attempts)]
+        prompts = [self.prompt(p) for p in problems]
         pairs = revision_pairs(prompts, attempts, verdicts)
         anchor = [
             TextPair(prompt, text)
@@ -196,8 +195,8 @@ class SCoReTrainer(IterativeTrainer):
         problems = self.problems(iteration)
         first, second = self.episodes(problems, seed=iteration)
         repeated = [p for p in problems for _ in range(k)]
-        r1 = torch.tensor(VerifierReward(self.task)(repeated, [r.text for r in first]))
-        r2 = torch.tensor(VerifierReward(self.task)(repeated, [r.text for r in second]))
+        r1 = torch.tensor(self.verifier_rewards(repeated, [r.text for r in first]))
+        r2 = torch.tensor(self.verifier_rewards(repeated, [r.text for r in second]))
         stage = 1 if iteration <= config.stage1_iterations else 2
         if stage == 1:
             first_advantages = torch.zeros_like(r1)

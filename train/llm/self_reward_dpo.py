@@ -60,7 +60,17 @@ from itertools import zip_longest
 from pathlib import Path
 
 from ...data.problems import Problem
-from ...data.tasks import Task, corrupt_answer, extract_answer, judge_prompt, parse_verdict, prompt_text, revision_prompt
+from ...data.tasks import (
+    AnswerExtractor,
+    Task,
+    corrupt_answer,
+    extract_answer,
+    judge_prompt,
+    parse_verdict,
+    prompt_text,
+    replace_answer,
+    revision_prompt,
+)
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy
@@ -98,7 +108,7 @@ class SelfRewardDPOConfig(IterativeConfig):
             raise ValueError(f"eft_candidates must be one of {EFT_CANDIDATES}, got {self.eft_candidates!r}")
 
 
-EFT_SEED = 8_000  # seed problems come from training seeds below lm.EVAL_SEED, apart from problems(iteration)
+EFT_SEED = 8_000  # the seed stage's problems (training split)
 Candidate = tuple[Problem, str, bool]  # a problem, a candidate completion, the verifier's verdict on it
 
 
@@ -111,7 +121,7 @@ def corrupted_candidates(
     for index, problem in enumerate(problems):
         solution = task.worked_solution(problem)
         if index % 2:
-            solution = solution.replace(f"A:{problem.answer}", f"A:{corrupt(problem.answer, rng)}")
+            solution = replace_answer(solution, corrupt(problem.answer, rng))
         candidates.append((problem, solution, task.verify(problem, solution)))
     return candidates
 
@@ -127,12 +137,14 @@ def scrambled_answer(answer: str, rng: random.Random) -> str:
     return "".join(digits)
 
 
-def balanced_candidates(task: Task, problems: list[Problem], completions: list[list[str]]) -> list[Candidate]:
-    """As many correct as wrong candidates: per problem its first correct and first wrong completion
-    (``completions[i]`` are problem i's samples), then the larger class cut to the smaller, interleaved."""
+def balanced_candidates(
+    verify: Callable[[Problem, str], bool], problems: list[Problem], completions: list[list[str]]
+) -> list[Candidate]:
+    """As many correct as wrong candidates (by ``verify``): per problem its first correct and first wrong
+    completion (``completions[i]`` are problem i's samples), then the larger class cut to the smaller, interleaved."""
     correct, wrong = [], []
     for problem, samples in zip(problems, completions, strict=True):
-        verdicts = [task.verify(problem, sample) for sample in samples]
+        verdicts = [verify(problem, sample) for sample in samples]
         for verdict, found in ((True, correct), (False, wrong)):
             if verdict in verdicts:
                 found.append((problem, samples[verdicts.index(verdict)], verdict))
@@ -159,29 +171,43 @@ def decision_spans(judgement: str, weight: float) -> tuple[tuple[int, int, float
     return marks + ((verdict, verdict + 1, weight),)
 
 
-def eft_example(task: Task, candidate: Candidate, mark_weight: float = 1.0) -> TextPair:
-    """One EFT judge example: the candidate after its problem, ``J:``, the rationale, the verifier's
-    verdict; with ``mark_weight`` != 1 the comparison marks and the verdict get that SFT loss weight."""
+def eft_example(
+    task: Task,
+    candidate: Candidate,
+    mark_weight: float = 1.0,
+    prompt: Callable[[str], str] = prompt_text,
+    extract: AnswerExtractor = extract_answer,
+) -> TextPair:
+    """One EFT judge example: the candidate after its problem's ``prompt``, ``J:``, the rationale, the
+    verifier's verdict; with ``mark_weight`` != 1 the comparison marks and the verdict get that SFT loss
+    weight. ``extract`` reads the candidate's answer (the prompt format's)."""
     problem, completion, verdict = candidate
-    rationale = eft_rationale(task.worked_solution(problem), extract_answer(completion))
+    rationale = eft_rationale(task.worked_solution(problem), extract(completion))
     judgement = f"{rationale}\nV:{'Y' if verdict else 'N'}"
     spans = decision_spans(judgement, mark_weight) if mark_weight != 1.0 else ()
-    return TextPair(judge_prompt(prompt_text(problem.question), completion), judgement, spans)
+    return TextPair(judge_prompt(prompt(problem.question), completion), judgement, spans)
 
 
 def seed_examples(
-    task: Task, candidates: list[Candidate], ift_problems: int, seed: int = 0, mark_weight: float = 1.0
+    task: Task,
+    candidates: list[Candidate],
+    ift_problems: int,
+    seed: int = 0,
+    mark_weight: float = 1.0,
+    prompt: Callable[[str], str] = prompt_text,
+    extract: AnswerExtractor = extract_answer,
 ) -> list[TextPair]:
     """Seed EFT judge examples on ``candidates`` + ``ift_problems`` IFT worked solutions, shuffled."""
-    examples = [eft_example(task, candidate, mark_weight) for candidate in candidates]
+    examples = [eft_example(task, candidate, mark_weight, prompt, extract) for candidate in candidates]
     for problem in task.sample(ift_problems, EFT_SEED + 500 + seed):
-        examples.append(TextPair(prompt_text(problem.question), task.worked_solution(problem)))
+        examples.append(TextPair(prompt(problem.question), task.worked_solution(problem)))
     random.Random(seed).shuffle(examples)
     return examples
 
 
 class SelfRewardDPOTrainer(IterativeTrainer):
     config_class = SelfRewardDPOConfig
+    uses_reward_fn = False  # the reward is the model's own judgement
     plot_keys = ("accuracy", "judge_agreement", "judge_agreement_corrupted", "answer_pairs", "judgement_pairs")
 
     def __init__(self, *args, **kwargs) -> None:
@@ -195,11 +221,13 @@ class SelfRewardDPOTrainer(IterativeTrainer):
         """The current policy's own samples on ``problems`` (temperature ``config.temperature``), balanced."""
         k = self.config.samples_per_problem
         texts = [r.text for r in self.solve(problems, seed=seed)]
-        return balanced_candidates(self.task, problems, [texts[i * k : (i + 1) * k] for i in range(len(problems))])
+        return balanced_candidates(self.verify, problems, [texts[i * k : (i + 1) * k] for i in range(len(problems))])
 
     def judge(self, num_judgements: int, temperature: float) -> SelfJudgeReward:
         config = self.config
-        return SelfJudgeReward(self.policy, self.tokenizer, num_judgements, temperature, config.judge_max_new_tokens)
+        return SelfJudgeReward(
+            self.policy, self.tokenizer, num_judgements, temperature, config.judge_max_new_tokens, self.format.prompt
+        )
 
     def judge_agreement(self, candidates: list[Candidate]) -> list[bool]:
         """Per candidate: whether the greedy self-judgement's verdict is the verifier's."""
@@ -230,7 +258,10 @@ class SelfRewardDPOTrainer(IterativeTrainer):
             scrambled = self.task.sample(config.eft_scrambled, EFT_SEED + 700 + config.seed)
             candidates = candidates + corrupted_candidates(self.task, scrambled, config.seed, scrambled_answer)
         self.save_seed_candidates(candidates)
-        examples = seed_examples(self.task, candidates, config.ift_problems, config.seed, config.eft_mark_weight)
+        examples = seed_examples(
+            self.task, candidates, config.ift_problems, config.seed, config.eft_mark_weight, self.format.prompt,
+            self.format.answer,
+        )
         logs = {"eft_examples": float(len(candidates)), "ift_examples": float(config.ift_problems)}
         return Round(
             SFTObjective(), examples, SFTCollator(self.tokenizer, config.max_length), logs,
@@ -259,12 +290,12 @@ class SelfRewardDPOTrainer(IterativeTrainer):
             own = judgements[index * k : (index + 1) * k]
             verdicts = [parse_verdict(j.text) for j in own]
             by_problem.setdefault(problem.id, []).append((sum(v is True for v in verdicts) / k, candidate))
-            judgement_pairs += self.judgement_pair(problem, candidate, [j.text for j in own], verdicts)
+            judgement_pairs += self.judgement_pair(problem, candidate, [j.text for j in own], verdicts, prompt=self.format.prompt)
         answer_pairs = []
         for problem in problems:
             scored = sorted(by_problem.get(problem.id, []), key=lambda item: item[0])
             if scored and scored[-1][0] > scored[0][0]:
-                answer_pairs.append(PreferencePair(prompt_text(problem.question), scored[-1][1], scored[0][1]))
+                answer_pairs.append(PreferencePair(self.prompt(problem), scored[-1][1], scored[0][1]))
         labelled = self.labelled_judgement_pairs(iteration) if config.labelled_judgements else []
         pairs = answer_pairs + judgement_pairs + labelled
         logs = {
@@ -310,12 +341,19 @@ class SelfRewardDPOTrainer(IterativeTrainer):
         k, pairs = config.num_judgements, []
         for index, (problem, candidate, label) in enumerate(chosen):
             texts = [j.text for j in judgements[index * k : (index + 1) * k]]
-            pairs += self.judgement_pair(problem, candidate, texts, [parse_verdict(t) for t in texts], label)
+            pairs += self.judgement_pair(
+                problem, candidate, texts, [parse_verdict(t) for t in texts], label, prompt=self.format.prompt
+            )
         return pairs
 
     @staticmethod
     def judgement_pair(
-        problem: Problem, candidate: str, texts: list[str], verdicts: list[bool | None], preferred: bool | None = None
+        problem: Problem,
+        candidate: str,
+        texts: list[str],
+        verdicts: list[bool | None],
+        preferred: bool | None = None,
+        prompt: Callable[[str], str] = prompt_text,
     ) -> list[PreferencePair]:
         """A rationale whose verdict is ``preferred`` over one with the other verdict; ``preferred=None``:
         the majority verdict (none when the judgements agree or tie)."""
@@ -325,7 +363,7 @@ class SelfRewardDPOTrainer(IterativeTrainer):
         preferred = counts.most_common(1)[0][0] if preferred is None else preferred
         chosen = next(t for t, v in zip(texts, verdicts) if v == preferred)
         rejected = next(t for t, v in zip(texts, verdicts) if v is not None and v != preferred)
-        return [PreferencePair(judge_prompt(prompt_text(problem.question), candidate), chosen, rejected)]
+        return [PreferencePair(judge_prompt(prompt(problem.question), candidate), chosen, rejected)]
 
 
 METHOD = Method(

@@ -65,7 +65,7 @@ from ...data.reasoning import (
     partial_solution,
     sneaky_prompt,
 )
-from ...data.tasks import ArithmeticTask, parse_verdict, prompt_text, solution_steps
+from ...data.tasks import ArithmeticTask, derive_seed, parse_verdict, solution_steps
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .lm import EVAL_SEED
@@ -168,20 +168,20 @@ def detection_metrics(solutions: Sequence[LabelledSolution], predicted: Sequence
 
 class SPCTrainer(IterativeTrainer):
     config_class = SPCConfig
+    uses_reward_fn = False  # rewards are the critic/sneaky game's outcomes
     plot_keys = ("accuracy", "critic_f1", "critic_location_accuracy", "filtered_accuracy", "sneaky_success_rate")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.task, ArithmeticTask):
             raise ValueError(f"SPC needs an arithmetic task (add/arith/mul) for its rule-built steps, got {self.task.name!r}")
-        seed = EVAL_SEED + 500 + self.config.seed
-        self.detection_set = labelled_solutions(self.task, self.config.detection_problems, seed)
+        self.detection_set = labelled_solutions(self.task, self.config.detection_problems, EVAL_SEED + 500, split="eval")
 
     # ------------------------------------------------------------- the roles
 
     def critique(self, items: Sequence[tuple[Problem, Sequence[str], str]], num_samples: int, seed: int, greedy: bool = False):
         """The critic's critiques of ``(problem, prefix, step)`` items, ``num_samples`` each (grouped by item)."""
-        prompts = [critic_prompt(p.question, prefix, step) for p, prefix, step in items]
+        prompts = [critic_prompt(p.question, prefix, step, self.format.prompt) for p, prefix, step in items]
         return self.sample_role(prompts, num_samples, self.config.critic_max_new_tokens, seed, greedy)
 
     def sample_role(
@@ -212,11 +212,11 @@ class SPCTrainer(IterativeTrainer):
             wrong = corrupt_step(steps[k], rng.choice(config.warmup_error_kinds), rng)
             if rng.random() < config.warmup_critic_fraction:
                 judged = steps[k] if rng.random() < 0.5 else wrong
-                examples.append(TextPair(critic_prompt(question, steps[:k], judged), critic_completion(steps[k], judged)))
+                examples.append(TextPair(critic_prompt(question, steps[:k], judged, self.format.prompt), critic_completion(steps[k], judged)))
             else:
-                examples.append(TextPair(sneaky_prompt(question, steps[:k], steps[k]), wrong + "\n"))
+                examples.append(TextPair(sneaky_prompt(question, steps[:k], steps[k], self.format.prompt), wrong + "\n"))
         for problem in self.task.sample(config.warmup_examples // 3, WARMUP_SEED + 100 + config.seed):
-            examples.append(TextPair(prompt_text(problem.question), self.task.worked_solution(problem)))
+            examples.append(TextPair(self.prompt(problem), self.task.worked_solution(problem)))
         rng.shuffle(examples)
         return Round(
             SFTObjective(), examples, SFTCollator(self.tokenizer, config.max_length), {"warmup_examples": float(len(examples))},
@@ -225,12 +225,12 @@ class SPCTrainer(IterativeTrainer):
 
     def games(self, problems: list[Problem], iteration: int) -> list[Game]:
         """One game per problem the solver solved: a random step of one of its correct solutions."""
-        rng = random.Random(self.config.seed * 1000 + iteration)
+        rng = random.Random(derive_seed(self.config.seed, iteration, "games"))
         k = self.config.samples_per_problem
         rollouts = self.solve(problems, seed=iteration)
         games = []
         for index, problem in enumerate(problems):
-            correct = [r.text for r in rollouts[index * k : (index + 1) * k] if self.task.verify(problem, r.text)]
+            correct = [r.text for r in rollouts[index * k : (index + 1) * k] if self.verify(problem, r.text)]
             steps = solution_steps(correct[0]) if correct else []
             if steps:
                 position = rng.randrange(len(steps))
@@ -240,16 +240,16 @@ class SPCTrainer(IterativeTrainer):
     def success_rates(self, games: list[Game], steps: list[str], seed: int) -> list[float]:
         """How often the solver reaches the answer from ``prefix + [step]`` (``validation_samples`` completions)."""
         n = self.config.validation_samples
-        prompts = [partial_solution(g.problem.question, g.prefix + [step]) for g, step in zip(games, steps)]
+        prompts = [partial_solution(g.problem.question, g.prefix + [step], self.format.prompt) for g, step in zip(games, steps)]
         rollouts = self.sample_role(prompts, n, self.config.max_new_tokens, seed)
         return [
-            sum(self.task.verify(g.problem, r.text) for r in rollouts[i * n : (i + 1) * n]) / n for i, g in enumerate(games)
+            sum(self.verify(g.problem, r.text) for r in rollouts[i * n : (i + 1) * n]) / n for i, g in enumerate(games)
         ]
 
     def play(self, games: list[Game], iteration: int) -> tuple[list[PolicySample], dict[str, float]]:
         """Sneaky moves, validation, critiques and rewards; returns the update's samples and the game's logs."""
         config = self.config
-        prompts = [sneaky_prompt(g.problem.question, g.prefix, g.step) for g in games]
+        prompts = [sneaky_prompt(g.problem.question, g.prefix, g.step, self.format.prompt) for g in games]
         sneaky_rollouts = self.sample_role(prompts, 1, config.step_max_new_tokens, iteration, stop=("\n",))
         for game, rollout in zip(games, sneaky_rollouts):
             game.sneaky = rollout
@@ -299,7 +299,7 @@ class SPCTrainer(IterativeTrainer):
 
     def evaluate(self) -> dict[str, float]:
         rollouts = self.solve(self.eval_set, temperature=0.0, num_samples=1)
-        correct = [self.task.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)]
+        correct = [self.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)]
         accepted = [e == -1 for e in self.first_errors(self.eval_set, [solution_steps(r.text) for r in rollouts])]
         detection = self.first_errors([s.problem for s in self.detection_set], [s.steps for s in self.detection_set])
         return {

@@ -58,14 +58,13 @@ from ...data.games import (
     parse_move,
     random_play_transcripts,
 )
-from ...data.tasks import prompt_text
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy
 from .objectives import GRPOCollator, GRPOObjective, PolicySample, SFTCollator, SFTObjective, TextPair
 from .rollout import Rollout, SamplingParams
 
-REPLAY_SEED = 8_000  # the warm-up's arithmetic replay problems (a training seed, below lm.EVAL_SEED)
+REPLAY_SEED = 8_000  # the warm-up's arithmetic replay problems (training split)
 # which fixed opponents each game is evaluated against
 EVAL_OPPONENTS = {"tictactoe": ("random", "minimax"), "kuhn": ("random",), "negotiation": ("random",)}
 
@@ -135,6 +134,7 @@ class Turn:
 
 class SPIRALTrainer(IterativeTrainer):
     config_class = SPIRALConfig
+    uses_reward_fn = False  # rewards are game outcomes
     plot_keys = (
         "accuracy",
         "tictactoe_win_vs_random",
@@ -212,7 +212,7 @@ class SPIRALTrainer(IterativeTrainer):
         ]
         replay = self.task.sample(round(config.warmup_replay * len(pairs)), REPLAY_SEED + config.seed)
         logs = {"warmup_game_examples": float(len(pairs)), "warmup_replay_examples": float(len(replay))}
-        pairs += [TextPair(prompt_text(p.question), self.task.worked_solution(p)) for p in replay]
+        pairs += [TextPair(self.prompt(p), self.task.worked_solution(p)) for p in replay]
         return Round(
             SFTObjective(), pairs, SFTCollator(self.tokenizer, config.max_length), logs,
             max_train_steps=config.warmup_steps, learning_rate=config.warmup_learning_rate,

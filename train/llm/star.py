@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...data.tasks import prompt_text
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .objectives import SFTCollator, SFTObjective, TextPair
@@ -33,22 +32,25 @@ class STaRConfig(IterativeConfig):
 
 
 class STaRTrainer(IterativeTrainer):
+    """Correctness is :meth:`~selfgen.train.llm.driver.IterativeTrainer.verify` (a user's ``verify_fn=``)."""
+
     config_class = STaRConfig
+    uses_reward_fn = False
     plot_keys = ("accuracy", "train_accuracy", "rationalized")
 
     def build_round(self, iteration: int) -> Round:
         config = self.config
         problems = self.problems(iteration)
         rollouts = self.solve(problems, seed=iteration)
-        correct = [(p, r.text) for p, r in zip(problems, rollouts) if self.task.verify(p, r.text)]
+        correct = [(p, r.text) for p, r in zip(problems, rollouts) if self.verify(p, r.text)]
         solved = {p.id for p, _ in correct}
         failed = [p for p in problems if p.id not in solved]
         rationalized = []
         if config.rationalize and failed:
-            hinted = [prompt_text(p.question, hint=p.answer) for p in failed]
+            hinted = [self.prompt(p, hint=True) for p in failed]
             hinted_rollouts = self.sample(hinted, seed=iteration)
-            rationalized = [(p, r.text) for p, r in zip(failed, hinted_rollouts) if self.task.verify(p, r.text)]
-        examples = [TextPair(prompt_text(p.question), text) for p, text in correct + rationalized]
+            rationalized = [(p, r.text) for p, r in zip(failed, hinted_rollouts) if self.verify(p, r.text)]
+        examples = [TextPair(self.prompt(p), text) for p, text in correct + rationalized]
         steps = round(config.max_train_steps * (1 + config.step_growth) ** (iteration - 1))
         logs = {
             "train_accuracy": len(correct) / len(problems),

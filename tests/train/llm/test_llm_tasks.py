@@ -1,5 +1,6 @@
 """Seeded tasks, answer extraction and verifiers on tricky strings, and the problems JSONL errors."""
 
+import json
 import random
 
 import pytest
@@ -11,9 +12,11 @@ from selfgen.data.tasks import (
     JsonlTask,
     answers_match,
     corrupt_answer,
+    derive_seed,
     extract_answer,
     get_task,
     parse_verdict,
+    replace_answer,
     step_is_true,
 )
 
@@ -110,3 +113,68 @@ def test_jsonl_task_and_line_errors(tmp_path):
         JsonlTask(path=str(broken))
     with pytest.raises(ValueError, match="task must be one of"):
         get_task("chess")
+
+
+# ----------------------------------------------------------------- held-out split
+
+
+@pytest.mark.parametrize("task", [ArithmeticTask("add", 1, 2), ArithmeticTask("mul", 1, 2), CountdownTask(num_numbers=3)])
+def test_generated_eval_problems_are_never_training_problems_whatever_the_seeds(task):
+    train = {task.split_key(p.question) for seed in range(40) for p in task.sample(50, seed)}
+    held_out = {task.split_key(p.question) for seed in range(40) for p in task.sample(50, seed, split="eval")}
+    assert train and held_out and not train & held_out
+    # a rephrasing (b+a, zero padding, reordered numbers) stays in its original's split
+    rephrased = task.rephrasings(task.sample(50, 1, split="eval"), seed=2)
+    assert all(task.split_of(p) == "eval" for p in rephrased)
+    assert {task.split_of(p) for p in task.sample(100, 0)} == {"train"}
+    assert {task.split_of(p) for p in task.sample(100, 0, split="eval")} == {"eval"}
+
+
+def test_split_fraction_and_errors():
+    task = ArithmeticTask("add", 3, 4, eval_fraction=0.3)
+    draws = ArithmeticTask("add", 3, 4, eval_fraction=0.999).sample(200, 5, "eval")  # nearly everything held out
+    assert sum(task.split_of(p) == "eval" for p in draws) / len(draws) == pytest.approx(0.3, abs=0.1)
+    with pytest.raises(ValueError, match="split must be one of"):
+        task.sample(3, 0, split="test")
+    with pytest.raises(ValueError, match="eval_fraction"):
+        ArithmeticTask("add", eval_fraction=0.0)
+
+
+def test_derive_seed_has_no_arithmetic_collisions():
+    seeds = {derive_seed(seed, iteration) for seed in range(30) for iteration in range(1, 200)}
+    assert len(seeds) == 30 * 199
+    assert derive_seed(10, 1) != derive_seed(9, 1001) and derive_seed(1, 2) == derive_seed(1, 2)
+
+
+def write_jsonl(path, questions):
+    path.write_text("".join(json.dumps({"question": q, "answer": str(i)}) + "\n" for i, q in enumerate(questions)))
+    return str(path)
+
+
+def test_jsonl_held_out_fraction_is_deterministic_and_disjoint(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [f"question {i}" for i in range(50)] + ["question 3"])
+    task = JsonlTask(path=path, eval_fraction=0.2)
+    held_out = {p.question for p in task.sample(100, 0, split="eval")}
+    assert len(held_out) == 10 and held_out == {p.question for p in JsonlTask(path=path, eval_fraction=0.2).splits["eval"]}
+    for seed in range(20):
+        drawn = task.sample(45, seed)
+        assert not {p.question for p in drawn} & held_out
+        assert len({p.id for p in drawn}) == 41  # without replacement, then the split again in a new order
+    assert len(task.sample(5, 0, "eval")) == 5 and task.sample(5, 0, "eval") == task.sample(5, 0, "eval")
+
+
+def test_jsonl_eval_file_and_overlap_error(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", ["a", "b", "c"])
+    task = JsonlTask(path=train, eval_file=write_jsonl(tmp_path / "eval.jsonl", ["d", "e"]))
+    assert sorted(p.question for p in task.sample(9, 0, "eval")) == ["d", "e"]
+    assert {p.question for p in task.sample(9, 0)} == {"a", "b", "c"}
+    with pytest.raises(ValueError, match="shares 1 question"):
+        JsonlTask(path=train, eval_file=write_jsonl(tmp_path / "bad.jsonl", ["d", "b"]))
+    with pytest.raises(ValueError, match="at least 2 distinct questions"):
+        JsonlTask(path=write_jsonl(tmp_path / "one.jsonl", ["a", "a"]))
+
+
+def test_replace_answer_changes_only_the_last_answer_line():
+    assert replace_answer("S:1+2+0=3\nA:3", "4") == "S:1+2+0=3\nA:4"
+    assert replace_answer("A:1\nA: 2", "9") == "A:1\nA: 9"
+    assert replace_answer("no answer", "9") == "no answer"

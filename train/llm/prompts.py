@@ -1,0 +1,105 @@
+"""The text interface between problems and a causal LM: one :class:`PromptFormat` every recipe uses,
+and :func:`prepare_tokenizer`, which makes any tokenizer handed in usable for batched generation.
+
+A prompt format maps a question to the prompt the policy continues, and a completion back to its
+final answer:
+
+* :class:`PromptFormat` (``prompt_format: arith``, the default) - the compact format the bundled tiny
+  LM is pretrained on: ``"Q:<question>\\n"`` (``"Q:<question>\\nH:<answer>\\n"`` with a STaR/ExPO
+  answer hint) -> ``"S:<steps>\\nA:<answer>"``, the answer read from the last ``A:`` line;
+* :class:`ChatTemplateFormat` (``prompt_format: chat``) - the tokenizer's own chat template
+  (``apply_chat_template`` with ``add_generation_prompt=True``): an optional system message, the
+  question as the user turn (the hint appended to it), the answer read by ``answer_pattern`` (by
+  default the same last ``A:`` line, which the default system message asks for).
+
+Recipes never write prompt text themselves: they call ``trainer.prompt(problem)`` /
+``trainer.format.answer(completion)``. Formats that continue a prompt (a revision turn, a judge turn,
+a partial solution) append to the formatted prompt, so they follow the chosen format.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ...data.tasks import extract_answer, prompt_text
+
+PROMPT_FORMATS = ("arith", "chat")
+CHAT_SYSTEM_PROMPT = "Solve the problem step by step. End with the final answer on its own line as 'A: <answer>'."
+
+
+class PromptFormat:
+    """question -> prompt, completion -> answer; this base class is the arithmetic ``Q:``/``A:`` format."""
+
+    name = "arith"
+
+    def prompt(self, question: str, hint: str | None = None) -> str:
+        """The prompt of ``question``; with ``hint`` the reference answer is shown (rationalisation)."""
+        return prompt_text(question, hint)
+
+    def answer(self, completion: str) -> str | None:
+        """The final answer of ``completion`` (``None`` when it gives none)."""
+        return extract_answer(completion)
+
+
+class ChatTemplateFormat(PromptFormat):
+    """Prompts from the tokenizer's chat template; answers from the last match of ``answer_pattern``
+    (a regex whose first group is the answer)."""
+
+    name = "chat"
+
+    def __init__(
+        self,
+        tokenizer,
+        system_prompt: str | None = CHAT_SYSTEM_PROMPT,
+        answer_pattern: str = r"A:[ \t]*([^\n]*)",
+        hint_template: str = "\n(The answer is {hint}; show how to reach it.)",
+    ) -> None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                "prompt_format='chat' needs a tokenizer with a chat_template (tokenizer.chat_template is empty); "
+                "set one or use prompt_format='arith'"
+            )
+        self.tokenizer, self.system_prompt, self.hint_template = tokenizer, system_prompt, hint_template
+        self.pattern = re.compile(answer_pattern)
+        if self.pattern.groups < 1:
+            raise ValueError(f"answer_pattern must have a capture group for the answer, got {answer_pattern!r}")
+
+    def prompt(self, question: str, hint: str | None = None) -> str:
+        content = question if hint is None else question + self.hint_template.format(hint=hint)
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": content})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def answer(self, completion: str) -> str | None:
+        found = self.pattern.findall(completion)
+        if not found:
+            return None
+        last = found[-1] if isinstance(found[-1], str) else found[-1][0]
+        return last.strip() or None
+
+
+def get_prompt_format(spec: str | PromptFormat | None, tokenizer, system_prompt: str | None = CHAT_SYSTEM_PROMPT) -> PromptFormat:
+    """A :class:`PromptFormat` from a config name (``arith`` | ``chat``) or an object (returned as is)."""
+    if isinstance(spec, PromptFormat):
+        return spec
+    if spec in (None, "arith"):
+        return PromptFormat()
+    if spec == "chat":
+        return ChatTemplateFormat(tokenizer, system_prompt)
+    raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS} or a PromptFormat object, got {spec!r}")
+
+
+def prepare_tokenizer(tokenizer):
+    """Make ``tokenizer`` fit batched generation and the collators, in place, and return it: left
+    padding, and a pad token (the eos token when it has none). It must have an eos token, which ends
+    every completion."""
+    if tokenizer is None:
+        raise ValueError("tokenizer= is required together with a model object")
+    if tokenizer.eos_token is None:
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no eos_token; completions end with it: set tokenizer.eos_token"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
