@@ -8,8 +8,10 @@ from .expo import ExPOConfig, ExPOTrainer
 from .grpo import GRPOConfig, GRPOTrainer
 from .laser import LaSeRConfig, LaSeRTrainer
 from .objectives import DPOObjective, GRPOObjective, SFTObjective, group_advantages
+from .prompts import ChatTemplateFormat, PromptFormat, get_prompt_format, prepare_tokenizer
 from .rewards import (
     CallableReward,
+    FunctionReward,
     MajorityVoteReward,
     OutcomeReward,
     ProcessReward,
@@ -17,6 +19,7 @@ from .rewards import (
     SelfJudgeReward,
     VerifierReward,
     answer_key,
+    canonical_answer,
     majority_answer,
 )
 from .rest_em import ReSTEMConfig, ReSTEMTrainer
@@ -33,11 +36,13 @@ __all__ = [
     "BSTaRConfig",
     "BSTaRTrainer",
     "CallableReward",
+    "ChatTemplateFormat",
     "CoRewardConfig",
     "CoRewardTrainer",
     "DPOObjective",
     "ExPOConfig",
     "ExPOTrainer",
+    "FunctionReward",
     "GRPOConfig",
     "GRPOObjective",
     "GRPOTrainer",
@@ -49,6 +54,7 @@ __all__ = [
     "MajorityVoteReward",
     "OutcomeReward",
     "ProcessReward",
+    "PromptFormat",
     "RLCCFConfig",
     "RLCCFTrainer",
     "ReSTEMConfig",
@@ -73,7 +79,10 @@ __all__ = [
     "SelfRewardDPOTrainer",
     "VerifierReward",
     "answer_key",
+    "canonical_answer",
     "generate_rollouts",
+    "get_prompt_format",
     "group_advantages",
     "majority_answer",
+    "prepare_tokenizer",
 ]

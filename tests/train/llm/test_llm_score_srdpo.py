@@ -152,7 +152,7 @@ def test_policy_candidates_are_balanced_one_of_each_class_per_problem():
     task = get_task("arith", min_digits=1, max_digits=2)
     problems = [Problem("1+2", "3", "a"), Problem("4+4", "8", "b"), Problem("5+5", "10", "c")]
     completions = [["A:3", "A:4", "A:3"], ["A:8", "A:8"], ["A:11", "A:10", "A:12"]]
-    candidates = balanced_candidates(task, problems, completions)
+    candidates = balanced_candidates(task.verify, problems, completions)
     assert [(p.id, c, v) for p, c, v in candidates] == [
         ("a", "A:3", True), ("a", "A:4", False), ("b", "A:8", True), ("c", "A:11", False),
     ]
