@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -97,7 +98,11 @@ def command_train(args: argparse.Namespace, extra: list[str]) -> None:
 
     if not PartialState().is_main_process:
         return
-    print(f"trained {method.name} for {result.global_step} steps; final loss {result.final_loss:.4f}")
+    if getattr(result, "already_finished", False):
+        print(f"{config.output_dir} was already trained to step {result.global_step} (max_train_steps): "
+              f"nothing to train; final logged loss {result.final_loss:.4f}")
+    else:
+        print(f"trained {method.name} for {result.global_step} steps; final loss {result.final_loss:.4f}")
     print(f"pipeline saved to {result.pipeline_dir}")
 
 
@@ -183,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("selfgen").setLevel(logging.INFO)  # resumes, exports and skipped checkpoints are news
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command in ("list", "demo"):

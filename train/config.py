@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -20,6 +21,13 @@ import yaml
 ConfigT = TypeVar("ConfigT", bound="TrainingConfig")
 
 MIXED_PRECISION_MODES = ("no", "fp16", "bf16")
+
+# Fields that say where and how often a run writes, not what it learns: they may change on resume.
+# A method marks its own such fields with ``field(..., metadata={"resume_safe": True})``.
+RUN_FIELDS = frozenset({
+    "output_dir", "export_dir", "resume_from", "allow_config_change", "logging_steps", "checkpointing_steps",
+    "checkpoints_total_limit", "report_to", "dataloader_num_workers",
+})
 
 
 @dataclass
@@ -46,6 +54,7 @@ class TrainingConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 2
     resume_from: str | None = None  # "latest" or a checkpoint folder
+    allow_config_change: bool = False  # resume although training fields differ from the checkpoint's
     logging_steps: int = 10
     dataloader_num_workers: int = 0
     report_to: str | None = "tensorboard"  # also written when tensorboard is installed; None disables
@@ -177,8 +186,23 @@ def load_config(
     return config_class(**values)
 
 
-def save_config(config: TrainingConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+def save_config(config: TrainingConfig, path: str | Path, header: list[str] = ()) -> None:
+    """``config`` as YAML, after ``header`` lines written as comments."""
+    comments = "".join(f"# {line}\n" for line in header)
+    Path(path).write_text(comments + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def training_field_changes(saved: dict[str, Any], config: TrainingConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (saved value, current value)}`` for the fields that shape training (not
+    :data:`RUN_FIELDS` nor ``resume_safe``) whose value differs from ``saved`` (a checkpoint's config)."""
+    current = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    changes = {}
+    for item in dataclasses.fields(config):
+        if item.name in RUN_FIELDS or item.metadata.get("resume_safe") or item.name not in saved:
+            continue
+        if saved[item.name] != current[item.name]:
+            changes[item.name] = (saved[item.name], current[item.name])
+    return changes
 
 
 def bind_options(function: Any, raw_options: dict[str, str], reserved: tuple[str, ...] = ()) -> dict[str, Any]:

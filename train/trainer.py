@@ -8,8 +8,14 @@ so the same code runs on one CPU and under ``accelerate launch`` (DDP / FSDP / D
 * ``Accelerator(mixed_precision, gradient_accumulation_steps)``, AdamW, ``diffusers.optimization.get_scheduler``;
 * gradient clipping, optional EMA (``diffusers.training_utils.EMAModel``), optional peft LoRA;
 * checkpoints with ``accelerator.save_state`` into ``output_dir/checkpoints/step-N``, written under a
-  temporary name and renamed, keeping the last ``checkpoints_total_limit``; ``resume_from="latest"``
-  or a path resumes exactly (weights, optimizer, LR schedule, EMA, RNG and data order);
+  temporary name and renamed, keeping the last ``checkpoints_total_limit``, each with a manifest
+  (size and sha256 of every file); ``resume_from="latest"`` resumes exactly (weights, optimizer, LR
+  schedule, EMA, RNG and data order) from the newest checkpoint whose manifest verifies, skipping
+  damaged ones with a warning; an explicit path that does not verify is an error naming the file.
+  A resume whose training fields differ from the checkpoint's is refused unless
+  ``allow_config_change`` (then the changes are logged and applied, and ``config.yaml`` says so);
+* a lock file (``output_dir/.selfgen.lock``, the owner's pid) refuses a second concurrent run in the
+  same ``output_dir``; a lock left by a dead process is taken over;
 * metrics as JSONL in ``output_dir/logs/metrics.jsonl`` (TensorBoard too when installed), tqdm on the
   main process, seeding;
 * the final export, atomically, to ``config.pipeline_dir``.
@@ -17,15 +23,19 @@ so the same code runs on one CPU and under ``accelerate launch`` (DDP / FSDP / D
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +50,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .config import TrainingConfig, save_config
+from .config import TrainingConfig, save_config, training_field_changes
 from .lora import add_lora_adapters, merge_lora_adapters
 
 logger = logging.getLogger("selfgen.train")
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
 TRAINER_STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".selfgen.lock"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that does not verify against its manifest (names the file and what is wrong)."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live process is training in the same ``output_dir``."""
 
 
 class Objective:
@@ -81,6 +101,7 @@ class TrainResult:
     global_step: int
     pipeline_dir: Path | None
     history: list[dict[str, float]] = field(default_factory=list)
+    already_finished: bool = False  # resumed from a checkpoint at max_train_steps: nothing was trained
 
     @property
     def final_loss(self) -> float:
@@ -107,9 +128,55 @@ def save_atomically(save_fn: Callable[[Path], None], target: Path) -> None:
         shutil.rmtree(old_dir)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """``folder/manifest.json``: size and sha256 of every file in ``folder`` (the manifest excepted)."""
+    files = sorted(path for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST_FILE)
+    entries = {
+        str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": _sha256(path)} for path in files
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps(entries, indent=1))
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming the first file of ``folder`` that is missing or differs
+    from ``manifest.json`` (size, then sha256); checkpoints without a manifest cannot be trusted."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_FILE
+    try:
+        entries = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{manifest_path} is missing or unreadable ({error}): the checkpoint cannot be verified")
+    if TRAINER_STATE_FILE not in entries:
+        raise CheckpointError(f"{manifest_path} does not list {TRAINER_STATE_FILE}: not a selfgen checkpoint")
+    for name, expected in entries.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is listed in {manifest_path} but missing")
+        size = path.stat().st_size
+        if size != expected["size"]:
+            raise CheckpointError(f"{path} has {size} bytes, the manifest says {expected['size']} (truncated?)")
+        if _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"{path} does not match its sha256 in {manifest_path} (corrupted)")
+
+
 def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
+    """The newest checkpoint that verifies; each newer one that does not is skipped with a warning naming it."""
+    for checkpoint in reversed(list_checkpoints(output_dir)):
+        try:
+            verify_checkpoint(checkpoint)
+        except CheckpointError as error:
+            logger.warning("skipping checkpoint %s: %s", checkpoint, error)
+            continue
+        return checkpoint
+    return None
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -121,8 +188,67 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # a killed child not yet reaped by its parent is a zombie: dead
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: Path) -> Iterator[None]:
+    """Hold ``output_dir/.selfgen.lock`` (``{"pid", "host"}``) while the block runs.
+
+    A live owner on this host is a :class:`RunLockedError`; a lock left by a dead process (a run
+    killed with ``kill -9``) is taken over with a warning. A lock from another host cannot be checked
+    and is refused, naming the file to delete if that run is gone."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = output_dir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    while True:
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                owner = {}  # half-written by a process killed while taking it
+            if owner.get("host", me["host"]) != me["host"]:
+                raise RunLockedError(
+                    f"{output_dir} is in use by pid {owner.get('pid')} on host {owner.get('host')}; "
+                    f"if that run is gone, delete {lock}"
+                ) from None
+            pid = owner.get("pid")
+            if isinstance(pid, int) and pid != me["pid"] and _process_alive(pid):
+                raise RunLockedError(
+                    f"another run (pid {pid}) is training in {output_dir}; wait for it or choose another --output_dir"
+                ) from None
+            logger.warning("taking over the lock %s left by pid %s, which is no longer running", lock, pid)
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(json.dumps(me))
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
 def default_collate_fn(examples: list[dict[str, Any]]) -> dict[str, Any]:
     return torch.utils.data.default_collate(examples)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _tensorboard_available() -> bool:
@@ -166,6 +292,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.global_step = 0
         self.history: list[dict[str, float]] = []
+        self.config_changes: dict[str, tuple[Any, Any]] = {}
 
         # accelerate keeps per-run settings (mixed precision, accumulation) in process-wide singletons;
         # reset them so several Trainers can run one after another in one process (iterative methods,
@@ -251,7 +378,8 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self) -> Path:
-        """``accelerator.save_state`` into ``checkpoints/step-N`` via a temporary folder, then prune."""
+        """``accelerator.save_state`` into ``checkpoints/step-N`` via a temporary folder, with the step,
+        the config and a manifest of every file; then prune."""
         accelerator = self.accelerator
         target = self.output_dir / "checkpoints" / f"step-{self.global_step}"
         tmp_dir = target.parent / f".{target.name}.tmp"
@@ -261,7 +389,9 @@ class Trainer:
         accelerator.save_state(str(tmp_dir))
         accelerator.wait_for_everyone()
         if self.is_main_process:
-            (tmp_dir / TRAINER_STATE_FILE).write_text(json.dumps({"global_step": self.global_step}))
+            state = {"global_step": self.global_step, "config": _jsonable(dataclasses.asdict(self.config))}
+            (tmp_dir / TRAINER_STATE_FILE).write_text(json.dumps(state))
+            write_manifest(tmp_dir)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp_dir, target)
@@ -283,7 +413,7 @@ class Trainer:
         if resume_from == "latest":
             latest = find_latest_checkpoint(self.output_dir)
             if latest is None:
-                logger.warning("resume_from='latest' but %s has no checkpoint: starting fresh", self.output_dir)
+                logger.warning("resume_from='latest' but %s has no valid checkpoint: starting fresh", self.output_dir)
             return latest
         path = Path(resume_from)
         if not (path / TRAINER_STATE_FILE).is_file():
@@ -291,23 +421,88 @@ class Trainer:
                 f"resume_from={resume_from!r} is not a selfgen checkpoint folder (no {TRAINER_STATE_FILE}); "
                 f"pass 'latest' or a folder like {self.output_dir / 'checkpoints' / 'step-500'}"
             )
+        verify_checkpoint(path)
         return path
 
     def load_checkpoint(self, path: Path) -> None:
+        """Restore ``path`` (verified) after checking that its training fields match this config."""
+        state = json.loads((path / TRAINER_STATE_FILE).read_text())
+        changes = training_field_changes(state.get("config", {}), self.config)
+        if changes and not self.config.allow_config_change:
+            listed = "; ".join(f"{name}: {old!r} in the checkpoint, {new!r} now" for name, (old, new) in changes.items())
+            raise ValueError(
+                f"resuming from {path} with changed training fields ({listed}); restore them, or pass "
+                "--allow_config_change to continue with the new values from this step on"
+            )
         self.accelerator.load_state(str(path))
-        self.global_step = json.loads((path / TRAINER_STATE_FILE).read_text())["global_step"]
+        self.global_step = state["global_step"]
+        if changes:
+            self._apply_optimizer_fields()
+            for name, (old, new) in changes.items():
+                logger.warning("config change on resume at step %d: %s %r -> %r", self.global_step, name, old, new)
+        self.config_changes = changes
         logger.info("resumed from %s at step %d", path, self.global_step)
+
+    def _apply_optimizer_fields(self) -> None:
+        """After ``load_state``: the optimizer hyperparameters and base LR of this config, not the checkpoint's."""
+        config, scheduler = self.config, getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)
+        scheduler.base_lrs = [config.learning_rate] * len(self.optimizer.param_groups)
+        lambdas = getattr(scheduler, "lr_lambdas", [lambda _: 1.0] * len(self.optimizer.param_groups))
+        for group, lr_lambda in zip(self.optimizer.param_groups, lambdas):
+            group.update(
+                lr=config.learning_rate * lr_lambda(scheduler.last_epoch),
+                initial_lr=config.learning_rate,
+                betas=(config.adam_beta1, config.adam_beta2),
+                weight_decay=config.adam_weight_decay,
+                eps=config.adam_epsilon,
+            )
+
+    def _change_note(self, checkpoint: Path | None) -> list[str]:
+        if not self.config_changes:
+            return []
+        changes = [f"  {name}: {old!r} -> {new!r}" for name, (old, new) in self.config_changes.items()]
+        return [f"resumed from {checkpoint} at step {self.global_step} with --allow_config_change:", *changes]
+
+    def _restart_metrics(self) -> None:
+        """Keep the ``metrics.jsonl`` records up to ``global_step`` (those after the checkpoint are
+        re-logged, a line cut by a kill is dropped) and take them as this run's history."""
+        path = self.logs_dir / "metrics.jsonl"
+        records = []
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if isinstance(record, dict) and record.get("step", math.inf) <= self.global_step:
+                        records.append(record)
+        self.history = records
+        if self.is_main_process:
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
+            os.replace(tmp, path)
 
     # ----------------------------------------------------------------- loop
 
     def train(self) -> TrainResult:
+        """Train to ``max_train_steps`` (resuming when asked), export, and return the result."""
+        lock = run_lock(self.output_dir) if self.is_main_process else contextlib.nullcontext()
+        with lock:
+            return self._train()
+
+    def _train(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         checkpoint = self._resolve_resume()
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
+        self._restart_metrics()
+        already_finished = checkpoint is not None and self.global_step >= config.max_train_steps
+        if already_finished:
+            logger.warning(
+                "%s is already at step %d of max_train_steps=%d: nothing to train, exporting again",
+                checkpoint, self.global_step, config.max_train_steps,
+            )
         if self.is_main_process:
-            self.logs_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.output_dir / "config.yaml")
+            save_config(config, self.output_dir / "config.yaml", header=self._change_note(checkpoint))
         if accelerator.log_with:
             accelerator.init_trackers("selfgen")
         for callback in self.callbacks:
@@ -352,7 +547,7 @@ class Trainer:
         accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
         for callback in self.callbacks:
             callback.on_train_end(self)
-        return TrainResult(self.global_step, pipeline_dir, self.history)
+        return TrainResult(self.global_step, pipeline_dir, self.history, already_finished)
 
     def _epoch_batches(self, epoch: int):
         """This epoch's batches, skipping those already consumed when resuming mid-epoch."""
