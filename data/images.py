@@ -24,11 +24,16 @@ METADATA_FIELDS = {"caption": expect_type(str, "a string"), "label": expect_type
 
 
 def verify_image(path: Path) -> None:
-    """Raise ``ValueError`` naming ``path`` if PIL cannot open and verify it."""
+    """Raise ``ValueError`` naming ``path`` unless PIL can open, verify and fully decode it.
+
+    ``verify()`` checks headers and chunk checksums only; a truncated JPEG or a PNG whose compressed
+    data is corrupt passes it and fails at the first ``__getitem__``, so every pixel is decoded here."""
     try:
         with Image.open(path) as image:
             image.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"corrupt or unreadable image {path}: {error}") from None
 
 

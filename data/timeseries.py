@@ -84,7 +84,7 @@ def load_time_series(
     path = Path(path)
     table = _read_table(path)
     if layout == "auto":
-        layout = "long" if {item_id_column, target_column} <= set(table.columns) else "wide"
+        layout = "long" if item_id_column in table.columns else "wide"
     _check_columns(path, table, layout, item_id_column, timestamp_column, target_column)
     if layout == "long":
         long = _long_frame(path, table, item_id_column, timestamp_column, target_column)
@@ -173,6 +173,11 @@ def _first_row(mask: pd.Series) -> int:
 
 
 def _parse_timestamps(path: Path, column: pd.Series, name: str) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        raise ValueError(
+            f"{path}: column {name!r} holds numbers (e.g. {str(column.iloc[0])!r}), not dates; pandas would read them as "
+            "nanoseconds since 1970. Expected dates such as 2020-01-31 (for yearly data write 2001-01-01)"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "could not infer format": reported below instead
         parsed = pd.to_datetime(column, errors="coerce")
@@ -189,13 +194,14 @@ def _parse_timestamps(path: Path, column: pd.Series, name: str) -> pd.Series:
 def _parse_numbers(path: Path, column: pd.Series, items: pd.Series | str, name: str) -> pd.Series:
     """``column`` as float64 (empty cells as NaN); ``items`` is the item of each row, or the one item."""
     numbers = pd.to_numeric(column, errors="coerce")
-    bad = numbers.isna() & column.notna()
+    bad = (numbers.isna() & column.notna()) | np.isinf(numbers)
     if bad.any():
         row = _first_row(bad)
         item = items if isinstance(items, str) else items.iloc[row - 1]
+        kind = "infinite" if np.isinf(numbers.iloc[row - 1]) else "non-numeric"
         raise ValueError(
-            f"{path}: non-numeric value {column.iloc[row - 1]!r} in column {name!r} for item "
-            f"{item!r} (data row {row}); expected numbers (empty cells count as missing)"
+            f"{path}: {kind} value {str(column.iloc[row - 1])!r} in column {name!r} for item "
+            f"{item!r} (data row {row}); expected finite numbers (empty cells count as missing)"
         )
     return numbers.astype(np.float64)
 
@@ -214,6 +220,7 @@ def _build_series(
         group = _trim_missing_edges(group)
     index = pd.DatetimeIndex(group["timestamp"])
     grid = _regular_grid(path, item, index, freq)
+    _check_gaps(path, item, group, grid)
     values = pd.Series(group["target"].to_numpy(), index=index).reindex(grid)
     return TimeSeries(item, grid[0], grid.freqstr, _fill_missing(path, item, values, fill_na))
 
@@ -255,6 +262,24 @@ def _regular_grid(path: Path, item: str, index: pd.DatetimeIndex, freq: pd.DateO
         )
         raise ValueError(f"{path}: item {item!r} does not match freq={freq.freqstr!r} ({found})")
     return grid
+
+
+MAX_FILL_RATIO = 2  # a grid this many times longer than the observed rows is a typo, not a few gaps
+
+
+def _check_gaps(path: Path, item: str, group: pd.DataFrame, grid: pd.DatetimeIndex) -> None:
+    """Refuse a grid that would invent more points than the item has rows (a year typo turns 10 daily
+    rows into 65,000 interpolated ones), naming the row that ends the largest gap."""
+    if len(grid) <= MAX_FILL_RATIO * len(group):
+        return
+    steps = grid.get_indexer(pd.DatetimeIndex(group["timestamp"]))
+    largest = int(np.argmax(np.diff(steps))) + 1
+    row = group.iloc[largest]
+    raise ValueError(
+        f"{path}: item {item!r} has {len(group)} rows but its timestamps span {len(grid)} steps of "
+        f"freq={grid.freqstr!r}: the gap before timestamp {row['timestamp']} (data row {row['row']}) alone would "
+        f"add {steps[largest] - steps[largest - 1] - 1} filled points. Check that timestamp (a typo?) or the freq"
+    )
 
 
 FILLERS: dict[str, Callable[[pd.Series], pd.Series]] = {

@@ -67,13 +67,19 @@ class VideoBackend:
     read: Callable[[Path, list[int]], np.ndarray]
 
 
+PROBE_CHUNK = 32  # frames decoded at a time when a video is checked
+
+
 def _decord_probe(path: Path) -> tuple[int, int, int]:
+    """Decode every frame (a truncated file can have a valid header and frame count), chunk by chunk."""
     import decord
 
     reader = decord.VideoReader(str(path), num_threads=1)
     first = reader.get_batch([0]).asnumpy()
     if first.ndim != 4 or first.shape[-1] != 3:  # decord mis-strides some frame widths
         raise ValueError(f"decord decoded a frame of shape {first.shape[1:]}, expected (height, width, 3)")
+    for start in range(0, len(reader), PROBE_CHUNK):
+        reader.get_batch(list(range(start, min(start + PROBE_CHUNK, len(reader)))))
     return len(reader), first.shape[1], first.shape[2]
 
 
@@ -84,14 +90,17 @@ def _decord_read(path: Path, indices: list[int]) -> np.ndarray:
 
 
 def _pyav_probe(path: Path) -> tuple[int, int, int]:
+    """Decode every frame and count them (the header's frame count is not trusted)."""
     import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames = container.decode(stream)
         first = next(frames)
-        count = stream.frames or 1 + sum(1 for _ in frames)
-        return count, first.height, first.width
+        count = 1 + sum(1 for _ in frames)
+    if stream.frames and count < stream.frames:
+        raise ValueError(f"only {count} of the {stream.frames} frames in its header decode (truncated file?)")
+    return count, first.height, first.width
 
 
 def _pyav_read(path: Path, indices: list[int]) -> np.ndarray:

@@ -19,34 +19,9 @@ import torch
 from diffusers import ImagePipelineOutput, SchedulerMixin
 from PIL import Image
 
+from ..data.validation import check_positive_int, images_to_tensor
 from ..models.ddae import DDAETransformer2DModel
 from .pipeline_utils import SelfgenPipeline, postprocess_images
-
-
-def images_to_tensor(images, channels: int, size: int) -> torch.Tensor:
-    """``(N, C, H, W)`` float32 in ``[-1, 1]`` from numpy ``(N, H, W, C)`` in ``[0, 1]``, a list of PIL
-    images, or a torch ``(N, C, H, W)`` tensor in ``[-1, 1]``; a wrong size or channel count is an error."""
-    if isinstance(images, Image.Image):
-        images = [images]
-    if isinstance(images, (list, tuple)):
-        if not images or not all(isinstance(image, Image.Image) for image in images):
-            raise ValueError("images given as a list must be a non-empty list of PIL images")
-        arrays = [np.asarray(image, dtype=np.float32) / 255.0 for image in images]
-        images = np.stack([array[..., None] if array.ndim == 2 else array for array in arrays])
-    if isinstance(images, np.ndarray):
-        if images.ndim != 4:
-            raise ValueError(f"numpy images must be (N, H, W, C) in [0, 1], got shape {images.shape}")
-        images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"images must be a numpy array, a list of PIL images or a torch tensor, got {type(images)}")
-    expected = (channels, size, size)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        raise ValueError(
-            f"images must be {size}x{size} with {channels} channel(s): torch (N, {channels}, {size}, {size}) in [-1, 1], "
-            f"numpy (N, {size}, {size}, {channels}) in [0, 1] or PIL; got a tensor of shape {tuple(images.shape)} "
-            "(as (N, C, H, W))"
-        )
-    return images.float()
 
 
 class DDAEPipeline(SelfgenPipeline):
@@ -163,7 +138,8 @@ class DDAEPipeline(SelfgenPipeline):
         """:meth:`extract_features` for every ``(timestep, layer)`` pair, sharing one encoder pass per timestep."""
         transformer = self.transformer
         config = transformer.config
-        pixels = images_to_tensor(images, config.in_channels, config.sample_size)
+        pixels = images_to_tensor(images, "images", config.in_channels, config.sample_size)
+        batch_size = check_positive_int(batch_size, "batch_size")
         generator = torch.Generator().manual_seed(0) if generator is None else generator
         noise = torch.randn(pixels.shape, generator=generator)
         resolved = {layer: transformer.feature_layer if layer is None else layer for layer in layers}

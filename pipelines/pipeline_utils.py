@@ -24,6 +24,7 @@ from diffusers.models.attention_processor import Attention as DiffusersAttention
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, XFormersAttnProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..data.validation import check_positive_int
 from ..models.attention import Attention, check_attention_backend
 
 IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
@@ -61,8 +62,7 @@ class SelfgenPipeline(DiffusionPipeline):
         self, batch_size: int, output_type: str, callback_on_step_end_tensor_inputs: tuple[str, ...]
     ) -> None:
         check_output_type(output_type)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_positive_int(batch_size, "batch_size")
         allowed = getattr(self, "_callback_tensor_inputs", ["latents"])
         if set(callback_on_step_end_tensor_inputs) - set(allowed):
             raise ValueError(f"callback_on_step_end_tensor_inputs must be within {allowed}")
@@ -100,6 +100,7 @@ class SelfgenPipeline(DiffusionPipeline):
         """The reverse process ``x_{t-1} = scheduler.step(predict_noise(scale(x_t), t), t, x_t)`` down to ``x_0``
         (``predict_noise`` returns whatever the scheduler steps on: noise, ``v`` or a flow velocity),
         with a progress bar and ``callback_on_step_end(pipe, step_index, t, {"latents": x}) -> dict``."""
+        num_inference_steps = check_positive_int(num_inference_steps, "num_inference_steps")
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scale_model_input(latents, timestep)

@@ -35,6 +35,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 
 from ..data.multiview import check_cameras, check_intrinsics
+from ..data.validation import video_to_array
 from ..models.embeddings import relative_cameras
 from ..models.plenoptic import PlenopticTransformer
 from .pipeline_utils import SelfgenPipeline, postprocess_images
@@ -158,11 +159,9 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
     def check_video(self, video, name: str) -> torch.Tensor:
         """``(F, H, W, 3)`` in ``[0, 1]`` -> ``(F, 3, H, W)`` float tensor in ``[-1, 1]``, or ``ValueError``."""
         size = self.transformer.config.sample_size
-        array = video.detach().cpu().float().numpy() if isinstance(video, torch.Tensor) else np.asarray(video, dtype=np.float32)
+        array = video_to_array(video, name)
         if array.ndim != 4 or array.shape[1:] != (size, size, 3):
             raise ValueError(f"{name} must be (num_frames, {size}, {size}, 3) in [0, 1], got shape {array.shape}")
-        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-            raise ValueError(f"{name} must hold finite values in [0, 1]")
         return torch.from_numpy(array).permute(0, 3, 1, 2) * 2 - 1
 
     def generate_view(

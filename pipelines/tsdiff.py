@@ -38,6 +38,7 @@ from diffusers import DDPMScheduler, SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..data.validation import check_positive_int, series_to_array
 from ..models.tsdiff import TSDiffModel, compute_scaling, lagged_window
 from .pipeline_utils import SelfgenPipeline, check_output_type
 
@@ -152,7 +153,9 @@ class TSDiffPipeline(SelfgenPipeline):
 
     def _check_prediction_length(self, prediction_length: int | None) -> int:
         window = self.model.window_length
-        prediction_length = prediction_length or self.model.config.prediction_length
+        if prediction_length is None:
+            prediction_length = self.model.config.prediction_length
+        check_positive_int(prediction_length, "prediction_length")
         if not 1 <= prediction_length < window:
             raise ValueError(
                 f"prediction_length must be between 1 and {window - 1} (the model's window is "
@@ -160,13 +163,15 @@ class TSDiffPipeline(SelfgenPipeline):
             )
         return prediction_length
 
+    def _num_steps(self, num_inference_steps: int | None) -> int:
+        """``num_inference_steps``, or all training steps when ``None`` (the paper); ``0`` is an error."""
+        if num_inference_steps is None:
+            return self.scheduler.config.num_train_timesteps
+        return check_positive_int(num_inference_steps, "num_inference_steps")
+
     def _context_array(self, context: np.ndarray | torch.Tensor | list, prediction_length: int) -> np.ndarray:
         """``context`` as a float ``(batch, needed)`` array of its last ``needed`` points (NaN = missing)."""
-        array = np.asarray(context.cpu() if isinstance(context, torch.Tensor) else context, dtype=np.float64)
-        if array.ndim == 1:
-            array = array[None]
-        if array.ndim != 2 or array.shape[0] == 0:
-            raise ValueError(f"context must be a 1-D array or a (batch, length) array, got shape {array.shape}")
+        array = series_to_array(context, "context")
         needed = self.required_context_length(prediction_length)
         if array.shape[1] < needed:
             raise ValueError(
@@ -281,7 +286,7 @@ class TSDiffPipeline(SelfgenPipeline):
         levels = sample_quantile_levels(batch_size, num_samples, window.values.device)
 
         x = randn_tensor(tuple(window.values.shape), generator=generator, device=self._execution_device)
-        self.scheduler.set_timesteps(num_inference_steps or self.scheduler.config.num_train_timesteps)
+        self.scheduler.set_timesteps(self._num_steps(num_inference_steps))
         for timestep in self.progress_bar(self.scheduler.timesteps):
             x = self._guided_step(x, timestep, window, guidance, guidance_scale, levels, generator)
 
@@ -439,7 +444,7 @@ class TSDiffPipeline(SelfgenPipeline):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         shape = (num_samples, self.model.window_length, self.model.num_channels)
         x = randn_tensor(shape, generator=generator, device=self._execution_device)
-        self.scheduler.set_timesteps(num_inference_steps or self.scheduler.config.num_train_timesteps)
+        self.scheduler.set_timesteps(self._num_steps(num_inference_steps))
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
             noise = self.model(x, timestep).sample
             x = self.scheduler.step(noise, timestep, x, generator=generator).prev_sample

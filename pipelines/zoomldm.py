@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, ImagePipelineOutput, SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from ..data.validation import check_positive_int, images_to_tensor
 from ..models.zoomldm import (
     ZoomEmbeddingDiffusion,
     ZoomLDMDenoiser,
@@ -53,17 +54,9 @@ COUPLINGS = ("guidance", "projection", "none")
 
 def images_to_pixels(images, name: str) -> torch.Tensor:
     """numpy ``(N, H, W, 3)`` in ``[0, 1]`` or torch ``(N, 3, H, W)`` in ``[-1, 1]`` -> torch ``(N, 3, H, W)``
-    in ``[-1, 1]``; anything else is a ``ValueError`` naming ``name``."""
-    if isinstance(images, np.ndarray):
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"{name} must be numpy (N, H, W, 3) in [0, 1], got shape {images.shape}")
-        return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1
-    if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] == 3:
-        return images.float()
-    shape = getattr(images, "shape", None)
-    raise ValueError(
-        f"{name} must be numpy (N, H, W, 3) in [0, 1] or torch (N, 3, H, W) in [-1, 1], got {type(images).__name__} {shape}"
-    )
+    in ``[-1, 1]``, checked by the shared :func:`~selfgen.data.validation.images_to_tensor` (no NaN/inf, no
+    0-255 values, no empty batch); anything else is a ``ValueError`` naming ``name``."""
+    return images_to_tensor(images, name, channels=3)
 
 
 def assemble_tiles(tiles: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -416,6 +409,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         ``h`` and ``w`` must be multiples of ``P / scale``; ``scale`` a power of two below ``2^num_levels``."""
         if scale < 2 or scale & (scale - 1) or scale >= 2**self.num_levels:
             raise ValueError(f"scale must be a power of two in [2, {2 ** (self.num_levels - 1)}], got {scale}")
+        check_positive_int(num_inference_steps, "num_inference_steps")
         pixels = images_to_pixels(low_res, "low_res").to(self._execution_device)
         step = self.patch_size // scale
         if pixels.shape[-2] % step or pixels.shape[-1] % step or pixels.shape[-1] < step:

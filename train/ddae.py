@@ -56,6 +56,7 @@ class DDAEConfig(TrainingConfig):
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     random_flip: bool = False
+    on_error: str = "raise"  # a corrupt file under --data: "raise" stops, "skip" leaves it out (logged, counted)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -137,7 +138,8 @@ def build_dataset(config: DDAEConfig):
         from ..data.images import ImageFolderDataset
 
         return ImageFolderDataset(
-            config.data, resolution=config.resolution, channels=config.in_channels, random_flip=config.random_flip
+            config.data, resolution=config.resolution, channels=config.in_channels, random_flip=config.random_flip,
+            on_error=config.on_error,
         )
     expected = {"digits": 1, "textures": 3}[config.dataset]
     if config.in_channels != expected:

@@ -38,6 +38,7 @@ class DDPMConfig(TrainingConfig):
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
     random_flip: bool = False
+    on_error: str = "raise"  # a corrupt file under --data: "raise" stops, "skip" leaves it out (logged, counted)
 
 
 class NoisePredictionObjective(Objective):
@@ -84,7 +85,8 @@ def build_dataset(config: DDPMConfig):
     from ..data.images import ImageFolderDataset
 
     return ImageFolderDataset(
-        config.data, resolution=config.resolution, channels=config.in_channels, random_flip=config.random_flip
+        config.data, resolution=config.resolution, channels=config.in_channels, random_flip=config.random_flip,
+        on_error=config.on_error,
     )
 
 

@@ -65,6 +65,7 @@ class Tora2Config(TrainingConfig):
     size: int = 32
     max_entities: int = 3
     attention_backend: str = "sdpa"  # "math" trains faster on CPU at these sizes
+    on_error: str = "raise"  # an undecodable clip under --data: "raise" stops, "skip" leaves it out (logged, counted)
 
 
 # ----------------------------------------------------------------------------- data
@@ -77,8 +78,8 @@ class ClipEntityDataset(Dataset):
 
     REQUIRED = ("caption", "trajectories", "reference_images")
 
-    def __init__(self, root: str | Path, num_frames: int, size: int) -> None:
-        self.clips = VideoFolderDataset(root, num_frames=num_frames, resolution=size)
+    def __init__(self, root: str | Path, num_frames: int, size: int, on_error: str = "raise") -> None:
+        self.clips = VideoFolderDataset(root, num_frames=num_frames, resolution=size, on_error=on_error)
         fields = self.clips.videos[0].metadata.fields
         missing = [name for name in self.REQUIRED if name not in fields]
         if missing:
@@ -220,7 +221,7 @@ def train(config: Tora2Config) -> TrainResult:
     model = build_model(config)
     model.set_attention_backend(config.attention_backend)
     if config.data:
-        dataset = ClipEntityDataset(config.data, config.num_frames, config.size)
+        dataset = ClipEntityDataset(config.data, config.num_frames, config.size, config.on_error)
     else:
         dataset = SpriteVideoDataset(config.num_videos, config.num_frames, config.size, config.max_entities, config.seed)
     objective = Tora2Objective(config.contrastive_weight, config.contrastive_temperature, config.loss_space)

@@ -1,8 +1,11 @@
 """ImageFolderDataset: the imagefolder convention, transforms, metadata and up-front validation."""
 
+import io
 import json
 import logging
 import re
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -109,6 +112,38 @@ def test_truncated_image_is_skipped_and_counted(tmp_path, caplog):
     assert len(dataset) == 1 and dataset.num_skipped == 2
     assert [path for path, _ in dataset.skipped] == [str(tmp_path / "cut.png"), str(tmp_path / "junk.jpg")]
     assert "skipping" in caplog.text and "junk.jpg" in caplog.text
+
+
+def jpeg_bytes(seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def png_with_corrupt_data():
+    """A PNG whose IDAT chunk holds garbage with a correct CRC: ``verify()`` accepts it, decoding fails."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.find(b"IDAT")
+    length = struct.unpack(">I", data[start - 4 : start])[0]
+    data[start + 12 : start + 4 + length] = bytes((7 * i) % 256 for i in range(length - 8))  # keep the zlib header
+    body = bytes(data[start : start + 4 + length])
+    data[start + 4 + length : start + 8 + length] = struct.pack(">I", zlib.crc32(body))
+    return bytes(data)
+
+
+def test_truncated_jpeg_and_corrupt_png_data_are_caught_when_the_dataset_is_built(tmp_path):
+    save_image(tmp_path / "good.png", solid(8, 8, (0, 255, 0)))
+    jpeg = jpeg_bytes()
+    (tmp_path / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tmp_path / "bad_data.png").write_bytes(png_with_corrupt_data())
+    with pytest.raises(ValueError, match=rf"corrupt or unreadable image {re.escape(str(tmp_path / 'bad_data.png'))}"):
+        ImageFolderDataset(tmp_path, resolution=8)
+    dataset = ImageFolderDataset(tmp_path, resolution=8, on_error="skip")
+    assert dataset.num_skipped == 2 and [path.name for path in dataset.files] == ["good.png"]
+    assert dataset[0]["pixel_values"].shape == (3, 8, 8)  # every kept item decodes
 
 
 def test_all_images_corrupt_with_skip(tmp_path):

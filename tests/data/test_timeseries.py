@@ -112,6 +112,21 @@ def test_missing_columns_name_the_schema(tmp_path):
         load_time_series(write_csv(tmp_path / "w1.csv", "timestamp\n2020-01-01"))
 
 
+def test_renamed_target_column_is_named_with_the_columns_found(tmp_path):
+    path = write_csv(tmp_path / "s.csv", "item_id,timestamp,value\na,2020-01-01,1\na,2020-01-02,2\na,2020-01-03,3")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['target'\].*found columns \['item_id', 'timestamp', 'value'\]"):
+        load_time_series(path)
+    (series,) = load_time_series(path, target_column="value")
+    np.testing.assert_array_equal(series.values, [1, 2, 3])
+
+
+def test_a_few_gaps_are_still_filled_on_a_given_grid(tmp_path):
+    days = [1, 2, 3, 5, 7, 8, 9, 10]  # 8 rows on a 10-day grid: two missing days are filled, not refused
+    path = write_csv(tmp_path / "s.csv", "timestamp,x\n" + "".join(f"2020-01-{d:02d},{d}\n" for d in days))
+    (series,) = load_time_series(path, freq="D")
+    np.testing.assert_allclose(series.values, np.arange(1, 11))
+
+
 @pytest.mark.parametrize(
     "text, kwargs, message",
     [
@@ -151,6 +166,32 @@ def test_missing_columns_name_the_schema(tmp_path):
             r"item 'd' does not match freq='MS' \(timestamp 2020-01-15 00:00:00 is off the grid\)",
         ),
         ("item_id,timestamp,target\ne,2020-01-01,\ne,2020-01-02,", {"freq": "D"}, r"item 'e' has no numeric values"),
+        (
+            "item_id,timestamp,target\na,2020-01-01,1\na,2020-01-02,inf\na,2020-01-03,3",
+            {},
+            r"infinite value 'inf' in column 'target' for item 'a' \(data row 2\)",
+        ),
+        (
+            "item_id,timestamp,target\na,2020-01-01,1\na,2020-01-02,2\na,2020-01-03,1e309",
+            {},
+            r"infinite value 'inf' in column 'target' for item 'a' \(data row 3\)",
+        ),
+        (
+            "timestamp,x\n2020-01-01,1\n2020-01-02,-inf\n2020-01-03,3",
+            {},
+            r"infinite value '-inf' in column 'x' for item 'x' \(data row 2\)",
+        ),
+        (
+            "item_id,timestamp,target\n" + "".join(f"a,2020-01-{day:02d},{day}\n" for day in range(1, 10)) + "a,2200-01-10,10",
+            {"freq": "D"},
+            r"item 'a' has 10 rows but its timestamps span 65754 steps of freq='D': the gap before timestamp "
+            r"2200-01-10 00:00:00 \(data row 10\) alone would add 65744 filled points",
+        ),
+        (
+            "timestamp,x\n" + "".join(f"{step},{step}\n" for step in range(10)),
+            {},
+            r"column 'timestamp' holds numbers \(e.g. '0'\), not dates; pandas would read them as nanoseconds",
+        ),
     ],
 )
 def test_bad_contents_name_file_item_and_problem(tmp_path, text, kwargs, message):

@@ -148,6 +148,34 @@ def test_corrupt_and_short_videos_are_skipped_and_counted(tmp_path):
     assert "has 6 frames" in reasons[str(tmp_path / "short.mp4")]
 
 
+def truncated_fast_start_mp4(path, num_frames=24):
+    """An mp4 with its index (moov) first, cut after a third of its bytes: the header promises every frame,
+    so opening it and decoding frame 0 succeed, and reading a later frame fails."""
+    frames = np.random.default_rng(0).integers(0, 256, (num_frames, SIZE, SIZE, 3), dtype=np.uint8)
+    whole = path.with_name("whole.tmp")
+    with av.open(str(whole), "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.height, stream.width, stream.pix_fmt = SIZE, SIZE, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    data = whole.read_bytes()
+    whole.unlink()
+    path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+def test_truncated_fast_start_mp4_is_caught_when_the_dataset_is_built(tmp_path, backend):
+    write_video(tmp_path / "good.mp4", ramp_frames())
+    truncated_fast_start_mp4(tmp_path / "cut.mp4")
+    with pytest.raises(ValueError, match=rf"undecodable video {re.escape(str(tmp_path / 'cut.mp4'))}"):
+        VideoFolderDataset(tmp_path, num_frames=8, frame_stride=1, resolution=16, backend=backend)
+    dataset = VideoFolderDataset(tmp_path, num_frames=8, resolution=16, backend=backend, on_error="skip")
+    assert dataset.num_skipped == 1 and [video.path.name for video in dataset.videos] == ["good.mp4"]
+    assert dataset[0]["pixel_values"].shape == (8, 3, 16, 16)
+
+
 def test_short_video_names_both_lengths(tmp_path):
     write_video(tmp_path / "short.mp4", ramp_frames())
     path = re.escape(str(tmp_path / "short.mp4"))

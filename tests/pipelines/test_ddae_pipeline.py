@@ -119,3 +119,26 @@ def test_bundled_checkpoint_api_contract(asset):
     assert imgs.shape == (8, 16, 16, 1) and 0 <= imgs.min() and imgs.max() <= 1
     feats = pipe.extract_features(imgs)
     assert feats.shape == (8, pipe.transformer.config.hidden_size) and torch.isfinite(feats).all()
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (np.full((2, 8, 8, 1), np.nan, np.float32), "images contains 128 NaN or infinite values"),
+        (np.full((2, 8, 8, 1), 128.0, np.float32), r"values in \[0, 1\]; got values in \[128, 128\].*divide by 255"),
+        (np.full((2, 8, 8, 1), 128, np.uint8), r"as floats in \[0, 1\]; got a uint8 array"),
+        (torch.full((2, 1, 8, 8), 128.0), r"torch \(N, C, H, W\) with values in \[-1, 1\]"),
+        (np.zeros((0, 8, 8, 1), np.float32), "images is an empty batch"),
+    ],
+)
+def test_extract_features_refuses_nan_0_255_and_empty_batches(images, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline().extract_features(images)
+
+
+def test_zero_steps_and_batch_size_are_errors_not_defaults():
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1, got 0"):
+        pipe(batch_size=1, num_inference_steps=0)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        pipe.extract_features(np.zeros((2, 8, 8, 1), np.float32), batch_size=0)

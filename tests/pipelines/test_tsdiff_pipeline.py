@@ -81,6 +81,28 @@ def test_bad_inputs_are_clear_errors(tiny_pipe):
         tiny_pipe.refine(np.zeros((2, 3, 8)), context(1))
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"prediction_length": 0}, "prediction_length must be an integer >= 1, got 0"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be an integer >= 1, got 0"),
+        ({"num_inference_steps": -2}, "num_inference_steps must be an integer >= 1, got -2"),
+    ],
+)
+def test_zero_horizon_or_steps_are_errors_not_the_default(tiny_pipe, options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipe.forecast(context(), num_samples=2, **options)
+
+
+def test_infinite_context_is_an_error_not_nan_samples(tiny_pipe):
+    values = context()
+    values[1, -3] = np.inf
+    with pytest.raises(ValueError, match="context contains 1 infinite values"):
+        tiny_pipe.forecast(values, num_samples=2, num_inference_steps=2)
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1, got 0"):
+        tiny_pipe(num_samples=2, num_inference_steps=0)
+
+
 def test_save_load_round_trip_reproduces_forecasts_exactly(tiny_pipe, tmp_path):
     tiny_pipe.save_pretrained(tmp_path)
     loaded = AutoPipeline.from_pretrained(tmp_path)

@@ -154,3 +154,17 @@ def test_bundled_checkpoint():
     assert not bundled.scheduler.config.clip_sample  # x0 estimates are latents, not [-1, 1] pixels
     images = bundled(magnification=2, num_images=2, num_inference_steps=5, generator=seeded(), output_type="np").images
     assert images.shape == (2, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "low, steps, message",
+    [
+        (np.full((1, 4, 4, 3), np.nan, np.float32), 2, "low_res contains 48 NaN or infinite values"),
+        (np.full((1, 4, 4, 3), 200.0, np.float32), 2, r"low_res must be .* in \[0, 1\].*divide by 255"),
+        (np.zeros((0, 4, 4, 3), np.float32), 2, "low_res is an empty batch"),
+        (np.zeros((1, 4, 4, 3), np.float32), 0, "num_inference_steps must be an integer >= 1, got 0"),
+    ],
+)
+def test_super_resolve_refuses_nan_0_255_empty_and_zero_steps(pipe, low, steps, message):
+    with pytest.raises(ValueError, match=message):
+        pipe.super_resolve(low, scale=4, num_inference_steps=steps)
