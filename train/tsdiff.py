@@ -9,6 +9,7 @@ from 1e-4 to 0.1), and exports a :class:`TSDiffPipeline`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from ..data.bundled import BUNDLED_SPECS, BundledSeries, load_bundled
 from ..data.timeseries import TimeSeries, TimeSeriesWindowDataset, load_time_series
+from ..data.validation import check_positive_int
 from ..eval.forecasting import (
     baseline_forecasts,
     format_table,
@@ -40,6 +42,9 @@ from .trainer import Objective, TrainResult, Trainer
 @dataclass
 class TSDiffConfig(TrainingConfig):
     dataset: str | None = "co2"  # a bundled series (selfgen.data.bundled); ignored when `data` is set
+    freq: str | None = None  # pandas frequency of `data` ("D", "h", "MS"); None infers it per series
+    fill_na: str = "interpolate"  # missing values and timestamp gaps in `data`: interpolate, ffill, zero or raise
+    holdout: int = 0  # last points of every series left out of training; `generate --holdout N` scores them
     context_length: int = 104
     prediction_length: int = 26
     lags_seq: list[int] | None = None
@@ -110,12 +115,32 @@ def build_scheduler(config: TSDiffConfig) -> DDPMScheduler:
 
 
 def training_series(config: TSDiffConfig) -> list[TimeSeries]:
-    """The user's file (all of it) or the bundled series' training split (its test windows held out)."""
+    """The user's file or the bundled series' training split (its test windows held out), each series
+    without its last ``config.holdout`` points: those are never trained on, nor used to scale a window."""
+    check_positive_int(config.holdout, "holdout", minimum=0)
     if config.data:
-        return load_time_series(config.data)
-    if config.dataset not in BUNDLED_SPECS:
+        series = load_time_series(config.data, freq=config.freq, fill_na=config.fill_na)
+    elif config.dataset not in BUNDLED_SPECS:
         raise ValueError(f"dataset must be one of {sorted(BUNDLED_SPECS)} (or pass data: FILE), got {config.dataset!r}")
-    return [load_bundled(config.dataset).train_series]
+    else:
+        series = [load_bundled(config.dataset).train_series]
+    return [_without_holdout(item, config.holdout) for item in series]
+
+
+def _without_holdout(series: TimeSeries, holdout: int) -> TimeSeries:
+    if holdout == 0:
+        return series
+    if holdout >= len(series):
+        raise ValueError(f"holdout={holdout} leaves nothing of series {series.item_id!r} ({len(series)} points)")
+    return TimeSeries(series.item_id, series.start, series.freq, series.values[:-holdout])
+
+
+TRAINING_DATA_FILE = "training_data.json"  # written beside the exported pipeline: what it was trained on
+
+
+def _training_record(config: TSDiffConfig) -> dict:
+    data = str(Path(config.data).resolve()) if config.data else None
+    return {"data": data, "dataset": None if data else config.dataset, "holdout": config.holdout}
 
 
 def train(config: TSDiffConfig) -> TrainResult:
@@ -135,6 +160,7 @@ def train(config: TSDiffConfig) -> TrainResult:
         TSDiffPipeline(
             trained, noise_scheduler, guidance_scale=config.guidance_scale, mse_guidance_scale=config.mse_guidance_scale
         ).save_pretrained(directory)
+        (Path(directory) / TRAINING_DATA_FILE).write_text(json.dumps(_training_record(config), indent=2))
 
     objective = TSDiffObjective(noise_scheduler, model.config.context_length, lags, model.config.scaling)
     return Trainer(model, objective, dataset, config, export_fn=export).train()
@@ -147,16 +173,32 @@ def _load_pipeline(model_path: str) -> TSDiffPipeline:
     return TSDiffPipeline.from_pretrained(model_path)
 
 
+def _check_never_trained_on(model_path: str, csv: str, holdout: int) -> None:
+    """Refuse to score the last ``holdout`` points of ``csv`` when the model's training record says it
+    trained on some of them (same file, fewer points held out)."""
+    record_path = Path(model_path) / TRAINING_DATA_FILE
+    if not record_path.is_file():
+        return  # not trained by `selfgen train tsdiff` (or before the record existed): nothing to compare
+    record = json.loads(record_path.read_text())
+    if record.get("data") == str(Path(csv).resolve()) and record.get("holdout", 0) < holdout:
+        raise ValueError(
+            f"--holdout {holdout}: the model at {model_path} was trained on {csv} with holdout={record.get('holdout', 0)}, "
+            f"so it has seen some of the points to score; retrain with --holdout {holdout} (or more)"
+        )
+
+
 def _forecast_inputs(
-    csv: str | None, dataset: str | None, prediction_length: int, holdout: bool
+    csv: str | None, dataset: str | None, holdout: int, freq: str | None, fill_na: str
 ) -> tuple[list[TimeSeries], list[np.ndarray], list[np.ndarray | None]]:
-    """``(series, contexts, truths)``: the user's file (optionally holding out its last points as the
-    truth) or a bundled series' last test window."""
+    """``(series, contexts, truths)``: the user's file (its last ``holdout`` points held out as the
+    truth when ``holdout > 0``) or a bundled series' last test window."""
     if csv is not None:
-        series = load_time_series(csv)
-        cut = prediction_length if holdout else 0
-        contexts = [s.values[: len(s) - cut] for s in series]
-        truths = [s.values[len(s) - cut :] if holdout else None for s in series]
+        series = load_time_series(csv, freq=freq, fill_na=fill_na)
+        too_short = [s.item_id for s in series if len(s) <= holdout]
+        if too_short:
+            raise ValueError(f"--holdout {holdout} leaves nothing of series {too_short} in {csv}")
+        contexts = [s.values[: len(s) - holdout] for s in series]
+        truths = [s.values[len(s) - holdout :] if holdout else None for s in series]
         return series, contexts, truths
     bundled = load_bundled(dataset or "co2")
     history, truth = bundled.test_windows()[-1]
@@ -172,15 +214,29 @@ def generate(
     num_samples: int = 100,
     guidance: str = "quantile",
     guidance_scale: float | None = None,
-    holdout: bool = False,
+    holdout: int = 0,
+    season_length: int = 1,
+    freq: str | None = None,
+    fill_na: str = "interpolate",
     seed: int = 0,
 ) -> dict:
     """Forecast every series of ``csv`` (or the bundled ``dataset``'s last test window): writes
     ``samples.csv`` (``item_id, timestamp, sample, value``) and a fan chart ``fan_<item>.png`` each.
-    With ``holdout`` the last ``prediction_length`` points of each series are the truth to plot."""
+
+    With ``holdout=N`` the last ``N`` points of every series of ``csv`` are cut off, forecast from the
+    rest (``prediction_length`` defaults to ``N``) and scored (CRPS, MASE with ``season_length``, ...);
+    a model whose training record shows it trained on those points is refused. Train with
+    ``selfgen train tsdiff --data FILE --holdout N`` so that it never sees them."""
+    check_positive_int(holdout, "holdout", minimum=0)
     pipe = _load_pipeline(model_path)
-    prediction_length = prediction_length or pipe.model.config.prediction_length
-    series, contexts, truths = _forecast_inputs(csv, dataset, prediction_length, holdout)
+    if csv is not None and holdout:
+        _check_never_trained_on(model_path, csv, holdout)
+        if prediction_length not in (None, holdout):
+            raise ValueError(f"prediction_length={prediction_length} but --holdout {holdout}: with a holdout the horizon is N")
+        prediction_length = holdout
+    if prediction_length is None:
+        prediction_length = pipe.model.config.prediction_length
+    series, contexts, truths = _forecast_inputs(csv, dataset, holdout if csv is not None else 0, freq, fill_na)
     needed = pipe.required_context_length(prediction_length)
     short = [s.item_id for s, c in zip(series, contexts) if len(c) < needed]
     if short:
@@ -202,7 +258,11 @@ def generate(
         chart = save_fan_chart(context, samples, output_dir / f"fan_{item.item_id}.png", truth, title=item.item_id)
         charts.append(str(chart))
     pd.concat(frames).to_csv(output_dir / "samples.csv", index=False)
-    return {"samples_csv": str(output_dir / "samples.csv"), "fan_charts": charts, "samples": out.samples}
+    result = {"samples_csv": str(output_dir / "samples.csv"), "fan_charts": charts, "samples": out.samples}
+    if all(truth is not None for truth in truths):
+        windows = list(zip(contexts, truths))
+        result["metrics"] = score_forecasts(list(out.samples), windows, season_length)
+    return result
 
 
 def _scale_fn(kind: str):
