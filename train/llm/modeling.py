@@ -56,17 +56,48 @@ def build_tiny_llama(
     return LlamaForCausalLM(config)
 
 
-def load_policy(path: str | Path) -> tuple[nn.Module, PreTrainedTokenizerFast]:
-    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from a folder (float32, eval mode, left padding)."""
+TORCH_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def resolve_dtype(torch_dtype: str | torch.dtype) -> str | torch.dtype:
+    """``"auto"`` (the checkpoint's own dtype), ``"float32"``/``"fp32"``, ``"bfloat16"``/``"bf16"``,
+    ``"float16"``/``"fp16"`` or a ``torch.dtype``, as ``from_pretrained(dtype=...)`` takes it."""
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    name = DTYPE_ALIASES.get(torch_dtype, torch_dtype)
+    if name not in TORCH_DTYPES:
+        raise ValueError(f"torch_dtype must be one of {sorted(TORCH_DTYPES) + sorted(DTYPE_ALIASES)}, got {torch_dtype!r}")
+    return TORCH_DTYPES[name]
+
+
+def load_policy(path: str | Path, torch_dtype: str | torch.dtype = "float32") -> tuple[nn.Module, PreTrainedTokenizerFast]:
+    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from a folder (eval mode, left padding), its weights in
+    ``torch_dtype`` (:func:`resolve_dtype`; default float32, ``"auto"`` keeps the checkpoint's dtype)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model={str(path)!r} is not a saved causal LM folder (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(torch_dtype))
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model.eval(), tokenizer
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every ``nn.Dropout``'s probability to 0 (TRL's ``disable_dropout_in_model``), in place.
+
+    The policy-gradient ratio ``pi / pi_old`` and the KL to the reference compare train-mode forwards
+    with the eval-mode rollout scores: with dropout on they differ before any update (GPT-2 with dropout
+    0.1: clip fraction 0.17 and KL 0.41 at the first GRPO step). Attention modules that hand a float
+    ``attention_dropout`` to their kernel (Llama, Qwen2) get 0 as well."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    return model
 
 
 def tokenizer_exporter(tokenizer):

@@ -11,8 +11,16 @@
   ``r_t = pi(y_t)/pi_old(y_t)``, group-normalised advantages ``A = (R - mean_group R)/(std_group R + 1e-4)``
   (:func:`group_advantages`) and the k3 KL estimator ``k3_t = exp(q_t) - q_t - 1``,
   ``q_t = log pi_ref(y_t) - log pi(y_t)``; reduced by ``loss_type``: ``"grpo"`` (mean over each
-  sequence's tokens, then over sequences), ``"bnpo"`` (mean over all tokens of the batch) or
-  ``"dr_grpo"`` (sum over tokens / (batch size x max_completion_length)), as TRL does.
+  sequence's tokens, then over sequences), ``"bnpo"`` (mean over all tokens of the batch),
+  ``"dr_grpo"`` (sum over tokens / (batch size x max_completion_length)) or ``"dapo"`` (sum over tokens /
+  the token count of the whole batch across processes: a token-level mean over the global batch), as
+  TRL's ``_compute_loss`` does. Departure for ``"dapo"``: TRL divides by the token count of the whole
+  generation batch, spanning gradient-accumulation steps; ours counts one optimiser micro-batch (across
+  processes), which is the same number when ``gradient_accumulation_steps == 1``.
+
+Log-probabilities are ``z_y - logsumexp(z)`` with the sampled token's logit ``z_y`` gathered and the LM
+head run in chunks on the scored positions only (:func:`selective_logprobs`): no full-vocabulary
+log-softmax exists at any point, in rollouts or in training.
 
 Batches are built by the collators below; every sequence is ``prompt + completion`` with a
 ``completion_mask`` marking the tokens that are scored.
@@ -29,12 +37,48 @@ from torch import nn
 
 from ..trainer import Objective
 
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOGIT_CHUNK_ELEMENTS = 2**24  # float32 logits materialised at once by selective_logprobs (64 MB)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as ``generate`` computes them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module, object]:
+    """The causal LM's backbone (its output is the final, normed hidden state), its LM head and its
+    config, looked up through accelerate/DDP/compile wrappers and peft's ``PeftModel``."""
+    from accelerate.utils import extract_model_from_parallel
+
+    inner = extract_model_from_parallel(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    head = inner.get_output_embeddings()
+    if head is None or not hasattr(inner, "get_decoder"):
+        raise ValueError(f"model={type(inner).__name__} has no LM head / get_decoder(): not a causal LM")
+    return inner.get_decoder(), head, inner.config
+
+
+def selective_logprobs(
+    hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, temperature: float = 1.0, config=None
+) -> torch.Tensor:
+    """``log softmax(head(h) / T)[y] = z_y - logsumexp(z)`` for rows ``hidden`` (N, H) and ``targets`` (N,).
+
+    The LM head runs on chunks of rows sized so that one chunk of float32 logits holds at most
+    :data:`LOGIT_CHUNK_ELEMENTS` numbers: the full-vocabulary log-softmax is never built (the sampled
+    token's logit is gathered, then the chunk's log-sum-exp subtracted). ``config`` (the model's) supplies
+    ``logit_scale`` / ``final_logit_softcapping`` where a family uses them (Cohere, Gemma 2)."""
+    scale = getattr(config, "logit_scale", None) or 1.0
+    softcap = getattr(config, "final_logit_softcapping", None)
+    rows = max(1, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
+    values = []
+    for chunk, target in zip(hidden.split(rows), targets.split(rows)):
+        logits = head(chunk).float() * scale
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        logits = logits / temperature
+        values.append(logits.gather(-1, target[:, None]).squeeze(-1) - logits.logsumexp(-1))
+    return torch.cat(values) if values else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def token_logprobs(
@@ -43,16 +87,40 @@ def token_logprobs(
     attention_mask: torch.Tensor,
     temperature: float = 1.0,
     last: int | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``log pi(x_t | x_<t)`` for t = 1..L-1 under ``softmax(logits / temperature)``: shape ``(B, L-1)``;
-    with ``last`` only the last ``last`` tokens are scored (the LM head runs on those positions only)."""
-    keep = input_ids.shape[1] if last is None else last + 1
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=keep,
-    ).logits
-    logits = logits[:, :-1].float() / temperature
-    return torch.gather(logits.log_softmax(-1), -1, input_ids[:, -logits.shape[1] :, None]).squeeze(-1)
+    with ``last`` only the last ``last`` tokens are scored, with ``mask`` (the output's shape) only its
+    nonzero entries (the others are 0). The model's forward runs through ``model`` itself (so DDP and
+    peft wrappers see it) with ``logits_to_keep=1``; the backbone's hidden states are taken from a
+    forward hook and the LM head runs only on the scored positions (:func:`selective_logprobs`)."""
+    decoder, head, config = decoder_and_head(model)
+    captured = []
+    hook = decoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    try:
+        model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+            logits_to_keep=1, use_cache=False,
+        )
+    finally:
+        hook.remove()
+    hidden, targets = captured[-1][:, :-1], input_ids[:, 1:]
+    if last is not None:
+        hidden, targets = hidden[:, hidden.shape[1] - last :], targets[:, targets.shape[1] - last :]
+    select = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.bool()
+    values = selective_logprobs(hidden[select], head, targets[select], temperature, config)
+    return torch.zeros(targets.shape, dtype=values.dtype, device=values.device).masked_scatter(select, values)
+
+
+def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """``value`` averaged over the processes of a ``torch.distributed`` run (itself without one)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / dist.get_world_size()
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
@@ -83,10 +151,36 @@ class TextPair:
     weighted_spans: tuple[tuple[int, int, float], ...] = ()
 
 
-def encode_pair(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids of prompt and completion, tokenised separately (completion + eos), truncated from the left."""
+def split_continuation(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """Token ids of ``prompt`` and of its continuation ``completion``, from ONE tokenisation of
+    ``prompt + completion`` split at the prompt's last character, and each completion token's character
+    span in ``completion``.
+
+    Tokenised on its own, a completion can start differently from what the model generates after the
+    prompt (SentencePiece/Metaspace tokenizers prepend ``▁``, byte-level BPE merges a leading space);
+    split from the joint tokenisation, the targets are the tokens a rollout produces. A token that
+    straddles the boundary belongs to the completion. Slow tokenizers (no offset mapping): the joint ids
+    are split after the prompt's own ids when those are a prefix of them, else the two texts are
+    tokenised separately (the only choice left; spans are then unknown and returned empty).
+    """
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(prompt + completion, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded.input_ids, encoded.offset_mapping
+        cut = next((i for i, (start, end) in enumerate(offsets) if end > len(prompt) and end > start), len(ids))
+        spans = [(max(start - len(prompt), 0), end - len(prompt)) for start, end in offsets[cut:]]
+        return ids[:cut], ids[cut:], spans
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    completion_ids = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    ids = tokenizer(prompt + completion, add_special_tokens=False).input_ids
+    if ids[: len(prompt_ids)] == prompt_ids:
+        return prompt_ids, ids[len(prompt_ids) :], []
+    return prompt_ids, tokenizer(completion, add_special_tokens=False).input_ids, []
+
+
+def encode_pair(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of prompt and completion + eos (:func:`split_continuation`), the prompt truncated from
+    the left to fit ``max_length``."""
+    prompt_ids, completion_ids, _ = split_continuation(tokenizer, prompt, completion)
+    completion_ids = completion_ids + [tokenizer.eos_token_id]
     overflow = len(prompt_ids) + len(completion_ids) - max_length
     if overflow > 0:
         prompt_ids = prompt_ids[overflow:]
@@ -113,10 +207,13 @@ def sequence_batch(encoded: Sequence[tuple[list[int], list[int]]], pad_token_id:
 
 def completion_token_weights(tokenizer, pair: TextPair, num_tokens: int) -> list[float]:
     """Per completion token (``num_tokens`` of them, eos included) the weight of the ``weighted_spans``
-    it overlaps (the last such span), else 1; token spans come from the fast tokenizer's offsets."""
-    offsets = tokenizer(pair.completion, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    it overlaps (the last such span), else 1; token spans come from :func:`split_continuation`
+    (a fast tokenizer's offsets)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("weighted_spans need a fast tokenizer (offset mapping); got a slow one")
+    _, _, spans = split_continuation(tokenizer, pair.prompt, pair.completion)
     weights = []
-    for start, end in offsets:
+    for start, end in spans:
         weight = 1.0
         for span_start, span_end, span_weight in pair.weighted_spans:
             if start < span_end and span_start < end:
@@ -211,8 +308,9 @@ class GRPOCollator:
 
 def completion_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token logprobs of a :func:`sequence_batch` and the matching (shifted) completion mask."""
-    logprobs = token_logprobs(model, batch["input_ids"], batch["attention_mask"])
-    return logprobs, batch["completion_mask"][:, 1:].to(logprobs.dtype)
+    mask = batch["completion_mask"][:, 1:]
+    logprobs = token_logprobs(model, batch["input_ids"], batch["attention_mask"], mask=mask)
+    return logprobs, mask.to(logprobs.dtype)
 
 
 class SFTObjective(Objective):
@@ -292,13 +390,18 @@ class GRPOObjective(Objective):
     def completion_logprobs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-        return token_logprobs(model, input_ids, attention_mask, self.temperature, last=batch["completion_ids"].shape[1])
+        return token_logprobs(
+            model, input_ids, attention_mask, self.temperature, last=batch["completion_ids"].shape[1],
+            mask=batch["completion_mask"],
+        )
 
     def reduce(self, per_token_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.loss_type == "grpo":
             return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
         if self.loss_type == "bnpo":
             return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
+        if self.loss_type == "dapo":
+            return (per_token_loss * mask).sum() / mean_over_processes(mask.sum().detach()).clamp(min=1.0)
         return (per_token_loss * mask).sum() / (per_token_loss.shape[0] * self.max_completion_length)
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

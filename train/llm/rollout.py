@@ -1,10 +1,14 @@
 """Rollouts: batched sampling from a causal LM with the KV cache, returning ids, text and logprobs.
 
 ``generate_rollouts`` calls ``model.generate`` (KV cache on by default) on left-padded prompt
-batches, ``num_samples`` completions per prompt, and returns for each completion its token ids, its
-text (cut at the first stop string) and per-token logprobs ``log softmax(logits / T)[y_t]`` of the
+batches, ``num_samples`` completions per prompt, keeping only the sampled token ids; each completion is
+cut at eos / the first stop string and then scored by one forward pass of the policy
+(:func:`score_sampled_ids`), which gives per-token logprobs ``log softmax(logits / T)[y_t]`` of the
 sampled tokens - the sampling policy at temperature ``T`` without top-p truncation, which is the
 ``pi_old`` of GRPO (TRL's convention). Greedy decoding (``temperature=0``) reports ``T = 1`` logprobs.
+The scoring pass gathers the sampled token's logit and subtracts a chunked log-sum-exp
+(:func:`~selfgen.train.llm.objectives.selective_logprobs`), so no per-step full-vocabulary logits are
+kept: memory stays that of plain ``generate`` at any vocabulary size.
 
 Stop strings are matched in the completion only, after generation (``generate``'s own
 ``stop_strings`` also matches text that straddles the prompt, e.g. a prompt ending in a newline).
@@ -17,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from .objectives import pad_sequences, token_logprobs
 
 
 @dataclass
@@ -95,7 +101,7 @@ def _generate_chunk(model, tokenizer, prompts: list[str], offset: int, params: S
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     greedy = params.temperature == 0
     sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-    output = model.generate(
+    sequences = model.generate(
         **encoded,
         do_sample=not greedy,
         **sampling,
@@ -104,31 +110,53 @@ def _generate_chunk(model, tokenizer, prompts: list[str], offset: int, params: S
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         use_cache=params.use_cache,
-        output_logits=True,
-        return_dict_in_generate=True,
     )
-    width = encoded.input_ids.shape[1]
-    new_tokens = output.sequences[:, width:]
-    logits = torch.stack(output.logits, dim=1).float() / (1.0 if greedy else params.temperature)
-    logprobs = torch.gather(logits.log_softmax(-1), -1, new_tokens[..., None]).squeeze(-1).cpu()
-    rollouts = []
-    for row in range(new_tokens.shape[0]):
-        index = row // params.num_samples
-        prompt_ids = encoded.input_ids[index][encoded.attention_mask[index].bool()].tolist()
-        generated = new_tokens[row].tolist()
-        ids, text, finished = cut_at_stop(tokenizer, generated, params.stop_strings)
-        rollouts.append(
-            Rollout(
-                prompt_index=offset + index,
-                prompt=prompts[index],
-                text=text,
-                prompt_ids=prompt_ids,
-                completion_ids=ids,
-                logprobs=logprobs[row, : len(ids)].tolist(),
-                finished=finished,
-            )
-        )
+    sampled = sequences[:, encoded.input_ids.shape[1] :].tolist()
+    prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(encoded.input_ids, encoded.attention_mask)]
+    rollouts = score_sampled_ids(model, tokenizer, prompts, prompt_ids, sampled, params)
+    for rollout in rollouts:
+        rollout.prompt_index += offset
     return rollouts
+
+
+@torch.no_grad()
+def score_sampled_ids(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    prompt_ids: Sequence[list[int]],
+    sampled_ids: Sequence[list[int]],
+    params: SamplingParams,
+) -> list[Rollout]:
+    """Rollouts from sampled completions: ``sampled_ids[i]`` continues prompt ``i // params.num_samples``;
+    each is cut at eos / stop strings (:func:`cut_at_stop`) and its tokens are scored by ``model``
+    (``log softmax(logits / T)[y_t]``, ``T = 1`` for greedy) in one forward pass per ``params.batch_size``
+    rows, the LM head only on the kept completion tokens. Used by both rollout backends."""
+    temperature = params.temperature or 1.0
+    device = next(model.parameters()).device
+    rollouts = []
+    for start in range(0, len(sampled_ids), params.batch_size):
+        rows = range(start, min(start + params.batch_size, len(sampled_ids)))
+        cut = [cut_at_stop(tokenizer, list(sampled_ids[row]), params.stop_strings) for row in rows]
+        owners = [row // params.num_samples for row in rows]
+        scores = _score(model, [prompt_ids[owner] for owner in owners], [ids for ids, _, _ in cut], tokenizer.pad_token_id, temperature, device)
+        for owner, (ids, text, finished), logprobs in zip(owners, cut, scores):
+            rollouts.append(Rollout(owner, prompts[owner], text, list(prompt_ids[owner]), ids, logprobs, finished))
+    return rollouts
+
+
+def _score(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int, temperature: float, device) -> list[list[float]]:
+    """Per completion its tokens' logprobs, prompts left-padded and completions right-padded (TRL's layout)."""
+    width = max(len(ids) for ids in completions)
+    if width == 0:
+        return [[] for _ in completions]
+    completion_mask = pad_sequences([[1] * len(ids) for ids in completions], 0).to(device)
+    input_ids = torch.cat(
+        [pad_sequences(prompts, pad_id, left=True), pad_sequences(completions, pad_id)], dim=1
+    ).to(device)
+    attention_mask = torch.cat([pad_sequences([[1] * len(ids) for ids in prompts], 0, left=True).to(device), completion_mask], dim=1)
+    scores = token_logprobs(model, input_ids, attention_mask, temperature, last=width, mask=completion_mask).cpu()
+    return [row[: len(ids)].tolist() for row, ids in zip(scores, completions)]
 
 
 def greedy_completions(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
