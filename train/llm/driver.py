@@ -51,7 +51,7 @@ from ..config import TrainingConfig
 from ..lora import merge_lora_adapters
 from ..trainer import Objective, Trainer, save_atomically
 from .lm import EVAL_SEED
-from .modeling import load_policy, tokenizer_exporter
+from .modeling import disable_dropout, load_policy, tokenizer_exporter
 from .prompts import CHAT_SYSTEM_PROMPT, PromptFormat, get_prompt_format, prepare_tokenizer
 from .rewards import CallableReward, FunctionReward, Reward, RewardFn, answer_key
 from .rollout import Rollout, SamplingParams, generate_rollouts
@@ -90,6 +90,8 @@ class IterativeConfig(TrainingConfig):
     report_to: str | None = None
     rollout_backend: str = "generate"  # generate (in-process, KV cache) | vllm (CUDA + vLLM installed)
     vllm_gpu_memory_utilization: float = 0.3
+    torch_dtype: str = "float32"  # auto | float32 | bfloat16 | float16 (bf16/fp16/fp32): the policy's weights
+    disable_dropout: bool = True  # dropout off in policy and reference (TRL's default): pi/pi_old = 1 before an update
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -167,11 +169,13 @@ class IterativeTrainer:
         model = model if model is not None else self.config.model
         if isinstance(model, (str, Path)):
             self.base_path: Path | None = Path(model)
-            self.policy, self.tokenizer = load_policy(model)
+            self.policy, self.tokenizer = load_policy(model, self.config.torch_dtype)
         else:
             if tokenizer is None:
                 raise ValueError("pass tokenizer= together with a model object")
             self.base_path, self.policy, self.tokenizer = None, model, prepare_tokenizer(tokenizer)
+        if self.config.disable_dropout:
+            disable_dropout(self.policy)  # before any reference copy is taken
         self.base_state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
         task = task if task is not None else self.config.task
         self.task = task if isinstance(task, Task) else build_task(replace(self.config, task=task))
@@ -283,7 +287,7 @@ class IterativeTrainer:
         history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
         done = history[-1]["iteration"] if history else 0
         if done or (history and "seed_train_steps" in history[0]):
-            self.policy, self.tokenizer = load_policy(self.iteration_dir(done) / "model")
+            self.policy, self.tokenizer = load_policy(self.iteration_dir(done) / "model", self.config.torch_dtype)
             self.policy_version += 1
             logger.info("resumed after iteration %d", done)
         return history, done
@@ -316,6 +320,8 @@ class IterativeTrainer:
             seed=self.config.seed + iteration,
         )
         model = self.fresh_base() if round_.from_base else self.policy
+        if self.config.disable_dropout:
+            disable_dropout(model)
         trainer = Trainer(
             model.train(), round_.objective, round_.dataset, config,
             export_fn=tokenizer_exporter(self.tokenizer), collate_fn=round_.collate_fn,

@@ -58,7 +58,8 @@ def _grpo_inputs(tokenizer, policy):
 
 
 @pytest.mark.parametrize(
-    ("loss_type", "kl_correction"), [("grpo", False), ("grpo", True), ("bnpo", True), ("dr_grpo", False)]
+    ("loss_type", "kl_correction"),
+    [("grpo", False), ("grpo", True), ("bnpo", True), ("dr_grpo", False), ("dr_grpo", True), ("dapo", False)],
 )
 def test_grpo_loss_matches_trl(model_dir, tmp_path, loss_type, kl_correction):
     args = trl.GRPOConfig(
@@ -74,6 +75,8 @@ def test_grpo_loss_matches_trl(model_dir, tmp_path, loss_type, kl_correction):
     policy = reference_trainer.model.train()
     _perturb(policy)
     inputs = _grpo_inputs(reference_trainer.processing_class, policy)
+    # TRL's dapo divides by `num_items_in_batch`: the generation batch's completion tokens (one batch here)
+    inputs["num_items_in_batch"] = inputs["completion_mask"].sum()
     theirs = reference_trainer._compute_loss(policy, dict(inputs))
     ours_objective = GRPOObjective(
         reference=frozen_copy(policy), beta=0.1, epsilon_low=0.2, epsilon_high=0.28, loss_type=loss_type,
