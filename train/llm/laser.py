@@ -73,7 +73,7 @@ class LaSeRConfig(GRPOConfig):
 
 class LastTokenCollator(GRPOCollator):
     """A :class:`GRPOCollator` batch with ``z_c`` written one position after each completion (mask 0)
-    and ``self_reward_index`` holding that position."""
+    and ``self_reward_index`` holding that position (scored through ``score_mask``)."""
 
     def __init__(self, pad_token_id: int, self_reward_token_id: int) -> None:
         super().__init__(pad_token_id)
@@ -89,6 +89,8 @@ class LastTokenCollator(GRPOCollator):
         index = torch.tensor([len(s.completion_ids) for s in samples])
         batch["completion_ids"][torch.arange(rows), index] = self.self_reward_token_id
         batch["self_reward_index"] = index
+        batch["score_mask"] = batch["completion_mask"].clone()
+        batch["score_mask"][torch.arange(rows), index] = 1  # z_c is scored, never trained on as a completion token
         return batch
 
 

@@ -46,34 +46,37 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module, object]:
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module, object] | None:
     """The causal LM's backbone (its output is the final, normed hidden state), its LM head and its
-    config, looked up through accelerate/DDP/compile wrappers and peft's ``PeftModel``."""
+    config, looked up through accelerate/DDP/compile wrappers and peft's ``PeftModel``; ``None`` for a
+    model that is not a transformers causal LM (no ``get_decoder`` / ``get_output_embeddings``)."""
     from accelerate.utils import extract_model_from_parallel
 
     inner = extract_model_from_parallel(model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    if not (hasattr(inner, "get_decoder") and hasattr(inner, "get_output_embeddings")):
+        return None
     head = inner.get_output_embeddings()
-    if head is None or not hasattr(inner, "get_decoder"):
-        raise ValueError(f"model={type(inner).__name__} has no LM head / get_decoder(): not a causal LM")
-    return inner.get_decoder(), head, inner.config
+    return None if head is None else (inner.get_decoder(), head, inner.config)
 
 
 def selective_logprobs(
-    hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, temperature: float = 1.0, config=None
+    hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module | None = None, temperature: float = 1.0, config=None
 ) -> torch.Tensor:
-    """``log softmax(head(h) / T)[y] = z_y - logsumexp(z)`` for rows ``hidden`` (N, H) and ``targets`` (N,).
+    """``log softmax(z / T)[y] = z_y / T - logsumexp(z / T)`` with ``z = head(h)`` for rows ``hidden`` (N, H)
+    and ``targets`` (N,); without ``head``, ``hidden`` already holds the logits.
 
-    The LM head runs on chunks of rows sized so that one chunk of float32 logits holds at most
+    Rows go through the LM head in chunks sized so that one chunk of float32 logits holds at most
     :data:`LOGIT_CHUNK_ELEMENTS` numbers: the full-vocabulary log-softmax is never built (the sampled
     token's logit is gathered, then the chunk's log-sum-exp subtracted). ``config`` (the model's) supplies
     ``logit_scale`` / ``final_logit_softcapping`` where a family uses them (Cohere, Gemma 2)."""
     scale = getattr(config, "logit_scale", None) or 1.0
     softcap = getattr(config, "final_logit_softcapping", None)
-    rows = max(1, LOGIT_CHUNK_ELEMENTS // head.weight.shape[0])
+    vocab = hidden.shape[-1] if head is None else head.weight.shape[0]
+    rows = max(1, LOGIT_CHUNK_ELEMENTS // vocab)
     values = []
     for chunk, target in zip(hidden.split(rows), targets.split(rows)):
-        logits = head(chunk).float() * scale
+        logits = (chunk if head is None else head(chunk)).float() * scale
         if softcap:
             logits = softcap * torch.tanh(logits / softcap)
         logits = logits / temperature
@@ -91,24 +94,30 @@ def token_logprobs(
 ) -> torch.Tensor:
     """``log pi(x_t | x_<t)`` for t = 1..L-1 under ``softmax(logits / temperature)``: shape ``(B, L-1)``;
     with ``last`` only the last ``last`` tokens are scored, with ``mask`` (the output's shape) only its
-    nonzero entries (the others are 0). The model's forward runs through ``model`` itself (so DDP and
-    peft wrappers see it) with ``logits_to_keep=1``; the backbone's hidden states are taken from a
-    forward hook and the LM head runs only on the scored positions (:func:`selective_logprobs`)."""
-    decoder, head, config = decoder_and_head(model)
-    captured = []
-    hook = decoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
-    try:
-        model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-            logits_to_keep=1, use_cache=False,
-        )
-    finally:
-        hook.remove()
-    hidden, targets = captured[-1][:, :-1], input_ids[:, 1:]
+    nonzero entries (the others are 0). The forward runs through ``model`` itself (so DDP and peft
+    wrappers see it) with ``logits_to_keep=1``; the backbone's hidden states are taken from a forward
+    hook and the LM head runs only on the scored positions (:func:`selective_logprobs`). A model that is
+    not a transformers causal LM returns its logits, which are scored the same way."""
+    found = decoder_and_head(model)
+    positions = position_ids_from_mask(attention_mask)
+    if found is None:
+        keep = input_ids.shape[1] if last is None else last + 1
+        hidden = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, logits_to_keep=keep).logits
+        head, config = None, None
+    else:
+        decoder, head, config = found
+        captured = []
+        hook = decoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, logits_to_keep=1, use_cache=False)
+        finally:
+            hook.remove()
+        hidden = captured[-1]
+    hidden, targets = hidden[:, :-1], input_ids[:, 1:]
     if last is not None:
         hidden, targets = hidden[:, hidden.shape[1] - last :], targets[:, targets.shape[1] - last :]
     select = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.bool()
-    values = selective_logprobs(hidden[select], head, targets[select], temperature, config)
+    values = selective_logprobs(hidden[select], targets[select], head, temperature, config)
     return torch.zeros(targets.shape, dtype=values.dtype, device=values.device).masked_scatter(select, values)
 
 
@@ -357,7 +366,8 @@ class GRPOObjective(Objective):
     ``batch["kl_weight"]`` (per sequence, default 1) multiplies the KL term, which is how SCoRe puts a
     strong KL constraint on its first turn only. ``kl_importance_correction`` multiplies the k3 term by
     the ratio ``r_t`` (samples come from ``pi_old``, not ``pi``; TRL's ``use_bias_correction_kl``).
-    ``old_per_token_logps`` defaults to the detached
+    Only the tokens of ``batch["score_mask"]`` (default: the ``completion_mask``) are scored; the others'
+    logprobs are 0. ``old_per_token_logps`` defaults to the detached
     current logprobs (one update per rollout: ratio 1, as in TRL with ``num_iterations=1``).
     """
 
@@ -392,7 +402,7 @@ class GRPOObjective(Objective):
         attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
         return token_logprobs(
             model, input_ids, attention_mask, self.temperature, last=batch["completion_ids"].shape[1],
-            mask=batch["completion_mask"],
+            mask=batch.get("score_mask", batch["completion_mask"]),
         )
 
     def reduce(self, per_token_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
