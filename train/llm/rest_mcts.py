@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import random
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -202,6 +203,14 @@ def load_value_model(path: str | Path, pad_token_id: int) -> nn.Module:
     return model.eval()
 
 
+def value_model_from(policy: nn.Module, pad_token_id: int) -> nn.Module:
+    """:func:`load_value_model` from a policy object (written to a temporary folder, so that
+    transformers maps any architecture's causal-LM weights onto its sequence-classification class)."""
+    with tempfile.TemporaryDirectory() as directory:
+        policy.save_pretrained(directory)
+        return load_value_model(directory, pad_token_id)
+
+
 def value_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
     return output.logits[:, 0].float()
@@ -265,9 +274,10 @@ class ReSTMCTSTrainer(IterativeTrainer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.base_path is None:
-            raise ValueError("ReSTMCTSTrainer needs model= as a checkpoint path (the value model starts from it)")
-        self.value_model = load_value_model(self.base_path, self.tokenizer.pad_token_id)
+        if self.base_path is not None:
+            self.value_model = load_value_model(self.base_path, self.tokenizer.pad_token_id)
+        else:
+            self.value_model = value_model_from(self.policy, self.tokenizer.pad_token_id)
         self.value_pairs = self._value_pairs()
 
     def _resume(self):

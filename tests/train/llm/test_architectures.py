@@ -120,7 +120,7 @@ RECIPES = {
     "expo": (ExPOTrainer, ExPOConfig, {}),
     "spiral": (
         SPIRALTrainer, SPIRALConfig,
-        {"games": ["kuhn"], "games_per_iteration": 2, "eval_games": 1, "warmup_games": 2, "warmup_steps": 1,
+        {"min_digits": 1, "games": ["kuhn"], "games_per_iteration": 2, "eval_games": 1, "warmup_games": 2, "warmup_steps": 1,
          "warmup_replay": 0.5, "move_max_new_tokens": 6},
     ),
     "spc": (
