@@ -248,6 +248,14 @@ class IterativeTrainer:
     def solve(self, problems: list[Problem], **kwargs) -> list[Rollout]:
         return self.sample([self.prompt(p) for p in problems], **kwargs)
 
+    def load_model(self, path: str | Path) -> tuple[nn.Module, Any]:
+        """A saved policy (a resumed iteration, another collective member) as the starting model was
+        loaded: ``config.torch_dtype``, dropout off unless ``config.disable_dropout`` is false."""
+        policy, tokenizer = load_policy(path, self.config.torch_dtype)
+        if self.config.disable_dropout:
+            disable_dropout(policy)
+        return policy, tokenizer
+
     def fresh_base(self) -> nn.Module:
         """A copy of the starting model (for recipes that fine-tune the base model every iteration)."""
         import copy
@@ -287,7 +295,7 @@ class IterativeTrainer:
         history = [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
         done = history[-1]["iteration"] if history else 0
         if done or (history and "seed_train_steps" in history[0]):
-            self.policy, self.tokenizer = load_policy(self.iteration_dir(done) / "model", self.config.torch_dtype)
+            self.policy, self.tokenizer = self.load_model(self.iteration_dir(done) / "model")
             self.policy_version += 1
             logger.info("resumed after iteration %d", done)
         return history, done

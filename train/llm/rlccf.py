@@ -40,7 +40,7 @@ from ..registry import Method
 from ..trainer import save_atomically
 from .driver import IterationReport, Round, run_recipe
 from .grpo import GRPOConfig, GRPOTrainer
-from .modeling import frozen_copy, load_policy, tokenizer_exporter
+from .modeling import frozen_copy, tokenizer_exporter
 from .rewards import canonical_answer, majority_answer
 from .rollout import Rollout
 
@@ -99,7 +99,7 @@ class RLCCFTrainer(GRPOTrainer):
         super().__init__(model, task, config, tokenizer, **kwargs)
         self.members = [(self.policy, self.tokenizer, self.reference)]
         for path in self.config.models[1:] or [None] * (self.config.num_models - 1):
-            policy, tokenizer = load_policy(path) if path is not None else (copy.deepcopy(self.policy), self.tokenizer)
+            policy, tokenizer = self.load_model(path) if path is not None else (copy.deepcopy(self.policy), self.tokenizer)
             self.members.append((policy, tokenizer, frozen_copy(policy) if self.config.beta else None))
         self.current = 0
         self.member_rounds: list[Round] = []
@@ -120,7 +120,7 @@ class RLCCFTrainer(GRPOTrainer):
         if done:
             for index in range(1, len(self.members)):
                 self.use_member(index)
-                self.policy, self.tokenizer = load_policy(self.iteration_dir(done) / "model")
+                self.policy, self.tokenizer = self.load_model(self.iteration_dir(done) / "model")
             self.use_member(0)
         return history, done
 

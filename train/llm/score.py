@@ -55,7 +55,7 @@ from ...data.problems import Problem
 from ...data.tasks import revision_prompt
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
-from .modeling import frozen_copy, load_policy
+from .modeling import frozen_copy
 from .objectives import GRPOCollator, GRPOObjective, PolicySample, SFTCollator, SFTObjective, TextPair
 from .rollout import Rollout
 
@@ -137,7 +137,7 @@ class SCoReTrainer(IterativeTrainer):
     def _resume(self) -> tuple[list[dict[str, float]], int]:
         history, done = super()._resume()
         if history and "seed_train_steps" in history[0]:
-            self.reference = frozen_copy(load_policy(self.iteration_dir(0) / "model")[0])
+            self.reference = frozen_copy(self.load_model(self.iteration_dir(0) / "model")[0])
         return history, done
 
     def episodes(self, problems: list[Problem], **sampling) -> tuple[list[Rollout], list[Rollout]]:
