@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from selfgen.pipelines.unified import UnifiedPipeline
-from selfgen.train.srum import SRUMConfig, SRUMTrainer
+from selfgen.train.srum import SRUMConfig
+from selfgen.train.srum_shapes import shapes_trainer
 
 PHASES = ("seconds_generate", "seconds_reward", "seconds_update")
 
@@ -37,7 +38,7 @@ def time_round(model: str, mixed_precision: str, prompts: int, steps: int, repea
         )
         umm = UnifiedPipeline.from_pretrained(model)
         umm.set_progress_bar_config(disable=True)
-        trainer = SRUMTrainer(umm, config)
+        trainer = shapes_trainer(umm, config)
         for round_index in range(1, repeats + 2):
             logs = trainer.run_round(round_index)
             if round_index > 1:

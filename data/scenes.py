@@ -337,15 +337,29 @@ def region_questions(objects: list[SceneObject], rng: random.Random) -> list[tup
     ]
 
 
-def scene_questions(objects: list[SceneObject], spec: PromptSpec, rng: random.Random) -> list[tuple[str, str]]:
-    """Question/answer pairs about a rendered scene: existence, per-region, counting and whole-prompt."""
+def negative_prompt(spec: PromptSpec, rng: random.Random, split: str) -> str:
+    """A hard negative of ``spec`` (:func:`perturb_prompt`) drawn from the same ``split``, so that held-out
+    prompts never appear in training, not even as the text of a "no" question."""
+    allowed = prompt_split(spec.category, split)
+    for _ in range(100):
+        negative = perturb_prompt(spec, rng).text()
+        if negative in allowed:
+            return negative
+    raise RuntimeError(f"no hard negative of {spec.text()!r} in the {split!r} split after 100 tries")
+
+
+def scene_questions(
+    objects: list[SceneObject], spec: PromptSpec, rng: random.Random, split: str = "train"
+) -> list[tuple[str, str]]:
+    """Question/answer pairs about a rendered scene: existence, per-region, counting and whole-prompt
+    (the whole-prompt negative comes from ``split``: :func:`negative_prompt`)."""
     present = {f"{obj.colour} {obj.shape}" for obj in objects}
     absent = [noun for noun in NOUNS if noun not in present]
     asked_present, asked_absent = rng.choice(sorted(present)), rng.choice(absent)
     about_region = region_questions(objects, rng)
     count_noun = rng.choice([asked_present, asked_absent])
     count = sum(f"{obj.colour} {obj.shape}" == count_noun for obj in objects)
-    negative = perturb_prompt(spec, rng).text()
+    negative = negative_prompt(spec, rng, split)
     return [
         (f"is there a {asked_present}?", "yes"),
         (f"is there a {asked_absent}?", "no"),
@@ -476,7 +490,7 @@ class ScenesDataset(Dataset):
         prompt = sample_training_prompt(rng, self.split)
         spec = parse_prompt(prompt)
         objects = sample_scene(spec, rng)
-        return prompt, objects, rng.sample(scene_questions(objects, spec, rng), self.questions_per_image)
+        return prompt, objects, rng.sample(scene_questions(objects, spec, rng, self.split), self.questions_per_image)
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_examples:

@@ -6,8 +6,9 @@ guidance ``v = v_uncond + w (v_cond - v_uncond)`` (the unconditional prompt is `
 Understanding reads the answer token after ``<a>``; :meth:`UnifiedPipeline.score` turns the model's
 own yes/no judgement of ``does the image show {prompt}?`` into a score ``2 P(yes) - 1`` in ``[-1, 1]``.
 
-The pipeline is also the SRUM protocol implementation (see ``selfgen.train.srum``): ``generate``,
-``yes_probability``, ``score``, ``generation_parameters`` and ``velocity``.
+The pipeline implements SRUM's model protocol (``selfgen.train.srum.SelfRewardingUMM``: ``generate``,
+``encode_prompts``, ``generation_parameters``, ``velocity``); ``yes_probability`` and ``score`` are what
+the shapes world's self-reward asks (``selfgen.train.srum_shapes``).
 """
 
 from __future__ import annotations

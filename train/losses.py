@@ -18,3 +18,13 @@ def info_nce(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
     the teacher embedding of its own other view, the other samples of the batch are the negatives."""
     logits = F.normalize(student.float(), dim=-1) @ F.normalize(teacher.float(), dim=-1).T / temperature
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def noisy_pair(
+    images: torch.Tensor, sigmas: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_sigma, sigma, eps - x0)`` for clean ``images``: one rectified-flow training point per image."""
+    noise = torch.randn_like(images)
+    sigmas = torch.rand(images.shape[0], device=images.device) if sigmas is None else sigmas
+    expanded = sigmas.view(-1, 1, 1, 1)
+    return (1 - expanded) * images + expanded * noise, sigmas, noise - images

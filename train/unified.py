@@ -67,6 +67,7 @@ from ..eval.scenes import SceneJudge, judge_image, ranking_auc
 from ..models.unified import UnifiedTransformer
 from ..pipelines.unified import UnifiedPipeline
 from .config import TrainingConfig
+from .losses import noisy_pair
 from .registry import Method
 from .trainer import Objective, Trainer, TrainerCallback, TrainResult
 
@@ -96,16 +97,6 @@ class UnifiedConfig(TrainingConfig):
         super().__post_init__()
         if self.train_parameters not in TRAIN_PARAMETERS:
             raise ValueError(f"train_parameters must be one of {TRAIN_PARAMETERS}, got {self.train_parameters!r}")
-
-
-def noisy_pair(
-    images: torch.Tensor, sigmas: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x_sigma, sigma, eps - x0)`` for clean ``images``: one rectified-flow training point per image."""
-    noise = torch.randn_like(images)
-    sigmas = torch.rand(images.shape[0], device=images.device) if sigmas is None else sigmas
-    expanded = sigmas.view(-1, 1, 1, 1)
-    return (1 - expanded) * images + expanded * noise, sigmas, noise - images
 
 
 def empty_prompt_like(prompt_ids: torch.Tensor) -> torch.Tensor:

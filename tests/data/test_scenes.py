@@ -105,3 +105,16 @@ def test_dataset_asks_several_distinct_questions_per_scene():
     assert len({tuple(ids) for ids in several["question_ids"].tolist()}) == 3
     with pytest.raises(ValueError, match="questions_per_image"):
         ScenesDataset(10, questions_per_image=8)
+
+
+def test_no_heldout_prompt_is_ever_asked_about_in_training():
+    heldout = {prompt for category in CATEGORIES for prompt in prompt_split(category, "heldout")}
+    dataset = ScenesDataset(400, questions_per_image=7)
+    asked = {question for index in range(len(dataset)) for question, _ in dataset.example(index)[2]}
+    whole_prompt = {
+        question.removeprefix("does the image show ").removesuffix("?")
+        for question in asked
+        if question.startswith("does the image show ")
+    }
+    assert len(whole_prompt) > 100  # many prompts, their hard negatives included
+    assert not whole_prompt & heldout  # before: about 20% of the hard negatives were held-out prompts

@@ -6,18 +6,10 @@ import pytest
 import torch
 
 from selfgen import UnifiedTransformer
-from selfgen.data.scenes import VOCAB, parse_prompt, render_scene, sample_scene
+from selfgen.data.scenes import VOCAB, SceneObject, parse_prompt, render_scene, sample_scene
 from selfgen.eval.scenes import ranking_auc
-from selfgen.train.srum import (
-    SRUMConfig,
-    SRUMObjective,
-    group_baseline,
-    oracle_rewards,
-    reward_maps,
-    self_judge_agreement,
-    self_rewards,
-    train,
-)
+from selfgen.train.srum import SRUMConfig, SRUMObjective, group_baseline, penalise_clutter, reward_maps
+from selfgen.train.srum_shapes import oracle_rewards, self_judge_agreement, self_rewards, train
 from selfgen.train.unified import build_pipeline
 
 
@@ -53,17 +45,44 @@ def test_self_rewards_have_the_image_spatial_shape(tiny_pipe):
     assert np.abs(rewards.local_rewards).max() <= 1
 
 
-def test_objective_terms_vanish_where_they_should(tiny_pipe):
+def test_objective_is_reward_plus_lambda_weighted_flow_matching_on_the_sample(tiny_pipe):
     model = tiny_pipe.transformer
     batch = {
         "pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1,
         "prompt_ids": tiny_pipe.encode_prompts(["a red circle", "a blue square"]),
         "reward_map": torch.zeros(2, 1, 32, 32),
     }
-    loss, logs = SRUMObjective(tiny_pipe, model, constraint_weight=1.0).compute_loss(model, batch)
-    assert loss.item() == 0 and logs["loss_constraint"] == 0  # zero reward, policy == reference
-    batch["reward_map"] = torch.ones(2, 1, 32, 32)
-    assert SRUMObjective(tiny_pipe, model, 1.0).compute_loss(model, batch)[0].item() > 0
+
+    def loss(weight, reward):
+        batch["reward_map"] = torch.full((2, 1, 32, 32), reward)
+        torch.manual_seed(0)  # the same noise and sigmas for every call
+        return SRUMObjective(tiny_pipe, constraint_weight=weight).compute_loss(model, batch)
+
+    assert loss(0.0, 0.0)[0].item() == 0  # no reward, no anchor: nothing to learn
+    plain, logs = loss(1.0, 0.0)  # the anchor alone is flow matching on the sample itself
+    assert logs["loss_reward"] == 0 and logs["loss_constraint"] > 0 and plain.item() == pytest.approx(logs["loss_constraint"])
+    # L = mean(R e) + lambda mean(e) = (R + lambda) mean(e) for a constant map: both terms pull toward x0
+    assert loss(0.5, 1.0)[0].item() == pytest.approx(1.5 * plain.item(), rel=1e-5)
+    assert loss(0.5, 0.2)[0].item() == pytest.approx(0.7 * plain.item(), rel=1e-5)
+
+
+def test_clutter_beyond_the_prompt_costs_local_reward():
+    scores = np.array([[0.8, 0.6, 0.9, 0.0], [0.8, 0.6, 0.9, 0.0]], dtype=np.float32)
+    occupied = np.array([[0.9, 0.9, 0.7, 0.1], [0.9, 0.9, 0.7, 0.1]], dtype=np.float32)
+    penalised = penalise_clutter(scores, occupied, expected=np.array([1, 3]))
+    np.testing.assert_allclose(penalised[0], [-0.9, -0.9, 0.9, 0.0])  # one object asked: the best quadrant keeps it
+    np.testing.assert_allclose(penalised[1], scores[1])  # three asked, three drawn: nothing to penalise
+    tidy = reward_maps(np.ones(1), penalised[1:], occupied[1:], (8, 8), "both").mean()
+    messy = reward_maps(np.ones(1), penalised[:1], occupied[:1], (8, 8), "both").mean()
+    assert messy < tidy
+
+
+def test_oracle_penalises_a_repeated_object_in_every_quadrant():
+    objects = [SceneObject("red", "circle", 9, x, y) for x, y in ((3, 3), (19, 3), (3, 19), (19, 19))]
+    image = render_scene(objects)[None]
+    rewards = oracle_rewards(image, ["a red circle"])
+    assert rewards.occupancy.sum() == 4
+    assert sorted(rewards.local_rewards[0].tolist()) == [-1.0, -1.0, -1.0, 1.0]
 
 
 def test_group_baseline_keeps_only_better_than_average_samples_of_a_prompt():
