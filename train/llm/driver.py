@@ -45,14 +45,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ...data.problems import Problem
-from ...data.tasks import EVAL_FRACTION, Task, derive_seed, get_task
+from ...data.tasks import EVAL_FRACTION, Task, check_eval_fraction, derive_seed, get_task
 from ...eval.plots import save_metric_curves
 from ..config import TrainingConfig
 from ..lora import merge_lora_adapters
 from ..trainer import Objective, Trainer, save_atomically
 from .lm import EVAL_SEED
 from .modeling import disable_dropout, load_policy, tokenizer_exporter
-from .prompts import CHAT_SYSTEM_PROMPT, PromptFormat, get_prompt_format, prepare_tokenizer
+from .prompts import CHAT_SYSTEM_PROMPT, PROMPT_FORMATS, PromptFormat, get_prompt_format, prepare_tokenizer
 from .rewards import CallableReward, FunctionReward, Reward, RewardFn, answer_key
 from .rollout import Rollout, SamplingParams, generate_rollouts
 from .vllm_backend import VLLMRollouts
@@ -96,6 +96,9 @@ class IterativeConfig(TrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_at_least_one("iterations", "problems_per_iteration", "eval_problems", "samples_per_problem")
+        check_eval_fraction(self.eval_fraction)
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
         if self.rollout_backend not in ROLLOUT_BACKENDS:
             raise ValueError(f"rollout_backend must be one of {ROLLOUT_BACKENDS}, got {self.rollout_backend!r}")
 

@@ -1,6 +1,7 @@
 """Users' own parts: the prompt format, reward_fn (TRL's convention), verify_fn, tokenizers and models
 handed in as objects."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,28 @@ def test_rlccf_members_come_from_the_model_passed(tmp_path):
             assert torch.equal(policy.state_dict()[name], weight)
     with pytest.raises(ValueError, match="disagree on member 0"):
         RLCCFTrainer(model=model, tokenizer=tokenizer, config=RLCCFConfig(output_dir=str(tmp_path), models=[str(ASSET)] * 2))
+
+
+def test_grpo_on_a_users_jsonl_with_reward_fn_and_eval_file(tmp_path):
+    """The README's example: a user's model object, JSONL problems with a separate held-out file, and
+    a TRL-style reward function that reads an extra JSONL field."""
+    lines = [{"question": f"{i}+1", "answer": str(i + 1), "unit": "apples"} for i in range(8)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"question": "9+1", "answer": "10", "unit": "pears"}) + "\n")
+    seen = []
+
+    def reward_fn(prompts, completions, answer, unit, **kwargs):
+        seen.extend(unit)
+        return [0.25] * len(completions)
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    config = GRPOConfig(
+        output_dir=str(tmp_path / "run"), eval_file=str(tmp_path / "eval.jsonl"), iterations=1, problems_per_iteration=3,
+        eval_problems=5, samples_per_problem=2, max_new_tokens=4, max_train_steps=1, train_batch_size=4,
+    )
+    trainer = GRPOTrainer(model, str(tmp_path / "train.jsonl"), config, tokenizer, reward_fn=reward_fn)
+    assert [p.question for p in trainer.eval_set] == ["9+1"]
+    report = trainer.train()
+    assert report[1]["train_reward"] == pytest.approx(0.25) and seen == ["apples"] * 6
+    with pytest.raises(ValueError, match="prompt_format must be one of"):
+        GRPOConfig(prompt_format="alpaca")
