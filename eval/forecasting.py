@@ -234,9 +234,12 @@ def save_fan_chart(
     truth: np.ndarray | None = None,
     num_history_points: int = 104,
     title: str | None = None,
+    xlabel: str = "time step",
+    ylabel: str = "value",
 ) -> Path:
     """Fan chart of one forecast: the last ``num_history_points`` of the context, the median and the 50%
-    and 90% bands of ``samples`` ``(num_samples, horizon)``, and the truth when known."""
+    and 90% bands of ``samples`` ``(num_samples, horizon)``, and the truth when known; axes labelled
+    ``xlabel`` (the series' step) and ``ylabel`` (its unit)."""
     history = np.asarray(history)[-num_history_points:]
     samples = np.asarray(samples)
     steps = np.arange(len(history), len(history) + samples.shape[-1])
@@ -249,6 +252,8 @@ def save_fan_chart(
     if truth is not None:
         axis.plot(steps, truth, color="tab:red", linewidth=1, label="truth")
     axis.legend(loc="upper left", fontsize=7)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     if title:
         axis.set_title(title)
     return save_figure(figure, path)

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -138,23 +137,9 @@ def command_demo(args: argparse.Namespace) -> None:
         if args.only not in methods:
             raise SystemExit(f"selfgen demo: no demo for {args.only!r}; methods with demos: {', '.join(methods)}")
         methods = {args.only: methods[args.only]}
-    output_root = Path(args.output)
-    summary = {}
-    for name, method in methods.items():
-        asset_dir = args.assets / method.demo_asset
-        if checkpoint_class(asset_dir) is None:
-            print(f"[{name}] skipped: no bundled checkpoint at {asset_dir}")
-            continue
-        start = time.perf_counter()
-        metrics = method.demo(asset_dir, output_root / name)
-        seconds = time.perf_counter() - start
-        write_metrics(metrics, output_root / name)
-        summary[name] = {"seconds": round(seconds, 2), "metrics": metrics}
-        print(f"[{name}] {asset_dir} -> {output_root / name} in {seconds:.1f} s")
-        print("  " + json.dumps(metrics, default=str))
-    output_root.mkdir(parents=True, exist_ok=True)
-    (output_root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"demo outputs in {output_root}/ (summary.json)")
+    from selfgen.demo import run_demos
+
+    run_demos(methods, args.assets, Path(args.output))
 
 
 def build_parser() -> argparse.ArgumentParser:

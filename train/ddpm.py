@@ -126,7 +126,8 @@ def generate(
         batch_size=num_samples, num_inference_steps=num_inference_steps, generator=generator, output_type="np"
     ).images
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images, output_dir / "samples.png")
+    title = f"DDPM samples: {num_samples} images, {scheduler} {num_inference_steps} steps, seed {seed}"
+    save_image_grid(images, output_dir / "samples.png", title=title)
     np.save(output_dir / "samples.npy", images)
     return {"num_samples": num_samples, "grid": str(output_dir / "samples.png"), "images": images}
 

@@ -617,7 +617,11 @@ def generate(
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     files = [str(write_video(generated, output_dir / f"target_{index}.mp4", fps)) for index, generated in enumerate(output.videos)]
-    grid = save_image_grid(np.concatenate([source, *output.videos]), output_dir / "grid.png", columns=len(source))
+    grid = save_image_grid(
+        np.concatenate([source, *output.videos]), output_dir / "grid.png", columns=len(source),
+        row_labels=["source"] + [f"target {index}" for index in range(len(output.videos))],
+        column_labels=[f"frame {index}" for index in range(len(source))],
+    )
     return {"videos": files, "grid": str(grid), "conditions": output.conditions}
 
 
@@ -633,7 +637,12 @@ def demo(asset_dir: Path, output_dir: Path) -> dict:
         intrinsics=intrinsics, retrieval_k=2, num_inference_steps=20, generator=torch.Generator().manual_seed(0),
     ).videos
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_image_grid(np.concatenate([videos[0], *generated, *videos[1:]]), output_dir / "chain.png", columns=len(videos[0]))
+    save_image_grid(
+        np.concatenate([videos[0], *generated, *videos[1:]]), output_dir / "chain.png", columns=len(videos[0]),
+        row_labels=["source", "generated A", "generated B", "generated C", "generated A'", "truth A", "truth B", "truth C"],
+        column_labels=[f"frame {index}" for index in range(len(videos[0]))],
+        title="held-out scene: views generated in the order A, B, C, A' (retrieval K=2) vs ground truth",
+    )
     scores = scene_chain_scores(item, generated, intrinsics)
     metrics = {key: scores[key] for key in ("psnr", "sync_psnr", "camera_error_deg")}
     return metrics

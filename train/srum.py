@@ -55,7 +55,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.scenes import REGIONS
-from ..eval.plots import save_image_grid, save_metric_curves
+from ..eval.plots import ColorBar, save_image_grid, save_metric_curves
 from .config import TrainingConfig
 from .losses import noisy_pair
 from .trainer import Objective, Trainer, TrainResult
@@ -212,10 +212,17 @@ def group_baseline(maps: np.ndarray, group_size: int) -> np.ndarray:
     return (weights * (maps.mean() / total) if total > 0 else np.zeros_like(maps)).astype(np.float32)
 
 
+def reward_colors(values: np.ndarray) -> np.ndarray:
+    """Reward in ``[0, 1]`` -> RGB: red = 0, green = 1 (the colours of :func:`overlay_reward_maps`)."""
+    return np.stack([1 - values, values, np.zeros_like(values)], axis=-1)
+
+
+REWARD_COLORBAR = ColorBar("reward map (blended 50% over the image)", reward_colors, "0", "1")
+
+
 def overlay_reward_maps(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend each reward map (red = 0, green = 1) over its image: ``(N, H, W, 3)`` in ``[0, 1]``."""
-    heat = np.stack([1 - maps, maps, np.zeros_like(maps)], axis=-1)
-    return (1 - alpha) * images + alpha * heat
+    return (1 - alpha) * images + alpha * reward_colors(maps)
 
 
 # ----------------------------------------------------------------------------- objective
@@ -382,6 +389,8 @@ class SRUMTrainer:
         save_image_grid(
             np.concatenate([images[preview], overlay_reward_maps(images[preview], rewards.reward_maps[preview])]),
             Path(self.config.output_dir) / f"round-{round_index}" / "samples_and_reward_maps.png",
+            columns=len(images[preview]), row_labels=["sample", "reward"], column_labels=list(prompts[preview]),
+            colorbar=REWARD_COLORBAR, title=f"round {round_index}: samples and self-rewards",
         )
         start = time.perf_counter()
         result = self.update(round_index, prompts, images, rewards)

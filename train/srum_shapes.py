@@ -36,6 +36,7 @@ from ..pipelines.unified import UnifiedPipeline
 from . import unified
 from .registry import Method
 from .srum import (
+    REWARD_COLORBAR,
     REWARD_MODES,
     SelfRewards,
     SRUMConfig,
@@ -253,6 +254,10 @@ def demo(asset_dir: Path, output_dir: Path) -> dict:
         np.concatenate([images, overlay_reward_maps(images, rewards.reward_maps)]),
         output_dir / "reward_maps.png",
         columns=len(images),
+        row_labels=["sample", "reward"],
+        column_labels=prompts,
+        colorbar=REWARD_COLORBAR,
+        title="SRUM model: held-out prompts and its own reward maps (seed 0)",
     )
     metrics["self_global_reward_mean"] = float(rewards.global_reward.mean())
     return metrics

@@ -319,7 +319,7 @@ def generate(
     generator = torch.Generator().manual_seed(seed)
     images = pipe.generate(prompts, num_inference_steps, guidance_scale, generator=generator, output_type="np").images
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images, output_dir / "samples.png")
+    save_image_grid(images, output_dir / "samples.png", tile_labels=prompts, title=f"one sample per prompt (seed {seed})")
     (output_dir / "prompts.json").write_text(json.dumps(prompts, indent=2))
     return {"grid": str(output_dir / "samples.png"), "prompts": prompts}
 
@@ -351,7 +351,10 @@ def evaluate(
         num_inference_steps=num_inference_steps,
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images[::samples_per_prompt], output_dir / "samples.png")
+    save_image_grid(
+        images[::samples_per_prompt], output_dir / "samples.png", tile_labels=prompts,
+        title=f"{split} prompts, one sample each (seed {seed}, {num_inference_steps} steps, guidance {guidance_scale})",
+    )
     correct = [judge_image(image, prompt) for image, prompt in zip(images, np.repeat(prompts, samples_per_prompt))]
     metrics = {
         "compositional_accuracy": generation,

@@ -395,6 +395,11 @@ def patch_quality(
     return scores
 
 
+COUPLING_NAMES = {
+    "guidance": "joint sampling (gradient guidance)", "projection": "projection ablation", "none": "naive tiling",
+}
+
+
 def large_image_scores(
     pipe: ZoomLDMPipeline, size: int, steps: int, seeds: list[int], output_dir: Path, couplings: tuple[str, ...] = COUPLINGS
 ) -> dict:
@@ -414,7 +419,10 @@ def large_image_scores(
         ]
         seconds = (time.perf_counter() - started) / len(seeds)
         images, views = np.concatenate([o.images for o in outputs]), np.concatenate([o.views for o in outputs])
-        save_image_grid(images, output_dir / f"large_{coupling}.png", columns=len(seeds), scale=2)
+        save_image_grid(
+            images, output_dir / f"large_{coupling}.png", columns=len(seeds), scale=2,
+            column_labels=[f"seed {seed}" for seed in seeds], title=f"{size}x{size} image, {COUPLING_NAMES[coupling]}",
+        )
         scores[coupling] = {
             "seam_score": seam_score(images, pipe.patch_size),
             "consistency_psnr": consistency_psnr(images, views),
@@ -521,7 +529,10 @@ def demo(asset_dir: Path, output_dir: Path) -> dict:
         pipe(magnification=level, num_images=8, num_inference_steps=20, generator=generator, output_type="np").images
         for level in range(pipe.num_levels)
     ]
-    save_image_grid(np.concatenate(rows), output_dir / "levels.png")
+    save_image_grid(
+        np.concatenate(rows), output_dir / "levels.png", row_labels=[f"level {level}" for level in range(pipe.num_levels)],
+        title="unconditional patches per magnification level (0 = highest magnification), 20 steps, seed 0",
+    )
     metrics = {"large_image": large_image_scores(pipe, 128, 20, [0], output_dir, ("guidance", "none"))}
     return metrics
 

@@ -156,7 +156,7 @@ def evaluate(
 def demo(asset_dir: Path, output_dir: Path) -> dict:
     """Greedy accuracy of the bundled tiny LM on 50 held-out problems of each task."""
     tasks = ("add", "mul", "countdown")
-    return {task: evaluate(str(asset_dir), output_dir / task, task, num_problems=50)["accuracy"] for task in tasks}
+    return {task: evaluate(str(asset_dir), output_dir, task, num_problems=50)["accuracy"] for task in tasks}
 
 
 METHOD = Method(
