@@ -7,7 +7,8 @@ optional ``metadata.jsonl`` holds one JSON object per video: ``{"file_name": "cl
 "...", "trajectories": [[[x, y], ...], ...], "reference_images": ["ref_a.png", ...]}``: each trajectory
 entity is a list of ``[x, y]`` pixel coordinates in the source video, one point per source frame, and
 ``reference_images`` (optional, used by Tora2) names one image of each entity alone, relative to ``root``.
-Every video is opened, its frame count checked and its reference images found when the dataset is built.
+Every video is decoded in full (a truncated file fails here, not at training step 1), its frame count
+checked and its reference images found when the dataset is built.
 """
 
 from __future__ import annotations
