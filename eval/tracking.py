@@ -10,6 +10,9 @@ difference to the frame is lowest; the template's centre there is the tracked po
 * ``swap_rate``: over videos with two or more entities, the fraction whose tracks fit another assignment of
   the requested paths better than the intended one (two entities exchanging paths).
 
+:func:`path_binding` (the colour along each entity's path vs the reference colours) and :func:`retrieval_top1`
+are the probes of a model's clean estimate and contrastive embeddings at ``sigma = 1`` (``selfgen eval tora2``).
+
 Each comes with its standard error (``*_se``: the binomial ``sqrt(p (1 - p) / n)`` over the multi-entity videos
 for the swap rate, the standard error of the mean over entities for the others), and ``swap_chance`` is the
 swap rate of tracks that carry no information about the paths (``1 - 1/K!`` for a video of ``K`` entities,
@@ -21,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,50 +86,120 @@ def _is_swapped(tracks: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> 
     )
 
 
-def _shuffled_targets(items: Sequence[dict], seed: int) -> list[list[np.ndarray]]:
-    """Each video's entities paired with the paths of another video (entity ``i`` -> its ``i mod n``-th path)."""
-    offset = int(np.random.default_rng(seed).integers(1, len(items))) if len(items) > 1 else 0
-    targets = []
-    for index, item in enumerate(items):
-        other = items[(index + offset) % len(items)]["entities"]
-        targets.append([other[slot % len(other)]["trajectory"] for slot in range(len(item["entities"]))])
-    return targets
+def shuffled_partners(items: Sequence[dict], seed: int) -> list[int | None]:
+    """For each video, another video with at least as many entities (drawn with ``seed``), or ``None`` when
+    there is none: the donor of the shuffled controls, so no path or appearance is ever used twice."""
+    rng = np.random.default_rng(seed)
+    counts = [len(item["entities"]) for item in items]
+    partners: list[int | None] = []
+    for index, count in enumerate(counts):
+        candidates = [other for other, size in enumerate(counts) if other != index and size >= count]
+        partners.append(int(rng.choice(candidates)) if candidates else None)
+    return partners
 
 
-def evaluate_tracking(frames: np.ndarray, items: Sequence[dict], shuffle_seed: int | None = None) -> dict[str, float]:
+def evaluate_tracking(frames: np.ndarray, items: Sequence[dict], shuffle_seed: int | None = None) -> dict[str, Any]:
     """Track every entity of every video ``frames[i]`` (``(N, F, H, W, 3)`` in ``[0, 1]``) by its
-    ``reference_image`` and score the tracks against the requested ``trajectory`` of ``items[i]["entities"]``
-    (or, with ``shuffle_seed``, against another video's paths: the shuffled-trajectory control)."""
+    ``reference_image`` and score the tracks against the requested ``trajectory`` of ``items[i]["entities"]``.
+
+    With ``shuffle_seed`` (the shuffled-trajectory control) the tracks are scored against the first paths of a
+    :func:`shuffled_partners` video instead (distinct paths, so a swap is always decidable); videos without a
+    partner are left out. ``per_video`` holds each video's mean trajectory error and appearance similarity and
+    its swap indicator (``nan`` for a single entity), for paired comparisons across models."""
     if len(frames) != len(items):
         raise ValueError(f"got {len(frames)} videos but {len(items)} items")
+    paths = [[np.asarray(e["trajectory"], np.float32) for e in item["entities"]] for item in items]
     if shuffle_seed is None:
-        targets = [[np.asarray(e["trajectory"], np.float32) for e in item["entities"]] for item in items]
+        targets: list[list[np.ndarray] | None] = paths
     else:
-        targets = _shuffled_targets(items, shuffle_seed)
+        partners = shuffled_partners(items, shuffle_seed)
+        targets = [
+            None if partner is None else paths[partner][: len(item["entities"])]
+            for item, partner in zip(items, partners)
+        ]
     errors, similarities, swaps, chances = [], [], [], []
+    per_video: dict[str, list[float]] = {"trajectory_error": [], "appearance_similarity": [], "swapped": []}
     for video, item, video_targets in zip(frames, items, targets):
-        tracks = []
+        if video_targets is None:
+            continue
+        tracks, video_errors, video_similarities = [], [], []
         for entity, target in zip(item["entities"], video_targets):
             positions, similarity = track(video, entity["reference_image"])
             tracks.append(positions)
-            errors.append(np.linalg.norm(positions - target, axis=-1).mean())
-            similarities.append(similarity.mean())
+            video_errors.append(float(np.linalg.norm(positions - target, axis=-1).mean()))
+            video_similarities.append(float(similarity.mean()))
+        swapped = float("nan")
         if len(tracks) > 1:
-            swaps.append(_is_swapped(tracks, video_targets))
+            swapped = float(_is_swapped(tracks, video_targets))
+            swaps.append(swapped)
             chances.append(1 - 1 / math.factorial(len(tracks)))
-    swap_rate = float(np.mean(swaps)) if swaps else float("nan")
+        errors += video_errors
+        similarities += video_similarities
+        per_video["trajectory_error"].append(float(np.mean(video_errors)))
+        per_video["appearance_similarity"].append(float(np.mean(video_similarities)))
+        per_video["swapped"].append(swapped)
     return {
         "trajectory_error": float(np.mean(errors)),
         "trajectory_error_se": standard_error(errors),
         "appearance_similarity": float(np.mean(similarities)),
         "appearance_similarity_se": standard_error(similarities),
-        "swap_rate": swap_rate,
+        "swap_rate": float(np.mean(swaps)) if swaps else float("nan"),
         "swap_rate_se": standard_error(swaps),
         "swap_chance": float(np.mean(chances)) if chances else float("nan"),
         "num_entities": len(errors),
         "num_multi_entity_videos": len(swaps),
+        "per_video": per_video,
     }
 
+
+def mean_colour(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean RGB of ``image (..., 3)`` over ``mask`` (same leading shape, weights)."""
+    weights = mask[..., None].astype(np.float32)
+    return (image * weights).reshape(-1, 3).sum(0) / max(weights.sum(), 1e-6)
+
+
+def path_colour(video: np.ndarray, trajectory: np.ndarray, radius: float) -> np.ndarray:
+    """Mean colour of ``video (F, H, W, 3)`` within ``radius`` pixels of the entity's centre in each frame."""
+    frames, height, width = video.shape[:3]
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    points = np.asarray(trajectory, np.float32) * np.float32([width, height])
+    near = (xs[None] - points[:, 0, None, None]) ** 2 + (ys[None] - points[:, 1, None, None]) ** 2 <= radius**2
+    return mean_colour(video, near)
+
+
+def reference_colour(reference_image: np.ndarray) -> np.ndarray:
+    """Mean colour of the sprite's own pixels in its reference image (see :func:`sprite_template`)."""
+    template, mask, _ = sprite_template(reference_image)
+    return mean_colour(template, mask)
+
+
+def path_binding(videos: np.ndarray, items: Sequence[dict], radius: float = 2.5) -> dict[str, Any]:
+    """The appearance-to-path binding probe: over ordered pairs ``(k, j)`` of entities of a multi-entity video,
+    whether the colour of ``videos[i]`` along entity ``k``'s path is nearer ``k``'s reference colour than
+    ``j``'s. Applied to the denoiser's clean estimate at ``sigma = 1`` (where the layout is decided) it says
+    whether the model puts each entity's appearance on its own path; 0.5 is chance. ``per_video``: each
+    multi-entity video's fraction (NaN for single-entity videos), ``binding`` their mean and ``binding_se``."""
+    per_video = []
+    for video, item in zip(videos, items):
+        entities = item["entities"]
+        if len(entities) < 2:
+            per_video.append(float("nan"))
+            continue
+        colours = [reference_colour(entity["reference_image"]) for entity in entities]
+        hits = []
+        for k, entity in enumerate(entities):
+            seen = path_colour(video, entity["trajectory"], radius)
+            own = np.linalg.norm(seen - colours[k])
+            hits += [float(own < np.linalg.norm(seen - colours[j])) for j in range(len(entities)) if j != k]
+        per_video.append(float(np.mean(hits)))
+    return {"binding": float(np.nanmean(per_video)), "binding_se": standard_error(per_video), "per_video": per_video}
+
+
+def retrieval_top1(queries: np.ndarray, keys: np.ndarray) -> float:
+    """Fraction of rows ``i`` of ``queries (N, d)`` whose cosine-nearest row of ``keys (N, d)`` is row ``i`` (chance ``1/N``)."""
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-8)
+    keys = keys / np.linalg.norm(keys, axis=1, keepdims=True).clip(1e-8)
+    return float(((queries @ keys.T).argmax(1) == np.arange(len(queries))).mean())
 
 
 def draw_trajectories(frames: np.ndarray, trajectories: Sequence[np.ndarray], scale: int = 1) -> np.ndarray:

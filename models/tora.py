@@ -421,14 +421,20 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ conditions
 
-    def encode_trajectories(self, trajectories: torch.Tensor, entity_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def encode_trajectories(
+        self, trajectories: torch.Tensor, entity_mask: torch.Tensor, visibility: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Per-entity motion tokens ``(B, K, tokens, motion_dim)`` (zeroed for empty slots) and each entity's
-        presence weights on the token grid ``(B, K, tokens)`` (its Gaussian, pooled per patch, summing to 1)."""
+        presence weights on the token grid ``(B, K, tokens)`` (its Gaussian, pooled per patch, summing to 1).
+        ``visibility`` ``(B, K, F)`` zeroes the maps of frames where an entity is out of view."""
         config = self.config
         batch, slots = trajectories.shape[:2]
         maps = trajectory_maps(
             trajectories.float(), config.sample_size, config.trajectory_sigma, config.displacement_scale
-        ).to(self.video_pos.dtype)
+        )
+        if visibility is not None:
+            maps = maps * visibility.float()[:, :, None, :, None, None]
+        maps = maps.to(self.video_pos.dtype)
         flat_maps = maps.flatten(0, 1)
         motion = self.trajectory_extractor(flat_maps).unflatten(0, (batch, slots))
         presence = F.avg_pool3d(flat_maps[:, 2:3], self.patch).flatten(1).unflatten(0, (batch, slots))
@@ -508,6 +514,7 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         entity_mask: torch.Tensor,
         reference_images: torch.Tensor | None = None,
         entity_ids: torch.Tensor | None = None,
+        visibility: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> Tora2TransformerOutput | tuple:
         """Clean-video prediction ``x0_hat`` for noisy videos.
@@ -518,6 +525,7 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
             trajectories: ``(B, K, F, 2)`` normalised centres; entity_mask: ``(B, K)`` bool, valid slots.
             reference_images: ``(B, K, 3, r, r)`` in ``[-1, 1]``; entity_ids: ``(B, K, Le)`` word ids of
                 each entity's description (both required in modes ``tora2`` and ``no_gate``).
+            visibility: optional ``(B, K, F)``, 0 where an entity is out of view (its maps are zeroed there).
             In mode ``dit`` the trajectories are ignored.
         """
         config = self.config
@@ -530,7 +538,7 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         video = self.patch_embed(self.patchify(sample.to(dtype))) + self.video_pos
         motion = entities = appearance = entity_token_mask = None
         if config.mode != "dit":
-            entity_motion, presence = self.encode_trajectories(trajectories, entity_mask)
+            entity_motion, presence = self.encode_trajectories(trajectories, entity_mask, visibility)
             motion = entity_motion.sum(1)
         if config.mode in ("tora2", "no_gate"):
             if reference_images is None or entity_ids is None:

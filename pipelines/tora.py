@@ -63,6 +63,16 @@ def check_trajectory(trajectory: Any, num_frames: int, where: str) -> np.ndarray
     return points
 
 
+def check_visibility(visibility: Any, num_frames: int, where: str) -> torch.Tensor:
+    """Optional per-frame ``visibility`` (``num_frames`` bools; frames where the entity is out of view are False)."""
+    if visibility is None:
+        return torch.ones(num_frames)
+    flags = np.asarray(visibility)
+    if flags.shape != (num_frames,) or not np.isin(flags, (0, 1)).all():
+        raise ValueError(f"{where}: visibility must be {num_frames} booleans (one per frame), got {flags!r}")
+    return torch.from_numpy(flags.astype(np.float32))
+
+
 def check_reference_image(image: Any, size: int, where: str) -> torch.Tensor:
     """A reference image (PIL, or ``(h, w, 3)`` array in ``[0, 1]``) as ``(3, size, size)`` in ``[-1, 1]``."""
     if image is None:
@@ -103,6 +113,7 @@ def entity_conditions(
         "prompt_ids": torch.zeros(len(prompts), config.max_text_length, dtype=torch.long),
         "trajectories": torch.full((len(prompts), slots, config.num_frames, 2), 0.5),
         "entity_mask": torch.zeros(len(prompts), slots, dtype=torch.bool),
+        "visibility": torch.ones(len(prompts), slots, config.num_frames),
         "reference_images": torch.zeros(len(prompts), slots, 3, config.reference_size, config.reference_size),
         "entity_ids": torch.full((len(prompts), slots, config.max_entity_text_length), PAD_ID),
     }
@@ -121,6 +132,7 @@ def entity_conditions(
             )
             batch["entity_mask"][index, slot] = True
             batch["entity_ids"][index, slot] = torch.tensor(tokenize(description, config.max_entity_text_length))
+            batch["visibility"][index, slot] = check_visibility(entity.get("visibility"), config.num_frames, here)
             if config.mode in ("tora2", "no_gate"):
                 batch["reference_images"][index, slot] = check_reference_image(
                     entity.get("reference_image"), config.reference_size, here
@@ -173,7 +185,8 @@ class Tora2Pipeline(SelfgenPipeline):
         Args:
             prompt: a prompt, or a list of prompts (then ``entities`` is a list of entity lists).
             entities: per entity ``{"trajectory": (num_frames, 2) in [0, 1], "reference_image": (h, w, 3)
-                in [0, 1] or PIL, "description": optional str}``.
+                in [0, 1] or PIL, "description": optional str, "visibility": optional (num_frames,) bools}``
+                (frames where ``visibility`` is False carry no trajectory condition).
             num_frames, height, width: must match the model (8, 32, 32 for the bundled asset).
             num_inference_steps: Euler steps of the flow.
             generator: torch generator(s) for reproducible noise; latents: optional starting noise

@@ -21,6 +21,7 @@ template-matching tracker of :mod:`selfgen.eval.tracking` (no shared weights); `
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from torch.utils.data import Dataset
 
 from ..data.sprites import VOCAB, WORDS_PER_ENTITY, SpriteVideoDataset, max_prompt_tokens
 from ..data.video import VideoFolderDataset
-from ..eval.tracking import draw_trajectories, evaluate_tracking
+from ..eval.statistics import mean_difference
+from ..eval.tracking import draw_trajectories, evaluate_tracking, path_binding, retrieval_top1, shuffled_partners
 from ..models.tora import Tora2Transformer
 from ..pipelines.tora import Tora2Pipeline, entity_conditions
 from .config import TrainingConfig
@@ -64,6 +66,8 @@ class Tora2Config(TrainingConfig):
     num_frames: int = 8
     size: int = 32
     max_entities: int = 3
+    clip_stride: int = 1  # users' clips: source frames between sampled frames
+    clip_start: str = "random"  # users' clips: "random" start in every epoch, or "first" frames
     attention_backend: str = "sdpa"  # "math" trains faster on CPU at these sizes
     on_error: str = "raise"  # an undecodable clip under --data: "raise" stops, "skip" leaves it out (logged, counted)
 
@@ -74,12 +78,30 @@ class Tora2Config(TrainingConfig):
 class ClipEntityDataset(Dataset):
     """The user's clips (:class:`~selfgen.data.video.VideoFolderDataset` with ``caption``, ``trajectories``
     and ``reference_images`` in ``metadata.jsonl``) as sprite-style items: ``video`` in ``[0, 1]``, ``prompt``
-    and per entity a trajectory normalised by the clip size (clipped to ``[0, 1]``) and its reference image."""
+    and per entity its reference image, its trajectory normalised by the clip size and a per-frame
+    ``visibility`` (False where the point lies outside the crop; the trajectory is clamped to the border
+    there and the model ignores it, see :meth:`Tora2Transformer.encode_trajectories`). Each item is a clip of
+    ``num_frames`` frames ``frame_stride`` apart from a random start (``clip_start="random"``) or the first frames."""
 
     REQUIRED = ("caption", "trajectories", "reference_images")
 
-    def __init__(self, root: str | Path, num_frames: int, size: int, on_error: str = "raise") -> None:
-        self.clips = VideoFolderDataset(root, num_frames=num_frames, resolution=size, on_error=on_error)
+    def __init__(
+        self,
+        root: str | Path,
+        num_frames: int,
+        size: int,
+        frame_stride: int = 1,
+        clip_start: str = "random",
+        on_error: str = "raise",
+    ) -> None:
+        self.clips = VideoFolderDataset(
+            root,
+            num_frames=num_frames,
+            frame_stride=frame_stride,
+            resolution=size,
+            clip_start=clip_start,
+            on_error=on_error,
+        )
         fields = self.clips.videos[0].metadata.fields
         missing = [name for name in self.REQUIRED if name not in fields]
         if missing:
@@ -92,10 +114,11 @@ class ClipEntityDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.clips[index]
         video = ((item["pixel_values"].permute(0, 2, 3, 1) + 1) / 2).numpy()
-        trajectories = (item["trajectories"].numpy() / self.size).clip(0, 1)
+        points = item["trajectories"].numpy() / self.size
+        visible = ((points >= 0) & (points < 1)).all(-1)
         entities = [
-            {"trajectory": path, "reference_image": image}
-            for path, image in zip(trajectories, item["reference_images"])
+            {"trajectory": path.clip(0, 1), "visibility": seen, "reference_image": image}
+            for path, seen, image in zip(points, visible, item["reference_images"])
         ]
         return {"video": video, "prompt": item["caption"], "entities": entities}
 
@@ -108,7 +131,9 @@ class Collate:
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = entity_conditions(
-            [example["prompt"] for example in examples], [example["entities"] for example in examples], self.model_config
+            [example["prompt"] for example in examples],
+            [example["entities"] for example in examples],
+            self.model_config,
         )
         video = torch.from_numpy(np.stack([example["video"] for example in examples])).float()
         batch["video"] = video.permute(0, 1, 4, 2, 3) * 2 - 1
@@ -164,6 +189,7 @@ class Tora2Objective(Objective):
             entity_mask=batch["entity_mask"],
             reference_images=batch["reference_images"],
             entity_ids=batch["entity_ids"],
+            visibility=batch["visibility"],
         )
         squared_error = (output.sample.float() - batch["video"].float()).pow(2).flatten(1).mean(1)
         if self.loss_space == "v":
@@ -221,7 +247,9 @@ def train(config: Tora2Config) -> TrainResult:
     model = build_model(config)
     model.set_attention_backend(config.attention_backend)
     if config.data:
-        dataset = ClipEntityDataset(config.data, config.num_frames, config.size, config.on_error)
+        dataset = ClipEntityDataset(
+            config.data, config.num_frames, config.size, config.clip_stride, config.clip_start, config.on_error
+        )
     else:
         dataset = SpriteVideoDataset(config.num_videos, config.num_frames, config.size, config.max_entities, config.seed)
     objective = Tora2Objective(config.contrastive_weight, config.contrastive_temperature, config.loss_space)
@@ -311,30 +339,137 @@ def generate(
     return {"prompt": item["prompt"], **files}
 
 
+def with_appearances(item: dict, donors: list[dict]) -> dict:
+    """``item`` with its entities' reference images and descriptions taken from ``donors`` (paths kept) and
+    the prompt rebuilt from the new descriptions."""
+    entities = [
+        dict(entity, reference_image=donor["reference_image"], description=donor["description"])
+        for entity, donor in zip(item["entities"], donors)
+    ]
+    prompt = " and ".join(f"a {entity['description']}" for entity in entities)
+    return dict(item, entities=entities, prompt=prompt)
+
+
+def shuffled_reference_items(items: list[dict], seed: int) -> tuple[list[int], list[dict]]:
+    """The shuffled-reference control's inputs: each video's paths with the appearances of a
+    :func:`~selfgen.eval.tracking.shuffled_partners` video (indices of the videos that have one, and the items)."""
+    kept, shuffled = [], []
+    for index, partner in enumerate(shuffled_partners(items, seed)):
+        if partner is not None:
+            kept.append(index)
+            shuffled.append(with_appearances(items[index], items[partner]["entities"]))
+    return kept, shuffled
+
+
+@torch.no_grad()
+def sigma_one_probe(pipe: Tora2Pipeline, items: list[dict], seed: int, batch_size: int = 16) -> dict[str, Any]:
+    """Probes at ``sigma = 1`` (pure noise in, where the layout is decided): :func:`path_binding` of the clean
+    estimate ``x0_hat`` (is entity ``k``'s colour on ``k``'s path?), the same with each multi-entity video's
+    appearances rotated by one entity (a model that binds follows the references, so the score falls below 0.5),
+    and top-1 motion -> appearance retrieval of the contrastive embeddings over all entities (chance ``1/N``)."""
+    rotated = [with_appearances(item, item["entities"][1:] + item["entities"][:1]) for item in items]
+    estimates: dict[str, list[np.ndarray]] = {"own": [], "rotated": []}
+    motion, appearance = [], []
+    generator = torch.Generator().manual_seed(seed)
+    config = pipe.transformer.config
+    for start in range(0, len(items), batch_size):
+        shape = (len(items[start : start + batch_size]), config.num_frames, config.in_channels, config.sample_size, config.sample_size)
+        noise = torch.randn(shape, generator=generator).to(pipe.device, pipe.transformer.dtype)
+        for name, source in (("own", items), ("rotated", rotated)):
+            chunk = source[start : start + batch_size]
+            conditions = pipe.encode_conditions([item["prompt"] for item in chunk], [item["entities"] for item in chunk])
+            timestep = torch.full((len(chunk),), float(pipe.scheduler.config.num_train_timesteps), device=pipe.device)
+            output = pipe.transformer(sample=noise, timestep=timestep, **conditions)
+            estimates[name].append(pipe.postprocess_video(output.sample, "np"))
+            if name == "own" and output.motion_embeddings is not None:
+                mask = conditions["entity_mask"]
+                motion.append(output.motion_embeddings[mask].float().cpu().numpy())
+                appearance.append(output.appearance_embeddings[mask].float().cpu().numpy())
+    own = path_binding(np.concatenate(estimates["own"]), items)
+    rotated_binding = path_binding(np.concatenate(estimates["rotated"]), items)
+    probe = {
+        "binding": own["binding"],
+        "binding_se": own["binding_se"],
+        "binding_rotated_references": rotated_binding["binding"],
+        "binding_rotated_references_se": rotated_binding["binding_se"],
+        "per_video": {"binding": own["per_video"]},
+    }
+    if motion:
+        queries = np.concatenate(motion)
+        probe["retrieval_top1"] = retrieval_top1(queries, np.concatenate(appearance))
+        probe["retrieval_chance"] = 1 / len(queries)
+    return probe
+
+
+PAIRED_KEYS = {
+    ("generated", "trajectory_error"): "trajectory_error",
+    ("generated", "appearance_similarity"): "appearance_similarity",
+    ("generated", "swapped"): "swap_rate",
+    ("sigma_one_probe", "binding"): "binding",
+}
+
+
+def paired_differences(per_video: dict, reference: dict) -> dict[str, dict[str, float]]:
+    """``this - reference`` per metric, paired by video (only videos where both are finite), with the standard
+    error of the paired differences: the per-video values of two ``selfgen eval tora2`` runs on the same videos."""
+    differences = {}
+    for (row, key), name in PAIRED_KEYS.items():
+        mine, theirs = np.asarray(per_video[row][key], float), np.asarray(reference[row][key], float)
+        if mine.shape != theirs.shape:
+            raise ValueError(
+                f"paired_with: {row}.{key} has {theirs.size} videos, this run {mine.size}; evaluate both with the "
+                "same num_videos and seed"
+            )
+        both = np.isfinite(mine) & np.isfinite(theirs)
+        mean, error = mean_difference(theirs[both], mine[both])
+        differences[name] = {"difference": mean, "difference_se": error, "num_videos": int(both.sum())}
+    return differences
+
+
 def evaluate(
     model_path: str,
     output_dir: Path,
     num_videos: int = 48,
     num_inference_steps: int = 30,
     seed: int = 0,
+    paired_with: str | None = None,
 ) -> dict:
-    """Generate ``num_videos`` held-out videos and track every entity with the template tracker.
+    """Generate ``num_videos`` held-out videos, track every entity with the template tracker and probe the
+    model at ``sigma = 1``.
 
-    Rows of the metrics: ``generated`` (the model), ``shuffled_control`` (the same tracks scored against
-    another video's paths: what an uninformative generator scores) and ``ground_truth`` (the tracker on the
-    real sprite videos: its own error floor)."""
+    Rows: ``generated`` (the model); ``shuffled_control`` (the same tracks scored against the paths of another
+    video with at least as many entities: path-blind tracks); ``shuffled_references`` (a second sample generated
+    with every video's appearances (references and descriptions) taken from another video, tracked with the
+    true references: what appearance similarity is without the right reference); ``ground_truth`` (the tracker on
+    the real videos: its floor); ``sigma_one_probe`` (:func:`sigma_one_probe`). Per-video values go to
+    ``output_dir/per_video.json``; ``paired_with`` (another run's ``per_video.json`` on the same videos) adds
+    ``paired_differences``, this model minus that one, paired by video."""
     pipe = Tora2Pipeline.from_pretrained(model_path)
     items = list(heldout_videos(num_videos, seed, pipe.transformer.config.max_entities))
     frames = generate_for(pipe, items, num_inference_steps, seed)
-    metrics = {
+    kept, shuffled_items = shuffled_reference_items(items, seed)
+    shuffled_frames = generate_for(pipe, shuffled_items, num_inference_steps, seed)
+    rows = {
         "generated": evaluate_tracking(frames, items),
         "shuffled_control": evaluate_tracking(frames, items, shuffle_seed=seed),
+        "shuffled_references": evaluate_tracking(shuffled_frames, [items[index] for index in kept]),
         "ground_truth": evaluate_tracking(np.stack([item["video"] for item in items]), items),
+        "sigma_one_probe": sigma_one_probe(pipe, items, seed),
+    }
+    per_video = {name: row.pop("per_video") for name, row in rows.items()}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "per_video.json").write_text(json.dumps(per_video))
+    generated_similarity = np.asarray(per_video["generated"]["appearance_similarity"])[kept]
+    difference, error = mean_difference(per_video["shuffled_references"]["appearance_similarity"], generated_similarity)
+    metrics = {
+        **rows,
+        "appearance_gain_over_shuffled_references": {"difference": difference, "difference_se": error, "num_videos": len(kept)},
         "num_videos": num_videos,
         "num_inference_steps": num_inference_steps,
         "mode": pipe.transformer.config.mode,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if paired_with is not None:
+        metrics["paired_differences"] = paired_differences(per_video, json.loads(Path(paired_with).read_text()))
     write_clip(frames[0], items[0]["entities"], output_dir / "sample.mp4")
     return metrics
 

@@ -1,10 +1,19 @@
-"""Template-matching tracker: accurate on real sprite videos, not fooled by shuffled paths, detects swaps."""
+"""Template-matching tracker: accurate on real sprite videos, not fooled by shuffled paths, detects swaps; the
+shuffled controls never reuse a path; the sigma = 1 probes (path colour binding, retrieval) can tell."""
 
 import numpy as np
 import pytest
 
 from selfgen.data.sprites import SpriteVideoDataset, reference_image
-from selfgen.eval.tracking import draw_trajectories, evaluate_tracking, sprite_template, track
+from selfgen.eval.tracking import (
+    draw_trajectories,
+    evaluate_tracking,
+    path_binding,
+    retrieval_top1,
+    shuffled_partners,
+    sprite_template,
+    track,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +46,46 @@ def test_exchanged_paths_count_as_a_swap(items):
         entities[0]["trajectory"], entities[1]["trajectory"] = entities[1]["trajectory"], entities[0]["trajectory"]
         swapped.append(dict(item, entities=entities))
     assert evaluate_tracking(videos(multi), swapped)["swap_rate"] == 1.0
+
+
+def test_shuffled_partners_have_enough_entities_so_no_path_repeats(items):
+    partners = shuffled_partners(items, seed=0)
+    counts = [len(item["entities"]) for item in items]
+    assert all(p is None or (p != i and counts[p] >= counts[i]) for i, p in enumerate(partners))
+    assert [i for i, p in enumerate(partners) if p is None] == [i for i, c in enumerate(counts) if c > sorted(counts)[-2]]
+    assert partners != shuffled_partners(items, seed=1)
+
+
+def test_shuffled_control_swaps_are_decidable(items):
+    """With distinct donor paths no multi-entity video ties, so every such video with a partner is scored."""
+    control = evaluate_tracking(videos(items), items, shuffle_seed=0)
+    partners = shuffled_partners(items, seed=0)
+    multi = [i for i, item in enumerate(items) if len(item["entities"]) > 1 and partners[i] is not None]
+    assert control["num_multi_entity_videos"] == len(multi)
+    assert np.isfinite(control["per_video"]["swapped"]).sum() == len(multi)
+
+
+def test_path_binding_is_one_on_real_videos_chance_on_flat_ones_and_low_when_exchanged(items):
+    multi = [item for item in items if len(item["entities"]) >= 2]
+    assert path_binding(videos(multi), multi)["binding"] > 0.9
+    flat = np.full((len(multi), 8, 32, 32, 3), 0.4, np.float32)
+    assert path_binding(flat, multi)["binding"] == pytest.approx(0.5)  # one of each pair wins: chance exactly
+    exchanged = []
+    for item in multi:
+        entities = [dict(entity) for entity in item["entities"]]
+        references = [entity["reference_image"] for entity in entities]
+        for entity, reference in zip(entities, references[1:] + references[:1]):
+            entity["reference_image"] = reference
+        exchanged.append(dict(item, entities=entities))
+    assert path_binding(videos(multi), exchanged)["binding"] < 0.5
+    single = [item for item in items if len(item["entities"]) == 1][:1]
+    assert np.isnan(path_binding(videos(single), single)["per_video"][0])
+
+
+def test_retrieval_top1():
+    keys = np.eye(5, 8, dtype=np.float32)
+    assert retrieval_top1(keys + 0.1, keys) == 1.0
+    assert retrieval_top1(np.roll(keys, 1, axis=0), keys) == 0.0
 
 
 def test_standard_errors_and_chance_swap_rate(items):

@@ -85,6 +85,7 @@ def test_tora1_needs_no_reference_image():
         (lambda e: e[1].pop("reference_image"), "missing 'reference_image'"),
         (lambda e: e[1].update(reference_image=np.zeros((16, 16))), r"\(h, w, 3\)"),
         (lambda e: e.pop(), "names 2 entities"),
+        (lambda e: e[0].update(visibility=[True] * 5), "visibility must be 8 booleans"),
     ],
 )
 def test_bad_entities_give_clear_errors(change, message):
@@ -102,6 +103,22 @@ def test_bad_sizes_and_words_give_clear_errors():
         run(pipe, prompt="a purple solid star and a blue striped disc")
     with pytest.raises(ValueError, match="output_type"):
         run(pipe, output_type="gif")
+
+
+def test_frames_out_of_view_carry_no_trajectory_condition():
+    """visibility=False on a frame zeroes that frame's trajectory maps: moving the point there changes nothing."""
+    model = tiny_pipeline().transformer
+    trajectories = torch.rand(1, 3, 8, 2, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[True, True, False]])
+    visibility = torch.ones(1, 3, 8)
+    visibility[0, 0, 5:] = 0
+    moved = trajectories.clone()
+    moved[0, 0, 5:] = 1 - moved[0, 0, 5:]
+    hidden, _ = model.encode_trajectories(trajectories, mask, visibility)
+    hidden_moved, _ = model.encode_trajectories(moved, mask, visibility)
+    torch.testing.assert_close(hidden, hidden_moved, rtol=1e-5, atol=1e-6)
+    shown, _ = model.encode_trajectories(moved, mask)
+    assert (shown - hidden).abs().max() > 1e-3
 
 
 @pytest.mark.skipif(not ASSET.is_dir(), reason="bundled asset assets/tora2-sprites not built")
