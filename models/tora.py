@@ -426,14 +426,17 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, ...]:
         """Per-entity motion tokens ``(B, K, tokens, motion_dim)`` (zeroed for empty slots) and each entity's
         presence weights on the token grid ``(B, K, tokens)`` (its Gaussian, pooled per patch, summing to 1).
-        ``visibility`` ``(B, K, F)`` zeroes the maps of frames where an entity is out of view."""
+        ``visibility`` ``(B, K, F)`` zeroes the maps of frames where an entity is out of view (and the
+        displacement of a frame whose next frame is out of view)."""
         config = self.config
         batch, slots = trajectories.shape[:2]
         maps = trajectory_maps(
             trajectories.float(), config.sample_size, config.trajectory_sigma, config.displacement_scale
         )
-        if visibility is not None:
-            maps = maps * visibility.float()[:, :, None, :, None, None]
+        if visibility is not None:  # presence where visible; displacement where this and the next frame are
+            seen = visibility.float()
+            moving = seen * torch.cat([seen[..., 1:], seen[..., -2:-1]], dim=-1)
+            maps = maps * torch.stack([moving, moving, seen], dim=2)[..., None, None]
         maps = maps.to(self.video_pos.dtype)
         flat_maps = maps.flatten(0, 1)
         motion = self.trajectory_extractor(flat_maps).unflatten(0, (batch, slots))

@@ -106,7 +106,7 @@ def test_bad_sizes_and_words_give_clear_errors():
 
 
 def test_frames_out_of_view_carry_no_trajectory_condition():
-    """visibility=False on a frame zeroes that frame's trajectory maps: moving the point there changes nothing."""
+    """visibility=False on a frame zeroes its maps (and the displacement into it): moving the point there changes nothing."""
     model = tiny_pipeline().transformer
     trajectories = torch.rand(1, 3, 8, 2, generator=torch.Generator().manual_seed(0))
     mask = torch.tensor([[True, True, False]])
