@@ -186,7 +186,10 @@ def inception_features(images: torch.Tensor, weights: str | Path) -> np.ndarray:
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"inception_weights: no such file {weights} (torchvision inception_v3 state dict)")
-    state = load_file(str(weights)) if weights.suffix == ".safetensors" else torch.load(weights, map_location="cpu")
+    if weights.suffix == ".safetensors":
+        state = load_file(str(weights))
+    else:  # tensors only: a .pth that would run code when unpickled is refused
+        state = torch.load(weights, map_location="cpu", weights_only=True)
     model = inception_v3(weights=None, aux_logits=True, init_weights=False)
     model.load_state_dict(state)
     model.fc = nn.Identity()

@@ -5,11 +5,18 @@
   attention processors. ``enable_xformers_memory_efficient_attention()`` is diffusers' own and
   reaches both kinds.
 * ``postprocess_images`` turns ``[-1, 1]`` image tensors into ``"pil"``, ``"np"`` or ``"pt"`` output.
+* ``from_pretrained`` checks a local folder first (:func:`check_pipeline_folder`): a missing, empty,
+  truncated or wrong-type folder is one ``FileNotFoundError``/``ValueError`` line naming the folder
+  and what is missing or which pipeline class it holds, not diffusers' traceback.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -32,8 +39,96 @@ IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
 _DIFFUSERS_PROCESSORS = {"sdpa": AttnProcessor2_0, "math": AttnProcessor, "xformers": XFormersAttnProcessor}
 
 
+def read_model_index(folder: str | os.PathLike) -> dict[str, Any]:
+    """A saved pipeline folder's ``model_index.json``, or one clear error naming the folder and what is wrong."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} is a file, not a saved pipeline folder")
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        if (folder / "config.json").is_file():
+            raise ValueError(f"{folder} holds a single model (config.json), not a pipeline: it has no model_index.json")
+        empty = " (the folder is empty)" if not any(folder.iterdir()) else ""
+        raise FileNotFoundError(
+            f"model folder {folder} has no model_index.json{empty}: not a saved pipeline (pipe.save_pretrained makes one)"
+        )
+    try:
+        index = json.loads(index_path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{index_path} is not valid JSON ({error}): the folder is damaged or truncated") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{index_path} must hold a JSON object, got {type(index).__name__}")
+    return index
+
+
+def pipeline_class_name(index: dict[str, Any], folder: str | os.PathLike) -> str:
+    """``_class_name`` of a model index; diffusers also writes ``["module", "ClassName"]`` for custom pipelines."""
+    name = index.get("_class_name")
+    if isinstance(name, (list, tuple)) and name:
+        name = name[-1]
+    if not isinstance(name, str):
+        raise ValueError(f"{Path(folder) / 'model_index.json'} has no usable _class_name (got {name!r})")
+    return name
+
+
+def _check_component(folder: Path, name: str) -> None:
+    """The component's subfolder exists, its JSON files parse and its safetensors headers cover their files."""
+    from safetensors import safe_open
+
+    subfolder = folder / name
+    if not subfolder.is_dir() or not any(subfolder.iterdir()):
+        raise FileNotFoundError(f"{subfolder} is missing or empty (model_index.json lists the component {name!r})")
+    for path in sorted(subfolder.iterdir()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt"):
+                    pass
+        except Exception as error:  # safetensors raises its own error type for damaged files
+            raise ValueError(f"{path} is damaged or truncated ({error})") from None
+
+
+def check_pipeline_folder(folder: str | os.PathLike, pipeline_class: type[DiffusionPipeline]) -> None:
+    """Raise one clear error unless ``folder`` is a complete saved pipeline that ``pipeline_class`` can load."""
+    folder = Path(folder)
+    index = read_model_index(folder)
+    class_name = pipeline_class_name(index, folder)
+    components = {key for key, value in index.items() if not key.startswith("_") and isinstance(value, (list, tuple))}
+    expected, _ = pipeline_class._get_signature_keys(pipeline_class)
+    missing = set(expected) - set(pipeline_class._optional_components) - components
+    if missing and class_name != pipeline_class.__name__:
+        raise ValueError(
+            f"{folder} holds a {class_name}, not a {pipeline_class.__name__}: load it with "
+            f"selfgen.AutoPipeline.from_pretrained({str(folder)!r}) or selfgen.{class_name}"
+        )
+    if missing:
+        raise ValueError(f"{folder}/model_index.json lacks the component(s) {sorted(missing)} of {class_name}")
+    for name in sorted(components):
+        if index[name][0] is not None:
+            _check_component(folder, name)
+
+
+def is_local_path(path: str | os.PathLike) -> bool:
+    """A path that names this machine's file system rather than a Hub id like ``org/name``."""
+    path = Path(path)
+    return path.exists() or path.is_absolute() or str(path).startswith((".", "~")) or (
+        len(path.parts) != 2 or path.parent.is_dir()
+    )
+
+
 class SelfgenPipeline(DiffusionPipeline):
-    """Base class of selfgen pipelines: a ``DiffusionPipeline`` with attention-backend switching."""
+    """Base class of selfgen pipelines: a ``DiffusionPipeline`` with attention-backend switching and
+    a folder check before loading."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> DiffusionPipeline:
+        """diffusers' ``from_pretrained``, after :func:`check_pipeline_folder` for a local folder."""
+        if is_local_path(pretrained_model_name_or_path):
+            check_pipeline_folder(pretrained_model_name_or_path, cls)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def register_modules(self, **kwargs) -> None:
         """diffusers records a third-party component by its full module path

@@ -16,13 +16,19 @@ from types import ModuleType
 
 __version__ = "0.1.0"
 
-from selfgen.models.attention import ATTENTION_BACKENDS, Attention, AttentionBackendMixin, attention
-from selfgen.pipelines.pipeline_utils import SelfgenPipeline
-from selfgen.pipelines.unconditional import UnconditionalDiffusionPipeline
-
-from .auto import AutoPipeline
+# Imported on first use (``import selfgen`` stays light, so ``selfgen --help`` needs no torch).
+_LAZY = {
+    "ATTENTION_BACKENDS": "selfgen.models.attention",
+    "Attention": "selfgen.models.attention",
+    "AttentionBackendMixin": "selfgen.models.attention",
+    "attention": "selfgen.models.attention",
+    "SelfgenPipeline": "selfgen.pipelines.pipeline_utils",
+    "UnconditionalDiffusionPipeline": "selfgen.pipelines.unconditional",
+    "AutoPipeline": "selfgen.auto",
+}
 
 EXPORTING_PACKAGES = ("selfgen.pipelines", "selfgen.models")
+SUBPACKAGES = ("data", "models", "pipelines", "train", "eval")
 
 
 def exporting_modules() -> Iterator[ModuleType]:
@@ -46,7 +52,14 @@ def _loader_base_class(name: str) -> type | None:
 
 
 def __getattr__(name: str):
-    """Find ``name`` among the classes defined in ``selfgen.models`` / ``selfgen.pipelines`` modules."""
+    """The lazy names above, else ``name`` among the classes defined in ``selfgen.models`` /
+    ``selfgen.pipelines`` modules."""
+    if name in SUBPACKAGES:
+        return importlib.import_module(f"selfgen.{name}")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     if not name.startswith("_"):
         base_class = _loader_base_class(name)
         if base_class is not None:

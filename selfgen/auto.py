@@ -7,9 +7,10 @@ pipelines only; this reads ``model_index.json`` and looks it up among selfgen's.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from diffusers import DiffusionPipeline
+
+from selfgen.pipelines.pipeline_utils import is_local_path, pipeline_class_name, read_model_index
 
 
 def _pipeline_classes() -> dict[str, type[DiffusionPipeline]]:
@@ -33,14 +34,11 @@ class AutoPipeline:
     @classmethod
     def pipeline_class(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> type[DiffusionPipeline]:
         """The class named by the folder's ``model_index.json``."""
-        path = Path(pretrained_model_name_or_path)
-        if path.is_dir() and not (path / "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"{path} has no model_index.json: it is not a saved pipeline folder "
-                "(save one with pipe.save_pretrained(path))"
-            )
-        config = DiffusionPipeline.load_config(pretrained_model_name_or_path, **kwargs)
-        class_name = config.get("_class_name")
+        if is_local_path(pretrained_model_name_or_path):
+            config = read_model_index(pretrained_model_name_or_path)
+        else:
+            config = DiffusionPipeline.load_config(pretrained_model_name_or_path, **kwargs)
+        class_name = pipeline_class_name(config, pretrained_model_name_or_path)
         classes = _pipeline_classes()
         if class_name not in classes:
             raise ValueError(

@@ -9,6 +9,11 @@
 
 Methods are found by :func:`selfgen.train.registry.discover_methods`; ``--key value`` pairs after
 the known flags override the config (train) or are passed as options (generate).
+``selfgen train <method> --help`` lists the method's config fields.
+
+Bad input (a config value, a YAML file, a model folder, a busy ``output_dir``) ends the command with
+one line, ``error: ...``, and exit status 2; ``SELFGEN_DEBUG=1`` shows the traceback instead. Heavy
+libraries (torch, diffusers) are imported only by the command that needs them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
+USER_ERRORS = (ValueError, OSError, FloatingPointError)  # what a user's input can cause: one line each
 
 
 def default_assets_dir() -> Path:
@@ -35,13 +40,29 @@ def default_assets_dir() -> Path:
 
 def checkpoint_class(folder: Path) -> str | None:
     """The class a saved folder holds: a diffusers pipeline (``model_index.json``) or a transformers
-    model (``config.json`` with ``architectures``); ``None`` if it is neither."""
-    if (folder / "model_index.json").is_file():
-        return json.loads((folder / "model_index.json").read_text()).get("_class_name", "?")
-    if (folder / "config.json").is_file():
-        architectures = json.loads((folder / "config.json").read_text()).get("architectures")
-        return architectures[0] if architectures else None
+    model (``config.json`` with ``architectures``); ``None`` if it is neither. A damaged index file
+    is a ``ValueError`` naming it."""
+    for name, key in (("model_index.json", "_class_name"), ("config.json", "architectures")):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text()).get(key)
+        except (ValueError, AttributeError) as error:
+            raise ValueError(f"{path} is not a valid JSON object ({error}): the folder is damaged or truncated") from None
+        if isinstance(value, list):  # ["module", "ClassName"] (diffusers) or a list of architectures
+            value = value[-1] if key == "_class_name" else value[0] if value else None
+        return value if key == "architectures" else value or "?"
     return None
+
+
+def check_model_folder(folder: Path) -> None:
+    """``--model`` must be a saved pipeline or transformers model folder: one error line otherwise."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--model {folder}: {'is a file, not' if folder.exists() else 'no such'} folder")
+    if checkpoint_class(folder) is None:
+        what = "is empty" if not any(folder.iterdir()) else "has no model_index.json (pipeline) or config.json (model)"
+        raise FileNotFoundError(f"--model {folder} {what}: not a saved model folder (selfgen train writes one)")
 
 
 def bundled_checkpoints(assets_dir: Path) -> list[tuple[str, str]]:
@@ -63,7 +84,7 @@ def _methods():
 def _get_method(name: str):
     methods = _methods()
     if name not in methods:
-        raise SystemExit(f"selfgen: unknown method {name!r}; known: {', '.join(methods)}")
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(methods)}")
     return methods[name]
 
 
@@ -84,14 +105,11 @@ def command_train(args: argparse.Namespace, extra: list[str]) -> None:
     from selfgen.train.config import load_config, parse_overrides
 
     method = _get_method(args.method)
-    try:
-        overrides = parse_overrides(extra)
-        for key in ("pretrained", "data"):
-            if getattr(args, key) is not None:
-                overrides[key] = getattr(args, key)
-        config = load_config(method.config_class, args.config, overrides)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"selfgen train {method.name}: {error}") from error
+    overrides = parse_overrides(extra)
+    for key in ("pretrained", "data"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    config = load_config(method.config_class, args.config, overrides)
     result = method.train(config)
     from accelerate import PartialState
 
@@ -109,15 +127,14 @@ def command_run_model(args: argparse.Namespace, extra: list[str]) -> None:
     """``selfgen generate|eval <method> --model PATH --output DIR [--option value ...]``."""
     from selfgen.train.config import bind_options, parse_overrides
 
+    import numpy as np
+
     method = _get_method(args.method)
     function = method.generate if args.command == "generate" else method.evaluate
-    command = f"{args.command} {method.name}"
     if function is None:
-        raise SystemExit(f"selfgen: method {method.name!r} has no {args.command} command")
-    try:
-        options = bind_options(function, parse_overrides(extra), reserved=("model_path", "output_dir"))
-    except ValueError as error:
-        raise SystemExit(f"selfgen {command}: {error}") from error
+        raise ValueError(f"method {method.name!r} has no {args.command} command")
+    options = bind_options(function, parse_overrides(extra), reserved=("model_path", "output_dir"))
+    check_model_folder(Path(args.model))
     result = function(args.model, Path(args.output), **options)
     printable = {key: value for key, value in result.items() if not isinstance(value, np.ndarray)}
     if args.command == "eval":
@@ -135,11 +152,30 @@ def command_demo(args: argparse.Namespace) -> None:
     methods = {name: method for name, method in _methods().items() if method.demo is not None}
     if args.only is not None:
         if args.only not in methods:
-            raise SystemExit(f"selfgen demo: no demo for {args.only!r}; methods with demos: {', '.join(methods)}")
+            raise ValueError(f"no demo for {args.only!r}; methods with demos: {', '.join(methods)}")
         methods = {args.only: methods[args.only]}
     from selfgen.demo import run_demos
 
     run_demos(methods, args.assets, Path(args.output))
+
+
+class MethodFieldsHelp(argparse.Action):
+    """``--help`` of ``selfgen train``: after a method name, also that method's config fields."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show this help; after a method name, also the method's config fields")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.print_help()
+        if getattr(namespace, "method", None):
+            from selfgen.train.config import format_fields
+
+            try:
+                print(f"\n{format_fields(_get_method(namespace.method).config_class)}")
+            except ValueError as error:
+                parser.exit(2, f"error: {error}\n")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,9 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--assets", type=Path, default=None, help=assets_help)
 
     train = subparsers.add_parser(
-        "train", help="train a method; extra --key value pairs override the config",
-        epilog="any TrainingConfig or method config field can be overridden, e.g. --max_train_steps 200",
+        "train", help="train a method; extra --key value pairs override the config", add_help=False,
+        epilog="any TrainingConfig or method config field can be overridden, e.g. --max_train_steps 200; "
+        "`selfgen train <method> --help` lists them",
     )
+    train.add_argument("-h", "--help", action=MethodFieldsHelp)
     train.add_argument("method")
     train.add_argument("--config", type=Path, default=None, help="YAML config (see configs/)")
     train.add_argument("--pretrained", default=None, help="fine-tune from this saved pipeline folder")
@@ -173,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a command; a user error ends it with ``error: <one line>`` and exit status 2."""
+    try:
+        run(argv)
+    except USER_ERRORS as error:
+        if os.environ.get("SELFGEN_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("selfgen").setLevel(logging.INFO)  # resumes, exports and skipped checkpoints are news
     parser = build_parser()

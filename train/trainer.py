@@ -65,8 +65,8 @@ class CheckpointError(ValueError):
     """A checkpoint folder that does not verify against its manifest (names the file and what is wrong)."""
 
 
-class RunLockedError(RuntimeError):
-    """Another live process is training in the same ``output_dir``."""
+class RunLockedError(FileExistsError):
+    """Another live process is training in the same ``output_dir`` (its lock file exists)."""
 
 
 class Objective:
