@@ -2,7 +2,11 @@
 
 * :func:`linear_probe`: standardise features (mean/std of the training split), fit multinomial
   logistic regression on the training split, report top-1 accuracy on the held-out split.
-* :func:`probe_sweep`: that probe for every (timestep, layer) pair of a pipeline's features; works on
+* :func:`probe_sweep`: that probe for every (timestep, layer) pair of a pipeline's features, *selected on
+  a validation split carved from the training split* (stratified, :func:`validation_split`); the chosen
+  pair, the self-conditioning layer ``L`` and the checkpoint's default are then refitted on the whole
+  training split and scored on the test split once, with per-item correctness kept for a paired
+  McNemar test between checkpoints (:func:`paired_probe_comparison`). Works on
   :class:`~selfgen.pipelines.ddae.DDAEPipeline` (pooled DiT blocks) and on the DDPM baseline
   (``UNet2DModel``: spatially pooled outputs of its down, mid and up blocks, numbered in that order).
 * :class:`DigitsClassifier`: a small CNN trained by :func:`train_digits_classifier` on the digits train
@@ -29,18 +33,34 @@ from torch import nn
 
 from ..data.digits import load_digits_arrays
 from .digits import DigitsJudge, frechet_distance
+from .statistics import mcnemar
 
 BUNDLED_CLASSIFIER = Path(__file__).resolve().parents[1] / "assets" / "digits-classifier" / "model.safetensors"
 DEFAULT_TIMESTEPS = (0, 25, 50, 100, 200, 400)
 
 
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Top-1 test accuracy of logistic regression on standardised features."""
+def probe_correct(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> np.ndarray:
+    """Per-test-item correctness (bool ``(N,)``) of logistic regression fitted on standardised training features."""
     if len(train_x) != len(train_y) or len(test_x) != len(test_y):
         raise ValueError("features and labels must have the same length for both splits")
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
     probe.fit(np.asarray(train_x, dtype=np.float64), train_y)
-    return float(probe.score(np.asarray(test_x, dtype=np.float64), test_y))
+    return probe.predict(np.asarray(test_x, dtype=np.float64)) == np.asarray(test_y)
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """Top-1 test accuracy of logistic regression on standardised features."""
+    return float(probe_correct(train_x, train_y, test_x, test_y).mean())
+
+
+def validation_split(labels: np.ndarray, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified ``(fit_index, validation_index)`` of a training split; selection never sees the test split."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    return train_test_split(np.arange(len(labels)), test_size=fraction, random_state=seed, stratify=labels)
 
 
 def denoiser(pipe) -> nn.Module:
@@ -93,33 +113,49 @@ def feature_sets(pipe, images: torch.Tensor, timesteps, layers, batch_size: int 
     return features
 
 
-def probe_sweep(pipe, train, test, timesteps=None, layers=None) -> dict:
-    """Linear-probe accuracy for every (timestep, layer); ``train``/``test`` are ``(images in [-1, 1], labels)``.
+def probe_sweep(pipe, train, test, timesteps=None, layers=None, validation_fraction: float = 0.2) -> dict:
+    """Linear probe over (timestep, layer), selected on validation; ``train``/``test`` are ``(images in [-1, 1], labels)``.
 
-    Defaults: :data:`DEFAULT_TIMESTEPS` and every block. Returns ``{"accuracy": {"t=..,layer=..": acc},
-    "best": {...}, "default": {...}}`` where ``default`` is the pipeline's own ``extract_features`` setting."""
+    Defaults: :data:`DEFAULT_TIMESTEPS` and every block. Every pair is fitted on the training split minus a
+    stratified ``validation_fraction`` and scored on that validation part (``"validation"``). The test
+    split is then scored once for each of: ``"selected"`` (the best validation pair), ``"bottleneck"``
+    (layer ``L = self_condition_layer`` at its best validation timestep; DDAE++ only) and ``"default"``
+    (the checkpoint's ``feature_timestep``/``feature_layer``; DDAE++ only), each refitted on the whole
+    training split; ``test_correct`` holds their per-item correctness for :func:`paired_probe_comparison`."""
     model = denoiser(pipe)
     num_layers = model.config.depth if hasattr(model.config, "depth") else 2 * len(model.down_blocks) + 1
-    timesteps = list(timesteps or DEFAULT_TIMESTEPS)
-    layers = list(layers or range(1, num_layers + 1))
+    timesteps, layers = list(timesteps or DEFAULT_TIMESTEPS), list(layers or range(1, num_layers + 1))
+    defaults = {}
+    if hasattr(model, "feature_layer"):
+        defaults["default"] = (model.config.feature_timestep, model.feature_layer)
+        timesteps, layers = sorted({*timesteps, model.config.feature_timestep}), sorted({*layers, model.feature_layer})
     train_sets = feature_sets(pipe, train[0], timesteps, layers)
     test_sets = feature_sets(pipe, test[0], timesteps, layers)
-    accuracy = {
-        key: linear_probe(train_sets[key].numpy(), train[1].numpy(), test_sets[key].numpy(), test[1].numpy())
-        for key in train_sets
+    train_y, test_y = train[1].numpy(), test[1].numpy()
+    fit, held = validation_split(train_y, validation_fraction)
+    validation = {
+        key: linear_probe(value.numpy()[fit], train_y[fit], value.numpy()[held], train_y[held])
+        for key, value in train_sets.items()
     }
-    best = max(accuracy, key=accuracy.get)
-    result = {
-        "accuracy": {f"t={t},layer={l}": value for (t, l), value in accuracy.items()},
-        "best": {"timestep": best[0], "layer": best[1], "accuracy": accuracy[best]},
-    }
-    if hasattr(pipe, "extract_features"):
-        step, layer = model.config.feature_timestep, model.feature_layer
-        train_x, test_x = pipe.extract_features(train[0]), pipe.extract_features(test[0])
-        result["default"] = {"timestep": step, "layer": layer, "accuracy": linear_probe(
-            train_x.numpy(), train[1].numpy(), test_x.numpy(), test[1].numpy()
-        )}
+    choices = {"selected": max(validation, key=validation.get), **defaults}
+    bottleneck = getattr(model, "self_condition_layer", None)
+    if bottleneck in layers:
+        choices["bottleneck"] = max((key for key in validation if key[1] == bottleneck), key=validation.get)
+    result = {"validation": {f"t={t},layer={l}": value for (t, l), value in validation.items()}, "test_correct": {}}
+    for name, key in choices.items():
+        correct = probe_correct(train_sets[key].numpy(), train_y, test_sets[key].numpy(), test_y)
+        result[name] = {
+            "timestep": key[0], "layer": key[1], "validation_accuracy": validation[key], "test_accuracy": float(correct.mean())
+        }
+        result["test_correct"][name] = correct.astype(int).tolist()
     return result
+
+
+def paired_probe_comparison(method: dict, reference: dict) -> dict[str, dict[str, float]]:
+    """McNemar (:func:`~selfgen.eval.statistics.mcnemar`) between two :func:`probe_sweep` results on the same
+    test items, for every probe both have (``selected``, ``bottleneck``, ``default``); ``a`` is ``method``."""
+    shared = method["test_correct"].keys() & reference["test_correct"].keys()
+    return {name: mcnemar(method["test_correct"][name], reference["test_correct"][name]) for name in sorted(shared)}
 
 
 class DigitsClassifier(nn.Module):

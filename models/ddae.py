@@ -19,6 +19,10 @@ into a semantic vector ``z``, which is embedded and added to the condition of ev
 
 so the decoder is conditioned on semantics the network reads from its own input. The extra cost is
 one pooling and one ``hidden x hidden`` linear per sample (about 1% of a forward pass).
+``W_s`` (weight and bias) starts at zero, so at step 0 ``c' = c`` and the self-conditioned model computes
+exactly what the ablation computes; the semantic term grows only as far as the loss asks for it.
+(Without this, ``W_s LN(z)`` started about 3x larger than ``emb(t)`` and stayed a mostly constant
+offset, 91-95% of its energy shared by all samples; see docs/ddae.md.)
 ``self_conditioning=False`` gives the plain DiT with otherwise identical weights (the ablation).
 With ``num_classes > 0`` the model is class-conditional, ``c = emb(t) + E[y]``, where label
 ``num_classes`` is the null class used for classifier-free guidance.
@@ -41,10 +45,12 @@ from .attention import Attention, AttentionBackendMixin
 @dataclass
 class DDAETransformerOutput(BaseOutput):
     """``sample``: the noise prediction ``(B, C, H, W)``; ``semantic``: the pooled encoder features ``z`` ``(B, D)``
-    at ``self_condition_layer`` (computed with or without self-conditioning; the contrastive term uses it)."""
+    at ``self_condition_layer`` (computed with or without self-conditioning; the contrastive term uses it);
+    ``injection``: the term ``W_s LN(z)`` added to the decoder's condition ``(B, D)`` (``None`` for the ablation)."""
 
     sample: torch.Tensor
     semantic: torch.Tensor | None = None
+    injection: torch.Tensor | None = None
 
 
 def modulate(hidden: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -150,12 +156,16 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self._zero_init_modulations()
 
     def _zero_init_modulations(self) -> None:
-        """adaLN-Zero: every block starts as the identity and the output as zero (DiT's initialisation)."""
+        """adaLN-Zero: every block starts as the identity and the output as zero (DiT's initialisation); the
+        self-conditioning projection ``W_s`` starts at zero too."""
         for module in [*(block.modulation for block in self.blocks), self.final_layer.modulation]:
             nn.init.zeros_(module[-1].weight)
             nn.init.zeros_(module[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.self_condition_embed is not None:  # the injection starts at zero: c' = c at step 0
+            nn.init.zeros_(self.self_condition_embed[-1].weight)
+            nn.init.zeros_(self.self_condition_embed[-1].bias)
 
     @property
     def null_class(self) -> int:
@@ -186,18 +196,21 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
 
     def _run_blocks(
         self, hidden: torch.Tensor, cond: torch.Tensor, keep_layers: tuple[int, ...] = (), last_layer: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]:
-        """Blocks ``1..last_layer``; returns the tokens, the (self-conditioned) condition and the pooled
-        tokens ``mean_n h_l[n]`` of every layer ``l`` in ``keep_layers`` and of ``self_condition_layer``."""
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], torch.Tensor | None]:
+        """Blocks ``1..last_layer``; returns the tokens, the (self-conditioned) condition, the pooled tokens
+        ``mean_n h_l[n]`` of every layer ``l`` in ``keep_layers`` and of ``self_condition_layer``, and the
+        injected term ``W_s LN(z)`` (``None`` without self-conditioning or before layer ``L``)."""
         pooled: dict[int, torch.Tensor] = {}
+        injection = None
         wanted = set(keep_layers) | {self.self_condition_layer}
         for index, block in enumerate(self.blocks[:last_layer], start=1):
             hidden = block(hidden, cond)
             if index in wanted:
                 pooled[index] = hidden.mean(dim=1)
             if index == self.self_condition_layer and self.self_condition_embed is not None:
-                cond = cond + self.self_condition_embed(pooled[index])
-        return hidden, cond, pooled
+                injection = self.self_condition_embed(pooled[index])
+                cond = cond + injection
+        return hidden, cond, pooled, injection
 
     def _unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         config = self.config
@@ -215,12 +228,12 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         """Predict the noise of ``sample`` ``(B, C, H, W)`` at ``timestep`` (scalar or ``(B,)``)."""
         hidden = self._embed(sample)
         cond = self._condition(timestep, class_labels, hidden.shape[0])
-        hidden, cond, pooled = self._run_blocks(hidden, cond)
+        hidden, cond, pooled, injection = self._run_blocks(hidden, cond)
         prediction = self._unpatchify(self.final_layer(hidden, cond))
         semantic = pooled[self.self_condition_layer]
         if not return_dict:
-            return (prediction, semantic)
-        return DDAETransformerOutput(sample=prediction, semantic=semantic)
+            return (prediction, semantic, injection)
+        return DDAETransformerOutput(sample=prediction, semantic=semantic, injection=injection)
 
     def pooled_features(
         self, sample: torch.Tensor, timestep: torch.Tensor | float, layers: tuple[int, ...], class_labels=None
@@ -232,7 +245,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"layers must be non-empty, each in [1, {self.config.depth}], got {list(layers)}")
         hidden = self._embed(sample)
         cond = self._condition(timestep, class_labels, hidden.shape[0])
-        _, _, pooled = self._run_blocks(hidden, cond, tuple(layers), last_layer=max(layers))
+        _, _, pooled, _ = self._run_blocks(hidden, cond, tuple(layers), last_layer=max(layers))
         return {layer: pooled[layer] for layer in layers}
 
     def project(self, semantic: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ sweep) and the Frechet distance of samples in a small digits classifier's featur
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,7 @@ class DDAEConfig(TrainingConfig):
     contrastive_weight: float = 0.0  # > 0 enables contrastive self-distillation
     contrastive_temperature: float = 0.2
     contrastive_teacher_timestep: int = 0
+    contrastive_teacher_momentum: float = 0.99  # EMA teacher: theta_t <- m theta_t + (1 - m) theta_s each step
     projection_dim: int = 0  # projection head width; needed when contrastive_weight > 0
     feature_layer: int | None = None  # extract_features defaults (see the probe sweep)
     feature_timestep: int = 0
@@ -64,6 +67,8 @@ class DDAEConfig(TrainingConfig):
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.contrastive_weight > 0 and self.projection_dim <= 0:
             raise ValueError("contrastive_weight > 0 needs a projection head: set projection_dim > 0 (e.g. 64)")
+        if not 0.0 <= self.contrastive_teacher_momentum < 1.0:
+            raise ValueError(f"contrastive_teacher_momentum must be in [0, 1), got {self.contrastive_teacher_momentum}")
 
 
 class DDAEObjective(Objective):
@@ -71,14 +76,31 @@ class DDAEObjective(Objective):
 
     Class labels are replaced by the null class with probability ``class_dropout_prob`` (CFG training).
     Contrastive self-distillation ``L_csd`` (DDAE++): the student is the projected semantic vector
-    ``g(z(x_t))`` of the noisy training input; the teacher is the same network's ``g(z(x'_s))`` on another
-    view ``x'`` (random shift) of the clean image at the low noise level ``s``, under stop-gradient.
-    ``L_csd = InfoNCE(student, sg(teacher))`` distils the semantics of clean images into the noisy encoder.
+    ``g(z(x_t))`` of the noisy training input; the teacher is an exponential moving average of the
+    student (MoCo/DINO-style momentum teacher, ``theta_T <- m theta_T + (1 - m) theta_S`` after every
+    update, ``m = contrastive_teacher_momentum``) reading another view ``x'`` (random shift) of the clean
+    image at the low noise level ``s``: ``L_csd = InfoNCE(g_S(z_S(x_t)), sg(g_T(z_T(x'_s))))``.
+
+    Every step also logs the self-conditioning injection ``u = W_s LN(z)``: ``injection_norm`` (mean
+    ``||u||``), ``condition_norm`` (mean ``||emb(t) [+ E[y]]||``, what ``u`` is added to) and
+    ``injection_varying`` (``sum_d Var_b u_d / mean_b ||u||^2``, the share of ``u``'s energy that differs
+    between samples; a constant offset gives 0).
     """
 
-    def __init__(self, noise_scheduler: DDPMScheduler, config: DDAEConfig) -> None:
+    def __init__(self, noise_scheduler: DDPMScheduler, config: DDAEConfig, model: nn.Module | None = None) -> None:
         self.noise_scheduler = noise_scheduler
         self.config = config
+        self.teacher: nn.Module | None = None
+        if config.contrastive_weight > 0:
+            if model is None:
+                raise ValueError("contrastive_weight > 0 needs the student model to build its EMA teacher")
+            self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
+
+    def setup(self, accelerator) -> None:
+        """Move the EMA teacher to the device and checkpoint it, so ``--resume`` restores it exactly."""
+        if self.teacher is not None:
+            self.teacher.to(accelerator.device)
+            accelerator.register_for_checkpointing(self.teacher)
 
     def _labels(self, batch: dict) -> torch.Tensor | None:
         if self.config.num_classes == 0:
@@ -98,21 +120,45 @@ class DDAEObjective(Objective):
         timesteps = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
         output = model(self.noise_scheduler.add_noise(clean, noise, timesteps), timesteps, labels)
         diffusion_loss = F.mse_loss(output.sample.float(), noise.float())
-        if self.config.contrastive_weight <= 0:
-            return diffusion_loss, {}
+        logs = injection_statistics(getattr(model, "module", model), output.injection, timesteps, labels)
+        if self.teacher is None:
+            return diffusion_loss, logs
         contrastive_loss = self._contrastive(model, clean, labels, output.semantic)
         loss = diffusion_loss + self.config.contrastive_weight * contrastive_loss
-        return loss, {"diffusion_loss": diffusion_loss.item(), "contrastive_loss": contrastive_loss.item()}
+        return loss, {**logs, "diffusion_loss": diffusion_loss.item(), "contrastive_loss": contrastive_loss.item()}
+
+    @torch.no_grad()
+    def update_teacher(self, student: nn.Module) -> None:
+        """``theta_T <- m theta_T + (1 - m) theta_S`` (the student's current weights)."""
+        momentum = self.config.contrastive_teacher_momentum
+        for teacher_param, student_param in zip(self.teacher.parameters(), student.parameters()):
+            teacher_param.lerp_(student_param.detach().to(teacher_param.dtype), 1.0 - momentum)
 
     def _contrastive(self, model: nn.Module, clean, labels, semantic: torch.Tensor) -> torch.Tensor:
-        unwrapped = getattr(model, "module", model)
+        student = getattr(model, "module", model)
+        self.update_teacher(student)  # the student's weights after the previous optimizer step
         step = self.config.contrastive_teacher_timestep
         view = random_shift(clean)
         teacher_input = self.noise_scheduler.add_noise(view, torch.randn_like(view), torch.tensor([step]))
         with torch.no_grad():
-            layer = unwrapped.self_condition_layer
-            teacher = unwrapped.project(unwrapped.pooled_features(teacher_input, step, (layer,), labels)[layer])
-        return info_nce(unwrapped.project(semantic), teacher, self.config.contrastive_temperature)
+            layer = self.teacher.self_condition_layer
+            teacher = self.teacher.project(self.teacher.pooled_features(teacher_input, step, (layer,), labels)[layer])
+        return info_nce(student.project(semantic), teacher, self.config.contrastive_temperature)
+
+
+@torch.no_grad()
+def injection_statistics(model, injection: torch.Tensor | None, timesteps, labels) -> dict[str, float]:
+    """The logged sizes of the self-conditioning term (see :class:`DDAEObjective`); empty for the ablation."""
+    if injection is None:
+        return {}
+    injection = injection.float()
+    energy = injection.square().sum(-1).mean()
+    condition = model._condition(timesteps, labels, len(timesteps)).float()
+    return {
+        "injection_norm": injection.norm(dim=-1).mean().item(),
+        "condition_norm": condition.norm(dim=-1).mean().item(),
+        "injection_varying": (injection.var(0, unbiased=False).sum() / energy.clamp_min(1e-12)).item(),
+    }
 
 
 def build_transformer(config: DDAEConfig) -> DDAETransformer2DModel:
@@ -161,7 +207,7 @@ def train(config: DDAEConfig) -> TrainResult:
     def export(model: DDAETransformer2DModel, directory: Path) -> None:
         DDAEPipeline(transformer=model, scheduler=noise_scheduler).save_pretrained(directory)
 
-    objective = DDAEObjective(noise_scheduler, config)
+    objective = DDAEObjective(noise_scheduler, config, transformer)
     trainer = Trainer(transformer, objective, build_dataset(config), config, export_fn=export)
     return trainer.train()
 
@@ -224,19 +270,33 @@ def evaluate(
     seed: int = 0,
     classifier: str | None = None,
     inception_weights: str | None = None,
+    validation_fraction: float = 0.2,
+    reference: str | None = None,
 ) -> dict:
-    """(a) Linear probe of the model's features on ``dataset``'s held-out split, swept over ``timesteps`` x
-    ``layers`` (plus the raw-pixel probe); (b) on digits, the Frechet distance of ``num_samples`` samples to
-    the real test split in the digits classifier's feature space (``classifier``: its safetensors file,
-    default the bundled judge) and in DigitsJudge's PCA space, and Inception FID when ``inception_weights``
-    is given. Works on DDAE++ checkpoints and on the DDPM baseline. Writes ``output_dir/metrics.json``."""
+    """(a) Linear probe of the model's features on ``dataset``: ``timesteps`` x ``layers`` selected on a
+    validation split carved from the training split, the test split scored once (plus the raw-pixel
+    probe); with ``reference`` (the ``metrics.json`` of another ``selfgen eval ddae`` run on the same
+    dataset, e.g. the ablation), a paired McNemar test per probe; (b) on digits, the Frechet distance of
+    ``num_samples`` samples to the real test split in the digits classifier's feature space
+    (``classifier``: its safetensors file, default the bundled judge) and in DigitsJudge's PCA space, and
+    Inception FID when ``inception_weights`` is given. Works on DDAE++ checkpoints and on the DDPM baseline.
+    ``num_samples=0`` skips (b)."""
     from ..eval import probe
 
+    reference_metrics = None
+    if reference is not None:
+        if not Path(reference).is_file():
+            raise FileNotFoundError(f"--reference {reference}: no such metrics.json (from selfgen eval ddae)")
+        reference_metrics = json.loads(Path(reference).read_text())
+        if reference_metrics.get("dataset") != dataset or "test_correct" not in reference_metrics.get("probe", {}):
+            raise ValueError(f"--reference {reference} is not a selfgen eval ddae metrics.json on dataset {dataset!r}")
     pipe = load_pipeline(model_path, scheduler)
     resolution = probe.pipeline_resolution(pipe)
     train_images, train_labels = dataset_arrays(dataset, "train", resolution)
     test_images, test_labels = dataset_arrays(dataset, "test", resolution)
-    sweep = probe.probe_sweep(pipe, (train_images, train_labels), (test_images, test_labels), timesteps, layers)
+    sweep = probe.probe_sweep(
+        pipe, (train_images, train_labels), (test_images, test_labels), timesteps, layers, validation_fraction
+    )
     metrics = {
         "model": model_path,
         "dataset": dataset,
@@ -246,7 +306,11 @@ def evaluate(
             train_images.flatten(1).numpy(), train_labels.numpy(), test_images.flatten(1).numpy(), test_labels.numpy()
         ),
     }
-    if dataset == "digits":
+    if reference_metrics is not None:
+        metrics["paired_vs_reference"] = {
+            "reference": reference, **probe.paired_probe_comparison(sweep, reference_metrics["probe"])
+        }
+    if dataset == "digits" and num_samples > 0:
         started = time.perf_counter()
         samples = generate(model_path, output_dir, num_samples, num_inference_steps, scheduler, seed=seed)["images"]
         metrics["sampling_seconds"] = time.perf_counter() - started

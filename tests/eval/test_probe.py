@@ -1,11 +1,14 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler
 
-from selfgen import DDAEPipeline, DDAETransformer2DModel, UnconditionalDiffusionPipeline
+from selfgen import DDAEPipeline, DDAETransformer2DModel
 from selfgen.data.digits import load_digits_arrays
 from selfgen.eval import probe
+from selfgen.eval.statistics import mcnemar
 
 
 def test_linear_probe_separates_separable_features_and_not_random_labels():
@@ -41,17 +44,50 @@ def small_digits(count: int):
     return images[:count], labels[:count]
 
 
-def test_probe_sweep_on_a_ddae_pipeline_and_a_unet_baseline():
+def test_probe_sweep_selects_on_validation_and_scores_test_once():
     torch.manual_seed(0)
     transformer = DDAETransformer2DModel(sample_size=8, hidden_size=16, depth=2, num_heads=2, feature_timestep=10)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16], norm_num_groups=4,
-                       layers_per_block=1, down_block_types=["DownBlock2D"] * 2, up_block_types=["UpBlock2D"] * 2)
-    scheduler = DDPMScheduler(num_train_timesteps=100)
-    train, test = small_digits(120), small_digits(60)
-    ddae = probe.probe_sweep(DDAEPipeline(transformer, scheduler), train, test, timesteps=[0, 10], layers=[1, 2])
-    assert set(ddae["accuracy"]) == {"t=0,layer=1", "t=0,layer=2", "t=10,layer=1", "t=10,layer=2"}
-    assert ddae["default"]["timestep"] == 10 and ddae["default"]["layer"] == 1
-    assert ddae["default"]["accuracy"] == ddae["accuracy"]["t=10,layer=1"]
-    baseline = probe.probe_sweep(UnconditionalDiffusionPipeline(unet, scheduler), train, test, timesteps=[10])
-    assert set(baseline["accuracy"]) == {f"t=10,layer={layer}" for layer in range(1, 6)}
-    assert 0 <= baseline["best"]["accuracy"] <= 1
+    with torch.no_grad():
+        for parameter in transformer.parameters():
+            parameter.normal_(0, 0.3)
+    pipe = DDAEPipeline(transformer, DDPMScheduler(num_train_timesteps=100))
+    train, test = small_digits(200), small_digits(60)
+    sweep = probe.probe_sweep(pipe, train, test, timesteps=[0, 10], layers=[1, 2])
+    assert set(sweep["validation"]) == {"t=0,layer=1", "t=0,layer=2", "t=10,layer=1", "t=10,layer=2"}
+    best = max(sweep["validation"], key=sweep["validation"].get)
+    assert best == f"t={sweep['selected']['timestep']},layer={sweep['selected']['layer']}"
+    assert (sweep["default"]["timestep"], sweep["default"]["layer"]) == (10, 1)
+    assert sweep["bottleneck"]["layer"] == transformer.self_condition_layer == 1
+    assert len(sweep["test_correct"]["selected"]) == 60
+    # the test split cannot influence the selection: permuting its labels changes only the test scores
+    permuted = (test[0], test[1][torch.randperm(60, generator=torch.Generator().manual_seed(0))])
+    shuffled = probe.probe_sweep(pipe, train, permuted, timesteps=[0, 10], layers=[1, 2])
+    assert shuffled["validation"] == sweep["validation"]
+    assert shuffled["selected"]["layer"] == sweep["selected"]["layer"]
+    assert shuffled["selected"]["test_accuracy"] < sweep["selected"]["test_accuracy"] - 0.2
+
+
+@pytest.mark.slow
+def test_probe_sweep_on_the_bundled_unet_beats_raw_pixels_on_held_out_digits():
+    """The judge works end to end: diffusion features of the bundled foundation UNet, selected on validation,
+    beat the raw-pixel probe on the 360 held-out digits (measured 98.1% vs 96.1%)."""
+    from selfgen import AutoPipeline
+
+    pipe = AutoPipeline.from_pretrained(str(Path(probe.__file__).resolve().parents[1] / "assets" / "ddpm-digits"))
+    train, test = load_digits_arrays("train", 16), load_digits_arrays("test", 16)
+    sweep = probe.probe_sweep(pipe, train, test, timesteps=[100], layers=[3])
+    pixels = probe.linear_probe(train[0].flatten(1).numpy(), train[1].numpy(), test[0].flatten(1).numpy(), test[1].numpy())
+    assert sweep["selected"]["test_accuracy"] > pixels + 0.01
+
+
+def test_mcnemar_matches_the_exact_binomial_test():
+    a = [True] * 6 + [False] * 17 + [True] * 300
+    b = [False] * 6 + [True] * 17 + [True] * 300
+    result = mcnemar(a, b)
+    assert (result["a_only"], result["b_only"]) == (6, 17)
+    assert result["p_value"] == pytest.approx(0.0347, abs=5e-4)
+    assert mcnemar(a, a)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="equal-length"):
+        mcnemar([True], [True, False])
+    comparison = probe.paired_probe_comparison({"test_correct": {"selected": a}}, {"test_correct": {"selected": b}})
+    assert comparison["selected"]["b_only"] == 17

@@ -35,6 +35,51 @@ def test_self_conditioning_path_is_the_only_difference_from_the_ablation():
         torch.testing.assert_close(with_sc(sample, timesteps).sample, out_plain)
 
 
+def test_injection_starts_at_zero_so_the_model_equals_its_ablation():
+    torch.manual_seed(0)
+    model = DDAETransformer2DModel(**TINY, self_conditioning=True).eval()
+    projection = model.self_condition_embed[1]
+    assert not projection.weight.any() and not projection.bias.any()  # initialised to exact zeros
+    with torch.no_grad():  # every other weight random, so the comparison is not the trivial 0 == 0 of adaLN-Zero
+        for name, parameter in model.named_parameters():
+            if not name.startswith("self_condition_embed.1"):
+                parameter.normal_(0, 0.2)
+    ablation = DDAETransformer2DModel(**TINY, self_conditioning=False).eval()
+    ablation.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("self_condition_embed")})
+    sample, timesteps = inputs()
+    with torch.no_grad():
+        output = model(sample, timesteps)
+        assert output.sample.abs().mean() > 0.1
+        torch.testing.assert_close(output.sample, ablation(sample, timesteps).sample)
+        torch.testing.assert_close(output.injection, torch.zeros(3, 32))
+        assert ablation(sample, timesteps).injection is None
+
+
+def test_trained_projection_makes_the_decoder_depend_on_the_pooled_semantics():
+    """From the zero start, a few denoising steps grow W_s, and the decoder's output then differs from the
+    ablation with the same other weights by more than float tolerance."""
+    torch.manual_seed(0)
+    model = DDAETransformer2DModel(**TINY, self_conditioning=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(15):
+        clean = torch.randn(8, 1, 8, 8, generator=generator)
+        noise = torch.randn(8, 1, 8, 8, generator=generator)
+        timesteps = torch.randint(0, 1000, (8,), generator=generator)
+        loss = (model(clean + noise, timesteps).sample - noise).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    assert model.self_condition_embed[1].weight.abs().max() > 1e-3
+    ablation = DDAETransformer2DModel(**TINY, self_conditioning=False).eval()
+    ablation.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("self_condition_embed")})
+    sample, timesteps = inputs()
+    with torch.no_grad():
+        difference = (model(sample, timesteps).sample - ablation(sample, timesteps).sample).abs().max()
+    assert difference > 1e-3
+
+
 def test_self_condition_embedding_receives_gradient_and_semantic_is_the_pooled_encoder_output():
     model = randomised(self_condition_layer=2)
     sample, timesteps = inputs()

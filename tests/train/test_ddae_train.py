@@ -3,7 +3,9 @@ import torch
 
 from selfgen import DDAEPipeline
 from selfgen.data.textures import TEXTURE_SOURCES, load_texture_arrays
-from selfgen.train.ddae import METHOD, DDAEConfig, train
+from diffusers import DDPMScheduler
+
+from selfgen.train.ddae import METHOD, DDAEConfig, DDAEObjective, build_transformer, train
 from selfgen.train.losses import info_nce
 
 
@@ -37,14 +39,54 @@ def test_loss_falls_and_the_export_loads(tmp_path):
     assert pipe.extract_features(torch.zeros(2, 1, 8, 8)).shape == (2, 32)
 
 
-def test_contrastive_self_distillation_and_class_conditioning_train(tmp_path):
+def test_injection_is_logged_and_grows_from_zero(tmp_path):
+    history = train(tiny_config(tmp_path, max_train_steps=12)).history
+    assert history[0]["injection_norm"] == 0.0  # step 1 runs with W_s = 0: c' = c
+    assert history[-1]["injection_norm"] > 1e-4 and history[-1]["condition_norm"] > 0
+    assert 0 <= history[-1]["injection_varying"] <= 1
+
+
+def contrastive_objective(tmp_path, momentum: float):
+    config = tiny_config(tmp_path, contrastive_weight=0.5, projection_dim=16, contrastive_teacher_momentum=momentum)
+    model = build_transformer(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    return DDAEObjective(DDPMScheduler(num_train_timesteps=1000), config, model), model
+
+
+def test_contrastive_teacher_is_an_ema_of_the_student_and_is_what_the_loss_reads(tmp_path):
+    objective, student = contrastive_objective(tmp_path, momentum=0.9)
+    teacher = objective.teacher
+    assert teacher is not student and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        for parameter in teacher.parameters():
+            parameter.zero_()
+    initial = [p.detach().clone() for p in student.parameters()]
+    batch = {"pixel_values": torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))}
+    torch.manual_seed(0)
+    _, logs_from_zero_teacher = objective.compute_loss(student, batch)
+    for teacher_param, student_param in zip(teacher.parameters(), initial):
+        torch.testing.assert_close(teacher_param, 0.1 * student_param)  # 0.9 * 0 + 0.1 * student
+    objective.teacher.load_state_dict(student.state_dict())
+    torch.manual_seed(0)
+    _, logs_from_student_teacher = objective.compute_loss(student, batch)
+    # the same student pass, a different teacher: the loss reads the teacher's weights
+    assert abs(logs_from_zero_teacher["contrastive_loss"] - logs_from_student_teacher["contrastive_loss"]) > 1e-3
+    assert logs_from_zero_teacher["diffusion_loss"] == pytest.approx(logs_from_student_teacher["diffusion_loss"])
+
+
+def test_contrastive_self_distillation_with_self_conditioning_and_classes_trains_and_checkpoints_the_teacher(tmp_path):
     config = tiny_config(
-        tmp_path, max_train_steps=3, contrastive_weight=0.5, projection_dim=16, num_classes=10, self_conditioning=False
+        tmp_path, max_train_steps=4, contrastive_weight=0.5, projection_dim=16, num_classes=10, checkpointing_steps=2
     )
     history = train(config).history
-    assert all("contrastive_loss" in record and record["contrastive_loss"] > 0 for record in history)
+    assert all(torch.isfinite(torch.tensor(record["contrastive_loss"])) for record in history)
+    assert list((tmp_path / "run" / "checkpoints" / "step-2").glob("custom_checkpoint_*"))  # the EMA teacher
     with pytest.raises(ValueError, match="projection_dim"):
         tiny_config(tmp_path, contrastive_weight=0.5)
+    with pytest.raises(ValueError, match="contrastive_teacher_momentum"):
+        tiny_config(tmp_path, contrastive_weight=0.5, projection_dim=8, contrastive_teacher_momentum=1.0)
 
 
 def test_info_nce_matches_its_definition():
