@@ -1,9 +1,10 @@
 """DDAE++ training-step speed: self-conditioning overhead, bf16 autocast, and ours vs diffusers' DiT.
 
-    OMP_NUM_THREADS=1 python benchmarks/ddae.py [--batch 64] [--patch 4] [--repeats 5]
+    OMP_NUM_THREADS=1 python benchmarks/ddae.py [--batch 32] [--patch 2] [--repeats 5] [--bf16]
 
-Times one forward + backward (+ AdamW step) of the bundled-checkpoint size (16x16x1, hidden 96, depth 6,
-4 heads) on the same batch for: our DiT with and without self-conditioning, in fp32 and bf16 autocast,
+Times one forward + backward (+ AdamW step) of the bundled-checkpoint size (16x16x1, hidden 64, depth 6,
+4 heads) on the same batch for: our DiT with and without self-conditioning, in fp32 (and bf16 autocast
+with ``--bf16``; on a CPU without AMX it is several times slower),
 and ``diffusers.DiTTransformer2DModel`` with the same width, depth, heads and patch (adaLN-Zero with a
 single dummy class, as that class requires labels). Variants are interleaved and the median of
 ``repeats`` rounds is reported, so background load affects all of them alike. Prints steps/s and ratios.
@@ -21,7 +22,7 @@ from diffusers import DiTTransformer2DModel
 
 from selfgen.models.ddae import DDAETransformer2DModel
 
-SIZE = dict(hidden_size=96, depth=6, num_heads=4)
+SIZE = dict(hidden_size=64, depth=6, num_heads=4)
 
 
 def ours(self_conditioning: bool, patch: int) -> tuple[torch.nn.Module, Callable]:
@@ -62,9 +63,10 @@ def step_time(model: torch.nn.Module, forward: Callable, batch: int, bf16: bool,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--patch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--patch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     args = parser.parse_args()
     torch.manual_seed(0)
     variants = {
@@ -75,17 +77,17 @@ def main() -> None:
     timings: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         for name, (model, forward) in variants.items():
-            for bf16 in (False, True):
+            for bf16 in (False, True)[: 1 + args.bf16]:
                 key = f"{name} [{'bf16' if bf16 else 'fp32'}]"
                 timings.setdefault(key, []).append(step_time(model, forward, args.batch, bf16))
     median = {key: statistics.median(values) for key, values in timings.items()}
     reference = median["ours, plain (ablation) [fp32]"]
-    print(f"batch {args.batch}, 16x16x1, patch {args.patch}, hidden 96, depth 6, {torch.get_num_threads()} thread(s)")
+    print(f"batch {args.batch}, 16x16x1, patch {args.patch}, {SIZE}, {torch.get_num_threads()} thread(s)")
     print(f"{'variant':48s} {'params':>9s} {'steps/s':>8s} {'time vs ours-plain-fp32':>24s}")
     for key, seconds in median.items():
         params = sum(p.numel() for p in variants[key.rsplit(' [', 1)[0]][0].parameters())
         print(f"{key:48s} {params:9d} {1 / seconds:8.2f} {seconds / reference:24.3f}")
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16")[: 1 + args.bf16]:
         overhead = median[f"ours, self-conditioned [{precision}]"] / median[f"ours, plain (ablation) [{precision}]"] - 1
         print(f"self-conditioning overhead ({precision}): {100 * overhead:+.1f}%")
 
