@@ -9,11 +9,15 @@ partial solutions. Each iteration:
 
 1. **MCTS*** on every training problem (all trees advance in lockstep so that each phase is one
    batched ``generate`` or forward pass), ``num_rollouts`` times:
-   *selection* from the root by ``UCT(c) = V_c + c_puct sqrt(2 ln n_parent / n_c)`` (an unvisited
-   child first); *expansion* of the selected leaf by ``branch`` sampled next steps, each new child
-   valued ``V_theta(child)``; *simulation* from the best child by a greedy rollout to the end of the
-   solution, ``best = max_k V_theta(rollout prefix_k)`` and ``V_child <- (1 - alpha) V_child + alpha
-   best``; *backup* along the path, ``n_c <- n_c + 1`` and ``V_c <- sum_i n_i V_i / sum_i n_i`` over
+   *selection* from the root by ``UCT(c) = V_c + c_puct sqrt(2 ln n_parent / n_c)``, an unvisited
+   child scoring ``V_c + unvisited_bonus`` (1.0, the official code's ``INF``: a promising unvisited
+   child is tried first, a low-valued one may lose to a visited sibling); *expansion* of the selected
+   leaf by ``branch`` sampled next steps, each new child valued ``V_theta(child)``; *simulation* from
+   the child with the best UCT (among the new, unvisited children: the highest-valued) by the official
+   code's value-greedy roll-forward: at most ``roll_forward_steps`` times, sample ``roll_branch`` next
+   steps, value each and keep the highest-valued, stopping at a terminal step;
+   ``best = max_k V_theta(rollout prefix_k)`` and ``V_child <- (1 - alpha) V_child + alpha best``;
+   *backup* along the path, ``n_c <- n_c + 1`` and ``V_c <- sum_i n_i V_i / sum_i n_i`` over
    the visited children (:func:`backup`). At test time the search stops early once the selected leaf
    is a terminal state with ``V >= end_gate``, and the answer is the highest-valued complete solution.
 2. **Value inference** (:func:`infer_values`): with the oracle final answer, every prefix of every
@@ -27,13 +31,15 @@ partial solutions. Each iteration:
 3. **Self-training of both models**: the value model regresses ``(V_theta(p_k) - v_k)^2`` on all
    inferred targets (one shared-``Trainer`` run, :class:`ValueRegressionObjective`), and the policy is
    fine-tuned (SFT) on the distinct correct traces, at most ``max_traces_per_problem`` per problem,
-   highest quality first.
+   highest quality first (sorted by the value the search gave the trace: ``V_theta`` of a tree
+   terminal, the roll-forward's ``best`` for a simulation; ties: fewer steps first).
 
 Departures: the value model is a 0.86 M-parameter LM (the paper's is a 6B PRM) trained from a random
 head in iteration 1 (the paper starts from a value model fitted on seed data), so iteration-0 search
-is guided by an untrained value; simulations are whole greedy completions (one ``generate`` call)
-rather than step-by-step roll-forwards, and their complete solutions join the candidate answers and
-the traces used for value inference; no self-critic/reflection step (a state is terminal when it has an
+is guided by an untrained value; ``roll_forward_steps`` defaults to 8 (official default 3) so that a
+roll-forward usually reaches an answer on 3-5 digit addition, and the complete solutions of
+roll-forwards join the candidate answers and the traces used for value inference; UCT ties go to the
+first child (official: a random one); no self-critic/reflection step (a state is terminal when it has an
 ``A:`` line); prefixes that no complete trace passes through get no target.
 """
 
@@ -69,6 +75,9 @@ class ReSTMCTSConfig(IterativeConfig):
     branch: int = 3  # sampled next steps per expansion
     exploration: float = 0.2  # c_puct of UCT
     alpha: float = 0.5  # weight of the simulation's best value in the rolled child's value
+    unvisited_bonus: float = 1.0  # UCT of an unvisited child: V + this (the official code's INF = 1.0)
+    roll_branch: int = 3  # simulation: sampled candidate steps per roll-forward step (the highest-valued is kept)
+    roll_forward_steps: int = 8  # simulation: at most this many roll-forward steps
     end_gate: float = 0.9  # test-time early stop: a selected terminal state valued at least this
     step_temperature: float = 1.0
     step_max_new_tokens: int = 24
@@ -82,7 +91,7 @@ class ReSTMCTSConfig(IterativeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.require_at_least_one("num_rollouts", "branch", "step_max_new_tokens", "max_traces_per_problem", "search_eval_problems")
+        self.require_at_least_one("num_rollouts", "branch", "roll_branch", "roll_forward_steps", "step_max_new_tokens", "max_traces_per_problem", "search_eval_problems")
         self.require_fractions("alpha")
         if self.step_temperature <= 0:
             raise ValueError(f"step_temperature must be > 0 (expansion samples), got {self.step_temperature}")
@@ -117,18 +126,23 @@ class Node:
         return [self] + [node for child in self.children for node in child.nodes()]
 
 
-def uct(child: Node, parent_visits: int, exploration: float) -> float:
-    """``V_c + c sqrt(2 ln n_parent / n_c)``; an unvisited child scores infinity (visited first)."""
+def uct(child: Node, parent_visits: int, exploration: float, unvisited_bonus: float = 1.0) -> float:
+    """``V_c + c sqrt(2 ln n_parent / n_c)``; an unvisited child scores ``V_c + unvisited_bonus`` (official: 1.0)."""
     if child.visits == 0:
-        return math.inf
+        return child.value + unvisited_bonus
     return child.value + exploration * math.sqrt(2 * math.log(max(parent_visits, 1)) / child.visits)
 
 
-def select(root: Node, exploration: float) -> Node:
-    """Descend by UCT from ``root`` through expanded nodes to a leaf (ties: the first child)."""
+def best_child(node: Node, exploration: float, unvisited_bonus: float = 1.0) -> Node:
+    """The child of highest :func:`uct` (ties: the first)."""
+    return max(node.children, key=lambda child: uct(child, node.visits, exploration, unvisited_bonus))
+
+
+def select(root: Node, exploration: float, unvisited_bonus: float = 1.0) -> Node:
+    """Descend by :func:`best_child` from ``root`` through expanded nodes to a leaf."""
     node = root
     while node.expanded and node.children:
-        node = max(node.children, key=lambda child: uct(child, node.visits, exploration))
+        node = best_child(node, exploration, unvisited_bonus)
     return node
 
 
@@ -267,6 +281,17 @@ class SearchResult:
         return max(self.traces, key=lambda item: item[1])[0] if self.traces else None
 
 
+def ranked_correct(traces: Sequence[tuple[Trace, float]]) -> list[tuple[str, ...]]:
+    """The distinct correct traces as ``(*steps, answer)``, highest quality first: the value the search gave
+    the trace, descending (a trace found twice keeps its best value); ties: fewer steps first."""
+    quality: dict[tuple[str, ...], float] = {}
+    for trace, value in traces:
+        if trace.correct:
+            key = trace.steps + (trace.answer,)
+            quality[key] = max(quality.get(key, value), value)
+    return sorted(quality, key=lambda key: (-quality[key], len(key)))
+
+
 class ReSTMCTSTrainer(IterativeTrainer):
     config_class = ReSTMCTSConfig
     uses_reward_fn = False  # a trace's correctness is verify() (a user's verify_fn=)
@@ -296,53 +321,68 @@ class ReSTMCTSTrainer(IterativeTrainer):
     def values(self, texts: Sequence[str]) -> list[float]:
         return predict_values(self.value_model, self.tokenizer, texts)
 
-    def expand(self, problems: list[Problem], leaves: list[Node], seed: int) -> list[list[Node]]:
-        """Sample ``branch`` next steps for each leaf (one batched call); value the new children."""
+    def propose(self, problems: list[Problem], states: list[tuple[str, ...]], num: int, seed: int) -> list[list[Action]]:
+        """``num`` sampled next steps after each partial solution (one batched call, stopped at a comma)."""
         config = self.config
         params = SamplingParams(
-            temperature=config.step_temperature, num_samples=config.branch, max_new_tokens=config.step_max_new_tokens,
+            temperature=config.step_temperature, num_samples=num, max_new_tokens=config.step_max_new_tokens,
             stop_strings=(",",), batch_size=config.generation_batch_size,
         )
-        prompts = [self.state_text(p.question, leaf.steps) for p, leaf in zip(problems, leaves)]
-        rollouts = self.generate(prompts, params, seed)
-        children = []
-        for index, leaf in enumerate(leaves):
-            seen, new = set(), []
-            for rollout in rollouts[index * config.branch : (index + 1) * config.branch]:
-                ended_by_eos = rollout.completion_ids[-1:] == [self.tokenizer.eos_token_id]
-                action = parse_action(rollout.text, rollout.finished and not ended_by_eos)
-                if (action.step, action.answer) not in seen:
-                    seen.add((action.step, action.answer))
-                    new.append(leaf.child(action))
-            leaf.expanded = True
-            children.append(new)
-        texts = [self.state_text(p.question, c.steps, c.answer) for p, new in zip(problems, children) for c in new]
+        rollouts = self.generate([self.state_text(p.question, steps) for p, steps in zip(problems, states)], params, seed)
+        actions = []
+        for rollout in rollouts:
+            ended_by_eos = rollout.completion_ids[-1:] == [self.tokenizer.eos_token_id]
+            actions.append(parse_action(rollout.text, rollout.finished and not ended_by_eos))
+        return [actions[index * num : (index + 1) * num] for index in range(len(states))]
+
+    def action_values(self, problems: list[Problem], states: list[tuple[str, ...]], actions: list[list[Action]]) -> list[list[float]]:
+        """``V_theta`` of each state extended by each of its actions (0 for an invalid action)."""
+        texts = [
+            self.state_text(p.question, steps + (a.step,), a.answer)
+            for p, steps, group in zip(problems, states, actions) for a in group if a.valid
+        ]
         values = iter(self.values(texts))
-        for new in children:
-            for child in new:
-                child.value = next(values) if child.valid else 0.0
+        return [[next(values) if a.valid else 0.0 for a in group] for group in actions]
+
+    def expand(self, problems: list[Problem], leaves: list[Node], seed: int) -> list[list[Node]]:
+        """Sample ``branch`` next steps for each leaf; its distinct ones become children valued ``V_theta``."""
+        states = [leaf.steps for leaf in leaves]
+        actions = self.propose(problems, states, self.config.branch, seed)
+        distinct = [list({(a.step, a.answer, a.valid): a for a in group}.values()) for group in actions]
+        children = []
+        for leaf, group, values in zip(leaves, distinct, self.action_values(problems, states, distinct)):
+            children.append([leaf.child(action) for action in group])
+            for child, value in zip(children[-1], values):
+                child.value = value
+            leaf.expanded = True
         return children
 
     def simulate(self, problems: list[Problem], nodes: list[Node], seed: int) -> list[tuple[Trace | None, float]]:
-        """Greedy rollouts to the end from ``nodes``; the best value along each and its complete trace."""
-        params = SamplingParams(temperature=0.0, max_new_tokens=self.config.max_new_tokens, batch_size=self.config.generation_batch_size)
-        prompts = [self.state_text(p.question, node.steps) for p, node in zip(problems, nodes)]
-        rollouts = self.generate(prompts, params, seed)
-        texts, owners, traces = [], [], []
-        for index, (problem, node, rollout) in enumerate(zip(problems, nodes, rollouts)):
-            steps = node.steps + tuple(solution_steps("S:" + rollout.text.split("\n")[0]))
-            answer = rollout.text.split("\nA:", 1)[1].strip() if "\nA:" in rollout.text else None
-            trace = Trace(steps, answer, self.verify(problem, completion_text(list(steps), answer))) if answer and steps else None
-            traces.append(trace)
-            for length in range(len(node.steps) + 1, len(steps) + 1):
-                texts.append(self.state_text(problem.question, steps[:length]))
-                owners.append(index)
-            if trace is not None:
-                texts.append(self.state_text(problem.question, steps, answer))
-                owners.append(index)
-        best = [0.0] * len(nodes)
-        for owner, value in zip(owners, self.values(texts)):
-            best[owner] = max(best[owner], value)
+        """The official value-greedy roll-forward from each node: at most ``roll_forward_steps`` times sample
+        ``roll_branch`` next steps, value them and keep the highest-valued; stop at a terminal step. Returns
+        the complete trace reached (None if none) and ``best``, the highest value along the roll-forward."""
+        config = self.config
+        states = [node.steps for node in nodes]
+        best, traces = [0.0] * len(nodes), [None] * len(nodes)
+        active = list(range(len(nodes)))
+        for step in range(config.roll_forward_steps):
+            if not active:
+                break
+            active_problems, active_states = [problems[i] for i in active], [states[i] for i in active]
+            actions = self.propose(active_problems, active_states, config.roll_branch, seed * 100 + step)
+            values = self.action_values(active_problems, active_states, actions)
+            still = []
+            for index, group, group_values in zip(active, actions, values):
+                pick = max(range(len(group)), key=group_values.__getitem__)
+                action, value = group[pick], group_values[pick]
+                best[index] = max(best[index], value)
+                states[index] = states[index] + (action.step,)
+                if action.answer is not None and action.valid:
+                    text = completion_text(list(states[index]), action.answer)
+                    traces[index] = Trace(states[index], action.answer, self.verify(problems[index], text))
+                elif not action.terminal:
+                    still.append(index)
+            active = still
         return list(zip(traces, best))
 
     def search(self, problems: list[Problem], seed: int, early_stop: bool = False) -> list[SearchResult]:
@@ -351,7 +391,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
         results = [SearchResult(Node(), []) for _ in problems]
         active = list(range(len(problems)))
         for round_index in range(config.num_rollouts):
-            leaves = {index: select(results[index].root, config.exploration) for index in active}
+            leaves = {index: select(results[index].root, config.exploration, config.unvisited_bonus) for index in active}
             if early_stop:
                 for index in [i for i in active if leaves[i].terminal and leaves[i].value >= config.end_gate]:
                     active.remove(index)
@@ -361,11 +401,11 @@ class ReSTMCTSTrainer(IterativeTrainer):
             for index, children in zip(open_, expanded):
                 results[index].expansions += 1
                 if children:
-                    rolled[index] = max(children, key=lambda child: uct(child, leaves[index].visits, config.exploration))
+                    rolled[index] = best_child(leaves[index], config.exploration, config.unvisited_bonus)
             rolling = [i for i in rolled if not rolled[i].terminal]
-            outcomes = self.simulate([problems[i] for i in rolling], [rolled[i] for i in rolling], seed)
-            for index, (trace, best) in zip(rolling, outcomes):
-                node = rolled[index]
+            outcomes = dict(zip(rolling, self.simulate([problems[i] for i in rolling], [rolled[i] for i in rolling], seed * 1000 + round_index)))
+            for index, node in rolled.items():  # a terminal child is not rolled forward: its own value is kept
+                trace, best = outcomes.get(index, (None, node.value))
                 node.value = (1 - config.alpha) * node.value + config.alpha * best
                 node.visits += 1
                 if trace is not None:
@@ -408,8 +448,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
             traces = [trace for trace, _ in result.traces]
             for key, target in infer_values(traces).items():
                 value_examples.append((key_text(problem.question, key, self.format.prompt), target))
-            correct = list(dict.fromkeys(trace.steps + (trace.answer,) for trace in traces if trace.correct))
-            for *steps, answer in correct[: config.max_traces_per_problem]:
+            for *steps, answer in ranked_correct(result.traces)[: config.max_traces_per_problem]:
                 policy_examples.append(TextPair(self.prompt(problem), completion_text(steps, answer)))
         value_examples = list(dict(value_examples).items())
         value_logs = self.train_value_model(iteration, value_examples)

@@ -1,19 +1,25 @@
 """ReST-MCTS*: the quality value of eqs. (1)-(2), value inference from traces, MCTS* backup on a
-hand-built tree, one tiny iteration end to end, config errors."""
+hand-built tree, the official UCT (unvisited: V + 1) and value-greedy roll-forward, trace ranking,
+one tiny iteration end to end, config errors."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
+from selfgen.data.problems import Problem
+from selfgen.data.reasoning import Action
 from selfgen.train.llm.rest_mcts import (
     Node,
     ReSTMCTSConfig,
     ReSTMCTSTrainer,
     Trace,
     backup,
+    best_child,
     infer_values,
     quality_values,
+    ranked_correct,
     select,
     uct,
 )
@@ -60,14 +66,64 @@ def test_backup_is_the_visit_weighted_mean_of_visited_children():
     assert root.value == pytest.approx((4 * 0.5 + 1 * 0.2) / 5)
 
 
-def test_selection_visits_unvisited_children_first_then_uct():
+def test_unvisited_children_score_value_plus_one_as_the_official_code():
     root = Node(expanded=True, visits=4)
     a, b = Node(("a",), parent=root, value=0.9, visits=3), Node(("b",), parent=root, value=0.1)
     root.children = [a, b]
-    assert uct(b, root.visits, 1.0) == float("inf") and select(root, 1.0) is b
+    assert uct(b, root.visits, 1.0) == pytest.approx(1.1)  # V + 1.0, not +inf
+    assert select(root, 0.0) is b  # 1.1 > 0.9
+    # a visited child can beat an unvisited one: 0.9 + sqrt(2 ln 4 / 3) = 1.86 > 1.1
+    assert uct(a, root.visits, 1.0) == pytest.approx(0.9 + math.sqrt(2 * math.log(4) / 3))
+    assert select(root, 1.0) is a
     b.visits = 1
     assert select(root, 0.0) is a  # pure exploitation
     assert select(root, 10.0) is b  # exploration favours the less visited child
+
+
+def test_the_highest_valued_new_child_is_selected_not_the_first_sampled():
+    root = Node(expanded=True, visits=1)
+    root.children = [Node((s,), parent=root, value=v) for s, v in (("low", 0.2), ("high", 0.7), ("mid", 0.5))]
+    assert select(root, 0.2).steps == ("high",)
+    assert best_child(root, 0.2).steps == ("high",)
+
+
+def test_simulation_keeps_the_highest_valued_sampled_step():
+    """The official greedy roll-forward: each step, ``roll_branch`` samples; the highest-valued one is kept."""
+    proposals = [  # per roll-forward step: the sampled candidates (step text, answer) and their values
+        [(("1+1=2", None), 0.3), (("1+1=3", None), 0.6)],
+        [(("9", "9"), 0.2), (("2", "2"), 0.9)],
+    ]
+    calls = []
+
+    class Stub:
+        config = ReSTMCTSConfig(roll_branch=2, roll_forward_steps=5)
+
+        def propose(self, problems, states, num, seed):
+            calls.append(states)
+            return [[Action(step, answer) for (step, answer), _ in proposals[len(calls) - 1]] for _ in states]
+
+        def action_values(self, problems, states, actions):
+            return [[value for _, value in proposals[len(calls) - 1]] for _ in states]
+
+        def verify(self, problem, text):
+            return text.endswith("A:2")
+
+    node = Node(("0+0=0",))
+    [(trace, best)] = ReSTMCTSTrainer.simulate(Stub(), [Problem("q", "2", "0")], [node], seed=0)
+    assert calls == [[("0+0=0",)], [("0+0=0", "1+1=3")]]  # the second step extends the higher-valued first step
+    assert trace.steps == ("0+0=0", "1+1=3", "2") and trace.answer == "2" and trace.correct
+    assert best == pytest.approx(0.9)  # the highest value along the roll-forward
+
+
+def test_policy_traces_are_sorted_highest_quality_first():
+    traces = [
+        (Trace(("a", "b"), "3", True), 0.4),
+        (Trace(("x",), "3", False), 0.99),  # wrong: never a policy trace
+        (Trace(("c",), "3", True), 0.8),
+        (Trace(("a", "b"), "3", True), 0.6),  # found again with a higher value
+        (Trace(("d", "e", "f"), "3", True), 0.8),  # tie with ("c",): fewer steps first
+    ]
+    assert ranked_correct(traces) == [("c", "3"), ("d", "e", "f", "3"), ("a", "b", "3")]
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
