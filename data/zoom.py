@@ -231,3 +231,30 @@ def pool_embedding_grid(grid: torch.Tensor, max_grid: int) -> tuple[torch.Tensor
     tokens[: side * side] = pooled
     mask = torch.arange(max_grid * max_grid) < side * side
     return tokens, mask
+
+
+class UniformMagnificationDataset(Dataset):
+    """Draw a magnification uniformly, then a patch of that magnification uniformly (the official loader's
+    sampling): every level is ``1 / K`` of the batches whatever its patch count, instead of the patch-count
+    proportions of shuffling ``dataset`` (retina: level 3 would be 2% of batches, not 25%).
+
+    ``__getitem__`` ignores its index and draws from a ``numpy`` generator seeded with ``seed`` (deterministic in
+    one process; with ``num_workers > 0`` every worker copies the generator, as ``np.random`` does in the official
+    loader). ``len`` is that of ``dataset``, so an epoch is as long as before."""
+
+    def __init__(self, dataset: ZoomPatchDataset, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.rng = np.random.default_rng(seed)
+        by_level: dict[int, list[int]] = {}
+        for position, entry in enumerate(dataset.index):
+            by_level.setdefault(entry.level, []).append(position)
+        self.by_level = [np.asarray(positions) for _, positions in sorted(by_level.items())]
+        if not self.by_level:
+            raise ValueError("UniformMagnificationDataset needs a dataset with at least one patch")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        positions = self.by_level[self.rng.integers(len(self.by_level))]
+        return self.dataset[int(positions[self.rng.integers(len(positions))])]

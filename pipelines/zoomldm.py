@@ -9,23 +9,20 @@ patch covers ``P 2^k`` source pixels). Sampling one patch:
 2. ``c = summarizer(s, k)``; DDIM in the VAE latent space with ``eps_theta(z_t, t, c)`` (classifier-free
    guidance ``eps_u + w (eps_c - eps_u)`` when ``guidance_scale = w != 1``); ``x = D(z_0 / sf)``.
 
-**Joint multi-scale sampling** (:meth:`generate_large_image`): an ``H x W = P 2^L`` image is ``2^L x 2^L``
-level-0 tiles plus one level-``L`` view of the same region, denoised together in one batch. As in the
-paper, they are coupled by gradient guidance at every step (:meth:`guided_noise`): the clean estimates
-``z0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` are decoded, the loss
-``L = 1/2 ||A(D(z0_tiles)) - D(z0_view)||^2`` (``A`` = ``2^L`` area downsampling) is differentiated with
-respect to the latents, ``z0`` takes a gradient step and the DDIM step continues from it. ``coupling="none"``
-is naive tiling (tiles sampled independently); ``coupling="projection"`` is an ablation that replaces the
-gradient step by an explicit back-projection of the decoded estimates (:meth:`projected_noise`).
+**Large images** (:meth:`generate_large_image`, any ``H x W`` multiple of ``P``): a level-0 latent canvas and a
+level-``L`` view canvas are denoised together. Each DDIM step cuts both canvases into overlapping one-patch windows,
+averages the windows' clean estimates per canvas (the official sliding-window sampler), conditions each window on
+SSL embeddings interpolated between grid cells, and couples the two magnifications by the paper's gradient
+guidance on ``L = 1/2 ||A(D(z0_high)) - D(z0_low)||^2``; decoding blends overlapping windows with a Gaussian weight.
+Every pass over windows is chunked (``batch_size``), so memory does not grow with the image.
 
-**Super-resolution** (:meth:`super_resolve`): the same guidance with the low-magnification image fixed to
-the low-resolution input (``L = 1/2 ||A(D(z0)) - y||^2``), tiles conditioned on the SSL embeddings of the
-bicubic-upsampled input, and a final data-consistency step (:func:`match_low_frequencies`) so that the
-output downsamples exactly to the input.
+**Super-resolution** (:meth:`super_resolve`): condition inversion (the embedding field that minimises the model's
+denoising loss on the low-resolution input at its magnification), then the same sliding-window sampler with the
+view fixed to the input and a final data-consistency step (:func:`match_low_frequencies`).
 
-Departures (see ``docs/zoomldm.md``): the gradient is taken with respect to the clean latent estimate
-(through the decoder only) rather than the noisy latent (through the denoiser too), with a Polyak step size;
-tiles are decoded one by one (the small VAE only reconstructs ``P x P`` patches well).
+Departures (see ``docs/zoomldm.md``): the guidance gradient is taken with respect to the clean latent estimate
+(through the decoder only) with a Polyak step size; window embeddings are interpolated bilinearly (the official
+code uses slerp and re-standardises); inversion optimises a per-tile embedding field.
 """
 
 from __future__ import annotations
@@ -49,7 +46,7 @@ from ..models.zoomldm import (
 )
 from .pipeline_utils import SelfgenPipeline, check_output_type, postprocess_images
 
-COUPLINGS = ("guidance", "projection", "none")
+COUPLINGS = ("guidance", "none")
 
 
 def images_to_pixels(images, name: str) -> torch.Tensor:
@@ -243,88 +240,179 @@ class ZoomLDMPipeline(SelfgenPipeline):
         )
         return self.finish(self.decode_latents(latents), output_type, return_dict)
 
-    # ------------------------------------------------------------------ joint multi-scale sampling
+    # ------------------------------------------------------------------ large canvases
 
-    def decode_tiles(self, latents: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-        """Decode ``(N rows cols, C, s, s)`` tile latents one tile at a time (the ``P x P`` size the VAE was trained
-        on) and assemble them into ``(N, 3, rows P, cols P)``. Decoding the assembled latent whole, or in
-        overlapping windows as the authors' large-image decoder does, reconstructs ~10x worse with this small
-        VAE (its attention, GroupNorm and zero padding only ever saw ``P x P`` patches)."""
-        return assemble_tiles(self.decode_latents(latents), rows, cols)
+    @property
+    def window(self) -> int:
+        """Side of one denoiser window in latent pixels (one ``P x P`` patch)."""
+        return self.denoiser.config.sample_size
 
-    def encode_tiles(self, images: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`decode_tiles`: encode the ``P x P`` tiles of ``(N, 3, H, W)`` images one by one."""
-        return self.encode_latents(split_tiles(images, self.patch_size))
+    @property
+    def latent_factor(self) -> int:
+        return self.patch_size // self.window
 
-    def guided_noise(
+    def embedding_field(
+        self, reference: torch.Tensor | None, rows: int, cols: int, level: int, generator, num_inference_steps: int
+    ) -> torch.Tensor:
+        """The ``(D, rows, cols)`` SSL-embedding field of a canvas of ``rows x cols`` level-0 tiles: the embeddings of
+        the reference's tiles (resized to the canvas), or CDM draws at ``level`` for the level-``level`` patches
+        covering the canvas, each ``g x g`` grid bilinearly upsampled to the tiles it covers."""
+        size, device = self.patch_size, self._execution_device
+        if reference is not None:
+            reference = F.interpolate(reference, size=(rows * size, cols * size), mode="bicubic", align_corners=False)
+            embeddings = self.ssl_encoder(split_tiles(reference.clamp(-1, 1), size).to(device, self.ssl_encoder.dtype))
+            return embeddings.float().reshape(rows, cols, -1).permute(2, 0, 1)
+        cells, side = 2**level, grid_side(level, self.denoiser.config.max_grid)
+        patch_rows, patch_cols = -(-rows // cells), -(-cols // cells)
+        tokens, _ = self.sample_conditions(level, patch_rows * patch_cols, generator, num_inference_steps)
+        grids = tokens[:, : side * side].reshape(patch_rows, patch_cols, side, side, -1)
+        field = grids.permute(4, 0, 2, 1, 3).reshape(1, -1, patch_rows * side, patch_cols * side)
+        field = F.interpolate(field, size=(patch_rows * cells, patch_cols * cells), mode="bilinear", align_corners=False)
+        return field[0, :, :rows, :cols]
+
+    def window_tokens(self, field: torch.Tensor, windows: list[tuple[int, int]], level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning tokens of the level-``level`` windows at latent offsets ``windows`` of a canvas: each window
+        covers ``2^level`` tiles per side of ``field`` (``(D, rows, cols)``); its ``g x g`` tokens are the field
+        bilinearly sampled at the centres of the ``g x g`` sub-cells, so a window between grid cells gets the
+        interpolated embedding (the official sampler interpolates between the 4 nearest cells), and an aligned
+        window gets exactly the pooled sub-grid it was trained on (for ``2^level / g`` in {1, 2})."""
+        max_grid, (dim, rows, cols) = self.denoiser.config.max_grid, field.shape
+        side, extent = grid_side(level, max_grid), 2**level
+        offsets = (torch.arange(side, dtype=torch.float32) + 0.5) * extent / side
+        starts = torch.tensor(windows, dtype=torch.float32) * extent / self.window  # (n, 2) in tile units
+        ys = (starts[:, 0, None, None] + offsets[None, :, None]).expand(-1, side, side)
+        xs = (starts[:, 1, None, None] + offsets[None, None, :]).expand(-1, side, side)
+        grid = torch.stack([2 * xs / cols - 1, 2 * ys / rows - 1], dim=-1).to(field.device, field.dtype)
+        sampled = F.grid_sample(field[None].expand(len(windows), -1, -1, -1), grid, mode="bilinear",
+                                padding_mode="border", align_corners=False)  # (n, D, side, side)
+        tokens = torch.zeros(len(windows), max_grid * max_grid, dim, device=field.device, dtype=field.dtype)
+        tokens[:, : side * side] = sampled.flatten(2).transpose(1, 2)
+        mask = (torch.arange(max_grid * max_grid, device=field.device) < side * side).expand(len(windows), -1)
+        return tokens, mask
+
+    def windowed_clean(
         self,
-        predict: Callable,
-        num_tiles: int,
-        rows: int,
-        cols: int,
-        low_image: Callable[[torch.Tensor], torch.Tensor],
-        coupling_scale: float,
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The paper's coupling, gradient guidance at every step: wrap ``predict(z, t) -> eps`` over
-        ``[tiles; views]`` latents so that the clean estimate ``z0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` takes
-        one gradient step on
+        latents: torch.Tensor,
+        timestep,
+        windows: list[tuple[int, int]],
+        context: torch.Tensor,
+        guidance_scale: float,
+        batch_size: int,
+    ) -> torch.Tensor:
+        """The clean estimate of a ``(1, C, H, W)`` latent canvas: every overlapping window predicts
+        ``z0_w = (z_t,w - sqrt(1 - a_t) eps_theta(z_t,w, t, c_w)) / sqrt(a_t)`` and the canvas takes the average of
+        the windows covering each latent pixel (the official sliding-window sampler), ``batch_size`` windows at a
+        time."""
+        alpha = self.scheduler.alphas_cumprod[int(timestep)].to(latents.device, torch.float32)
+        size, count = self.window, len(windows)
+        crops = torch.cat([latents[:, :, top : top + size, left : left + size] for top, left in windows])
+        total, weight = torch.zeros_like(latents, dtype=torch.float32), torch.zeros_like(latents[:, :1], dtype=torch.float32)
+        for start in range(0, count, batch_size):
+            chunk = slice(start, min(start + batch_size, count))
+            chunk_context = context[chunk] if guidance_scale == 1.0 else torch.cat([context[chunk], context[count:][chunk]])
+            eps = self.predict_noise(crops[chunk], timestep, chunk_context, guidance_scale).float()
+            clean = (crops[chunk].float() - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+            for (top, left), window_clean in zip(windows[chunk], clean):
+                total[0, :, top : top + size, left : left + size] += window_clean
+                weight[0, :, top : top + size, left : left + size] += 1
+        return total / weight
 
-            ``L(z0) = 1/2 || A(D(z0_tiles)) - low_image(z0_views) ||^2``
+    def decode_canvas(self, latents: torch.Tensor, stride: int, batch_size: int) -> torch.Tensor:
+        """Decode a ``(N, C, H, W)`` latent canvas in overlapping ``P x P`` windows (latent stride ``stride``) blended
+        with the Gaussian weight :func:`gaussian_window`: ``X = sum_w k D(z_w) / sum_w k`` (the official large-image
+        decoder). Differentiable; ``batch_size`` windows are decoded at a time."""
+        windows = canvas_windows(latents.shape[-2:], self.window, stride)
+        kernel = gaussian_window(self.patch_size).to(latents.device)
+        image = latents.new_zeros(len(latents), 3, *(side * self.latent_factor for side in latents.shape[-2:])).float()
+        weight = torch.zeros_like(image[:1, :1])
+        for chunk in chunked(windows, batch_size):
+            decoded = self.decode_latents(torch.cat([self.crop(latents, window) for window in chunk]))
+            for index, window in enumerate(chunk):
+                pixels = self.pixel_slice(window)
+                image[pixels] = image[pixels] + decoded[index * len(latents) : (index + 1) * len(latents)] * kernel
+                weight[pixels] += kernel
+        return image / weight
 
-        (``D``: the VAE decoder, tile by tile; ``A``: area downsampling to the view's size), of Polyak size
-        ``z0' = z0 - s L / ||grad L||^2 grad L`` (``s = coupling_scale``; ``s = 1`` would zero the linearised
-        loss), and the step continues with ``eps' = (z_t - sqrt(a_t) z0') / sqrt(1 - a_t)``. When ``low_image``
-        decodes the views, the gradient steers the views too: both scales are pulled towards each other."""
-        alphas = self.scheduler.alphas_cumprod
-
-        def guided(latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            eps = predict(latents, timestep)
-            alpha = alphas[int(timestep)].to(latents.device, torch.float32)
-            clean = ((latents - (1 - alpha).sqrt() * eps) / alpha.sqrt()).float()
+    def decode_canvas_vjp(self, latents: torch.Tensor, upstream: torch.Tensor, stride: int, batch_size: int) -> torch.Tensor:
+        """``J^T u``: the gradient of ``<decode_canvas(z), u>`` with respect to ``z``, computed ``batch_size`` windows
+        at a time (the blend ``X = sum_w k D(z_w) / sum_w k`` is linear in each window's decode, so window ``w``
+        receives ``J_D(z_w)^T (k u_w / sum k)``); memory is that of one chunk, whatever the canvas size."""
+        windows = canvas_windows(latents.shape[-2:], self.window, stride)
+        kernel = gaussian_window(self.patch_size).to(latents.device)
+        weight = torch.zeros_like(upstream[:1, :1])
+        for window in windows:
+            weight[self.pixel_slice(window)] += kernel
+        weighted = upstream / weight
+        gradient = torch.zeros_like(latents, dtype=torch.float32)
+        for chunk in chunked(windows, batch_size):
             with torch.enable_grad():
-                clean.requires_grad_(True)
-                image = self.decode_tiles(clean[:num_tiles], rows, cols)
-                low = low_image(clean[num_tiles:])
-                loss = 0.5 * (F.avg_pool2d(image, image.shape[-1] // low.shape[-1]) - low).pow(2).sum()
-                (gradient,) = torch.autograd.grad(loss, clean)
-            step = coupling_scale * loss.detach() / gradient.pow(2).sum().clamp_min(1e-12)
-            guided_clean = clean.detach() - step * gradient
-            return ((latents - alpha.sqrt() * guided_clean) / (1 - alpha).sqrt()).to(latents.dtype)
+                crops = torch.cat([self.crop(latents, window) for window in chunk]).detach().float().requires_grad_(True)
+                decoded = self.decode_latents(crops)
+                targets = torch.cat([weighted[self.pixel_slice(window)] * kernel for window in chunk])
+                (crop_gradient,) = torch.autograd.grad((decoded * targets).sum(), crops)
+            for index, (top, left) in enumerate(chunk):
+                size = self.window
+                gradient[:, :, top : top + size, left : left + size] += crop_gradient[index * len(latents) : (index + 1) * len(latents)]
+        return gradient
 
-        return guided
+    def crop(self, latents: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+        top, left = window
+        return latents[:, :, top : top + self.window, left : left + self.window]
 
-    def projected_noise(
-        self, predict: Callable, num_tiles: int, rows: int, cols: int
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Ablation (``coupling="projection"``, not the paper's): decode each step's clean estimates, pull the tile
-        image ``X`` and the view ``v`` to ``u = (v + A(X)) / 2`` by :func:`match_low_frequencies`, re-encode to
-        ``z0'`` and continue with ``eps' = (z_t - sqrt(a_t) z0') / sqrt(1 - a_t)``."""
-        alphas = self.scheduler.alphas_cumprod
-        cells = rows
+    def pixel_slice(self, window: tuple[int, int]) -> tuple[slice, ...]:
+        top, left = (offset * self.latent_factor for offset in window)
+        return (slice(None), slice(None), slice(top, top + self.patch_size), slice(left, left + self.patch_size))
 
-        def projected(latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            eps = predict(latents, timestep)
-            alpha = alphas[int(timestep)].to(latents.device, latents.dtype)
-            clean = (latents - (1 - alpha).sqrt() * eps) / alpha.sqrt()
-            image = self.decode_tiles(clean[:num_tiles], rows, cols)
-            shared = (self.decode_latents(clean[num_tiles:]) + F.avg_pool2d(image, cells)) / 2
-            tiles = self.encode_tiles(match_low_frequencies(image, shared))
-            clean = torch.cat([tiles, self.encode_latents(shared.clamp(-1, 1))]).to(latents.dtype)
-            return (latents - alpha.sqrt() * clean) / (1 - alpha).sqrt()
+    def coupling_step(
+        self,
+        high: torch.Tensor,
+        low: torch.Tensor | None,
+        target: torch.Tensor | None,
+        factor: int,
+        coupling_scale: float,
+        stride: int,
+        batch_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The paper's cross-magnification guidance on the clean estimates: one gradient step on
 
-        return projected
+            ``L = 1/2 || A(D(z0_high)) - y ||^2``,  ``y = D(z0_low)`` (joint sampling) or the fixed ``target`` (SR)
 
-    def tile_contexts(self, tokens: torch.Tensor, level: int, cells: int, guidance_scale: float) -> torch.Tensor:
-        """Level-0 contexts of the ``cells x cells`` tiles of each level-``level`` grid: every tile takes the
-        embedding of the pooled-grid cell it lies in."""
-        max_grid, side = self.denoiser.config.max_grid, grid_side(level, self.denoiser.config.max_grid)
-        grid = tokens[:, : side * side].reshape(-1, side, side, tokens.shape[-1])
-        index = torch.arange(cells) * side // cells
-        per_tile = grid[:, index][:, :, index].reshape(-1, 1, tokens.shape[-1])
-        tile_tokens = torch.zeros(len(per_tile), max_grid * max_grid, tokens.shape[-1])
-        tile_tokens[:, :1] = per_tile
-        mask = (torch.arange(max_grid * max_grid) < 1).expand(len(per_tile), -1)
-        return self.context(tile_tokens, mask, 0, guidance_scale)
+        (``D``: :meth:`decode_canvas`, ``A``: area downsampling by ``factor``) of Polyak size
+        ``z0' = z0 - s L / ||grad L||^2 grad L`` (``s = coupling_scale``), with respect to both canvases when
+        ``low`` is sampled (both scales move towards each other). The gradient is the exact one, taken chunk by
+        chunk (:meth:`decode_canvas_vjp`): ``dL/dX_high = U(r) / factor^2`` and ``dL/dX_low = -r`` with
+        ``r = A(X_high) - y`` and ``U`` nearest upsampling (the adjoint of ``A`` up to ``factor^2``)."""
+        image = self.decode_canvas(high, stride, batch_size)
+        reference = target if low is None else self.decode_canvas(low, stride, batch_size)
+        residual = F.avg_pool2d(image, factor) - reference
+        loss = 0.5 * residual.pow(2).sum()
+        upstream = F.interpolate(residual, scale_factor=factor, mode="nearest") / factor**2
+        gradients = [self.decode_canvas_vjp(high, upstream, stride, batch_size)]
+        if low is not None:
+            gradients.append(self.decode_canvas_vjp(low, -residual, stride, batch_size))
+        step = coupling_scale * loss / sum(g.pow(2).sum() for g in gradients).clamp_min(1e-12)
+        high = high - step * gradients[0]
+        return high, (None if low is None else low - step * gradients[1])
+
+    def check_canvas(self, height: int, width: int, name: str = "height and width") -> int:
+        """The coarsest trained level ``L`` whose view of a ``height x width`` image is at least one patch and on the
+        latent grid; ``height`` and ``width`` must be multiples of ``P`` and at least ``2P``."""
+        size = self.patch_size
+        if height % size or width % size or min(height, width) < 2 * size:
+            raise ValueError(f"{name} must be multiples of {size} (patch_size) and at least {2 * size}, got {height}x{width}")
+        level = 1
+        while (
+            level + 1 < self.num_levels
+            and min(height, width) >= size * 2 ** (level + 1)
+            and height % (self.latent_factor * 2 ** (level + 1)) == 0
+            and width % (self.latent_factor * 2 ** (level + 1)) == 0
+        ):
+            level += 1
+        return level
+
+    def canvas_contexts(self, field: torch.Tensor, windows, level: int, guidance_scale: float) -> torch.Tensor:
+        tokens, mask = self.window_tokens(field, windows, level)
+        return self.context(tokens, mask, level, guidance_scale)
 
     @torch.no_grad()
     def generate_large_image(
@@ -334,58 +422,111 @@ class ZoomLDMPipeline(SelfgenPipeline):
         reference_image: np.ndarray | torch.Tensor | None = None,
         coupling: str = "guidance",
         coupling_scale: float = 1.0,
+        window_stride: int | None = None,
         num_inference_steps: int = 25,
         guidance_scale: float = 1.0,
+        batch_size: int = 16,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> LargeImageOutput | tuple:
-        """One ``height x width`` image at the highest magnification, ``height = width = P 2^L`` with ``L`` a
-        trained level: the level-``L`` view and its ``2^L x 2^L`` level-0 tiles are denoised in one batch.
+        """One ``height x width`` image at the highest magnification by joint multi-scale sliding-window sampling.
+
+        Two latent canvases are denoised together: the level-0 canvas (``H/f x W/f``) and the level-``L`` view
+        (``H/(f 2^L) x W/(f 2^L)``, ``L`` the coarsest trained level that fits, :meth:`check_canvas`). At every DDIM
+        step each canvas is cut into overlapping windows of one patch (stride ``window_stride`` latent pixels,
+        default half a window), every window predicts its clean estimate with its own context (embeddings
+        interpolated between grid cells, :meth:`window_tokens`), the estimates are averaged per canvas
+        (:meth:`windowed_clean`), the two canvases are coupled by :meth:`coupling_step` (``coupling="guidance"``;
+        ``"none"`` skips it) and the step continues from the coupled estimates. Decoding uses overlapping
+        Gaussian-blended windows. ``window_stride = P/f`` (disjoint windows) with ``coupling="none"`` is naive tiling.
+        Memory is bounded by ``batch_size`` windows, not by the image size.
 
         Args:
-            coupling: ``"guidance"`` (the paper's joint multi-scale sampling, :meth:`guided_noise`, step
-                ``coupling_scale``), ``"projection"`` (ablation, :meth:`projected_noise`) or ``"none"`` (naive
-                tiling: the same tiles, noise and conditions sampled independently and stitched).
-            reference_image: ``(1, S, S, 3)`` in ``[0, 1]`` conditioning the view; otherwise the CDM samples it.
+            reference_image: ``(1, S, S, 3)`` in ``[0, 1]`` whose level-0 tile embeddings condition the image;
+                otherwise the CDM samples the embedding field at level ``L``.
 
-        Returns ``images`` and ``views`` (the jointly sampled ``P x P`` level-``L`` view)."""
+        Returns ``images`` and ``views`` (the jointly sampled level-``L`` view)."""
         if coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
         check_output_type(output_type)
-        level = self.large_image_level(height, width)
-        cells, num_tiles = 2**level, 4**level
-        tokens, mask = self.conditions(level, 1, reference_image, generator, num_inference_steps)
-        view_context = self.context(tokens[:1], mask[:1], level, guidance_scale)
-        tile_context = self.tile_contexts(tokens[:1], level, cells, guidance_scale)
-        contexts = torch.cat([tile_context[:num_tiles], view_context[:1]])
-        if guidance_scale != 1.0:
-            contexts = torch.cat([contexts, tile_context[num_tiles:], view_context[1:]])
-        predict = lambda z, t: self.predict_noise(z, t, contexts, guidance_scale)  # noqa: E731
-        if coupling == "guidance":
-            predict = self.guided_noise(predict, num_tiles, cells, cells, self.decode_latents, coupling_scale)
-        elif coupling == "projection":
-            predict = self.projected_noise(predict, num_tiles, cells, cells)
-        latents = self.prepare_latents(self.latent_shape(num_tiles + 1), self.denoiser.dtype, generator)
-        latents = self.denoise(latents, num_inference_steps, predict, generator)
-        view = self.decode_latents(latents[num_tiles:])
-        image = self.decode_tiles(latents[:num_tiles], cells, cells)
-        if coupling == "projection":
-            image = match_low_frequencies(image, (view + F.avg_pool2d(image, cells)) / 2)
-        output = self.finish(image.clamp(-1, 1), output_type, return_dict)
-        views = postprocess_images(view.clamp(-1, 1), output_type)
+        level = self.check_canvas(height, width)
+        stride = self.check_window_stride(window_stride)
+        factor, rows, cols = 2**level, height // self.patch_size, width // self.patch_size
+        reference = None if reference_image is None else images_to_pixels(reference_image, "reference_image")
+        field = self.embedding_field(reference, rows, cols, level, generator, num_inference_steps)
+        shapes = [(height // self.latent_factor, width // self.latent_factor)]
+        shapes.append((shapes[0][0] // factor, shapes[0][1] // factor))
+        windows = [canvas_windows(shape, self.window, stride) for shape in shapes]
+        contexts = [self.canvas_contexts(field, windows[i], (0, level)[i], guidance_scale) for i in range(2)]
+        alphas = self.scheduler.alphas_cumprod
+        channels = self.denoiser.config.in_channels
+
+        def predict(packed: torch.Tensor, timestep) -> torch.Tensor:
+            canvases = unpack(packed, shapes, channels)
+            clean = [
+                self.windowed_clean(z, timestep, w, c, guidance_scale, batch_size)
+                for z, w, c in zip(canvases, windows, contexts)
+            ]
+            if coupling == "guidance":
+                clean = list(self.coupling_step(clean[0], clean[1], None, factor, coupling_scale, stride, batch_size))
+            alpha = alphas[int(timestep)].to(packed.device, torch.float32)
+            eps = [(z.float() - alpha.sqrt() * x0) / (1 - alpha).sqrt() for z, x0 in zip(canvases, clean)]
+            return pack(eps).to(packed.dtype)
+
+        size = sum(channels * h * w for h, w in shapes)
+        latents = self.prepare_latents((1, size), self.denoiser.dtype, generator)
+        high, low = unpack(self.denoise(latents, num_inference_steps, predict, generator), shapes, channels)
+        image = self.decode_canvas(high, stride, batch_size).clamp(-1, 1)
+        view = self.decode_canvas(low, stride, batch_size).clamp(-1, 1)
+        output = self.finish(image, output_type, return_dict)
+        views = postprocess_images(view, output_type)
         return LargeImageOutput(images=output.images, views=views) if return_dict else (output[0], views)
 
-    def large_image_level(self, height: int, width: int) -> int:
-        sizes = {self.patch_size * 2**level: level for level in range(1, self.num_levels)}
-        if height != width or height not in sizes:
-            raise ValueError(
-                f"height and width must be equal and one of {sorted(sizes)} (patch_size * 2**L for a trained level L >= 1), "
-                f"got {height}x{width}"
-            )
-        return sizes[height]
+    def check_window_stride(self, window_stride: int | None) -> int:
+        stride = self.window // 2 if window_stride is None else window_stride
+        if not isinstance(stride, int) or not 1 <= stride <= self.window:
+            raise ValueError(f"window_stride must be an int in [1, {self.window}] (latent pixels), got {window_stride!r}")
+        return stride
 
     # ------------------------------------------------------------------ super-resolution
+
+    def invert_condition(
+        self,
+        low_latents: torch.Tensor,
+        field: torch.Tensor,
+        level: int,
+        windows: list[tuple[int, int]],
+        steps: int,
+        learning_rate: float,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, list[float]]:
+        """Condition inversion: the embedding field ``s`` that best explains the low-resolution image under the
+        model at its magnification ``level``,
+
+            ``s* = argmin_s E_{t, eps} || eps - eps_theta(sqrt(a_t) z_w + sqrt(1 - a_t) eps, t, c(s_w, level)) ||^2``
+
+        over the level-``level`` windows ``z_w`` of the encoded input (the denoising loss of textual inversion,
+        optimised over the SSL conditioning instead of a word embedding), by Adam from ``field``. Returns the
+        inverted field and the loss per step (for a fixed noise draw per step)."""
+        field, low_latents = field.detach().clone().requires_grad_(True), low_latents.detach()
+        optimizer = torch.optim.Adam([field], lr=learning_rate)
+        timesteps = self.scheduler.config.num_train_timesteps
+        losses = []
+        for _ in range(steps):
+            noise = torch.randn(low_latents.shape, generator=generator).to(low_latents.device)
+            t = torch.randint(0, timesteps, (len(low_latents),), generator=generator).to(low_latents.device)
+            noisy = self.scheduler.add_noise(low_latents, noise, t)
+            with torch.enable_grad():
+                tokens, mask = self.window_tokens(field, windows, level)
+                context = self.context(tokens, mask, level, 1.0)
+                prediction = self.denoiser.denoise_with_context(noisy, t, context)
+                loss = F.mse_loss(prediction.float(), noise)
+                optimizer.zero_grad()
+                loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return field.detach(), losses
 
     @torch.no_grad()
     def super_resolve(
@@ -394,41 +535,111 @@ class ZoomLDMPipeline(SelfgenPipeline):
         scale: int = 4,
         coupling_scale: float = 1.0,
         data_consistency: bool = True,
+        inversion_steps: int = 30,
+        inversion_learning_rate: float = 0.05,
+        window_stride: int | None = None,
         num_inference_steps: int = 25,
         guidance_scale: float = 1.0,
+        batch_size: int = 16,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
-        """``low_res`` numpy ``(N, h, w, 3)`` in ``[0, 1]`` -> ``(N, scale h, scale w, 3)``.
+        """``low_res`` numpy ``(N, h, w, 3)`` in ``[0, 1]`` -> ``(N, scale h, scale w, 3)`` (the paper's SR).
 
-        Level-0 tiles conditioned on the SSL embeddings of the (bicubic-upsampled) input are sampled with the
-        joint-sampling guidance of :meth:`guided_noise`, the low-magnification image held fixed at the input:
-        ``L = 1/2 ||A(D(z0)) - y||^2``. ``data_consistency`` then back-projects the decoded output onto the
-        input (:func:`match_low_frequencies`), so that ``A(output) = y`` up to clamping.
-        ``h`` and ``w`` must be multiples of ``P / scale``; ``scale`` a power of two below ``2^num_levels``."""
+        The input ``y`` is a level-``L`` view (``2^L = scale``) of the output. 1. **Condition inversion**
+        (:meth:`invert_condition`): starting from the SSL embeddings of the bicubic-upsampled input's tiles, the
+        embedding field is optimised (``inversion_steps`` Adam steps) so that the model's denoising loss on ``y``'s
+        level-``L`` windows is minimal. 2. The level-0 canvas is sampled with sliding windows conditioned on the
+        inverted field, with the joint-sampling guidance towards the fixed view: ``L = 1/2 ||A(D(z0)) - y||^2``
+        (:meth:`coupling_step`). 3. ``data_consistency`` back-projects the decoded output onto the input
+        (:func:`match_low_frequencies`), so that ``A(output) = y`` up to clamping.
+        ``h`` and ``w`` must be multiples of ``P / scale`` and at least ``P``; ``scale`` a power of two below
+        ``2^num_levels``."""
         if scale < 2 or scale & (scale - 1) or scale >= 2**self.num_levels:
             raise ValueError(f"scale must be a power of two in [2, {2 ** (self.num_levels - 1)}], got {scale}")
         check_positive_int(num_inference_steps, "num_inference_steps")
         pixels = images_to_pixels(low_res, "low_res").to(self._execution_device)
         step = self.patch_size // scale
-        if pixels.shape[-2] % step or pixels.shape[-1] % step or pixels.shape[-1] < step:
+        if pixels.shape[-2] % step or pixels.shape[-1] % step or min(pixels.shape[-2:]) < self.patch_size:
             raise ValueError(
-                f"low_res height and width must be positive multiples of {step} (patch_size / scale), "
-                f"got {tuple(pixels.shape[-2:])}"
+                f"low_res height and width must be multiples of {step} (patch_size / scale) and at least "
+                f"{self.patch_size} (patch_size), got {tuple(pixels.shape[-2:])}"
             )
         check_output_type(output_type)
-        rows, cols = pixels.shape[-2] // step, pixels.shape[-1] // step
-        upsampled = F.interpolate(pixels, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1)
-        tokens, mask = self.embed_regions(split_tiles(upsampled, self.patch_size), 0)
-        context = self.context(tokens, mask, 0, guidance_scale)
-        predict = self.guided_noise(
-            lambda z, t: self.predict_noise(z, t, context, guidance_scale), len(tokens), rows, cols,
-            lambda views: pixels, coupling_scale,
-        )
-        latents = self.prepare_latents(self.latent_shape(len(tokens)), self.denoiser.dtype, generator)
-        latents = self.denoise(latents, num_inference_steps, predict, generator)
-        image = self.decode_tiles(latents, rows, cols)
+        stride = self.check_window_stride(window_stride)
+        level = scale.bit_length() - 1
+        images = [
+            self.super_resolve_one(image[None], scale, level, stride, coupling_scale, inversion_steps,
+                                   inversion_learning_rate, num_inference_steps, guidance_scale, batch_size, generator)
+            for image in pixels
+        ]
+        image = torch.cat(images)
         if data_consistency:
             image = match_low_frequencies(image, pixels)
         return self.finish(image.clamp(-1, 1), output_type, return_dict)
+
+    def super_resolve_one(
+        self, pixels, scale, level, stride, coupling_scale, inversion_steps, learning_rate, steps, guidance_scale,
+        batch_size, generator,
+    ) -> torch.Tensor:
+        """One ``(1, 3, h, w)`` input -> ``(1, 3, scale h, scale w)`` before data consistency."""
+        height, width = pixels.shape[-2] * scale, pixels.shape[-1] * scale
+        rows, cols = height // self.patch_size, width // self.patch_size
+        upsampled = F.interpolate(pixels, scale_factor=scale, mode="bicubic", align_corners=False)
+        field = self.embedding_field(upsampled, rows, cols, 0, generator, steps)
+        factor = self.latent_factor
+        low_windows = canvas_windows((pixels.shape[-2] // factor, pixels.shape[-1] // factor), self.window, stride)
+        low_latents = torch.cat([
+            self.encode_latents(pixels[:, :, top * factor : top * factor + self.patch_size,
+                                       left * factor : left * factor + self.patch_size])
+            for top, left in low_windows
+        ]).float()
+        if inversion_steps:
+            field, _ = self.invert_condition(low_latents, field, level, low_windows, inversion_steps, learning_rate, generator)
+        shape = (height // factor, width // factor)
+        windows = canvas_windows(shape, self.window, stride)
+        context = self.canvas_contexts(field, windows, 0, guidance_scale)
+        alphas = self.scheduler.alphas_cumprod
+
+        def predict(latents: torch.Tensor, timestep) -> torch.Tensor:
+            clean = self.windowed_clean(latents, timestep, windows, context, guidance_scale, batch_size)
+            clean, _ = self.coupling_step(clean, None, pixels, scale, coupling_scale, stride, batch_size)
+            alpha = alphas[int(timestep)].to(latents.device, torch.float32)
+            return ((latents.float() - alpha.sqrt() * clean) / (1 - alpha).sqrt()).to(latents.dtype)
+
+        latents = self.prepare_latents((1, self.denoiser.config.in_channels, *shape), self.denoiser.dtype, generator)
+        latents = self.denoise(latents, steps, predict, generator)
+        return self.decode_canvas(latents, stride, batch_size)
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Offsets of ``window``-long windows with step ``stride`` covering ``[0, size)``, the last one flush with the end."""
+    starts = list(range(0, size - window + 1, stride))
+    return starts if starts[-1] == size - window else [*starts, size - window]
+
+
+def canvas_windows(shape: tuple[int, int], window: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left corners of the overlapping ``window x window`` windows of a ``shape`` canvas, row-major."""
+    return [(top, left) for top in window_starts(shape[0], window, stride) for left in window_starts(shape[1], window, stride)]
+
+
+def gaussian_window(size: int, sigma: float = 0.8) -> torch.Tensor:
+    """``k(x, y) = exp(-(x^2 + y^2) / sigma^2)`` on ``[-1, 1]^2`` sampled at ``size x size`` pixel centres (the official
+    decoder's blending weight, peaked at the window centre and small, never zero, at its border)."""
+    x = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+    return torch.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / sigma**2)
+
+
+def chunked(items: list, size: int) -> list[list]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def pack(canvases: list[torch.Tensor]) -> torch.Tensor:
+    """Several ``(1, C, h, w)`` canvases as one ``(1, n)`` tensor, so that one scheduler steps them all."""
+    return torch.cat([canvas.reshape(1, -1) for canvas in canvases], dim=1)
+
+
+def unpack(packed: torch.Tensor, shapes: list[tuple[int, int]], channels: int) -> list[torch.Tensor]:
+    sizes = [channels * h * w for h, w in shapes]
+    return [part.reshape(1, channels, h, w) for part, (h, w) in zip(packed.split(sizes, dim=1), shapes)]

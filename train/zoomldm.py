@@ -11,6 +11,9 @@
    ``condition_dropout`` (classifier-free guidance).
 4. **conditioning diffusion** (CDM) -- ``L = E ||eps - eps_phi(s_t, t, k)||^2`` on the embedding grids.
 
+Stages 3 and 4 draw a magnification uniformly and then a patch of it (``uniform_magnification``, the official
+loader; :class:`~selfgen.data.zoom.UniformMagnificationDataset`).
+
 ``selfgen train zoomldm --config configs/zoomldm_retina.yaml`` rebuilds ``assets/zoomldm-retina``;
 ``configs/zoomldm_ihc.yaml`` builds ``assets/zoomldm-ihc`` (3 levels); ``configs/zoomldm_retina_single.yaml``
 (``levels: [0]``) trains the single-scale baseline (highest magnification only).
@@ -31,10 +34,10 @@ from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
 from torch import nn
 
-from ..data.zoom import ZoomPatchDataset
+from ..data.zoom import UniformMagnificationDataset, ZoomPatchDataset
 from ..eval.plots import save_image_grid
 from ..models.zoomldm import ZoomEmbeddingDiffusion, ZoomLDMDenoiser, ZoomSSLEncoder, tokens_to_full_grid
-from ..pipelines.zoomldm import COUPLINGS, ZoomLDMPipeline, assemble_tiles
+from ..pipelines.zoomldm import COUPLINGS, ZoomLDMPipeline, assemble_tiles, match_low_frequencies, split_tiles
 from .config import TrainingConfig
 from .losses import info_nce, random_shift
 from .registry import Method
@@ -48,6 +51,7 @@ class ZoomLDMConfig(TrainingConfig):
     num_levels: int = 4
     levels: list[int] | None = None  # levels to train on (default all); [0] = single-scale baseline
     max_grid: int = 4
+    uniform_magnification: bool = True  # stages 3-4: level ~ U{levels}, then a patch (official); False: shuffle patches
     # stage 1: autoencoder
     vae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     latent_channels: int = 4
@@ -275,9 +279,10 @@ def train(config: ZoomLDMConfig) -> TrainResult:
     encoder = run_stage(encoder, SSLObjective(config.ssl_temperature), ssl_dataset, ssl_config)
     dataset.attach_embeddings(embed_level0_grids(encoder, dataset))
 
+    conditioned = UniformMagnificationDataset(dataset, config.seed) if config.uniform_magnification else dataset
     ldm_config = stage_config(config, "ldm", config.max_train_steps, config.learning_rate)
     objective = LatentDiffusionObjective(vae, noise_scheduler, config.condition_dropout)
-    denoiser = run_stage(build_denoiser(config), objective, dataset, ldm_config)
+    denoiser = run_stage(build_denoiser(config), objective, conditioned, ldm_config)
 
     cdm = ZoomEmbeddingDiffusion(
         config.ssl_dim, config.max_grid, config.num_levels, config.cdm_hidden, config.cdm_depth, config.num_heads
@@ -296,7 +301,7 @@ def train(config: ZoomLDMConfig) -> TrainResult:
     cdm_config = stage_config(config, "cdm", config.cdm_steps, config.cdm_learning_rate, use_ema=False)
     cdm_config.export_dir = str(config.pipeline_dir)
     objective = EmbeddingDiffusionObjective(noise_scheduler, config.max_grid)
-    result = Trainer(cdm, objective, dataset, cdm_config, export_fn=export).train()
+    result = Trainer(cdm, objective, conditioned, cdm_config, export_fn=export).train()
     return TrainResult(result.global_step, result.pipeline_dir, result.history)
 
 
@@ -332,7 +337,8 @@ def generate(
     seed: int = 0,
 ) -> dict:
     """``num_samples`` patches at ``magnification`` into ``samples.png``; with ``--large HxW`` one jointly
-    sampled large image into ``large.png`` instead (``--coupling none``: naive tiling; ``projection``: ablation)."""
+    sampled large image (any multiple of the patch size) into ``large.png`` instead (``--coupling none``: no
+    cross-magnification guidance)."""
     pipe = load_pipeline(model_path)
     generator = torch.Generator().manual_seed(seed)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -395,35 +401,39 @@ def patch_quality(
     return scores
 
 
-COUPLING_NAMES = {
-    "guidance": "joint sampling (gradient guidance)", "projection": "projection ablation", "none": "naive tiling",
+LARGE_SAMPLERS = {  # name: (coupling, overlapping windows, label)
+    "joint_overlap": ("guidance", True, "joint sampling, overlapping windows (official)"),
+    "joint_no_overlap": ("guidance", False, "joint sampling, disjoint windows"),
+    "naive_tiling": ("none", False, "naive tiling"),
 }
 
 
 def large_image_scores(
-    pipe: ZoomLDMPipeline, size: int, steps: int, seeds: list[int], output_dir: Path, couplings: tuple[str, ...] = COUPLINGS
+    pipe: ZoomLDMPipeline, size: int, steps: int, seeds: list[int], output_dir: Path, samplers: tuple[str, ...] = tuple(LARGE_SAMPLERS)
 ) -> dict:
     """Seam score and low-vs-high consistency PSNR (downsampled large image vs the view sampled with it) of
-    joint sampling (gradient guidance), the projection ablation and naive tiling, with the same seeds, noise
-    and conditions."""
+    :data:`LARGE_SAMPLERS` with the same seeds, noise and conditions: the official sliding-window joint sampler
+    (overlapping windows, averaged clean estimates, blended decoding, gradient coupling), the same coupling on
+    disjoint windows, and naive tiling."""
     from ..eval.zoom import consistency_psnr, seam_score
 
     scores = {}
-    for coupling in couplings:
+    for name in samplers:
+        coupling, overlap, label = LARGE_SAMPLERS[name]
+        stride = None if overlap else pipe.window
         started = time.perf_counter()
         outputs = [
-            pipe.generate_large_image(
-                size, size, coupling=coupling, num_inference_steps=steps, generator=seeded(seed), output_type="np"
-            )
+            pipe.generate_large_image(size, size, coupling=coupling, window_stride=stride, num_inference_steps=steps,
+                                      generator=seeded(seed), output_type="np")
             for seed in seeds
         ]
         seconds = (time.perf_counter() - started) / len(seeds)
         images, views = np.concatenate([o.images for o in outputs]), np.concatenate([o.views for o in outputs])
         save_image_grid(
-            images, output_dir / f"large_{coupling}.png", columns=len(seeds), scale=2,
-            column_labels=[f"seed {seed}" for seed in seeds], title=f"{size}x{size} image, {COUPLING_NAMES[coupling]}",
+            images, output_dir / f"large_{size}_{name}.png", columns=len(seeds), scale=2,
+            column_labels=[f"seed {seed}" for seed in seeds], title=f"{size}x{size} image, {label}",
         )
-        scores[coupling] = {
+        scores[name] = {
             "seam_score": seam_score(images, pipe.patch_size),
             "consistency_psnr": consistency_psnr(images, views),
             "seconds_per_image": seconds,
@@ -431,28 +441,68 @@ def large_image_scores(
     return scores
 
 
-def super_resolution_scores(pipe: ZoomLDMPipeline, images: list[str], count: int, steps: int, seed: int) -> dict:
-    """4x SR of held-out full-resolution ``4P``-pixel crops (the regions of evenly spaced level-2 test patches),
-    area-downsampled to ``P``: consistency PSNR, PSNR and high-frequency energy against the crops, for ZoomLDM
-    (gradient guidance, with and without the final data-consistency step) vs bicubic."""
+def held_out_crops(pipe: ZoomLDMPipeline, images: list[str], count: int, size: int) -> np.ndarray:
+    """Up to ``count`` full-resolution ``size``-pixel held-out crops (the regions of evenly spaced test patches of
+    the level covering ``size`` pixels), ``(N, size, size, 3)`` in ``[0, 1]``."""
+    level = int(np.log2(size // pipe.patch_size))
+    dataset = ZoomPatchDataset(images, "test", pipe.patch_size, max(pipe.num_levels, level + 1), [level],
+                               pipe.denoiser.config.max_grid)
+    picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int)
+    entries = [dataset.index[int(index)] for index in picks]
+    return np.stack([
+        dataset.images[e.image][1][:, e.top : e.top + size, e.left : e.left + size].permute(1, 2, 0).numpy() for e in entries
+    ])
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1
+
+
+def to_numpy(pixels: torch.Tensor) -> np.ndarray:
+    return ((pixels.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def autoencoder_round_trip(pipe: ZoomLDMPipeline, images: np.ndarray, overlap: bool = True) -> np.ndarray:
+    """Held-out images encoded tile by tile and decoded as a canvas (Gaussian-blended overlapping windows, or
+    disjoint tiles): the best any sampler in this latent space can reproduce them."""
+    pixels = to_pixels(images)
+    latents = assemble_tiles(pipe.encode_latents(split_tiles(pixels, pipe.patch_size)).float(),
+                             pixels.shape[-2] // pipe.patch_size, pixels.shape[-1] // pipe.patch_size)
+    stride = pipe.window // 2 if overlap else pipe.window
+    return to_numpy(pipe.decode_canvas(latents, stride, 16))
+
+
+def super_resolution_scores(
+    pipe: ZoomLDMPipeline, images: list[str], count: int, steps: int, seed: int, num_draws: int = 3
+) -> dict:
+    """4x SR of held-out full-resolution ``4P``-pixel crops area-downsampled to ``P``: consistency PSNR, PSNR and
+    high-frequency energy against the crops for ZoomLDM (condition inversion + guidance + data consistency; one
+    draw and the mean of ``num_draws`` draws; without inversion; without the final data-consistency step), bicubic,
+    bicubic with the same data-consistency step, and the autoencoder round trip of the truth with that step (the
+    ceiling of any sampler in this latent space)."""
     from ..eval.zoom import area_downsample, consistency_psnr, high_frequency_energy, psnr
 
-    dataset = ZoomPatchDataset(images, "test", pipe.patch_size, pipe.num_levels, [2], pipe.denoiser.config.max_grid)
-    picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int)
-    size = 4 * pipe.patch_size
-    crops = [dataset.index[int(index)] for index in picks]
-    truth = np.stack([
-        dataset.images[e.image][1][:, e.top : e.top + size, e.left : e.left + size].permute(1, 2, 0).numpy() for e in crops
-    ])
+    truth = held_out_crops(pipe, images, count, 4 * pipe.patch_size).astype(np.float32)
     low = area_downsample(truth, 4).astype(np.float32)
+    low_pixels = to_pixels(low)
+
+    def sr(draw: int, **options) -> np.ndarray:
+        return pipe.super_resolve(low, 4, num_inference_steps=steps, generator=seeded(seed + draw), output_type="np",
+                                  **options).images
+
+    draws = [sr(draw) for draw in range(num_draws)]
+    bicubic = F.interpolate(low_pixels, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
+    round_trip = to_pixels(autoencoder_round_trip(pipe, truth))
     results = {
-        name: pipe.super_resolve(
-            low, 4, data_consistency=consistent, num_inference_steps=steps, generator=seeded(seed), output_type="np"
-        ).images
-        for name, consistent in (("zoomldm", True), ("zoomldm_guidance_only", False))
+        "zoomldm": draws[0],
+        f"zoomldm_mean_of_{num_draws}": to_numpy(match_low_frequencies(to_pixels(np.mean(draws, axis=0)), low_pixels)),
+        "zoomldm_no_inversion": sr(0, inversion_steps=0),
+        "zoomldm_no_data_consistency": sr(0, data_consistency=False),
+        "bicubic": to_numpy(bicubic),
+        "bicubic_data_consistency": to_numpy(match_low_frequencies(bicubic, low_pixels)),
+        "autoencoder_round_trip_data_consistency": to_numpy(match_low_frequencies(round_trip, low_pixels)),
     }
-    bicubic = F.interpolate(torch.from_numpy(low).permute(0, 3, 1, 2), scale_factor=4, mode="bicubic")
-    results["bicubic"] = bicubic.clamp(0, 1).permute(0, 2, 3, 1).numpy()
     reference = high_frequency_energy(truth)
     return {
         name: {
@@ -461,10 +511,30 @@ def super_resolution_scores(pipe: ZoomLDMPipeline, images: list[str], count: int
             "hf_energy_ratio": high_frequency_energy(result) / reference,
         }
         for name, result in results.items()
+    } | {"num_crops": len(truth)}
+
+
+def autoencoder_scores(pipe: ZoomLDMPipeline, images: list[str], count: int) -> dict:
+    """PSNR of held-out ``4P``-pixel crops through the autoencoder (overlapping blended / disjoint decoding) vs the
+    bicubic x4 upsampling of their ``P``-pixel area downsampling (the issue's ceiling argument)."""
+    from ..eval.zoom import area_downsample, psnr, seam_score
+
+    truth = held_out_crops(pipe, images, count, 4 * pipe.patch_size).astype(np.float32)
+    low = to_pixels(area_downsample(truth, 4).astype(np.float32))
+    bicubic = to_numpy(F.interpolate(low, scale_factor=4, mode="bicubic", align_corners=False))
+    blended, disjoint = autoencoder_round_trip(pipe, truth), autoencoder_round_trip(pipe, truth, overlap=False)
+    return {
+        "round_trip_psnr_blended": psnr(blended, truth),
+        "round_trip_psnr_tiles": psnr(disjoint, truth),
+        "bicubic_x4_psnr": psnr(bicubic, truth),
+        "seam_score_truth": seam_score(truth, pipe.patch_size),
+        "seam_score_round_trip_blended": seam_score(blended, pipe.patch_size),
+        "seam_score_round_trip_tiles": seam_score(disjoint, pipe.patch_size),
+        "num_crops": len(truth),
     }
 
 
-EVAL_PARTS = ("frechet", "large", "sr", "mil")
+EVAL_PARTS = ("frechet", "autoencoder", "large", "sr", "mil")
 
 
 def evaluate(
@@ -476,7 +546,7 @@ def evaluate(
     parts: list[str] | None = None,
     num_samples: int = 128,
     num_inference_steps: int = 25,
-    large_size: int = 128,
+    large_sizes: list[int] | None = None,
     num_large: int = 4,
     num_sr: int = 8,
     mil_images: list[str] | None = None,
@@ -485,8 +555,9 @@ def evaluate(
 ) -> dict:
     """``parts`` (default all of :data:`EVAL_PARTS`): ``frechet`` -- per-magnification Frechet distance (held-out
     patches, SSL features of ``model_path``'s encoder) for the model and for the single-scale ``baseline``
-    (level-0 samples, tiled and downsampled for levels up to ``baseline_max_level``); ``large`` -- seams and
-    consistency of joint sampling vs the projection ablation vs naive tiling; ``sr`` -- 4x SR vs bicubic;
+    (level-0 samples, tiled and downsampled for levels up to ``baseline_max_level``); ``autoencoder`` -- round-trip
+    PSNR of held-out crops vs bicubic x4; ``large`` -- seams and consistency of :data:`LARGE_SAMPLERS` at each of
+    ``large_sizes``; ``sr`` -- 4x SR (condition inversion) vs bicubic with the same data-consistency step;
     ``mil`` -- the multi-scale MIL probe (:mod:`selfgen.eval.zoom_mil`) on both tasks.
     Writes PNGs and returns the metrics."""
     from ..eval.zoom_mil import MIL_TASKS, mil_probe
@@ -509,7 +580,11 @@ def evaluate(
         )
     if "large" in parts:
         seeds = list(range(seed, seed + num_large))
-        metrics["large_image"] = large_image_scores(pipe, large_size, num_inference_steps, seeds, output_dir)
+        metrics["large_image"] = {
+            size: large_image_scores(pipe, size, num_inference_steps, seeds, output_dir) for size in large_sizes or [128]
+        }
+    if "autoencoder" in parts:
+        metrics["autoencoder"] = autoencoder_scores(pipe, images, num_sr)
     if "sr" in parts:
         metrics["super_resolution"] = super_resolution_scores(pipe, images, num_sr, num_inference_steps, seed)
     if "mil" in parts:
@@ -533,7 +608,7 @@ def demo(asset_dir: Path, output_dir: Path) -> dict:
         np.concatenate(rows), output_dir / "levels.png", row_labels=[f"level {level}" for level in range(pipe.num_levels)],
         title="unconditional patches per magnification level (0 = highest magnification), 20 steps, seed 0",
     )
-    metrics = {"large_image": large_image_scores(pipe, 128, 20, [0], output_dir, ("guidance", "none"))}
+    metrics = {"large_image": large_image_scores(pipe, 128, 20, [0], output_dir, ("joint_overlap", "naive_tiling"))}
     return metrics
 
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from selfgen.data.zoom import ZoomPatchDataset, min_image_side, pool_embedding_grid, split_bounds
+from selfgen.data.zoom import UniformMagnificationDataset, ZoomPatchDataset, min_image_side, pool_embedding_grid, split_bounds
 
 
 @pytest.fixture
@@ -86,3 +86,15 @@ def test_missing_folder_and_bad_arguments(tmp_path):
 def test_bundled_image_loads():
     dataset = ZoomPatchDataset(["immunohistochemistry"], "test", patch_size=32, num_levels=3)
     assert dataset.level_counts()[2] >= 1 and dataset[0]["pixel_values"].shape == (3, 32, 32)
+
+
+def test_uniform_magnification_sampling(image_folder):
+    """Levels are drawn uniformly (the official loader), not in proportion to their patch counts."""
+    dataset = ZoomPatchDataset(image_folder, "train", patch_size=8, num_levels=3)
+    counts = dataset.level_counts()
+    assert counts[0] > 3 * counts[2]  # shuffling patches would give level 2 far less than a third
+    uniform = UniformMagnificationDataset(dataset, seed=0)
+    draws = np.array([int(uniform[i]["magnification"]) for i in range(3000)])
+    frequencies = np.bincount(draws, minlength=3) / len(draws)
+    np.testing.assert_allclose(frequencies, 1 / 3, atol=0.03)
+    assert len(uniform) == len(dataset)

@@ -65,11 +65,75 @@ def test_reload_is_exact(pipe, tmp_path):
 
 
 def test_joint_sampling_output_size(pipe):
-    for coupling in ("guidance", "projection", "none"):
-        output = pipe.generate_large_image(32, 32, coupling=coupling, num_inference_steps=2, generator=seeded(),
-                                           output_type="np")
-        assert output.images.shape == (1, 32, 32, 3) and np.isfinite(output.images).all()
-        assert output.views.shape == (1, 16, 16, 3)
+    for coupling in ("guidance", "none"):
+        for height, width in ((32, 32), (48, 80)):
+            output = pipe.generate_large_image(height, width, coupling=coupling, num_inference_steps=2,
+                                               generator=seeded(), output_type="np")
+            assert output.images.shape == (1, height, width, 3) and np.isfinite(output.images).all()
+            assert output.views.shape == (1, height // 2, width // 2, 3)
+
+
+def test_window_conditioning_interpolates_between_cells(pipe):
+    """An aligned level-1 window gets exactly its 2x2 sub-grid; a level-0 window half a tile off gets the mean of
+    the two tiles it straddles (the official sampler interpolates between grid cells)."""
+    field = torch.randn(8, 4, 6)
+    tokens, mask = pipe.window_tokens(field, [(0, 8), (4, 4)], 1)  # latent offsets; a tile is 8 latent pixels
+    torch.testing.assert_close(tokens[0, :4], field[:, 0:2, 2:4].permute(1, 2, 0).reshape(4, 8))
+    assert mask[0].tolist() == [True] * 4
+    tokens, _ = pipe.window_tokens(field, [(8, 4)], 0)
+    torch.testing.assert_close(tokens[0, 0], (field[:, 1, 0] + field[:, 1, 1]) / 2)
+
+
+def test_chunked_decoding_gradient_equals_unchunked(pipe):
+    """The coupling gradient, taken a few windows at a time, equals autograd through the whole blended decode."""
+    latents = torch.randn(1, 4, 16, 24)
+    upstream = torch.randn(1, 3, 32, 48)
+    chunked = pipe.decode_canvas_vjp(latents, upstream, 4, batch_size=2)
+    with torch.enable_grad():
+        whole = latents.clone().requires_grad_(True)
+        (reference,) = torch.autograd.grad((pipe.decode_canvas(whole, 4, batch_size=100) * upstream).sum(), whole)
+    torch.testing.assert_close(chunked, reference, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pipe.decode_canvas(latents, 4, 1), pipe.decode_canvas(latents, 4, 100), atol=1e-5, rtol=1e-4)
+
+
+class FramedAutoencoder(ModelMixin, ConfigMixin):
+    """A stand-in VAE whose decoder draws a dark frame around every window it decodes (what a small VAE trained on
+    single patches does at its zero-padded borders) over a smooth image of the latent."""
+
+    @register_to_config
+    def __init__(self, scaling_factor: float = 1.0):
+        super().__init__()
+        frame = torch.zeros(16, 16)
+        frame[:2], frame[-2:], frame[:, :2], frame[:, -2:] = 1, 1, 1, 1
+        self.register_buffer("frame", frame)
+
+    def encode(self, pixels):
+        latents = torch.cat([F.avg_pool2d(pixels, 2), torch.zeros_like(pixels[:, :1, ::2, ::2])], dim=1)
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=latents))
+
+    def decode(self, latents):
+        smooth = F.interpolate(0.2 * latents[:, :3], scale_factor=2, mode="bilinear", align_corners=False)
+        return SimpleNamespace(sample=smooth - 0.5 * self.frame)
+
+
+def stand_in(pipe, vae):
+    swapped = ZoomLDMPipeline(vae=vae, denoiser=pipe.denoiser, ssl_encoder=pipe.ssl_encoder,
+                              embedding_model=pipe.embedding_model, scheduler=pipe.scheduler)
+    swapped.set_progress_bar_config(disable=True)
+    return swapped
+
+
+def test_overlapping_windows_remove_tile_frames(pipe):
+    """Disjoint windows show every window's frame at the tile borders; overlapping windows (half a window apart)
+    with averaged clean estimates and Gaussian-blended decoding weaken them (measured: seam score 2.35 -> 1.64;
+    the official weight still gives a window's border about a fifth of its centre's weight)."""
+    framed = stand_in(pipe, FramedAutoencoder())
+    seams = {
+        stride: seam_score(framed.generate_large_image(64, 64, window_stride=stride, num_inference_steps=3,
+                                                       generator=seeded(), output_type="np").images, 16)
+        for stride in (4, 8)
+    }
+    assert seams[8] > 2 and seams[4] < 0.75 * seams[8]
 
 
 class FlatTileAutoencoder(ModelMixin, ConfigMixin):
@@ -92,24 +156,23 @@ class FlatTileAutoencoder(ModelMixin, ConfigMixin):
 
 
 def test_gradient_guided_joint_sampling_removes_seams(pipe):
-    """Naive tiling gives every tile its own colour; the paper's guidance (gradient of ||A(D(z0_tiles)) - D(z0_view)||^2
-    through the decoder and the denoiser at every step) pulls them to the shared view: fewer seams, more consistency."""
-    flat = ZoomLDMPipeline(vae=FlatTileAutoencoder(), denoiser=pipe.denoiser, ssl_encoder=pipe.ssl_encoder,
-                           embedding_model=pipe.embedding_model, scheduler=pipe.scheduler)
-    flat.set_progress_bar_config(disable=True)
+    """With disjoint windows every tile takes its own colour; the paper's guidance (gradient of
+    ||A(D(z0_tiles)) - D(z0_view)||^2 through the decoder at every step) pulls them to the shared view: fewer seams,
+    more consistency."""
+    flat = stand_in(pipe, FlatTileAutoencoder())
     outputs = {
-        coupling: flat.generate_large_image(64, 64, coupling=coupling, num_inference_steps=4, generator=seeded(),
-                                            output_type="np")
+        coupling: flat.generate_large_image(64, 64, coupling=coupling, window_stride=8, num_inference_steps=4,
+                                            generator=seeded(), output_type="np")
         for coupling in ("guidance", "none")
     }
     seams = {coupling: seam_score(output.images, 16) for coupling, output in outputs.items()}
     consistency = {coupling: consistency_psnr(output.images, output.views) for coupling, output in outputs.items()}
-    assert seams["none"] > 2 and seams["guidance"] < 0.6 * seams["none"]
+    assert seams["none"] > 2 and seams["guidance"] < 0.8 * seams["none"]  # measured 63 -> 44
     assert consistency["guidance"] > consistency["none"] + 6
 
 
-def test_projection_ablation_matches_low_frequencies():
-    """The ablation's per-step projection ``X <- clamp(X + U(u - A(X)))`` makes incoherent tiles consistent exactly."""
+def test_data_consistency_matches_low_frequencies():
+    """The back-projection ``X <- clamp(X + U(y - A(X)))`` makes incoherent tiles consistent with ``y`` exactly."""
     y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
     smooth = torch.stack([torch.sin(3 * x), torch.cos(2 * y), x * y])[None] * 0.5
     tiles = split_tiles(smooth, 16) + torch.randn(16, 3, 1, 1) * 0.3  # incoherent tiles, as naive tiling makes
@@ -122,25 +185,50 @@ def test_projection_ablation_matches_low_frequencies():
 
 
 def test_super_resolution_downsamples_to_its_input(pipe):
-    low = np.random.default_rng(1).uniform(0.2, 0.8, size=(1, 4, 8, 3)).astype(np.float32)
+    low = np.random.default_rng(1).uniform(0.2, 0.8, size=(1, 16, 24, 3)).astype(np.float32)
 
     def run(**options):
-        return pipe.super_resolve(low, scale=4, num_inference_steps=2, generator=seeded(), output_type="np", **options).images
+        return pipe.super_resolve(low, scale=4, num_inference_steps=2, inversion_steps=2, generator=seeded(),
+                                  output_type="np", **options).images
 
     high = run()
-    assert high.shape == (1, 16, 32, 3)
+    assert high.shape == (1, 64, 96, 3)
     assert consistency_psnr(high, low) > 60  # data-consistency step: exact up to float error
     guided, unguided = run(data_consistency=False), run(data_consistency=False, coupling_scale=0.0)
     assert consistency_psnr(guided, low) > consistency_psnr(unguided, low) + 2  # the guidance alone pulls towards it
 
 
+def test_condition_inversion_reduces_the_low_resolution_mismatch(pipe):
+    """Inverting the embedding field lowers the model's denoising loss on the low-resolution input's windows
+    (measured on the same fixed noise and timesteps before and after)."""
+    torch.manual_seed(0)
+    low = torch.rand(1, 3, 16, 16) * 2 - 1
+    latents, windows = pipe.encode_latents(low).float(), [(0, 0)]
+    field = torch.randn(8, 4, 4)
+
+    def mismatch(candidate):
+        noise = torch.randn(16, *latents.shape[1:], generator=seeded(5))
+        t = torch.linspace(50, 950, 16).long()
+        tokens, mask = pipe.window_tokens(candidate, windows * 16, 2)
+        context = pipe.context(tokens, mask, 2, 1.0)
+        prediction = pipe.denoiser.denoise_with_context(pipe.scheduler.add_noise(latents.expand(16, -1, -1, -1), noise, t), t, context)
+        return F.mse_loss(prediction, noise).item()
+
+    inverted, losses = pipe.invert_condition(latents, field, 2, windows, steps=40, learning_rate=0.1, generator=seeded(1))
+    assert len(losses) == 40 and not torch.equal(inverted, field)
+    with torch.no_grad():
+        assert mismatch(inverted) < 0.97 * mismatch(field)
+
+
 def test_clear_errors(pipe):
     with pytest.raises(ValueError, match="magnification must be one of the trained levels 0..2"):
         pipe(magnification=3, num_images=1)
-    with pytest.raises(ValueError, match="multiples of 4"):
+    with pytest.raises(ValueError, match="multiples of 4 .* at least 16"):
         pipe.super_resolve(np.zeros((1, 6, 6, 3)), scale=4)
-    with pytest.raises(ValueError, match="height and width"):
-        pipe.generate_large_image(48, 48)
+    with pytest.raises(ValueError, match="height and width must be multiples of 16"):
+        pipe.generate_large_image(40, 40)
+    with pytest.raises(ValueError, match="window_stride"):
+        pipe.generate_large_image(32, 32, window_stride=9)
     with pytest.raises(ValueError, match="coupling must be one of"):
         pipe.generate_large_image(64, 64, coupling="joint")
     with pytest.raises(ValueError, match="reference_images"):
