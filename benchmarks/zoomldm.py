@@ -1,55 +1,76 @@
-"""ZoomLDM large-image speed: joint multi-scale sampling vs the projection ablation vs naive tiling, fp32 vs bf16.
+"""ZoomLDM large-image memory and time: one guided joint-sampling step vs image size, chunked vs unchunked.
 
-    OMP_NUM_THREADS=1 python benchmarks/zoomldm.py [--model assets/zoomldm-retina] [--size 128] [--steps 10] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/zoomldm.py [--model assets/zoomldm-retina] [--sizes 256 512 1024]
+        [--batch_size 16] [--unchunked_up_to 512]
 
-Times ``pipe.generate_large_image(size, size, coupling=...)`` (one ``size x size`` image, ``(size / 32)^2``
-tiles plus the low-magnification view) for ``coupling`` in ``guidance`` (the paper's gradient guidance: one
-backward pass through the decoder and the denoiser per step), ``projection`` (decode, back-project, re-encode
-per step) and ``none`` (naive tiling), in fp32 and under ``torch.autocast("cpu", bfloat16)``. Variants are
-interleaved and the median of ``repeats`` rounds is reported, so background load affects all of them alike.
-Prints seconds per image and ratios to naive fp32. Loads the model read-only; writes nothing.
+One step of ``pipe.generate_large_image``'s sampler on an ``S x S`` image (level-0 canvas plus its level-``L`` view,
+windows half a window apart): every window's clean estimate (:meth:`windowed_clean`), then the cross-magnification
+guidance (:meth:`coupling_step`: blended decode of both canvases and the exact gradient, window chunk by window
+chunk). Each variant runs in a fresh subprocess; peak memory is the process's peak resident set size minus its
+resident size just before the step (``ru_maxrss``), so it counts activations and buffers, not the weights. The
+unchunked reference (``batch_size`` = every window at once) is run up to ``--unchunked_up_to``. Loads the model
+read-only; writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-from functools import partial
-
-import torch
-
-from selfgen import ZoomLDMPipeline
-from selfgen.pipelines.zoomldm import COUPLINGS
-from timing import interleaved_medians
+import json
+import resource
+import subprocess
+import sys
+import time
 
 
-def large_image(pipe: ZoomLDMPipeline, size: int, steps: int, coupling: str, bf16: bool) -> None:
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with autocast:
-        pipe.generate_large_image(
-            size, size, coupling=coupling, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np"
-        )
+def rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def one_step(model: str, size: int, batch_size: int) -> dict:
+    import torch
+
+    from selfgen import ZoomLDMPipeline
+    from selfgen.pipelines.zoomldm import canvas_windows
+
+    pipe = ZoomLDMPipeline.from_pretrained(model)
+    level, stride = pipe.check_canvas(size, size), pipe.window // 2
+    generator = torch.Generator().manual_seed(0)
+    field = pipe.embedding_field(None, size // pipe.patch_size, size // pipe.patch_size, level, generator, 2)
+    canvases, windows, contexts = [], [], []
+    for canvas_level in (0, level):
+        side = size // pipe.latent_factor // 2**canvas_level
+        canvases.append(torch.randn(1, pipe.denoiser.config.in_channels, side, side, generator=generator))
+        windows.append(canvas_windows((side, side), pipe.window, stride))
+        contexts.append(pipe.canvas_contexts(field, windows[-1], canvas_level, 1.0))
+    batch = batch_size or max(len(w) for w in windows)
+    timestep = pipe.scheduler.config.num_train_timesteps // 2
+    before, started = rss_mb(), time.perf_counter()
+    with torch.no_grad():
+        clean = [pipe.windowed_clean(z, timestep, w, c, 1.0, batch) for z, w, c in zip(canvases, windows, contexts)]
+        pipe.coupling_step(clean[0], clean[1], None, 2**level, 1.0, stride, batch)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"size": size, "windows": sum(map(len, windows)), "batch_size": batch_size or "all",
+            "peak_mb": peak_mb - before, "seconds": time.perf_counter() - started}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="assets/zoomldm-retina")
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--unchunked_up_to", type=int, default=512)
+    parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    pipe = ZoomLDMPipeline.from_pretrained(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    variants = {
-        (coupling, bf16): partial(large_image, pipe, args.size, args.steps, coupling, bf16)
-        for coupling in COUPLINGS for bf16 in (False, True)
-    }
-    medians = interleaved_medians(variants, args.repeats)
-    reference = medians[("none", False)]
-    print(f"{args.size}x{args.size}, {args.steps} DDIM steps, torch threads {torch.get_num_threads()}")
-    print(f"{'coupling':<11} {'precision':<9} {'s/image':>8} {'vs naive fp32':>14}")
-    for (coupling, bf16), median in medians.items():
-        print(f"{coupling:<11} {'bf16' if bf16 else 'fp32':<9} {median:>8.2f} {median / reference:>14.2f}")
+    if args.child:
+        print(json.dumps(one_step(args.model, *args.child)))
+        return
+    print(f"{'size':>6} {'windows':>8} {'batch':>6} {'peak MB / step':>15} {'s / step':>9}")
+    for size in args.sizes:
+        for batch in [args.batch_size] + ([0] if size <= args.unchunked_up_to else []):
+            command = [sys.executable, __file__, "--model", args.model, "--child", str(size), str(batch)]
+            row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            print(f"{size:>6} {row['windows']:>8} {str(row['batch_size']):>6} {row['peak_mb']:>15.0f} {row['seconds']:>9.1f}")
 
 
 if __name__ == "__main__":

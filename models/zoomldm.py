@@ -6,10 +6,15 @@
   (``n <= G^2`` tokens, reduced by ``A``, missing tokens replaced by a learned pad token, plus learned
   positions) and a learned **magnification embedding** ``m_k`` go through a transformer ``T``; its
   ``1 + G^2`` outputs, projected by ``P``, are the fixed-length cross-attention context. Classifier-free
-  guidance replaces the *output* by a learned null context (as the authors' EmbeddingViT2 does).
+  guidance replaces the *output* (after the transformer, where the authors' EmbeddingViT2 does it) by a
+  **learned** null context; the authors' null context is all zeros (``0 * c``). Departure kept because the
+  bundled checkpoints were trained with the learned one (it starts near zero, ``N(0, 0.02^2)``, and a
+  zero context is a point it can learn); swapping in zeros would give them a null they never saw.
 * :class:`ZoomLDMDenoiser` -- a latent transformer ``eps_theta(z_t, t, c)``: patchified latent tokens,
   blocks of adaLN-modulated self-attention, cross-attention to ``c`` and an MLP (a DiT with
   cross-attention instead of the paper's UNet).
+* :class:`ZoomConditioner` -- the summarizer as its own component, so that a diffusers
+  ``UNet2DConditionModel`` conditioned by cross-attention on its tokens can be the denoiser.
 * :class:`ZoomEmbeddingDiffusion` -- the conditioning diffusion model (the paper's CDM): ``eps_phi(s_t, t, k)``
   over the ``G x G`` grid of SSL embeddings at magnification ``k`` (finer grids nearest-upsampled to
   ``G x G``), so sampling without a reference draws ``s_0`` first and then the image.
@@ -113,6 +118,32 @@ class ZoomSummarizer(nn.Module):
         if drop is not None:
             context = torch.where(drop[:, None, None], self.null_context.to(context.dtype), context)
         return context
+
+
+class ZoomConditioner(ModelMixin, ConfigMixin):
+    """The summarizer as a standalone component, for denoisers that only take a cross-attention context (a
+    diffusers ``UNet2DConditionModel``: ``unet(z_t, t, encoder_hidden_states=conditioner(tokens, mask, k))``):
+    ``(tokens (N, G^2, D), mask, magnification (N,), drop (N,) | None)`` -> ``(N, 1 + G^2, context_dim)``, the
+    magnification a token. Carries the grid and patch geometry the pipeline needs."""
+
+    @register_to_config
+    def __init__(
+        self,
+        ssl_dim: int = 32,
+        hidden_size: int = 64,
+        context_dim: int = 64,
+        max_grid: int = 4,
+        num_levels: int = 4,
+        depth: int = 2,
+        num_heads: int = 4,
+        image_patch_size: int = 32,
+    ) -> None:
+        super().__init__()
+        self.summarizer = ZoomSummarizer(ssl_dim, hidden_size, context_dim, max_grid, num_levels, depth, num_heads)
+
+    def forward(self, tokens, mask, magnification, drop_condition=None) -> torch.Tensor:
+        check_magnification(magnification, self.config.num_levels)
+        return self.summarizer(tokens.to(self.dtype), mask, magnification, drop_condition)
 
 
 def modulate(hidden: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, ImagePipelineOutput, SchedulerMixin
+from diffusers import AutoencoderKL, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 
 from ..data.validation import check_positive_int, images_to_tensor
 from ..models.zoomldm import (
+    ZoomConditioner,
     ZoomEmbeddingDiffusion,
     ZoomLDMDenoiser,
     ZoomSSLEncoder,
@@ -102,31 +103,60 @@ class ZoomLDMPipeline(SelfgenPipeline):
         large = pipe.generate_large_image(height=128, width=128, generator=g, output_type="np").images
     """
 
-    model_cpu_offload_seq = "ssl_encoder->embedding_model->denoiser->vae"
+    model_cpu_offload_seq = "ssl_encoder->embedding_model->conditioner->denoiser->vae"
+    _optional_components = ["conditioner"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
         vae: AutoencoderKL,
-        denoiser: ZoomLDMDenoiser,
+        denoiser: ZoomLDMDenoiser | UNet2DConditionModel,
         ssl_encoder: ZoomSSLEncoder,
         embedding_model: ZoomEmbeddingDiffusion,
         scheduler: SchedulerMixin,
+        conditioner: ZoomConditioner | None = None,
     ) -> None:
+        """``denoiser``: our :class:`ZoomLDMDenoiser` (summarizer inside), or any diffusers
+        ``UNet2DConditionModel`` with ``cross_attention_dim`` = the ``conditioner``'s ``context_dim`` (then
+        ``conditioner`` is required: it turns the SSL tokens and the magnification into the context)."""
         super().__init__()
+        if isinstance(denoiser, UNet2DConditionModel) and conditioner is None:
+            raise ValueError("a UNet2DConditionModel denoiser needs conditioner=ZoomConditioner(...) for its context")
         self.register_modules(
-            vae=vae, denoiser=denoiser, ssl_encoder=ssl_encoder, embedding_model=embedding_model, scheduler=scheduler
+            vae=vae, denoiser=denoiser, ssl_encoder=ssl_encoder, embedding_model=embedding_model, scheduler=scheduler,
+            conditioner=conditioner,
         )
 
     # ------------------------------------------------------------------ pieces
 
     @property
+    def geometry(self):
+        """The config holding ``image_patch_size``, ``num_levels`` and ``max_grid``: the conditioner's if any."""
+        return (self.conditioner if self.conditioner is not None else self.denoiser).config
+
+    @property
     def patch_size(self) -> int:
-        return self.denoiser.config.image_patch_size
+        return self.geometry.image_patch_size
 
     @property
     def num_levels(self) -> int:
-        return self.denoiser.config.num_levels
+        return self.geometry.num_levels
+
+    @property
+    def max_grid(self) -> int:
+        return self.geometry.max_grid
+
+    def summarize(self, tokens, mask, levels, drop=None) -> torch.Tensor:
+        if self.conditioner is not None:
+            return self.conditioner(tokens, mask, levels, drop)
+        return self.denoiser.summarize(tokens, mask, levels, drop)
+
+    def denoise_with_context(self, latents: torch.Tensor, timestep, context: torch.Tensor) -> torch.Tensor:
+        """``eps_theta(z_t, t, c)`` for either kind of denoiser."""
+        if isinstance(self.denoiser, UNet2DConditionModel):
+            timesteps = torch.as_tensor(timestep, device=latents.device).reshape(-1).expand(len(latents))
+            return self.denoiser(latents, timesteps, encoder_hidden_states=context.to(self.denoiser.dtype)).sample
+        return self.denoiser.denoise_with_context(latents, timestep, context)
 
     def check_magnification(self, magnification: int) -> None:
         if not isinstance(magnification, int) or not 0 <= magnification < self.num_levels:
@@ -144,7 +174,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
     def embed_regions(self, regions: torch.Tensor, magnification: int) -> tuple[torch.Tensor, torch.Tensor]:
         """SSL conditioning of ``(N, 3, S, S)`` regions in ``[-1, 1]`` seen at ``magnification``: the region is
         resized to ``P 2^k``, split into its ``2^k x 2^k`` level-0 sub-patches, embedded and pooled to ``g x g``."""
-        size, cells, max_grid = self.patch_size, 2**magnification, self.denoiser.config.max_grid
+        size, cells, max_grid = self.patch_size, 2**magnification, self.max_grid
         if regions.shape[-1] != size * cells or regions.shape[-2] != size * cells:
             regions = F.interpolate(regions, size=(size * cells, size * cells), mode="bicubic", align_corners=False)
         device = self._execution_device
@@ -172,16 +202,16 @@ class ZoomLDMPipeline(SelfgenPipeline):
         """Cross-attention context ``c`` (with the null context appended for classifier-free guidance)."""
         device = self._execution_device
         levels = torch.as_tensor(magnification, device=device).reshape(-1).expand(len(tokens))
-        context = self.denoiser.summarize(tokens.to(device), mask.to(device), levels)
+        context = self.summarize(tokens.to(device), mask.to(device), levels)
         if guidance_scale == 1.0:
             return context
-        null = self.denoiser.summarize(tokens.to(device), mask.to(device), levels, torch.ones_like(levels, dtype=torch.bool))
+        null = self.summarize(tokens.to(device), mask.to(device), levels, torch.ones_like(levels, dtype=torch.bool))
         return torch.cat([context, null])
 
     def predict_noise(self, latents: torch.Tensor, timestep, context: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         if guidance_scale == 1.0:
-            return self.denoiser.denoise_with_context(latents, timestep, context)
-        both = self.denoiser.denoise_with_context(torch.cat([latents, latents]), timestep, context)
+            return self.denoise_with_context(latents, timestep, context)
+        both = self.denoise_with_context(torch.cat([latents, latents]), timestep, context)
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
 
@@ -262,7 +292,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
             reference = F.interpolate(reference, size=(rows * size, cols * size), mode="bicubic", align_corners=False)
             embeddings = self.ssl_encoder(split_tiles(reference.clamp(-1, 1), size).to(device, self.ssl_encoder.dtype))
             return embeddings.float().reshape(rows, cols, -1).permute(2, 0, 1)
-        cells, side = 2**level, grid_side(level, self.denoiser.config.max_grid)
+        cells, side = 2**level, grid_side(level, self.max_grid)
         patch_rows, patch_cols = -(-rows // cells), -(-cols // cells)
         tokens, _ = self.sample_conditions(level, patch_rows * patch_cols, generator, num_inference_steps)
         grids = tokens[:, : side * side].reshape(patch_rows, patch_cols, side, side, -1)
@@ -276,7 +306,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         bilinearly sampled at the centres of the ``g x g`` sub-cells, so a window between grid cells gets the
         interpolated embedding (the official sampler interpolates between the 4 nearest cells), and an aligned
         window gets exactly the pooled sub-grid it was trained on (for ``2^level / g`` in {1, 2})."""
-        max_grid, (dim, rows, cols) = self.denoiser.config.max_grid, field.shape
+        max_grid, (dim, rows, cols) = self.max_grid, field.shape
         side, extent = grid_side(level, max_grid), 2**level
         offsets = (torch.arange(side, dtype=torch.float32) + 0.5) * extent / side
         starts = torch.tensor(windows, dtype=torch.float32) * extent / self.window  # (n, 2) in tile units
@@ -520,7 +550,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
             with torch.enable_grad():
                 tokens, mask = self.window_tokens(field, windows, level)
                 context = self.context(tokens, mask, level, 1.0)
-                prediction = self.denoiser.denoise_with_context(noisy, t, context)
+                prediction = self.denoise_with_context(noisy, t, context)
                 loss = F.mse_loss(prediction.float(), noise)
                 optimizer.zero_grad()
                 loss.backward()

@@ -256,3 +256,35 @@ def test_bundled_checkpoint():
 def test_super_resolve_refuses_nan_0_255_empty_and_zero_steps(pipe, low, steps, message):
     with pytest.raises(ValueError, match=message):
         pipe.super_resolve(low, scale=4, num_inference_steps=steps)
+
+
+def test_diffusers_unet_plugs_in_with_the_conditioner(pipe, tmp_path):
+    """A Stable-Diffusion-style UNet2DConditionModel, cross-attending to the conditioner's tokens (magnification as
+    a token), samples patches and a large image larger than one view, and survives save/load."""
+    from diffusers import UNet2DConditionModel
+
+    from selfgen.models.zoomldm import ZoomConditioner
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 16), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
+    )
+    conditioner = ZoomConditioner(ssl_dim=8, hidden_size=16, context_dim=16, max_grid=2, num_levels=3, depth=1,
+                                  num_heads=2, image_patch_size=16)
+    plugged = ZoomLDMPipeline(vae=pipe.vae, denoiser=unet.eval(), ssl_encoder=pipe.ssl_encoder,
+                              embedding_model=pipe.embedding_model, scheduler=pipe.scheduler, conditioner=conditioner.eval())
+    plugged.set_progress_bar_config(disable=True)
+    patches = plugged(magnification=1, num_images=2, num_inference_steps=2, generator=seeded(), output_type="np").images
+    assert patches.shape == (2, 16, 16, 3)
+    large = plugged.generate_large_image(48, 64, num_inference_steps=2, generator=seeded(), output_type="np")
+    assert large.images.shape == (1, 48, 64, 3) and np.isfinite(large.images).all()
+    plugged.save_pretrained(tmp_path / "unet")
+    reloaded = ZoomLDMPipeline.from_pretrained(tmp_path / "unet")
+    reloaded.set_progress_bar_config(disable=True)
+    again = reloaded(magnification=1, num_images=2, num_inference_steps=2, generator=seeded(), output_type="np").images
+    torch.testing.assert_close(again, patches)
+    with pytest.raises(ValueError, match="needs conditioner"):
+        ZoomLDMPipeline(vae=pipe.vae, denoiser=unet, ssl_encoder=pipe.ssl_encoder,
+                        embedding_model=pipe.embedding_model, scheduler=pipe.scheduler)
