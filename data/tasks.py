@@ -13,6 +13,11 @@ and a completion is ``"S:<steps>\\nA:<answer>"``. Besides the final answer, each
 can be checked (:meth:`Task.step_accuracy`: for column arithmetic, against the reference column
 steps; for countdown, each step must be a true equation), a process reward used by B-STaR's threshold.
 
+A graded :meth:`Task.quality` in [0, 1], 1 exactly when the completion verifies (the quality gain of
+ExIt's revisions): arithmetic scores the share of correct answer digits (:func:`digit_share`),
+countdown the distance of the reached value to the target. The hard split ``add_hard``
+(:class:`UnequalAdditionTask`) adds a 4-digit number and a shorter one.
+
 For Co-Reward, :meth:`Task.rephrase` gives an *exact* rephrasing of a problem - a different
 question string with the same answer (addition: operands swapped or zero-padded to equal width;
 multiplication: the multiplicand zero-padded; countdown: the numbers reordered; JSONL: the line's
@@ -47,6 +52,7 @@ from .problems import Problem, load_problems
 
 ANSWER_PATTERN = re.compile(r"A:[ \t]*([^\n]*)")
 STEP_PATTERN = re.compile(r"^(-?\d+)([+*-])(-?\d+)(?:\+(\d+))?=(-?\d+)$")
+DIGITS = re.compile(r"[0-9]+")
 NUMBER_PATTERN = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.1
@@ -120,6 +126,17 @@ def answers_match(predicted: str | None, reference: str, rel_tol: float = 0.0, a
     return predicted.strip() == reference.strip()
 
 
+def digit_share(predicted: str | None, reference: str) -> float:
+    """The share of ``reference``'s digits that ``predicted`` gets right, aligned from the right, over
+    ``max(len(reference), len(predicted))`` digits (a missing or extra digit is wrong); ``predicted``
+    is read as an integer (leading zeros dropped); 0 unless it is a plain non-negative integer."""
+    if predicted is None or not DIGITS.fullmatch(predicted.strip()) or not DIGITS.fullmatch(reference):
+        return 0.0
+    predicted = str(int(predicted.strip()))
+    matches = sum(a == b for a, b in zip(reversed(predicted), reversed(reference)))
+    return matches / max(len(predicted), len(reference))
+
+
 def solution_steps(completion: str) -> list[str]:
     """The comma-separated steps of the first ``S:`` line of a completion (empty when absent)."""
     for line in completion.split("\n"):
@@ -188,6 +205,11 @@ class Task:
         """The fraction of true steps in the completion's ``S:`` line (0 without steps)."""
         steps = solution_steps(completion)
         return sum(step_is_true(step) for step in steps) / len(steps) if steps else 0.0
+
+    def quality(self, problem: Problem, completion: str, extract: AnswerExtractor = extract_answer) -> float:
+        """A graded score in [0, 1] that is 1 exactly when :meth:`verify` accepts the completion (ExIt's
+        reward is its gain between attempts). Here 1 or 0; tasks with partial credit override it."""
+        return float(self.verify(problem, completion, extract))
 
     def rephrase(self, problem: Problem, rng: random.Random) -> Problem:
         """An exact rephrasing of ``problem``: another question string with the same answer."""
@@ -284,6 +306,50 @@ class ArithmeticTask(Task):
         matches = sum(a == b for a, b in zip(steps, reference))
         return matches / max(len(steps), len(reference))
 
+    def quality(self, problem: Problem, completion: str, extract: AnswerExtractor = extract_answer) -> float:
+        """The share of correct answer digits: 1 when verified, else ``matches / max(len(ref), len(pred))``
+        with digits aligned from the right (units with units), a missing or extra digit counting as
+        wrong, the prediction read as an integer (leading zeros dropped); 0 for no answer or one that
+        is not a plain non-negative integer. E.g. reference 132: ``"142"`` 2/3, ``"32"`` 2/3, ``"1132"`` 3/4."""
+        if self.verify(problem, completion, extract):
+            return 1.0
+        return digit_share(extract(completion), problem.answer)
+
+
+@dataclass
+class UnequalAdditionTask(ArithmeticTask):
+    """The hard split (``task: add_hard``): additions of a ``long_digits``-digit number (default 4) and a
+    shorter one (1 to ``long_digits - 1`` digits, uniform), the long operand first or second at random.
+    The column steps must carry through the columns where the short operand has run out, the case a
+    model trained mostly on equal widths gets wrong. Questions are ``add`` questions, split by the same
+    :meth:`ArithmeticTask.split_key`, so a held-out ``add_hard`` problem is never an ``add`` training
+    problem. :func:`is_unequal_addition` tells whether any addition question belongs to it."""
+
+    long_digits: int = 4
+
+    def __post_init__(self) -> None:
+        if self.long_digits < 2:
+            raise ValueError(f"long_digits must be >= 2 (a shorter operand must exist), got {self.long_digits}")
+        self.op, self.min_digits, self.max_digits = "add", 1, self.long_digits
+        super().__post_init__()
+        self.name = "add_hard"
+
+    def make_problem(self, rng: random.Random, problem_id: str) -> Problem:
+        long = rng.randint(10 ** (self.long_digits - 1), 10**self.long_digits - 1)
+        short_digits = rng.randint(1, self.long_digits - 1)
+        short = rng.randint(10 ** (short_digits - 1) if short_digits > 1 else 0, 10**short_digits - 1)
+        left, right = (long, short) if rng.random() < 0.5 else (short, long)
+        return Problem(f"{left}+{right}", str(left + right), problem_id)
+
+
+def is_unequal_addition(question: str, long_digits: int = 4) -> bool:
+    """Whether ``question`` (``a+b``) adds a ``long_digits``-digit number and a shorter one."""
+    parts = question.split("+")
+    if len(parts) != 2 or not all(DIGITS.fullmatch(part) for part in parts):
+        return False
+    widths = sorted(len(str(int(part))) for part in parts)
+    return widths[1] == long_digits and widths[0] < long_digits
+
 
 @dataclass
 class CountdownTask(Task):
@@ -337,24 +403,43 @@ class CountdownTask(Task):
                 break
         return rephrased(problem, f"{','.join(shuffled)}>{target}", "reorder")
 
-    def verify(self, problem: Problem, completion: str, extract: AnswerExtractor = extract_answer) -> bool:
-        """Every step is true and uses available numbers, and the last result is the target."""
-        numbers, target = problem.question.split(">")
-        pool = [int(n) for n in numbers.split(",")]
-        steps = solution_steps(completion)
-        if not steps or not answers_match(extract(completion), problem.answer):
-            return False
+    def play(self, problem: Problem, steps: list[str]) -> list[int] | None:
+        """The numbers left after playing ``steps`` on the problem's numbers (each result joins them), or
+        ``None`` when a step is not a true ``a<op>b=c`` or uses a number that is not available."""
+        pool = [int(n) for n in problem.question.split(">")[0].split(",")]
         for step in steps:
             match = STEP_PATTERN.match(step.strip())
             if match is None or match.group(4) is not None or not step_is_true(step):
-                return False
+                return None
             left, _, right, _, result = match.groups()
             for operand in (int(left), int(right)):
                 if operand not in pool:
-                    return False
+                    return None
                 pool.remove(operand)
             pool.append(int(result))
-        return pool == [int(target)]
+        return pool
+
+    def verify(self, problem: Problem, completion: str, extract: AnswerExtractor = extract_answer) -> bool:
+        """Every step is true and uses available numbers, and the last result is the target."""
+        steps = solution_steps(completion)
+        if not steps or not answers_match(extract(completion), problem.answer):
+            return False
+        return self.play(problem, steps) == [int(problem.question.split(">")[1])]
+
+    def quality(self, problem: Problem, completion: str, extract: AnswerExtractor = extract_answer) -> float:
+        """Distance to the target: 1 when verified; 0 without steps or with a false step or one that
+        uses a number not available; else ``1 / (1 + |v - target| + unused)``, ``v`` the last step's
+        result and ``unused`` the count of given numbers never used, capped at 1/2 for a completion
+        that is not verified (a right chain whose ``A:`` line is wrong)."""
+        if self.verify(problem, completion, extract):
+            return 1.0
+        steps = solution_steps(completion)
+        pool = self.play(problem, steps) if steps else None
+        if pool is None:
+            return 0.0
+        reached = pool[-1]  # the last step's result is appended last
+        distance = abs(reached - int(problem.question.split(">")[1])) + len(pool) - 1
+        return min(0.5, 1.0 / (1.0 + distance))
 
 
 @dataclass
@@ -427,17 +512,19 @@ class JsonlTask(Task):
         return rephrased(Problem(problem.question, problem.answer, problem.id, metadata), text, "user")
 
 
-TASK_NAMES = ("add", "mul", "arith", "countdown")
+TASK_NAMES = ("add", "mul", "arith", "countdown", "add_hard")
 
 
 def get_task(name: str, **options) -> Task:
-    """A task by name (``add``/``arith``, ``mul``, ``countdown``) or a path to a problems JSONL file."""
+    """A task by name (``add``/``arith``, ``mul``, ``countdown``, ``add_hard``) or a path to a problems JSONL file."""
     if name in ("add", "arith"):
         return ArithmeticTask("add", **options)
     if name == "mul":
         return ArithmeticTask("mul", **options)
     if name == "countdown":
         return CountdownTask(**options)
+    if name == "add_hard":
+        return UnequalAdditionTask(**options)
     if name.endswith(".jsonl") or Path(name).is_file():
         return JsonlTask(path=name, **options)
     raise ValueError(f"task must be one of {TASK_NAMES} or a problems .jsonl file, got {name!r}")

@@ -144,7 +144,7 @@ def build_task(config: IterativeConfig) -> Task:
         return get_task(
             config.task, min_digits=config.min_digits, max_digits=config.max_digits, eval_fraction=config.eval_fraction
         )
-    if config.task == "countdown":
+    if config.task in ("countdown", "add_hard"):
         return get_task(config.task, eval_fraction=config.eval_fraction)
     return get_task(config.task, eval_fraction=config.eval_fraction, eval_file=config.eval_file)
 
