@@ -12,16 +12,22 @@ current logprobs (ratio 1, so the clipped surrogate's gradient is exactly REINFO
 ``dr_grpo`` reduction (token sums over a constant ``max_new_tokens``). A round's steps may revisit a
 rollout after earlier updates (no importance correction: slightly stale REINFORCE).
 
-* **Stage I** (``stage1_iterations``) - maximise the second turn's reward while keeping the first
-  turn close to the base model: ``max E[r2] - beta2 KL(pi(.|x) || pi_ref(.|x)) - beta1 KL(turn 2)``.
-  Turn-2 tokens get ``r2 - b``; turn-1 tokens get no reward term and the strong KL weight ``beta2``
-  (this decouples the turns and avoids collapsing into "never change the answer").
-* **Stage II** - jointly maximise both turns with reward shaping on turn 2
-  (:func:`shaped_reward`): ``r2_hat = r2 + alpha (r2 - r1)`` (a bonus for going incorrect ->
-  correct, a penalty for correct -> incorrect); the objective is ``r1 + r2_hat - beta1 KL`` on both
-  turns, so turn 1 is credited with the return ``r1 + r2_hat`` and turn 2 with ``r2_hat``. Note
-  ``r1 + r2_hat = (1 - alpha) r1 + (1 + alpha) r2``: the first attempt is rewarded for being wrong;
-  ``first_turn_bonus: false`` credits turn 1 with the unshaped ``r1 + r2`` instead (a departure).
+Per-turn returns (:func:`turn_returns`; the advantage of a turn's tokens is its return minus the
+group mean, :func:`baseline_advantages`):
+
+* **Stage I** (``stage1_iterations``, the paper's eq. 3) - maximise the second turn's reward while
+  keeping the first turn close to the base model:
+  ``max E_{y1 ~ pi, y2 ~ pi}[r2] - beta2 KL(pi(.|x) || pi_ref(.|x)) - beta1 KL(turn 2)``. Both turns
+  are sampled from ``pi``, so both are credited with the return ``r2`` (REINFORCE of eq. 3); the
+  first turn carries the strong KL weight ``beta2``, which keeps it near the base (this decouples the
+  turns and avoids collapsing into "never change the answer").
+* **Stage II** (eq. 4 with the shaping bonus) - jointly maximise ``r1 + r2`` with the bonus
+  ``b = alpha (r2 - r1)`` on the second attempt only (:func:`shaped_reward`,
+  ``r2_hat = r2 + alpha (r2 - r1)``: a bonus for incorrect -> correct, a penalty for correct ->
+  incorrect). Turn 1 is credited with ``r1 + r2`` and turn 2 with ``r2_hat``: the bonus shapes the
+  revision, never the first attempt, so a wrong first attempt is never rewarded over a right one
+  (crediting turn 1 with ``r1 + r2_hat = (1 - alpha) r1 + (1 + alpha) r2`` would pay ``-9 r1`` at
+  ``alpha = 10``, i.e. reward wrong first attempts; that was this module's earlier default).
 
 Metrics, greedy on held-out problems: Accuracy@t1, Accuracy@t2, Delta(t1,t2) = Acc@t2 - Acc@t1,
 Delta_i->c (fraction fixed by the revision) and Delta_c->i (fraction broken by it); with
@@ -72,7 +78,6 @@ class SCoReConfig(IterativeConfig):
     alpha: float = 10.0  # stage II: reward-shaping multiplier
     learning_rate: float = 1e-4
     stage2_learning_rate: float | None = None  # stage II's rounds (None: learning_rate); shaped returns are ~alpha x larger
-    first_turn_bonus: bool = True  # stage II: turn 1's return includes the shaping bonus (False: r1 + r2)
     stage2_beta_first: float | None = None  # stage II: KL weight on the first turn (None: beta1, as the paper)
     tune_problems: int = 0  # > 0: also report tune_* metrics on this many training-seed problems
     warmup_problems: int = 0  # > 0: Pair-SFT warm start of the revision turn on the model's own samples (departure)
@@ -84,6 +89,17 @@ class SCoReConfig(IterativeConfig):
 def shaped_reward(r1: torch.Tensor, r2: torch.Tensor, alpha: float) -> torch.Tensor:
     """Stage II's turn-2 reward ``r2 + alpha (r2 - r1)``."""
     return r2 + alpha * (r2 - r1)
+
+
+def turn_returns(r1: torch.Tensor, r2: torch.Tensor, stage: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The returns credited to turn 1 and turn 2: stage I ``(r2, r2)`` (eq. 3: only turn 2's reward is
+    optimised, through both sampled turns); stage II ``(r1 + r2, r2 + alpha (r2 - r1))`` (eq. 4, the
+    shaping bonus on the second attempt only)."""
+    if stage == 1:
+        return r2, r2
+    if stage == 2:
+        return r1 + r2, shaped_reward(r1, r2, alpha)
+    raise ValueError(f"stage must be 1 or 2, got {stage}")
 
 
 def baseline_advantages(returns: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -198,15 +214,11 @@ class SCoReTrainer(IterativeTrainer):
         r1 = torch.tensor(self.verifier_rewards(repeated, [r.text for r in first]))
         r2 = torch.tensor(self.verifier_rewards(repeated, [r.text for r in second]))
         stage = 1 if iteration <= config.stage1_iterations else 2
+        first_return, second_return = turn_returns(r1, r2, stage, config.alpha)
+        first_advantages, second_advantages = baseline_advantages(first_return, k), baseline_advantages(second_return, k)
         if stage == 1:
-            first_advantages = torch.zeros_like(r1)
-            second_advantages = baseline_advantages(r2, k)
             first_kl = config.beta2 / config.beta1
         else:
-            shaped = shaped_reward(r1, r2, config.alpha)
-            first_return = r1 + (shaped if config.first_turn_bonus else r2)
-            first_advantages = baseline_advantages(first_return, k)
-            second_advantages = baseline_advantages(shaped, k)
             first_kl = (config.beta1 if config.stage2_beta_first is None else config.stage2_beta_first) / config.beta1
         samples = [  # no old logprobs: the ratio is 1 and the update is REINFORCE's (see the docstring)
             PolicySample(r.prompt_ids, r.completion_ids, float(a), None, kl)

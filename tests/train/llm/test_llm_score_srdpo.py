@@ -8,7 +8,14 @@ import torch
 from selfgen.data.problems import Problem
 from selfgen.data.tasks import JUDGE_MARK, extract_answer, get_task, parse_verdict
 from selfgen.train.llm.objectives import GRPOCollator, GRPOObjective, PolicySample
-from selfgen.train.llm.score import SCoReConfig, SCoReTrainer, baseline_advantages, revision_pairs, shaped_reward
+from selfgen.train.llm.score import (
+    SCoReConfig,
+    SCoReTrainer,
+    baseline_advantages,
+    revision_pairs,
+    shaped_reward,
+    turn_returns,
+)
 from selfgen.train.llm.self_reward_dpo import (
     SelfRewardDPOConfig,
     SelfRewardDPOTrainer,
@@ -33,6 +40,31 @@ def test_stage2_shaped_reward_is_r2_plus_alpha_times_improvement():
     alpha = 10.0
     torch.testing.assert_close(shaped_reward(r1, r2, alpha), r2 + alpha * (r2 - r1))
     assert shaped_reward(r1, r2, alpha).tolist() == [0.0, 11.0, -10.0, 1.0]  # i->c bonus, c->i penalty
+
+
+# one group of the four hand-made outcomes: right->right, wrong->right, right->wrong, wrong->wrong
+R1 = torch.tensor([1.0, 0.0, 1.0, 0.0])
+R2 = torch.tensor([1.0, 1.0, 0.0, 0.0])
+
+
+def test_stage1_credits_both_turns_with_the_second_turns_reward():
+    first, second = turn_returns(R1, R2, stage=1, alpha=10.0)
+    assert first.tolist() == [1.0, 1.0, 0.0, 0.0] and second.tolist() == [1.0, 1.0, 0.0, 0.0]
+    a1, a2 = baseline_advantages(first, 4), baseline_advantages(second, 4)
+    assert a1.tolist() == [0.5, 0.5, -0.5, -0.5]  # turn 1 is not zero: it is sampled from the policy (eq. 3)
+    torch.testing.assert_close(a1, a2)
+
+
+def test_stage2_never_rewards_a_wrong_first_attempt():
+    first, second = turn_returns(R1, R2, stage=2, alpha=10.0)
+    assert first.tolist() == [2.0, 1.0, 1.0, 0.0]  # r1 + r2: no shaping bonus on turn 1
+    assert second.tolist() == [1.0, 11.0, -10.0, 0.0]  # r2 + alpha (r2 - r1)
+    a1, a2 = baseline_advantages(first, 4), baseline_advantages(second, 4)
+    assert a1.tolist() == [1.0, 0.0, 0.0, -1.0] and a2.tolist() == [0.5, 10.5, -10.5, -0.5]
+    # a wrong first attempt never gets more turn-1 credit than a right one with the same second turn
+    assert a1[1] < a1[0] and a1[3] < a1[2]
+    with pytest.raises(ValueError, match="stage"):
+        turn_returns(R1, R2, stage=3, alpha=10.0)
 
 
 def test_reinforce_baseline_is_the_group_mean_without_scaling():
@@ -85,17 +117,14 @@ def test_score_round_credits_turns_as_the_paper(tmp_path, stage):
     a1, a2 = torch.tensor([s.advantage for s in first]), torch.tensor([s.advantage for s in second])
     if stage == 1:
         assert round_.logs["stage"] == 1.0
-        assert a1.abs().sum() == 0 and all(s.kl_weight == pytest.approx(1.0 / 0.05) for s in first)
+        assert all(s.kl_weight == pytest.approx(1.0 / 0.05) for s in first)  # turn 1: beta2 / beta1
+        torch.testing.assert_close(a1, baseline_advantages(r2, k))
         torch.testing.assert_close(a2, baseline_advantages(r2, k))
     else:
         assert round_.logs["stage"] == 2.0 and all(s.kl_weight == 1.0 for s in first)
         shaped = r2 + 10.0 * (r2 - r1)
-        torch.testing.assert_close(a1, baseline_advantages(r1 + shaped, k))
+        torch.testing.assert_close(a1, baseline_advantages(r1 + r2, k))
         torch.testing.assert_close(a2, baseline_advantages(shaped, k))
-        trainer.config.first_turn_bonus = False  # the departure: turn 1 credited with the unshaped r1 + r2
-        again = trainer.build_round(stage).dataset
-        assert [s.completion_ids for s in again] == [s.completion_ids for s in round_.dataset]  # seeded rollouts
-        torch.testing.assert_close(torch.tensor([s.advantage for s in again[:n]]), baseline_advantages(r1 + r2, k))
         trainer.config.stage2_beta_first = 1.0  # the other departure: stage I's strong first-turn KL kept
         held = trainer.build_round(stage).dataset
         assert all(s.kl_weight == pytest.approx(1.0 / 0.05) for s in held[:n])
