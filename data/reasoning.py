@@ -21,6 +21,21 @@ supervised warm-up data: a wrong result (``calculation``), a wrong carry with a 
 equations and only wrong in context. Everything is seeded; callers pass training seeds below the
 held-out ones.
 
+Feedback and correction (the multi-turn self-correction recipes: CCT, SCL, critique-in-the-loop,
+ExIt, SCoRe): after an attempt comes a :class:`Feedback` line, then the revision mark and the
+correction, a complete solution again::
+
+    Q:47+85\nS:7+5+0=12,4+8+1=14\nA:142\nF:N2\nR:\nS:7+5+0=12,4+8+1=13\nA:132
+
+``F:Y`` says the attempt is right, ``F:N`` wrong, ``F:N<k>`` wrong from step ``k`` (1-based, the first
+wrong step a critic names); no feedback line at all is the plain "revise" turn of SCoRe
+(:func:`~selfgen.data.tasks.revision_prompt`, the same text). :func:`verifier_feedback` and
+:func:`step_feedback` write it from the task's verifier and reference steps, :func:`parse_feedback`
+reads it back from a model that writes its own (after :func:`feedback_request`). A chat-template
+format frames the same content as turns: ``PromptFormat.revision`` in
+:mod:`selfgen.train.llm.prompts` puts the attempt in an assistant turn and :meth:`Feedback.message`
+in the next user turn.
+
 Every function that writes a prompt takes ``prompt`` (question -> prompt text, default
 :func:`~selfgen.data.tasks.prompt_text`), so a recipe's prompt format reaches the search states and
 role prompts too; :func:`labelled_solutions` draws from a task ``split``.
@@ -34,11 +49,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .problems import Problem
-from .tasks import STEP_PATTERN, Task, completion_text, prompt_text, solution_steps
+from .tasks import (
+    REVISION_MARK,
+    STEP_PATTERN,
+    AnswerExtractor,
+    CountdownTask,
+    Task,
+    completion_text,
+    extract_answer,
+    prompt_text,
+    solution_steps,
+)
 
 ANSWER_MARK = "\nA:"
 SNEAKY_MARK = "\nX:"
 CRITIC_MARK = "\nC:"
+FEEDBACK_MARK = "\nF:"
+FEEDBACK_PATTERN = re.compile(r"F:[ \t]*([YN])[ \t]*(\d*)")
 ERROR_KINDS = ("calculation", "carry", "operand")
 DIGIT = re.compile(r"\d")
 PromptFn = Callable[[str], str]
@@ -172,3 +199,78 @@ def critic_prompt(question: str, prefix: Sequence[str], step: str, prompt: Promp
 def critic_completion(reference_step: str, judged_step: str) -> str:
     """A rule-built verdict: ``V:Y`` if the judged step equals the reference step, else ``V:N``."""
     return f"V:{'Y' if reference_step == judged_step else 'N'}"
+
+
+# ----------------------------------------------------------------- feedback and correction
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Feedback on an attempt: ``correct`` (the verdict) and, for a wrong one, optionally ``step``, the
+    first wrong step (1-based)."""
+
+    correct: bool
+    step: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.step is not None and (self.correct or self.step < 1):
+            raise ValueError(f"step must be a 1-based index given only with correct=False, got {self.step}")
+
+    def line(self) -> str:
+        """The compact feedback text of the ``Q:``/``A:`` format: ``Y``, ``N`` or ``N<k>``."""
+        return "Y" if self.correct else f"N{self.step or ''}"
+
+    def message(self) -> str:
+        """The same feedback as a user message for a chat-template format."""
+        if self.correct:
+            return "Your answer looks right. Check it once more and give your final answer as 'A: <answer>'."
+        where = f" The first wrong step is step {self.step}." if self.step else ""
+        return f"Your answer is wrong.{where} Correct your solution and give the final answer as 'A: <answer>'."
+
+
+def correction_prompt(prompt: str, attempt: str, feedback: Feedback | None = None) -> str:
+    """The context of a correction: the prompt, the attempt, the feedback line (none: a plain revision
+    request, identical to :func:`~selfgen.data.tasks.revision_prompt`), then the revision mark."""
+    line = "" if feedback is None else FEEDBACK_MARK + feedback.line()
+    return prompt + attempt + line + REVISION_MARK
+
+
+def feedback_request(prompt: str, attempt: str) -> str:
+    """The context in which a model writes its own feedback on ``attempt`` (``Y``/``N``/``N<k>`` after ``F:``)."""
+    return prompt + attempt + FEEDBACK_MARK
+
+
+def parse_feedback(text: str) -> Feedback | None:
+    """The last ``F:Y`` / ``F:N`` / ``F:N<k>`` in ``text`` (a generated feedback line may omit ``F:``
+    when it continues :func:`feedback_request`); ``None`` when there is none."""
+    found = FEEDBACK_PATTERN.findall(text) or FEEDBACK_PATTERN.findall("F:" + text.lstrip())
+    if not found:
+        return None
+    verdict, step = found[-1]
+    if verdict == "Y":
+        return Feedback(True)
+    return Feedback(False, int(step) if step and int(step) > 0 else None)
+
+
+def verifier_feedback(task: Task, problem: Problem, attempt: str, extract: AnswerExtractor = extract_answer) -> Feedback:
+    """The verifier's verdict on ``attempt`` with no location (an oracle ``F:Y``/``F:N``)."""
+    return Feedback(task.verify(problem, attempt, extract))
+
+
+def step_feedback(task: Task, problem: Problem, attempt: str, extract: AnswerExtractor = extract_answer) -> Feedback:
+    """Step-level feedback (a rule-based critic): for a wrong attempt, the first step that differs from
+    the task's reference steps (a missing step counts as differing at its position; none when the
+    steps all match and only the answer is wrong). Reference steps come from
+    :meth:`Task.worked_solution`; countdown, with many valid solutions, names the first step that is
+    false or uses a number not available (none when every step is legal)."""
+    if task.verify(problem, attempt, extract):
+        return Feedback(True)
+    steps = solution_steps(attempt)
+    if isinstance(task, CountdownTask):
+        first = next((k for k in range(len(steps)) if task.play(problem, steps[: k + 1]) is None), None)
+    else:
+        reference = reference_steps(task, problem)
+        differs = [k for k in range(max(len(steps), len(reference))) if steps[k : k + 1] != reference[k : k + 1]]
+        first = differs[0] if differs else None
+    return Feedback(False, None if first is None else first + 1)
+

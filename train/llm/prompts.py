@@ -12,6 +12,10 @@ final answer:
   question as the user turn (the hint appended to it), the answer read by ``answer_pattern`` (by
   default the same last ``A:`` line, which the default system message asks for).
 
+A correction turn (``revision``: attempt, optional :class:`~selfgen.data.reasoning.Feedback`, revise)
+and a self-feedback turn (``feedback_request``) are written by the format too: the arithmetic format
+appends ``F:``/``R:`` lines, the chat format adds an assistant turn (the attempt) and a user turn.
+
 Recipes never write prompt text themselves: they call ``trainer.prompt(problem)`` /
 ``trainer.format.answer(completion)``. Formats that continue a prompt (a revision turn, a judge turn,
 a partial solution) append to the formatted prompt, so they follow the chosen format.
@@ -21,9 +25,12 @@ from __future__ import annotations
 
 import re
 
+from ...data.reasoning import Feedback, correction_prompt, feedback_request
 from ...data.tasks import extract_answer, prompt_text
 
 PROMPT_FORMATS = ("arith", "chat")
+REVISION_REQUEST = "Review your solution and correct it if needed. Give the final answer as 'A: <answer>'."
+FEEDBACK_REQUEST = "Check your solution. Reply 'F: Y' if it is right, else 'F: N<k>' with k the first wrong step."
 CHAT_SYSTEM_PROMPT = "Solve the problem step by step. End with the final answer on its own line as 'A: <answer>'."
 
 
@@ -39,6 +46,16 @@ class PromptFormat:
     def answer(self, completion: str) -> str | None:
         """The final answer of ``completion`` (``None`` when it gives none)."""
         return extract_answer(completion)
+
+    def revision(self, question: str, attempt: str, feedback: Feedback | None = None, hint: str | None = None) -> str:
+        """The prompt of a correction turn: the attempt, the ``F:`` feedback line (none: a plain
+        revision request), then ``R:`` (:func:`~selfgen.data.reasoning.correction_prompt`)."""
+        return correction_prompt(self.prompt(question, hint), attempt, feedback)
+
+    def feedback_request(self, question: str, attempt: str, hint: str | None = None) -> str:
+        """The prompt in which the model writes its own feedback on ``attempt`` (read back with
+        :func:`~selfgen.data.reasoning.parse_feedback`)."""
+        return feedback_request(self.prompt(question, hint), attempt)
 
 
 class ChatTemplateFormat(PromptFormat):
@@ -65,10 +82,28 @@ class ChatTemplateFormat(PromptFormat):
             raise ValueError(f"answer_pattern must have a capture group for the answer, got {answer_pattern!r}")
 
     def prompt(self, question: str, hint: str | None = None) -> str:
+        return self.tokenizer.apply_chat_template(self._messages(question, hint), tokenize=False, add_generation_prompt=True)
+
+    def _messages(self, question: str, hint: str | None) -> list[dict[str, str]]:
         content = question if hint is None else question + self.hint_template.format(hint=hint)
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": content})
+        return messages + [{"role": "user", "content": content}]
+
+    def _continue(self, question: str, hint: str | None, attempt: str, request: str) -> str:
+        """The chat so far, the attempt as the assistant's turn, ``request`` as the next user turn."""
+        messages = self._messages(question, hint) + [
+            {"role": "assistant", "content": attempt},
+            {"role": "user", "content": request},
+        ]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def revision(self, question: str, attempt: str, feedback: Feedback | None = None, hint: str | None = None) -> str:
+        """The attempt as an assistant turn, then a user turn with :meth:`Feedback.message` (none:
+        :data:`REVISION_REQUEST`)."""
+        return self._continue(question, hint, attempt, REVISION_REQUEST if feedback is None else feedback.message())
+
+    def feedback_request(self, question: str, attempt: str, hint: str | None = None) -> str:
+        return self._continue(question, hint, attempt, FEEDBACK_REQUEST)
 
     def answer(self, completion: str) -> str | None:
         found = self.pattern.findall(completion)
