@@ -54,7 +54,7 @@ class GRPOConfig(IterativeConfig):
     beta: float = 0.04  # k3 KL weight to the starting model (0: no reference model)
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
-    loss_type: str = "grpo"  # grpo | bnpo | dr_grpo
+    loss_type: str = "grpo"  # grpo | bnpo | dr_grpo | dapo (TRL's normalisations)
     scale_rewards: bool = True  # divide by the group's std (False: Dr. GRPO's centring only)
     learning_rate: float = 1e-5
 
