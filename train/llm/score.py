@@ -30,7 +30,9 @@ group mean, :func:`baseline_advantages`):
   ``alpha = 10``, i.e. reward wrong first attempts; that was this module's earlier default).
 
 Metrics, greedy on held-out problems: Accuracy@t1, Accuracy@t2, Delta(t1,t2) = Acc@t2 - Acc@t1,
-Delta_i->c (fraction fixed by the revision) and Delta_c->i (fraction broken by it); with
+Delta_i->c (fraction fixed by the revision) and Delta_c->i (fraction broken by it), and the CCT
+decomposition (confidence level, critique score, RSS; :mod:`selfgen.eval.self_correction`), each
+with its standard error over problems (``*_se``); with
 ``tune_problems`` the same on training-seed problems as ``tune_*`` (for choosing settings).
 ``stage2_learning_rate`` sets stage II's step size apart (its shaped returns are ~alpha x larger);
 ``stage2_beta_first`` (a departure, off by default) keeps a KL weight on the first turn in stage II
@@ -58,6 +60,7 @@ from dataclasses import dataclass
 import torch
 
 from ...data.problems import Problem
+from ...eval.self_correction import flat_metrics, self_correction_metrics
 from ...data.tasks import revision_prompt
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
@@ -166,10 +169,8 @@ class SCoReTrainer(IterativeTrainer):
     def correction_eval(self, problems: list[Problem]) -> dict[str, float]:
         first, second = self.episodes(problems, temperature=0.0, num_samples=1)
         verify = self.verify
-        return correction_metrics(
-            [verify(p, r.text) for p, r in zip(problems, first)],
-            [verify(p, r.text) for p, r in zip(problems, second)],
-        )
+        table = [[verify(p, r1.text), verify(p, r2.text)] for p, r1, r2 in zip(problems, first, second)]
+        return flat_metrics(self_correction_metrics(table))  # + CL, CS, RSS and standard errors over problems
 
     def evaluate(self) -> dict[str, float]:
         metrics = self.correction_eval(self.eval_set)
