@@ -3,20 +3,25 @@
 Online rejection-sampling fine-tuning whose two exploration/exploitation knobs - the sampling
 temperature ``t`` and the reward threshold ``tau`` - are re-chosen every iteration to maximise the
 **balance score** on a small probe subset of the iteration's queries. For query ``i`` with ``K``
-samples, let ``n_i`` be the number of samples the reward selects (score >= ``tau``) and ``n_i'`` the
-number of *unique, correct* ones among them; then
+samples, let ``n_i`` be the number of *distinct* samples the reward selects (score >= ``tau``) and
+``n_i'`` the number of distinct *correct* ones among them (duplicates are removed before counting, as
+the official ``determine_hyper.py`` does; counting them let a hot temperature's duplicate-free
+samples look more precise); then
 
     balance_i = min(n_i' / n_star, 1) * (n_i' / n_i)        (0 when n_i = 0)
 
 The first factor rewards exploration (enough distinct correct solutions, up to ``n_star``), the
-second exploitation (how precise the reward's selection is). The configuration with the highest mean
+second exploitation (how precise the reward's selection is). The trade-off exists only on a task
+with several valid solutions per query: on addition (one canonical chain) ``n_i' <= 1`` and the
+score cannot reward exploration, so ``configs/bstar_countdown.yaml`` runs B-STaR on Countdown. The configuration with the highest mean
 balance over the probe queries generates and selects the iteration's training data, and the current
 policy is fine-tuned on it (continuing, not restarting, as online RFT does).
 
 Selection follows the paper's "answer + reward model" filtering: a sample is selected when its final
-answer is correct (task verifier) and its process reward - the fraction of the reference steps its
-chain of thought reproduces (:class:`~selfgen.train.llm.rewards.ProcessReward`), standing in for the
-paper's PRM - is at least ``tau``; ``require_correct_answer: false`` selects by the reward alone.
+answer is correct (task verifier) and its process reward - the task's rule-based step check
+(:class:`~selfgen.train.llm.rewards.ProcessReward`: addition, the fraction of the reference column steps
+reproduced; Countdown, the fraction of true steps), standing in for the paper's PRM - is at least
+``tau``; ``require_correct_answer: false`` selects by the reward alone.
 Monitored per iteration: Pass@K and distinct correct answers per query (exploration), the
 selection's precision (exploitation), the balance score and the chosen ``t``/``tau``.
 """
@@ -52,11 +57,13 @@ class BSTaRConfig(IterativeConfig):
 
 
 def balance_score(selected: list[tuple[str, bool]], n_star: int) -> float:
-    """``min(n'/n_star, 1) * n'/n`` for one query; ``selected`` holds ``(completion, is_correct)`` pairs."""
-    if not selected:
+    """``min(n'/n_star, 1) * n'/n`` for one query; ``selected`` holds ``(completion, is_correct)`` pairs,
+    deduplicated first: ``n`` distinct selected completions, ``n'`` distinct correct ones."""
+    distinct = dict(selected)
+    if not distinct:
         return 0.0
-    unique_correct = len({text for text, correct in selected if correct})
-    return min(unique_correct / n_star, 1.0) * unique_correct / len(selected)
+    unique_correct = sum(distinct.values())
+    return min(unique_correct / n_star, 1.0) * unique_correct / len(distinct)
 
 
 @dataclass

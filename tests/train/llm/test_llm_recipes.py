@@ -78,8 +78,8 @@ def test_star_iteration_resumes_after_last_finished(tmp_path):
 
 def test_balance_score():
     assert balance_score([], n_star=4) == 0.0
-    # 2 unique correct out of 4 selected (one duplicate, one wrong): min(2/4, 1) * 2/4
-    assert balance_score([("a", True), ("a", True), ("b", True), ("c", False)], n_star=4) == 0.25
+    # deduplicated first (official determine_hyper.py): 2 distinct correct of 3 distinct selected: min(2/4, 1) * 2/3
+    assert balance_score([("a", True), ("a", True), ("b", True), ("c", False)], n_star=4) == pytest.approx(1 / 3)
     assert balance_score([(str(i), True) for i in range(6)], n_star=4) == 1.0
 
 
