@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from .prompts import prepare_tokenizer
+
 ALPHABET = "0123456789+-*/=()<>,.:;?!'\" \n" + "abcdefghijklmnopqrstuvwxyz" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
@@ -78,11 +80,7 @@ def load_policy(path: str | Path, torch_dtype: str | torch.dtype = "float32") ->
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model={str(path)!r} is not a saved causal LM folder (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(torch_dtype))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return model.eval(), tokenizer
+    return model.eval(), prepare_tokenizer(AutoTokenizer.from_pretrained(path))
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:
