@@ -1,7 +1,7 @@
 """Multi-view videos of dynamic 3D scenes, with their cameras, for camera-controlled re-rendering.
 
 Two sources share one item contract, ``{"videos": (V, F, H, W, 3) float32 in [0, 1], "cameras": (V, F, 4, 4)
-camera-to-world, "intrinsics": (3, 3)}``; view 0 is the source video:
+camera-to-world, "intrinsics": (3, 3) shared or (V, 3, 3) per view}``; view 0 is the source video:
 
 * :class:`MultiViewSceneDataset` -- a seeded numpy ray caster of small dynamic scenes (a checkered floor,
   a few coloured boxes and spheres, some moving on the floor, under a sky gradient) seen along orbit,
@@ -9,7 +9,9 @@ camera-to-world, "intrinsics": (3, 3)}``; view 0 is the source video:
   truth, and :func:`render` renders any other camera path of a scene (with depth, for visibility masks).
   ``split="test"`` draws held-out scenes from a different seed stream than ``split="train"``.
 * :class:`MultiViewVideoFolder` -- the user's own multi-camera recordings: one sub-folder per scene
-  holding videos and, beside each, a camera JSON of the same name (see :func:`load_camera_file`).
+  holding videos and, beside each, a camera JSON of the same name (see :func:`load_camera_file`); OpenCV or
+  OpenGL camera axes (``camera_convention``), per-view intrinsics, camera positions rescaled to the synthetic
+  scenes' scale (:func:`normalize_pose_scale`), every frame used (one item per clip-length chunk).
 
 Cameras follow OpenCV (x right, y down, z forward; see ``selfgen.models.embeddings``); the world is
 y-up with the floor at ``y = 0``.
@@ -58,8 +60,9 @@ class Scene:
     sky_colors: np.ndarray  # (2, 3) horizon and zenith
 
 
-def sample_scene(rng: np.random.Generator) -> Scene:
-    """Three to five objects within 2 units of the origin; about half of them move."""
+def sample_scene(rng: np.random.Generator, static: bool = False) -> Scene:
+    """Three to five objects within 2 units of the origin; about half of them move (none if ``static``; the
+    random stream is the same either way, so a static scene is its dynamic twin frozen at frame 0)."""
     objects = []
     for _ in range(int(rng.integers(3, 6))):
         kind = "sphere" if rng.random() < 0.5 else "box"
@@ -68,7 +71,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         velocity = np.zeros(3)
         if rng.random() < 0.5:
             heading = rng.uniform(0, 2 * np.pi)
-            velocity[[0, 2]] = 0.12 * np.array([np.cos(heading), np.sin(heading)])
+            velocity[[0, 2]] = 0.0 if static else 0.12 * np.array([np.cos(heading), np.sin(heading)])
         color = rng.uniform(0.15, 1.0, size=3)
         color[rng.integers(3)] = rng.uniform(0.0, 0.2)  # saturated colours tell the objects apart
         objects.append(SceneObject(kind, np.array([position[0], half_extent, position[1]]), half_extent, color, velocity))
@@ -250,6 +253,58 @@ def check_cameras(cameras: Any, name: str, num_frames: int | None = None, atol: 
     return array
 
 
+CAMERA_CONVENTIONS = ("opencv", "opengl")
+OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])  # flip the camera's y (up -> down) and z (backward -> forward)
+SYNTHETIC_CAMERA_DISTANCE = 4.8  # mean distance of the synthetic scenes' cameras from the point they look at
+
+
+def to_opencv(cameras: np.ndarray, convention: str) -> np.ndarray:
+    """Camera-to-world ``(..., 4, 4)`` in ``convention`` (``"opencv"``: x right, y down, z forward;
+    ``"opengl"``: x right, y up, z backward, as Blender / NeRF exports) -> OpenCV, ``C_cv = C_gl diag(1, -1, -1, 1)``."""
+    if convention not in CAMERA_CONVENTIONS:
+        raise ValueError(f"camera_convention must be one of {CAMERA_CONVENTIONS}, got {convention!r}")
+    return cameras @ OPENGL_TO_OPENCV if convention == "opengl" else cameras
+
+
+def focus_point(cameras: np.ndarray) -> np.ndarray | None:
+    """The least-squares point nearest to every camera's optical axis (``(N, 4, 4)`` OpenCV cameras):
+    ``p = argmin sum_i ||(I - z_i z_i^T)(p - o_i)||^2``; ``None`` when the axes are (nearly) parallel."""
+    axes, centres = cameras[:, :3, 2], cameras[:, :3, 3]
+    projectors = np.eye(3) - axes[:, :, None] * axes[:, None, :]
+    system = projectors.sum(axis=0)
+    if np.linalg.cond(system) > 1e4:
+        return None
+    return np.linalg.solve(system, np.einsum("nij,nj->i", projectors, centres))
+
+
+def normalize_pose_scale(cameras: np.ndarray, distance: float, name: str = "cameras") -> tuple[np.ndarray, float]:
+    """Rescale the camera positions of one scene ``(V, F, 4, 4)`` (OpenCV) so that their mean distance to the
+    scene's :func:`focus_point` is ``distance`` (rotations unchanged, ``t' = s t``); returns the cameras and
+    ``s``. If the axes are nearly parallel (no focus point), the mean distance of the centres from their
+    centroid becomes ``distance / 4`` instead; a scene whose cameras all sit at one point is left as it is.
+    A focus point *behind* most cameras means their z axes point away from the scene, the mark of OpenGL
+    poses read as OpenCV: ``ValueError`` naming ``name`` and ``camera_convention``."""
+    flat = cameras.reshape(-1, 4, 4)
+    centres = flat[:, :3, 3]
+    focus = focus_point(flat)
+    if focus is not None:
+        in_front = np.einsum("ni,ni->n", focus - centres, flat[:, :3, 2]) > 0
+        if in_front.mean() < 0.5:
+            raise ValueError(
+                f"{name}: the cameras' viewing axes (+z) point away from the point they converge on; OpenGL-style "
+                "poses (camera looks along -z)? set camera_convention: opengl"
+            )
+        spread = float(np.linalg.norm(centres - focus, axis=1).mean())
+    else:
+        spread = float(np.linalg.norm(centres - centres.mean(axis=0), axis=1).mean()) * 4
+    if spread < 1e-9:
+        return cameras, 1.0
+    scale = distance / spread
+    scaled = cameras.copy()
+    scaled[..., :3, 3] *= scale
+    return scaled, scale
+
+
 def check_intrinsics(intrinsics: Any, name: str = "intrinsics") -> np.ndarray:
     """``intrinsics`` as a float64 ``(3, 3)`` pinhole matrix with positive focal lengths, else ``ValueError``."""
     array = np.asarray(intrinsics, dtype=np.float64)
@@ -275,7 +330,7 @@ class MultiViewSceneDataset(Dataset):
     Agibot) hold such overlapping trajectories; without them a scene never offers a conditioning video
     near the target camera, and a model cannot learn to carry content over from one, which is what a
     revisited camera needs. Neighbours are drawn from their own random stream, so every other view is
-    the same as with ``neighbour_prob=0``.
+    the same as with ``neighbour_prob=0``. ``static=True`` freezes every object (see :func:`sample_scene`).
     """
 
     def __init__(
@@ -291,6 +346,7 @@ class MultiViewSceneDataset(Dataset):
         include_scene: bool = True,
         neighbour_prob: float = 0.0,
         neighbour_angle: float = 0.15,
+        static: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
@@ -301,7 +357,7 @@ class MultiViewSceneDataset(Dataset):
         self.num_scenes, self.num_views, self.num_frames, self.size = num_scenes, num_views, num_frames, size
         self.seed, self.split, self.max_view_offset = seed, split, max_view_offset
         self.neighbour_prob, self.neighbour_angle = neighbour_prob, neighbour_angle
-        self.include_scene = include_scene
+        self.include_scene, self.static = include_scene, static
         self.intrinsics = default_intrinsics(size)
         self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
 
@@ -311,7 +367,7 @@ class MultiViewSceneDataset(Dataset):
     def scene_and_cameras(self, index: int) -> tuple[Scene, np.ndarray]:
         """The scene of item ``index`` and its ``(V, F, 4, 4)`` camera paths."""
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, self.static)
         azimuth = rng.uniform(0, 2 * np.pi)
         offsets = np.concatenate([[0.0], rng.uniform(-self.max_view_offset, self.max_view_offset, self.num_views - 1)])
         kinds = rng.choice(CAMERA_PATHS, size=self.num_views)
@@ -345,10 +401,11 @@ class MultiViewSceneDataset(Dataset):
         return item
 
 
-def load_camera_file(path: str | Path, num_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_camera_file(path: str | Path, num_frames: int | None = None, convention: str = "opencv") -> tuple[np.ndarray, np.ndarray]:
     """Read ``{"cameras": [4x4 camera-to-world per frame], "intrinsics": 3x3}`` (pixel units of the video
-    as stored). Missing file -> ``FileNotFoundError``; wrong shapes, non-rigid matrices or a frame count
-    different from ``num_frames`` -> ``ValueError`` naming the file."""
+    as stored) and return OpenCV cameras (``convention="opengl"`` converts them, :func:`to_opencv`) and the
+    intrinsics. Missing file -> ``FileNotFoundError``; a missing field, wrong shapes, non-rigid matrices or a
+    frame count different from ``num_frames`` -> ``ValueError`` naming the file and the field."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"camera file {path} not found (expected JSON with 'cameras' and 'intrinsics')")
@@ -358,8 +415,16 @@ def load_camera_file(path: str | Path, num_frames: int | None = None) -> tuple[n
         raise ValueError(f"camera file {path} is not valid JSON: {error}") from None
     if not isinstance(record, dict) or "cameras" not in record or "intrinsics" not in record:
         raise ValueError(f"camera file {path} must be a JSON object with keys 'cameras' and 'intrinsics'")
-    cameras = check_cameras(record["cameras"], f"{path}: cameras", num_frames)
-    return cameras, check_intrinsics(record["intrinsics"], f"{path}: intrinsics")
+    cameras = check_cameras(_as_array(record["cameras"], path, "cameras"), f"{path}: field 'cameras'", num_frames)
+    intrinsics = check_intrinsics(_as_array(record["intrinsics"], path, "intrinsics"), f"{path}: field 'intrinsics'")
+    return to_opencv(cameras, convention), intrinsics
+
+
+def _as_array(value: Any, path: Path, field: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"camera file {path}: field {field!r} must be a nested list of numbers") from None
 
 
 def read_video(path: str | Path, num_frames: int | None = None) -> np.ndarray:
@@ -396,44 +461,112 @@ class MultiViewVideoFolder(Dataset):
     """The user's multi-camera videos: ``root/<scene>/<view>.mp4`` with ``root/<scene>/<view>.json`` beside
     each (see :func:`load_camera_file`). Views of a scene are sorted by name; the first is the source.
 
+    * **Views**: each item holds the first ``min(num_views, V_min)`` views of its scene, where ``V_min`` is
+      the smallest view count of any scene (at least 2), so folders of 4-view scenes work without setting
+      ``num_views``.
+    * **Frames**: every frame is used: a scene of ``T`` synchronised frames (the shortest of its views)
+      gives one item per ``num_frames``-frame chunk, at starts ``0, num_frames, ...`` and a last chunk
+      ending at frame ``T``.
+    * **Cameras**: ``camera_convention`` ``"opencv"`` or ``"opengl"`` (converted to OpenCV), each view's own
+      intrinsics moved to the resized grid (``"intrinsics"`` is ``(V, 3, 3)``), and with
+      ``camera_distance`` (default: the synthetic scenes' 4.8) the scene's camera positions are rescaled by
+      :func:`normalize_pose_scale`, so recordings in millimetres or in metres reach the model at the scale
+      it was trained on (``None`` keeps them as they are).
+
     Every video and camera file is checked when the dataset is built: a missing camera file, a frame count
-    that differs between a video and its cameras, non-rigid matrices, or fewer than ``num_views`` views
-    raise an error naming the file. Items follow the :class:`MultiViewSceneDataset` contract (first
-    ``num_frames`` frames of the first ``num_views`` views, resized to ``size``; the intrinsics of the
-    first view, moved to the resized grid).
+    that differs between a video and its cameras, non-rigid matrices, a scene with fewer than 2 views or
+    fewer frames than ``num_frames`` raise an error naming the file or folder.
     """
 
-    def __init__(self, root: str | Path, num_views: int = 4, num_frames: int = 8, size: int = 32) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        num_views: int | None = None,
+        num_frames: int = 8,
+        size: int = 32,
+        camera_convention: str = "opencv",
+        camera_distance: float | None = SYNTHETIC_CAMERA_DISTANCE,
+    ) -> None:
+        if camera_convention not in CAMERA_CONVENTIONS:
+            raise ValueError(f"camera_convention must be one of {CAMERA_CONVENTIONS}, got {camera_convention!r}")
         self.root, files = find_files(root, VIDEO_EXTENSIONS, "video")
-        self.num_views, self.num_frames, self.size = num_views, num_frames, size
+        self.num_frames, self.size, self.camera_convention = num_frames, size, camera_convention
         by_scene: dict[Path, list[Path]] = {}
         for path in files:
             by_scene.setdefault(path.parent, []).append(path)
-        self.scenes = []
         for folder, videos in sorted(by_scene.items()):
-            if len(videos) < num_views:
-                raise ValueError(f"scene folder {folder} has {len(videos)} videos, num_views={num_views} needs more")
-            self.scenes.append([self._check_view(path) for path in sorted(videos)[:num_views]])
+            if len(videos) < 2:
+                raise ValueError(f"scene folder {folder} has {len(videos)} video; a scene needs a source and at least one more view")
+        fewest = min(len(videos) for videos in by_scene.values())
+        self.num_views = fewest if num_views is None else min(num_views, fewest)
+        self.scenes, self.chunks = [], []
+        for folder, videos in sorted(by_scene.items()):
+            views = [self._check_view(path) for path in sorted(videos)[: self.num_views]]
+            length = min(len(cameras) for _, cameras, _ in views)
+            if length < num_frames:
+                raise ValueError(f"scene folder {folder} has {length} synchronised frames, num_frames={num_frames} needs more")
+            cameras = np.stack([view_cameras[:length] for _, view_cameras, _ in views])
+            scale = 1.0
+            if camera_distance is not None:
+                cameras, scale = normalize_pose_scale(cameras, camera_distance, f"scene folder {folder}")
+            self.scenes.append({"paths": [path for path, _, _ in views], "cameras": cameras,
+                                "intrinsics": [intrinsics for _, _, intrinsics in views], "scale": scale})
+            last = length - num_frames
+            starts = sorted(set(range(0, last + 1, num_frames)) | {last})
+            self.chunks += [(len(self.scenes) - 1, start) for start in starts]
 
     def _check_view(self, path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
         frames = len(read_video(path))
-        cameras, intrinsics = load_camera_file(path.with_suffix(".json"), num_frames=frames)
-        if frames < self.num_frames:
-            raise ValueError(f"video {path} has {frames} frames, num_frames={self.num_frames} needs more")
+        cameras, intrinsics = load_camera_file(path.with_suffix(".json"), frames, self.camera_convention)
         return path, cameras, intrinsics
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        scene_index, start = self.chunks[index]
+        scene = self.scenes[scene_index]
+        window = slice(start, start + self.num_frames)
+        videos, intrinsics = [], []
+        for path, view_intrinsics in zip(scene["paths"], scene["intrinsics"]):
+            video, resized = resize_video(read_video(path, start + self.num_frames)[window], view_intrinsics, self.size)
+            videos.append(video)
+            intrinsics.append(resized)
+        return {
+            "videos": torch.from_numpy(np.stack(videos)).float(),
+            "cameras": torch.from_numpy(scene["cameras"][:, window]).float(),
+            "intrinsics": torch.from_numpy(np.stack(intrinsics)).float(),
+        }
+
+
+class WalkAwayScenes(Dataset):
+    """Held-out "walk-away" chains: static scenes (:func:`sample_scene` with ``static=True``) whose view ``k``
+    is the source's camera path turned about the vertical axis by ``k * step_degrees``, ``k = 0..num_views-1``.
+
+    With steps of about 30 degrees each target sees a little less of what the source saw, so after a few
+    views 3D-FOV retrieval no longer picks the source and the chain must carry its own generations (this is
+    where errors can compound); ``num_views - 1 = 11`` steps of 30 degrees go most of the way around, and a
+    revisit of view 1 closes the loop. Items follow the :class:`MultiViewSceneDataset` contract, with
+    ``"scene"``; the scenes are those of the ``split="test"`` stream (never trained on), frozen.
+    """
+
+    def __init__(self, num_scenes: int, num_views: int = 12, num_frames: int = 4, size: int = 32, step_degrees: float = 30.0, seed: int = 0) -> None:
+        if num_views < 2:
+            raise ValueError(f"num_views must be >= 2 (a source and a target), got {num_views}")
+        self.scenes = MultiViewSceneDataset(num_scenes, 1, num_frames, size, seed, split="test", static=True)
+        self.num_views, self.step = num_views, np.deg2rad(step_degrees)
 
     def __len__(self) -> int:
         return len(self.scenes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        videos, cameras, intrinsics = [], [], None
-        for path, view_cameras, view_intrinsics in self.scenes[index]:
-            video, resized = resize_video(read_video(path, self.num_frames), view_intrinsics, self.size)
-            videos.append(video)
-            cameras.append(view_cameras[: self.num_frames])
-            intrinsics = resized if intrinsics is None else intrinsics
+        scene, cameras = self.scenes.scene_and_cameras(index)
+        paths = np.stack([rotate_about_vertical(cameras[0], view * self.step) for view in range(self.num_views)])
+        intrinsics, size = self.scenes.intrinsics, self.scenes.size
+        videos = np.stack([render(scene, path, intrinsics, size) for path in paths])
         return {
-            "videos": torch.from_numpy(np.stack(videos)).float(),
-            "cameras": torch.from_numpy(np.stack(cameras)).float(),
+            "videos": torch.from_numpy(videos),
+            "cameras": torch.from_numpy(paths).float(),
             "intrinsics": torch.from_numpy(intrinsics).float(),
+            "scene": scene,
         }

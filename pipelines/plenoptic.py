@@ -47,7 +47,8 @@ RETRIEVAL_MODES = ("fov", "recent", "source")
 class PlenopticPipelineOutput(BaseOutput):
     """``videos``: one generated video per target camera path, in order (``(F, H, W, 3)`` arrays for
     ``"np"``, ``(F, 3, H, W)`` tensors in ``[0, 1]`` for ``"pt"``, lists of PIL images for ``"pil"``);
-    ``conditions``: for each target, the memory indices it was conditioned on (0 = source, ``k`` = target ``k - 1``)."""
+    ``conditions``: for each target, the memory indices it was conditioned on (0 = source, then the ``M``
+    known videos, then ``M + k`` = target ``k - 1``)."""
 
     videos: list
     conditions: list[list[int]]
@@ -78,20 +79,22 @@ def frustum_overlap(
     near: float = 0.5,
     far: float = 10.0,
     max_ray_angle: float = 90.0,
+    memory_intrinsics: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """``(M,)`` share of the target path's frustum points (:func:`frustum_points`) that each memory camera
     path sees: inside the image of at least one of its frames at a depth in ``(0, far]``, looked at from
-    within ``max_ray_angle`` degrees of the target's own ray to the point."""
+    within ``max_ray_angle`` degrees of the target's own ray to the point. ``intrinsics`` are the target's;
+    ``memory_intrinsics`` (one ``(3, 3)`` per memory video) default to the same."""
     points = frustum_points(target_cameras, intrinsics, size, near, far)
     target_rays = _unit_rays(points, target_cameras)
     min_cosine = np.cos(np.deg2rad(max_ray_angle))
     scores = []
-    for cameras in memory_cameras:
+    for cameras, view_intrinsics in zip(memory_cameras, memory_intrinsics or [intrinsics] * len(memory_cameras)):
         seen = np.zeros(len(points), dtype=bool)
         for camera in cameras:
             offsets = points - camera[:3, 3]
             local = offsets @ camera[:3, :3]
-            pixels = local @ intrinsics.T
+            pixels = local @ view_intrinsics.T
             with np.errstate(divide="ignore", invalid="ignore"):
                 uv = pixels[:, :2] / pixels[:, 2:3]
             same_side = np.einsum("ij,ij->i", offsets / np.linalg.norm(offsets, axis=1, keepdims=True), target_rays) > min_cosine
@@ -109,6 +112,7 @@ def select_conditions(
     size: int,
     near: float = 0.5,
     far: float = 10.0,
+    memory_intrinsics: list[np.ndarray] | None = None,
 ) -> list[int]:
     """Indices of the memory videos that condition the next view, in memory order.
 
@@ -121,7 +125,7 @@ def select_conditions(
     count = len(memory_cameras)
     if retrieval == "recent":
         return list(range(max(0, count - retrieval_k), count))
-    scores = frustum_overlap(target_cameras, memory_cameras, intrinsics, size, near, far)
+    scores = frustum_overlap(target_cameras, memory_cameras, intrinsics, size, near, far, memory_intrinsics=memory_intrinsics)
     order = sorted(range(count), key=lambda index: (-scores[index], -index))
     return sorted(order[:retrieval_k])
 
@@ -173,9 +177,11 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
         num_inference_steps: int,
         generator: torch.Generator | None,
         chunk_overlap: int,
+        condition_intrinsics: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One target video ``(F, C, H, W)`` in ``[-1, 1]`` given conditions ``(N, F, C, H, W)`` and cameras
-        (relative, ``(N, F, 4, 4)`` and ``(F, 4, 4)``), chunk by chunk (long-video conditioning)."""
+        (relative, ``(N, F, 4, 4)`` and ``(F, 4, 4)``) and intrinsics (the target's ``(3, 3)``, the conditions'
+        ``(N, 3, 3)``, default the target's), chunk by chunk (long-video conditioning)."""
         num_frames, clip = target_cameras.shape[0], self.transformer.config.num_frames
         clip = min(clip, num_frames)
         size, channels = self.transformer.config.sample_size, self.transformer.config.in_channels
@@ -191,11 +197,12 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
             conditions = condition_videos[None, :, window].to(device, dtype)
             condition_cams = condition_cameras[None, :, window].to(device)
             cameras = target_cameras[None, window].to(device)
+            condition_k = None if condition_intrinsics is None else condition_intrinsics[None].to(device)
 
             def predict_velocity(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
                 frame_timesteps = torch.where(is_clean, 0.0, timestep.float())
                 velocity = self.transformer(
-                    model_input, frame_timesteps, cameras, intrinsics[None].to(device), conditions, condition_cams
+                    model_input, frame_timesteps, cameras, intrinsics[None].to(device), conditions, condition_cams, condition_k
                 ).sample
                 return velocity.masked_fill(is_clean[..., None, None, None], 0.0)
 
@@ -203,6 +210,18 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
             video[window] = latents[0].clamp(-1, 1)
             done = start + clip
         return video
+
+    def _paths(self, paths, name: str, num_frames: int) -> list[np.ndarray]:
+        if not isinstance(paths, (list, tuple)):
+            raise ValueError(f"{name} must be a list of (num_frames, 4, 4) camera paths")
+        return [check_cameras(path, f"{name}[{index}]", num_frames) for index, path in enumerate(paths)]
+
+    def _intrinsics(self, values, count: int, default: np.ndarray, name: str) -> list[np.ndarray]:
+        if values is None:
+            return [default] * count
+        if len(values) != count:
+            raise ValueError(f"{name} must hold one (3, 3) matrix per camera path ({count}), got {len(values)}")
+        return [check_intrinsics(value, f"{name}[{index}]") for index, value in enumerate(values)]
 
     @torch.no_grad()
     def __call__(
@@ -219,10 +238,20 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
         chunk_overlap: int = 1,
         near: float = 0.5,
         far: float = 10.0,
+        target_intrinsics: list | None = None,
+        known_videos: list | None = None,
+        known_cameras: list | None = None,
+        known_intrinsics: list | None = None,
         return_dict: bool = True,
     ) -> PlenopticPipelineOutput | tuple:
         """Generate one video per camera path in ``target_cameras``, in order, each conditioned on up to
-        ``retrieval_k`` earlier videos chosen by ``retrieval`` (``"fov"``, ``"recent"`` or ``"source"``)."""
+        ``retrieval_k`` earlier videos chosen by ``retrieval`` (``"fov"``, ``"recent"`` or ``"source"``).
+
+        ``intrinsics`` are the source's; ``target_intrinsics`` (one per target) default to them.
+        ``known_videos`` / ``known_cameras`` (/ ``known_intrinsics``): other recorded views of the scene,
+        ``(F, H, W, 3)`` in ``[0, 1]`` each, that join the memory bank after the source (memory indices
+        ``1..M``; the generated views follow), e.g. the other cameras of a rig, or the ground truth of the
+        earlier views when measuring a chain's exposure gap."""
         self.check_sampling_inputs(1, output_type, ("latents",))
         source = self.check_video(source_video, "source_video")
         num_frames = source.shape[0]
@@ -230,27 +259,33 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
         source_cameras = check_cameras(source_cameras, "source_cameras", num_frames)
         if not isinstance(target_cameras, (list, tuple)) or not target_cameras:
             raise ValueError("target_cameras must be a non-empty list of (num_frames, 4, 4) camera paths")
-        targets = [check_cameras(path, f"target_cameras[{index}]", num_frames) for index, path in enumerate(target_cameras)]
+        targets = self._paths(target_cameras, "target_cameras", num_frames)
+        targets_k = self._intrinsics(target_intrinsics, len(targets), intrinsics, "target_intrinsics")
+        known = [self.check_video(video, f"known_videos[{index}]") for index, video in enumerate(known_videos or [])]
+        known_paths = self._paths(known_cameras or [], "known_cameras", num_frames)
+        if len(known_paths) != len(known):
+            raise ValueError(f"known_cameras must hold one camera path per known video ({len(known)}), got {len(known_paths)}")
+        known_k = self._intrinsics(known_intrinsics, len(known), intrinsics, "known_intrinsics")
         if retrieval_k < 1:
             raise ValueError(f"retrieval_k must be >= 1, got {retrieval_k}")
         if not 0 <= chunk_overlap < self.transformer.config.num_frames:
             raise ValueError(f"chunk_overlap must be in [0, {self.transformer.config.num_frames}), got {chunk_overlap}")
         reference = torch.from_numpy(source_cameras[0]).float()
         to_relative = lambda cameras: relative_cameras(torch.from_numpy(cameras).float(), reference)  # noqa: E731
-        memory_videos, memory_cameras = [source], [source_cameras]
-        intrinsics_tensor = torch.from_numpy(intrinsics).float()
+        memory_videos, memory_cameras, memory_k = [source, *known], [source_cameras, *known_paths], [intrinsics, *known_k]
         size = self.transformer.config.sample_size
         videos, conditions = [], []
-        for cameras in targets:
-            chosen = select_conditions(cameras, memory_cameras, retrieval_k, retrieval, intrinsics, size, near, far)
-            condition_videos = torch.stack([memory_videos[index] for index in chosen])
-            condition_cameras = torch.stack([to_relative(memory_cameras[index]) for index in chosen])
+        for cameras, target_k in zip(targets, targets_k):
+            chosen = select_conditions(cameras, memory_cameras, retrieval_k, retrieval, target_k, size, near, far, memory_k)
             video = self.generate_view(
-                condition_videos, condition_cameras, to_relative(cameras), intrinsics_tensor,
-                num_inference_steps, generator, chunk_overlap,
+                torch.stack([memory_videos[index] for index in chosen]),
+                torch.stack([to_relative(memory_cameras[index]) for index in chosen]),
+                to_relative(cameras), torch.from_numpy(target_k).float(), num_inference_steps, generator, chunk_overlap,
+                torch.from_numpy(np.stack([memory_k[index] for index in chosen])).float(),
             ).float().cpu()
             memory_videos.append(video)
             memory_cameras.append(cameras)
+            memory_k.append(target_k)
             videos.append(video)
             conditions.append(chosen)
         outputs = [postprocess_images(video, output_type) for video in videos]

@@ -68,14 +68,19 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..data.multiview import (
+    CAMERA_CONVENTIONS,
+    SYNTHETIC_CAMERA_DISTANCE,
     MultiViewSceneDataset,
     MultiViewVideoFolder,
+    WalkAwayScenes,
     check_cameras,
     load_camera_file,
+    normalize_pose_scale,
     read_video,
     render,
     resize_video,
     rotate_about_vertical,
+    to_opencv,
     unseen_mask,
 )
 from ..eval.multiview import camera_error, chain_slope, masked_psnr, psnr, ssim
@@ -119,6 +124,8 @@ class PlenopticConfig(TrainingConfig):
     neighbour_angle: float = 0.15
     export_dtype: str = "float32"  # float16 halves the exported weights (loaded back as float32 by from_pretrained)
     train_dataset_cache: bool = True
+    camera_convention: str = "opencv"  # --data: axes of the camera JSONs, "opencv" (x right, y down, z forward) or "opengl"
+    camera_distance: float | None = SYNTHETIC_CAMERA_DISTANCE  # --data: rescale camera positions to this mean distance to the scene (None: as stored)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,6 +136,10 @@ class PlenopticConfig(TrainingConfig):
         self.require_fractions(
             "context_warmup_fraction", "self_conditioning_prob", "self_conditioning_start", "clean_prefix_prob", "neighbour_prob"
         )
+        if self.camera_convention not in CAMERA_CONVENTIONS:
+            raise ValueError(f"camera_convention must be one of {CAMERA_CONVENTIONS}, got {self.camera_convention!r}")
+        if self.camera_distance is not None and self.camera_distance <= 0:
+            raise ValueError(f"camera_distance must be > 0 (or None to keep the stored scale), got {self.camera_distance}")
         if self.export_dtype not in EXPORT_DTYPES:
             raise ValueError(f"export_dtype must be one of {tuple(EXPORT_DTYPES)}, got {self.export_dtype!r}")
         if self.condition_selection not in CONDITION_SELECTIONS:
@@ -155,6 +166,11 @@ def flow_sample(model: nn.Module, batch_inputs: dict[str, torch.Tensor], shape: 
     return latents.clamp(-1, 1)
 
 
+def per_view_intrinsics(intrinsics: torch.Tensor, num_views: int) -> torch.Tensor:
+    """A batch's intrinsics as ``(B, V, 3, 3)``: shared ``(B, 3, 3)`` ones (synthetic scenes) repeated per view."""
+    return intrinsics[:, None].expand(-1, num_views, -1, -1) if intrinsics.ndim == 3 else intrinsics
+
+
 class PlenopticObjective(Objective):
     """The rectified-flow loss on a target view given ``n`` other views, with the curriculum,
     self-conditioning and clean-prefix schedule described in the module docstring."""
@@ -176,7 +192,7 @@ class PlenopticObjective(Objective):
         return config.self_conditioning_prob > 0 and self.global_step >= config.self_conditioning_start * config.max_train_steps
 
     def pick_views(self, cameras: torch.Tensor, intrinsics: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per sample (cameras ``(B, V, F, 4, 4)``) a target view in ``1..V-1`` and ``n`` condition views
+        """Per sample (cameras ``(B, V, F, 4, 4)``, intrinsics ``(B, 3, 3)`` or ``(B, V, 3, 3)``) a target view in ``1..V-1`` and ``n`` condition views
         among the others: the ``n`` best by 3D-FOV score (``condition_selection: fov``; ties broken at
         random) or ``n`` random ones; ``[0]`` if single-in."""
         batch_size, num_views = cameras.shape[:2]
@@ -187,16 +203,20 @@ class PlenopticObjective(Objective):
         count = int(torch.randint(1, self.max_conditions_now() + 1, ()))
         order = torch.rand(batch_size, num_views, device=device)
         if self.config.condition_selection == "fov":
-            order = order * 1e-3 - self.fov_scores(cameras, intrinsics, targets, size).to(device)
+            scores = self.fov_scores(cameras, per_view_intrinsics(intrinsics, num_views), targets, size)
+            order = order * 1e-3 - scores.to(device)
         order[torch.arange(batch_size, device=device), targets] = 2.0
         return targets, order.argsort(dim=1)[:, :count]
 
     @staticmethod
     def fov_scores(cameras: torch.Tensor, intrinsics: torch.Tensor, targets: torch.Tensor, size: int) -> torch.Tensor:
-        """``(B, V)`` 3D-FOV retrieval score of every view for its sample's target path."""
+        """``(B, V)`` 3D-FOV retrieval score of every view for its sample's target path (per-view intrinsics ``(B, V, 3, 3)``)."""
         cameras_np, intrinsics_np = cameras.detach().double().cpu().numpy(), intrinsics.detach().double().cpu().numpy()
         scores = [
-            frustum_overlap(cameras_np[row, int(target)], list(cameras_np[row]), intrinsics_np[row], size)
+            frustum_overlap(
+                cameras_np[row, int(target)], list(cameras_np[row]), intrinsics_np[row, int(target)], size,
+                memory_intrinsics=list(intrinsics_np[row]),
+            )
             for row, target in enumerate(targets)
         ]
         return torch.from_numpy(np.stack(scores)).float()
@@ -209,9 +229,10 @@ class PlenopticObjective(Objective):
         sample_index = torch.arange(batch, device=views.device).repeat_interleave(count)
         inputs = {
             "target_cameras": cameras[sample_index, flat],
-            "intrinsics": intrinsics[sample_index],
+            "intrinsics": intrinsics[sample_index, flat],
             "condition_videos": videos[sample_index, :1],
             "condition_cameras": cameras[sample_index, :1],
+            "condition_intrinsics": intrinsics[sample_index, :1],
         }
         generated = flow_sample(model, inputs, tuple(videos[sample_index, flat].shape), self.config.self_conditioning_steps)
         return generated.reshape(batch, count, *generated.shape[1:])
@@ -229,7 +250,7 @@ class PlenopticObjective(Objective):
     def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         videos = batch["videos"].permute(0, 1, 2, 5, 3, 4) * 2 - 1  # (B, V, F, C, H, W) in [-1, 1]
         cameras = relative_cameras(batch["cameras"], batch["cameras"][:, :1, :1])
-        intrinsics = batch["intrinsics"]
+        intrinsics = per_view_intrinsics(batch["intrinsics"], videos.shape[1])
         batch_size, num_frames = videos.shape[0], videos.shape[2]
         rows = torch.arange(batch_size, device=videos.device)
         targets, views = self.pick_views(batch["cameras"], intrinsics, videos.shape[-1])
@@ -252,7 +273,8 @@ class PlenopticObjective(Objective):
         sigma_view = sigma[..., None, None, None]
         noisy = (1 - sigma_view) * clean_video + sigma_view * noise
         prediction = model(
-            noisy, sigma * 1000, cameras[rows, targets], intrinsics, conditions, cameras[rows[:, None], views]
+            noisy, sigma * 1000, cameras[rows, targets], intrinsics[rows, targets], conditions,
+            cameras[rows[:, None], views], intrinsics[rows[:, None], views],
         ).denoised.float()
         per_frame = F.mse_loss(prediction, clean_video.float(), reduction="none").mean(dim=(2, 3, 4))
         weight = (~is_clean).float()
@@ -275,7 +297,15 @@ class ObjectiveStep(TrainerCallback):
 
 def build_dataset(config: PlenopticConfig):
     if config.data is not None:
-        return MultiViewVideoFolder(config.data, config.num_views, config.num_frames, config.size)
+        dataset = MultiViewVideoFolder(
+            config.data, config.num_views, config.num_frames, config.size, config.camera_convention, config.camera_distance
+        )
+        if config.max_conditions > dataset.num_views - 1:
+            raise ValueError(
+                f"max_conditions={config.max_conditions} needs scenes of at least {config.max_conditions + 1} views; "
+                f"the smallest scene in --data {config.data} has {dataset.num_views}"
+            )
+        return dataset
     return MultiViewSceneDataset(
         config.num_scenes, config.num_views, config.num_frames, config.size, config.seed,
         split="train", cache=config.train_dataset_cache, include_scene=False,
@@ -307,10 +337,11 @@ def generate_bank(pipe: PlenopticDreamerPipeline, dataset: Dataset, retrieval_k:
     chains = []
     for index in tqdm(range(len(dataset)), desc="self-conditioning bank", mininterval=10):
         item = dataset[index]
-        videos, cameras, intrinsics = item["videos"].numpy(), item["cameras"].numpy(), item["intrinsics"].numpy()
+        videos, cameras = item["videos"].numpy(), item["cameras"].numpy()
+        intrinsics = per_view_intrinsics(item["intrinsics"][None], len(videos))[0].numpy()
         generated = pipe(
-            source_video=videos[0], source_cameras=cameras[0], target_cameras=list(cameras[1:]), intrinsics=intrinsics,
-            retrieval_k=retrieval_k, retrieval="fov", num_inference_steps=num_inference_steps,
+            source_video=videos[0], source_cameras=cameras[0], target_cameras=list(cameras[1:]), intrinsics=intrinsics[0],
+            target_intrinsics=list(intrinsics[1:]), retrieval_k=retrieval_k, retrieval="fov", num_inference_steps=num_inference_steps,
             generator=torch.Generator().manual_seed(seed + index), output_type="np",
         ).videos
         chains.append((np.stack(generated) * 255).round().astype(np.uint8))
@@ -482,6 +513,87 @@ def chain_scores(
     return {"scores": summary, "first_chain": first_chain}
 
 
+def advanced_generator(seed: int, views: int, shape: tuple[int, ...]) -> torch.Generator:
+    """A generator seeded ``seed`` that has already drawn the starting noise of ``views`` videos of ``shape``
+    (one clip each), so a single view generated with it starts from the noise the ``views + 1``-th view of a
+    chain seeded ``seed`` starts from."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(views):
+        torch.randn(shape, generator=generator)
+    return generator
+
+
+def walk_away_scene_scores(
+    pipe: PlenopticDreamerPipeline | None, item: dict[str, Any], retrieval: str, retrieval_k: int, num_inference_steps: int, seed: int
+) -> dict[str, Any]:
+    """One walk-away scene (:class:`WalkAwayScenes`): the chain ``1, 2, ..., V-1`` then view 1 again (loop
+    closure), and every view ``k`` once more conditioned on the **ground truth** of views ``1..k-1`` (same
+    retrieval, same starting noise as in the chain). ``exposure_gap[k] = PSNR_gt-conditioned - PSNR_chain``.
+    ``pipe=None`` copies the source (no gap by construction)."""
+    videos, cameras, intrinsics = item["videos"].numpy(), item["cameras"].numpy(), item["intrinsics"].numpy()
+    truths, scene = videos[1:], item["scene"]
+    options = dict(intrinsics=intrinsics, retrieval_k=retrieval_k, retrieval=retrieval, num_inference_steps=num_inference_steps, output_type="np")
+    if pipe is None:
+        chain, teacher, in_context = [videos[0]] * len(videos), [videos[0]] * len(truths), [True] * len(truths)
+    else:
+        out = pipe(source_video=videos[0], source_cameras=cameras[0], target_cameras=[*cameras[1:], cameras[1]],
+                   generator=torch.Generator().manual_seed(seed), **options)
+        chain, in_context = out.videos, [0 in chosen for chosen in out.conditions[:-1]]
+        shape = (1, *np.moveaxis(videos[0], -1, 1).shape)
+        teacher = [
+            pipe(source_video=videos[0], source_cameras=cameras[0], target_cameras=[cameras[view]],
+                 known_videos=list(videos[1:view]), known_cameras=list(cameras[1:view]),
+                 generator=advanced_generator(seed, view - 1, shape), **options).videos[0]
+            for view in range(1, len(videos))
+        ]
+    size = videos.shape[2]
+    _, source_depth = render(scene, cameras[0], intrinsics, size, return_depth=True)
+    _, depth_a = render(scene, cameras[1], intrinsics, size, return_depth=True)
+    unseen = unseen_mask(depth_a, cameras[1], source_depth, cameras[0], intrinsics)
+    chain_psnr = [psnr(video, truth) for video, truth in zip(chain[:-1], truths)]
+    teacher_psnr = [psnr(video, truth) for video, truth in zip(teacher, truths)]
+    return {
+        "chain_psnr": chain_psnr,
+        "teacher_psnr": teacher_psnr,
+        "exposure_gap": [gt - own for gt, own in zip(teacher_psnr, chain_psnr)],
+        "loop_sync_psnr": psnr(chain[-1], chain[0]),
+        "loop_sync_psnr_unseen": masked_psnr(chain[-1], chain[0], unseen),
+        "loop_psnr": psnr(chain[-1], truths[0]),
+        "source_in_context": float(np.mean(in_context[1:])),
+        "chain": [videos[0], *chain],
+    }
+
+
+def walk_away_scores(
+    pipe: PlenopticDreamerPipeline | None, dataset: Dataset, retrieval: str, retrieval_k: int, num_inference_steps: int, seed: int
+) -> dict[str, Any]:
+    """Means over the walk-away scenes (seed ``seed + scene index``) with standard errors over scenes:
+    per-position chain / ground-truth-conditioned PSNR and exposure gap, ``mean_exposure_gap`` (views 2..V-1,
+    whose context can hold generations), ``chain_slope`` (dB per view over views 2..V-1), loop-closure sync
+    (the headline is ``loop_sync_psnr_unseen``: pixels of view 1 the source never saw, where agreement cannot
+    come from the source), and ``source_in_context`` (share of views 2..V-1 conditioned on the real source).
+    ``per_scene`` keeps the scene-level numbers for paired comparisons."""
+    per_scene = [walk_away_scene_scores(pipe, dataset[index], retrieval, retrieval_k, num_inference_steps, seed + index)
+                 for index in range(len(dataset))]
+    first_chain = per_scene[0].pop("chain")
+    scene_metrics = {
+        "mean_exposure_gap": [float(np.mean(scores["exposure_gap"][1:])) for scores in per_scene],
+        "chain_slope": [chain_slope(scores["chain_psnr"][1:]) for scores in per_scene],
+        "mean_chain_psnr": [float(np.mean(scores["chain_psnr"])) for scores in per_scene],
+        "loop_sync_psnr_unseen": [scores["loop_sync_psnr_unseen"] for scores in per_scene],
+        "loop_sync_psnr": [scores["loop_sync_psnr"] for scores in per_scene],
+    }
+    summary: dict[str, Any] = {
+        key: np.nanmean([scores[key] for scores in per_scene], axis=0).tolist()
+        for key in ("chain_psnr", "teacher_psnr", "exposure_gap", "loop_psnr", "source_in_context")
+    }
+    summary.update({key: float(np.nanmean(values)) for key, values in scene_metrics.items()})
+    summary["standard_error"] = {key: standard_error([v for v in values if np.isfinite(v)]) for key, values in scene_metrics.items()}
+    summary["per_scene"] = scene_metrics
+    summary["first_chain"] = first_chain
+    return summary
+
+
 def parse_extra_model(entry: str) -> tuple[str, str, str]:
     """``"name=path@retrieval"`` -> ``(name, path, retrieval)``."""
     try:
@@ -495,12 +607,9 @@ def parse_extra_model(entry: str) -> tuple[str, str, str]:
 
 
 def paired_differences(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, list[float]]:
-    """Per-scene differences ``row - reference`` of mean PSNR, sync PSNR and degradation slope (same scenes,
-    same seeds): ``{metric: [mean, standard error over scenes]}``."""
-    return {
-        metric: list(mean_difference(reference["per_scene"][metric], row["per_scene"][metric]))
-        for metric in ("mean_psnr", "sync_psnr", "degradation_slope")
-    }
+    """Per-scene differences ``row - reference`` of every metric in ``per_scene`` (same scenes, same seeds):
+    ``{metric: [mean, standard error over scenes]}``."""
+    return {metric: list(mean_difference(reference["per_scene"][metric], values)) for metric, values in row["per_scene"].items()}
 
 
 def plot_chain_quality(rows: dict[str, dict[str, Any]], path: Path) -> None:
@@ -512,7 +621,25 @@ def plot_chain_quality(rows: dict[str, dict[str, Any]], path: Path) -> None:
         axis.plot(range(1, len(values) + 1), values, marker="o", label=name)
     axis.set_xlabel("chain position (last = revisit of view 1)")
     axis.set_ylabel("PSNR vs ground truth (dB)")
+    axis.set_title("Revisit chains: PSNR along the chain", fontsize=9)
     axis.legend(fontsize=7)
+    save_figure(figure, path)
+
+
+def plot_walk_away(rows: dict[str, dict[str, Any]], step_degrees: float, path: Path) -> None:
+    """Walk-away chains: PSNR vs how far the view has turned from the source, conditioned on the model's own
+    chain (solid) and on ground truth (dashed); the vertical distance is the exposure gap."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 3.5))
+    for name, row in rows.items():
+        angles = step_degrees * np.arange(1, len(row["chain_psnr"]) + 1)
+        (line,) = axis.plot(angles, row["chain_psnr"], marker="o", label=f"{name}: own chain")
+        if name != "copy-source":
+            axis.plot(angles, row["teacher_psnr"], linestyle="--", color=line.get_color(), label=f"{name}: ground-truth context")
+    axis.set_xlabel("target turned from the source (degrees)")
+    axis.set_ylabel("PSNR vs ground truth (dB)")
+    axis.set_title("Walk-away chains (static scenes)", fontsize=9)
+    axis.legend(fontsize=6)
     save_figure(figure, path)
 
 
@@ -527,10 +654,21 @@ def evaluate(
     num_inference_steps: int = 20,
     seed: int = 0,
     paired_references: list[str] | None = None,
+    walk_away_scenes: int | None = None,
+    walk_away_views: int = 12,
+    walk_away_step: float = 30.0,
 ) -> dict:
-    """Held-out chains A, B, C, ... then A' for the model under each retrieval mode, for ``extra_models``
-    (``name=path@retrieval``, e.g. ablation checkpoints) and for the copy-the-source floor. Returns
-    the metrics and writes ``chain_quality.png`` (PSNR vs chain position) and ``chains.png`` (first scene).
+    """Two protocols on held-out scenes, for the model under each retrieval mode, for ``extra_models``
+    (``name=path@retrieval``, e.g. ablation checkpoints) and for the copy-the-source floor:
+
+    * **revisit chains** (``num_scenes`` dynamic scenes): A, B, C, ... (``chain_length`` independent paths)
+      then A' (A's cameras again); ``chain_quality.png`` and ``chains.png`` (first scene);
+    * **walk-away chains** (``walk_away_scenes`` static scenes, default ``num_scenes``; 0 skips them): views
+      turned ``walk_away_step`` degrees further each, ``walk_away_views - 1`` targets, then view 1 again
+      (:func:`walk_away_scores`: exposure gap, chain slope, loop-closure sync on unseen pixels);
+      ``walk_away.png`` and ``walk_away_chains.png`` (first scene, first frames: source, views 1..V-1 and the
+      revisit of view 1; top row ground truth, then each row's chain).
+
     ``paired_references`` (row names, e.g. ``[single-in]``) add every row's :func:`paired_differences` to each."""
     pipe = load_pipeline(model_path)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -543,17 +681,29 @@ def evaluate(
     for reference in paired_references or []:
         if reference not in names:
             raise ValueError(f"--paired_references {reference!r} is not a row; rows: {names}")
-    rows, chains = {}, []
+    walk_count = num_scenes if walk_away_scenes is None else walk_away_scenes
+    walk_data = WalkAwayScenes(walk_count, walk_away_views, config.num_frames, config.sample_size, walk_away_step) if walk_count else None
+    rows, walk_rows, chains, walk_chains = {}, {}, [], []
     for name, run_pipe, mode in runs:
         result = chain_scores(run_pipe, dataset, mode, retrieval_k, num_inference_steps, seed)
         rows[name] = result["scores"]
         chains.append(np.concatenate(result["first_chain"]))
+        if walk_data is not None:
+            walk_rows[name] = walk_away_scores(run_pipe, walk_data, mode, retrieval_k, num_inference_steps, seed)
+            walk_chains.append(np.stack([video[0] for video in walk_rows[name].pop("first_chain")]))
     for reference in paired_references or []:
-        for row in rows.values():
-            row["paired_vs_" + reference] = paired_differences(row, rows[reference])
+        for table in (rows, walk_rows):
+            for row in table.values():
+                row["paired_vs_" + reference] = paired_differences(row, table[reference])
     plot_chain_quality(rows, output_dir / "chain_quality.png")
     save_image_grid(np.stack(chains).reshape(-1, *chains[0].shape[1:]), output_dir / "chains.png", columns=chains[0].shape[0])
     metrics = {"model": model_path, "num_scenes": num_scenes, "chain_length": chain_length, "retrieval_k": retrieval_k, "rows": rows}
+    if walk_data is not None:
+        plot_walk_away(walk_rows, walk_away_step, output_dir / "walk_away.png")
+        truth = walk_data[0]["videos"].numpy()[:, 0]
+        grid = np.concatenate([truth, truth[1:2], *walk_chains])  # rows: ground truth, then each row's chain
+        save_image_grid(grid, output_dir / "walk_away_chains.png", columns=len(truth) + 1)
+        metrics["walk_away"] = {"num_scenes": walk_count, "views": walk_away_views, "step_degrees": walk_away_step, "rows": walk_rows}
     return metrics
 
 
@@ -602,13 +752,20 @@ def generate(
     num_inference_steps: int = 30,
     seed: int = 0,
     fps: int = 4,
+    camera_convention: str = "opencv",
+    camera_distance: float | None = SYNTHETIC_CAMERA_DISTANCE,
 ) -> dict:
     """Re-render ``video`` (with its camera JSON ``cameras``) along every path in ``targets``: writes
-    ``target_<i>.mp4`` per target and ``grid.png`` (rows: source, then each target)."""
+    ``target_<i>.mp4`` per target and ``grid.png`` (rows: source, then each target). Camera files use
+    ``camera_convention`` axes; with ``camera_distance`` all paths (source and targets together) are rescaled
+    to the training scenes' scale (:func:`~selfgen.data.multiview.normalize_pose_scale`)."""
     pipe = load_pipeline(model_path)
     frames = read_video(video)
-    source_cameras, intrinsics = load_camera_file(cameras, num_frames=len(frames))
-    target_paths = load_target_paths(targets, len(frames))
+    source_cameras, intrinsics = load_camera_file(cameras, len(frames), camera_convention)
+    target_paths = [to_opencv(path, camera_convention) for path in load_target_paths(targets, len(frames))]
+    if camera_distance is not None:
+        scaled, _ = normalize_pose_scale(np.stack([source_cameras, *target_paths]), camera_distance, f"{cameras} and {targets}")
+        source_cameras, target_paths = scaled[0], list(scaled[1:])
     source, intrinsics = resize_video(frames, intrinsics, pipe.transformer.config.sample_size)
     output = pipe(
         source_video=source, source_cameras=source_cameras, target_cameras=target_paths, intrinsics=intrinsics,

@@ -9,6 +9,7 @@ from selfgen.data.multiview import (
     MultiViewVideoFolder,
     Scene,
     SceneObject,
+    WalkAwayScenes,
     camera_path,
     check_cameras,
     default_intrinsics,
@@ -110,27 +111,101 @@ def test_camera_checks_name_the_problem(tmp_path):
         load_camera_file(tmp_path / "bad.json")
 
 
-def _write_view(folder, name, frames, num_cameras):
+def _write_view(folder, name, frames, num_cameras, azimuth=0.0, scale=1.0, opengl=False, focal=None):
     from selfgen.train.plenoptic import write_video
 
     folder.mkdir(parents=True, exist_ok=True)
     write_video(frames, folder / f"{name}.mp4", fps=4)
-    cameras = np.stack([look_at(np.array([0.0, 1.0, 4.0 + f]), np.zeros(3)) for f in range(num_cameras)])
-    record = {"cameras": cameras.tolist(), "intrinsics": default_intrinsics(frames.shape[1]).tolist()}
+    eyes = [scale * np.array([4.0 * np.sin(azimuth + 0.05 * f), 1.0, 4.0 * np.cos(azimuth + 0.05 * f)]) for f in range(num_cameras)]
+    cameras = np.stack([look_at(eye, np.zeros(3)) for eye in eyes])
+    if opengl:
+        cameras = cameras @ np.diag([1.0, -1.0, -1.0, 1.0])
+    intrinsics = default_intrinsics(frames.shape[1])
+    if focal is not None:
+        intrinsics[0, 0] = intrinsics[1, 1] = focal
+    record = {"cameras": cameras.tolist(), "intrinsics": intrinsics.tolist()}
     (folder / f"{name}.json").write_text(json.dumps(record))
+    return cameras
 
 
-def test_user_multi_camera_folder_is_validated_up_front(tmp_path):
+def _scene_folder(root, num_views=4, num_frames=7, **options):
+    frames = np.random.default_rng(0).random((num_frames, 32, 32, 3))
+    return [_write_view(root / "scene", f"view{index}", frames, num_frames, azimuth=0.6 * index, **options) for index in range(num_views)]
+
+
+def test_user_folder_uses_every_view_and_every_frame_in_chunks(tmp_path):
+    _scene_folder(tmp_path, num_views=4, num_frames=7)
+    dataset = MultiViewVideoFolder(tmp_path, num_frames=3, size=16)  # no num_views needed: the scenes have 4
+    assert dataset.num_views == 4 and len(dataset) == 3  # frames 0-2, 3-5 and the last chunk 4-6
+    last = dataset[2]
+    assert last["videos"].shape == (4, 3, 16, 16, 3) and last["cameras"].shape == (4, 3, 4, 4)
+    np.testing.assert_allclose(last["cameras"].numpy(), dataset.scenes[0]["cameras"][:, 4:7], atol=1e-6)
+    assert MultiViewVideoFolder(tmp_path, num_views=2, num_frames=3, size=16)[0]["videos"].shape[0] == 2
+
+
+def test_user_folder_per_view_intrinsics_and_pose_scale(tmp_path):
     frames = np.random.default_rng(0).random((4, 32, 32, 3))
-    _write_view(tmp_path / "ok" / "scene", "a", frames, 4)
-    _write_view(tmp_path / "ok" / "scene", "b", frames, 4)
-    item = MultiViewVideoFolder(tmp_path / "ok", num_views=2, num_frames=3, size=16)[0]
-    assert item["videos"].shape == (2, 3, 16, 16, 3) and item["cameras"].shape == (2, 3, 4, 4)
-    np.testing.assert_allclose(item["intrinsics"].numpy()[0, 0], 16.0)  # focal length follows the resize
+    small = [_write_view(tmp_path / "mm" / "scene", name, frames, 4, azimuth=a, scale=1000.0, focal=f)
+             for name, a, f in (("a", 0.0, 32.0), ("b", 0.8, 64.0))]
+    dataset = MultiViewVideoFolder(tmp_path / "mm", num_frames=4, size=16)  # recorded in millimetres
+    item = dataset[0]
+    assert item["intrinsics"].shape == (2, 3, 3)
+    np.testing.assert_allclose(item["intrinsics"].numpy()[:, 0, 0], [16.0, 32.0])  # each view's focal, resized
+    centres = item["cameras"].numpy()[..., :3, 3].reshape(-1, 3)
+    np.testing.assert_allclose(np.linalg.norm(centres, axis=1).mean(), 4.8, rtol=1e-3)  # 4123 mm -> 4.8 units
+    np.testing.assert_allclose(item["cameras"].numpy()[..., :3, :3], np.stack(small)[..., :3, :3], atol=1e-6)  # rotations kept
+    raw = MultiViewVideoFolder(tmp_path / "mm", num_frames=4, size=16, camera_distance=None)[0]["cameras"].numpy()
+    np.testing.assert_allclose(raw[..., :3, 3], np.stack(small)[..., :3, 3], rtol=1e-5)
+
+
+def test_user_folder_camera_conventions(tmp_path):
+    opencv = _scene_folder(tmp_path / "cv", num_views=2, num_frames=3)
+    _scene_folder(tmp_path / "gl", num_views=2, num_frames=3, opengl=True)
+    with pytest.raises(ValueError, match="scene folder .*scene.*point away.*camera_convention: opengl"):
+        MultiViewVideoFolder(tmp_path / "gl", num_frames=3, size=16)  # OpenGL poses read as OpenCV: caught
+    converted = MultiViewVideoFolder(tmp_path / "gl", num_frames=3, size=16, camera_convention="opengl", camera_distance=None)[0]
+    np.testing.assert_allclose(converted["cameras"].numpy(), np.stack(opencv), atol=1e-6)
+    with pytest.raises(ValueError, match="camera_convention"):
+        MultiViewVideoFolder(tmp_path / "cv", num_frames=3, size=16, camera_convention="blender")
+
+
+def test_user_folder_errors_name_the_file_and_field(tmp_path):
+    frames = np.random.default_rng(0).random((4, 32, 32, 3))
     _write_view(tmp_path / "short" / "scene", "a", frames, 3)
-    with pytest.raises(ValueError, match="a.json: cameras has 3 camera matrices but the video has 4 frames"):
-        MultiViewVideoFolder(tmp_path / "short", num_views=1, num_frames=3, size=16)
+    _write_view(tmp_path / "short" / "scene", "b", frames, 4)
+    with pytest.raises(ValueError, match="a.json: field 'cameras' has 3 camera matrices but the video has 4 frames"):
+        MultiViewVideoFolder(tmp_path / "short", num_frames=3, size=16)
     _write_view(tmp_path / "nojson" / "scene", "a", frames, 4)
+    _write_view(tmp_path / "nojson" / "scene", "b", frames, 4)
     (tmp_path / "nojson" / "scene" / "a.json").unlink()
     with pytest.raises(FileNotFoundError, match="a.json not found"):
-        MultiViewVideoFolder(tmp_path / "nojson", num_views=1, num_frames=3, size=16)
+        MultiViewVideoFolder(tmp_path / "nojson", num_frames=3, size=16)
+    _write_view(tmp_path / "alone" / "scene", "a", frames, 4)
+    with pytest.raises(ValueError, match="scene folder .*scene has 1 video"):
+        MultiViewVideoFolder(tmp_path / "alone", num_frames=3, size=16)
+    _scene_folder(tmp_path / "few", num_views=2, num_frames=3)
+    with pytest.raises(ValueError, match="3 synchronised frames, num_frames=4"):
+        MultiViewVideoFolder(tmp_path / "few", num_frames=4, size=16)
+    bad = tmp_path / "badk" / "scene"
+    _scene_folder(tmp_path / "badk", num_views=2, num_frames=3)
+    record = json.loads((bad / "view1.json").read_text())
+    record["intrinsics"] = [[32.0, 0.0], [0.0, 32.0]]
+    (bad / "view1.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="view1.json: field 'intrinsics' must be a finite 3x3 matrix"):
+        MultiViewVideoFolder(tmp_path / "badk", num_frames=3, size=16)
+
+
+def test_static_scenes_and_walk_away_views():
+    frozen = MultiViewSceneDataset(2, num_views=2, num_frames=3, size=16, split="test", static=True)
+    moving = MultiViewSceneDataset(2, num_views=2, num_frames=3, size=16, split="test")
+    scene, cameras = frozen.scene_and_cameras(1)
+    twin, twin_cameras = moving.scene_and_cameras(1)
+    np.testing.assert_array_equal(cameras, twin_cameras)  # same stream: same cameras, same objects at frame 0
+    assert all((obj.velocity == 0).all() for obj in scene.objects)
+    np.testing.assert_array_equal([obj.center for obj in scene.objects], [obj.center for obj in twin.objects])
+    walk = WalkAwayScenes(1, num_views=4, num_frames=2, size=16, step_degrees=30.0)[0]
+    paths = walk["cameras"].numpy()
+    first, _ = frozen.scene_and_cameras(0)
+    for view in range(4):  # view k is the source path turned k x 30 degrees about the vertical
+        np.testing.assert_allclose(paths[view], rotate_about_vertical(paths[0], np.deg2rad(30.0 * view)), atol=1e-5)
+    np.testing.assert_allclose(walk["videos"].numpy()[2], render(first, paths[2], default_intrinsics(16), 16), atol=1e-6)

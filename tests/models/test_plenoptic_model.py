@@ -94,3 +94,29 @@ def test_save_and_reload_is_exact(tmp_path):
 def test_patch_size_must_divide_the_sample_size():
     with pytest.raises(ValueError, match="patch_size"):
         PlenopticTransformer(sample_size=16, patch_size=5)
+
+
+def test_positions_are_a_fixed_3d_sincos_code_as_strong_as_the_other_embeddings():
+    model = PlenopticTransformer(sample_size=16, num_frames=3, patch_size=8, hidden_size=32, depth=1, num_heads=2)
+    assert "position" not in model.state_dict() and model.position.shape == (3, 4, 32)  # fixed, not learned
+    norms = model.position.norm(dim=-1)  # sqrt(D / 2) for every token (a learned std-0.02 table had ~0.1)
+    torch.testing.assert_close(norms, torch.full_like(norms, 4.0), atol=1e-4, rtol=0)
+    flat = model.position.reshape(12, 32)
+    distances = torch.cdist(flat, flat) + torch.eye(12) * 100
+    assert distances.min() > 0.5  # every (frame, row, column) has its own code
+    with pytest.raises(ValueError, match="hidden_size must be divisible by 16"):
+        PlenopticTransformer(sample_size=16, patch_size=8, hidden_size=40)
+    with pytest.raises(ValueError, match="frames"):
+        model(torch.randn(1, 4, 3, 16, 16), 500, _cameras(0.0, frames=4), K)
+
+
+@torch.no_grad()
+def test_condition_intrinsics_are_per_video_and_default_to_the_targets():
+    model = _model()
+    sample, conditions, condition_cameras = _inputs()
+    shared = model(sample, 300, _cameras(0.2), K, conditions, condition_cameras).sample
+    explicit = model(sample, 300, _cameras(0.2), K, conditions, condition_cameras, K[:, None].expand(1, 2, 3, 3)).sample
+    torch.testing.assert_close(explicit, shared)
+    wide = K[:, None].repeat(1, 2, 1, 1)
+    wide[:, 1, 0, 0] = wide[:, 1, 1, 1] = 8.0  # the second condition was filmed with half the focal length
+    assert (model(sample, 300, _cameras(0.2), K, conditions, condition_cameras, wide).sample - shared).abs().mean() > 1e-5

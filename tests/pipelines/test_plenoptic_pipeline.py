@@ -94,13 +94,47 @@ def test_reload_is_exact_and_output_types(pipe, scene, tmp_path):
 
 
 def test_long_video_is_generated_in_chunks_that_keep_the_previous_frames(pipe):
+    """5 frames with a 3-frame model and chunk_overlap=1: chunks [0, 3) and [2, 5). In every denoising call
+    of the second chunk, its first frame is the first chunk's finished frame 2, held clean (timestep 0,
+    never updated), and the conditions are the source's frames 2..4."""
     video = MultiViewSceneDataset(1, num_views=2, num_frames=5, size=SIZE)[0]
-    cameras = video["cameras"].numpy()
-    out = pipe(
-        source_video=video["videos"][0].numpy(), source_cameras=cameras[0], target_cameras=[cameras[1]],
-        intrinsics=video["intrinsics"].numpy(), num_inference_steps=2, generator=torch.Generator().manual_seed(1),
+    cameras, source = video["cameras"].numpy(), video["videos"][0].numpy()
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda module, args: calls.append([argument.clone() if torch.is_tensor(argument) else argument for argument in args])
     )
-    assert out.videos[0].shape == (5, SIZE, SIZE, 3)
+    try:
+        out = pipe(
+            source_video=source, source_cameras=cameras[0], target_cameras=[cameras[1]], intrinsics=video["intrinsics"].numpy(),
+            num_inference_steps=2, generator=torch.Generator().manual_seed(1), output_type="pt",
+        )
+    finally:
+        hook.remove()
+    assert out.videos[0].shape == (5, 3, SIZE, SIZE) and len(calls) == 4  # 2 chunks x 2 steps
+    kept = out.videos[0][2] * 2 - 1  # the output's frame 2 in the model's [-1, 1]
+    for sample, timesteps, _, _, conditions, *_ in calls[:2]:  # first chunk: frames 0..2, all noisy
+        assert (timesteps > 0).all() and conditions.shape[2] == 3
+    for sample, timesteps, _, _, conditions, *_ in calls[2:]:
+        torch.testing.assert_close(sample[0, 0], kept)  # the previous chunk's frame, unchanged by the sampler
+        assert (timesteps[:, 0] == 0).all() and (timesteps[:, 1:] > 0).all()  # clean prefix, noisy rest
+        torch.testing.assert_close(conditions[0, 0], torch.from_numpy(source[2:5]).permute(0, 3, 1, 2) * 2 - 1)
+    first_chunk_end = calls[1][0][0, 2]  # what the first chunk's last step started from: not the final frame
+    assert not torch.allclose(first_chunk_end, kept, atol=1e-3)
+
+
+def test_known_views_join_the_memory_and_per_view_intrinsics_are_used(pipe, scene):
+    videos, cameras = scene["videos"].numpy(), scene["cameras"].numpy()
+    out = _run(pipe, scene, [cameras[2], cameras[1]], retrieval_k=2, known_videos=[videos[1]], known_cameras=[cameras[1]])
+    assert out.conditions[0][0] == 0 and 1 in out.conditions[1]  # revisiting view 1 retrieves its recorded video
+    recent = _run(pipe, scene, [cameras[2], cameras[3]], retrieval_k=2, retrieval="recent", known_videos=[videos[1]], known_cameras=[cameras[1]])
+    assert recent.conditions == [[0, 1], [1, 2]]  # memory: source, known view, then the generations
+    plain = _run(pipe, scene, [cameras[2]]).videos[0]
+    zoomed = _run(pipe, scene, [cameras[2]], target_intrinsics=[K * np.array([[2.0], [2.0], [1.0]])]).videos[0]
+    assert np.abs(plain - zoomed).mean() > 1e-4
+    with pytest.raises(ValueError, match="known_cameras must hold one camera path per known video"):
+        _run(pipe, scene, [cameras[2]], known_videos=[videos[1]])
+    with pytest.raises(ValueError, match=r"target_intrinsics must hold one \(3, 3\) matrix per camera path"):
+        _run(pipe, scene, [cameras[2]], target_intrinsics=[K, K])
 
 
 def test_bad_inputs_are_clear_errors(pipe, scene):

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from selfgen import PlenopticDreamerPipeline
-from selfgen.data.multiview import MultiViewSceneDataset, default_intrinsics, rotate_about_vertical
+from selfgen.data.multiview import MultiViewSceneDataset, WalkAwayScenes, default_intrinsics, look_at, rotate_about_vertical
 from selfgen.eval.multiview import MAX_PSNR
 from selfgen.train.plenoptic import (
     METHOD,
@@ -14,12 +14,15 @@ from selfgen.train.plenoptic import (
     PlenopticObjective,
     SelfGeneratedViews,
     build_dataset,
+    build_pipeline,
     build_transformer,
     chain_scores,
     generate,
     held_out_scenes,
     paired_differences,
     train,
+    walk_away_scene_scores,
+    walk_away_scores,
     write_video,
 )
 from selfgen.train.registry import discover_methods
@@ -224,3 +227,46 @@ def test_chain_degradation_and_paired_differences():
     shifted = {"per_scene": {key: [value + 0.5 for value in values] for key, values in scores["per_scene"].items()}}
     differences = paired_differences(shifted, scores)
     assert differences["mean_psnr"] == pytest.approx([0.5, 0.0]) and differences["degradation_slope"] == pytest.approx([0.5, 0.0])
+
+
+def test_walk_away_scores_exposure_gap_and_loop_closure(tmp_path):
+    torch.manual_seed(0)
+    model = build_transformer(_config(tmp_path))
+    with torch.no_grad():  # adaLN-zero starts as the identity; give the blocks weights so conditions matter
+        model.proj_out.weight.normal_(std=0.1)
+        for block in model.blocks:
+            block.modulation[-1].weight.normal_(std=0.05)
+    pipe = build_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    item = WalkAwayScenes(1, num_views=4, num_frames=3, size=16)[0]
+    scores = walk_away_scene_scores(pipe, item, "fov", 2, 2, seed=5)
+    assert len(scores["chain_psnr"]) == len(scores["teacher_psnr"]) == 3 and len(scores["chain"]) == 5
+    # view 1 has only the source in memory either way and starts from the same noise: no gap
+    assert abs(scores["exposure_gap"][0]) < 1e-6
+    assert abs(scores["exposure_gap"][1]) > 1e-5  # view 2 sees generated view 1 in the chain, the real one when teacher-forced
+    np.testing.assert_allclose(scores["exposure_gap"], np.subtract(scores["teacher_psnr"], scores["chain_psnr"]))
+    copy = walk_away_scores(None, WalkAwayScenes(2, num_views=4, num_frames=3, size=16), "source", 2, 2, 0)
+    assert copy["mean_exposure_gap"] == 0.0 and copy["loop_sync_psnr"] == MAX_PSNR  # identical copies
+    assert copy["source_in_context"] == 1.0 and len(copy["per_scene"]["chain_slope"]) == 2
+
+
+def test_training_on_a_user_folder_with_per_view_intrinsics(tmp_path):
+    frames = np.random.default_rng(0).random((5, 24, 24, 3))
+    for index, focal in enumerate((24.0, 30.0, 36.0)):
+        angle = 0.5 * index
+        cameras = np.stack([look_at(np.array([4 * np.sin(angle + 0.1 * f), 1.0, 4 * np.cos(angle + 0.1 * f)]), np.zeros(3)) for f in range(5)])
+        folder = tmp_path / "data" / "scene"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_video(frames, folder / f"v{index}.mp4", fps=4)
+        K = default_intrinsics(24)
+        K[0, 0] = K[1, 1] = focal
+        (folder / f"v{index}.json").write_text(json.dumps({"cameras": cameras.tolist(), "intrinsics": K.tolist()}))
+    config = _config(tmp_path, data=str(tmp_path / "data"), num_views=6, max_conditions=2, max_train_steps=2)
+    dataset = build_dataset(config)  # num_views=6 in the config, 3 views on disk: uses 3
+    assert dataset.num_views == 3 and len(dataset) == 2  # frames 0-2 and 2-4
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    assert batch["intrinsics"].shape == (2, 3, 3, 3)
+    loss, _ = PlenopticObjective(config).compute_loss(build_transformer(config), batch)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="max_conditions=3 needs scenes of at least 4 views"):
+        build_dataset(_config(tmp_path, data=str(tmp_path / "data"), num_views=6, max_conditions=3))
