@@ -661,7 +661,7 @@ def evaluate(
     """Two protocols on held-out scenes, for the model under each retrieval mode, for ``extra_models``
     (``name=path@retrieval``, e.g. ablation checkpoints) and for the copy-the-source floor:
 
-    * **revisit chains** (``num_scenes`` dynamic scenes): A, B, C, ... (``chain_length`` independent paths)
+    * **revisit chains** (``num_scenes`` dynamic scenes; 0 skips them): A, B, C, ... (``chain_length`` independent paths)
       then A' (A's cameras again); ``chain_quality.png`` and ``chains.png`` (first scene);
     * **walk-away chains** (``walk_away_scenes`` static scenes, default ``num_scenes``; 0 skips them): views
       turned ``walk_away_step`` degrees further each, ``walk_away_views - 1`` targets, then view 1 again
@@ -673,7 +673,7 @@ def evaluate(
     pipe = load_pipeline(model_path)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = pipe.transformer.config
-    dataset = held_out_scenes(num_scenes, chain_length, config.num_frames, config.sample_size)
+    dataset = held_out_scenes(num_scenes, chain_length, config.num_frames, config.sample_size) if num_scenes else None
     runs = [(f"plenoptic-{mode}", pipe, mode) for mode in (retrievals or ["fov", "recent"])]
     runs += [(name, load_pipeline(path), mode) for name, path, mode in map(parse_extra_model, extra_models or [])]
     runs.append(("copy-source", None, "source"))
@@ -682,12 +682,15 @@ def evaluate(
         if reference not in names:
             raise ValueError(f"--paired_references {reference!r} is not a row; rows: {names}")
     walk_count = num_scenes if walk_away_scenes is None else walk_away_scenes
+    if not num_scenes and not walk_count:
+        raise ValueError("num_scenes and walk_away_scenes are both 0: nothing to evaluate")
     walk_data = WalkAwayScenes(walk_count, walk_away_views, config.num_frames, config.sample_size, walk_away_step) if walk_count else None
     rows, walk_rows, chains, walk_chains = {}, {}, [], []
     for name, run_pipe, mode in runs:
-        result = chain_scores(run_pipe, dataset, mode, retrieval_k, num_inference_steps, seed)
-        rows[name] = result["scores"]
-        chains.append(np.concatenate(result["first_chain"]))
+        if dataset is not None:
+            result = chain_scores(run_pipe, dataset, mode, retrieval_k, num_inference_steps, seed)
+            rows[name] = result["scores"]
+            chains.append(np.concatenate(result["first_chain"]))
         if walk_data is not None:
             walk_rows[name] = walk_away_scores(run_pipe, walk_data, mode, retrieval_k, num_inference_steps, seed)
             walk_chains.append(np.stack([video[0] for video in walk_rows[name].pop("first_chain")]))
@@ -695,9 +698,10 @@ def evaluate(
         for table in (rows, walk_rows):
             for row in table.values():
                 row["paired_vs_" + reference] = paired_differences(row, table[reference])
-    plot_chain_quality(rows, output_dir / "chain_quality.png")
-    save_image_grid(np.stack(chains).reshape(-1, *chains[0].shape[1:]), output_dir / "chains.png", columns=chains[0].shape[0])
     metrics = {"model": model_path, "num_scenes": num_scenes, "chain_length": chain_length, "retrieval_k": retrieval_k, "rows": rows}
+    if dataset is not None:
+        plot_chain_quality(rows, output_dir / "chain_quality.png")
+        save_image_grid(np.stack(chains).reshape(-1, *chains[0].shape[1:]), output_dir / "chains.png", columns=chains[0].shape[0])
     if walk_data is not None:
         plot_walk_away(walk_rows, walk_away_step, output_dir / "walk_away.png")
         truth = walk_data[0]["videos"].numpy()[:, 0]
