@@ -66,7 +66,7 @@ class IterativeConfig(TrainingConfig):
     """Fields shared by every recipe; ``max_train_steps`` etc. apply to each iteration's optimisation."""
 
     model: str = "assets/lm-arith"
-    task: str = "add"  # add | mul | countdown | path to a problems JSONL
+    task: str = "add"  # add | mul | countdown | add_hard (4-digit + shorter addend) | path to a problems JSONL
     min_digits: int = 1  # difficulty knob of add/mul: operand digits
     max_digits: int = 4
     eval_fraction: float = EVAL_FRACTION  # share of the task's questions held out for evaluation
