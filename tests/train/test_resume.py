@@ -2,7 +2,9 @@
 run, a second run in the same folder. Weights are compared bit for bit (tests/conftest.py policy)."""
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,37 +18,36 @@ from torch.utils.data import Subset
 
 from selfgen.data.digits import DigitsDataset
 from selfgen.train import ddpm
-from selfgen.train.trainer import LOCK_FILE, CheckpointError, RunLockedError, Trainer, list_checkpoints, run_lock
+from selfgen.train.trainer import (
+    LOCK_FILE,
+    CheckpointError,
+    RunLockedError,
+    Trainer,
+    TrainerCallback,
+    list_checkpoints,
+    run_lock,
+)
 
 COMMON = dict(max_train_steps=12, train_batch_size=8, checkpointing_steps=4, checkpoints_total_limit=None,
               lr_scheduler="cosine", lr_warmup_steps=2, use_ema=True, ema_decay=0.9)
 
-# The killed run: the same construction as _trainer below, in a fresh process that stalls after step
-# `stall` (so the kill lands mid-run at a known step, after checkpoints 4 and 8) and is then kill -9'd.
-KILLED_RUN = """
-import json, sys, time
-from pathlib import Path
-from accelerate.utils import set_seed
-from diffusers import DDPMScheduler
-from torch.utils.data import Subset
-from selfgen.data.digits import DigitsDataset
-from selfgen.train import ddpm
-from selfgen.train.trainer import Trainer, TrainerCallback
 
-values, stall, marker = json.loads(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+def _stalling_run(values: dict, stall: int, marker: Path) -> None:
+    """The killed run, in a forked child (no fresh interpreter to import torch into): the same
+    construction as :func:`_trainer`, stalling after update ``stall`` so the kill lands mid-run at a
+    known step (after the checkpoints at 4 and 8, with steps 9 and 10 logged past the last one)."""
 
-class Stall(TrainerCallback):
-    def on_step_end(self, trainer, logs):
-        if trainer.global_step == stall:
-            marker.write_text("stalled")
-            time.sleep(600)
+    class Stall(TrainerCallback):
+        def on_step_end(self, trainer, logs):
+            if trainer.global_step == stall:
+                marker.write_text("stalled")
+                time.sleep(600)
 
-config = ddpm.DDPMConfig(**values)
-set_seed(config.seed)
-objective = ddpm.NoisePredictionObjective(DDPMScheduler(num_train_timesteps=100))
-dataset = Subset(DigitsDataset("train", resolution=8), range(40))
-Trainer(ddpm.build_unet(config), objective, dataset, config, callbacks=[Stall()]).train()
-"""
+    torch.set_num_threads(1)  # as the parent (see one_thread) and as torch's DataLoader workers do after a fork
+    config = ddpm.DDPMConfig(**values)
+    set_seed(config.seed)
+    objective = ddpm.NoisePredictionObjective(DDPMScheduler(num_train_timesteps=100))
+    Trainer(ddpm.build_unet(config), objective, _dataset(), config, callbacks=[Stall()]).train()
 
 
 def _dataset():
@@ -70,22 +71,31 @@ def _steps(output_dir):
     return [json.loads(line)["step"] for line in (Path(output_dir) / "logs" / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run_bit_for_bit(tiny_ddpm_config, tmp_path, caplog):
+@pytest.fixture
+def one_thread():
+    """The killed child, the uninterrupted run and the resume all reduce with one thread: a different
+    thread count reorders float sums, and a forked child must not enter a thread pool of its parent."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run_bit_for_bit(tiny_ddpm_config, tmp_path, caplog, one_thread):
     killed = tiny_ddpm_config(output_dir=str(tmp_path / "killed"), **COMMON)
-    values = {key: value for key, value in vars(killed).items()}
     marker = tmp_path / "stalled"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, json.dumps(values), "10", str(marker)], env=env)
+    process = multiprocessing.get_context("fork").Process(target=_stalling_run, args=(vars(killed), 10, marker))
+    process.start()
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
-            assert process.poll() is None, "the training subprocess died before step 10"
-            assert time.monotonic() < deadline, "the training subprocess never reached step 10"
-            time.sleep(0.05)
+            assert process.is_alive(), "the training child died before step 10"
+            assert time.monotonic() < deadline, "the training child never reached step 10"
+            time.sleep(0.02)
     finally:
-        process.kill()  # SIGKILL: no cleanup, the lock file and a half-finished epoch stay behind
-        process.wait()
-    assert process.returncode == -9
+        os.kill(process.pid, signal.SIGKILL)  # kill -9: no cleanup, the lock file and a half-done epoch stay
+        process.join()
+    assert process.exitcode == -signal.SIGKILL
     assert (tmp_path / "killed" / LOCK_FILE).is_file()
     assert [path.name for path in list_checkpoints(killed.output_dir)] == ["step-4", "step-8"]
     assert _steps(killed.output_dir) == list(range(1, 11))
