@@ -114,6 +114,7 @@ class Round:
     from_base: bool = False  # train the base model rather than the current policy (STaR, ReST-EM)
     max_train_steps: int | None = None  # overrides config.max_train_steps for this round
     learning_rate: float | None = None  # overrides config.learning_rate for this round
+    seed: int | None = None  # overrides config.seed + iteration (the update's data order and dropout)
 
 
 @dataclass
@@ -328,7 +329,7 @@ class IterativeTrainer:
             learning_rate=round_.learning_rate or self.config.learning_rate,
             train_batch_size=min(self.config.train_batch_size, len(round_.dataset)),
             resume_from=None,
-            seed=self.config.seed + iteration,
+            seed=self.config.seed + iteration if round_.seed is None else round_.seed,
         )
         model = self.fresh_base() if round_.from_base else self.policy
         if self.config.disable_dropout:

@@ -18,7 +18,12 @@ prompt, ``Q:<x>\\nH:<a*>\\n`` in the arithmetic format, as STaR's rationalisatio
    (:class:`ExPOObjective`), the paper's extra likelihood term on the self-explanations.
 
 Groups with at least one correct rollout are plain GRPO. ``extra_samples`` per iteration counts the
-explanations added, ``explained_groups`` the all-wrong groups that received one.
+explanations added, ``explained_groups`` the all-wrong groups that received one. The explanations'
+sampling seed is derived from ``(seed, iteration)`` (:attr:`ExPOTrainer.explanation_seed`; before
+issue #18 it was the number of groups, the same every iteration). Injection needs a policy that
+uses the hint: the bundled base does not (one round of 32 problems x 8 rollouts, 2 explanations per
+all-wrong group: 3-4 digits, 4 all-wrong groups, 0 of 8 explanations right; 4-5 digits, 24 groups, 0
+of 48), so on it ExPO reduces to GRPO; on 1-2 digits it does use it (the tests inject there).
 
 Departures: ``require_correct_explanation`` (default on) drops explanations whose final answer
 does not match - a tiny model does not always copy the hint; ``sft_coef`` is our choice (0.1).
@@ -33,6 +38,7 @@ import torch
 from torch import nn
 
 from ...data.problems import Problem
+from ...data.tasks import derive_seed
 from ..registry import Method
 from .driver import run_recipe
 from .grpo import Group, GRPOConfig, GRPOTrainer
@@ -81,6 +87,18 @@ class ExPOTrainer(GRPOTrainer):
     config_class = ExPOConfig
     plot_keys = ("accuracy", "train_accuracy", "unsolved_groups", "explained_groups")
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.explanation_seed = self.explanation_seed_of(0)
+
+    def explanation_seed_of(self, iteration: int) -> int:
+        """The seed of iteration ``iteration``'s self-explanation samples (distinct per run seed and iteration)."""
+        return derive_seed(self.config.seed, iteration, "explanations")
+
+    def build_round(self, iteration: int):
+        self.explanation_seed = self.explanation_seed_of(iteration)
+        return super().build_round(iteration)
+
     def extra_samples(self, problems: list[Problem], groups: list[Group]) -> dict[int, Group]:
         """Self-explanations (reward 1) for the groups whose rollouts are all wrong."""
         failed = [index for index, group in enumerate(groups) if all(reward <= 0 for _, reward in group)]
@@ -89,7 +107,7 @@ class ExPOTrainer(GRPOTrainer):
             return {}
         k = self.config.num_explanations
         hinted = [self.prompt(problems[i], hint=True) for i in failed]
-        explanations = self.sample(hinted, num_samples=k, seed=len(groups))
+        explanations = self.sample(hinted, num_samples=k, seed=self.explanation_seed)
         extras: dict[int, Group] = {}
         for position, index in enumerate(failed):
             problem, plain_prompt = problems[index], groups[index][0][0]

@@ -21,21 +21,26 @@ to the lowest-index member).
 Members: member 0 is the ``model`` passed to the trainer (a folder or an ``nn.Module`` with its
 tokenizer; ``models[0]`` when only ``config.models`` is given), the others are ``models[1:]`` (folders)
 or, without ``models``, ``num_models - 1`` copies of member 0 - never ``config.model`` behind the
-caller's back. Members differ by their sampling seeds (member ``m`` samples iteration ``k`` with seed
-``k * M + m``) and, when given different folders, by architecture or size.
+caller's back. Members differ by their seeds - ``member_seeds[m]`` (default: derived from ``(seed,
+m)``), from which member ``m``'s sampling seed and its GRPO update's seed (minibatch order, dropout)
+of every iteration are derived (:meth:`RLCCFTrainer.member_seed`; before issue #18 every member's
+update used the same seed and data order) - and, when given different folders (``models``, e.g. LMs
+pretrained with other seeds or widths by ``selfgen train lm``), by weights, architecture or size.
 
-Departure: the paper's collective is four different open LLMs; copies of one model start with
-identical answer distributions, so their votes begin correlated.
+Departure: the paper's collective is four different open LLMs; copies of one model (no ``models``)
+start with identical answer distributions, so their votes begin correlated: only the seeds make them
+diverge. No second pretrained member is bundled.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ...data.problems import Problem
+from ...data.tasks import derive_seed
 from ..registry import Method
 from ..trainer import save_atomically
 from .driver import IterationReport, Round, run_recipe
@@ -49,6 +54,7 @@ from .rollout import Rollout
 class RLCCFConfig(GRPOConfig):
     models: list[str] = field(default_factory=list)  # the collective's folders, member 0 first; empty: num_models copies of the model
     num_models: int = 3
+    member_seeds: list[int] = field(default_factory=list)  # one per member (sampling and update seeds); empty: derived from seed
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,6 +62,9 @@ class RLCCFConfig(GRPOConfig):
             raise ValueError(f"num_models must be >= 2 for a collective (or list >= 2 models), got {self.num_models}")
         if self.models and len(self.models) < 2:
             raise ValueError(f"models must list at least 2 model folders for a collective, got {self.models}")
+        size = len(self.models) or self.num_models
+        if self.member_seeds and (len(self.member_seeds) != size or len(set(self.member_seeds)) != size):
+            raise ValueError(f"member_seeds must list {size} distinct seeds (one per member), got {self.member_seeds}")
 
 
 
@@ -124,6 +133,11 @@ class RLCCFTrainer(GRPOTrainer):
             self.use_member(0)
         return history, done
 
+    def member_seed(self, member: int, iteration: int, purpose: str) -> int:
+        """Member ``member``'s seed of ``purpose`` (``"sample"`` or ``"update"``) in ``iteration``."""
+        base = self.config.member_seeds[member] if self.config.member_seeds else derive_seed(self.config.seed, "member", member)
+        return derive_seed(base, iteration, purpose) % 2**31
+
     # ----------------------------------------------------------------- the round
 
     def collective_rewards(self, problems: list[Problem], member_rollouts: list[list[Rollout]]) -> list[list[float]]:
@@ -150,12 +164,12 @@ class RLCCFTrainer(GRPOTrainer):
         member_rollouts = []
         for index in range(len(self.members)):
             self.use_member(index)
-            member_rollouts.append(self.solve(problems, seed=iteration * len(self.members) + index))
+            member_rollouts.append(self.solve(problems, seed=self.member_seed(index, iteration, "sample")))
         member_rewards = self.collective_rewards(problems, member_rollouts)
         self.member_rounds = []
         for index, (rollouts, rewards) in enumerate(zip(member_rollouts, member_rewards)):
             self.use_member(index)
-            self.member_rounds.append(self.grpo_round(problems, rollouts, rewards))
+            self.member_rounds.append(replace(self.grpo_round(problems, rollouts, rewards), seed=self.member_seed(index, iteration, "update")))
         self.use_member(0)
         logs = {
             key: sum(r.logs[key] for r in self.member_rounds) / len(self.member_rounds)

@@ -59,3 +59,34 @@ def test_expo_config_errors_name_the_field():
         ExPOConfig(num_explanations=0)
     with pytest.raises(ValueError, match="sft_coef"):
         ExPOConfig(sft_coef=-1.0)
+
+
+def test_explanation_seed_is_derived_per_iteration(trainer, monkeypatch):
+    from selfgen.train.llm.grpo import GRPOTrainer
+
+    seeds = []
+    problems = [Problem("3+4", "7", "a")]
+    wrong = trainer.solve(problems, seed=0)
+    monkeypatch.setattr(GRPOTrainer, "build_round", lambda self, iteration: None)
+    monkeypatch.setattr(trainer, "sample", lambda prompts, **kwargs: seeds.append(kwargs["seed"]) or [])
+    for iteration in (1, 2, 2):
+        trainer.build_round(iteration)
+        trainer.extra_samples(problems, [[(wrong[0], 0.0), (wrong[1], 0.0)]])
+    assert seeds[0] != seeds[1] and seeds[1] == seeds[2]  # new each iteration, reproducible within one
+
+
+def test_a_round_injects_explanations_where_every_group_fails(tmp_path):
+    """A reward that fails every rollout leaves every group all-wrong; on 1-2 digit problems the
+    policy's hinted explanations reach the answer, so the round injects them (the config's 3-4 digit
+    setting injected 0 of 8 attempts in two rounds: the base cannot use the hint there)."""
+
+    def never(completions, **_):
+        return [0.0] * len(completions)
+
+    config = ExPOConfig(
+        output_dir=str(tmp_path), problems_per_iteration=4, samples_per_problem=2, num_explanations=2,
+        max_new_tokens=32, max_digits=2, eval_problems=2,
+    )
+    round_ = ExPOTrainer(model=str(ASSET), task="arith", config=config, reward_fn=never).build_round(1)
+    assert round_.logs["extra_samples"] > 0 and round_.logs["explained_groups"] > 0
+    assert sum(s.extras["explanation"] for s in round_.dataset) == round_.logs["extra_samples"]

@@ -38,10 +38,21 @@ def test_collective_rewards_reward_agreement_for_every_member(tmp_path):
     # problem a: member 0 says 3,3 (SC 1), member 1 says 3,9 (SC .5) -> 3; problem b: 5,4 (SC .5) vs 5,5 (SC 1) -> 5
     assert rewards == [[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 1.0]]
     assert trainer.collective_logs["collective_label_accuracy"] == 0.5
+    # members differ by seeds: distinct sampling and update seeds per member and per iteration
+    seeds = {trainer.member_seed(m, k, purpose) for m in (0, 1) for k in (1, 2) for purpose in ("sample", "update")}
+    assert len(seeds) == 8
+    trainer.config.problems_per_iteration, trainer.config.max_new_tokens = 2, 16
+    trainer.build_round(1)
+    assert [r.seed for r in trainer.member_rounds] == [trainer.member_seed(m, 1, "update") for m in (0, 1)]
+    assert trainer.member_rounds[0].seed != trainer.member_rounds[1].seed
 
 
 def test_rlccf_config_errors_name_the_field():
     with pytest.raises(ValueError, match="num_models"):
         RLCCFConfig(num_models=1)
+    with pytest.raises(ValueError, match="member_seeds"):
+        RLCCFConfig(num_models=3, member_seeds=[1, 2])
+    with pytest.raises(ValueError, match="member_seeds"):
+        RLCCFConfig(num_models=2, member_seeds=[4, 4])
     with pytest.raises(ValueError, match="models"):
         RLCCFConfig(models=["assets/lm-arith"])
