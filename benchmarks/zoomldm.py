@@ -69,7 +69,7 @@ def main() -> None:
     for size in args.sizes:
         for batch in [args.batch_size] + ([0] if size <= args.unchunked_up_to else []):
             command = [sys.executable, __file__, "--model", args.model, "--child", str(size), str(batch)]
-            row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            row = json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
             print(f"{size:>6} {row['windows']:>8} {str(row['batch_size']):>6} {row['peak_mb']:>15.0f} {row['seconds']:>9.1f}", flush=True)
 
 
