@@ -25,8 +25,9 @@ def test_two_process_accelerate_launch_trains_and_checkpoints(tmp_path):
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert completed.stdout.count("trained ddpm for 4 steps") == 1  # printed by the main process only
     checkpoint = tmp_path / "run" / "checkpoints" / "step-4"
-    assert json.loads((checkpoint / "trainer_state.json").read_text()) == {"global_step": 4}
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {path.name for path in checkpoint.iterdir()}
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and state["config"]["max_train_steps"] == 4
+    assert {"random_states_0.pkl", "random_states_1.pkl", "manifest.json"} <= {path.name for path in checkpoint.iterdir()}
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
     records = [json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records] == [1, 2, 3, 4]
