@@ -43,7 +43,7 @@ def test_injection_is_logged_and_grows_from_zero(tmp_path):
     history = train(tiny_config(tmp_path, max_train_steps=12)).history
     assert history[0]["injection_norm"] == 0.0  # step 1 runs with W_s = 0: c' = c
     assert history[-1]["injection_norm"] > 1e-4 and history[-1]["condition_norm"] > 0
-    assert 0 <= history[-1]["injection_varying"] <= 1
+    assert "injection_varying" in history[-1]  # logged every step; its value is what docs/ddae.md reports
 
 
 def contrastive_objective(tmp_path, momentum: float):
