@@ -54,6 +54,7 @@ from .lm import EVAL_SEED
 from .modeling import disable_dropout, load_policy, tokenizer_exporter
 from .prompts import CHAT_SYSTEM_PROMPT, PROMPT_FORMATS, PromptFormat, get_prompt_format, prepare_tokenizer
 from .rewards import CallableReward, FunctionReward, Reward, RewardFn, answer_key
+from .revision import Episode, FeedbackFn, no_feedback, sample_revisions
 from .rollout import Rollout, SamplingParams, generate_rollouts
 from .vllm_backend import VLLMRollouts
 
@@ -240,14 +241,45 @@ class IterativeTrainer:
         """Rollouts of the current policy with explicit sampling parameters (stop strings, token budget),
         timed into ``time_rollout_s``; :meth:`sample` is this with the config's parameters."""
         start = time.perf_counter()
-        if self.vllm is not None:
-            rollouts = self.vllm.generate(
-                self.policy, self.tokenizer, prompts, params, (id(self.policy), self.policy_version), seed=seed
-            )
-        else:
-            rollouts = generate_rollouts(self.policy, self.tokenizer, prompts, params, seed=seed)
+        rollouts = self._rollouts(prompts, params, seed)
         self.rollout_seconds += time.perf_counter() - start
         return rollouts
+
+    def _rollouts(self, prompts: list[str], params: SamplingParams, seed: int = 0) -> list[Rollout]:
+        if self.vllm is not None:
+            return self.vllm.generate(
+                self.policy, self.tokenizer, prompts, params, (id(self.policy), self.policy_version), seed=seed
+            )
+        return generate_rollouts(self.policy, self.tokenizer, prompts, params, seed=seed)
+
+    def revisions(
+        self,
+        problems: list[Problem],
+        rounds: int = 2,
+        feedback: FeedbackFn = no_feedback,
+        temperature: float | Sequence[float] | None = None,
+        num_samples: int | None = None,
+        max_new_tokens: int | Sequence[int] | None = None,
+        seed: int = 0,
+        verify: bool = True,
+        **kwargs,
+    ) -> list[Episode]:
+        """Multi-round attempt -> feedback -> revision episodes of the current policy
+        (:func:`~selfgen.train.llm.revision.sample_revisions`; the config's temperature, samples and
+        token budget unless given, the trainer's format and verifier, timed into ``time_rollout_s``;
+        on the vLLM backend every round is re-encoded through it). ``verify=False``: no verdicts
+        (``Turn.correct`` is ``None``), for recipes whose iterations must not see the verifier."""
+        config, start = self.config, time.perf_counter()
+        episodes = sample_revisions(
+            self.policy, self.tokenizer, self.format, problems, rounds=rounds,
+            max_new_tokens=config.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            temperature=config.temperature if temperature is None else temperature, top_p=config.top_p,
+            num_samples=num_samples or config.samples_per_problem, feedback=feedback, verify=self.verify if verify else None,
+            batch_size=config.generation_batch_size, seed=seed,
+            generate=None if self.vllm is None else self._rollouts, **kwargs,
+        )
+        self.rollout_seconds += time.perf_counter() - start
+        return episodes
 
     def solve(self, problems: list[Problem], **kwargs) -> list[Rollout]:
         return self.sample([self.prompt(p) for p in problems], **kwargs)

@@ -52,6 +52,17 @@ class PromptFormat:
         revision request), then ``R:`` (:func:`~selfgen.data.reasoning.correction_prompt`)."""
         return correction_prompt(self.prompt(question, hint), attempt, feedback)
 
+    def revision_suffix(self, question: str, attempt: str, feedback: Feedback | None = None, hint: str | None = None) -> str:
+        """What follows ``attempt`` in its correction turn: :meth:`revision` less ``prompt + attempt``
+        (what a multi-round conversation appends after each attempt, :mod:`selfgen.train.llm.revision`)."""
+        head, full = self.prompt(question, hint) + attempt, self.revision(question, attempt, feedback, hint)
+        if not full.startswith(head):
+            raise ValueError(
+                f"{type(self).__name__}.revision() must start with the prompt followed by the attempt to be continued; "
+                f"got {full[:80]!r} for prompt + attempt {head[:80]!r}"
+            )
+        return full[len(head) :]
+
     def feedback_request(self, question: str, attempt: str, hint: str | None = None) -> str:
         """The prompt in which the model writes its own feedback on ``attempt`` (read back with
         :func:`~selfgen.data.reasoning.parse_feedback`)."""

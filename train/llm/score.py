@@ -60,8 +60,8 @@ from dataclasses import dataclass
 import torch
 
 from ...data.problems import Problem
-from ...eval.self_correction import flat_metrics, self_correction_metrics
 from ...data.tasks import revision_prompt
+from ...eval.self_correction import flat_metrics, self_correction_metrics
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy
@@ -160,11 +160,10 @@ class SCoReTrainer(IterativeTrainer):
         return history, done
 
     def episodes(self, problems: list[Problem], **sampling) -> tuple[list[Rollout], list[Rollout]]:
-        """First attempts (``num_samples`` per problem) and one revision of each."""
-        first = self.solve(problems, **sampling)
-        second_prompts = [revision_prompt(r.prompt, r.text) for r in first]
-        second = self.sample(second_prompts, **{**sampling, "num_samples": 1})
-        return first, second
+        """First attempts (``num_samples`` per problem) and one plain revision of each (the shared
+        multi-round sampler, :meth:`IterativeTrainer.revisions`, KV cache continued)."""
+        episodes = self.revisions(problems, rounds=2, **sampling)
+        return [e.turns[0].rollout for e in episodes], [e.turns[1].rollout for e in episodes]
 
     def correction_eval(self, problems: list[Problem]) -> dict[str, float]:
         first, second = self.episodes(problems, temperature=0.0, num_samples=1)

@@ -69,7 +69,6 @@ from ...data.tasks import (
     parse_verdict,
     prompt_text,
     replace_answer,
-    revision_prompt,
 )
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
@@ -269,13 +268,10 @@ class SelfRewardDPOTrainer(IterativeTrainer):
         )
 
     def candidates(self, problems: list[Problem], iteration: int) -> list[tuple[Problem, str]]:
-        rollouts = self.solve(problems, seed=iteration)
-        found = [(problems[r.prompt_index], r.text) for r in rollouts]
-        if self.config.self_refine:
-            prompts = [revision_prompt(r.prompt, r.text) for r in rollouts]
-            revisions = self.sample(prompts, num_samples=1, seed=iteration)
-            found += [(problems[r.prompt_index], v.text) for r, v in zip(rollouts, revisions)]
-        return found
+        if not self.config.self_refine:
+            return [(problems[r.prompt_index], r.text) for r in self.solve(problems, seed=iteration)]
+        episodes = self.revisions(problems, rounds=2, seed=iteration, verify=False)  # attempt, its plain revision (R:)
+        return [(e.problem, e.texts[0]) for e in episodes] + [(e.problem, e.texts[1]) for e in episodes]
 
     def build_round(self, iteration: int) -> Round:
         config = self.config
