@@ -2,6 +2,7 @@
 core (``rollout``, ``rewards``, ``objectives``, ``driver``) and one file per recipe."""
 
 from .bstar import BSTaRConfig, BSTaRTrainer
+from .cct import CCTConfig, CCTTrainer
 from .co_reward import CoRewardConfig, CoRewardTrainer
 from .driver import IterationReport, IterativeConfig, IterativeTrainer, Round
 from .expo import ExPOConfig, ExPOTrainer
@@ -25,8 +26,10 @@ from .rewards import (
 from .rest_em import ReSTEMConfig, ReSTEMTrainer
 from .rest_mcts import ReSTMCTSConfig, ReSTMCTSTrainer
 from .rollout import Rollout, SamplingParams, generate_rollouts
+from .revision import CriticFeedback, Episode, VerifierFeedback, no_feedback, sample_revisions
 from .rlccf import RLCCFConfig, RLCCFTrainer
 from .score import SCoReConfig, SCoReTrainer
+from .scl import SCLConfig, SCLTrainer
 from .self_reward_dpo import SelfRewardDPOConfig, SelfRewardDPOTrainer
 from .spiral import SPIRALConfig, SPIRALTrainer
 from .spc import SPCConfig, SPCTrainer
@@ -35,11 +38,15 @@ from .star import STaRConfig, STaRTrainer
 __all__ = [
     "BSTaRConfig",
     "BSTaRTrainer",
+    "CCTConfig",
+    "CCTTrainer",
     "CallableReward",
     "ChatTemplateFormat",
     "CoRewardConfig",
     "CoRewardTrainer",
+    "CriticFeedback",
     "DPOObjective",
+    "Episode",
     "ExPOConfig",
     "ExPOTrainer",
     "FunctionReward",
@@ -64,6 +71,8 @@ __all__ = [
     "Reward",
     "Rollout",
     "Round",
+    "SCLConfig",
+    "SCLTrainer",
     "SCoReConfig",
     "SCoReTrainer",
     "SFTObjective",
@@ -77,6 +86,7 @@ __all__ = [
     "SelfJudgeReward",
     "SelfRewardDPOConfig",
     "SelfRewardDPOTrainer",
+    "VerifierFeedback",
     "VerifierReward",
     "answer_key",
     "canonical_answer",
@@ -84,5 +94,7 @@ __all__ = [
     "get_prompt_format",
     "group_advantages",
     "majority_answer",
+    "no_feedback",
     "prepare_tokenizer",
+    "sample_revisions",
 ]

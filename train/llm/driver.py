@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 from ...data.problems import Problem
 from ...data.tasks import EVAL_FRACTION, Task, check_eval_fraction, derive_seed, get_task
 from ...eval.plots import save_metric_curves
+from ...eval.self_correction import flat_metrics, self_correction_metrics
 from ..config import TrainingConfig
 from ..lora import merge_lora_adapters
 from ..trainer import Objective, Trainer, save_atomically
@@ -280,6 +281,17 @@ class IterativeTrainer:
         )
         self.rollout_seconds += time.perf_counter() - start
         return episodes
+
+    def correction_table(self, problems: list[Problem], rounds: int = 2, feedback: FeedbackFn = no_feedback) -> list[list[bool]]:
+        """Greedy multi-round episodes' verdicts, ``table[i][t]`` for problem i at round t (the input of
+        :func:`~selfgen.eval.self_correction.self_correction_metrics`)."""
+        episodes = self.revisions(problems, rounds=rounds, feedback=feedback, temperature=0.0, num_samples=1)
+        return [[bool(ok) for ok in episode.correct] for episode in episodes]
+
+    def correction_eval(self, problems: list[Problem], feedback: FeedbackFn = no_feedback) -> dict[str, float]:
+        """Greedy two-round self-correction metrics (Acc@t1, Acc@t2, the Deltas, CL, CS, RSS) with their
+        standard errors over problems (``*_se``; :mod:`selfgen.eval.self_correction`)."""
+        return flat_metrics(self_correction_metrics(self.correction_table(problems, feedback=feedback)))
 
     def solve(self, problems: list[Problem], **kwargs) -> list[Rollout]:
         return self.sample([self.prompt(p) for p in problems], **kwargs)

@@ -61,7 +61,6 @@ import torch
 
 from ...data.problems import Problem
 from ...data.tasks import revision_prompt
-from ...eval.self_correction import flat_metrics, self_correction_metrics
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy
@@ -164,12 +163,6 @@ class SCoReTrainer(IterativeTrainer):
         multi-round sampler, :meth:`IterativeTrainer.revisions`, KV cache continued)."""
         episodes = self.revisions(problems, rounds=2, **sampling)
         return [e.turns[0].rollout for e in episodes], [e.turns[1].rollout for e in episodes]
-
-    def correction_eval(self, problems: list[Problem]) -> dict[str, float]:
-        first, second = self.episodes(problems, temperature=0.0, num_samples=1)
-        verify = self.verify
-        table = [[verify(p, r1.text), verify(p, r2.text)] for p, r1, r2 in zip(problems, first, second)]
-        return flat_metrics(self_correction_metrics(table))  # + CL, CS, RSS and standard errors over problems
 
     def evaluate(self) -> dict[str, float]:
         metrics = self.correction_eval(self.eval_set)
