@@ -28,8 +28,8 @@ averaged over the target frames that are not given clean. The paper's training r
     once and not refreshed as the model changes, and the replacement probability is ours (the paper's
     schedule was not available to us);
   - ``"online"``: generated inside the training step with ``self_conditioning_steps`` Euler steps,
-    conditioned on the source only, no gradient (cheap, but a coarse sample unlike those of a real chain;
-    used for the bundled model);
+    conditioned on the source only, no gradient (cheap, but unlike the views of a real chain, whose
+    conditions are themselves generations);
 * **long-video conditioning** -- with probability ``clean_prefix_prob`` the first ``1..num_frames - 1`` target
   frames are given clean (timestep 0) and excluded from the loss, as a continuation chunk sees them;
 * **retrieved conditions** -- ``condition_selection: fov`` (default) conditions the target on the ``n``
@@ -43,8 +43,10 @@ synthetic training scenes (``neighbour_prob``, see :class:`MultiViewSceneDataset
 path is a slightly turned copy of another view's, as multi-camera datasets include overlapping
 trajectories; without them retrieval never offers a condition near the target camera (a departure in
 the data, named in ``docs/plenoptic.md``). ``selfgen train plenoptic --config configs/plenoptic_scenes.yaml``
-rebuilds ``assets/plenoptic-scenes``; ``configs/plenoptic_scenes_selfcond.yaml`` fine-tunes it with offline
-self-conditioning.
+rebuilds ``assets/plenoptic-scenes``. The equal-budget fine-tuning stage starts from that asset
+(``pretrained``): ``configs/plenoptic_scenes_continue.yaml`` (plain continuation, the control) and the arms
+``plenoptic_scenes_selfcond.yaml`` (offline), ``plenoptic_scenes_online_selfcond.yaml`` (online) and
+``plenoptic_scenes_single_in.yaml``, each the control with one field changed.
 
 Evaluation (``selfgen eval plenoptic``): on held-out scenes, chains A, B, C, ... then A' (A's cameras
 again), scored against ground-truth renders (``eval/multiview.py``).
