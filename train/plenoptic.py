@@ -476,7 +476,8 @@ def chain_scores(
     scores the "copy the source video" floor. Degradation is measured from B (the first view whose
     context may hold generated videos) to the last new view: ``degradation_slope`` is the mean per-scene
     least-squares slope of PSNR in dB per view, ``drop_b_to_last`` the mean PSNR difference last - B.
-    ``per_scene`` keeps each scene's mean PSNR, sync PSNR and slope for paired comparisons between rows. Also
+    ``per_scene`` keeps each scene's mean PSNR, sync PSNR (whole frame and, the headline, the pixels of A the
+    source never saw) and slope for paired comparisons between rows. Also
     returns the generated chains of the first scene."""
     per_scene, first_chain = [], None
     for index in range(len(dataset)):
@@ -504,12 +505,13 @@ def chain_scores(
     summary["per_scene"] = {
         "mean_psnr": [float(np.mean(scores["psnr"][:-1])) for scores in per_scene],
         "sync_psnr": [scores["sync_psnr"] for scores in per_scene],
+        "sync_psnr_unseen": [scores["sync_psnr_unseen"] for scores in per_scene],
         "degradation_slope": slopes,
     }
     summary["standard_error"] = {
         "mean_psnr": standard_error(summary["per_scene"]["mean_psnr"]),
         "sync_psnr": standard_error(summary["per_scene"]["sync_psnr"]),
-        "sync_psnr_unseen": standard_error([scores["sync_psnr_unseen"] for scores in per_scene]),
+        "sync_psnr_unseen": standard_error(summary["per_scene"]["sync_psnr_unseen"]),
         "degradation_slope": standard_error(summary["per_scene"]["degradation_slope"]),
         "drop_b_to_last": standard_error(drops),
     }

@@ -227,6 +227,7 @@ def test_chain_degradation_and_paired_differences():
     shifted = {"per_scene": {key: [value + 0.5 for value in values] for key, values in scores["per_scene"].items()}}
     differences = paired_differences(shifted, scores)
     assert differences["mean_psnr"] == pytest.approx([0.5, 0.0]) and differences["degradation_slope"] == pytest.approx([0.5, 0.0])
+    assert differences["sync_psnr_unseen"] == pytest.approx([0.5, 0.0])  # the headline sync is paired by scene too
 
 
 def test_walk_away_scores_exposure_gap_and_loop_closure(tmp_path):
