@@ -33,7 +33,7 @@ from torch import nn
 
 from ..data.digits import load_digits_arrays
 from .digits import DigitsJudge, frechet_distance
-from .statistics import mcnemar
+from .statistics import bootstrap_interval, mcnemar
 
 BUNDLED_CLASSIFIER = Path(__file__).resolve().parents[1] / "assets" / "digits-classifier" / "model.safetensors"
 DEFAULT_TIMESTEPS = (0, 25, 50, 100, 200, 400)
@@ -241,13 +241,15 @@ def generation_metrics(
     samples: np.ndarray, real: torch.Tensor, classifier: str | None = None, inception_weights: str | None = None
 ) -> dict[str, float]:
     """Sample quality of digits ``samples`` ``(N, 16, 16, 1)`` in ``[0, 1]`` against ``real`` ``(M, 1, 16, 16)`` in ``[-1, 1]``:
-    ``classifier_fd`` (Frechet distance in :class:`DigitsClassifier` features), the judge's confidence,
+    ``classifier_fd`` (Frechet distance in :class:`DigitsClassifier` features) with ``classifier_fd_interval``,
+    its 95% bootstrap interval over the samples (the real set held fixed), the judge's confidence,
     DigitsJudge's PCA Frechet distance and class coverage, and ``inception_fd`` when weights are given."""
     judge = load_digits_classifier(classifier)
     fake = to_tensor(samples)
     fake_features, real_features = judge.features(fake).numpy(), judge.features(real).numpy()
     metrics = {
         "classifier_fd": frechet_distance(fake_features, real_features),
+        "classifier_fd_interval": bootstrap_interval(lambda rows: frechet_distance(rows, real_features), fake_features),
         "classifier_confidence": float(judge(fake).softmax(-1).max(-1).values.mean()),
         "pca_fd": DigitsJudge(resolution=16).evaluate(samples)["frechet_distance"],
         "class_coverage": int(judge(fake).argmax(-1).unique().numel()),

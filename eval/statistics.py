@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -33,4 +33,30 @@ def mcnemar(correct_a: Iterable[bool], correct_b: Iterable[bool]) -> dict[str, f
         raise ValueError(f"correct_a and correct_b must be equal-length non-empty 1-D sequences, got {a.shape} and {b.shape}")
     a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
     p_value = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
-    return {"a_only": a_only, "b_only": b_only, "p_value": float(p_value), "accuracy_difference": float(a.mean() - b.mean())}
+    difference, difference_se = mean_difference(b.astype(float), a.astype(float))
+    return {
+        "a_only": a_only,
+        "b_only": b_only,
+        "p_value": float(p_value),
+        "accuracy_difference": difference,
+        "difference_standard_error": difference_se,
+    }
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], float], samples: np.ndarray, level: float = 0.95, num_resamples: int = 200,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(samples)``: the rows of ``samples`` are resampled with
+    replacement ``num_resamples`` times (fixed ``seed``) and the central ``level`` part of the statistic's
+    values is returned as ``(low, high)``. E.g. the spread of a Frechet distance due to which samples were drawn."""
+    samples = np.asarray(samples)
+    if not 0 < level < 1 or num_resamples < 2 or len(samples) < 2:
+        raise ValueError(
+            f"bootstrap_interval needs 0 < level < 1, num_resamples >= 2 and >= 2 samples, got {level}, "
+            f"{num_resamples}, {len(samples)}"
+        )
+    rng = np.random.default_rng(seed)
+    values = [statistic(samples[rng.integers(0, len(samples), len(samples))]) for _ in range(num_resamples)]
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)

@@ -151,14 +151,37 @@ def injection_statistics(model, injection: torch.Tensor | None, timesteps, label
     """The logged sizes of the self-conditioning term (see :class:`DDAEObjective`); empty for the ablation."""
     if injection is None:
         return {}
-    injection = injection.float()
-    energy = injection.square().sum(-1).mean()
     condition = model._condition(timesteps, labels, len(timesteps)).float()
     return {
-        "injection_norm": injection.norm(dim=-1).mean().item(),
+        "injection_norm": injection.float().norm(dim=-1).mean().item(),
         "condition_norm": condition.norm(dim=-1).mean().item(),
-        "injection_varying": (injection.var(0, unbiased=False).sum() / energy.clamp_min(1e-12)).item(),
+        "injection_varying": varying_share(injection),
     }
+
+
+def varying_share(vectors: torch.Tensor) -> float:
+    """``sum_d Var_b v_d / mean_b ||v||^2``: the share of the energy of ``vectors`` ``(B, D)`` that differs
+    between rows (0 for a constant offset, 1 for rows averaging to zero)."""
+    vectors = vectors.float()
+    return (vectors.var(0, unbiased=False).sum() / vectors.square().sum(-1).mean().clamp_min(1e-12)).item()
+
+
+@torch.no_grad()
+def injection_by_timestep(pipe: DDAEPipeline, images: torch.Tensor, timesteps=(0, 100, 500), seed: int = 0) -> dict:
+    """At each fixed ``t``, over ``images`` (``[-1, 1]``) noised by ``pipe.scheduler``: ``||W_s LN(z)||``,
+    ``||emb(t)||`` and the between-image shares (:func:`varying_share`) of the injection and of ``LN(z)``;
+    ``{}`` for the ablation."""
+    model, scheduler = pipe.transformer, pipe.scheduler
+    if model.self_condition_embed is None:
+        return {}
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    result = {}
+    for step in timesteps:
+        output = model(scheduler.add_noise(images, noise, torch.tensor([step])), step)
+        stats = injection_statistics(model, output.injection, torch.full((len(images),), step), None)
+        stats["normalized_semantic_varying"] = varying_share(model.self_condition_embed[0](output.semantic))
+        result[f"t={step}"] = stats
+    return result
 
 
 def build_transformer(config: DDAEConfig) -> DDAETransformer2DModel:
@@ -306,6 +329,8 @@ def evaluate(
             train_images.flatten(1).numpy(), train_labels.numpy(), test_images.flatten(1).numpy(), test_labels.numpy()
         ),
     }
+    if isinstance(pipe, DDAEPipeline):
+        metrics["injection_on_test"] = injection_by_timestep(pipe, test_images)
     if reference_metrics is not None:
         metrics["paired_vs_reference"] = {
             "reference": reference, **probe.paired_probe_comparison(sweep, reference_metrics["probe"])

@@ -29,6 +29,8 @@ def test_classifier_frechet_distance_is_small_for_real_digits_and_large_for_nois
     noise = np.random.default_rng(0).random(as_numpy.shape).astype(np.float32)
     real_metrics, noise_metrics = probe.generation_metrics(as_numpy, real), probe.generation_metrics(noise, real)
     assert real_metrics["classifier_fd"] < 0.1 * noise_metrics["classifier_fd"]
+    low, high = real_metrics["classifier_fd_interval"]
+    assert low < high < 0.1 * noise_metrics["classifier_fd_interval"][0]
     assert real_metrics["class_coverage"] == 10 and real_metrics["classifier_confidence"] > 0.8
 
 
@@ -91,3 +93,7 @@ def test_mcnemar_matches_the_exact_binomial_test():
         mcnemar([True], [True, False])
     comparison = probe.paired_probe_comparison({"test_correct": {"selected": a}}, {"test_correct": {"selected": b}})
     assert comparison["selected"]["b_only"] == 17
+    # paired difference of accuracies: (6 - 17) / 323, its standard error from the per-item differences
+    assert result["accuracy_difference"] == pytest.approx(-11 / 323)
+    per_item = np.array([1] * 6 + [-1] * 17 + [0] * 300)
+    assert result["difference_standard_error"] == pytest.approx(per_item.std(ddof=1) / np.sqrt(323))

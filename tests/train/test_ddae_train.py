@@ -5,7 +5,9 @@ from selfgen import DDAEPipeline
 from selfgen.data.textures import TEXTURE_SOURCES, load_texture_arrays
 from diffusers import DDPMScheduler
 
-from selfgen.train.ddae import METHOD, DDAEConfig, DDAEObjective, build_transformer, train
+from selfgen.train.ddae import (
+    METHOD, DDAEConfig, DDAEObjective, build_transformer, injection_by_timestep, train, varying_share,
+)
 from selfgen.train.losses import info_nce
 
 
@@ -44,6 +46,26 @@ def test_injection_is_logged_and_grows_from_zero(tmp_path):
     assert history[0]["injection_norm"] == 0.0  # step 1 runs with W_s = 0: c' = c
     assert history[-1]["injection_norm"] > 1e-4 and history[-1]["condition_norm"] > 0
     assert "injection_varying" in history[-1]  # logged every step; its value is what docs/ddae.md reports
+
+
+def test_varying_share_and_the_injection_measured_at_fixed_timesteps(tmp_path):
+    row = torch.tensor([[3.0, -1.0, 2.0]])
+    assert varying_share(row.expand(5, 3)) == pytest.approx(0.0, abs=1e-7)  # a constant offset
+    assert varying_share(torch.cat([row, -row])) == pytest.approx(1.0)  # zero mean: all of it varies
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    config = tiny_config(tmp_path)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    model = build_transformer(config)
+    stats = injection_by_timestep(DDAEPipeline(transformer=model, scheduler=scheduler), images, timesteps=(0, 500))
+    assert set(stats) == {"t=0", "t=500"}
+    assert stats["t=0"]["injection_norm"] == pytest.approx(0.0, abs=1e-9)  # W_s starts at zero
+    assert 0 < stats["t=0"]["normalized_semantic_varying"] < 1  # different images pool to different z
+    with torch.no_grad():
+        model.self_condition_embed[-1].bias.fill_(1.0)  # a pure offset: nothing of it varies between images
+    offset = injection_by_timestep(DDAEPipeline(transformer=model, scheduler=scheduler), images)["t=0"]
+    assert offset["injection_norm"] > 1 and offset["injection_varying"] == pytest.approx(0.0, abs=1e-9)
+    ablation = build_transformer(tiny_config(tmp_path, self_conditioning=False))
+    assert injection_by_timestep(DDAEPipeline(transformer=ablation, scheduler=scheduler), images) == {}
 
 
 def contrastive_objective(tmp_path, momentum: float):
