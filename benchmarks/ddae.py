@@ -7,7 +7,10 @@ Times one forward + backward (+ AdamW step) of the bundled-checkpoint size (16x1
 with ``--bf16``; on a CPU without AMX it is several times slower),
 and ``diffusers.DiTTransformer2DModel`` with the same width, depth, heads and patch (adaLN-Zero with a
 single dummy class, as that class requires labels). Variants are interleaved and the median of
-``repeats`` rounds is reported, so background load affects all of them alike. Prints steps/s and ratios.
+``repeats`` rounds is reported, so background load affects all of them alike. Prints steps/s and ratios,
+the self-conditioning overhead as the median of the per-round time ratios (paired within a round), and the
+floating-point operations of one training step counted by ``torch.utils.flop_counter.FlopCounterMode``
+(independent of machine load).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 from diffusers import DiTTransformer2DModel
+from torch.utils.flop_counter import FlopCounterMode
 
 from selfgen.models.ddae import DDAETransformer2DModel
 
@@ -61,6 +65,14 @@ def step_time(model: torch.nn.Module, forward: Callable, batch: int, bf16: bool,
     return sum(elapsed) / len(elapsed)
 
 
+def step_flops(forward: Callable, batch: int) -> int:
+    """Floating-point operations of one forward + backward on a ``batch``, counted (not timed)."""
+    sample, timesteps = torch.randn(batch, 1, 16, 16), torch.randint(0, 1000, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        forward(sample, timesteps).float().square().mean().backward()
+    return counter.get_total_flops()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -83,13 +95,22 @@ def main() -> None:
     median = {key: statistics.median(values) for key, values in timings.items()}
     reference = median["ours, plain (ablation) [fp32]"]
     print(f"batch {args.batch}, 16x16x1, patch {args.patch}, {SIZE}, {torch.get_num_threads()} thread(s)")
-    print(f"{'variant':48s} {'params':>9s} {'steps/s':>8s} {'time vs ours-plain-fp32':>24s}")
+    flops = {name: step_flops(forward, args.batch) for name, (_, forward) in variants.items()}
+    print(f"{'variant':48s} {'params':>9s} {'GFLOP/step':>10s} {'steps/s':>8s} {'time vs ours-plain-fp32':>24s}")
     for key, seconds in median.items():
-        params = sum(p.numel() for p in variants[key.rsplit(' [', 1)[0]][0].parameters())
-        print(f"{key:48s} {params:9d} {1 / seconds:8.2f} {seconds / reference:24.3f}")
+        name = key.rsplit(" [", 1)[0]
+        params = sum(p.numel() for p in variants[name][0].parameters())
+        print(f"{key:48s} {params:9d} {flops[name] / 1e9:10.3f} {1 / seconds:8.2f} {seconds / reference:24.3f}")
+    sc, plain = "ours, self-conditioned", "ours, plain (ablation)"
+    params = [sum(p.numel() for p in variants[name][0].parameters()) for name in (sc, plain)]
+    print(f"self-conditioning overhead: parameters {100 * (params[0] / params[1] - 1):+.2f}%, "
+          f"counted FLOPs {100 * (flops[sc] / flops[plain] - 1):+.3f}%")
     for precision in ("fp32", "bf16")[: 1 + args.bf16]:
-        overhead = median[f"ours, self-conditioned [{precision}]"] / median[f"ours, plain (ablation) [{precision}]"] - 1
-        print(f"self-conditioning overhead ({precision}): {100 * overhead:+.1f}%")
+        ratios = [a / b for a, b in zip(timings[f"{sc} [{precision}]"], timings[f"{plain} [{precision}]"])]
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        print(f"self-conditioning step-time overhead ({precision}), median of {len(ratios)} paired rounds: "
+              f"{100 * (statistics.median(ratios) - 1):+.1f}% (quartiles {100 * (quartiles[0] - 1):+.1f}% .. "
+              f"{100 * (quartiles[2] - 1):+.1f}%)")
 
 
 if __name__ == "__main__":
