@@ -6,7 +6,7 @@ Times one forward + backward (+ AdamW step) of the bundled-checkpoint size (16x1
 4 heads) on the same batch for: our DiT with and without self-conditioning, in fp32 (and bf16 autocast
 with ``--bf16``; on a CPU without AMX it is several times slower),
 and ``diffusers.DiTTransformer2DModel`` with the same width, depth, heads and patch (adaLN-Zero with a
-single dummy class, as that class requires labels). Variants are interleaved and the median of
+single dummy class, as that class requires labels). Variants are interleaved (in alternating order) and the median of
 ``repeats`` rounds is reported, so background load affects all of them alike. Prints steps/s and ratios,
 the self-conditioning overhead as the median of the per-round time ratios (paired within a round), and the
 floating-point operations of one training step counted by ``torch.utils.flop_counter.FlopCounterMode``
@@ -87,8 +87,8 @@ def main() -> None:
         "diffusers DiTTransformer2DModel": diffusers_dit(args.patch),
     }
     timings: dict[str, list[float]] = {}
-    for _ in range(args.repeats):
-        for name, (model, forward) in variants.items():
+    for round_index in range(args.repeats):  # the order alternates, so no variant always runs first
+        for name, (model, forward) in list(variants.items())[:: 1 if round_index % 2 == 0 else -1]:
             for bf16 in (False, True)[: 1 + args.bf16]:
                 key = f"{name} [{'bf16' if bf16 else 'fp32'}]"
                 timings.setdefault(key, []).append(step_time(model, forward, args.batch, bf16))

@@ -1,6 +1,6 @@
 """DDAE++ training: a self-conditioned DiT trained with the DDPM loss, plus optional contrastive self-distillation.
 
-``selfgen train ddae --config configs/ddae_digits.yaml`` rebuilds ``assets/ddae-digits``;
+``selfgen train ddae --config configs/ddae_digits.yaml --export_dir assets/ddae-digits`` rebuilds ``assets/ddae-digits``;
 ``configs/ddae_digits_noselfcond.yaml`` is the same run with ``self_conditioning: false``.
 ``selfgen eval ddae --model assets/ddae-digits`` reports the linear probe (with its timestep x layer
 sweep) and the Frechet distance of samples in a small digits classifier's feature space.
