@@ -67,7 +67,7 @@ class S3cConfig(IterativeConfig):
     problems_per_iteration: int = 2000
     samples_per_problem: int = 1
     temperature: float = 1.0
-    max_train_steps: int = 300
+    max_train_steps: int = 200
     train_batch_size: int = 32
     learning_rate: float = 3e-4
     eval_problems: int = 500

@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 
 from selfgen.data.reasoning import Feedback
-from selfgen.train.llm.iterative_deepening import aggregate, iterative_deepening, segment_budgets
+from selfgen.data.problems import Problem
+from selfgen.data.tasks import get_task
+from selfgen.train.llm.iterative_deepening import aggregate, final_answer, iterative_deepening, segment_budgets
+from selfgen.train.llm.prompts import PromptFormat
 from selfgen.train.llm.modeling import load_policy
 from selfgen.train.llm.rewards import canonical_answer
 from selfgen.train.llm.self_prm import (
@@ -33,24 +36,28 @@ def test_segment_budgets():
 @needs_asset
 def test_iterative_deepening_segments():
     model, tokenizer = load_policy(ASSET, "float32")
-    prompts = ["Q:47+85\n", "Q:1+5887\n"]
-    samples = iterative_deepening(model, tokenizer, prompts, "\nR:\n", initial_budget=12, growth=2.0, max_new_tokens=60, num_samples=2)
-    assert [s.prompt_index for s in samples] == [0, 0, 1, 1]
-    for sample in samples:
-        assert len(sample.segments) == 3  # 12 + 24 + 24: every segment gets a trigger after it but the last
-        assert sample.text == "\nR:\n".join(sample.segments)
-        assert sample.generated_tokens <= 60 and sample.trigger_tokens == 2 * 4
-        assert len(sample.segments[0]) == 12  # the first segment is cut by its budget (char-level tokens)
-    # without triggers after a finished answer, a short solution is one segment that ends by eos
-    single = iterative_deepening(model, tokenizer, ["Q:4+5\n"], "\nR:\n", initial_budget=40, max_new_tokens=100, trigger_on_finish=False)
-    assert len(single[0].segments) == 1 and "A:" in single[0].text
+    task = get_task("add")
+    problems = [Problem("47+85", "132", "a"), Problem("1+5887", "5888", "b")]
+    verify = lambda problem, text: task.verify(problem, text)  # noqa: E731
+    episodes = iterative_deepening(
+        model, tokenizer, PromptFormat(), problems, initial_budget=12, growth=2.0, max_new_tokens=60, num_samples=2, verify=verify
+    )
+    assert [e.problem_index for e in episodes] == [0, 0, 1, 1]
+    for episode in episodes:
+        assert len(episode.turns) == 3 and all(n <= b for n, b in zip(episode.new_tokens, [12, 24, 24]))
+        assert episode.new_tokens[0] == 12 and "A:" not in episode.texts[0]  # the trigger interrupts the attempt
+        assert episode.turns[1].rollout.prompt.endswith(episode.texts[0] + "\nR:\n")  # ... and the model continues
+        assert sum(episode.new_tokens) <= 60
+    # the answer comes from the last segment that gives one
+    episodes[0].turns[-1].answer = None
+    assert final_answer(episodes[0]) == episodes[0].answers[1]
 
 
 def test_aggregate():
-    texts = ["S:1\nA:7", "S:2\nA:07", "S:3\nA:8"]
+    texts = ["7", "07", "8"]
     assert aggregate(texts) == canonical_answer("7")  # 7 and 07 vote together
     assert aggregate(texts, "best", scores=[0.1, 0.2, 0.9]) == canonical_answer("8")
-    with pytest.raises(ValueError, match="one score per text"):
+    with pytest.raises(ValueError, match="one score per answer"):
         aggregate(texts, "best")
 
 
