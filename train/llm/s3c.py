@@ -34,8 +34,9 @@ Evaluation (held-out, greedy): accuracy, and the spontaneous corrections: ``corr
 of completions with a reflection mark), ``correction_fix_rate`` (share of problems where the step
 before the first mark was wrong, a correction follows, and the final answer is right),
 ``correction_false_alarm_rate`` (a mark after a correct step), ``correction_accuracy`` (accuracy
-among completions with a mark). Per-problem results go to ``output_dir/eval_items-<k>.jsonl`` for paired
-comparisons.
+among completions with a mark). With ``eval_samples`` > 0 the same on that many T = ``temperature``
+samples per problem (``sampled_*``). Per-problem results go to ``output_dir/eval_items-<k>.jsonl``
+(and ``eval_samples-<k>.jsonl``) for paired comparisons.
 
 Departures from the paper: the step verifier is the task's rule-based step critic (reference steps),
 not Monte Carlo rollouts from sampled steps; the reflection is a single mark (``!``), not a written
@@ -57,6 +58,7 @@ from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .objectives import SFTCollator, SFTObjective, TextPair
 
 REFLECTION_MARK = "!"
+EVAL_SAMPLE_SEED = 7_001  # the sampled held-out evaluation (same draws for every run)
 S3C_MODES = ("s3c", "clean")
 
 
@@ -72,6 +74,7 @@ class S3cConfig(IterativeConfig):
     learning_rate: float = 3e-4
     eval_problems: int = 500
     mode: str = "s3c"  # s3c (correction + clean examples) | clean (the SFT control: clean examples only)
+    eval_samples: int = 0  # > 0: also this many T = `temperature` samples per held-out problem (sampled_* metrics)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -181,7 +184,18 @@ class S3cTrainer(IterativeTrainer):
         with open(self.output_dir / f"eval_items-{self.evaluations}.jsonl", "w") as handle:
             for problem, text, right in zip(self.eval_set, texts, correct):
                 handle.write(json.dumps({"id": problem.id, "correct": right, "completion": text}) + "\n")
-        return {"accuracy": sum(correct) / len(correct), **correction_stats(self.task, self.eval_set, texts, correct)}
+        metrics = {"accuracy": sum(correct) / len(correct), **correction_stats(self.task, self.eval_set, texts, correct)}
+        if self.config.eval_samples:
+            n = self.config.eval_samples
+            sampled = [r.text for r in self.solve(self.eval_set, num_samples=n, seed=EVAL_SAMPLE_SEED)]
+            problems = [p for p in self.eval_set for _ in range(n)]
+            right = [self.verify(p, text) for p, text in zip(problems, sampled)]
+            stats = correction_stats(self.task, problems, sampled, right)
+            metrics.update({"sampled_accuracy": sum(right) / len(right), **{f"sampled_{k}": v for k, v in stats.items()}})
+            with open(self.output_dir / f"eval_samples-{self.evaluations}.jsonl", "w") as handle:
+                for problem, text, ok in zip(problems, sampled, right):
+                    handle.write(json.dumps({"id": problem.id, "correct": ok, "completion": text}) + "\n")
+        return metrics
 
 
 METHOD = Method(

@@ -78,7 +78,7 @@ def test_located_wrong_step_and_stats():
 def test_one_round_end_to_end(tmp_path, mode):
     config = S3cConfig(
         output_dir=str(tmp_path / "run"), mode=mode, problems_per_iteration=24, eval_problems=4, max_train_steps=2,
-        train_batch_size=4, max_new_tokens=48, logging_steps=1,
+        train_batch_size=4, max_new_tokens=48, logging_steps=1, eval_samples=2,
     )
     trainer = S3cTrainer(model=str(ASSET), config=config)
     report = trainer.train()
@@ -87,3 +87,5 @@ def test_one_round_end_to_end(tmp_path, mode):
     assert (record["correction_examples"] > 0) == (mode == "s3c")
     assert record["train_examples"] == 24 + record["correction_examples"]
     assert (tmp_path / "run" / "eval_items-1.jsonl").is_file()
+    assert "sampled_correction_fix_rate" in record
+    assert len((tmp_path / "run" / "eval_samples-1.jsonl").read_text().splitlines()) == 4 * 2
