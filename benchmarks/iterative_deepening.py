@@ -7,9 +7,10 @@
    ``--grid`` (``b0:growth:rounds``) draws one ID-sample per problem; the schedule with the best
    single-sample accuracy is kept (ties: fewer tokens).
 2. Held-out: ``--plain_samples`` plain T = 1 samples and ``--id_samples`` ID-samples (the chosen
-   schedule, same temperature) per problem. For ID vote@N (N = 1, 2, 4, ..) the plain vote@M with
-   the smallest M whose mean generated tokens per problem are at least ID's is its equal-token control;
+   schedule, same temperature) per problem. For ID vote@N (N = 1, 2, 4, ..) the plain vote@M whose mean
+   generated tokens per problem are nearest to ID's is its equal-token control;
    the table gives both accuracies and their paired difference (per problem) with its standard error.
+   ``--rows`` recomputes the tables from a previous run's ``--out`` file (no generation).
 """
 
 from __future__ import annotations
@@ -40,11 +41,26 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write per-problem results (JSONL) here")
+    parser.add_argument("--rows", default=None, help="recompute the tables from this --out file of an earlier run")
     args = parser.parse_args()
 
     task = get_task(args.task, min_digits=args.min_digits, max_digits=args.max_digits) if args.task in ("add", "arith", "mul") else get_task(args.task)
-    model, tokenizer = load_policy(args.model, "float32")
     fmt = PromptFormat()
+    problems = task.sample(args.problems, EVAL_SEED, "eval")
+
+    def right(problem, answer) -> bool:
+        return answer is not None and task.verify(problem, "A:" + answer, fmt.answer)
+
+    if args.rows:
+        rows = [json.loads(line) for line in open(args.rows)]
+        args.plain_samples, args.id_samples = len(rows[0]["plain_answers"]), len(rows[0]["id_answers"])
+    else:
+        rows = generate(args, task, fmt, problems, right)
+    report(args, problems, rows, right, fmt)
+
+
+def generate(args, task, fmt, problems, right) -> list[dict]:
+    model, tokenizer = load_policy(args.model, "float32")
 
     def id_samples(problems, schedule, n, seed):
         b0, growth, rounds = schedule
@@ -52,9 +68,6 @@ def main() -> None:
             model, tokenizer, fmt, problems, initial_budget=b0, growth=growth, max_rounds=rounds,
             max_new_tokens=10_000, num_samples=n, temperature=args.temperature, seed=seed,
         )
-
-    def right(problem, answer) -> bool:
-        return answer is not None and task.verify(problem, "A:" + answer, fmt.answer)
 
     # 1. schedule selection on training-split problems
     validation = task.sample(args.validation_problems, derive_seed(args.seed, 77_001), "train")
@@ -70,7 +83,6 @@ def main() -> None:
     print(f"chosen schedule: {chosen}")
 
     # 2. held-out comparison
-    problems = task.sample(args.problems, EVAL_SEED, "eval")
     params = SamplingParams(temperature=args.temperature, num_samples=args.plain_samples, max_new_tokens=args.max_new_tokens, batch_size=256)
     plain = generate_rollouts(model, tokenizer, [fmt.prompt(p.question) for p in problems], params, seed=args.seed + 1)
     deep = id_samples(problems, chosen, args.id_samples, args.seed + 2)
@@ -84,6 +96,24 @@ def main() -> None:
             "id_answers": [final_answer(e) for e in d], "id_tokens": [sum(e.new_tokens) for e in d],
             "id_texts": [e.texts for e in d],
         })
+    if args.out:
+        with open(args.out, "w") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+    return rows
+
+
+def report(args, problems, rows, right, fmt) -> None:
+    # what the trigger does inside the ID-samples: the first segment's answer vs the sample's final answer
+    pairs = [
+        (right(problem, fmt.answer(texts[0])), right(problem, answer))
+        for row, problem in zip(rows, problems) for texts, answer in zip(row["id_texts"], row["id_answers"])
+    ]
+    n = len(pairs)
+    print(
+        f"ID-samples: first segment {sum(a for a, _ in pairs) / n:.3f}, final {sum(b for _, b in pairs) / n:.3f}, "
+        f"i->c {sum(b and not a for a, b in pairs) / n:.3f}, c->i {sum(a and not b for a, b in pairs) / n:.3f} ({n} samples)"
+    )
 
     def accuracy_at(kind: str, n: int) -> tuple[list[float], float]:
         correct, tokens = [], []
@@ -105,15 +135,11 @@ def main() -> None:
     n = 1
     while n <= args.id_samples:
         c, t = accuracy_at("id", n)
-        m = next((m for m in range(1, args.plain_samples + 1) if plain_curve[m][1] >= t), args.plain_samples)
+        m = min(plain_curve, key=lambda m: abs(plain_curve[m][1] - t))
         pc, pt = plain_curve[m]
         diff, se = mean_difference(pc, c)
         print(f"| {n} | {t:.1f} | {sum(c) / len(c):.3f} +- {standard_error(c):.3f} | {m} | {pt:.1f} | {sum(pc) / len(pc):.3f} | {diff:+.3f} +- {se:.3f} |")
         n *= 2
-    if args.out:
-        with open(args.out, "w") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
