@@ -7,6 +7,7 @@ from .co_reward import CoRewardConfig, CoRewardTrainer
 from .driver import IterationReport, IterativeConfig, IterativeTrainer, Round
 from .expo import ExPOConfig, ExPOTrainer
 from .grpo import GRPOConfig, GRPOTrainer
+from .iterative_deepening import iterative_deepening
 from .laser import LaSeRConfig, LaSeRTrainer
 from .objectives import DPOObjective, GRPOObjective, SFTObjective, group_advantages
 from .prompts import ChatTemplateFormat, PromptFormat, get_prompt_format, prepare_tokenizer
@@ -28,8 +29,10 @@ from .rest_mcts import ReSTMCTSConfig, ReSTMCTSTrainer
 from .rollout import Rollout, SamplingParams, generate_rollouts
 from .revision import CriticFeedback, Episode, VerifierFeedback, no_feedback, sample_revisions
 from .rlccf import RLCCFConfig, RLCCFTrainer
+from .s3c import S3cConfig, S3cTrainer
 from .score import SCoReConfig, SCoReTrainer
 from .scl import SCLConfig, SCLTrainer
+from .self_prm import SelfPRMConfig, SelfPRMTrainer, self_rerank
 from .self_reward_dpo import SelfRewardDPOConfig, SelfRewardDPOTrainer
 from .spiral import SPIRALConfig, SPIRALTrainer
 from .spc import SPCConfig, SPCTrainer
@@ -73,6 +76,8 @@ __all__ = [
     "Round",
     "SCLConfig",
     "SCLTrainer",
+    "S3cConfig",
+    "S3cTrainer",
     "SCoReConfig",
     "SCoReTrainer",
     "SFTObjective",
@@ -84,6 +89,8 @@ __all__ = [
     "STaRTrainer",
     "SamplingParams",
     "SelfJudgeReward",
+    "SelfPRMConfig",
+    "SelfPRMTrainer",
     "SelfRewardDPOConfig",
     "SelfRewardDPOTrainer",
     "VerifierFeedback",
@@ -93,8 +100,10 @@ __all__ = [
     "generate_rollouts",
     "get_prompt_format",
     "group_advantages",
+    "iterative_deepening",
     "majority_answer",
     "no_feedback",
     "prepare_tokenizer",
     "sample_revisions",
+    "self_rerank",
 ]
