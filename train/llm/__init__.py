@@ -4,8 +4,10 @@ core (``rollout``, ``rewards``, ``objectives``, ``driver``) and one file per rec
 from .bstar import BSTaRConfig, BSTaRTrainer
 from .cct import CCTConfig, CCTTrainer
 from .co_reward import CoRewardConfig, CoRewardTrainer
+from .critique import CritiqueConfig, CritiqueTrainer, critique_refine
 from .driver import IterationReport, IterativeConfig, IterativeTrainer, Round
 from .expo import ExPOConfig, ExPOTrainer
+from .exploratory_iteration import ExItConfig, ExItTrainer
 from .grpo import GRPOConfig, GRPOTrainer
 from .iterative_deepening import iterative_deepening
 from .laser import LaSeRConfig, LaSeRTrainer
@@ -48,10 +50,14 @@ __all__ = [
     "CoRewardConfig",
     "CoRewardTrainer",
     "CriticFeedback",
+    "CritiqueConfig",
+    "CritiqueTrainer",
     "DPOObjective",
     "Episode",
     "ExPOConfig",
     "ExPOTrainer",
+    "ExItConfig",
+    "ExItTrainer",
     "FunctionReward",
     "GRPOConfig",
     "GRPOObjective",
@@ -97,6 +103,7 @@ __all__ = [
     "VerifierReward",
     "answer_key",
     "canonical_answer",
+    "critique_refine",
     "generate_rollouts",
     "get_prompt_format",
     "group_advantages",

@@ -55,7 +55,7 @@ from pathlib import Path
 from torch import nn
 
 from ...data.problems import Problem
-from ...data.reasoning import Feedback, parse_feedback, step_feedback
+from ...data.reasoning import Feedback, step_feedback
 from ...data.tasks import derive_seed
 from ..registry import Method
 from ..trainer import Trainer

@@ -225,16 +225,18 @@ class ExItTrainer(GRPOTrainer):
 
 
 def revision_chain(
-    model, tokenizer, fmt, problems: Sequence[Problem], revisions: int, max_new_tokens: int = 64, batch_size: int = 256
+    model, tokenizer, fmt, problems: Sequence[Problem], revisions: int, max_new_tokens: int = 64, batch_size: int = 256,
+    temperature: float = 0.0, seed: int = 0,
 ) -> list[list[str]]:
-    """Per problem the greedy first attempt and ``revisions`` greedy revisions, each continuing the
-    question and the **latest** attempt only (the training context), one round of the shared sampler
-    (:func:`~selfgen.train.llm.revision.sample_revisions` with ``first_attempts``) per step."""
-    options = dict(temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    chains = [[e.texts[0]] for e in sample_revisions(model, tokenizer, fmt, problems, rounds=1, **options)]
-    for _ in range(revisions):
+    """Per problem a first attempt and ``revisions`` revisions (greedy, or sampled at ``temperature``),
+    each continuing the question and the **latest** attempt only (the training context), one round of
+    the shared sampler (:func:`~selfgen.train.llm.revision.sample_revisions` with ``first_attempts``) per step."""
+    options = dict(temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    chains = [[e.texts[0]] for e in sample_revisions(model, tokenizer, fmt, problems, rounds=1, seed=seed, **options)]
+    for step in range(revisions):
         latest = [chain[-1] for chain in chains]
-        for chain, episode in zip(chains, sample_revisions(model, tokenizer, fmt, problems, rounds=2, first_attempts=latest, **options)):
+        episodes = sample_revisions(model, tokenizer, fmt, problems, rounds=2, first_attempts=latest, seed=seed + step + 1, **options)
+        for chain, episode in zip(chains, episodes):
             chain.append(episode.texts[1])
     return chains
 

@@ -85,3 +85,26 @@ def test_a_round_improves_buffered_histories_and_grows_them(tmp_path):
     children = [item for item in trainer.buffer.items if item.depth == 2]
     assert all(child.history[0] in {i.history[0] for i in seeds} and child.score > 0 for child in children)
     assert all(item.score > 0 for item in trainer.buffer.items)
+
+
+@needs_asset
+def test_revision_chain_continues_the_latest_attempt_only(monkeypatch):
+    from selfgen.train.llm import exploratory_iteration as module
+    from selfgen.train.llm.modeling import load_policy
+    from selfgen.train.llm.prompts import PromptFormat
+
+    model, tokenizer = load_policy(ASSET)
+    calls = []
+    real = module.sample_revisions
+
+    def recording(*args, **kwargs):
+        episodes = real(*args, **kwargs)
+        calls.append((kwargs.get("first_attempts"), [e.texts for e in episodes]))
+        return episodes
+
+    monkeypatch.setattr(module, "sample_revisions", recording)
+    problems = [PROBLEM, Problem(question="3+4", answer="7", id="q")]
+    chains = module.revision_chain(model, tokenizer, PromptFormat(), problems, revisions=2, max_new_tokens=24)
+    assert [len(chain) for chain in chains] == [3, 3] and len(calls) == 3
+    assert calls[1][0] == [chain[0] for chain in chains] and calls[2][0] == [chain[1] for chain in chains]
+    assert [texts[1] for texts in calls[2][1]] == [chain[2] for chain in chains]
