@@ -7,7 +7,20 @@ digit, countdown) in the formats the recipes prompt with:
 * hinted: ``Q:..\\nH:<answer>\\n`` -> the same solution (what STaR's rationalisation prompts with);
 * revision: a correct first attempt, ``R:``, the same solution again (a base model that only restates,
   the starting point SCoRe must teach to correct);
-* judge: a correct or one-digit-corrupted solution, ``J:``, the judge's own solution and ``V:Y|N``.
+* judge: a correct or one-digit-corrupted solution, ``J:``, the judge's own solution and ``V:Y|N``;
+* rephrase: an exact rephrasing of the problem (:meth:`~selfgen.data.tasks.Task.rephrase`: addition
+  operands swapped or zero-padded, multiplicand padded, countdown numbers reordered) -> its worked
+  solution, so Co-Reward's rephrased questions are in distribution.
+
+Every problem is drawn from the task's *training* split (:func:`train_problem`): no held-out
+problem, nor a rephrasing of one, ever reaches the pretraining stream.
+
+**Length curriculum.** ``curriculum: [[max_digits, steps], ...]`` pretrains in stages, stage ``k``
+on fresh problems whose operands have 1..``max_digits`` digits (multiplication one digit fewer), for
+``steps`` optimizer updates, each stage continuing the previous one's weights (the learning rate
+restarts its warm-up and schedule in each stage). ``next_length_share`` of the addition examples of
+a stage are one digit longer than its ``max_digits`` (a glimpse of the next length, so that length is
+low but not zero). Empty ``curriculum``: one stage of ``max_digits`` for ``max_train_steps``.
 
 The loss is the SFT loss on the completion tokens. The same module's ``evaluate`` and ``demo``
 measure greedy accuracy on held-out problems.
@@ -16,7 +29,7 @@ measure greedy accuracy on held-out problems.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from accelerate.utils import set_seed
@@ -26,6 +39,7 @@ from ...data.tasks import (
     CountdownTask,
     Task,
     corrupt_answer,
+    derive_seed,
     extract_answer,
     get_task,
     judge_completion,
@@ -34,6 +48,7 @@ from ...data.tasks import (
     replace_answer,
     revision_prompt,
 )
+from ...data.problems import Problem
 from ..config import TrainingConfig
 from ..registry import Method
 from ..trainer import TrainResult, Trainer
@@ -57,12 +72,25 @@ class LMConfig(TrainingConfig):
     num_attention_heads: int = 4
     intermediate_size: int = 384
     max_length: int = 192
+    curriculum: list[list[int]] = field(default_factory=list)  # [[max_digits, steps], ...]; empty: one stage
+    next_length_share: float = 0.0  # share of a stage's additions with max_digits + 1 digits
 
     def __post_init__(self) -> None:
         super().__post_init__()
         unknown = set(self.format_weights) - set(SEED_FORMATS)
         if unknown:
             raise ValueError(f"format_weights has unknown formats {sorted(unknown)}; expected keys of {SEED_FORMATS}")
+        for stage in self.curriculum:
+            if len(stage) != 2 or int(stage[0]) < 2 or int(stage[1]) < 1:
+                raise ValueError(f"curriculum stages must be [max_digits >= 2, steps >= 1], got {stage!r}")
+        if not 0.0 <= self.next_length_share < 1.0:
+            raise ValueError(f"next_length_share must be in [0, 1), got {self.next_length_share}")
+
+    def stages(self) -> list[tuple[int, int]]:
+        """``(max_digits, steps)`` of each pretraining stage."""
+        if not self.curriculum:
+            return [(self.max_digits, self.max_train_steps)]
+        return [(int(digits), int(steps)) for digits, steps in self.curriculum]
 
 
 def seed_tasks(max_digits: int) -> dict[str, Task]:
@@ -73,9 +101,19 @@ def seed_tasks(max_digits: int) -> dict[str, Task]:
     }
 
 
+def train_problem(task: Task, rng: random.Random, problem_id: str) -> Problem:
+    """A fresh problem of ``task``'s training split (draws that fall in the held-out split are skipped)."""
+    while True:
+        problem = task.make_problem(rng, problem_id)
+        if task.split_of(problem) == "train":
+            return problem
+
+
 def seed_example(task: Task, kind: str, rng: random.Random, problem_id: str) -> TextPair:
-    """One pretraining example of format ``kind`` for a fresh problem of ``task``."""
-    problem = task.make_problem(rng, problem_id)
+    """One pretraining example of format ``kind`` for a fresh training-split problem of ``task``."""
+    problem = train_problem(task, rng, problem_id)
+    if kind == "rephrase":
+        problem = task.rephrase(problem, rng)  # a rephrasing lies in its original's split
     solution = task.worked_solution(problem)
     prompt = prompt_text(problem.question)
     if kind == "hint":
@@ -89,40 +127,61 @@ def seed_example(task: Task, kind: str, rng: random.Random, problem_id: str) -> 
     return TextPair(prompt, solution)
 
 
-SEED_FORMATS = ("plain", "hint", "revision", "judge")
+SEED_FORMATS = ("plain", "hint", "revision", "judge", "rephrase")
 
 
-def seed_examples(config: LMConfig) -> list[TextPair]:
-    """The seeded pretraining set (formats and tasks drawn with ``config.*_weights``)."""
-    rng = random.Random(config.seed)
-    tasks = seed_tasks(config.max_digits)
+def seed_examples(config: LMConfig, max_digits: int | None = None, stage: int = 0) -> list[TextPair]:
+    """The ``config.num_seed_examples`` seeded pretraining examples of one stage (formats and tasks
+    drawn with ``config.*_weights``; operands of up to ``max_digits`` digits, default
+    ``config.max_digits``). The stage's examples depend on ``(seed, stage)`` only, so a shorter last
+    stage trains on the same data in the same order."""
+    max_digits = config.max_digits if max_digits is None else max_digits
+    rng = random.Random(derive_seed(config.seed, "lm-stage", stage) if stage else config.seed)
+    tasks = seed_tasks(max_digits)
     unknown = set(config.task_weights) - set(tasks)
     if unknown:
         raise ValueError(f"task_weights has unknown tasks {sorted(unknown)}; expected keys of {sorted(tasks)}")
+    longer = ArithmeticTask("add", max_digits + 1, max_digits + 1)
     names, weights = zip(*config.task_weights.items())
     kinds, kind_weights = zip(*config.format_weights.items())
     examples = []
     for index in range(config.num_seed_examples):
         task = tasks[rng.choices(names, weights)[0]]
-        examples.append(seed_example(task, rng.choices(kinds, kind_weights)[0], rng, f"seed-{index}"))
+        if task.name == "add" and config.next_length_share and rng.random() < config.next_length_share:
+            task = longer
+        examples.append(seed_example(task, rng.choices(kinds, kind_weights)[0], rng, f"seed-{stage}-{index}"))
     return examples
 
 
 def train(config: LMConfig) -> TrainResult:
+    """Pretrain through :meth:`LMConfig.stages`; each stage's run is under ``output_dir/stage-k``
+    (one stage: ``output_dir`` itself), the last stage exports to ``config.pipeline_dir``."""
     set_seed(config.seed)
     tokenizer = build_char_tokenizer()
     model = build_tiny_llama(
         tokenizer, config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
     )
-    trainer = Trainer(
-        model,
-        SFTObjective(),
-        seed_examples(config),
-        config,
-        export_fn=tokenizer_exporter(tokenizer),
-        collate_fn=SFTCollator(tokenizer, config.max_length),
-    )
-    return trainer.train()
+    stages = config.stages()
+    result, history = None, []
+    for index, (max_digits, steps) in enumerate(stages, start=1):
+        staged = len(stages) > 1
+        examples = seed_examples(config, max_digits, stage=index) if staged else seed_examples(config)
+        stage_config = replace(
+            config,
+            output_dir=str(Path(config.output_dir) / f"stage-{index}") if staged else config.output_dir,
+            export_dir=str(config.pipeline_dir) if index == len(stages) else str(Path(config.output_dir) / f"stage-{index}" / "model"),
+            max_train_steps=steps,
+            max_digits=max_digits,
+            seed=config.seed + index - 1,
+        )
+        trainer = Trainer(
+            model, SFTObjective(), examples, stage_config,
+            export_fn=tokenizer_exporter(tokenizer), collate_fn=SFTCollator(tokenizer, config.max_length),
+        )
+        result = trainer.train()
+        model = trainer.unwrapped_model
+        history += [{**record, "stage": index} for record in result.history]
+    return TrainResult(sum(steps for _, steps in stages), result.pipeline_dir, history, result.already_finished)
 
 
 def accuracy(model, tokenizer, task: Task, problems, max_new_tokens: int = 64) -> float:

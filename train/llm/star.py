@@ -12,6 +12,12 @@ Each outer iteration n:
 
 Departure: problems are fresh seeded draws each iteration instead of one fixed dataset (same
 distribution); decoding is greedy by default (``temperature: 0``), one rationale per problem.
+
+**Matched control** (``ground_truth_control: true``, not part of the paper): the same loop, but step 3
+fine-tunes the base model on the reference worked solutions (``task.worked_solution``) of as many
+problems as STaR kept, the first ``n`` of the iteration's fresh draws (unfiltered by success), for
+the same steps. STaR's gain over this control is what self-generated rationales add beyond
+continued supervised training of the base on the same amount of labelled data.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class STaRConfig(IterativeConfig):
     samples_per_problem: int = 1
     rationalize: bool = True
     step_growth: float = 0.2
+    ground_truth_control: bool = False  # SFT on as many reference worked solutions instead (the control)
 
 
 class STaRTrainer(IterativeTrainer):
@@ -51,6 +58,8 @@ class STaRTrainer(IterativeTrainer):
             hinted_rollouts = self.sample(hinted, seed=iteration)
             rationalized = [(p, r.text) for p, r in zip(failed, hinted_rollouts) if self.verify(p, r.text)]
         examples = [TextPair(self.prompt(p), text) for p, text in correct + rationalized]
+        if config.ground_truth_control:
+            examples = [TextPair(self.prompt(p), self.task.worked_solution(p)) for p in problems[: len(examples)]]
         steps = round(config.max_train_steps * (1 + config.step_growth) ** (iteration - 1))
         logs = {
             "train_accuracy": len(correct) / len(problems),

@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selfgen.data.tasks import ArithmeticTask, parse_verdict
+from selfgen.data.problems import Problem
+from selfgen.data.tasks import ArithmeticTask, CountdownTask, parse_verdict
 from selfgen.train.llm import lm
 
 
@@ -53,3 +54,36 @@ def test_accuracy_counts_verified_greedy_answers(monkeypatch):
     answers = [task.worked_solution(p) for p in problems[:3]] + ["A:nope"]
     monkeypatch.setattr(lm, "greedy_completions", lambda model, tokenizer, prompts, max_new_tokens: answers)
     assert lm.accuracy(None, None, task, problems) == 0.75
+
+
+@pytest.mark.parametrize("curriculum", [[], [[2, 1], [4, 1]]])
+def test_pretraining_stream_holds_no_held_out_problem(curriculum):
+    """Every pretraining question (rephrasings too) lies in its task's training split; before the fix
+    ``seed_example`` drew from ``make_problem`` and 69/200 held-out 1-2 digit additions leaked in."""
+    config = lm.LMConfig(
+        num_seed_examples=3000, seed=3, max_digits=2, curriculum=curriculum,
+        format_weights={"plain": 0.4, "hint": 0.2, "rephrase": 0.4},
+    )
+    stages = [(2, 0)] if not curriculum else [(digits, index) for index, (digits, _) in enumerate(curriculum, 1)]
+    questions = [
+        e.prompt.split("\n")[0][2:] for digits, stage in stages for e in lm.seed_examples(config, digits, stage=stage)
+    ]
+    tasks = {"+": ArithmeticTask("add", 1, 5), "*": ArithmeticTask("mul", 1, 5), ">": CountdownTask()}
+    splits = [next(t for mark, t in tasks.items() if mark in q).split_of(Problem(q, "0", "q")) for q in questions]
+    assert splits.count("eval") == 0 and len(questions) == len(stages) * 3000
+    held_out = {p.question for p in ArithmeticTask("add", 1, 2).sample(200, lm.EVAL_SEED, split="eval")}
+    assert not held_out & set(questions)
+    assert any(q.startswith("0") for q in questions)  # zero-padded rephrasings are in the stream
+
+
+def test_curriculum_stages_lengths_and_next_length_share():
+    config = lm.LMConfig(num_seed_examples=2000, curriculum=[[2, 5], [3, 5]], next_length_share=0.1,
+                         task_weights={"add": 1.0}, format_weights={"plain": 1.0})
+    assert config.stages() == [(2, 5), (3, 5)]
+    widths = [max(len(x) for x in e.prompt[2:-1].split("+")) for e in lm.seed_examples(config, 3, stage=2)]
+    assert max(widths) == 4 and 0.05 < widths.count(4) / len(widths) < 0.15
+    assert [e.prompt for e in lm.seed_examples(config, 3, stage=2)] != [e.prompt for e in lm.seed_examples(config, 3, stage=1)]
+    with pytest.raises(ValueError, match="curriculum stages"):
+        lm.LMConfig(curriculum=[[4]])
+    with pytest.raises(ValueError, match="next_length_share"):
+        lm.LMConfig(next_length_share=1.0)

@@ -1,0 +1,35 @@
+"""STaR's matched control: SFT on as many reference worked solutions, for the same steps."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from selfgen.train.llm import STaRConfig, STaRTrainer
+
+ASSET = Path(__file__).resolve().parents[3] / "assets" / "lm-arith"
+pytestmark = pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+
+
+def round_of(tmp_path, control: bool):
+    config = STaRConfig(
+        output_dir=str(tmp_path / str(control)), problems_per_iteration=8, eval_problems=2, max_digits=3,
+        rationalize=False, max_train_steps=5, step_growth=0.2, ground_truth_control=control,
+    )
+    trainer = STaRTrainer(model=str(ASSET), config=config)
+    problems = trainer.problems(2)
+    # the policy gets problems 1, 4 and 6 right (their reference solution), the rest wrong
+    texts = [trainer.task.worked_solution(p) if i in (1, 4, 6) else "S:\nA:0" for i, p in enumerate(problems)]
+    trainer.solve = lambda batch, **kwargs: [SimpleNamespace(text=text) for text in texts]
+    return problems, trainer.task, trainer.build_round(2)
+
+
+def test_control_trains_on_as_many_reference_solutions_for_the_same_steps(tmp_path):
+    problems, task, star = round_of(tmp_path, control=False)
+    _, _, control = round_of(tmp_path, control=True)
+    assert [e.prompt for e in star.dataset] == [f"Q:{problems[i].question}\n" for i in (1, 4, 6)]
+    assert [(e.prompt, e.completion) for e in control.dataset] == [
+        (f"Q:{p.question}\n", task.worked_solution(p)) for p in problems[:3]
+    ]
+    assert control.max_train_steps == star.max_train_steps == 6 and control.from_base and star.from_base
+    assert control.logs == star.logs
