@@ -87,3 +87,23 @@ def test_curriculum_stages_lengths_and_next_length_share():
         lm.LMConfig(curriculum=[[4]])
     with pytest.raises(ValueError, match="next_length_share"):
         lm.LMConfig(next_length_share=1.0)
+
+
+@pytest.mark.parametrize(
+    "name, config_file",
+    [("lm", "lm_arith_llama"), ("grpo", "grpo_arith_llama"), ("star", "star_arith_llama"), ("star", "star_control_arith_llama")],
+)
+def test_llama_base_configs_load_into_their_method(name, config_file):
+    import importlib
+    from pathlib import Path
+
+    from selfgen.train.config import load_config
+
+    module = importlib.import_module(f"selfgen.train.llm.{name}")
+    config = load_config(module.METHOD.config_class, Path(__file__).resolve().parents[3] / "configs" / f"{config_file}.yaml")
+    assert config.seed == 0 and config.export_dir is None
+    if name == "lm":
+        assert config.stages()[-1] == (4, 200) and sum(steps for _, steps in config.stages()) == 1000
+    else:
+        assert config.model == "assets/lm-arith-llama" and config.min_digits == config.max_digits == 4
+        assert getattr(config, "ground_truth_control", False) == config_file.startswith("star_control")
