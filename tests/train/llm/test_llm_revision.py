@@ -7,7 +7,6 @@ import torch
 
 from selfgen.data.reasoning import Feedback
 from selfgen.data.tasks import ArithmeticTask
-from selfgen.train.llm.modeling import build_char_tokenizer, build_tiny_llama
 from selfgen.train.llm.objectives import token_logprobs
 from selfgen.train.llm.prompts import PromptFormat
 from selfgen.train.llm.revision import CachedConversations, VerifierFeedback, no_feedback, sample_revisions
@@ -15,14 +14,6 @@ from selfgen.train.llm.rollout import SamplingParams
 
 TASK = ArithmeticTask("add", 1, 3)
 FMT = PromptFormat()
-
-
-@pytest.fixture(scope="module")
-def policy():
-    tokenizer = build_char_tokenizer()
-    torch.manual_seed(0)
-    model = build_tiny_llama(tokenizer, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    return model.eval(), tokenizer
 
 
 def verify(problem, text):

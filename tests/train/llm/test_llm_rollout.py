@@ -5,18 +5,9 @@ import torch
 
 from selfgen.data.problems import Problem
 from selfgen.data.tasks import ArithmeticTask
-from selfgen.train.llm.modeling import build_char_tokenizer, build_tiny_llama
 from selfgen.train.llm.objectives import group_advantages, token_logprobs
 from selfgen.train.llm.rewards import CallableReward, MajorityVoteReward, OutcomeReward, ProcessReward, VerifierReward
 from selfgen.train.llm.rollout import SamplingParams, generate_rollouts
-
-
-@pytest.fixture(scope="module")
-def policy():
-    tokenizer = build_char_tokenizer()
-    torch.manual_seed(0)
-    model = build_tiny_llama(tokenizer, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    return model.eval(), tokenizer
 
 
 PROMPTS = ["Q:1+2\n", "Q:345+78\n", "Q:9*7\n"]  # different lengths: left padding is exercised
