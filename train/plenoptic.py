@@ -122,6 +122,7 @@ class PlenopticConfig(TrainingConfig):
     self_conditioning: str = "online"  # "offline": a bank of full-pipeline chains by the pretrained model
     self_conditioning_bank: str | None = None  # offline bank (.npz); None: <output_dir>/self_conditioning_bank.npz, built if missing
     clean_prefix_prob: float = 0.2
+    timestep_shift: float = 1.0  # s > 1 trains more on high noise: sigma = s u / (1 + (s - 1) u), u ~ U(0, 1) (SD3's shift)
     condition_selection: str = "fov"
     neighbour_prob: float = 0.0
     neighbour_angle: float = 0.15
@@ -141,6 +142,8 @@ class PlenopticConfig(TrainingConfig):
         )
         if self.camera_convention not in CAMERA_CONVENTIONS:
             raise ValueError(f"camera_convention must be one of {CAMERA_CONVENTIONS}, got {self.camera_convention!r}")
+        if self.timestep_shift <= 0:
+            raise ValueError(f"timestep_shift must be > 0, got {self.timestep_shift}")
         if self.camera_distance is not None and self.camera_distance <= 0:
             raise ValueError(f"camera_distance must be > 0 (or None to keep the stored scale), got {self.camera_distance}")
         if self.export_dtype not in EXPORT_DTYPES:
@@ -167,6 +170,12 @@ def flow_sample(model: nn.Module, batch_inputs: dict[str, torch.Tensor], shape: 
         velocity = model(latents, (sigma * 1000).expand(shape[0]), **batch_inputs).sample.float()
         latents = latents + (next_sigma - sigma) * velocity
     return latents.clamp(-1, 1)
+
+
+def shift_sigmas(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's timestep shift ``s sigma / (1 + (s - 1) sigma)``: ``s > 1`` moves training noise levels towards 1,
+    where the 1-step sampler evaluates the model; ``s = 1`` is the identity."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
 
 
 def per_view_intrinsics(intrinsics: torch.Tensor, num_views: int) -> torch.Tensor:
@@ -267,7 +276,7 @@ class PlenopticObjective(Objective):
             logs["self_conditioned"] = replace.float().mean().item()
 
         clean_video = videos[rows, targets]
-        sigma = torch.rand(batch_size, 1, device=videos.device).expand(batch_size, num_frames)
+        sigma = shift_sigmas(torch.rand(batch_size, 1, device=videos.device), self.config.timestep_shift).expand(batch_size, num_frames)
         num_clean = torch.randint(1, max(2, num_frames), (batch_size, 1), device=videos.device)
         has_prefix = torch.rand(batch_size, 1, device=videos.device) < self.config.clean_prefix_prob
         is_clean = has_prefix & (torch.arange(num_frames, device=videos.device)[None] < num_clean)

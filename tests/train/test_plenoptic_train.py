@@ -20,6 +20,7 @@ from selfgen.train.plenoptic import (
     generate,
     held_out_scenes,
     paired_differences,
+    shift_sigmas,
     train,
     walk_away_scene_scores,
     walk_away_scores,
@@ -156,6 +157,16 @@ def test_config_rejects_impossible_context(tmp_path):
         _config(tmp_path, self_conditioning_prob=1.5)
     with pytest.raises(ValueError, match="condition_selection"):
         _config(tmp_path, condition_selection="nearest")
+    with pytest.raises(ValueError, match="timestep_shift"):
+        _config(tmp_path, timestep_shift=0.0)
+
+
+def test_timestep_shift_moves_training_noise_towards_one_and_shift_one_is_the_identity():
+    u = torch.rand(1000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(shift_sigmas(u, 1.0), u)  # the default draws the old noise levels
+    shifted = shift_sigmas(u, 3.0)
+    torch.testing.assert_close(shift_sigmas(torch.tensor([0.0, 0.5, 1.0]), 3.0), torch.tensor([0.0, 0.75, 1.0]))
+    assert (shifted >= u).all() and (shifted > 0.8).float().mean() > 0.35 > (u > 0.8).float().mean()
 
 
 def test_copy_source_floor_scores_and_standard_errors():
