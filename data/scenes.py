@@ -442,7 +442,9 @@ class ScenesDataset(Dataset):
     With ``region_fraction > 0`` each question slot is, with that probability, replaced by a region
     question about a random quadrant (:func:`region_questions`: occupancy or a noun in the quadrant),
     so the understanding path sees more of the questions that need it to know where things are;
-    ``occupancy_fraction`` slots ask the occupancy question ("is there an object in the {region}?") alone.
+    ``occupancy_fraction`` slots ask the occupancy question ("is there an object in the {region}?") alone,
+    and ``prompt_fraction`` slots the whole-prompt question ("does the image show {prompt}?"), about the
+    scene's own prompt or a hard negative (:func:`negative_prompt`) with equal probability.
     With ``scrambled_fraction > 0`` each question slot is, with that probability, replaced by the
     whole-prompt question asked about a :func:`scramble_patches` copy of the scene, answer "no"
     (the scene's colours without its shapes), so the understanding path also learns to reject
@@ -463,6 +465,7 @@ class ScenesDataset(Dataset):
         scrambled_fraction: float = 0.0,
         region_fraction: float = 0.0,
         occupancy_fraction: float = 0.0,
+        prompt_fraction: float = 0.0,
     ) -> None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
@@ -472,15 +475,17 @@ class ScenesDataset(Dataset):
             )
         if not 0.0 <= scrambled_fraction <= 1.0:
             raise ValueError(f"scrambled_fraction must be in [0, 1], got {scrambled_fraction}")
-        if not (0.0 <= region_fraction and 0.0 <= occupancy_fraction and region_fraction + occupancy_fraction <= 1.0):
+        fractions = (region_fraction, occupancy_fraction, prompt_fraction)
+        if min(fractions) < 0 or sum(fractions) > 1:
             raise ValueError(
-                f"region_fraction and occupancy_fraction must be >= 0 with a sum <= 1, got {region_fraction} "
-                f"and {occupancy_fraction}"
+                "region_fraction, occupancy_fraction and prompt_fraction must be >= 0 with a sum <= 1, got "
+                f"{region_fraction}, {occupancy_fraction} and {prompt_fraction}"
             )
         self.num_examples, self.split, self.seed = num_examples, split, seed
         self.questions_per_image = questions_per_image
         self.scrambled_fraction = scrambled_fraction
         self.region_fraction, self.occupancy_fraction = region_fraction, occupancy_fraction
+        self.prompt_fraction = prompt_fraction
 
     def __len__(self) -> int:
         return self.num_examples
@@ -491,6 +496,11 @@ class ScenesDataset(Dataset):
         spec = parse_prompt(prompt)
         objects = sample_scene(spec, rng)
         return prompt, objects, rng.sample(scene_questions(objects, spec, rng, self.split), self.questions_per_image)
+
+    def _prompt_question(self, prompt: str, rng: random.Random) -> tuple[str, str]:
+        if rng.random() < 0.5:
+            return question_about_prompt(prompt), "yes"
+        return question_about_prompt(negative_prompt(parse_prompt(prompt), rng, self.split)), "no"
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_examples:
@@ -503,6 +513,8 @@ class ScenesDataset(Dataset):
                 pairs[slot] = region_questions(objects, region_rng)[0]
             elif draw < self.occupancy_fraction + self.region_fraction:
                 pairs[slot] = region_rng.choice(region_questions(objects, region_rng))
+            elif draw < self.occupancy_fraction + self.region_fraction + self.prompt_fraction:
+                pairs[slot] = self._prompt_question(prompt, region_rng)
         image = render_scene(objects)
         pixel_values = to_pixels(image)
         scramble_rng = random.Random(f"{self.seed}-{self.split}-{index}-scrambled")

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import get_2d_sincos_pos_embed, get_timestep_embedding
 from diffusers.models.modeling_utils import ModelMixin
@@ -30,6 +31,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .attention import Attention, AttentionBackendMixin, attention
+from .embeddings import patchify, unpatchify
 
 UND, GEN = 0, 1
 _GEN_EXPERT_PARAMETER = re.compile(rf"blocks\.\d+\.(attn\.gen_|(norm1|norm2|mlp)\.{GEN}\.)")
@@ -155,31 +157,41 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         num_layers: int = 4,
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
+        generation_patch_size: int | None = None,
+        generation_conv_channels: int = 0,
     ) -> None:
         super().__init__()
-        if sample_size % patch_size:
-            raise ValueError(f"sample_size ({sample_size}) must be divisible by patch_size ({patch_size})")
-        self.grid = sample_size // patch_size
-        patch_dim = in_channels * patch_size**2
+        gen_patch = generation_patch_size or patch_size
+        for name, size in (("patch_size", patch_size), ("generation_patch_size", gen_patch)):
+            if size < 1 or sample_size % size:
+                raise ValueError(f"{name} ({size}) must be >= 1 and divide sample_size ({sample_size})")
+        if generation_conv_channels < 0:
+            raise ValueError(f"generation_conv_channels must be >= 0, got {generation_conv_channels}")
         # understanding path
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.text_pos = nn.Parameter(torch.zeros(1, max_text_length, dim))
-        self.und_patch_embed = nn.Linear(patch_dim, dim)
+        self.und_patch_embed = nn.Linear(in_channels * patch_size**2, dim)
         self.und_norm_out = nn.LayerNorm(dim)
         self.lm_head = nn.Linear(dim, vocab_size)
-        # generation path
-        self.gen_patch_embed = nn.Linear(patch_dim, dim)
-        # fixed 2-D sin-cos positions of the image patches (as in DiT), shared by both paths
-        image_pos = get_2d_sincos_pos_embed(dim, self.grid, base_size=self.grid, output_type="pt")
-        self.register_buffer("image_pos", image_pos.float()[None], persistent=False)
+        # generation path: optional 3x3 conv stem/head around the patch embedding (pixel channels `conv`)
+        conv = generation_conv_channels or in_channels
+        self.gen_conv_in = nn.Conv2d(in_channels, conv, 3, padding=1) if generation_conv_channels else None
+        self.gen_patch_embed = nn.Linear(conv * gen_patch**2, dim)
         self.time_embed = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.gen_norm_out = nn.LayerNorm(dim)
-        self.velocity_head = nn.Linear(dim, patch_dim)
+        self.velocity_head = nn.Linear(dim, conv * gen_patch**2)
+        self.gen_conv_out = nn.Conv2d(conv, in_channels, 3, padding=1) if generation_conv_channels else None
+        # fixed 2-D sin-cos positions of the image tokens (as in DiT), one grid per path
+        for name, size in (("und_image_pos", patch_size), ("gen_image_pos", gen_patch)):
+            grid = sample_size // size
+            pos = get_2d_sincos_pos_embed(dim, grid, base_size=grid, output_type="pt")
+            self.register_buffer(name, pos.float()[None], persistent=False)
         # shared trunk (MoT: per-expert weights, shared attention)
         self.blocks = nn.ModuleList([MoTBlock(dim, num_heads, mlp_ratio) for _ in range(num_layers)])
         nn.init.normal_(self.text_pos, std=0.02)
-        nn.init.zeros_(self.velocity_head.weight)
-        nn.init.zeros_(self.velocity_head.bias)
+        last = self.gen_conv_out if generation_conv_channels else self.velocity_head
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     # ------------------------------------------------------------------ parameters
 
@@ -192,18 +204,23 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ tokens
 
-    def patchify(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, grid*grid, C*p*p)``."""
-        p = self.config.patch_size
-        batch, channels, height, width = images.shape
-        patches = images.reshape(batch, channels, height // p, p, width // p, p)
-        return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // p) * (width // p), channels * p * p)
+    @property
+    def generation_patch_size(self) -> int:
+        return self.config.generation_patch_size or self.config.patch_size
 
-    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        p, grid, channels = self.config.patch_size, self.grid, self.config.in_channels
-        batch = patches.shape[0]
-        images = patches.reshape(batch, grid, grid, channels, p, p).permute(0, 3, 1, 4, 2, 5)
-        return images.reshape(batch, channels, grid * p, grid * p)
+    def _embed_noisy_image(self, sample: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Generation tokens: (conv stem,) ``p x p`` patches, linear embedding, positions."""
+        sample = sample.to(dtype)
+        if self.gen_conv_in is not None:
+            sample = F.gelu(self.gen_conv_in(sample), approximate="tanh")
+        return self.gen_patch_embed(patchify(sample, self.generation_patch_size)) + self.gen_image_pos
+
+    def _velocity_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Velocity head: linear to ``p x p`` patches, unpatchify, (conv head)."""
+        size = self.config.sample_size
+        channels = self.gen_conv_out.in_channels if self.gen_conv_out is not None else self.config.in_channels
+        image = unpatchify(self.velocity_head(tokens), self.generation_patch_size, channels, size, size)
+        return self.gen_conv_out(F.gelu(image, approximate="tanh")) if self.gen_conv_out is not None else image
 
     def _embed_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if ids.shape[1] > self.text_pos.shape[1]:
@@ -226,17 +243,16 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         text, text_valid = self._embed_text(prompt_ids)
         timestep = timestep.expand(sample.shape[0]) if timestep.ndim == 0 else timestep
         t_emb = self.time_embed(get_timestep_embedding(timestep, text.shape[-1], flip_sin_to_cos=True).to(text.dtype))
-        image = self.gen_patch_embed(self.patchify(sample).to(text.dtype)) + self.image_pos + t_emb[:, None]
+        image = self._embed_noisy_image(sample, text.dtype) + t_emb[:, None]
         hidden = self._trunk(
             torch.cat([text, image], dim=1), text.shape[1], generation_mask(text_valid, image.shape[1])
         )
-        patches = self.velocity_head(self.gen_norm_out(hidden[:, text.shape[1] :]))
-        return self.unpatchify(patches)
+        return self._velocity_from_tokens(self.gen_norm_out(hidden[:, text.shape[1] :]))
 
     def answer_logits(self, pixel_values: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits ``(B, L, vocab)`` over the question tokens, reading the clean image."""
         text, text_valid = self._embed_text(question_ids)
-        image = self.und_patch_embed(self.patchify(pixel_values).to(text.dtype)) + self.image_pos
+        image = self.und_patch_embed(patchify(pixel_values.to(text.dtype), self.config.patch_size)) + self.und_image_pos
         num_image = image.shape[1]
         hidden = self._trunk(
             torch.cat([image, text], dim=1), num_image + text.shape[1], understanding_mask(text_valid, num_image)

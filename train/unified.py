@@ -80,7 +80,9 @@ class UnifiedConfig(TrainingConfig):
     dim: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    patch_size: int = 4
+    patch_size: int = 4  # understanding patches (BAGEL: the ViT side)
+    generation_patch_size: int = 0  # generation patches (BAGEL: the VAE side); 0: patch_size
+    generation_conv_channels: int = 0  # > 0: a 3x3 conv stem/head of that width around the generation patches
     num_examples: int = 200000  # scenes in the (procedural) training set
     cfg_dropout: float = 0.1
     understanding_weight: float = 1.0
@@ -89,12 +91,15 @@ class UnifiedConfig(TrainingConfig):
     scrambled_fraction: float = 0.0  # question slots asked about a patch-scrambled scene instead (answer "no")
     region_fraction: float = 0.0  # question slots replaced by a region question (occupancy or noun in a quadrant)
     occupancy_fraction: float = 0.0  # question slots replaced by "is there an object in the {region}?"
+    prompt_fraction: float = 0.0  # question slots replaced by "does the image show {prompt / a hard negative}?"
     train_parameters: str = "all"  # "all", or "understanding": the generation expert stays frozen
     occupancy_eval_steps: int = 0  # > 0: log occupancy_auc every that many steps
     eval_prompts_per_category: int = 16
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.understanding_weight == 0 and self.generation_weight == 0:
+            raise ValueError("understanding_weight and generation_weight are both 0: nothing would train")
         if self.train_parameters not in TRAIN_PARAMETERS:
             raise ValueError(f"train_parameters must be one of {TRAIN_PARAMETERS}, got {self.train_parameters!r}")
 
@@ -123,19 +128,26 @@ class JointObjective(Objective):
         noisy, sigmas, target = noisy_pair(images)
         return {"sample": noisy, "timestep": sigmas * 1000, "prompt_ids": prompt_ids}, target
 
+    def _understanding_inputs(self, batch: dict) -> dict:
+        """The questions and their images, or nothing when the understanding loss is off."""
+        if self.understanding_weight == 0:
+            return {}
+        return {
+            "pixel_values": batch["question_pixel_values"].flatten(0, 1),
+            "question_ids": batch["question_ids"].flatten(0, 1),
+        }
+
     def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         inputs, target = self._generation_inputs(batch)
-        output = model(
-            **inputs,
-            pixel_values=batch["question_pixel_values"].flatten(0, 1),
-            question_ids=batch["question_ids"].flatten(0, 1),
-        )
-        logits = output.logits[:, -1].float()
-        answers = batch["answer_id"].flatten()
-        understanding = F.cross_entropy(logits, answers)
-        accuracy = (logits.argmax(-1) == answers).float().mean()
-        logs = {"loss_understanding": understanding.item(), "answer_accuracy": accuracy.item()}
-        loss = self.understanding_weight * understanding
+        output = model(**inputs, **self._understanding_inputs(batch))
+        loss, logs = torch.zeros((), device=batch["pixel_values"].device), {}
+        if output.logits is not None:
+            logits = output.logits[:, -1].float()
+            answers = batch["answer_id"].flatten()
+            understanding = F.cross_entropy(logits, answers)
+            accuracy = (logits.argmax(-1) == answers).float().mean()
+            logs = {"loss_understanding": understanding.item(), "answer_accuracy": accuracy.item()}
+            loss = self.understanding_weight * understanding
         if target is not None:
             generation = F.mse_loss(output.sample.float(), target.float())
             loss = loss + self.generation_weight * generation
@@ -195,6 +207,8 @@ def train(config: UnifiedConfig) -> TrainResult:
             pad_token_id=PAD_ID,
             max_text_length=max(MAX_PROMPT_TOKENS, MAX_QUESTION_TOKENS),
             patch_size=config.patch_size,
+            generation_patch_size=config.generation_patch_size or None,
+            generation_conv_channels=config.generation_conv_channels,
             dim=config.dim,
             num_layers=config.num_layers,
             num_heads=config.num_heads,
@@ -207,6 +221,7 @@ def train(config: UnifiedConfig) -> TrainResult:
         scrambled_fraction=config.scrambled_fraction,
         region_fraction=config.region_fraction,
         occupancy_fraction=config.occupancy_fraction,
+        prompt_fraction=config.prompt_fraction,
     )
     if config.train_parameters == "understanding":
         for param in model.generation_parameters():

@@ -71,11 +71,6 @@ def test_generation_reads_the_prompt_and_ignores_padding_content(model):
     )
 
 
-def test_patchify_round_trip(model):
-    images = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(model.unpatchify(model.patchify(images)), images)
-
-
 def test_attention_backends_agree(model):
     inputs = _inputs()
     reference = model(**inputs)
@@ -95,3 +90,28 @@ def test_save_and_reload_is_exact(model, tmp_path):
         assert torch.equal(weight, model.state_dict()[name]), name
     torch.testing.assert_close(first.sample, second.sample)
     torch.testing.assert_close(first.logits, second.logits)
+
+
+def test_generation_path_with_small_patches_and_conv_stem_head():
+    torch.manual_seed(0)
+    model = UnifiedTransformer(
+        vocab_size=len(VOCAB), dim=32, num_layers=1, num_heads=2, generation_patch_size=2, generation_conv_channels=8
+    ).eval()
+    inputs = _inputs()
+    output = model(**inputs)
+    assert output.sample.shape == (2, 3, 32, 32) and output.logits.shape == (2, 16, len(VOCAB))
+    torch.testing.assert_close(output.sample, torch.zeros_like(output.sample))  # the conv head starts at zero
+    assert model.gen_image_pos.shape[1] == 256 and model.und_image_pos.shape[1] == 64  # 2x2 vs 4x4 tokens
+    names = {name for name, _ in model.named_parameters() if model.is_generation_parameter(name)}
+    assert {"gen_conv_in.weight", "gen_conv_out.weight"} <= names
+    with torch.no_grad():
+        model.gen_conv_out.weight.normal_(std=0.1)
+    moved = model(sample=inputs["sample"], timestep=inputs["timestep"], prompt_ids=inputs["prompt_ids"]).sample
+    shifted = inputs["sample"].clone()
+    shifted[:, :, :2, :2] += 1.0  # one 2x2 generation patch changes -> its conv neighbourhood changes
+    other = model(sample=shifted, timestep=inputs["timestep"], prompt_ids=inputs["prompt_ids"]).sample
+    assert not torch.allclose(moved, other)
+    with pytest.raises(ValueError, match="generation_patch_size"):
+        UnifiedTransformer(vocab_size=len(VOCAB), generation_patch_size=3)
+    with pytest.raises(ValueError, match="generation_conv_channels"):
+        UnifiedTransformer(vocab_size=len(VOCAB), generation_conv_channels=-1)

@@ -13,6 +13,7 @@ from selfgen.data.scenes import (
     ScenesDataset,
     encode_question,
     parse_prompt,
+    prompt_split,
     question_about_prompt,
     render_scene,
 )
@@ -136,3 +137,21 @@ def test_generation_weight_zero_trains_understanding_alone():
     assert "loss_generation" not in logs and torch.isclose(loss, torch.tensor(2 * logs["loss_understanding"]))
     loss.backward()
     assert all(param.grad is None or not param.grad.any() for param in model.generation_parameters())  # no flow forward
+
+
+def test_prompt_fraction_asks_whole_prompt_questions_with_training_split_negatives():
+    dataset = ScenesDataset(12, seed=0, questions_per_image=2, prompt_fraction=1.0)
+    answers = []
+    for index in range(12):
+        item = dataset[index]
+        prompt = dataset.example(index)[0]
+        for ids, answer in zip(item["question_ids"].tolist(), item["answer_id"].tolist()):
+            words = [VOCAB[token] for token in ids if token != PAD_ID][1:-1]  # strip <q> ... <a>
+            assert words[:4] == ["does", "the", "image", "show"]
+            asked = " ".join(words[4:])
+            assert (answer == TOKEN_IDS["yes"]) == (asked == prompt)
+            assert asked in prompt_split(parse_prompt(asked).category, "train")  # never a held-out prompt
+            answers.append(answer)
+    assert TOKEN_IDS["yes"] in answers and TOKEN_IDS["no"] in answers
+    with pytest.raises(ValueError, match="prompt_fraction"):
+        ScenesDataset(6, region_fraction=0.5, prompt_fraction=0.6)
