@@ -8,7 +8,12 @@ projections and MLP; both experts' tokens meet in one shared self-attention over
 Generation and understanding therefore read the same context but write through separate weights, so
 the generation path can be trained (e.g. by SRUM) while the understanding path stays frozen.
 
-Sequences (all image tokens are 4x4 patches of a 32x32 RGB image, with fixed 2-D sin-cos positions):
+Image tokens are patches of a 32x32 RGB image with fixed 2-D sin-cos positions, cut separately for each
+path, as BAGEL encodes images for understanding (ViT) and for generation (VAE) with separate encoders:
+``patch_size`` for understanding, ``generation_patch_size`` (default: the same) for generation, and with
+``generation_conv_channels > 0`` a 3x3 conv stem before the generation patches and a 3x3 conv head after
+them (zero-initialised, so the velocity starts at 0). Ours, not BAGEL's (whose VAE does this work): without
+the conv stem/head the generation path at 4x4 patches drew independent 4x4 colour tiles (a patch mosaic).
 
 * generation: ``[prompt tokens (und, causal)] [noisy patches + t-embedding (gen, full)]``; image tokens
   attend to all valid prompt tokens and to each other; the ``gen`` expert's head predicts the
@@ -137,7 +142,9 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
     Args:
         vocab_size: size of the word vocabulary (``selfgen.data.scenes.VOCAB``).
         pad_token_id: token id ignored as key in attention.
-        sample_size: image side in pixels; in_channels: image channels; patch_size: patch side.
+        sample_size: image side in pixels; in_channels: image channels; patch_size: understanding patch side.
+        generation_patch_size: generation patch side (``None``: ``patch_size``).
+        generation_conv_channels: width of the generation path's 3x3 conv stem/head (0: none).
         max_text_length: longest prompt or question in tokens.
         dim, num_layers, num_heads, mlp_ratio: trunk width/depth.
     """

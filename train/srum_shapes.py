@@ -19,6 +19,7 @@ same judge measures held-out compositional accuracy after every round.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
@@ -121,7 +122,7 @@ def self_judge_agreement(
     rng = random.Random(f"agreement-{seed}")
     prompts = [sample_training_prompt(rng, split) for _ in range(num_prompts)]
     prompts = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
-    with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16):
+    with torch.autocast("cuda", dtype=torch.bfloat16) if torch.cuda.is_available() else contextlib.nullcontext():
         images = umm.generate(
             prompts,
             generator=torch.Generator().manual_seed(seed),

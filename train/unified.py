@@ -1,13 +1,16 @@
-"""Joint pretraining of the unified model on synthetic scenes: generation and understanding at once.
+"""Pretraining of the unified model on synthetic scenes: generation and understanding, jointly or by stage.
 
-``selfgen train unified --config configs/unified_shapes_stage5.yaml`` rebuilds ``assets/unified-shapes`` (the last of five
-stages, each continuing the previous export; see ``docs/srum.md``).
-Each batch trains both paths of the :class:`~selfgen.models.unified.UnifiedTransformer`:
+``selfgen train unified --config configs/unified_shapes.yaml --export_dir assets/unified-shapes`` rebuilds
+``assets/unified-shapes`` (the last of three stages, each continuing the previous export; see ``docs/srum.md``).
+A batch trains either or both paths of the :class:`~selfgen.models.unified.UnifiedTransformer`:
 
-``L = E ||v_theta(x_sigma, sigma, c) - (eps - x0)||^2 + lambda_und * CE(answer | image, question)``
+``L = w_gen E ||v_theta(x_sigma, sigma, c) - (eps - x0)||^2 + w_und CE(answer | image, question)``
 
 with ``x_sigma = (1 - sigma) x0 + sigma eps``, ``sigma ~ U(0, 1)`` (rectified flow) and the prompt ``c``
-dropped to the empty prompt with probability ``cfg_dropout`` (for classifier-free guidance).
+dropped to the empty prompt with probability ``cfg_dropout`` (for classifier-free guidance). A weight of 0
+skips that path's forward pass: the bundled model pretrains generation alone (stages 1-2,
+``understanding_weight: 0``), then the judge alone (stage 3, ``generation_weight: 0`` with
+``train_parameters: understanding``), so that generation pretraining stops where it still has room.
 
 ``scrambled_fraction > 0`` (not in SRUM or BAGEL; ours) asks that fraction of the questions about a
 patch-scrambled copy of the scene instead ("does the image show {prompt}?" -> "no",
@@ -20,11 +23,10 @@ an object / a {noun} in the {region}?") and ``occupancy_fraction`` by the occupa
 question kinds staying in the mix, and
 ``train_parameters: understanding`` freezes the generation expert
 (:meth:`~selfgen.models.unified.UnifiedTransformer.generation_parameters`): together they make the
-understanding warm-up stage (``configs/unified_shapes_stage4.yaml``) that teaches the judge where objects
-are. Prompt tokens pass through the understanding expert on the generation side too, so such a stage
-changes generation; ``generation_weight: 0`` drops the flow loss and its forward pass (stage 4 does: with the
-flow loss on, the runs this CPU allowed did not leave the plateau), and stage 5
-(``configs/unified_shapes_stage5.yaml``) trains both paths again on a balanced mixture.
+judge stage (``configs/unified_shapes.yaml``) that teaches the understanding path where objects are and
+whether a whole prompt holds (``prompt_fraction``: "does the image show {prompt}?" with training-split hard
+negatives). Prompt tokens pass through the understanding expert on the generation side too, so such a
+stage changes generation a little.
 ``occupancy_eval_steps > 0`` logs :func:`occupancy_auc` every that many steps to ``logs/occupancy_auc.jsonl``.
 """
 
@@ -198,7 +200,7 @@ def train(config: UnifiedConfig) -> TrainResult:
             raise FileNotFoundError(
                 f"pretrained={config.pretrained!r} is not a UnifiedPipeline folder (no model_index.json); "
                 "each stage continues the previous one's export: run the previous stage's config first "
-                "(configs/unified_shapes_stage1.yaml, _stage2.yaml, unified_shapes.yaml, _stage4.yaml)"
+                "(configs/unified_shapes_stage1.yaml, then _stage2.yaml)"
             )
         model = UnifiedPipeline.from_pretrained(config.pretrained).transformer
     else:
