@@ -1,15 +1,16 @@
 """Pretraining of the unified model on synthetic scenes: generation and understanding, jointly or by stage.
 
-``selfgen train unified --config configs/unified_shapes.yaml --export_dir assets/unified-shapes`` rebuilds
-``assets/unified-shapes`` (the last of three stages, each continuing the previous export; see ``docs/srum.md``).
+``selfgen train unified --config configs/unified_shapes_stage5.yaml --export_dir assets/unified-shapes`` rebuilds
+``assets/unified-shapes`` (the last of five stages, each continuing the previous export; see ``docs/srum.md``);
+``configs/unified_shapes_conv_*.yaml`` is the generation-first recipe with a conv stem/head.
 A batch trains either or both paths of the :class:`~selfgen.models.unified.UnifiedTransformer`:
 
 ``L = w_gen E ||v_theta(x_sigma, sigma, c) - (eps - x0)||^2 + w_und CE(answer | image, question)``
 
 with ``x_sigma = (1 - sigma) x0 + sigma eps``, ``sigma ~ U(0, 1)`` (rectified flow) and the prompt ``c``
 dropped to the empty prompt with probability ``cfg_dropout`` (for classifier-free guidance). A weight of 0
-skips that path's forward pass: the bundled model pretrains generation alone (stages 1-2,
-``understanding_weight: 0``), then the judge alone (stage 3, ``generation_weight: 0`` with
+skips that path's forward pass: the conv recipe pretrains generation alone (its stages 1-2,
+``understanding_weight: 0``), then the judge alone (``generation_weight: 0`` with
 ``train_parameters: understanding``), so that generation pretraining stops where it still has room.
 
 ``scrambled_fraction > 0`` (not in SRUM or BAGEL; ours) asks that fraction of the questions about a
@@ -23,7 +24,7 @@ an object / a {noun} in the {region}?") and ``occupancy_fraction`` by the occupa
 question kinds staying in the mix, and
 ``train_parameters: understanding`` freezes the generation expert
 (:meth:`~selfgen.models.unified.UnifiedTransformer.generation_parameters`): together they make the
-judge stage (``configs/unified_shapes.yaml``) that teaches the understanding path where objects are and
+understanding stages (``configs/unified_shapes_stage4.yaml``, ``configs/unified_shapes_conv_judge.yaml``) that teach the understanding path where objects are and
 whether a whole prompt holds (``prompt_fraction``: "does the image show {prompt}?" with training-split hard
 negatives). Prompt tokens pass through the understanding expert on the generation side too, so such a
 stage changes generation a little.
@@ -200,7 +201,8 @@ def train(config: UnifiedConfig) -> TrainResult:
             raise FileNotFoundError(
                 f"pretrained={config.pretrained!r} is not a UnifiedPipeline folder (no model_index.json); "
                 "each stage continues the previous one's export: run the previous stage's config first "
-                "(configs/unified_shapes_stage1.yaml, then _stage2.yaml)"
+                "(configs/unified_shapes_stage1.yaml, _stage2.yaml, unified_shapes.yaml, _stage4.yaml; or the "
+                "configs/unified_shapes_conv_*.yaml chain)"
             )
         model = UnifiedPipeline.from_pretrained(config.pretrained).transformer
     else:
