@@ -92,6 +92,7 @@ def test_curriculum_stages_lengths_and_next_length_share():
 @pytest.mark.parametrize(
     "name, config_file",
     [("lm", "lm_arith_llama"), ("grpo", "grpo_arith_llama"), ("star", "star_arith_llama"), ("star", "star_control_arith_llama"), ("co_reward", "co_reward_arith_llama"),
+     ("rest_mcts", "rest_mcts_arith_llama"), ("score", "score_arith_llama"), ("spiral", "spiral_kuhn_llama"),
      ("laser", "laser_arith_llama"), ("rlccf", "rlccf_arith_llama")],
 )
 def test_llama_base_configs_load_into_their_method(name, config_file):
