@@ -1,6 +1,6 @@
 """ReST-MCTS* search vs greedy decoding of the same policy, paired on the same held-out problems.
 
-    OMP_NUM_THREADS=1 python benchmarks/llm_search.py --run runs/rest-mcts-arith-llama --iteration 3
+    OMP_NUM_THREADS=1 python benchmarks/llm_search.py --run runs/rest-mcts-arith-llama --iteration 2
         [--config configs/rest_mcts_arith_llama.yaml] [--problems 300] [--out search.json]
 
 Loads ``<run>/iteration-k/model`` (the policy) and ``<run>/iteration-k/value`` (the value model the
