@@ -25,6 +25,12 @@ exactly what the ablation computes; the semantic term grows only as far as the l
 grows to the size of ``emb(t)`` within ~100 steps and stays over 97% shared by all images, because the
 pooled ``LN(z)`` itself varies little between images at this scale; see docs/ddae.md.)
 ``self_conditioning=False`` gives the plain DiT with otherwise identical weights (the ablation).
+
+``long_skips=True`` adds U-ViT's long skip connections (Bao et al., 2023; DDAE++ uses U-ViT for pixel-space
+models): block ``i < L`` hands its tokens to block ``depth + 1 - i``, which first mixes them in,
+``h <- W_skip [h ; h_i]`` (U-ViT's concatenation + linear), so fine detail from the first blocks reaches the
+last ones without passing through the bottleneck ``L`` (U-ViT's middle block). Departure: ``W_skip`` starts
+at ``[I | 0]`` (U-ViT: random), so at step 0 the model equals the DiT without skips.
 With ``num_classes > 0`` the model is class-conditional, ``c = emb(t) + E[y]``, where label
 ``num_classes`` is the null class used for classifier-free guidance.
 """
@@ -125,6 +131,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         projection_dim: int = 0,
         feature_layer: int | None = None,
         feature_timestep: int = 0,
+        long_skips: bool = False,
     ) -> None:
         super().__init__()
         if sample_size % patch_size != 0:
@@ -148,6 +155,12 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self.self_condition_embed = (
             nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden_size)) if self_conditioning else None
         )
+        self.skip_sources = (
+            {depth + 1 - i: i for i in range(1, self.self_condition_layer) if depth + 1 - i > self.self_condition_layer}
+            if long_skips
+            else {}
+        )
+        self.skip_linears = nn.ModuleDict({str(j): nn.Linear(2 * hidden_size, hidden_size) for j in self.skip_sources})
         self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
         self.projection_head = (
             nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, projection_dim))
@@ -167,6 +180,11 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         if self.self_condition_embed is not None:  # the injection starts at zero: c' = c at step 0
             nn.init.zeros_(self.self_condition_embed[-1].weight)
             nn.init.zeros_(self.self_condition_embed[-1].bias)
+        for skip in self.skip_linears.values():  # [I | 0]: the long skips start as no-ops
+            width = skip.out_features
+            with torch.no_grad():
+                skip.weight.copy_(torch.cat([torch.eye(width), torch.zeros(width, width)], dim=1))
+            nn.init.zeros_(skip.bias)
 
     @property
     def null_class(self) -> int:
@@ -202,10 +220,15 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         ``mean_n h_l[n]`` of every layer ``l`` in ``keep_layers`` and of ``self_condition_layer``, and the
         injected term ``W_s LN(z)`` (``None`` without self-conditioning or before layer ``L``)."""
         pooled: dict[int, torch.Tensor] = {}
+        skips: dict[int, torch.Tensor] = {}
         injection = None
         wanted = set(keep_layers) | {self.self_condition_layer}
         for index, block in enumerate(self.blocks[:last_layer], start=1):
+            if index in self.skip_sources:
+                hidden = self.skip_linears[str(index)](torch.cat([hidden, skips[self.skip_sources[index]]], dim=-1))
             hidden = block(hidden, cond)
+            if index in self.skip_sources.values():
+                skips[index] = hidden
             if index in wanted:
                 pooled[index] = hidden.mean(dim=1)
             if index == self.self_condition_layer and self.self_condition_embed is not None:

@@ -56,6 +56,7 @@ class DDAEConfig(TrainingConfig):
     projection_dim: int = 0  # projection head width; needed when contrastive_weight > 0
     feature_layer: int | None = None  # extract_features defaults (see the probe sweep)
     feature_timestep: int = 0
+    long_skips: bool = False  # U-ViT long skips from block i < L into block depth + 1 - i
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     random_flip: bool = False
@@ -199,6 +200,7 @@ def build_transformer(config: DDAEConfig) -> DDAETransformer2DModel:
         projection_dim=config.projection_dim,
         feature_layer=config.feature_layer,
         feature_timestep=config.feature_timestep,
+        long_skips=config.long_skips,
     )
 
 

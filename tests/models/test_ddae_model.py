@@ -151,3 +151,26 @@ def test_attention_backends_agree():
         reference = model(sample, timesteps).sample
         model.set_attention_backend("math")
         torch.testing.assert_close(model(sample, timesteps).sample, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_long_skips_start_as_no_ops_and_connect_mirrored_blocks():
+    """U-ViT long skips: block i < L feeds block depth + 1 - i; W_skip = [I | 0] makes the model equal to the
+    one without skips (every other weight random), and a non-zero skip half changes the output."""
+    assert DDAETransformer2DModel(**{**TINY, "depth": 6}, self_condition_layer=3, long_skips=True).skip_sources == {
+        6: 1, 5: 2
+    }
+    torch.manual_seed(0)
+    model = DDAETransformer2DModel(**TINY, long_skips=True).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not name.startswith("skip_linears"):
+                parameter.normal_(0, 0.2)
+    plain = DDAETransformer2DModel(**TINY).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("skip_linears")})
+    sample, timesteps = inputs()
+    with torch.no_grad():
+        output = model(sample, timesteps).sample
+        assert output.abs().mean() > 0.1
+        torch.testing.assert_close(output, plain(sample, timesteps).sample)
+        model.skip_linears["4"].weight[:, 32:].normal_(0, 0.2)
+        assert not torch.allclose(model(sample, timesteps).sample, output, atol=1e-3)
