@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 from torch.utils import benchmark
 
-from selfgen.data.sprites import SpriteVideoDataset
+from selfgen.data.sprites import SpriteVideoDataset, caption_tokenizer
 from selfgen.train.config import load_config
 from selfgen.train.tora import Collate, Tora2Config, Tora2Objective, build_model, build_pipeline
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tora2_sprites.yaml"
+TOKENIZER = caption_tokenizer()
 
 
 def autocast(precision: str):
@@ -39,14 +40,14 @@ def mean_seconds(function, repeats: int) -> float:
 
 def make(config: Tora2Config, mode: str, backend: str):
     torch.manual_seed(0)
-    model = build_model(Tora2Config(**{**vars(config), "mode": mode}))
+    model = build_model(Tora2Config(**{**vars(config), "mode": mode}), TOKENIZER)
     model.set_attention_backend(backend)
     return model
 
 
 def train_step_seconds(config: Tora2Config, items: list, mode: str, precision: str, backend: str, repeats: int) -> float:
     model = make(config, mode, backend)
-    batch = Collate(model.config)(items)
+    batch = Collate(model.config, TOKENIZER)(items)
     weight = config.contrastive_weight if mode in ("tora2", "no_gate") else 0.0
     objective = Tora2Objective(weight, config.contrastive_temperature)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -62,7 +63,7 @@ def train_step_seconds(config: Tora2Config, items: list, mode: str, precision: s
 
 
 def generation_seconds(config: Tora2Config, items: list, precision: str, backend: str, steps: int, repeats: int) -> float:
-    pipe = build_pipeline(make(config, "tora2", backend).eval())
+    pipe = build_pipeline(make(config, "tora2", backend).eval(), TOKENIZER)
     pipe.set_progress_bar_config(disable=True)
 
     def generate() -> None:
@@ -92,7 +93,7 @@ def main() -> None:
         print(f"{'training step':<28} {backend:<8} {fp32:>8.3f} {bf16:>8.3f} {fp32 / bf16:>10.2f}")
         fp32, bf16 = (generation_seconds(config, items, p, backend, args.steps, args.repeats) for p in ("no", "bf16"))
         print(f"{f'generation ({args.steps} steps)':<28} {backend:<8} {fp32:>8.3f} {bf16:>8.3f} {fp32 / bf16:>10.2f}")
-    tokens = args.batch * build_model(config).num_video_tokens
+    tokens = args.batch * build_model(config, TOKENIZER).num_video_tokens
     reference = tokens / train_step_seconds(config, items, "dit", "bf16", "sdpa", args.repeats)
     print(f"\ntraining video tokens/s, bf16, sdpa (reference: plain DiT, {reference:.0f} tokens/s)")
     print(f"{'mode':<10} {'tokens/s':>10} {'dit/mode':>10}")

@@ -16,12 +16,15 @@ Items follow the contract other code relies on::
                    "description": "red striped star"}, ...]}
 
 The reference image is the sprite alone, at the scale it has in the video, on a plain grey background.
-Prompts use a fixed word vocabulary (:data:`VOCAB`, :func:`tokenize`) that the Tora2 text encoder reads.
+Prompts are read by a WordPiece tokenizer trained here on the sprite captions (:func:`caption_tokenizer`), whose
+single-character pieces spell any other word, so users' captions ("a brown dog") tokenize too.
 """
 
 from __future__ import annotations
 
 import itertools
+import string
+from collections.abc import Iterable
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -38,10 +41,7 @@ COLORS = {
 }
 TEXTURES = ("solid", "striped", "checkered")
 SHAPES = ("square", "disc", "triangle", "diamond", "cross", "star")
-VOCAB = ("<pad>", "a", "and", *COLORS, *TEXTURES, *SHAPES)
-PAD_ID = 0
-TOKEN_IDS = {word: index for index, word in enumerate(VOCAB)}
-WORDS_PER_ENTITY = 3
+TOKENIZER_VOCAB_SIZE = 256
 SPRITE_RADIUS = 4.5  # pixels at 32x32
 REFERENCE_SIZE = 16
 REFERENCE_BACKGROUND = 0.5
@@ -50,20 +50,37 @@ PATH_RANGE = (0.18, 0.82)
 MIN_PATH_LENGTH = 0.25
 
 
-def max_prompt_tokens(max_entities: int) -> int:
-    """Token count of the longest prompt: ``a <c> <t> <s>`` per entity joined by ``and``."""
-    return max_entities * (WORDS_PER_ENTITY + 1) + max_entities - 1
+def sprite_captions() -> list[str]:
+    """One caption per training appearance, ``"a <colour> <texture> <shape> and ..."`` (the tokenizer's corpus)."""
+    return [f"a {describe(triple)} and" for triple in appearances("train")]
 
 
-def tokenize(text: str, max_length: int) -> list[int]:
-    """Word ids of ``text`` padded with :data:`PAD_ID` to ``max_length``; unknown words are a ``ValueError``."""
-    words = text.lower().split()
-    unknown = [word for word in words if word not in TOKEN_IDS]
-    if unknown:
-        raise ValueError(f"prompt {text!r} has words outside the sprite vocabulary: {unknown}; known: {VOCAB[1:]}")
-    if len(words) > max_length:
-        raise ValueError(f"prompt {text!r} has {len(words)} words; at most {max_length} fit")
-    return [TOKEN_IDS[word] for word in words] + [PAD_ID] * (max_length - len(words))
+def caption_tokenizer(captions: Iterable[str] = (), vocab_size: int = TOKENIZER_VOCAB_SIZE):
+    """A ``transformers.PreTrainedTokenizerFast`` (BERT-style WordPiece, lower-cased) whose vocabulary is built
+    from :func:`sprite_captions` plus ``captions`` (e.g. the user's): ``[PAD]``, ``[UNK]``, every lower-case
+    letter, digit and punctuation mark both word-initial and as a ``##`` continuation, then the corpus's words
+    seen at least twice, most frequent first, up to ``vocab_size``. An unseen word is spelled out in those
+    pieces rather than lost; characters outside them become ``[UNK]``. The vocabulary is counted rather than
+    trained with ``tokenizers``' WordPiece trainer, whose id order is not reproducible between processes."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(
+        word
+        for caption in [*sprite_captions(), *captions]
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(caption))
+    )
+    characters = string.ascii_lowercase + string.digits + string.punctuation
+    vocab = ["[PAD]", "[UNK]", *characters, *(f"##{character}" for character in characters)]
+    words = sorted((word for word, count in counts.items() if count >= 2 and word not in vocab), key=lambda w: (-counts[w], w))
+    vocab += words[: max(vocab_size - len(vocab), 0)]
+    tokenizer = Tokenizer(models.WordPiece({token: index for index, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]")
 
 
 def entity_phrases(prompt: str) -> list[str]:

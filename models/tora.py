@@ -7,7 +7,8 @@ and "Tora2: Motion and Appearance Customized Diffusion Transformer for Multi-Ent
 1. **Video DiT.** Spatio-temporal patches (``temporal_patch_size x patch_size x patch_size`` pixels) become
    tokens with fixed 3-D sin-cos positions (CogVideoX's ``get_3d_sincos_pos_embed``; a learned table
    initialised at std 0.02 left the tokens nearly position-blind for thousands of steps and sampled
-   mosaics); a small text encoder trained with the model encodes the prompt; text and video tokens attend
+   mosaics); a small BERT (``transformers.BertModel``) trained with the model encodes the prompt, tokenized
+   by a WordPiece tokenizer trained on our captions (the pipeline's ``tokenizer``); text and video tokens attend
    jointly (as in CogVideoX, Tora's base) in blocks with adaLN-Zero timestep conditioning. The model
    predicts the clean video ``x0`` from ``x_sigma = (1 - sigma) x0 + sigma eps`` (x-prediction); the pipeline
    turns it into the rectified-flow velocity ``v = (x_sigma - x0) / sigma = eps - x0``.
@@ -292,27 +293,37 @@ class Tora2Block(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Word embeddings + learned positions + one transformer layer; trained with the DiT."""
+    """A small BERT (``transformers.BertModel``, no pooler, no dropout) over the caption tokenizer's ids,
+    trained with the DiT (CogVideoX uses a frozen pretrained T5; nothing may be downloaded here)."""
 
-    def __init__(self, vocab_size: int, max_length: int, dim: int, num_heads: int, pad_token_id: int) -> None:
+    def __init__(self, vocab_size: int, max_length: int, dim: int, num_heads: int, num_layers: int, pad_token_id: int) -> None:
         super().__init__()
+        from transformers import BertConfig, BertModel
+
         self.pad_token_id = pad_token_id
-        self.embed = nn.Embedding(vocab_size, dim)
-        self.pos = nn.Parameter(torch.randn(1, max_length, dim) * 0.02)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
-        self.mlp = mlp(dim, 2 * dim, dim)
+        self.max_length = max_length
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=dim,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=2 * dim,
+            max_position_embeddings=max_length,
+            type_vocab_size=1,
+            pad_token_id=pad_token_id,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+        self.bert = BertModel(config, add_pooling_layer=False)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``ids (B, L)`` -> ``(tokens (B, L, dim), valid (B, L) bool)``; an all-pad row still attends to itself."""
-        if ids.shape[1] > self.pos.shape[1]:
-            raise ValueError(f"text has {ids.shape[1]} tokens; the text encoder takes at most {self.pos.shape[1]}")
+        """``ids (B, L)`` -> ``(tokens (B, L, dim), valid (B, L) bool)``; an all-pad row still attends to its first token."""
+        if ids.shape[1] > self.max_length:
+            raise ValueError(f"text has {ids.shape[1]} tokens; the text encoder takes at most {self.max_length}")
         valid = ids != self.pad_token_id
         keys = valid.clone()
         keys[:, 0] = True
-        tokens = self.embed(ids) + self.pos[:, : ids.shape[1]]
-        tokens = tokens + self.attn(self.norm1(tokens), attn_mask=keys[:, None, None, :])
-        return tokens + self.mlp(self.norm2(tokens)), valid
+        return self.bert(input_ids=ids, attention_mask=keys.long()).last_hidden_state, valid
 
 
 # ----------------------------------------------------------------------------- the model
@@ -322,8 +333,9 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
     """Video DiT with Tora's trajectory path and Tora2's personalization path (see the module docstring).
 
     Args:
-        vocab_size, pad_token_id, max_text_length, max_entity_text_length: the word vocabulary and the
-            longest prompt / entity description in tokens.
+        vocab_size, pad_token_id, max_text_length, max_entity_text_length, text_layers: the caption
+            tokenizer's vocabulary and pad id, the longest prompt / entity description in tokens, and the
+            depth of the BERT text encoder.
         sample_size, num_frames, in_channels, patch_size, temporal_patch_size: the video and its patches.
         dim, num_layers, num_heads, mlp_ratio: the DiT trunk.
         motion_dim: channels of the trajectory extractor; trajectory_sigma (pixels) and
@@ -339,10 +351,11 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(
         self,
-        vocab_size: int = 20,
+        vocab_size: int = 256,
         pad_token_id: int = 0,
-        max_text_length: int = 14,
-        max_entity_text_length: int = 3,
+        max_text_length: int = 24,
+        max_entity_text_length: int = 8,
+        text_layers: int = 1,
         sample_size: int = 32,
         num_frames: int = 8,
         in_channels: int = 3,
@@ -378,7 +391,7 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self.grid = (num_frames // temporal_patch_size, sample_size // patch_size)
         self.num_video_tokens = self.grid[0] * self.grid[1] ** 2
         patch_dim = in_channels * temporal_patch_size * patch_size**2
-        self.text_encoder = TextEncoder(vocab_size, max_text_length, dim, num_heads, pad_token_id)
+        self.text_encoder = TextEncoder(vocab_size, max_text_length, dim, num_heads, text_layers, pad_token_id)
         self.patch_embed = nn.Linear(patch_dim, dim)
         video_pos = get_3d_sincos_pos_embed(dim, self.grid[1], self.grid[0]).flatten(0, 1)
         self.register_buffer("video_pos", video_pos[None].float(), persistent=False)

@@ -16,7 +16,10 @@ Example::
     out.frames  # (1, 8, 32, 32, 3) in [0, 1]
 
 An entity's text-entity embedding comes from its ``"description"`` when given, otherwise from the
-prompt's ``" and "``-separated phrases in entity order (``"a red solid star and a blue disc"``).
+prompt's ``" and "``-separated phrases in entity order (``"a red solid star and a blue disc"``). Prompts and
+descriptions go through the pipeline's ``tokenizer`` (a WordPiece tokenizer trained on the training captions,
+:func:`~selfgen.data.sprites.caption_tokenizer`): any caption is accepted, unseen words are spelled out in
+single-character pieces, and text longer than the model's ``max_text_length`` tokens is truncated.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils import BaseOutput
+from transformers import PreTrainedTokenizerFast
 
-from ..data.sprites import PAD_ID, entity_phrases, tokenize
+from ..data.sprites import entity_phrases
 from ..models.tora import Tora2Transformer
 from .pipeline_utils import SelfgenPipeline, check_output_type
 
@@ -102,28 +106,36 @@ def _entity_descriptions(prompt: str, entities: Sequence[Entity], where: str) ->
     return phrases
 
 
+def token_ids(tokenizer: Any, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """``(len(texts), max_length)`` token ids, padded with the tokenizer's pad id and truncated."""
+    if not all(isinstance(text, str) for text in texts):
+        raise ValueError(f"prompts and descriptions must be strings, got {list(texts)!r}")
+    encoded = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    return encoded.input_ids
+
+
 def entity_conditions(
-    prompts: Sequence[str], entities: Sequence[Sequence[Entity]], config: Any
+    prompts: Sequence[str], entities: Sequence[Sequence[Entity]], config: Any, tokenizer: Any
 ) -> dict[str, torch.Tensor]:
     """Validated :class:`Tora2Transformer` inputs for a batch of prompts and entity lists (CPU tensors):
     ``prompt_ids``, ``trajectories``, ``entity_mask``, ``reference_images`` and ``entity_ids``, with
     ``config.max_entities`` slots per video. Reference images are required in modes ``tora2`` and ``no_gate``."""
     slots = config.max_entities
     batch = {
-        "prompt_ids": torch.zeros(len(prompts), config.max_text_length, dtype=torch.long),
+        "prompt_ids": token_ids(tokenizer, prompts, config.max_text_length),
         "trajectories": torch.full((len(prompts), slots, config.num_frames, 2), 0.5),
         "entity_mask": torch.zeros(len(prompts), slots, dtype=torch.bool),
         "visibility": torch.ones(len(prompts), slots, config.num_frames),
         "reference_images": torch.zeros(len(prompts), slots, 3, config.reference_size, config.reference_size),
-        "entity_ids": torch.full((len(prompts), slots, config.max_entity_text_length), PAD_ID),
+        "entity_ids": torch.full((len(prompts), slots, config.max_entity_text_length), tokenizer.pad_token_id),
     }
     for index, (prompt, video_entities) in enumerate(zip(prompts, entities)):
         where = f"entities[{index}]" if len(prompts) > 1 else "entities"
         if not isinstance(video_entities, (list, tuple)) or not 1 <= len(video_entities) <= slots:
             raise ValueError(f"{where} must be a list of 1 to {slots} entity dicts, got {video_entities!r}")
-        batch["prompt_ids"][index] = torch.tensor(tokenize(prompt, config.max_text_length))
         descriptions = _entity_descriptions(prompt, video_entities, where)
-        for slot, (entity, description) in enumerate(zip(video_entities, descriptions)):
+        batch["entity_ids"][index, : len(descriptions)] = token_ids(tokenizer, descriptions, config.max_entity_text_length)
+        for slot, entity in enumerate(video_entities):
             here = f"{where}[{slot}]"
             if not isinstance(entity, dict) or "trajectory" not in entity:
                 raise ValueError(f"{here} must be a dict with 'trajectory' and 'reference_image'")
@@ -131,7 +143,6 @@ def entity_conditions(
                 check_trajectory(entity["trajectory"], config.num_frames, here)
             )
             batch["entity_mask"][index, slot] = True
-            batch["entity_ids"][index, slot] = torch.tensor(tokenize(description, config.max_entity_text_length))
             batch["visibility"][index, slot] = check_visibility(entity.get("visibility"), config.num_frames, here)
             if config.mode in ("tora2", "no_gate"):
                 batch["reference_images"][index, slot] = check_reference_image(
@@ -145,13 +156,15 @@ class Tora2Pipeline(SelfgenPipeline):
 
     model_cpu_offload_seq = "transformer"
 
-    def __init__(self, transformer: Tora2Transformer, scheduler: FlowMatchEulerDiscreteScheduler) -> None:
+    def __init__(
+        self, transformer: Tora2Transformer, scheduler: FlowMatchEulerDiscreteScheduler, tokenizer: PreTrainedTokenizerFast
+    ) -> None:
         super().__init__()
-        self.register_modules(transformer=transformer, scheduler=scheduler)
+        self.register_modules(transformer=transformer, scheduler=scheduler, tokenizer=tokenizer)
 
     def encode_conditions(self, prompts: Sequence[str], entities: Sequence[Sequence[Entity]]) -> dict[str, torch.Tensor]:
-        """:func:`entity_conditions` for this pipeline's transformer, on its device."""
-        batch = entity_conditions(prompts, entities, self.transformer.config)
+        """:func:`entity_conditions` for this pipeline's transformer and tokenizer, on its device."""
+        batch = entity_conditions(prompts, entities, self.transformer.config, self.tokenizer)
         return {name: tensor.to(self._execution_device) for name, tensor in batch.items()}
 
     def _check_size(self, num_frames: int, height: int, width: int) -> None:

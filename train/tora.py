@@ -35,7 +35,7 @@ from diffusers.utils import export_to_gif
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data.sprites import VOCAB, WORDS_PER_ENTITY, SpriteVideoDataset, max_prompt_tokens
+from ..data.sprites import SpriteVideoDataset, caption_tokenizer
 from ..data.video import VideoFolderDataset
 from ..eval.statistics import mean_difference
 from ..eval.tracking import draw_trajectories, evaluate_tracking, path_binding, retrieval_top1, shuffled_partners
@@ -66,6 +66,9 @@ class Tora2Config(TrainingConfig):
     num_frames: int = 8
     size: int = 32
     max_entities: int = 3
+    max_text_length: int = 24  # prompt tokens (longer captions are truncated)
+    max_entity_text_length: int = 8  # tokens of one entity's description
+    text_layers: int = 1  # BERT layers of the text encoder
     clip_stride: int = 1  # users' clips: source frames between sampled frames
     clip_start: str = "random"  # users' clips: "random" start in every epoch, or "first" frames
     attention_backend: str = "sdpa"  # "math" trains faster on CPU at these sizes
@@ -108,6 +111,10 @@ class ClipEntityDataset(Dataset):
             raise ValueError(f"{root}/metadata.jsonl must give {self.REQUIRED} for every clip; missing {missing}")
         self.size = size
 
+    @property
+    def captions(self) -> list[str]:
+        return [video.metadata.fields["caption"] for video in self.clips.videos]
+
     def __len__(self) -> int:
         return len(self.clips)
 
@@ -126,14 +133,16 @@ class ClipEntityDataset(Dataset):
 class Collate:
     """Sprite-style items -> model inputs via the pipeline's own :func:`entity_conditions` (same checks)."""
 
-    def __init__(self, model_config: Any) -> None:
+    def __init__(self, model_config: Any, tokenizer: Any) -> None:
         self.model_config = model_config
+        self.tokenizer = tokenizer
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = entity_conditions(
             [example["prompt"] for example in examples],
             [example["entities"] for example in examples],
             self.model_config,
+            self.tokenizer,
         )
         video = torch.from_numpy(np.stack([example["video"] for example in examples])).float()
         batch["video"] = video.permute(0, 1, 4, 2, 3) * 2 - 1
@@ -211,11 +220,13 @@ class Tora2Objective(Objective):
 # ----------------------------------------------------------------------------- training
 
 
-def build_model(config: Tora2Config) -> Tora2Transformer:
+def build_model(config: Tora2Config, tokenizer: Any) -> Tora2Transformer:
     return Tora2Transformer(
-        vocab_size=len(VOCAB),
-        max_text_length=max_prompt_tokens(config.max_entities),
-        max_entity_text_length=WORDS_PER_ENTITY,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        max_text_length=config.max_text_length,
+        max_entity_text_length=config.max_entity_text_length,
+        text_layers=config.text_layers,
         sample_size=config.size,
         num_frames=config.num_frames,
         patch_size=config.patch_size,
@@ -232,29 +243,32 @@ def build_model(config: Tora2Config) -> Tora2Transformer:
     )
 
 
-def build_pipeline(model: Tora2Transformer) -> Tora2Pipeline:
-    return Tora2Pipeline(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000))
-
-
-def export_pipeline(model: nn.Module, directory: Path) -> None:
-    build_pipeline(model).save_pretrained(directory)
+def build_pipeline(model: Tora2Transformer, tokenizer: Any) -> Tora2Pipeline:
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+    return Tora2Pipeline(transformer=model, scheduler=scheduler, tokenizer=tokenizer)
 
 
 def train(config: Tora2Config) -> TrainResult:
     set_seed(config.seed)
     if config.mode in ("tora1", "dit") and config.contrastive_weight > 0:
         raise ValueError(f"mode {config.mode!r} has no appearance embeddings: set contrastive_weight: 0")
-    model = build_model(config)
-    model.set_attention_backend(config.attention_backend)
     if config.data:
         dataset = ClipEntityDataset(
             config.data, config.num_frames, config.size, config.clip_stride, config.clip_start, config.on_error
         )
+        tokenizer = caption_tokenizer(dataset.captions)
     else:
         dataset = SpriteVideoDataset(config.num_videos, config.num_frames, config.size, config.max_entities, config.seed)
+        tokenizer = caption_tokenizer()
+    model = build_model(config, tokenizer)
+    model.set_attention_backend(config.attention_backend)
     objective = Tora2Objective(config.contrastive_weight, config.contrastive_temperature, config.loss_space)
+
+    def export_pipeline(module: nn.Module, directory: Path) -> None:
+        build_pipeline(module, tokenizer).save_pretrained(directory)
+
     return Trainer(
-        model, objective, dataset, config, export_fn=export_pipeline, collate_fn=Collate(model.config)
+        model, objective, dataset, config, export_fn=export_pipeline, collate_fn=Collate(model.config, tokenizer)
     ).train()
 
 

@@ -1,4 +1,4 @@
-"""SpriteVideoDataset: the item contract, seeding, the held-out appearance split, the word vocabulary."""
+"""SpriteVideoDataset: the item contract, seeding, the held-out appearance split, the caption tokenizer."""
 
 import numpy as np
 import pytest
@@ -10,8 +10,8 @@ from selfgen.data.sprites import (
     SpriteVideoDataset,
     appearances,
     entity_phrases,
+    caption_tokenizer,
     is_heldout_appearance,
-    tokenize,
 )
 
 
@@ -58,12 +58,22 @@ def test_heldout_appearances_never_appear_in_training():
         assert {triple[attribute] for triple in appearances("train")} == set(values)
 
 
-def test_vocabulary_and_argument_errors():
-    assert tokenize("a red solid star", 6)[-2:] == [0, 0]
-    with pytest.raises(ValueError, match="outside the sprite vocabulary"):
-        tokenize("a purple star", 6)
-    with pytest.raises(ValueError, match="at most 2"):
-        tokenize("a red star", 2)
+def test_caption_tokenizer_keeps_sprite_words_whole_and_spells_out_the_rest():
+    tokenizer = caption_tokenizer()
+    assert tokenizer.tokenize("A Red striped STAR and a blue disc") == ["a", "red", "striped", "star", "and", "a", "blue", "disc"]
+    pieces = tokenizer.tokenize("a purple kite")
+    assert pieces == ["a", "p", "##u", "##r", "##p", "##l", "##e", "k", "##i", "##t", "##e"]
+    assert tokenizer.convert_tokens_to_string(pieces) == "a purple kite"
+    assert tokenizer.tokenize("a café") == ["a", "c", "##a", "##f", "##e"]  # accents stripped (BERT normaliser)
+    assert tokenizer.tokenize("a brown dog") != tokenizer.tokenize("a brown cat")
+    ids = tokenizer(["a red star"], padding="max_length", max_length=6).input_ids[0]
+    assert ids[-3:] == [tokenizer.pad_token_id] * 3
+    users = caption_tokenizer(["a purple kite"] * 3)
+    assert users.tokenize("a purple kite") == ["a", "purple", "kite"]  # the user's captions join the vocabulary
+    assert caption_tokenizer().get_vocab() == tokenizer.get_vocab()  # deterministic
+
+
+def test_argument_errors():
     with pytest.raises(ValueError, match="split must be one of"):
         SpriteVideoDataset(2, split="test")
     with pytest.raises(ValueError, match="max_entities"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfgen.data.sprites import SpriteVideoDataset, reference_image
+from selfgen.data.sprites import SpriteVideoDataset, caption_tokenizer, reference_image
 from selfgen.data.video import VideoFolderDataset
 from selfgen.pipelines.tora import Tora2Pipeline
 from selfgen.train.registry import discover_methods
@@ -44,13 +44,16 @@ def tiny_config(tmp_path, **overrides):
     return Tora2Config(**values)
 
 
+TOKENIZER = caption_tokenizer()
+
+
 def fixed_batch(model, num_videos=4, seed=0):
-    return Collate(model.config)(list(SpriteVideoDataset(num_videos, seed=seed)))
+    return Collate(model.config, TOKENIZER)(list(SpriteVideoDataset(num_videos, seed=seed)))
 
 
 def test_loss_falls_on_a_fixed_batch(tmp_path):
     torch.manual_seed(0)
-    model = build_model(tiny_config(tmp_path, dim=16, motion_dim=4))
+    model = build_model(tiny_config(tmp_path, dim=16, motion_dim=4), TOKENIZER)
     batch = fixed_batch(model, num_videos=2)
     objective = Tora2Objective(contrastive_weight=0.1, temperature=0.1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
@@ -117,11 +120,11 @@ def test_train_exports_a_pipeline_the_cli_knows(tmp_path):
 
 
 def test_collate_rejects_bad_trajectories(tmp_path):
-    model = build_model(tiny_config(tmp_path))
+    model = build_model(tiny_config(tmp_path), TOKENIZER)
     item = SpriteVideoDataset(1)[0]
     item["entities"][0]["trajectory"] = item["entities"][0]["trajectory"][:3]
     with pytest.raises(ValueError, match=r"shape \(8, 2\)"):
-        Collate(model.config)([item])
+        Collate(model.config, TOKENIZER)([item])
 
 
 def test_written_clip_reads_back_the_same_with_decord_and_pyav(tmp_path):
@@ -166,9 +169,9 @@ def test_users_clips_with_a_sidecar_jsonl(tmp_path):
 
 def test_users_clips_use_a_stride_a_random_start_and_a_visibility_mask(tmp_path):
     """24 source frames, 8 sampled 2 apart from a random start; a path that leaves the crop is marked
-    invisible there (clamped to the border) instead of silently clipped."""
+    invisible there (clamped to the border) instead of silently clipped; any caption works."""
     path = [[2 + 2 * t, 16] for t in range(24)]  # x = 2 + 2t pixels: past the 32-pixel crop from t = 15
-    write_users_clip(tmp_path, {"caption": "a red solid disc", "trajectories": [path], "reference_images": ["ref.png"]}, 24)
+    write_users_clip(tmp_path, {"caption": "a brown dog", "trajectories": [path], "reference_images": ["ref.png"]}, 24)
     dataset = ClipEntityDataset(tmp_path, num_frames=8, size=32, frame_stride=2, clip_start="random")
     starts = set()
     for seed in range(8):
@@ -182,8 +185,8 @@ def test_users_clips_use_a_stride_a_random_start_and_a_visibility_mask(tmp_path)
         np.testing.assert_allclose(frames[entity["visibility"]], expected[entity["visibility"]], atol=1e-4)
         assert (entity["trajectory"] <= 1).all()
     assert len(starts) > 2 and max(starts) <= 24 - 15
-    model = build_model(tiny_config(tmp_path))
-    batch = Collate(model.config)([dataset[0]])
+    model = build_model(tiny_config(tmp_path), TOKENIZER)
+    batch = Collate(model.config, TOKENIZER)([dataset[0]])
     assert batch["visibility"].shape == (1, model.config.max_entities, 8)
 
 
