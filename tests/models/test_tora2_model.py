@@ -4,7 +4,7 @@ fuser, modes, patches, attention backends."""
 import pytest
 import torch
 
-from selfgen.models.tora import GatedSelfAttention, Tora2Transformer, sincos_position_code, trajectory_maps
+from selfgen.models.tora import GatedSelfAttention, PixelRefiner, Tora2Transformer, sincos_position_code, trajectory_maps
 
 TINY = dict(dim=32, num_layers=2, num_heads=2, mlp_ratio=2.0, motion_dim=8, num_appearance_tokens=2, vocab_size=20)
 
@@ -97,6 +97,35 @@ def test_at_initialisation_conditions_do_not_change_the_prediction_but_do_after_
         randomise_zero_layers(model)
         first, second = model(**batch).sample, model(**other).sample
     assert not torch.allclose(first, second, atol=1e-4)
+
+
+def test_pixel_refiner_starts_as_the_identity_on_the_coarse_estimate_and_then_reads_the_noisy_input():
+    torch.manual_seed(0)
+    refiner = PixelRefiner(3, 8)
+    sample, coarse, sigma = torch.randn(2, 4, 3, 16, 16), torch.randn(2, 4, 3, 16, 16), torch.tensor([0.2, 0.9])
+    torch.testing.assert_close(refiner(sample, coarse, sigma), coarse, rtol=0, atol=0)
+    with torch.no_grad():
+        refiner.net[-1].weight.normal_(0, 0.2)
+    assert not torch.allclose(refiner(sample, coarse, sigma), refiner(torch.zeros_like(sample), coarse, sigma), atol=1e-4)
+    model = tiny_model(refiner_width=8)
+    with torch.no_grad():
+        assert model(**inputs()).sample.abs().max() == 0  # the refiner keeps the zero-initialised head's zero
+
+
+def test_routed_entities_put_each_entity_token_where_that_entity_is():
+    model = tiny_model(entity_routing=True)
+    batch = inputs(batch=1)
+    batch["trajectories"][0, 0] = torch.tensor([0.1, 0.1]).expand(8, 2)  # entity 0 top-left, entity 1 bottom-right
+    batch["trajectories"][0, 1] = torch.tensor([0.9, 0.9]).expand(8, 2)
+    _, presence = model.encode_trajectories(batch["trajectories"], batch["entity_mask"])
+    grid_t, grid = model.grid
+    entities = torch.zeros(1, 3, grid_t * 2, 32)  # S = grid_t temporal slots x A = 2 appearance tokens
+    entities[0, 0, :, 0], entities[0, 1, :, 1] = 1.0, 1.0
+    routed = model.routed_entities(entities, presence).unflatten(1, (grid_t, grid, grid))
+    corner, far = routed[0, :, 0, 0], routed[0, :, -1, -1]
+    torch.testing.assert_close(corner[:, :2], torch.tensor([[1.0, 0.0]]).expand(grid_t, 2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(far[:, :2], torch.tensor([[0.0, 1.0]]).expand(grid_t, 2), atol=1e-3, rtol=0)
+    assert all(block.router.weight.abs().sum() == 0 for block in model.blocks)  # a new path starts at zero
 
 
 @pytest.mark.parametrize("binding", ["positional", "pooled"])
