@@ -17,6 +17,16 @@ score cannot reward exploration, so ``configs/bstar_countdown.yaml`` runs B-STaR
 balance over the probe queries generates and selects the iteration's training data, and the current
 policy is fine-tuned on it (continuing, not restarting, as online RFT does).
 
+**Reference solutions** (``include_reference: true``, the official code's default behaviour): as in
+the official ``determine_hyper.py`` / ``metric_modiacc_auto.py``, each query's reference solution
+joins its candidates with the top score (1.0, selected at every threshold of the grid), so it counts
+in ``n``/``n'`` and is trained on beside the model's own selected samples (deduplicated).
+``include_reference: false`` trains on the model's own samples only (the pre-#18 behaviour).
+Other departures from the official code: ``n_star`` is a config field (the code fixes 8 with 64
+samples per query); the probe queries are the first ``probe_problems`` of the iteration's draws
+(the code uses a fixed 1k-query dev set); the code caps the samples kept per query at the smallest
+``max_samples`` that reaches a target dataset size, here every distinct selected sample is kept.
+
 Selection follows the paper's "answer + reward model" filtering: a sample is selected when its final
 answer is correct (task verifier) and its process reward - the task's rule-based step check
 (:class:`~selfgen.train.llm.rewards.ProcessReward`: addition, the fraction of the reference column steps
@@ -47,6 +57,7 @@ class BSTaRConfig(IterativeConfig):
     probe_problems: int = 64
     n_star: int = 4
     require_correct_answer: bool = True
+    include_reference: bool = True  # the query's reference solution joins its selected samples (official code)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,12 +85,15 @@ class Scored:
     texts: list[str]
     scores: list[float]
     correct: list[bool]
+    reference: str | None = None  # the reference solution, always selected (reward 1, correct)
 
-    def selected(self, threshold: float, require_correct: bool) -> list[tuple[str, bool]]:
-        return [
+    def selected(self, threshold: float, require_correct: bool, reference: bool = True) -> list[tuple[str, bool]]:
+        """``(text, correct)`` of the selected samples, then the reference solution (unless ``reference=False``)."""
+        own = [
             (text, ok) for text, score, ok in zip(self.texts, self.scores, self.correct)
             if score >= threshold and (ok or not require_correct)
         ]
+        return own + [(self.reference, True)] * (reference and self.reference is not None)
 
 
 class BSTaRTrainer(IterativeTrainer):
@@ -97,7 +111,10 @@ class BSTaRTrainer(IterativeTrainer):
         scores = ProcessReward(self.task)(repeated, texts)
         correct = [self.verify(p, text) for p, text in zip(repeated, texts)]
         return [
-            Scored(p, texts[i * k : (i + 1) * k], scores[i * k : (i + 1) * k], correct[i * k : (i + 1) * k])
+            Scored(
+                p, texts[i * k : (i + 1) * k], scores[i * k : (i + 1) * k], correct[i * k : (i + 1) * k],
+                self.task.worked_solution(p) if self.config.include_reference else None,
+            )
             for i, p in enumerate(problems)
         ]
 
@@ -124,8 +141,9 @@ class BSTaRTrainer(IterativeTrainer):
         examples, num_selected, num_selected_correct = [], 0, 0
         for query in scored:
             selected = query.selected(threshold, config.require_correct_answer)
-            num_selected += len(selected)
-            num_selected_correct += sum(ok for _, ok in selected)
+            own = query.selected(threshold, config.require_correct_answer, reference=False)
+            num_selected += len(own)
+            num_selected_correct += sum(ok for _, ok in own)
             prompt = self.prompt(query.problem)
             examples += [TextPair(prompt, text) for text in dict.fromkeys(t for t, _ in selected)]
         logs = {
@@ -136,7 +154,7 @@ class BSTaRTrainer(IterativeTrainer):
             "pass_at_k": sum(any(q.correct) for q in scored) / len(scored),
             "distinct_correct": sum(len({t for t, ok in zip(q.texts, q.correct) if ok}) for q in scored) / len(scored),
             "sample_accuracy": sum(sum(q.correct) for q in scored) / (len(scored) * config.samples_per_problem),
-            "selection_precision": num_selected_correct / max(num_selected, 1),
+            "selection_precision": num_selected_correct / max(num_selected, 1),  # of the model's own samples
         }
         return Round(SFTObjective(), examples, SFTCollator(self.tokenizer, config.max_length), logs)
 

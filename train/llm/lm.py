@@ -155,12 +155,17 @@ def seed_examples(config: LMConfig, max_digits: int | None = None, stage: int = 
 
 def train(config: LMConfig) -> TrainResult:
     """Pretrain through :meth:`LMConfig.stages`; each stage's run is under ``output_dir/stage-k``
-    (one stage: ``output_dir`` itself), the last stage exports to ``config.pipeline_dir``."""
+    (one stage: ``output_dir`` itself), the last stage exports to ``config.pipeline_dir``. With
+    ``pretrained`` (a saved LM folder) the stages continue that model instead of a fresh one (its size
+    and tokenizer; ``hidden_size`` etc. are then ignored)."""
     set_seed(config.seed)
-    tokenizer = build_char_tokenizer()
-    model = build_tiny_llama(
-        tokenizer, config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
-    )
+    if config.pretrained:  # continued pretraining of a saved LM (its own size and tokenizer)
+        model, tokenizer = load_policy(config.pretrained)
+    else:
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_llama(
+            tokenizer, config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
+        )
     stages = config.stages()
     result, history = None, []
     for index, (max_digits, steps) in enumerate(stages, start=1):

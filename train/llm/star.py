@@ -11,7 +11,10 @@ Each outer iteration n:
 4. the fine-tuned model becomes the policy of the next iteration.
 
 Departure: problems are fresh seeded draws each iteration instead of one fixed dataset (same
-distribution); decoding is greedy by default (``temperature: 0``), one rationale per problem.
+distribution); decoding is greedy by default (``temperature: 0``), one rationale per problem. With
+``samples_per_problem: K > 1`` (B-STaR's budget, ``configs/star_countdown_llama.yaml``) every
+*distinct* correct sample of a problem is kept, and only the problems with none correct are
+rationalised (one hinted sample each).
 
 **Matched control** (``ground_truth_control: true``, not part of the paper): the same loop, but step 3
 fine-tunes the base model on the reference worked solutions (``task.worked_solution``) of as many
@@ -47,22 +50,25 @@ class STaRTrainer(IterativeTrainer):
 
     def build_round(self, iteration: int) -> Round:
         config = self.config
-        problems = self.problems(iteration)
-        rollouts = self.solve(problems, seed=iteration)
-        correct = [(p, r.text) for p, r in zip(problems, rollouts) if self.verify(p, r.text)]
+        problems, k = self.problems(iteration), config.samples_per_problem
+        texts = [r.text for r in self.solve(problems, seed=iteration)]
+        correct = [
+            (p, text) for i, p in enumerate(problems)
+            for text in dict.fromkeys(t for t in texts[i * k : (i + 1) * k] if self.verify(p, t))
+        ]
         solved = {p.id for p, _ in correct}
         failed = [p for p in problems if p.id not in solved]
         rationalized = []
         if config.rationalize and failed:
             hinted = [self.prompt(p, hint=True) for p in failed]
-            hinted_rollouts = self.sample(hinted, seed=iteration)
+            hinted_rollouts = self.sample(hinted, num_samples=1, seed=iteration)
             rationalized = [(p, r.text) for p, r in zip(failed, hinted_rollouts) if self.verify(p, r.text)]
         examples = [TextPair(self.prompt(p), text) for p, text in correct + rationalized]
         if config.ground_truth_control:
             examples = [TextPair(self.prompt(p), self.task.worked_solution(p)) for p in problems[: len(examples)]]
         steps = round(config.max_train_steps * (1 + config.step_growth) ** (iteration - 1))
         logs = {
-            "train_accuracy": len(correct) / len(problems),
+            "train_accuracy": len(solved) / len(problems),
             "rationalized": len(rationalized) / len(problems),
         }
         collator = SFTCollator(self.tokenizer, config.max_length)

@@ -49,3 +49,19 @@ def test_one_countdown_round(tmp_path):
     round_ = BSTaRTrainer(model=str(ASSET), task="countdown", config=config).build_round(1)
     assert round_.logs["temperature"] in (0.3, 1.3) and round_.logs["threshold"] in (0.5, 1.0)
     assert 0.0 <= round_.logs["balance_score"] <= 1.0 and 0.0 <= round_.logs["distinct_correct"] <= 4.0
+
+
+def test_reference_solution_counts_as_a_selected_correct_candidate():
+    # the official code appends each query's reference solution with the top score: it is selected at
+    # every threshold, counts in n and n', and is not counted twice when a sample reproduces it
+    task, problem = CountdownTask(), Problem("3,5,7>22", "22", "p")
+    reference, other, wrong = "S:3*5=15,15+7=22\nA:22", "S:5*3=15,7+15=22\nA:22", "S:3+5=8,8+7=15\nA:15"
+    texts = [other, wrong, reference]
+    scored = Scored(problem, texts, [1.0, 1.0, 1.0], [task.verify(problem, t) for t in texts], reference)
+    assert scored.selected(0.5, require_correct=False) == [(other, True), (wrong, False), (reference, True), (reference, True)]
+    # distinct: n = 3 (other, wrong, reference), n' = 2 -> min(2/4, 1) * 2/3
+    assert balance_score(scored.selected(0.5, require_correct=False), n_star=4) == pytest.approx(1 / 3)
+    assert scored.selected(0.5, require_correct=True, reference=False) == [(other, True), (reference, True)]
+    alone = Scored(problem, [wrong], [0.0], [False], reference)
+    assert balance_score(alone.selected(0.5, require_correct=True), n_star=4) == pytest.approx(0.25)
+    assert balance_score(Scored(problem, [wrong], [0.0], [False]).selected(0.5, require_correct=True), n_star=4) == 0.0

@@ -48,6 +48,26 @@ def test_pretrain_export_reload_and_evaluate(tmp_path):
     assert metrics["num_problems"] == 4
 
 
+def test_pretrained_continues_the_saved_model(tmp_path, monkeypatch):
+    """``pretrained``: the stages start from the saved weights (its size, not ``hidden_size``), not a fresh model."""
+    tiny = dict(num_seed_examples=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64, train_batch_size=16, checkpointing_steps=0, report_to=None)
+    first = lm.train(lm.LMConfig(output_dir=str(tmp_path / "a"), max_train_steps=3, learning_rate=1e-2, **tiny))
+    saved = AutoModelForCausalLM.from_pretrained(first.pipeline_dir).state_dict()
+    started = {}
+
+    class Recorder(lm.Trainer):
+        def __init__(self, model, *args, **kwargs):
+            started.update({k: v.clone() for k, v in model.state_dict().items()})
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(lm, "Trainer", Recorder)
+    config = lm.LMConfig(output_dir=str(tmp_path / "b"), max_train_steps=1, learning_rate=1e-2,
+                         pretrained=str(first.pipeline_dir), task_weights={"countdown": 1.0}, **{**tiny, "hidden_size": 64})
+    lm.train(config)
+    assert started.keys() == saved.keys() and all(torch.equal(started[k], saved[k]) for k in saved)
+
+
 def test_accuracy_counts_verified_greedy_answers(monkeypatch):
     task = ArithmeticTask("add", 1, 2)
     problems = task.sample(4, seed=0)
@@ -109,3 +129,24 @@ def test_llama_base_configs_load_into_their_method(name, config_file):
     else:
         assert config.model == "assets/lm-arith-llama" and config.min_digits == config.max_digits == 4
         assert getattr(config, "ground_truth_control", False) == config_file.startswith("star_control")
+
+
+def test_countdown_llama_configs_load_at_equal_budget():
+    """B-STaR and STaR on Countdown (issue #18): the same base, problems, samples, steps and learning rate."""
+    from pathlib import Path
+
+    from selfgen.train.config import load_config
+    from selfgen.train.llm.bstar import BSTaRConfig
+    from selfgen.train.llm.star import STaRConfig
+
+    configs = Path(__file__).resolve().parents[3] / "configs"
+    base = load_config(lm.LMConfig, configs / "lm_countdown_llama.yaml")
+    assert base.pretrained == "assets/lm-arith-llama" and base.task_weights == {"countdown": 1.0} and base.export_dir is None
+    bstar = load_config(BSTaRConfig, configs / "bstar_countdown_llama.yaml")
+    star = load_config(STaRConfig, configs / "star_countdown_llama.yaml")
+    shared = ("model", "task", "seed", "iterations", "problems_per_iteration", "samples_per_problem", "max_train_steps",
+              "learning_rate", "train_batch_size", "max_new_tokens", "eval_problems")
+    assert [getattr(bstar, k) for k in shared] == [getattr(star, k) for k in shared]
+    assert bstar.model == "assets/lm-countdown-llama" and bstar.task == "countdown" and bstar.include_reference
+    assert star.step_growth == 0.0 and star.samples_per_problem > 1 and not star.ground_truth_control
+    assert bstar.export_dir is None and star.export_dir is None

@@ -33,3 +33,21 @@ def test_control_trains_on_as_many_reference_solutions_for_the_same_steps(tmp_pa
     ]
     assert control.max_train_steps == star.max_train_steps == 6 and control.from_base and star.from_base
     assert control.logs == star.logs
+
+
+def test_star_with_several_samples_keeps_each_problems_distinct_correct_samples(tmp_path):
+    config = STaRConfig(
+        output_dir=str(tmp_path), problems_per_iteration=3, eval_problems=2, max_digits=3, rationalize=False,
+        samples_per_problem=3,
+    )
+    trainer = STaRTrainer(model=str(ASSET), config=config)
+    problems = trainer.problems(1)
+    right = [trainer.task.worked_solution(p) for p in problems]
+    # problem 0: right twice (one distinct), problem 1: all wrong, problem 2: right once, after a wrong one
+    texts = [right[0], right[0], "S:\nA:0", "S:\nA:0", "S:\nA:0", "S:\nA:0", "S:\nA:0", right[2], right[1]]
+    trainer.solve = lambda batch, **kwargs: [SimpleNamespace(text=text) for text in texts]
+    round_ = trainer.build_round(1)
+    assert [(e.prompt, e.completion) for e in round_.dataset] == [
+        (f"Q:{problems[0].question}\n", right[0]), (f"Q:{problems[2].question}\n", right[2])
+    ]
+    assert round_.logs["train_accuracy"] == pytest.approx(2 / 3)
