@@ -54,6 +54,7 @@ def main() -> None:
                 points = [(r["iteration"], r[key]) for r in history(run)]
                 axis.plot(*zip(*points), marker="x", linestyle="--", label=f"STaR {Path(run).name[-2:]}")
             axis.legend(fontsize=6)
+        axis.set_xticks(range(max(len(records) for records in runs.values())))
         axis.set_xlabel("iteration")
         axis.set_title(title, fontsize=8)
     figure.suptitle("B-STaR on Countdown (lm-countdown-llama): per-iteration choices and accuracy", fontsize=9)
