@@ -8,7 +8,8 @@ All images are numpy ``(H, W, C)`` or ``(N, H, W, C)`` in ``[0, 1]``.
   ``H / h`` area-downsampled large image with its low-resolution view.
 * ``high_frequency_energy(image) = mean((x - blur(x))^2)`` with a 5x5 box blur: the detail a blurry
   (e.g. bicubic) upsampling lacks; report it as a ratio to the ground truth's.
-* ``frechet_distance`` (from :mod:`selfgen.eval.digits`) on any feature space.
+* ``frechet_distance`` (from :mod:`selfgen.eval.digits`) on any feature space; ``random_cnn_features`` is a
+  judge no model trained: a fixed, randomly initialised CNN (seeded), mean-pooled.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from scipy import ndimage
 
 from .digits import frechet_distance
 
-__all__ = ["seam_score", "psnr", "consistency_psnr", "high_frequency_energy", "frechet_distance", "area_downsample"]
+__all__ = ["seam_score", "psnr", "consistency_psnr", "high_frequency_energy", "frechet_distance", "area_downsample",
+           "random_cnn_features"]
 
 
 def _as_batch(images: np.ndarray, name: str) -> np.ndarray:
@@ -72,3 +74,21 @@ def high_frequency_energy(images: np.ndarray) -> float:
     images = _as_batch(images, "images")
     blurred = ndimage.uniform_filter(images, size=(1, 5, 5, 1), mode="reflect")
     return float(((images - blurred) ** 2).mean())
+
+
+def random_cnn_features(images: np.ndarray, seed: int = 0, widths: tuple[int, ...] = (32, 64, 64)) -> np.ndarray:
+    """``(N, widths[-1])`` features of a fixed random CNN: 3x3 stride-2 convolutions with He-normal weights drawn
+    from ``seed`` and ReLU, the last layer mean-pooled, for ``(N, H, W, 3)`` images in ``[0, 1]``. No model
+    trains it, so it favours none (a weaker judge than a trained encoder, but an independent one)."""
+    import torch
+
+    images = _as_batch(images, "images")
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.from_numpy(images).float().permute(0, 3, 1, 2) * 2 - 1
+    previous = hidden.shape[1]
+    with torch.no_grad():
+        for width in widths:
+            weight = torch.randn(width, previous, 3, 3, generator=generator) * np.sqrt(2.0 / (9 * previous))
+            hidden = torch.relu(torch.nn.functional.conv2d(hidden, weight, stride=2, padding=1))
+            previous = width
+    return hidden.mean((-2, -1)).numpy().astype(np.float64)

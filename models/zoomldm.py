@@ -1,5 +1,11 @@
 """ZoomLDM's networks (Yellapragada et al., CVPR 2025), small enough for a CPU.
 
+* :class:`ZoomAutoencoder` -- a norm-free patch autoencoder (downsampling ``f``, ``c`` latent channels):
+  ``z = W_e u(x) + R_e(u(x))``, ``x_hat = s(W_d z + R_d(z)) + R_p(.)`` with ``u``/``s`` pixel-(un)shuffle by ``f``,
+  ``W`` linear maps initialised from the PCA of ``f x f`` training blocks and ``R`` small convolutional residuals
+  (last layers zero-initialised), trained with ``||x - D(z)||^2 + beta KL``. No normalisation and no attention,
+  so a decoder window depends only on nearby latents: windows straddling independently encoded tiles decode as
+  the canvas would (the paper's KL/VQ-f4 autoencoder has GroupNorm and attention and is trained on 256-px crops).
 * :class:`ZoomSSLEncoder` -- a small CNN trained with SimCLR's InfoNCE on full-resolution patches:
   ``e(x) = W pool(f(x))``; its embeddings of the level-0 sub-patches are the conditioning signal.
 * :class:`ZoomSummarizer` -- ``c = P(T([m_k; pad(A e_1..e_n) + pos]))``: the pooled sub-patch embeddings
@@ -28,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.utils import BaseOutput
 from torch import nn
 
@@ -66,6 +74,66 @@ class EncoderBlock(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden + self.attn(self.norm1(hidden))
         return hidden + self.mlp(self.norm2(hidden))
+
+
+def conv_residual(in_channels: int, hidden: int, out_channels: int, kernel: int = 3) -> nn.Sequential:
+    """``conv3x3 -> SiLU -> conv3x3 -> SiLU -> conv(kernel)``, the last layer zero-initialised (starts as 0)."""
+    last = nn.Conv2d(hidden, out_channels, kernel, padding=kernel // 2)
+    nn.init.zeros_(last.weight), nn.init.zeros_(last.bias)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.SiLU(), last
+    )
+
+
+class ZoomAutoencoder(ModelMixin, ConfigMixin):
+    """A KL autoencoder with the ``AutoencoderKL`` interface (``encode(x).latent_dist``, ``decode(z).sample``,
+    ``config.scaling_factor``) built from a linear patch code plus convolutional residuals (module docstring).
+    ``(N, 3, H, W)`` in ``[-1, 1]`` -> ``(N, c, H / f, W / f)``; a latent keeps ``c / (3 f^2)`` of the values."""
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        latent_channels: int = 8,
+        factor: int = 4,
+        hidden: int = 64,
+        pixel_hidden: int = 16,
+        logvar_init: float = -10.0,
+        scaling_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        block = in_channels * factor**2
+        self.unshuffle, self.shuffle = nn.PixelUnshuffle(factor), nn.PixelShuffle(factor)
+        self.encode_linear = nn.Conv2d(block, 2 * latent_channels, 1)
+        nn.init.zeros_(self.encode_linear.weight[latent_channels:])
+        nn.init.constant_(self.encode_linear.bias[latent_channels:], logvar_init)
+        self.encode_residual = conv_residual(block, hidden, 2 * latent_channels, 1)
+        self.decode_linear = nn.Conv2d(latent_channels, block, 1)
+        self.decode_residual = conv_residual(latent_channels, hidden, block)
+        self.pixel_residual = conv_residual(in_channels, pixel_hidden, in_channels)
+
+    @torch.no_grad()
+    def init_from_pca(self, pixels: torch.Tensor) -> None:
+        """Set ``W_e`` (means) to the top-``c`` principal directions of the ``f x f`` blocks of ``pixels``
+        ``(N, 3, H, W)`` and ``W_d = W_e^T`` (the optimal linear code), biases from the block mean."""
+        blocks = self.unshuffle(pixels).permute(0, 2, 3, 1).reshape(-1, self.encode_linear.in_channels).double()
+        mean = blocks.mean(0)
+        directions = torch.linalg.svd(blocks - mean, full_matrices=False).Vh[: self.config.latent_channels]
+        count = self.config.latent_channels
+        self.encode_linear.weight[:count] = directions[:, :, None, None].float()
+        self.encode_linear.bias[:count] = -(directions @ mean).float()
+        self.decode_linear.weight.copy_(directions.T[:, :, None, None].float())
+        self.decode_linear.bias.copy_(mean.float())
+
+    def encode(self, pixels: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
+        blocks = self.unshuffle(pixels)
+        posterior = DiagonalGaussianDistribution(self.encode_linear(blocks) + self.encode_residual(blocks))
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    def decode(self, latents: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
+        coarse = self.shuffle(self.decode_linear(latents) + self.decode_residual(latents))
+        sample = coarse + self.pixel_residual(coarse)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
 
 
 class ZoomSSLEncoder(ModelMixin, ConfigMixin):

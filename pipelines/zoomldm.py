@@ -38,6 +38,7 @@ from diffusers.utils import BaseOutput
 
 from ..data.validation import check_positive_int, images_to_tensor
 from ..models.zoomldm import (
+    ZoomAutoencoder,
     ZoomConditioner,
     ZoomEmbeddingDiffusion,
     ZoomLDMDenoiser,
@@ -109,7 +110,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
 
     def __init__(
         self,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | ZoomAutoencoder,
         denoiser: ZoomLDMDenoiser | UNet2DConditionModel,
         ssl_encoder: ZoomSSLEncoder,
         embedding_model: ZoomEmbeddingDiffusion,

@@ -1,7 +1,9 @@
 """ZoomLDM training: four stages, one :class:`Trainer` each, on multi-scale patches of large images.
 
-1. **autoencoder** -- a small ``diffusers.AutoencoderKL``: ``L = ||x - D(z)||^2 + beta KL(q(z|x) || N(0, I))``
-   on patches of every level; afterwards ``scaling_factor = 1 / std(z)``.
+1. **autoencoder** -- ``L = ||x - D(z)||^2 + beta KL(q(z|x) || N(0, I))`` on patches of every level; a small
+   ``diffusers.AutoencoderKL`` (``autoencoder: kl``) or :class:`~selfgen.models.zoomldm.ZoomAutoencoder`
+   (``autoencoder: patch``, the bundled configs: PCA-initialised, norm-free, 8 channels at f4); afterwards
+   ``scaling_factor = 1 / std(z)``.
 2. **SSL encoder** -- SimCLR on level-0 patches: two random views (flip, rotation, shift, colour jitter),
    ``L = InfoNCE(g(e(v1)), g(e(v2)))``. Its embeddings of every image's level-0 grid are then computed
    once and attached to the data: a level-``k`` patch is conditioned on its ``2^k x 2^k`` sub-patch
@@ -36,7 +38,7 @@ from torch import nn
 
 from ..data.zoom import UniformMagnificationDataset, ZoomPatchDataset
 from ..eval.plots import save_image_grid
-from ..models.zoomldm import ZoomEmbeddingDiffusion, ZoomLDMDenoiser, ZoomSSLEncoder, tokens_to_full_grid
+from ..models.zoomldm import ZoomAutoencoder, ZoomEmbeddingDiffusion, ZoomLDMDenoiser, ZoomSSLEncoder, tokens_to_full_grid
 from ..pipelines.zoomldm import COUPLINGS, ZoomLDMPipeline, assemble_tiles, match_low_frequencies, split_tiles
 from .config import TrainingConfig
 from .losses import info_nce, random_shift
@@ -52,7 +54,9 @@ class ZoomLDMConfig(TrainingConfig):
     levels: list[int] | None = None  # levels to train on (default all); [0] = single-scale baseline
     max_grid: int = 4
     uniform_magnification: bool = True  # stages 3-4: level ~ U{levels}, then a patch (official); False: shuffle patches
-    # stage 1: autoencoder
+    # stage 1: autoencoder; "kl" = diffusers AutoencoderKL with blocks vae_channels, "patch" = ZoomAutoencoder
+    # (PCA-initialised, norm-free) with hidden width vae_channels[-1]; either way f = 2^(len(vae_channels) - 1)
+    autoencoder: str = "patch"
     vae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     latent_channels: int = 4
     kl_weight: float = 1e-6
@@ -85,6 +89,8 @@ class ZoomLDMConfig(TrainingConfig):
         if self.patch_size % 2 ** (len(self.vae_channels) - 1):
             factor = 2 ** (len(self.vae_channels) - 1)
             raise ValueError(f"patch_size ({self.patch_size}) must be divisible by the VAE downsampling {factor}")
+        if self.autoencoder not in ("kl", "patch"):
+            raise ValueError(f"autoencoder must be 'kl' or 'patch', got {self.autoencoder!r}")
         if not 0 <= self.condition_dropout < 1:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
 
@@ -203,8 +209,13 @@ def run_stage(model: nn.Module, objective: Objective, dataset, config: ZoomLDMCo
     return type(model).from_pretrained(result.pipeline_dir)
 
 
-def build_vae(config: ZoomLDMConfig) -> AutoencoderKL:
+def build_vae(config: ZoomLDMConfig, dataset: ZoomPatchDataset) -> AutoencoderKL | ZoomAutoencoder:
+    """The stage-1 autoencoder; a ``patch`` one starts from the PCA code of the training patches' blocks."""
     count = len(config.vae_channels)
+    if config.autoencoder == "patch":
+        vae = ZoomAutoencoder(latent_channels=config.latent_channels, factor=2 ** (count - 1), hidden=config.vae_channels[-1])
+        vae.init_from_pca(training_patches(dataset))
+        return vae
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -218,11 +229,16 @@ def build_vae(config: ZoomLDMConfig) -> AutoencoderKL:
     )
 
 
-@torch.no_grad()
-def set_latent_scale(vae: AutoencoderKL, dataset: ZoomPatchDataset, count: int = 512) -> None:
-    """``scaling_factor = 1 / std(z)`` over up to ``count`` evenly spaced training patches (LDM convention)."""
+def training_patches(dataset: ZoomPatchDataset, count: int = 2048) -> torch.Tensor:
+    """Up to ``count`` evenly spaced training patches ``(N, 3, P, P)`` in ``[-1, 1]``."""
     picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int)
-    pixels = torch.stack([dataset[int(index)]["pixel_values"] for index in picks])
+    return torch.stack([dataset[int(index)]["pixel_values"] for index in picks])
+
+
+@torch.no_grad()
+def set_latent_scale(vae: AutoencoderKL | ZoomAutoencoder, dataset: ZoomPatchDataset, count: int = 512) -> None:
+    """``scaling_factor = 1 / std(z)`` over up to ``count`` evenly spaced training patches (LDM convention)."""
+    pixels = training_patches(dataset, count)
     latents = vae.eval().encode(pixels).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
 
@@ -270,7 +286,7 @@ def train(config: ZoomLDMConfig) -> TrainResult:
         clip_sample=False,  # x0 estimates are unit-variance latents, not [-1, 1] pixels
     )
     vae_config = stage_config(config, "autoencoder", config.vae_steps, config.vae_learning_rate, use_ema=False)
-    vae = run_stage(build_vae(config), AutoencoderObjective(config.kl_weight), dataset, vae_config)
+    vae = run_stage(build_vae(config, dataset), AutoencoderObjective(config.kl_weight), dataset, vae_config)
     set_latent_scale(vae, dataset)
 
     ssl_dataset = build_dataset(config, levels=[0])
@@ -360,12 +376,6 @@ def generate(
     return {"grid": str(output_dir / "samples.png"), "num_samples": num_samples, "magnification": magnification}
 
 
-def held_out_patches(pipe: ZoomLDMPipeline, images: list[str], level: int, limit: int) -> np.ndarray:
-    dataset = ZoomPatchDataset(images, "test", pipe.patch_size, pipe.num_levels, [level], pipe.denoiser.config.max_grid)
-    picks = np.linspace(0, len(dataset) - 1, min(limit, len(dataset))).astype(int)
-    return np.stack([dataset.patch(dataset.index[int(index)]).permute(1, 2, 0).numpy() for index in picks])
-
-
 @torch.no_grad()
 def ssl_features(pipe: ZoomLDMPipeline, images: np.ndarray) -> np.ndarray:
     pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2) * 2 - 1
@@ -386,18 +396,43 @@ def sample_patches(pipe: ZoomLDMPipeline, level: int, count: int, steps: int, se
     return area_downsample(stitched, cells).astype(np.float32)
 
 
+def real_windows(images: list[str], split: str, level: int, patch_size: int, limit: int, stride: int = 16) -> np.ndarray:
+    """Up to ``limit`` evenly spaced level-``level`` patches of ``split``'s columns taken every ``stride`` source
+    pixels (denser than the training grid, so the coarse levels have enough real patches), ``(N, P, P, 3)``."""
+    from ..data.zoom import area_downsample, load_large_images, split_bounds
+
+    extent, patches = patch_size * 2**level, []
+    for _, image in load_large_images(images):
+        start, stop = split_bounds(image.shape[-1], split)
+        for top in range(0, image.shape[-2] - extent + 1, stride):
+            for left in range(start, stop - extent + 1, stride):
+                patches.append(image[:, top : top + extent, left : left + extent])
+    picks = np.linspace(0, len(patches) - 1, min(limit, len(patches))).astype(int)
+    windows = area_downsample(torch.stack([patches[index] for index in picks]), 2**level)
+    return windows.permute(0, 2, 3, 1).numpy()
+
+
 def patch_quality(
     pipe, judge, images: list[str], levels: list[int], num_samples: int, steps: int, seed: int, tiled: bool = False
 ) -> dict:
-    """Per-level Frechet distance, in ``judge``'s SSL feature space, between samples and held-out patches."""
-    from ..eval.zoom import frechet_distance
+    """Per-level Frechet distance between ``num_samples`` samples and up to ``num_samples`` held-out patches
+    (:func:`real_windows`) with two judges: a fixed random CNN no model trained (``random_cnn_features``) and
+    ``judge``'s SSL encoder (which the model was conditioned on); ``real_floor`` is the random-CNN distance of as
+    many training patches to the held-out ones (what a model reproducing the training data would score)."""
+    from ..eval.zoom import frechet_distance, random_cnn_features
 
     scores = {}
     for level in levels:
-        real = held_out_patches(judge, images, level, num_samples)
+        real = real_windows(images, "test", level, judge.patch_size, num_samples)
         fake = sample_patches(pipe, level, num_samples, steps, seed, tiled)
-        distance = frechet_distance(ssl_features(judge, fake), ssl_features(judge, real))
-        scores[level] = {"frechet_distance": distance, "num_real": len(real)}
+        train_real = real_windows(images, "train", level, judge.patch_size, len(real))
+        scores[level] = {
+            "frechet_random_cnn": frechet_distance(random_cnn_features(fake), random_cnn_features(real)),
+            "frechet_ssl": frechet_distance(ssl_features(judge, fake), ssl_features(judge, real)),
+            "real_floor_random_cnn": frechet_distance(random_cnn_features(train_real), random_cnn_features(real)),
+            "num_real": len(real),
+            "num_samples": len(fake),
+        }
     return scores
 
 

@@ -36,3 +36,16 @@ def test_high_frequency_energy_drops_with_blur():
     noisy = np.random.default_rng(0).uniform(size=(32, 32, 3))
     blurred = np.repeat(np.repeat(area_downsample(noisy, 4)[0], 4, 0), 4, 1)
     assert high_frequency_energy(blurred) < 0.5 * high_frequency_energy(noisy)
+
+
+def test_random_cnn_features_are_fixed_and_separate_distributions():
+    from selfgen.eval.zoom import frechet_distance, random_cnn_features
+
+    rng = np.random.default_rng(0)
+    smooth = np.repeat(np.repeat(rng.random((96, 8, 8, 3)), 4, axis=1), 4, axis=2)
+    noisy = rng.random((96, 32, 32, 3))
+    features = random_cnn_features(smooth[:48])
+    assert features.shape == (48, 64)
+    np.testing.assert_allclose(random_cnn_features(smooth[:48]), features)  # the same fixed network every call
+    same = frechet_distance(random_cnn_features(smooth[48:]), features)
+    assert frechet_distance(random_cnn_features(noisy[:48]), features) > 2 * same  # 48 samples: a biased floor

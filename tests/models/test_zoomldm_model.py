@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from selfgen.models.zoomldm import (
+    ZoomAutoencoder,
     ZoomEmbeddingDiffusion,
     ZoomLDMDenoiser,
     ZoomSSLEncoder,
@@ -84,3 +85,30 @@ def test_ssl_encoder_embeddings_are_normalised():
     embeddings = encoder(torch.randn(5, 3, 16, 16))
     assert embeddings.shape == (5, 8) and encoder.project(embeddings).shape == (5, 4)
     torch.testing.assert_close(embeddings.mean(-1), torch.zeros(5), atol=1e-5, rtol=0)
+
+
+def test_patch_autoencoder_pca_code_is_exact_at_full_rank_and_keeps_shapes():
+    torch.manual_seed(0)
+    pixels = torch.rand(6, 3, 16, 16) * 2 - 1
+    full = ZoomAutoencoder(latent_channels=48, factor=4, hidden=8).eval()
+    full.init_from_pca(pixels)
+    latents = full.encode(pixels).latent_dist.mean
+    assert latents.shape == (6, 48, 4, 4)
+    torch.testing.assert_close(full.decode(latents).sample, pixels, atol=1e-4, rtol=0)
+    small = ZoomAutoencoder(latent_channels=4, factor=4, hidden=8).eval()
+    small.init_from_pca(pixels)
+    error = (small.decode(small.encode(pixels).latent_dist.mean).sample - pixels).pow(2).mean()
+    assert 0 < error < pixels.var()  # a rank-4 code loses something but beats predicting the mean
+
+
+def test_patch_autoencoder_decoder_is_local():
+    """No normalisation or attention: a window's decode equals the canvas decode away from its border."""
+    torch.manual_seed(0)
+    vae = ZoomAutoencoder(latent_channels=4, factor=2, hidden=8, pixel_hidden=4).eval()
+    for module in (vae.decode_residual[-1], vae.pixel_residual[-1]):
+        torch.nn.init.normal_(module.weight, std=0.3)
+    canvas = torch.randn(1, 4, 16, 16)
+    window = canvas[..., 4:12, 4:12].clone()
+    canvas[..., :2, :] += 10.0  # far-away latents change strongly: must not reach the window's interior
+    full, part = vae.decode(canvas).sample, vae.decode(window).sample
+    torch.testing.assert_close(part[..., 6:10, 6:10], full[..., 14:18, 14:18], atol=1e-5, rtol=0)

@@ -34,6 +34,7 @@ def test_all_stages_train_and_export_a_loadable_pipeline(trained):
     for stage in ("autoencoder", "ssl", "ldm", "cdm"):
         assert (root / "run" / stage / "logs" / "metrics.jsonl").is_file()
     pipe = ZoomLDMPipeline.from_pretrained(result.pipeline_dir)
+    assert type(pipe.vae).__name__ == "ZoomAutoencoder" and pipe.vae.config.factor == 2  # f = 2^(len(vae_channels) - 1)
     assert pipe.vae.config.scaling_factor != 0.18215  # set from the latents' std
     assert not pipe.scheduler.config.clip_sample  # DDIM must not clip unit-variance latent estimates to [-1, 1]
     assert pipe(magnification=2, num_images=2, num_inference_steps=2, output_type="np").images.shape == (2, 16, 16, 3)
@@ -58,6 +59,8 @@ def test_bundled_config_is_valid_and_exports_under_its_output_dir():
 def test_config_errors():
     with pytest.raises(ValueError, match="patch_size"):
         ZoomLDMConfig(patch_size=30, vae_channels=[8, 8, 8])
+    with pytest.raises(ValueError, match="autoencoder"):
+        ZoomLDMConfig(autoencoder="vq")
     with pytest.raises(ValueError, match="condition_dropout"):
         ZoomLDMConfig(condition_dropout=1.5)
     with pytest.raises(ValueError, match="--large"):
