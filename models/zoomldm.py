@@ -6,6 +6,8 @@
   (last layers zero-initialised), trained with ``||x - D(z)||^2 + beta KL``. No normalisation and no attention,
   so a decoder window depends only on nearby latents: windows straddling independently encoded tiles decode as
   the canvas would (the paper's KL/VQ-f4 autoencoder has GroupNorm and attention and is trained on 256-px crops).
+  After training each latent channel is divided by its std (``channel_scale``), so all reach the denoiser at
+  unit scale (LDM uses one global scale; PCA channels differ by orders of magnitude).
 * :class:`ZoomSSLEncoder` -- a small CNN trained with SimCLR's InfoNCE on full-resolution patches:
   ``e(x) = W pool(f(x))``; its embeddings of the level-0 sub-patches are the conditioning signal.
 * :class:`ZoomSummarizer` -- ``c = P(T([m_k; pad(A e_1..e_n) + pos]))``: the pooled sub-patch embeddings
@@ -100,6 +102,7 @@ class ZoomAutoencoder(ModelMixin, ConfigMixin):
         pixel_hidden: int = 16,
         logvar_init: float = -10.0,
         scaling_factor: float = 1.0,
+        channel_scale: list[float] | None = None,
     ) -> None:
         super().__init__()
         block = in_channels * factor**2
@@ -125,12 +128,27 @@ class ZoomAutoencoder(ModelMixin, ConfigMixin):
         self.decode_linear.weight.copy_(directions.T[:, :, None, None].float())
         self.decode_linear.bias.copy_(mean.float())
 
+    @torch.no_grad()
+    def set_channel_scale(self, pixels: torch.Tensor) -> None:
+        """``channel_scale`` = the per-channel std of the latent means of ``pixels``; latents are divided by it.
+        PCA channels span orders of magnitude, and with one global scale the denoiser's errors would swamp the
+        small (high-frequency) channels and decode as blocks."""
+        self.register_to_config(channel_scale=None)
+        self.register_to_config(channel_scale=self.encode(pixels).latent_dist.mean.std((0, 2, 3)).tolist())
+
+    def _channel_scale(self, like: torch.Tensor) -> torch.Tensor:
+        scale = self.config.channel_scale or [1.0] * self.config.latent_channels
+        return torch.tensor(scale, dtype=like.dtype, device=like.device)[:, None, None]
+
     def encode(self, pixels: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
         blocks = self.unshuffle(pixels)
-        posterior = DiagonalGaussianDistribution(self.encode_linear(blocks) + self.encode_residual(blocks))
+        mean, logvar = (self.encode_linear(blocks) + self.encode_residual(blocks)).chunk(2, dim=1)
+        scale = self._channel_scale(mean)
+        posterior = DiagonalGaussianDistribution(torch.cat([mean / scale, logvar - 2 * scale.log()], dim=1))
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     def decode(self, latents: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
+        latents = latents * self._channel_scale(latents)
         coarse = self.shuffle(self.decode_linear(latents) + self.decode_residual(latents))
         sample = coarse + self.pixel_residual(coarse)
         return DecoderOutput(sample=sample) if return_dict else (sample,)

@@ -237,8 +237,11 @@ def training_patches(dataset: ZoomPatchDataset, count: int = 2048) -> torch.Tens
 
 @torch.no_grad()
 def set_latent_scale(vae: AutoencoderKL | ZoomAutoencoder, dataset: ZoomPatchDataset, count: int = 512) -> None:
-    """``scaling_factor = 1 / std(z)`` over up to ``count`` evenly spaced training patches (LDM convention)."""
+    """``scaling_factor = 1 / std(z)`` over up to ``count`` evenly spaced training patches (LDM convention); a
+    :class:`ZoomAutoencoder` first standardises each latent channel (``channel_scale``)."""
     pixels = training_patches(dataset, count)
+    if isinstance(vae, ZoomAutoencoder):
+        vae.set_channel_scale(pixels)
     latents = vae.eval().encode(pixels).latent_dist.mean
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
 

@@ -95,6 +95,10 @@ def test_patch_autoencoder_pca_code_is_exact_at_full_rank_and_keeps_shapes():
     latents = full.encode(pixels).latent_dist.mean
     assert latents.shape == (6, 48, 4, 4)
     torch.testing.assert_close(full.decode(latents).sample, pixels, atol=1e-4, rtol=0)
+    full.set_channel_scale(pixels)  # unit-scale channels, same reconstruction
+    standardised = full.encode(pixels).latent_dist.mean
+    torch.testing.assert_close(standardised.std((0, 2, 3)), torch.ones(48), atol=1e-4, rtol=0)
+    torch.testing.assert_close(full.decode(standardised).sample, pixels, atol=1e-4, rtol=0)
     small = ZoomAutoencoder(latent_channels=4, factor=4, hidden=8).eval()
     small.init_from_pca(pixels)
     error = (small.decode(small.encode(pixels).latent_dist.mean).sample - pixels).pow(2).mean()
@@ -108,7 +112,8 @@ def test_patch_autoencoder_decoder_is_local():
     for module in (vae.decode_residual[-1], vae.pixel_residual[-1]):
         torch.nn.init.normal_(module.weight, std=0.3)
     canvas = torch.randn(1, 4, 16, 16)
-    window = canvas[..., 4:12, 4:12].clone()
-    canvas[..., :2, :] += 10.0  # far-away latents change strongly: must not reach the window's interior
+    window = canvas[..., 2:14, 2:14].clone()  # 3 latent + 3 pixel 3x3 convs: pixels 9..14 of it see no padding
+    canvas[..., :1, :] += 10.0  # far-away latents change strongly: must not reach the window's interior
     full, part = vae.decode(canvas).sample, vae.decode(window).sample
-    torch.testing.assert_close(part[..., 6:10, 6:10], full[..., 14:18, 14:18], atol=1e-5, rtol=0)
+    torch.testing.assert_close(part[..., 9:15, 9:15], full[..., 13:19, 13:19], atol=1e-5, rtol=0)
+    assert not torch.allclose(part[..., :2, :2], full[..., 4:6, 4:6], atol=1e-3)  # the border does see padding
