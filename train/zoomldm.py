@@ -1,9 +1,9 @@
 """ZoomLDM training: four stages, one :class:`Trainer` each, on multi-scale patches of large images.
 
 1. **autoencoder** -- ``L = ||x - D(z)||^2 + beta KL(q(z|x) || N(0, I))`` on patches of every level; a small
-   ``diffusers.AutoencoderKL`` (``autoencoder: kl``) or :class:`~selfgen.models.zoomldm.ZoomAutoencoder`
-   (``autoencoder: patch``, the bundled configs: PCA-initialised, norm-free, 8 channels at f4); afterwards
-   ``scaling_factor = 1 / std(z)``.
+   ``diffusers.AutoencoderKL`` (``autoencoder: kl``, the bundled checkpoints) or
+   :class:`~selfgen.models.zoomldm.ZoomAutoencoder` (``autoencoder: patch``, ``configs/zoomldm_*_patchae.yaml``:
+   PCA-initialised, norm-free, 8 channels at f4, channels standardised); afterwards ``scaling_factor = 1 / std(z)``.
 2. **SSL encoder** -- SimCLR on level-0 patches: two random views (flip, rotation, shift, colour jitter),
    ``L = InfoNCE(g(e(v1)), g(e(v2)))``. Its embeddings of every image's level-0 grid are then computed
    once and attached to the data: a level-``k`` patch is conditioned on its ``2^k x 2^k`` sub-patch
