@@ -46,6 +46,6 @@ def test_random_cnn_features_are_fixed_and_separate_distributions():
     noisy = rng.random((96, 32, 32, 3))
     features = random_cnn_features(smooth[:48])
     assert features.shape == (48, 64)
-    np.testing.assert_allclose(random_cnn_features(smooth[:48]), features)  # the same fixed network every call
+    np.testing.assert_allclose(random_cnn_features(smooth[:48]), features, rtol=1e-5, atol=1e-6)  # the same fixed network every call
     same = frechet_distance(random_cnn_features(smooth[48:]), features)
     assert frechet_distance(random_cnn_features(noisy[:48]), features) > 2 * same  # 48 samples: a biased floor
