@@ -3,10 +3,10 @@
     OMP_NUM_THREADS=1 python benchmarks/ddae.py [--batch 32] [--patch 2] [--repeats 5] [--bf16]
 
 Times one forward + backward (+ AdamW step) of the bundled-checkpoint size (16x16x1, hidden 64, depth 6,
-4 heads) on the same batch for: our DiT with and without self-conditioning, in fp32 (and bf16 autocast
+4 heads, U-ViT long skips) on the same batch for: our DiT with and without self-conditioning, in fp32 (and bf16 autocast
 with ``--bf16``; on a CPU without AMX it is several times slower),
 and ``diffusers.DiTTransformer2DModel`` with the same width, depth, heads and patch (adaLN-Zero with a
-single dummy class, as that class requires labels). Variants are interleaved (in alternating order) and the median of
+single dummy class, as that class requires labels; no long skips). Variants are interleaved (in alternating order) and the median of
 ``repeats`` rounds is reported, so background load affects all of them alike. Prints steps/s and ratios,
 the self-conditioning overhead as the median of the per-round time ratios (paired within a round), and the
 floating-point operations of one training step counted by ``torch.utils.flop_counter.FlopCounterMode``
@@ -30,7 +30,9 @@ SIZE = dict(hidden_size=64, depth=6, num_heads=4)
 
 
 def ours(self_conditioning: bool, patch: int) -> tuple[torch.nn.Module, Callable]:
-    model = DDAETransformer2DModel(sample_size=16, patch_size=patch, self_conditioning=self_conditioning, **SIZE)
+    model = DDAETransformer2DModel(
+        sample_size=16, patch_size=patch, self_conditioning=self_conditioning, long_skips=True, **SIZE
+    )
     return model, lambda x, t: model(x, t).sample
 
 

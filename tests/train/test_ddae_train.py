@@ -156,3 +156,28 @@ def test_trains_on_an_image_folder(tmp_path):
     config = tiny_config(tmp_path, data=str(folder), in_channels=3, train_batch_size=4, max_train_steps=2)
     pipe = DDAEPipeline.from_pretrained(train(config).pipeline_dir)
     assert pipe.transformer.config.in_channels == 3
+
+
+@pytest.mark.parametrize(
+    "asset, config_file", [("ddae-digits", "ddae_digits.yaml"), ("ddae-digits-noselfcond", "ddae_digits_noselfcond.yaml")]
+)
+def test_bundled_checkpoint_is_what_its_config_builds(asset, config_file):
+    """The asset's architecture (long skips, self-conditioning, feature defaults) and every weight's name and
+    shape equal what `configs/<file>` builds, so the README's rebuild command rebuilds this asset."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from selfgen.train.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    folder = root / "assets" / asset / "transformer"
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"{folder} not built")
+    model = build_transformer(load_config(DDAEConfig, root / "configs" / config_file))
+    saved = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
+    assert saved == {k: v for k, v in model.config.items() if not k.startswith("_")}
+    with safe_open(folder / "diffusion_pytorch_model.safetensors", "pt") as weights:
+        shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    assert shapes == {name: tuple(p.shape) for name, p in model.state_dict().items()}
