@@ -7,7 +7,8 @@ camera-to-world, "intrinsics": (3, 3) shared or (V, 3, 3) per view}``; view 0 is
   a few coloured boxes and spheres, some moving on the floor, under a sky gradient) seen along orbit,
   pan, dolly and arc camera paths and their mixtures. Every view of every scene has an exact ground
   truth, and :func:`render` renders any other camera path of a scene (with depth, for visibility masks).
-  ``split="test"`` draws held-out scenes from a different seed stream than ``split="train"``.
+  ``split="test"`` draws held-out scenes from a different seed stream than ``split="train"``;
+  :func:`render_background` renders a scene without its objects and masks the object pixels.
 * :class:`MultiViewVideoFolder` -- the user's own multi-camera recordings: one sub-folder per scene
   holding videos and, beside each, a camera JSON of the same name (see :func:`load_camera_file`); OpenCV or
   OpenGL camera axes (``camera_convention``), per-view intrinsics, camera positions rescaled to the synthetic
@@ -195,6 +196,14 @@ def render(
     if return_depth:
         return video, np.stack([depth for _, depth in frames]).astype(np.float32)
     return video
+
+
+def render_background(scene: Scene, cameras: np.ndarray, intrinsics: np.ndarray, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``scene`` with its objects removed (floor and sky only) along ``cameras``, and the ``(F, H, W)`` mask of
+    the pixels where the full scene shows an object (an object surface is the nearest hit)."""
+    background, background_depth = render(Scene([], scene.floor_colors, scene.sky_colors), cameras, intrinsics, size, True)
+    _, depth = render(scene, cameras, intrinsics, size, return_depth=True)
+    return background, depth < background_depth
 
 
 def project_points(points: np.ndarray, camera: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,8 @@
   generations of the same camera path (e.g. views A and A' at the start and end of a chain), over the whole
   frame and over the pixels the source never saw (``selfgen.data.multiview.unseen_mask``), where the model
   must hallucinate and only memory can make the two generations agree.
+* :func:`error_share` -- the share of a view's squared error on a set of pixels (e.g. the objects' pixels,
+  ``selfgen.data.multiview.render_background``): where the error the PSNR counts comes from.
 * :func:`chain_slope` -- how fast quality changes along an autoregressive chain: the least-squares slope of
   per-view PSNR against chain position (dB per view; negative = degrading).
 * :func:`camera_error` -- the camera-accuracy proxy: a generated view is matched (lowest MSE) against
@@ -48,6 +50,18 @@ def masked_psnr(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) ->
     if not mask.any():
         return float("nan")
     return psnr(prediction[mask], target[mask])
+
+
+def error_share(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the total squared error ``sum_mask (p - t)^2 / sum (p - t)^2`` that falls on the pixels of
+    ``mask`` ``(..., H, W)`` (e.g. the object pixels); ``nan`` when the prediction is exact."""
+    prediction, target = _check_pair(prediction, target)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != prediction.shape[:-1]:
+        raise ValueError(f"mask must have shape {prediction.shape[:-1]}, got {mask.shape}")
+    squared = ((prediction - target) ** 2).sum(-1)
+    total = float(squared.sum())
+    return float("nan") if total == 0 else float(squared[mask].sum() / total)
 
 
 def ssim(prediction: np.ndarray, target: np.ndarray) -> float:

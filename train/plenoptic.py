@@ -43,7 +43,8 @@ synthetic training scenes (``neighbour_prob``, see :class:`MultiViewSceneDataset
 path is a slightly turned copy of another view's, as multi-camera datasets include overlapping
 trajectories; without them retrieval never offers a condition near the target camera (a departure in
 the data, named in ``docs/plenoptic.md``). ``selfgen train plenoptic --config configs/plenoptic_scenes.yaml``
-rebuilds ``assets/plenoptic-scenes``. The equal-budget fine-tuning stage starts from that asset
+followed by ``configs/plenoptic_scenes_stage2.yaml`` (600 more steps at ``timestep_shift: 3``, reading stage 1's
+export) rebuilds ``assets/plenoptic-scenes``. The equal-budget fine-tuning stage starts from that asset
 (``pretrained``): ``configs/plenoptic_scenes_continue.yaml`` (plain continuation, the control) and the arms
 ``plenoptic_scenes_selfcond.yaml`` (offline), ``plenoptic_scenes_online_selfcond.yaml`` (online) and
 ``plenoptic_scenes_single_in.yaml``, each the control with one field changed.

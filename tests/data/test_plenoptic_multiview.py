@@ -17,6 +17,7 @@ from selfgen.data.multiview import (
     look_at,
     project_points,
     render,
+    render_background,
     rotate_about_vertical,
     unseen_mask,
 )
@@ -48,6 +49,20 @@ def test_a_world_point_projects_where_the_renderer_draws_it():
     assert depths[0] - 0.5 <= depth[0, v, u] <= depths[0]  # its front surface, at most a radius nearer
     np.testing.assert_allclose(pixels[1], [16.0, 16.0], atol=1e-6)  # the look-at point is the principal point
     assert (video[0, 0, :, 2] > 0.9).all()  # the top row is sky
+
+
+def test_background_render_drops_the_objects_and_masks_exactly_their_pixels():
+    scene, intrinsics = _one_sphere_scene(), default_intrinsics(32)
+    cameras = np.stack([look_at(np.array([0.5, 2.0, 4.0]), np.array([0.0, 0.3, 0.0]))] * 2)
+    video = render(scene, cameras, intrinsics, 32)
+    background, mask = render_background(scene, cameras, intrinsics, 32)
+    assert mask.shape == (2, 32, 32) and 0 < mask.mean() < 0.5  # the sphere covers part of the frame
+    red = (video[..., 0] > 0.3) & (video[..., 2] < 0.05)  # the sphere is red; sky is blue, floor grey
+    np.testing.assert_array_equal(mask, red)
+    np.testing.assert_allclose(background[~mask], video[~mask], atol=1e-6)  # floor and sky unchanged
+    assert (np.abs(background[mask] - video[mask]).max(-1) > 0.1).all()  # object pixels show the floor/sky behind
+    empty = Scene([], scene.floor_colors, scene.sky_colors)
+    assert not render_background(empty, cameras, intrinsics, 32)[1].any()
 
 
 def test_moving_objects_move_and_every_camera_path_kind_is_rigid():

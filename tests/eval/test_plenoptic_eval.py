@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from selfgen.eval.multiview import MAX_PSNR, camera_error, chain_slope, masked_psnr, psnr, ssim
+from selfgen.eval.multiview import MAX_PSNR, camera_error, chain_slope, error_share, masked_psnr, psnr, ssim
 
 
 def test_psnr_values_and_mask():
@@ -17,6 +17,21 @@ def test_psnr_values_and_mask():
     assert np.isnan(masked_psnr(prediction, target, np.zeros_like(mask)))
     with pytest.raises(ValueError, match="same shape"):
         psnr(target, target[0])
+
+
+def test_error_share_splits_the_squared_error_by_mask():
+    target = np.zeros((2, 4, 4, 3))
+    mask = np.zeros((2, 4, 4), dtype=bool)
+    mask[:, :1] = True  # a quarter of the pixels
+    prediction = target.copy()
+    prediction[:, :1] += 0.2  # error only on the mask
+    np.testing.assert_allclose(error_share(prediction, target, mask), 1.0, rtol=1e-12)
+    prediction[:, 1:] += 0.2  # the same error everywhere: the share is the mask's pixel share
+    np.testing.assert_allclose(error_share(prediction, target, mask), 0.25, rtol=1e-9)
+    np.testing.assert_allclose(error_share(prediction, target, ~mask), 0.75, rtol=1e-9)
+    assert np.isnan(error_share(target, target, mask))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        error_share(prediction, target, mask[0])
 
 
 def test_ssim_is_one_for_identical_videos_and_drops_with_noise():
