@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.utils import BaseOutput
+from einops import rearrange
 from torch import nn
 
 from .attention import Attention, AttentionBackendMixin
@@ -103,6 +105,7 @@ class ZoomAutoencoder(ModelMixin, ConfigMixin):
         logvar_init: float = -10.0,
         scaling_factor: float = 1.0,
         channel_scale: list[float] | None = None,
+        latent_noise: float = 0.0,
     ) -> None:
         super().__init__()
         block = in_channels * factor**2
@@ -118,7 +121,8 @@ class ZoomAutoencoder(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def init_from_pca(self, pixels: torch.Tensor) -> None:
         """Set ``W_e`` (means) to the top-``c`` principal directions of the ``f x f`` blocks of ``pixels``
-        ``(N, 3, H, W)`` and ``W_d = W_e^T`` (the optimal linear code), biases from the block mean."""
+        ``(N, 3, H, W)`` and ``W_d = W_e^T`` (the optimal linear code), biases from the block mean; channels standardised
+        from the start, so ``latent_noise`` is a fraction of each channel's std during training too."""
         blocks = self.unshuffle(pixels).permute(0, 2, 3, 1).reshape(-1, self.encode_linear.in_channels).double()
         mean = blocks.mean(0)
         directions = torch.linalg.svd(blocks - mean, full_matrices=False).Vh[: self.config.latent_channels]
@@ -127,12 +131,13 @@ class ZoomAutoencoder(ModelMixin, ConfigMixin):
         self.encode_linear.bias[:count] = -(directions @ mean).float()
         self.decode_linear.weight.copy_(directions.T[:, :, None, None].float())
         self.decode_linear.bias.copy_(mean.float())
+        self.set_channel_scale(pixels)
 
     @torch.no_grad()
     def set_channel_scale(self, pixels: torch.Tensor) -> None:
-        """``channel_scale`` = the per-channel std of the latent means of ``pixels``; latents are divided by it.
-        PCA channels span orders of magnitude, and with one global scale the denoiser's errors would swamp the
-        small (high-frequency) channels and decode as blocks."""
+        """``channel_scale`` = the per-channel std of the latent means of ``pixels``; latents are divided by it
+        (the reconstruction does not change). PCA channels span orders of magnitude, and with one global scale the
+        denoiser's errors would swamp the small (high-frequency) channels and decode as blocks."""
         self.register_to_config(channel_scale=None)
         self.register_to_config(channel_scale=self.encode(pixels).latent_dist.mean.std((0, 2, 3)).tolist())
 
@@ -144,7 +149,10 @@ class ZoomAutoencoder(ModelMixin, ConfigMixin):
         blocks = self.unshuffle(pixels)
         mean, logvar = (self.encode_linear(blocks) + self.encode_residual(blocks)).chunk(2, dim=1)
         scale = self._channel_scale(mean)
-        posterior = DiagonalGaussianDistribution(torch.cat([mean / scale, logvar - 2 * scale.log()], dim=1))
+        logvar = logvar - 2 * scale.log()
+        if self.config.latent_noise > 0:  # posterior std floor: the decoder learns to tolerate latent errors
+            logvar = logvar.clamp(min=2 * math.log(self.config.latent_noise))
+        posterior = DiagonalGaussianDistribution(torch.cat([mean / scale, logvar], dim=1))
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     def decode(self, latents: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
@@ -340,8 +348,8 @@ class ZoomLDMDenoiser(AttentionBackendMixin, ModelMixin, ConfigMixin):
         shift, scale = self.out_modulation(temb).chunk(2, dim=-1)
         out = self.proj_out(modulate(self.norm_out(hidden), shift, scale))
         side = size // patch
-        out = out.reshape(batch, side, side, patch, patch, channels).permute(0, 5, 1, 3, 2, 4)
-        return out.reshape(batch, channels, size, size)
+        out = rearrange(out, "b (h w) (p q c) -> b c (h p) (w q)", h=side, p=patch, q=patch)
+        return out
 
 
 class ZoomEmbeddingDiffusion(AttentionBackendMixin, ModelMixin, ConfigMixin):

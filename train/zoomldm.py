@@ -60,6 +60,7 @@ class ZoomLDMConfig(TrainingConfig):
     vae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     latent_channels: int = 4
     kl_weight: float = 1e-6
+    latent_noise: float = 0.0  # "patch" only: posterior std floor (fraction of each channel's std)
     vae_steps: int = 600
     vae_learning_rate: float = 1e-3
     # stage 2: SSL encoder
@@ -213,7 +214,12 @@ def build_vae(config: ZoomLDMConfig, dataset: ZoomPatchDataset) -> AutoencoderKL
     """The stage-1 autoencoder; a ``patch`` one starts from the PCA code of the training patches' blocks."""
     count = len(config.vae_channels)
     if config.autoencoder == "patch":
-        vae = ZoomAutoencoder(latent_channels=config.latent_channels, factor=2 ** (count - 1), hidden=config.vae_channels[-1])
+        vae = ZoomAutoencoder(
+            latent_channels=config.latent_channels,
+            factor=2 ** (count - 1),
+            hidden=config.vae_channels[-1],
+            latent_noise=config.latent_noise,
+        )
         vae.init_from_pca(training_patches(dataset))
         return vae
     return AutoencoderKL(

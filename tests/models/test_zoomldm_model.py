@@ -105,6 +105,24 @@ def test_patch_autoencoder_pca_code_is_exact_at_full_rank_and_keeps_shapes():
     assert 0 < error < pixels.var()  # a rank-4 code loses something but beats predicting the mean
 
 
+def test_patch_autoencoder_latent_noise_floors_the_posterior_std_only():
+    """``latent_noise`` is a floor on the posterior std in units of each channel's std (PCA init standardises the
+    channels): samples carry at least that noise, the means (what the pipeline encodes) do not change."""
+    torch.manual_seed(0)
+    pixels = torch.rand(6, 3, 16, 16) * 2 - 1
+    plain = ZoomAutoencoder(latent_channels=4, factor=4, hidden=8).eval()
+    plain.init_from_pca(pixels)
+    noisy = ZoomAutoencoder(latent_channels=4, factor=4, hidden=8, latent_noise=0.2).eval()
+    noisy.load_state_dict(plain.state_dict())
+    noisy.register_to_config(channel_scale=plain.config.channel_scale)
+    exact, floored = plain.encode(pixels).latent_dist, noisy.encode(pixels).latent_dist
+    torch.testing.assert_close(exact.mean.std((0, 2, 3)), torch.ones(4), atol=1e-4, rtol=0)  # standardised at init
+    torch.testing.assert_close(floored.mean, exact.mean)
+    assert exact.std.max() < 0.05 and floored.std.min() >= 0.2 - 1e-6
+    spread = (floored.sample() - floored.mean).std()
+    assert 0.15 < spread < 0.25
+
+
 def test_patch_autoencoder_decoder_is_local():
     """No normalisation or attention: a window's decode equals the canvas decode away from its border."""
     torch.manual_seed(0)
