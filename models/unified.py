@@ -14,6 +14,8 @@ path, as BAGEL encodes images for understanding (ViT) and for generation (VAE) w
 ``generation_conv_channels > 0`` a 3x3 conv stem before the generation patches and a 3x3 conv head after
 them (zero-initialised, so the velocity starts at 0). Ours, not BAGEL's (whose VAE does this work): without
 the conv stem/head the generation path at 4x4 patches drew independent 4x4 colour tiles (a patch mosaic).
+``understanding_conv_channels > 0`` puts a 3x3 conv stem before the understanding patches too (ours: a
+stand-in for BAGEL's pretrained ViT encoder, which we do not have; see ``docs/srum.md``, eighth pass).
 
 * generation: ``[prompt tokens (und, causal)] [noisy patches + t-embedding (gen, full)]``; image tokens
   attend to all valid prompt tokens and to each other; the ``gen`` expert's head predicts the
@@ -145,6 +147,7 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         sample_size: image side in pixels; in_channels: image channels; patch_size: understanding patch side.
         generation_patch_size: generation patch side (``None``: ``patch_size``).
         generation_conv_channels: width of the generation path's 3x3 conv stem/head (0: none).
+        understanding_conv_channels: width of the understanding path's 3x3 conv stem (0: none).
         max_text_length: longest prompt or question in tokens.
         dim, num_layers, num_heads, mlp_ratio: trunk width/depth.
     """
@@ -166,18 +169,25 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         generation_patch_size: int | None = None,
         generation_conv_channels: int = 0,
+        understanding_conv_channels: int = 0,
     ) -> None:
         super().__init__()
         gen_patch = generation_patch_size or patch_size
         for name, size in (("patch_size", patch_size), ("generation_patch_size", gen_patch)):
             if size < 1 or sample_size % size:
                 raise ValueError(f"{name} ({size}) must be >= 1 and divide sample_size ({sample_size})")
-        if generation_conv_channels < 0:
-            raise ValueError(f"generation_conv_channels must be >= 0, got {generation_conv_channels}")
+        for name, width in (
+            ("generation_conv_channels", generation_conv_channels),
+            ("understanding_conv_channels", understanding_conv_channels),
+        ):
+            if width < 0:
+                raise ValueError(f"{name} must be >= 0, got {width}")
         # understanding path
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.text_pos = nn.Parameter(torch.zeros(1, max_text_length, dim))
-        self.und_patch_embed = nn.Linear(in_channels * patch_size**2, dim)
+        und_conv = understanding_conv_channels or in_channels
+        self.und_conv_in = nn.Conv2d(in_channels, und_conv, 3, padding=1) if understanding_conv_channels else None
+        self.und_patch_embed = nn.Linear(und_conv * patch_size**2, dim)
         self.und_norm_out = nn.LayerNorm(dim)
         self.lm_head = nn.Linear(dim, vocab_size)
         # generation path: optional 3x3 conv stem/head around the patch embedding (pixel channels `conv`)
@@ -229,6 +239,13 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         image = unpatchify(self.velocity_head(tokens), self.generation_patch_size, channels, size, size)
         return self.gen_conv_out(F.gelu(image, approximate="tanh")) if self.gen_conv_out is not None else image
 
+    def _embed_clean_image(self, pixel_values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Understanding tokens: (conv stem,) ``p x p`` patches, linear embedding, positions."""
+        pixel_values = pixel_values.to(dtype)
+        if self.und_conv_in is not None:
+            pixel_values = F.gelu(self.und_conv_in(pixel_values), approximate="tanh")
+        return self.und_patch_embed(patchify(pixel_values, self.config.patch_size)) + self.und_image_pos
+
     def _embed_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if ids.shape[1] > self.text_pos.shape[1]:
             raise ValueError(f"text has {ids.shape[1]} tokens; the model takes at most {self.text_pos.shape[1]}")
@@ -259,7 +276,7 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
     def answer_logits(self, pixel_values: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits ``(B, L, vocab)`` over the question tokens, reading the clean image."""
         text, text_valid = self._embed_text(question_ids)
-        image = self.und_patch_embed(patchify(pixel_values.to(text.dtype), self.config.patch_size)) + self.und_image_pos
+        image = self._embed_clean_image(pixel_values, text.dtype)
         num_image = image.shape[1]
         hidden = self._trunk(
             torch.cat([image, text], dim=1), num_image + text.shape[1], understanding_mask(text_valid, num_image)

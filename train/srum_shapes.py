@@ -32,7 +32,7 @@ from accelerate.utils import set_seed
 from ..data.scenes import REGIONS, parse_prompt, question_in_region, sample_training_prompt
 from ..eval.plots import save_image_grid
 from ..eval.scenes import judge_image, paired_difference, ranking_auc, region_labels
-from ..eval.statistics import standard_error
+from ..eval.statistics import bootstrap_interval, standard_error
 from ..pipelines.unified import UnifiedPipeline
 from . import unified
 from .registry import Method
@@ -108,7 +108,8 @@ def self_judge_agreement(
 
     Draws ``num_prompts`` prompts of ``split``, ``samples_per_prompt`` images each, and returns the judge's
     accuracy, the AUC of each self-reward (global ``g``, reward-map mean, sum of local ``s_r``) for
-    telling judge-correct from judge-wrong samples (0.5 = chance), the judge accuracy of the
+    telling judge-correct from judge-wrong samples (0.5 = chance; ``auc_*_low``/``_high``: a 95% bootstrap
+    interval over prompts), the judge accuracy of the
     top-1 sample of each prompt under that reward (best-of-K selection by the model itself) and its gain over
     a random pick of the same prompt's samples with the standard error over prompts (``top1_gain_*``,
     ``top1_gain_*_se``: 0 means the judge cannot rank its own samples; ``top1_gain_oracle`` is the same for
@@ -141,6 +142,12 @@ def self_judge_agreement(
     grouped = correct.reshape(-1, samples_per_prompt)
     for name, values in candidates.items():
         results[f"auc_{name}"] = ranking_auc(values, correct)
+        rows = np.concatenate([values.reshape(grouped.shape), grouped], axis=1)  # one row per prompt
+
+        def auc(rows: np.ndarray) -> float:
+            return ranking_auc(rows[:, :samples_per_prompt].ravel(), rows[:, samples_per_prompt:].ravel() > 0)
+
+        results[f"auc_{name}_low"], results[f"auc_{name}_high"] = bootstrap_interval(auc, rows, num_resamples=500)
         best = values.reshape(-1, samples_per_prompt).argmax(axis=1)
         top1 = grouped[np.arange(len(best)), best]
         gain = top1 - grouped.mean(axis=1)

@@ -28,7 +28,10 @@ understanding stages (``configs/unified_shapes_stage4.yaml``, ``configs/unified_
 whether a whole prompt holds (``prompt_fraction``: "does the image show {prompt}?" with training-split hard
 negatives). Prompt tokens pass through the understanding expert on the generation side too, so such a
 stage changes generation a little.
-``occupancy_eval_steps > 0`` logs :func:`occupancy_auc` every that many steps to ``logs/occupancy_auc.jsonl``.
+``occupancy_eval_steps > 0`` logs :func:`occupancy_auc` and :func:`judge_verification` every that many steps
+to ``logs/occupancy_auc.jsonl``. ``new_understanding_encoder`` (with ``pretrained``) replaces the checkpoint's
+understanding patch embedding by a fresh one of ``patch_size`` with an ``understanding_conv_channels`` conv
+stem (:func:`with_new_understanding_encoder`): the judge recipe ``configs/unified_shapes_conv_judge.yaml``.
 """
 
 from __future__ import annotations
@@ -60,13 +63,17 @@ from ..data.scenes import (
     ScenesDataset,
     parse_prompt,
     prompt_split,
+    perturb_prompt,
+    question_about_prompt,
     question_in_region,
+    region_questions,
     render_scene,
     sample_scene,
     scene_questions,
 )
 from ..eval.plots import save_image_grid
 from ..eval.scenes import SceneJudge, judge_image, ranking_auc
+from ..eval.statistics import bootstrap_interval
 from ..models.unified import UnifiedTransformer
 from ..pipelines.unified import UnifiedPipeline
 from .config import TrainingConfig
@@ -76,6 +83,7 @@ from .trainer import Objective, Trainer, TrainerCallback, TrainResult
 
 
 TRAIN_PARAMETERS = ("all", "understanding")
+MONITOR_SEED = 1000  # the scenes the training-time judge log uses (evaluate reports other scenes)
 
 
 @dataclass
@@ -86,6 +94,8 @@ class UnifiedConfig(TrainingConfig):
     patch_size: int = 4  # understanding patches (BAGEL: the ViT side)
     generation_patch_size: int = 0  # generation patches (BAGEL: the VAE side); 0: patch_size
     generation_conv_channels: int = 0  # > 0: a 3x3 conv stem/head of that width around the generation patches
+    understanding_conv_channels: int = 0  # > 0: a 3x3 conv stem of that width before the understanding patches
+    new_understanding_encoder: bool = False  # with pretrained: a fresh understanding encoder (patch_size, conv stem)
     num_examples: int = 200000  # scenes in the (procedural) training set
     cfg_dropout: float = 0.1
     understanding_weight: float = 1.0
@@ -95,6 +105,7 @@ class UnifiedConfig(TrainingConfig):
     region_fraction: float = 0.0  # question slots replaced by a region question (occupancy or noun in a quadrant)
     occupancy_fraction: float = 0.0  # question slots replaced by "is there an object in the {region}?"
     prompt_fraction: float = 0.0  # question slots replaced by "does the image show {prompt / a hard negative}?"
+    question_lm_weight: float = 0.0  # > 0: also next-token CE on the question words given the image
     train_parameters: str = "all"  # "all", or "understanding": the generation expert stays frozen
     occupancy_eval_steps: int = 0  # > 0: log occupancy_auc every that many steps
     eval_prompts_per_category: int = 16
@@ -116,10 +127,17 @@ def empty_prompt_like(prompt_ids: torch.Tensor) -> torch.Tensor:
 class JointObjective(Objective):
     """Rectified-flow generation loss plus answer cross-entropy (see the module docstring)."""
 
-    def __init__(self, cfg_dropout: float, understanding_weight: float, generation_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        cfg_dropout: float,
+        understanding_weight: float,
+        generation_weight: float = 1.0,
+        question_lm_weight: float = 0.0,
+    ) -> None:
         self.cfg_dropout = cfg_dropout
         self.understanding_weight = understanding_weight
         self.generation_weight = generation_weight
+        self.question_lm_weight = question_lm_weight
 
     def _generation_inputs(self, batch: dict) -> tuple[dict, torch.Tensor | None]:
         """The flow-matching inputs and target, or nothing when the generation loss is off."""
@@ -151,11 +169,24 @@ class JointObjective(Objective):
             accuracy = (logits.argmax(-1) == answers).float().mean()
             logs = {"loss_understanding": understanding.item(), "answer_accuracy": accuracy.item()}
             loss = self.understanding_weight * understanding
+            if self.question_lm_weight > 0:
+                question_lm = question_lm_loss(output.logits, batch["question_ids"].flatten(0, 1))
+                loss = loss + self.question_lm_weight * question_lm
+                logs["loss_question_lm"] = question_lm.item()
         if target is not None:
             generation = F.mse_loss(output.sample.float(), target.float())
             loss = loss + self.generation_weight * generation
             logs["loss_generation"] = generation.item()
         return loss, logs
+
+
+def question_lm_loss(logits: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over the question's own words given the image: position ``t`` predicts
+    token ``t + 1`` wherever both are real tokens (not padding); the answer, predicted at ``<a>``, is not
+    part of it."""
+    targets = question_ids[:, 1:]
+    valid = (question_ids[:, :-1] != PAD_ID) & (targets != PAD_ID)
+    return F.cross_entropy(logits[:, :-1][valid].float(), targets[valid])
 
 
 def collate(examples: list[dict]) -> dict:
@@ -166,7 +197,9 @@ def collate(examples: list[dict]) -> dict:
 
 class OccupancyCallback(TrainerCallback):
     """Every ``every_steps`` updates, appends the current weights' :func:`occupancy_auc` (does the judge
-    know where objects are?) to ``logs/occupancy_auc.jsonl``."""
+    know where objects are?) and :func:`judge_verification` (whole-prompt and region answers on rendered
+    held-out scenes drawn with :data:`MONITOR_SEED`, not the scenes ``evaluate`` reports) to
+    ``logs/occupancy_auc.jsonl``."""
 
     def __init__(self, every_steps: int, num_scenes: int = 200) -> None:
         self.every_steps, self.num_scenes = every_steps, num_scenes
@@ -177,9 +210,11 @@ class OccupancyCallback(TrainerCallback):
         model = trainer.unwrapped_model
         model.eval()
         with torch.no_grad(), trainer.accelerator.autocast():
-            auc = occupancy_auc(build_pipeline(model), self.num_scenes)
+            pipe = build_pipeline(model)
+            record = {"step": trainer.global_step, "occupancy_auc": occupancy_auc(pipe, self.num_scenes)}
+            record.update(judge_verification(pipe, self.num_scenes, seed=MONITOR_SEED))
         model.train()
-        record = {"step": trainer.global_step, "occupancy_auc": auc, "loss_understanding": logs.get("loss_understanding")}
+        record["loss_understanding"] = logs.get("loss_understanding")
         with open(trainer.logs_dir / "occupancy_auc.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -194,6 +229,25 @@ def export_pipeline(model: nn.Module, directory: Path) -> None:
     build_pipeline(model).save_pretrained(directory)
 
 
+def with_new_understanding_encoder(
+    model: UnifiedTransformer, patch_size: int, understanding_conv_channels: int
+) -> UnifiedTransformer:
+    """``model`` with a freshly initialised understanding image encoder (``patch_size`` patches, a conv stem of
+    ``understanding_conv_channels``; 0: none); every other weight, the generation patches included, is kept."""
+    fresh = UnifiedTransformer.from_config(
+        model.config,
+        patch_size=patch_size,
+        generation_patch_size=model.generation_patch_size,
+        understanding_conv_channels=understanding_conv_channels,
+    )
+    encoder = ("und_patch_embed.", "und_conv_in.")
+    kept = {name: value for name, value in model.state_dict().items() if not name.startswith(encoder)}
+    missing, unexpected = fresh.load_state_dict(kept, strict=False)
+    if unexpected or not all(name.startswith(encoder) for name in missing):
+        raise RuntimeError(f"understanding encoder swap: unexpected {unexpected}, missing {missing}")
+    return fresh
+
+
 def train(config: UnifiedConfig) -> TrainResult:
     set_seed(config.seed)
     if config.pretrained:  # continue joint pretraining from an exported UnifiedPipeline
@@ -205,6 +259,8 @@ def train(config: UnifiedConfig) -> TrainResult:
                 "configs/unified_shapes_conv_*.yaml chain)"
             )
         model = UnifiedPipeline.from_pretrained(config.pretrained).transformer
+        if config.new_understanding_encoder:
+            model = with_new_understanding_encoder(model, config.patch_size, config.understanding_conv_channels)
     else:
         model = UnifiedTransformer(
             vocab_size=len(VOCAB),
@@ -213,6 +269,7 @@ def train(config: UnifiedConfig) -> TrainResult:
             patch_size=config.patch_size,
             generation_patch_size=config.generation_patch_size or None,
             generation_conv_channels=config.generation_conv_channels,
+            understanding_conv_channels=config.understanding_conv_channels,
             dim=config.dim,
             num_layers=config.num_layers,
             num_heads=config.num_heads,
@@ -230,7 +287,9 @@ def train(config: UnifiedConfig) -> TrainResult:
     if config.train_parameters == "understanding":
         for param in model.generation_parameters():
             param.requires_grad_(False)
-    objective = JointObjective(config.cfg_dropout, config.understanding_weight, config.generation_weight)
+    objective = JointObjective(
+        config.cfg_dropout, config.understanding_weight, config.generation_weight, config.question_lm_weight
+    )
     callbacks = [OccupancyCallback(config.occupancy_eval_steps)] if config.occupancy_eval_steps > 0 else []
     trainer = Trainer(model, objective, dataset, config, export_fn=export_pipeline, collate_fn=collate, callbacks=callbacks)
     return trainer.train()
@@ -316,6 +375,42 @@ def occupancy_auc(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1) -
     return ranking_auc(probabilities.numpy(), np.array(occupied))
 
 
+def judge_verification(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1) -> dict[str, float]:
+    """The issue's judge metric on real images: freshly rendered scenes of held-out prompts, each asked
+    ``"does the image show {its prompt}?"`` (yes) and the same about a hard negative
+    (:func:`~selfgen.data.scenes.perturb_prompt`: one colour, shape, count or relation changed; no), and the two region questions
+    about a random quadrant (occupancy and noun-in-region, :func:`~selfgen.data.scenes.region_questions`).
+
+    Returns the whole-prompt accuracy (``P(yes) > 0.5``) and the AUC of ``P(yes)`` (positive against
+    negative pairs; 0.5 is chance) and the region accuracy, each with a 95% bootstrap interval over scenes
+    (``*_low``, ``*_high``)."""
+    rng = random.Random(f"verification-{seed}")
+    images, questions, labels = [], [], []
+    for spec, objects, image in rendered_heldout_scenes(num_scenes, rng):
+        negative = perturb_prompt(spec, rng).text()
+        pairs = [(question_about_prompt(spec.text()), True), (question_about_prompt(negative), False)]
+        pairs += [(question, answer == "yes") for question, answer in region_questions(objects, rng)]
+        for question, label in pairs:
+            images.append(image)
+            questions.append(question)
+            labels.append(label)
+    probability = torch.cat([batch.cpu() for batch in answer_in_batches(pipe.yes_probability, images, questions)])
+    per_scene = probability.numpy().reshape(num_scenes, 4)
+    truth = np.array(labels).reshape(num_scenes, 4)
+    right = (per_scene > 0.5) == truth
+    statistics = {
+        "whole_prompt_accuracy": lambda rows: float(rows[:, 0:2].mean()),
+        "whole_prompt_auc": lambda rows: ranking_auc(rows[:, 4:6].ravel(), rows[:, 8:10].ravel().astype(bool)),
+        "region_accuracy": lambda rows: float(rows[:, 2:4].mean()),
+    }
+    rows = np.concatenate([right, per_scene, truth], axis=1).astype(np.float64)
+    results = {}
+    for name, statistic in statistics.items():
+        results[name] = statistic(rows)
+        results[f"{name}_low"], results[f"{name}_high"] = bootstrap_interval(statistic, rows, num_resamples=500)
+    return results
+
+
 def _question_kind(question: str) -> str:
     if question.startswith("does the image show"):
         return "whole_prompt"
@@ -357,7 +452,8 @@ def evaluate(
     """Compositional accuracy (rule-based judge) on ``split`` prompts (``"heldout"``: never trained on;
     ``"train"``: the prompts the model and SRUM saw), ``samples_per_prompt`` images each, and
     understanding accuracy on rendered held-out scenes; writes ``output_dir/metrics.json`` (with each
-    prompt's accuracy, for paired comparisons of two models on the same prompts and noise) and the sample grid."""
+    prompt's accuracy, for paired comparisons of two models on the same prompts and noise), the judge's
+    :func:`judge_verification` on rendered held-out scenes, and the sample grid."""
     pipe = UnifiedPipeline.from_pretrained(model_path)
     pipe.set_progress_bar_config(disable=True)
     prompts = heldout_prompts(prompts_per_category, seed, split)
@@ -380,6 +476,7 @@ def evaluate(
         "per_prompt_accuracy": dict(zip(prompts, np.reshape(correct, (-1, samples_per_prompt)).mean(1).tolist())),
         "understanding_accuracy": understanding_accuracy(pipe, num_scenes, seed + 1),
         "understanding_occupancy_auc": occupancy_auc(pipe, num_scenes, seed + 1),
+        "judge_verification": judge_verification(pipe, num_scenes, seed + 1),
         "split": split,
         "num_prompts": len(prompts),
         "samples_per_prompt": samples_per_prompt,

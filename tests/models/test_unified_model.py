@@ -115,3 +115,24 @@ def test_generation_path_with_small_patches_and_conv_stem_head():
         UnifiedTransformer(vocab_size=len(VOCAB), generation_patch_size=3)
     with pytest.raises(ValueError, match="generation_conv_channels"):
         UnifiedTransformer(vocab_size=len(VOCAB), generation_conv_channels=-1)
+
+
+def test_understanding_path_with_its_own_conv_stem_and_patches():
+    torch.manual_seed(0)
+    model = UnifiedTransformer(
+        vocab_size=len(VOCAB), dim=32, num_layers=1, num_heads=2, patch_size=8, generation_patch_size=4,
+        understanding_conv_channels=8,
+    ).eval()
+    inputs = _inputs()
+    logits = model(pixel_values=inputs["pixel_values"], question_ids=inputs["question_ids"]).logits
+    assert logits.shape == (2, 16, len(VOCAB))
+    assert model.und_image_pos.shape[1] == 16 and model.gen_image_pos.shape[1] == 64  # 8x8 vs 4x4 patches
+    assert model.und_patch_embed.in_features == 8 * 8 * 8
+    assert not any(model.is_generation_parameter(name) for name, _ in model.und_conv_in.named_parameters("und_conv_in"))
+    shifted = inputs["pixel_values"].clone()
+    shifted[0, :, 7, 7] += 1.0  # one pixel at a patch corner: the conv stem carries it into the neighbouring patches
+    tokens, moved = (model._embed_clean_image(pixels, torch.float32) for pixels in (inputs["pixel_values"], shifted))
+    changed = (tokens - moved).abs().amax(-1)[0] > 1e-6
+    assert changed.nonzero().flatten().tolist() == [0, 1, 4, 5]  # the 2x2 patches around pixel (7, 7)
+    with pytest.raises(ValueError, match="understanding_conv_channels"):
+        UnifiedTransformer(vocab_size=len(VOCAB), understanding_conv_channels=-1)

@@ -18,7 +18,18 @@ from selfgen.data.scenes import (
     render_scene,
 )
 from selfgen.train.srum import region_slices
-from selfgen.train.unified import JointObjective, UnifiedConfig, build_pipeline, collate, occupancy_auc, train
+from selfgen.eval.scenes import detect_objects, judge_image
+from selfgen.train.unified import (
+    JointObjective,
+    UnifiedConfig,
+    build_pipeline,
+    collate,
+    judge_verification,
+    occupancy_auc,
+    question_lm_loss,
+    train,
+    with_new_understanding_encoder,
+)
 
 
 def test_joint_objective_answers_every_question_of_a_scene_and_its_loss_falls():
@@ -155,3 +166,74 @@ def test_prompt_fraction_asks_whole_prompt_questions_with_training_split_negativ
     assert TOKEN_IDS["yes"] in answers and TOKEN_IDS["no"] in answers
     with pytest.raises(ValueError, match="prompt_fraction"):
         ScenesDataset(6, region_fraction=0.5, prompt_fraction=0.6)
+
+
+class _RuleJudgePipe:
+    """Answers every yes/no question from the pixels with the rule-based detector (or ignores the image)."""
+
+    def __init__(self, sees_the_image: bool) -> None:
+        self.sees_the_image = sees_the_image
+
+    @staticmethod
+    def _answer(image: np.ndarray, question: str) -> bool:
+        if question.startswith("does the image show "):
+            return judge_image(image, question.removeprefix("does the image show ").rstrip("?"))
+        what, region = question.removeprefix("is there ").rstrip("?").split(" in the ")
+        found = [
+            f"{d.colour} {d.shape}" for d in detect_objects(image)
+            if f"{'top' if d.cy < 16 else 'bottom'}-{'left' if d.cx < 16 else 'right'}" == region
+        ]
+        return bool(found) if what == "an object" else what.removeprefix("a ") in found
+
+    def yes_probability(self, images: np.ndarray, questions: list[str]) -> torch.Tensor:
+        if not self.sees_the_image:
+            return torch.full((len(questions),), 0.4)
+        return torch.tensor([float(self._answer(image, question)) for image, question in zip(images, questions)])
+
+
+def test_judge_verification_scores_a_judge_that_reads_the_image_and_one_that_cannot():
+    seeing = judge_verification(_RuleJudgePipe(sees_the_image=True), num_scenes=16)
+    assert seeing["whole_prompt_accuracy"] == 1.0 and seeing["whole_prompt_auc"] == 1.0
+    assert seeing["region_accuracy"] > 0.9
+    blind = judge_verification(_RuleJudgePipe(sees_the_image=False), num_scenes=16)
+    assert blind["whole_prompt_accuracy"] == 0.5 and blind["whole_prompt_auc"] == 0.5  # "no" to every prompt
+    assert blind["region_accuracy_low"] <= blind["region_accuracy"] <= blind["region_accuracy_high"]
+    assert blind["region_accuracy_high"] < 1.0
+
+
+def test_a_new_understanding_encoder_keeps_every_other_weight_and_the_generation_output():
+    torch.manual_seed(0)
+    model = UnifiedTransformer(
+        vocab_size=len(VOCAB), pad_token_id=PAD_ID, dim=32, num_layers=1, num_heads=2, generation_conv_channels=4
+    ).eval()
+    with torch.no_grad():
+        model.gen_conv_out.weight.normal_(std=0.1)
+    swapped = with_new_understanding_encoder(model, patch_size=8, understanding_conv_channels=4).eval()
+    assert swapped.config.patch_size == 8 and swapped.generation_patch_size == 4
+    assert swapped.und_patch_embed.in_features == 4 * 8 * 8 and model.und_conv_in is None
+    old = dict(model.named_parameters())
+    for name, param in swapped.named_parameters():
+        if not name.startswith(("und_patch_embed", "und_conv_in")):
+            assert torch.equal(param, old[name]), name
+    generator = torch.Generator().manual_seed(0)
+    sample, prompt_ids = torch.randn(2, 3, 32, 32, generator=generator), torch.randint(5, len(VOCAB), (2, 12))
+    with torch.no_grad():
+        expected = model(sample=sample, timestep=torch.tensor([300.0, 800.0]), prompt_ids=prompt_ids).sample
+        actual = swapped(sample=sample, timestep=torch.tensor([300.0, 800.0]), prompt_ids=prompt_ids).sample
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    assert expected.abs().max() > 1e-3  # the comparison is not between two zero velocities
+
+
+def test_question_lm_loss_scores_the_question_words_and_skips_padding_and_the_answer():
+    question_ids = torch.tensor([encode_question("is there a red circle?"), encode_question("how many red circles?")])
+    confident = torch.full((2, MAX_QUESTION_TOKENS, len(VOCAB)), -20.0)
+    confident[:, :-1].scatter_(2, question_ids[:, 1:, None], 20.0)  # every next token predicted with certainty
+    assert question_lm_loss(confident, question_ids) < 1e-6
+    wrong_padding_and_answer = confident.clone()
+    wrong_padding_and_answer[question_ids == PAD_ID] = 0.0  # positions before the question starts
+    wrong_padding_and_answer[:, -1] = 0.0  # the answer position
+    torch.testing.assert_close(question_lm_loss(wrong_padding_and_answer, question_ids), question_lm_loss(confident, question_ids))
+    wrong_word = confident.clone()
+    wrong_word[0, -4] = 0.0  # the word before "circle": uniform over the vocabulary
+    expected = np.log(len(VOCAB)) / int(((question_ids[:, :-1] != PAD_ID) & (question_ids[:, 1:] != PAD_ID)).sum())
+    torch.testing.assert_close(question_lm_loss(wrong_word, question_ids), torch.tensor(expected, dtype=torch.float32), rtol=1e-4, atol=1e-5)
