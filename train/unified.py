@@ -382,13 +382,15 @@ def judge_verification(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int =
     about a random quadrant (occupancy and noun-in-region, :func:`~selfgen.data.scenes.region_questions`).
 
     Returns the whole-prompt accuracy (``P(yes) > 0.5``) and the AUC of ``P(yes)`` (positive against
-    negative pairs; 0.5 is chance) and the region accuracy, each with a 95% bootstrap interval over scenes
-    (``*_low``, ``*_high``)."""
+    negative pairs; 0.5 is chance), the region accuracy, and per kind of hard negative (``colour``,
+    ``shape``, ``count``, ``relation``) ``paired_auc_{kind}``: how often the scene's own prompt scores above
+    its negative (``num_{kind}`` scenes); each with a 95% bootstrap interval over scenes (``*_low``, ``*_high``)."""
     rng = random.Random(f"verification-{seed}")
-    images, questions, labels = [], [], []
+    images, questions, labels, kinds = [], [], [], []
     for spec, objects, image in rendered_heldout_scenes(num_scenes, rng):
-        negative = perturb_prompt(spec, rng).text()
-        pairs = [(question_about_prompt(spec.text()), True), (question_about_prompt(negative), False)]
+        negative = perturb_prompt(spec, rng)
+        kinds.append(_perturbation_kind(spec, negative))
+        pairs = [(question_about_prompt(spec.text()), True), (question_about_prompt(negative.text()), False)]
         pairs += [(question, answer == "yes") for question, answer in region_questions(objects, rng)]
         for question, label in pairs:
             images.append(image)
@@ -408,7 +410,26 @@ def judge_verification(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int =
     for name, statistic in statistics.items():
         results[name] = statistic(rows)
         results[f"{name}_low"], results[f"{name}_high"] = bootstrap_interval(statistic, rows, num_resamples=500)
+    for kind in sorted(set(kinds)):
+        name, chosen = f"paired_auc_{kind}", rows[np.array(kinds) == kind]
+        results[name], results[f"num_{kind}"] = _paired_auc(chosen), len(chosen)
+        if len(chosen) > 1:
+            results[f"{name}_low"], results[f"{name}_high"] = bootstrap_interval(_paired_auc, chosen, num_resamples=500)
     return results
+
+
+def _paired_auc(rows: np.ndarray) -> float:
+    """How often a scene's own prompt gets a higher ``P(yes)`` than its hard negative (ties count half)."""
+    positive, negative = rows[:, 4], rows[:, 5]
+    return float((positive > negative).mean() + 0.5 * (positive == negative).mean())
+
+
+def _perturbation_kind(spec: PromptSpec, negative: PromptSpec) -> str:
+    """Which attribute :func:`~selfgen.data.scenes.perturb_prompt` changed: colour, shape, count or relation."""
+    if spec.relation != negative.relation:
+        return "relation"
+    before, after = next((a, b) for a, b in zip(spec.objects, negative.objects) if a != b)
+    return "colour" if before.colour != after.colour else "shape" if before.shape != after.shape else "count"
 
 
 def _question_kind(question: str) -> str:

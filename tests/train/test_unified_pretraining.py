@@ -195,8 +195,12 @@ def test_judge_verification_scores_a_judge_that_reads_the_image_and_one_that_can
     seeing = judge_verification(_RuleJudgePipe(sees_the_image=True), num_scenes=16)
     assert seeing["whole_prompt_accuracy"] == 1.0 and seeing["whole_prompt_auc"] == 1.0
     assert seeing["region_accuracy"] > 0.9
+    kinds = {key.removeprefix("num_"): value for key, value in seeing.items() if key.startswith("num_")}
+    assert sum(kinds.values()) == 16 and {"colour", "shape"} <= set(kinds) <= {"colour", "shape", "count", "relation"}
+    assert all(seeing[f"paired_auc_{kind}"] == 1.0 for kind in kinds)
     blind = judge_verification(_RuleJudgePipe(sees_the_image=False), num_scenes=16)
     assert blind["whole_prompt_accuracy"] == 0.5 and blind["whole_prompt_auc"] == 0.5  # "no" to every prompt
+    assert all(blind[key] == 0.5 for key in blind if key.startswith("paired_auc_") and key.count("_") == 2)
     assert blind["region_accuracy_low"] <= blind["region_accuracy"] <= blind["region_accuracy_high"]
     assert blind["region_accuracy_high"] < 1.0
 
