@@ -309,7 +309,7 @@ def test_equal_budget_finetune_arms_differ_from_the_control_only_in_their_mechan
 def test_two_stage_asset_config_starts_from_stage_one_output_not_from_assets():
     """configs/plenoptic_scenes_stage2.yaml (the bundled asset's last stage) reads stage 1's export, so the README's
     two commands rebuild assets/plenoptic-scenes from scratch; it is the fine-tuning control with 600 steps at
-    timestep shift 3."""
+    timestep shift 3 and online self-conditioning."""
     from dataclasses import asdict
     from pathlib import Path
 
@@ -322,7 +322,7 @@ def test_two_stage_asset_config_starts_from_stage_one_output_not_from_assets():
     assert Path(stage2["pretrained"]) == stage1.pipeline_dir
     control = asdict(load_config(PlenopticConfig, root / "plenoptic_scenes_continue.yaml"))
     differing = {key: stage2[key] for key in stage2 if stage2[key] != control[key] and key not in ("output_dir", "checkpointing_steps")}
-    assert differing == {"pretrained": stage2["pretrained"], "max_train_steps": 600, "timestep_shift": 3.0}
+    assert differing == {"pretrained": stage2["pretrained"], "max_train_steps": 600, "timestep_shift": 3.0, "self_conditioning_prob": 0.5}
 
 
 def test_pretrained_starts_from_the_exported_weights(tmp_path):
