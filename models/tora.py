@@ -37,6 +37,14 @@ and "Tora2: Motion and Appearance Customized Diffusion Transformer for Multi-Ent
    it, 400 steps left the sigma = 1 clean estimate path-blind (binding 0.47 on 16 held-out videos); with it,
    0.72 at the same budget (``docs/tora2.md``). A full-resolution conv head (:class:`PixelRefiner`) after the
    patch head sharpens the coarse patch estimate next to the noisy input.
+7. **Reference canvas (ours, ``reference_canvas=True``).** Each entity's reference image is pasted at 1:1 scale
+   centred on its path in every frame (:func:`reference_canvas`) and given to the patch embedding (a
+   zero-initialised projection) and to the refiner (zero weights on its new input channels), so the model starts
+   equal to one without it. Routing and the gated attention carry one bound token per entity and temporal token;
+   at our budget that token steered colour but hardly shape: re-drawing an entity's reference with another shape
+   moved the pass-5 model's sigma = 1 estimate near the entity by 0.04, a fifth of what the references themselves
+   change (0.21), and its samples were blobs (``docs/tora2.md``, pass 6). The canvas is the pixel-level
+   counterpart of routing: it puts the reference's pixels where the paper's attention would have to fetch them.
 
 Modes (``mode``): ``"tora2"`` (all of the above), ``"tora1"`` (trajectory only: no appearance path, no
 entity tokens), ``"no_gate"`` (the same entity tokens simply concatenated into each block's joint
@@ -56,7 +64,8 @@ tokens come from a 3D conv encoder at token resolution instead of a VAE + ResNet
 uses pretrained image encoders); the motion embedding of the contrastive loss is our reading of the paper
 (features sampled along the entity's path); the sin-cos position code added to the positional entity tokens
 is ours (the paper does not say how its entity tokens are aligned with the video tokens); entity routing and
-the pixel refiner are ours (6.); the text encoder is a small BERT trained here instead of a frozen T5.
+the pixel refiner are ours (6.), and so is the reference canvas (7.; it assumes a reference shows the entity at
+its scale in the video); the text encoder is a small BERT trained here instead of a frozen T5.
 """
 
 from __future__ import annotations
@@ -186,19 +195,52 @@ class TrajectoryExtractor(nn.Module):
         return features.flatten(2).transpose(1, 2)
 
 
+def reference_canvas(
+    reference_images: torch.Tensor,
+    trajectories: torch.Tensor,
+    weights: torch.Tensor,
+    size: int,
+) -> torch.Tensor:
+    """Each entity's reference image pasted, at 1:1 scale, centred on its path in every frame (ours, see the
+    module docstring, 7.): ``C_f(p) = sum_k w_kf [R_k(p - p_kf + r/2); 1_k(p - p_kf + r/2)]``.
+
+    ``reference_images`` ``(B, K, 3, r, r)`` in ``[-1, 1]``, ``trajectories`` ``(B, K, F, 2)`` normalised, ``weights``
+    ``(B, K, F)`` (0 for empty slots and frames out of view). Returns ``(B, F, 4, size, size)``: the pasted
+    references (bilinear, 0 outside them) and their footprint (1 inside a reference's square, clipped at 1 where
+    entities overlap). A reference is taken to show the entity at the scale it has in the video.
+    """
+    batch, slots, channels, ref_size = reference_images.shape[:4]
+    frames = trajectories.shape[2]
+    centres = torch.arange(size, device=trajectories.device, dtype=trajectories.dtype) + 0.5
+    points = trajectories * size  # (B, K, F, 2) pixels
+    grid_x = 2 * (centres - points[..., 0:1]) / ref_size  # (B, K, F, W), grid_sample's [-1, 1], align_corners=False
+    grid_y = 2 * (centres - points[..., 1:2]) / ref_size  # (B, K, F, H)
+    grid = torch.stack(
+        [grid_x[..., None, :].expand(-1, -1, -1, size, -1), grid_y[..., :, None].expand(-1, -1, -1, -1, size)], dim=-1
+    )
+    source = torch.cat([reference_images, reference_images.new_ones(batch, slots, 1, ref_size, ref_size)], dim=2)
+    source = source[:, :, None].expand(-1, -1, frames, -1, -1, -1).flatten(0, 2)
+    pasted = F.grid_sample(source, grid.flatten(0, 2).to(source.dtype), align_corners=False)
+    pasted = pasted.unflatten(0, (batch, slots, frames)) * weights[..., None, None, None].to(source.dtype)
+    canvas = pasted.sum(1)
+    return torch.cat([canvas[:, :, :channels], canvas[:, :, channels:].clamp(max=1)], dim=2)
+
+
 class PixelRefiner(nn.Module):
-    """Full-resolution conv head: ``x0_hat = x0_coarse + R([x_sigma; x0_coarse; sigma])`` per frame.
+    """Full-resolution conv head: ``x0_hat = x0_coarse + R([x_sigma; x0_coarse; sigma; canvas])`` per frame.
 
     The DiT's linear head emits one flat patch per token, so a sprite edge inside a patch can only be drawn
     if a token's ``dim`` channels carry every pixel of it; the refiner (three 3x3 convs, the last zero-initialised
     so it starts as the identity on ``x0_coarse``) sharpens the coarse estimate with the noisy input beside it,
-    in the role of the latent decoder a latent video DiT has (our departure: pixel space, no VAE).
+    in the role of the latent decoder a latent video DiT has (our departure: pixel space, no VAE). With
+    ``canvas_channels > 0`` it also sees the :func:`reference_canvas`; the first conv's weights on those channels
+    start at zero, so the refiner starts equal to one without them.
     """
 
-    def __init__(self, channels: int, width: int) -> None:
+    def __init__(self, channels: int, width: int, canvas_channels: int = 0) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(2 * channels + 1, width, 3, padding=1),
+            nn.Conv2d(2 * channels + 1 + canvas_channels, width, 3, padding=1),
             nn.SiLU(),
             nn.Conv2d(width, width, 3, padding=1),
             nn.SiLU(),
@@ -206,12 +248,19 @@ class PixelRefiner(nn.Module):
         )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+        if canvas_channels:
+            with torch.no_grad():
+                self.net[0].weight[:, 2 * channels + 1 :].zero_()
 
-    def forward(self, sample: torch.Tensor, coarse: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """``sample``, ``coarse``: ``(B, F, C, H, W)``; ``sigma``: ``(B,)`` -> refined ``(B, F, C, H, W)``."""
+    def forward(
+        self, sample: torch.Tensor, coarse: torch.Tensor, sigma: torch.Tensor, canvas: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``sample``, ``coarse``: ``(B, F, C, H, W)``; ``sigma``: ``(B,)``; ``canvas``: ``(B, F, C', H, W)`` when the
+        refiner was built with ``canvas_channels = C'`` -> refined ``(B, F, C, H, W)``."""
         frames = sample.shape[1]
         sigma_map = sigma.to(coarse.dtype).view(-1, 1, 1, 1, 1).expand(-1, frames, 1, *coarse.shape[-2:])
-        inputs = torch.cat([sample.to(coarse.dtype), coarse, sigma_map], dim=2).flatten(0, 1)
+        parts = [sample.to(coarse.dtype), coarse, sigma_map] + ([canvas.to(coarse.dtype)] if canvas is not None else [])
+        inputs = torch.cat(parts, dim=2).flatten(0, 1)
         return coarse + self.net(inputs).unflatten(0, (coarse.shape[0], frames))
 
 
@@ -391,6 +440,9 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         refiner_width: channels of the full-resolution :class:`PixelRefiner` after the patch head (0: none).
         entity_routing: also add each entity's bound tokens to the video tokens it passes through
             (:meth:`routed_entities`, a zero-initialised projection per block; modes ``tora2`` and ``no_gate``).
+        reference_canvas: also give the patch embedding (a zero-initialised projection) and the refiner (zero
+            weights on its new input channels) each entity's reference pasted along its path
+            (:func:`reference_canvas`; modes ``tora2`` and ``no_gate``).
     """
 
     @register_to_config
@@ -421,6 +473,7 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         entity_binding: str = "positional",
         refiner_width: int = 0,
         entity_routing: bool = False,
+        reference_canvas: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -462,7 +515,10 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False)
         self.out_modulation = zero_linear(dim, 2 * dim)
         self.prediction_head = zero_linear(dim, patch_dim)
-        self.refiner = PixelRefiner(in_channels, refiner_width) if refiner_width > 0 else None
+        canvas = reference_canvas and mode in ("tora2", "no_gate")
+        self.canvas_embed = zero_linear((in_channels + 1) * temporal_patch_size * patch_size**2, dim) if canvas else None
+        canvas_channels = in_channels + 1 if canvas else 0
+        self.refiner = PixelRefiner(in_channels, refiner_width, canvas_channels) if refiner_width > 0 else None
         if mode in ("tora2", "no_gate"):
             self.personalization = PersonalizationExtractor(dim, num_heads, num_appearance_tokens, reference_size)
             frames_per_embedding = temporal_patch_size if entity_binding == "positional" else num_frames
@@ -628,7 +684,7 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         timestep = timestep.expand(batch) if timestep.ndim == 0 else timestep
         time_embedding = self.time_embed(get_timestep_embedding(timestep, config.dim, flip_sin_to_cos=True).to(dtype))
         video = self.patch_embed(self.patchify(sample.to(dtype))) + self.video_pos
-        motion = entities = appearance = entity_token_mask = routed = None
+        motion = entities = appearance = entity_token_mask = routed = canvas = None
         if config.mode != "dit":
             entity_motion, presence = self.encode_trajectories(trajectories, entity_mask, visibility)
             motion = entity_motion.sum(1)
@@ -636,6 +692,10 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
             if reference_images is None or entity_ids is None:
                 raise ValueError(f"mode {config.mode!r} needs reference_images and entity_ids")
             entities, appearance = self.entity_tokens(trajectories, entity_motion, presence, entity_ids, reference_images)
+            if self.canvas_embed is not None:
+                seen = entity_mask[..., None].to(dtype) if visibility is None else visibility.to(dtype) * entity_mask[..., None]
+                canvas = reference_canvas(reference_images.to(dtype), trajectories.to(dtype), seen, config.sample_size)
+                video = video + self.canvas_embed(self.patchify(canvas))
             if config.entity_routing:
                 routed = self.routed_entities(entities * entity_mask[..., None, None], presence)
             entity_token_mask = entity_mask[..., None].expand(entities.shape[:3]).flatten(1)
@@ -654,7 +714,7 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         shift, scale = self.out_modulation(time_embedding)[:, None].chunk(2, dim=-1)
         prediction = self.unpatchify(self.prediction_head(self.norm_out(video) * (1 + scale) + shift))
         if self.refiner is not None:
-            prediction = self.refiner(sample, prediction, timestep / 1000)
+            prediction = self.refiner(sample, prediction, timestep / 1000, canvas)
         motion_embeddings = appearance_embeddings = None
         if appearance is not None:
             along_path = torch.einsum("bkn,bnd->bkd", presence.to(video.dtype), video)

@@ -4,7 +4,14 @@ fuser, modes, patches, attention backends."""
 import pytest
 import torch
 
-from selfgen.models.tora import GatedSelfAttention, PixelRefiner, Tora2Transformer, sincos_position_code, trajectory_maps
+from selfgen.models.tora import (
+    GatedSelfAttention,
+    PixelRefiner,
+    Tora2Transformer,
+    reference_canvas,
+    sincos_position_code,
+    trajectory_maps,
+)
 
 TINY = dict(dim=32, num_layers=2, num_heads=2, mlp_ratio=2.0, motion_dim=8, num_appearance_tokens=2, vocab_size=20)
 
@@ -126,6 +133,47 @@ def test_routed_entities_put_each_entity_token_where_that_entity_is():
     torch.testing.assert_close(corner[:, :2], torch.tensor([[1.0, 0.0]]).expand(grid_t, 2), atol=1e-3, rtol=0)
     torch.testing.assert_close(far[:, :2], torch.tensor([[0.0, 1.0]]).expand(grid_t, 2), atol=1e-3, rtol=0)
     assert all(block.router.weight.abs().sum() == 0 for block in model.blocks)  # a new path starts at zero
+
+
+def test_reference_canvas_pastes_each_reference_on_its_path_at_one_to_one_scale():
+    generator = torch.Generator().manual_seed(0)
+    references = torch.rand(1, 2, 3, 16, 16, generator=generator) * 2 - 1
+    centres = [(8, 8), (9, 8), (13, 10), (20, 20)]  # pixels; integer centres paste the reference exactly
+    trajectories = torch.zeros(1, 2, 4, 2)
+    trajectories[0, 0] = torch.tensor(centres, dtype=torch.float32) / 32
+    trajectories[0, 1] = torch.tensor([24.0, 24.0]) / 32
+    weights = torch.tensor([[[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # frame 3 out of view; slot 1 empty
+    canvas = reference_canvas(references, trajectories, weights, 32)
+    assert canvas.shape == (1, 4, 4, 32, 32)
+    for frame, (x, y) in enumerate(centres[:3]):
+        footprint = torch.zeros(32, 32)
+        footprint[y - 8 : y + 8, x - 8 : x + 8] = 1
+        torch.testing.assert_close(canvas[0, frame, :3, y - 8 : y + 8, x - 8 : x + 8], references[0, 0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(canvas[0, frame, 3], footprint, atol=1e-5, rtol=0)
+        assert (canvas[0, frame, :3] * (1 - footprint)).abs().max() < 1e-6
+    assert canvas[0, 3].abs().max() == 0
+
+
+def test_reference_canvas_path_starts_at_zero_and_then_feeds_the_prediction():
+    """With the canvas weights at their initial zeros the model equals the same model without the canvas."""
+    plain = tiny_model(refiner_width=8, entity_routing=True)
+    randomise_zero_layers(plain)
+    model = tiny_model(refiner_width=8, entity_routing=True, reference_canvas=True)
+    assert model.canvas_embed.weight.abs().sum() == 0 and model.refiner.net[0].weight[:, 7:].abs().sum() == 0
+    state = model.state_dict()
+    for name, value in plain.state_dict().items():
+        if name == "refiner.net.0.weight":
+            state[name][:, :7] = value
+        else:
+            state[name] = value
+    model.load_state_dict(state)
+    batch = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).sample, plain(**batch).sample, atol=1e-5, rtol=1e-5)
+        model.canvas_embed.weight.normal_(0, 0.2)
+        model.refiner.net[0].weight[:, 7:].normal_(0, 0.2)
+        assert not torch.allclose(model(**batch).sample, plain(**batch).sample, atol=1e-3)
+    assert tiny_model("tora1", reference_canvas=True).canvas_embed is None  # no references in tora1
 
 
 @pytest.mark.parametrize("binding", ["positional", "pooled"])

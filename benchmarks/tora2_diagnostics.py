@@ -1,0 +1,135 @@
+"""Why Tora2 samples look the way they do: three cheap probes of a trained model (docs/tora2.md, pass 6).
+
+    python benchmarks/tora2_diagnostics.py denoise <model> [--num_videos 16]
+        x0_hat from x_sigma = (1 - sigma) x0 + sigma eps of real held-out videos at fixed sigma: MSE against x0
+        (returning the input scores sigma^2 E|eps - x0|^2, printed as `identity`).
+    python benchmarks/tora2_diagnostics.py shape <model> [--num_videos 16]
+        How far the sigma = 1 clean estimate moves, in a 9x9 box on each entity's path, when its reference image is
+        re-drawn with another SHAPE (same colour and texture) or another COLOUR (same shape and texture); the
+        descriptions are unchanged, so only the reference image differs. `real` is the same change on the
+        references themselves (what a model that draws the reference would move).
+    python benchmarks/tora2_diagnostics.py grid <out.png> <label>=<model> ... [--num_videos 3] [--steps 20]
+        Real videos and each model's samples (20 Euler steps, seed 0), one row each, frames as columns.
+
+<model> is an exported pipeline folder or a training checkpoint folder (its EMA weights). Videos are the
+selection set `heldout_videos(n, seed=0)`, never the test seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfgen import Tora2Pipeline
+from selfgen.data.sprites import COLORS, SHAPES, caption_tokenizer, reference_image
+from selfgen.eval.plots import save_image_grid
+from selfgen.train.tora import Tora2Config, build_model, build_pipeline, generate_for, heldout_videos
+
+
+def load(path: str) -> Tora2Pipeline:
+    folder = Path(path)
+    if (folder / "model_index.json").exists():
+        pipe = Tora2Pipeline.from_pretrained(folder)
+    else:
+        state = json.loads((folder / "trainer_state.json").read_text())
+        fields = {k: v for k, v in state["config"].items() if k in Tora2Config.__dataclass_fields__}
+        tokenizer = caption_tokenizer()
+        model = build_model(Tora2Config(**fields), tokenizer)
+        shadow = torch.load(folder / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+        with torch.no_grad():
+            for param, value in zip(model.parameters(), shadow):
+                param.copy_(value)
+        pipe = build_pipeline(model.eval(), tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def clean_videos(items: list[dict]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([item["video"] for item in items])).permute(0, 1, 4, 2, 3).float() * 2 - 1
+
+
+@torch.no_grad()
+def predict(pipe: Tora2Pipeline, items: list[dict], noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+    conditions = pipe.encode_conditions([item["prompt"] for item in items], [item["entities"] for item in items])
+    timestep = torch.full((len(items),), 1000.0 * sigma)
+    return pipe.transformer(sample=noisy, timestep=timestep, **conditions).sample
+
+
+def denoise(pipe: Tora2Pipeline, items: list[dict]) -> None:
+    video = clean_videos(items)
+    noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(0))
+    print("| sigma | x0 MSE | identity (return x_sigma) |\n| --- | --- | --- |")
+    for sigma in (0.05, 0.2, 0.5, 0.8):
+        noisy = (1 - sigma) * video + sigma * noise
+        error = (predict(pipe, items, noisy, sigma) - video).pow(2).mean().item()
+        print(f"| {sigma} | {error:.4f} | {(noisy - video).pow(2).mean().item():.4f} |")
+
+
+def redrawn(description: str, change: str) -> np.ndarray:
+    colour, texture, shape = description.split()
+    if change == "shape":
+        shape = SHAPES[(SHAPES.index(shape) + 3) % len(SHAPES)]
+    else:
+        names = list(COLORS)
+        colour = names[(names.index(colour) + len(names) // 2) % len(names)]
+    return reference_image((colour, texture, shape))
+
+
+def shape(pipe: Tora2Pipeline, items: list[dict]) -> None:
+    video = clean_videos(items)
+    noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(0))
+    own = predict(pipe, items, noise, 1.0)
+    size = pipe.transformer.config.sample_size
+    print("| reference re-drawn with another | model: mean abs change near the entity | real references |\n| --- | --- | --- |")
+    for change in ("shape", "colour"):
+        changed_items = [
+            dict(item, entities=[dict(e, reference_image=redrawn(e["description"], change)) for e in item["entities"]])
+            for item in items
+        ]
+        changed = predict(pipe, changed_items, noise, 1.0)
+        moved, real = [], []
+        for index, item in enumerate(items):
+            for entity in item["entities"]:
+                reference = reference_image(tuple(entity["description"].split()))
+                real.append(2 * np.abs(redrawn(entity["description"], change) - reference)[4:13, 4:13].mean())
+                for frame, (x, y) in enumerate(entity["trajectory"] * size):
+                    rows, columns = slice(max(int(y) - 4, 0), int(y) + 5), slice(max(int(x) - 4, 0), int(x) + 5)
+                    moved.append((changed - own)[index, frame, :, rows, columns].abs().mean().item())
+        print(f"| {change} | {np.mean(moved):.4f} ± {np.std(moved) / np.sqrt(len(moved)):.4f} | {np.mean(real):.4f} |")
+
+
+def grid(out: str, models: list[str], items: list[dict], steps: int) -> None:
+    rows, labels = [np.stack([item["video"] for item in items])], ["real"]
+    for spec in models:
+        label, path = spec.split("=", 1)
+        rows.append(generate_for(load(path), items, steps, 0))
+        labels.append(label)
+    frames = len(items[0]["video"])
+    tiles = np.concatenate([np.stack([row[i] for row in rows]) for i in range(len(items))]).reshape(-1, *rows[0].shape[2:])
+    row_labels = [f"{label} (video {i})" for i in range(len(items)) for label in labels]
+    save_image_grid(tiles, out, columns=frames, scale=3, row_labels=row_labels,
+                    title=f"Tora2, held-out appearances and paths (selection set), {steps} Euler steps")
+    print(out, [item["prompt"] for item in items])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("probe", choices=("denoise", "shape", "grid"))
+    parser.add_argument("args", nargs="+")
+    parser.add_argument("--num_videos", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=20)
+    options = parser.parse_args()
+    count = options.num_videos or (3 if options.probe == "grid" else 16)
+    items = list(heldout_videos(count, 0, 3))
+    if options.probe == "grid":
+        grid(options.args[0], options.args[1:], items, options.steps)
+    else:
+        (denoise if options.probe == "denoise" else shape)(load(options.args[0]), items)
+
+
+if __name__ == "__main__":
+    main()
