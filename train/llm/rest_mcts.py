@@ -34,9 +34,24 @@ partial solutions. Each iteration:
    highest quality first (sorted by the value the search gave the trace: ``V_theta`` of a tree
    terminal, the roll-forward's ``best`` for a simulation; ties: fewer steps first).
 
-Departures: the value model is a 0.86 M-parameter LM (the paper's is a 6B PRM) trained from a random
-head in iteration 1 (the paper starts from a value model fitted on seed data), so iteration-0 search
-is guided by an untrained value; ``roll_forward_steps`` defaults to 8 (official default 3) so that a
+0. **The value model's seed data D_V0** (``value_warmup_*``, before the first search; the paper fits its
+   PRM on seed data before self-training starts): ``value_warmup_problems`` training-split problems, each
+   with its worked solution (a correct trace) and ``value_warmup_samples`` policy samples judged by the
+   verifier, every prefix valued by the same inference (:meth:`ReSTMCTSTrainer.seed_value_examples`);
+   ``V_theta`` regresses them for ``value_warmup_steps``. Without it (the default, and the runs before
+   issue #18's pass 6) iteration 1's search is guided by a random head, and 60 steps of regression on
+   the inferred targets left ``V_theta`` nearly constant (std 0.045 over held-out states, ranking AUC
+   0.50 on partial solutions, 0.56 on complete ones).
+
+**Matched control** (``ground_truth_control_of: <a ReST-MCTS* run>``, not in the paper): the same loop
+and draws, but the policy is fine-tuned on the worked solutions of as many problems as that run kept
+traces in each iteration, for the same steps, with no search and no value model
+(:meth:`ReSTMCTSTrainer.control_round`).
+
+Departures: the value model is a 3.2 M-parameter LM (the paper's is a 6B PRM) started from the
+policy's weights with a fresh scalar head; our D_V0 is the worked solutions plus the policy's own
+samples of the seed problems, labelled by the same inference (how the paper builds its D_V0 is not reproduced);
+``roll_forward_steps`` defaults to 8 (official default 3) so that a
 roll-forward usually reaches an answer on 3-5 digit addition, and the complete solutions of
 roll-forwards join the candidate answers and the traces used for value inference; UCT ties go to the
 first child (official: a random one); no self-critic/reflection step (a state is terminal when it has an
@@ -45,6 +60,8 @@ first child (official: a random one); no self-critic/reflection step (a state is
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import random
 import tempfile
@@ -53,19 +70,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from ...data.problems import Problem
 from ...data.reasoning import Action, corrupt_step, labelled_solutions, parse_action, partial_solution, trace_text
-from ...data.tasks import ArithmeticTask, completion_text, prompt_text, solution_steps
+from ...data.tasks import ArithmeticTask, completion_text, derive_seed, extract_answer, prompt_text, solution_steps
+from ...eval.scenes import ranking_auc
 from ..registry import Method
 from ..trainer import Objective, Trainer
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .lm import EVAL_SEED
 from .objectives import SFTCollator, SFTObjective, TextPair, pad_sequences, position_ids_from_mask
 from .rollout import Rollout, SamplingParams
+
+logger = logging.getLogger("selfgen.train.llm")
 
 
 @dataclass
@@ -84,6 +105,10 @@ class ReSTMCTSConfig(IterativeConfig):
     max_traces_per_problem: int = 2
     value_train_steps: int = 40
     value_learning_rate: float = 3e-4
+    value_warmup_problems: int = 0  # seed data D_V0: training-split problems the value model is first fitted on (0: none)
+    value_warmup_samples: int = 8  # policy samples (T = temperature) per warm-up problem, beside its worked solution
+    value_warmup_steps: int = 0  # value-model steps on D_V0 before iteration 1's search
+    ground_truth_control_of: str | None = None  # the matched control: a ReST-MCTS* run dir whose policy_traces counts it copies
     search_eval_problems: int = 64  # held-out problems searched at each evaluation (a prefix of the eval set)
     value_eval_pairs: int = 200  # held-out (correct, one-step-corrupted) partial-solution pairs
     learning_rate: float = 1e-4
@@ -93,6 +118,8 @@ class ReSTMCTSConfig(IterativeConfig):
         super().__post_init__()
         self.require_at_least_one("num_rollouts", "branch", "roll_branch", "roll_forward_steps", "step_max_new_tokens", "max_traces_per_problem", "search_eval_problems")
         self.require_fractions("alpha")
+        if self.value_warmup_steps and not self.value_warmup_problems:
+            raise ValueError("value_warmup_steps > 0 needs value_warmup_problems > 0 (the seed data D_V0)")
         if self.step_temperature <= 0:
             raise ValueError(f"step_temperature must be > 0 (expansion samples), got {self.step_temperature}")
 
@@ -439,6 +466,8 @@ class ReSTMCTSTrainer(IterativeTrainer):
     def build_round(self, iteration: int) -> Round:
         config = self.config
         problems = self.problems(iteration)
+        if config.ground_truth_control_of is not None:
+            return self.control_round(iteration, problems)
         start = time.perf_counter()
         results = self.search(problems, seed=iteration)
         search_seconds = time.perf_counter() - start
@@ -451,7 +480,9 @@ class ReSTMCTSTrainer(IterativeTrainer):
             for *steps, answer in ranked_correct(result.traces)[: config.max_traces_per_problem]:
                 policy_examples.append(TextPair(self.prompt(problem), completion_text(steps, answer)))
         value_examples = list(dict(value_examples).items())
-        value_logs = self.train_value_model(iteration, value_examples)
+        value_logs = self.train_value_model(
+            self.iteration_dir(iteration), value_examples, config.value_train_steps, config.seed + iteration
+        )
         logs = {
             "search_solved": sum(any(t.correct for t, _ in r.traces) for r in results) / len(results),
             "expansions_per_s": expansions / search_seconds,
@@ -462,16 +493,69 @@ class ReSTMCTSTrainer(IterativeTrainer):
         }
         return Round(SFTObjective(), policy_examples, SFTCollator(self.tokenizer, config.max_length), logs)
 
-    def train_value_model(self, iteration: int, examples: list[tuple[str, float]]) -> dict[str, float]:
-        """Regress the value model on the inferred targets (the shared Trainer, into ``iteration-k/value``)."""
+    def control_round(self, iteration: int, problems: list[Problem]) -> Round:
+        """The matched control (not in the paper): SFT of the policy on the reference worked solutions of the
+        first ``n`` of the same fresh draws, ``n`` = the ``policy_traces`` the ReST-MCTS* run
+        ``ground_truth_control_of`` kept in this iteration, for the same steps; no search, no value model."""
+        metrics = Path(self.config.ground_truth_control_of) / "metrics.jsonl"
+        if not metrics.is_file():
+            raise FileNotFoundError(f"ground_truth_control_of: {metrics} not found (a finished ReST-MCTS* run's output_dir)")
+        counts = {record["iteration"]: record.get("policy_traces") for record in map(json.loads, metrics.read_text().splitlines())}
+        if counts.get(iteration) is None:
+            raise ValueError(f"ground_truth_control_of: {metrics} has no policy_traces for iteration {iteration}")
+        examples = [TextPair(self.prompt(p), self.task.worked_solution(p)) for p in problems[: int(counts[iteration])]]
+        return Round(SFTObjective(), examples, SFTCollator(self.tokenizer, self.config.max_length), {"policy_traces": float(len(examples))})
+
+    # ------------------------------------------------------------- the value model
+
+    def seed_value_examples(self) -> list[tuple[str, float]]:
+        """The seed data D_V0: for each of ``value_warmup_problems`` training-split problems, its worked solution
+        (a correct trace) and ``value_warmup_samples`` policy samples judged by the verifier; every prefix gets
+        its value target from :func:`infer_values` (eqs. 1-2), as the searched traces do in an iteration."""
+        config, k = self.config, self.config.value_warmup_samples
+        problems = self.task.sample(config.value_warmup_problems, derive_seed(config.seed, "value-warmup"))
+        rollouts = self.solve(problems, num_samples=k, seed=derive_seed(config.seed, "value-warmup-samples"))
+        examples: dict[str, float] = {}
+        for index, problem in enumerate(problems):
+            worked = self.task.worked_solution(problem)
+            traces = [Trace(tuple(solution_steps(worked)), extract_answer(worked), True)]
+            for rollout in rollouts[index * k : (index + 1) * k]:
+                steps, answer = solution_steps(rollout.text), extract_answer(rollout.text)
+                if steps and answer is not None:
+                    traces.append(Trace(tuple(steps), answer, self.verify(problem, rollout.text)))
+            for key, target in infer_values(traces).items():
+                examples[key_text(problem.question, key, self.format.prompt)] = target
+        return list(examples.items())
+
+    def warm_up_value_model(self) -> dict[str, float]:
+        """Fit ``V_theta`` on D_V0 (:meth:`seed_value_examples`) for ``value_warmup_steps`` before the first
+        search, into ``output_dir/value-warmup/value`` (reloaded, not refitted, when resuming)."""
+        directory = self.output_dir / "value-warmup"
+        if self.config.resume_from == "latest" and (directory / "value" / "config.json").is_file():
+            self.value_model = load_value_model(directory / "value", self.tokenizer.pad_token_id)
+            return {}
+        start = time.perf_counter()
+        examples = self.seed_value_examples()
+        logs = self.train_value_model(directory, examples, self.config.value_warmup_steps, self.config.seed)
+        logs = {"value_warmup_examples": float(len(examples)), "time_value_warmup_s": time.perf_counter() - start, **logs}
+        (directory / "summary.json").write_text(json.dumps(logs))
+        return logs
+
+    def train(self):
+        if self.config.value_warmup_steps and self.config.ground_truth_control_of is None:
+            logger.info("value model warm-up on D_V0: %s", self.warm_up_value_model())
+        return super().train()
+
+    def train_value_model(self, directory: Path, examples: list[tuple[str, float]], steps: int, seed: int) -> dict[str, float]:
+        """Regress the value model on ``examples`` (text, target) for ``steps`` steps (the shared Trainer,
+        exported to ``directory/value``)."""
         if not examples:
             return {}
         config = self.config
-        run_dir = self.iteration_dir(iteration) / "value-run"
         value_config = replace(
-            config, output_dir=str(run_dir), export_dir=str(self.iteration_dir(iteration) / "value"),
-            max_train_steps=config.value_train_steps, learning_rate=config.value_learning_rate,
-            train_batch_size=min(config.train_batch_size, len(examples)), resume_from=None, seed=config.seed + iteration,
+            config, output_dir=str(directory / "value-run"), export_dir=str(directory / "value"),
+            max_train_steps=steps, learning_rate=config.value_learning_rate,
+            train_batch_size=min(config.train_batch_size, len(examples)), resume_from=None, seed=seed,
         )
         start = time.perf_counter()
         trainer = Trainer(
@@ -500,6 +584,8 @@ class ReSTMCTSTrainer(IterativeTrainer):
 
     def evaluate(self) -> dict[str, float]:
         metrics = super().evaluate()
+        if self.config.ground_truth_control_of is not None:
+            return metrics  # the control trains the policy only
         problems = self.eval_set[: self.config.search_eval_problems]
         metrics.update(self.search_metrics(problems, seed=EVAL_SEED))
         metrics["greedy_accuracy_search_subset"] = self._greedy_accuracy(problems)
@@ -508,6 +594,31 @@ class ReSTMCTSTrainer(IterativeTrainer):
             bad = self.values([b for _, b in self.value_pairs])
             metrics["value_pair_accuracy"] = sum(g > b for g, b in zip(good, bad)) / len(good)
         return metrics
+
+    def value_auc(self, problems: list[Problem], num_samples: int = 4, seed: int = EVAL_SEED) -> dict[str, float]:
+        """How ``V_theta`` ranks the policy's own solutions (``num_samples`` at the config's temperature per
+        problem): ``prefix_auc`` over every partial solution, labelled correct when it is a prefix of the
+        task's worked solution (exact for column addition, whose worked solution is the only correct one),
+        and ``terminal_auc`` over complete solutions labelled by the verifier (0.5: chance)."""
+        rollouts = self.solve(problems, num_samples=num_samples, seed=seed)
+        texts, labels, terminal = [], [], []
+        for index, rollout in enumerate(rollouts):
+            problem = problems[index // num_samples]
+            reference = solution_steps(self.task.worked_solution(problem))
+            steps, answer = solution_steps(rollout.text), extract_answer(rollout.text)
+            for length in range(1, len(steps) + 1):
+                texts.append(self.state_text(problem.question, steps[:length]))
+                labels.append(steps[:length] == reference[:length])
+                terminal.append(False)
+            if steps and answer is not None:
+                texts.append(self.state_text(problem.question, steps, answer))
+                labels.append(self.verify(problem, rollout.text))
+                terminal.append(True)
+        values, labels, terminal = np.array(self.values(texts)), np.array(labels), np.array(terminal)
+        return {
+            "value_prefix_auc": ranking_auc(values[~terminal], labels[~terminal]),
+            "value_terminal_auc": ranking_auc(values[terminal], labels[terminal]),
+        }
 
     def _greedy_accuracy(self, problems: list[Problem]) -> float:
         rollouts = self.solve(problems, temperature=0.0, num_samples=1)

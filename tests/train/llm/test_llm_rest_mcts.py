@@ -1,6 +1,7 @@
 """ReST-MCTS*: the quality value of eqs. (1)-(2), value inference from traces, MCTS* backup on a
 hand-built tree, the official UCT (unvisited: V + 1) and value-greedy roll-forward, trace ranking,
-one tiny iteration end to end, config errors."""
+one tiny iteration end to end (with the value model's warm-up on seed data), the SFT-on-ground-truth
+control, config errors."""
 
 import json
 import math
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from selfgen.data.problems import Problem
-from selfgen.data.reasoning import Action
+from selfgen.data.reasoning import Action, trace_text
+from selfgen.data.tasks import derive_seed, extract_answer, solution_steps
 from selfgen.train.llm.rest_mcts import (
     Node,
     ReSTMCTSConfig,
@@ -131,9 +133,11 @@ def test_one_iteration_end_to_end(tmp_path):
     config = ReSTMCTSConfig(
         output_dir=str(tmp_path / "run"), iterations=1, problems_per_iteration=3, eval_problems=3, search_eval_problems=2,
         value_eval_pairs=4, num_rollouts=2, branch=2, max_train_steps=2, value_train_steps=2, train_batch_size=4,
-        max_new_tokens=40, max_digits=2, logging_steps=1,
+        max_new_tokens=40, max_digits=2, logging_steps=1, value_warmup_problems=2, value_warmup_samples=2, value_warmup_steps=2,
     )
     report = ReSTMCTSTrainer(model=str(ASSET), task="arith", config=config).train()
+    warmup = json.loads((tmp_path / "run" / "value-warmup" / "summary.json").read_text())
+    assert warmup["value_warmup_examples"] > 0 and (tmp_path / "run" / "value-warmup" / "value" / "config.json").is_file()
     assert [record["iteration"] for record in report.history] == [0, 1]
     record = report[1]
     for key in ("accuracy", "search_accuracy", "value_pair_accuracy", "value_terminal_accuracy", "search_solved"):
@@ -143,6 +147,66 @@ def test_one_iteration_end_to_end(tmp_path):
     assert [json.loads(line)["iteration"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [0, 1]
 
 
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_seed_data_values_climb_along_the_worked_solution(tmp_path):
+    """D_V0: every prefix of a worked solution of K steps (+ the answer) gets v_k = k / (K + 1) (eqs. 1-2)."""
+    config = ReSTMCTSConfig(output_dir=str(tmp_path), eval_problems=2, value_eval_pairs=2, max_digits=2, max_new_tokens=40,
+                            value_warmup_problems=3, value_warmup_samples=2, value_warmup_steps=1)
+    trainer = ReSTMCTSTrainer(model=str(ASSET), task="arith", config=config)
+    targets = dict(trainer.seed_value_examples())
+    for problem in trainer.task.sample(3, derive_seed(0, "value-warmup")):
+        worked = trainer.task.worked_solution(problem)
+        steps, answer = solution_steps(worked), extract_answer(worked)
+        size = len(steps) + 1
+        for k in range(1, len(steps) + 1):
+            assert targets[trace_text(problem.question, steps[:k])] == pytest.approx(k / size, abs=1e-9)
+        assert targets[trace_text(problem.question, steps, answer)] == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_ground_truth_control_copies_the_method_runs_counts(tmp_path):
+    method_run = tmp_path / "method"
+    method_run.mkdir()
+    (method_run / "metrics.jsonl").write_text(json.dumps({"iteration": 0}) + "\n" + json.dumps({"iteration": 1, "policy_traces": 2.0}) + "\n")
+    config = ReSTMCTSConfig(output_dir=str(tmp_path / "control"), eval_problems=2, value_eval_pairs=2, problems_per_iteration=4,
+                            max_digits=2, ground_truth_control_of=str(method_run))
+    trainer = ReSTMCTSTrainer(model=str(ASSET), task="arith", config=config)
+    round_ = trainer.build_round(1)
+    problems = trainer.problems(1)
+    assert [(pair.prompt, pair.completion) for pair in round_.dataset] == [
+        (trainer.prompt(p), trainer.task.worked_solution(p)) for p in problems[:2]
+    ]
+    assert "search_accuracy" not in trainer.evaluate()
+    with pytest.raises(ValueError, match="ground_truth_control_of.*iteration 2"):
+        trainer.build_round(2)
+    trainer.config.ground_truth_control_of = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="ground_truth_control_of"):
+        trainer.build_round(1)
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_value_auc_labels_prefixes_by_the_worked_solution(tmp_path):
+    """An oracle value (partial solutions: 1 on prefixes of the worked solution; complete ones: 1 on the
+    right answer) ranks perfectly; its inverse ranks at 0."""
+    config = ReSTMCTSConfig(output_dir=str(tmp_path), eval_problems=8, value_eval_pairs=2, min_digits=4, max_digits=4, max_new_tokens=64)
+    trainer = ReSTMCTSTrainer(model=str(ASSET), task="arith", config=config)
+    on_path, answers = set(), {}
+    for problem in trainer.eval_set:
+        steps = solution_steps(trainer.task.worked_solution(problem))
+        on_path |= {trace_text(problem.question, steps[:k]) for k in range(1, len(steps) + 1)}
+        answers[trainer.prompt(problem)] = problem.answer
+
+    def oracle(text: str) -> bool:
+        if "\nA:" in text:
+            return extract_answer(text) == answers[text[: text.index("S:")]]
+        return text in on_path
+
+    trainer.values = lambda texts: [float(oracle(text)) for text in texts]
+    assert trainer.value_auc(trainer.eval_set, num_samples=4) == {"value_prefix_auc": 1.0, "value_terminal_auc": 1.0}
+    trainer.values = lambda texts: [float(not oracle(text)) for text in texts]
+    assert trainer.value_auc(trainer.eval_set, num_samples=4) == {"value_prefix_auc": 0.0, "value_terminal_auc": 0.0}
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="branch"):
         ReSTMCTSConfig(branch=0)
@@ -150,6 +214,8 @@ def test_config_errors_name_the_field():
         ReSTMCTSConfig(alpha=1.5)
     with pytest.raises(ValueError, match="step_temperature"):
         ReSTMCTSConfig(step_temperature=0.0)
+    with pytest.raises(ValueError, match="value_warmup_problems"):
+        ReSTMCTSConfig(value_warmup_steps=10)
 
 
 def test_bundled_config_loads():
