@@ -23,7 +23,9 @@ sampling seed is derived from ``(seed, iteration)`` (:attr:`ExPOTrainer.explanat
 issue #18 it was the number of groups, the same every iteration). Injection needs a policy that
 uses the hint: the bundled base does not (one round of 32 problems x 8 rollouts, 2 explanations per
 all-wrong group: 3-4 digits, 4 all-wrong groups, 0 of 8 explanations right; 4-5 digits, 24 groups, 0
-of 48), so on it ExPO reduces to GRPO; on 1-2 digits it does use it (the tests inject there).
+of 48), so on it ExPO reduces to GRPO; on 1-2 digits it does use it (the tests inject there). On
+``assets/lm-arith-llama`` (``configs/expo_arith_llama.yaml``, 4 digits, 8 explanations per all-wrong
+group) 2 of 480 explanations over five iterations were right and injected.
 
 Departures: ``require_correct_explanation`` (default on) drops explanations whose final answer
 does not match - a tiny model does not always copy the hint; ``sft_coef`` is our choice (0.1).
