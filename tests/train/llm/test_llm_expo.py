@@ -90,3 +90,17 @@ def test_a_round_injects_explanations_where_every_group_fails(tmp_path):
     round_ = ExPOTrainer(model=str(ASSET), task="arith", config=config, reward_fn=never).build_round(1)
     assert round_.logs["extra_samples"] > 0 and round_.logs["explained_groups"] > 0
     assert sum(s.extras["explanation"] for s in round_.dataset) == round_.logs["extra_samples"]
+
+
+def test_llama_config_has_the_grpo_controls_budget():
+    """configs/expo_arith_llama.yaml is GRPO's matched budget: every field GRPO has is equal but the output dir."""
+    from dataclasses import fields
+
+    from selfgen.train.config import load_config
+    from selfgen.train.llm.grpo import GRPOConfig
+
+    configs = ASSET.parents[1] / "configs"
+    expo = load_config(ExPOConfig, configs / "expo_arith_llama.yaml")
+    grpo = load_config(GRPOConfig, configs / "grpo_arith_llama.yaml")
+    differing = [f.name for f in fields(GRPOConfig) if getattr(expo, f.name) != getattr(grpo, f.name)]
+    assert differing == ["output_dir"] and expo.num_explanations == 8
