@@ -36,9 +36,11 @@ warm-up's kind is not rewarded for it.
 
 Evaluation: the critic judges every step of held-out solutions (half clean, half with one
 rule-corrupted step of any kind); a solution is flagged when some step gets ``V:N`` (or no verdict),
-its first flagged step is the predicted error location. Reported: error-detection ``critic_f1``
-(positive = erroneous solution), ``critic_accuracy``, ``critic_location_accuracy`` (first error found
-at the right step, or a clean solution passed), the recall per error kind ``critic_recall_<kind>``, and the **filter**: held-out greedy accuracy of all
+its first flagged step is the predicted error location. Reported: the step-level ``critic_step_f1``
+(:func:`step_labels`), error-detection ``critic_f1`` (positive = erroneous solution), ProcessBench's
+``critic_processbench_f1`` (the paper's benchmark metric), ``critic_accuracy``,
+``critic_location_accuracy`` (first error found at the right step, or a clean solution passed), the
+recall per error kind ``critic_recall_<kind>``, and the **filter**: held-out greedy accuracy of all
 solutions vs of the solutions the critic accepts (``filtered_accuracy``, ``accept_rate``).
 
 Departures: one model plays both roles (the paper fine-tunes two copies); no error-type selection
@@ -147,17 +149,34 @@ def first_flagged(verdicts: Sequence[bool | None]) -> int:
     return next((index for index, verdict in enumerate(verdicts) if verdict is not True), -1)
 
 
-def detection_metrics(solutions: Sequence[LabelledSolution], predicted: Sequence[int]) -> dict[str, float]:
-    """Error-detection F1 / accuracy (positive = the solution has an error) and first-error location accuracy."""
-    truth = [s.error_index >= 0 for s in solutions]
-    flagged = [p >= 0 for p in predicted]
+def f1_score(truth: Sequence[bool], flagged: Sequence[bool]) -> float:
+    """``2 P R / (P + R)`` with positive = erroneous (0 when nothing is both true and flagged)."""
     true_pos = sum(t and f for t, f in zip(truth, flagged))
     precision = true_pos / max(sum(flagged), 1)
     recall = true_pos / max(sum(truth), 1)
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b else 0.0
+
+
+def detection_metrics(solutions: Sequence[LabelledSolution], predicted: Sequence[int]) -> dict[str, float]:
+    """Error-detection F1 / accuracy (positive = the solution has an error), first-error location accuracy,
+    and ProcessBench's F1 (the SPC paper's benchmark metric): the harmonic mean of the accuracy on
+    erroneous solutions (first error found at the right step) and on clean ones (accepted). Unlike the
+    detection F1 (0.67 for a critic that flags everything when half the solutions are wrong), it is 0
+    for a critic that flags everything or nothing."""
+    truth = [s.error_index >= 0 for s in solutions]
+    flagged = [p >= 0 for p in predicted]
+    located = [s.error_index == p for s, p in zip(solutions, predicted)]
+    on_errors = sum(hit for hit, t in zip(located, truth) if t) / max(sum(truth), 1)
+    on_clean = sum(hit for hit, t in zip(located, truth) if not t) / max(len(truth) - sum(truth), 1)
     return {
-        "critic_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "critic_f1": f1_score(truth, flagged),
         "critic_accuracy": sum(t == f for t, f in zip(truth, flagged)) / len(truth),
-        "critic_location_accuracy": sum(s.error_index == p for s, p in zip(solutions, predicted)) / len(truth),
+        "critic_location_accuracy": sum(located) / len(truth),
+        "critic_processbench_f1": harmonic_mean(on_errors, on_clean),
         **{
             f"critic_recall_{kind}": sum(p >= 0 for s, p in zip(solutions, predicted) if s.kind == kind)
             / max(sum(s.kind == kind for s in solutions), 1)
@@ -166,10 +185,26 @@ def detection_metrics(solutions: Sequence[LabelledSolution], predicted: Sequence
     }
 
 
+def step_labels(
+    solutions: Sequence[LabelledSolution], verdicts: Sequence[Sequence[bool | None]]
+) -> tuple[list[bool], list[bool]]:
+    """Step-level ``(truth, flagged)`` pairs: every step of a clean solution and the steps of an erroneous
+    one up to its error (the later steps follow a wrong context and have no single right label);
+    positive = the step is wrong, flagged = the critic did not answer ``V:Y``."""
+    truth, flagged = [], []
+    for solution, steps in zip(solutions, verdicts):
+        last = solution.error_index if solution.error_index >= 0 else len(steps) - 1
+        truth += [k == solution.error_index for k in range(last + 1)]
+        flagged += [verdict is not True for verdict in steps[: last + 1]]
+    return truth, flagged
+
+
 class SPCTrainer(IterativeTrainer):
     config_class = SPCConfig
     uses_reward_fn = False  # rewards are the critic/sneaky game's outcomes
-    plot_keys = ("accuracy", "critic_f1", "critic_location_accuracy", "filtered_accuracy", "sneaky_success_rate")
+    plot_keys = (
+        "accuracy", "critic_step_f1", "critic_f1", "critic_location_accuracy", "filtered_accuracy", "sneaky_success_rate",
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -194,11 +229,18 @@ class SPCTrainer(IterativeTrainer):
         )
         return self.generate(prompts, params, seed)
 
-    def first_errors(self, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], seed: int = 0) -> list[int]:
-        """For each solution (its steps), the critic's first flagged step (-1: accepted; an empty one is flagged)."""
+    def step_verdicts(
+        self, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], seed: int = 0
+    ) -> list[list[bool | None]]:
+        """The critic's greedy verdict on every step of every solution (``None``: no verdict)."""
         items = [(p, list(steps[:k]), steps[k]) for p, steps in zip(problems, solutions) for k in range(len(steps))]
         verdicts = iter(parse_verdict(r.text) for r in self.critique(items, 1, seed, greedy=True))
-        return [first_flagged([next(verdicts) for _ in steps]) if steps else 0 for steps in solutions]
+        return [[next(verdicts) for _ in steps] for steps in solutions]
+
+    def first_errors(self, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], seed: int = 0) -> list[int]:
+        """For each solution (its steps), the critic's first flagged step (-1: accepted; an empty one is flagged)."""
+        verdicts = self.step_verdicts(problems, solutions, seed)
+        return [first_flagged(v) if steps else 0 for v, steps in zip(verdicts, solutions)]
 
     # ------------------------------------------------------------- warm-up, game, update
 
@@ -301,12 +343,13 @@ class SPCTrainer(IterativeTrainer):
         rollouts = self.solve(self.eval_set, temperature=0.0, num_samples=1)
         correct = [self.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)]
         accepted = [e == -1 for e in self.first_errors(self.eval_set, [solution_steps(r.text) for r in rollouts])]
-        detection = self.first_errors([s.problem for s in self.detection_set], [s.steps for s in self.detection_set])
+        verdicts = self.step_verdicts([s.problem for s in self.detection_set], [s.steps for s in self.detection_set])
         return {
+            "critic_step_f1": f1_score(*step_labels(self.detection_set, verdicts)),
             "accuracy": sum(correct) / len(correct),
             "filtered_accuracy": sum(c and a for c, a in zip(correct, accepted)) / max(sum(accepted), 1),
             "accept_rate": sum(accepted) / len(accepted),
-            **detection_metrics(self.detection_set, detection),
+            **detection_metrics(self.detection_set, [first_flagged(v) for v in verdicts]),
         }
 
 

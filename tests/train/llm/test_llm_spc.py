@@ -13,6 +13,7 @@ from selfgen.train.llm.spc import (
     detection_metrics,
     first_flagged,
     sneaky_is_effective,
+    step_labels,
     sneaky_reward,
 )
 
@@ -45,6 +46,19 @@ def test_detection_metrics_and_first_flag():
     metrics = detection_metrics(solutions, [1, -1, 1, 0])  # TP (right place), TN, TP (wrong place), FP
     assert metrics["critic_f1"] == pytest.approx(2 * (2 / 3) * 1.0 / (2 / 3 + 1.0))
     assert metrics["critic_accuracy"] == 0.75 and metrics["critic_location_accuracy"] == 0.5
+    # ProcessBench F1: errors located 1/2, clean accepted 1/2 -> harmonic mean 0.5
+    assert metrics["critic_processbench_f1"] == pytest.approx(0.5)
+    # flagging everything: detection F1 = 2/3 with half the solutions wrong, ProcessBench F1 = 0
+    always = detection_metrics(solutions, [0, 0, 0, 0])
+    assert always["critic_f1"] == pytest.approx(2 / 3) and always["critic_processbench_f1"] == 0.0
+
+
+def test_step_labels_stop_at_the_error():
+    problem = Problem("1+2", "3", "p")
+    solutions = [LabelledSolution(problem, ["a", "b", "c"], 1), LabelledSolution(problem, ["a", "b"], -1)]
+    verdicts = [[True, False, False], [None, True]]  # the step after the error is not scored
+    truth, flagged = step_labels(solutions, verdicts)
+    assert truth == [False, True, False, False] and flagged == [False, True, True, False]
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
@@ -57,7 +71,8 @@ def test_one_iteration_end_to_end(tmp_path):
     report = SPCTrainer(model=str(ASSET), task="arith", config=config).train()
     assert [record["iteration"] for record in report.history] == [0, 1]
     assert report[0]["seed_train_steps"] == 2 and "base_critic_f1" in report[0]
-    for key in ("accuracy", "critic_f1", "critic_accuracy", "critic_location_accuracy", "accept_rate", "sneaky_success_rate"):
+    for key in ("accuracy", "critic_f1", "critic_step_f1", "critic_processbench_f1", "critic_accuracy",
+                "critic_location_accuracy", "accept_rate", "sneaky_success_rate"):
         assert 0.0 <= report[1][key] <= 1.0
     assert report[1]["time_rollout_s"] > 0
 

@@ -1,0 +1,86 @@
+"""SPC: does the critic find step errors better after self-play? Paired over held-out labelled solutions.
+
+    OMP_NUM_THREADS=1 python benchmarks/spc_critic.py --models runs/spc-arith-llama/iteration-0/model
+        runs/spc-arith-llama/pipeline [--problems 400] [--min_digits 3 --max_digits 4]
+
+Every model's critic judges (greedy) every step of the same ``--problems`` held-out solutions of the
+task's eval split (:func:`~selfgen.data.reasoning.labelled_solutions`: half clean, half with one
+rule-corrupted step of any of the three kinds). Printed per model: the step-level F1 (positive = a wrong
+step, over the steps of clean solutions and the steps of erroneous ones up to their error), the
+solution-level detection F1 and accuracy, ProcessBench's F1 (first error located / clean accepted) and
+the accept rate; then each model minus the first (the reference) with a 95% percentile bootstrap
+interval paired over problems (the same resampled problems for both models, 1000 resamples,
+:func:`selfgen.eval.statistics.bootstrap_interval`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from selfgen.data.reasoning import labelled_solutions
+from selfgen.eval.statistics import bootstrap_interval
+from selfgen.train.llm.lm import EVAL_SEED
+from selfgen.train.llm.spc import SPCConfig, SPCTrainer, detection_metrics, f1_score, first_flagged, step_labels
+
+SEED = EVAL_SEED + 700  # apart from the trainer's in-training detection set (EVAL_SEED + 500)
+METRICS = ("step_f1", "critic_f1", "critic_accuracy", "critic_processbench_f1", "accept_rate")
+
+
+def metrics(solutions, verdicts) -> dict[str, float]:
+    truth, flagged = step_labels(solutions, verdicts)
+    first = [first_flagged(v) for v in verdicts]
+    return {
+        "step_f1": f1_score(truth, flagged),
+        **detection_metrics(solutions, first),
+        "accept_rate": sum(f == -1 for f in first) / len(first),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", required=True)
+    parser.add_argument("--problems", type=int, default=400)
+    parser.add_argument("--task", default="arith")
+    parser.add_argument("--min_digits", type=int, default=3)
+    parser.add_argument("--max_digits", type=int, default=4)
+    parser.add_argument("--resamples", type=int, default=1000)
+    args = parser.parse_args()
+    for model in args.models:
+        if not (Path(model) / "config.json").is_file():
+            raise FileNotFoundError(f"--models: {model} is not a saved causal LM folder (no config.json)")
+    verdicts = {}
+    with tempfile.TemporaryDirectory() as output_dir:
+        for model in args.models:
+            config = SPCConfig(
+                output_dir=output_dir, task=args.task, min_digits=args.min_digits, max_digits=args.max_digits,
+                eval_problems=1, detection_problems=1,
+            )
+            trainer = SPCTrainer(model=model, config=config)
+            solutions = labelled_solutions(trainer.task, args.problems, SEED, split="eval")
+            verdicts[model] = trainer.step_verdicts([s.problem for s in solutions], [s.steps for s in solutions])
+    print(f"{len(solutions)} held-out solutions ({sum(s.error_index >= 0 for s in solutions)} with an error), "
+          f"{args.task} {args.min_digits}-{args.max_digits} digits")
+    print("model | " + " | ".join(METRICS))
+    for model in args.models:
+        values = metrics(solutions, verdicts[model])
+        print(f"{model} | " + " | ".join(f"{values[key]:.3f}" for key in METRICS))
+    reference = args.models[0]
+    rows = np.arange(len(solutions))
+    for model in args.models[1:]:
+        cells = []
+        for key in METRICS:
+            def difference(index: np.ndarray, key: str = key) -> float:
+                picked = [solutions[i] for i in index]
+                return (metrics(picked, [verdicts[model][i] for i in index])[key]
+                        - metrics(picked, [verdicts[reference][i] for i in index])[key])
+            low, high = bootstrap_interval(difference, rows, num_resamples=args.resamples)
+            cells.append(f"{key} {difference(rows):+.3f} [{low:+.3f}, {high:+.3f}]")
+        print(f"{model} - {reference}: " + "; ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
