@@ -97,3 +97,5 @@ def test_bundled_config_loads():
 
     config = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith.yaml")
     assert spc.METHOD.name == "spc" and config.seed == 0 and config.warmup_error_kinds == ["calculation"]
+    llama = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith_llama.yaml")
+    assert llama.model == "assets/lm-arith-llama" and llama.mixed_precision == "no"
