@@ -7,9 +7,10 @@ Every model's critic judges (greedy) every step of the same ``--problems`` held-
 task's eval split (:func:`~selfgen.data.reasoning.labelled_solutions`: half clean, half with one
 rule-corrupted step of any of the three kinds). Printed per model: the step-level F1 (positive = a wrong
 step, over the steps of clean solutions and the steps of erroneous ones up to their error), the
-solution-level detection F1 and accuracy, ProcessBench's F1 (first error located / clean accepted) and
-the accept rate; then each model minus the first (the reference) with a 95% percentile bootstrap
-interval paired over problems (the same resampled problems for both models, 1000 resamples,
+step true / false positive rates, the solution-level detection F1 and accuracy, ProcessBench's F1
+(first error located / clean accepted) and the accept rate, next to a step-blind critic that flags each
+step at random at the model's own rate (TPR = FPR: what flagging more buys without judging); then each
+model minus the first (the reference) with a 95% percentile bootstrap interval paired over problems (the same resampled problems for both models, 1000 resamples,
 :func:`selfgen.eval.statistics.bootstrap_interval`).
 """
 
@@ -27,7 +28,7 @@ from selfgen.train.llm.lm import EVAL_SEED
 from selfgen.train.llm.spc import SPCConfig, SPCTrainer, detection_metrics, f1_score, first_flagged, step_labels
 
 SEED = EVAL_SEED + 700  # apart from the trainer's in-training detection set (EVAL_SEED + 500)
-METRICS = ("step_f1", "critic_f1", "critic_accuracy", "critic_processbench_f1", "accept_rate")
+METRICS = ("step_f1", "step_tpr", "step_fpr", "critic_f1", "critic_accuracy", "critic_processbench_f1", "accept_rate")
 
 
 def metrics(solutions, verdicts) -> dict[str, float]:
@@ -35,9 +36,23 @@ def metrics(solutions, verdicts) -> dict[str, float]:
     first = [first_flagged(v) for v in verdicts]
     return {
         "step_f1": f1_score(truth, flagged),
+        "step_tpr": sum(t and f for t, f in zip(truth, flagged)) / max(sum(truth), 1),
+        "step_fpr": sum(f and not t for t, f in zip(truth, flagged)) / max(len(truth) - sum(truth), 1),
         **detection_metrics(solutions, first),
         "accept_rate": sum(f == -1 for f in first) / len(first),
     }
+
+
+def chance(solutions, verdicts, draws: int = 200, seed: int = 0) -> dict[str, float]:
+    """The metrics of a step-blind critic: each step flagged at random with the model's own step flag rate (mean over ``draws`` draws): what flagging more buys without judging."""
+    truth, flagged = step_labels(solutions, verdicts)
+    rate = sum(flagged) / len(flagged)
+    rng = np.random.default_rng(seed)
+    runs = [
+        metrics(solutions, [[None if rng.random() < rate else True for _ in steps] for steps in verdicts])
+        for _ in range(draws)
+    ]
+    return {key: float(np.mean([run[key] for run in runs])) for key in METRICS}
 
 
 def main() -> None:
@@ -68,6 +83,8 @@ def main() -> None:
     for model in args.models:
         values = metrics(solutions, verdicts[model])
         print(f"{model} | " + " | ".join(f"{values[key]:.3f}" for key in METRICS))
+        blind = chance(solutions, verdicts[model])
+        print("  step-blind critic at its flag rate | " + " | ".join(f"{blind[key]:.3f}" for key in METRICS))
     reference = args.models[0]
     rows = np.arange(len(solutions))
     for model in args.models[1:]:
