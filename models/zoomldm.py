@@ -108,6 +108,8 @@ class ZoomAutoencoder(ModelMixin, ConfigMixin):
         latent_noise: float = 0.0,
     ) -> None:
         super().__init__()
+        if not (math.isfinite(latent_noise) and latent_noise >= 0):
+            raise ValueError(f"latent_noise must be a finite fraction >= 0 of each channel's std, got {latent_noise}")
         block = in_channels * factor**2
         self.unshuffle, self.shuffle = nn.PixelUnshuffle(factor), nn.PixelShuffle(factor)
         self.encode_linear = nn.Conv2d(block, 2 * latent_channels, 1)
@@ -348,8 +350,7 @@ class ZoomLDMDenoiser(AttentionBackendMixin, ModelMixin, ConfigMixin):
         shift, scale = self.out_modulation(temb).chunk(2, dim=-1)
         out = self.proj_out(modulate(self.norm_out(hidden), shift, scale))
         side = size // patch
-        out = rearrange(out, "b (h w) (p q c) -> b c (h p) (w q)", h=side, p=patch, q=patch)
-        return out
+        return rearrange(out, "b (h w) (p q c) -> b c (h p) (w q)", h=side, p=patch, q=patch)
 
 
 class ZoomEmbeddingDiffusion(AttentionBackendMixin, ModelMixin, ConfigMixin):

@@ -24,6 +24,7 @@ loader; :class:`~selfgen.data.zoom.UniformMagnificationDataset`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,8 @@ class ZoomLDMConfig(TrainingConfig):
             raise ValueError(f"autoencoder must be 'kl' or 'patch', got {self.autoencoder!r}")
         if not 0 <= self.condition_dropout < 1:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
+        if not (math.isfinite(self.latent_noise) and self.latent_noise >= 0):
+            raise ValueError(f"latent_noise must be finite and >= 0, got {self.latent_noise}")
 
 
 # ---------------------------------------------------------------------- objectives

@@ -121,6 +121,9 @@ def test_patch_autoencoder_latent_noise_floors_the_posterior_std_only():
     assert exact.std.max() < 0.05 and floored.std.min() >= 0.2 - 1e-6
     spread = (floored.sample() - floored.mean).std()
     assert 0.15 < spread < 0.25
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="latent_noise"):
+            ZoomAutoencoder(latent_channels=4, factor=4, hidden=8, latent_noise=bad)
 
 
 def test_patch_autoencoder_decoder_is_local():

@@ -149,16 +149,15 @@ def first_flagged(verdicts: Sequence[bool | None]) -> int:
     return next((index for index, verdict in enumerate(verdicts) if verdict is not True), -1)
 
 
+def harmonic_mean(a: float, b: float) -> float:
+    """``2 a b / (a + b)`` (0 when both are 0)."""
+    return 2 * a * b / (a + b) if a + b else 0.0
+
+
 def f1_score(truth: Sequence[bool], flagged: Sequence[bool]) -> float:
     """``2 P R / (P + R)`` with positive = erroneous (0 when nothing is both true and flagged)."""
     true_pos = sum(t and f for t, f in zip(truth, flagged))
-    precision = true_pos / max(sum(flagged), 1)
-    recall = true_pos / max(sum(truth), 1)
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b else 0.0
+    return harmonic_mean(true_pos / max(sum(flagged), 1), true_pos / max(sum(truth), 1))
 
 
 def detection_metrics(solutions: Sequence[LabelledSolution], predicted: Sequence[int]) -> dict[str, float]:
