@@ -238,6 +238,47 @@ def unseen_mask(
     return mask
 
 
+def warp_video(
+    video: np.ndarray,
+    depth: np.ndarray,
+    cameras: np.ndarray,
+    target_cameras: np.ndarray,
+    intrinsics: np.ndarray,
+    target_intrinsics: np.ndarray | None = None,
+    supersample: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forward-warp ``video`` ``(F, H, W, 3)`` with its camera depth ``depth`` ``(F, H, W)`` (``inf`` = sky,
+    at infinity) from ``cameras`` into ``target_cameras`` (both ``(F, 4, 4)``; frame ``f`` to frame ``f``,
+    the same scene time): every source pixel (``supersample``\ :sup:`2` points per pixel) is lifted to 3-D,
+    projected into the target frame and splatted to its nearest pixel, the nearest point winning (a z-buffer).
+    Returns the warped video and the ``(F, H, W)`` mask of the target pixels some source point landed on
+    (disocclusions and pixels outside the source's view stay 0, mask False)."""
+    frames, size = video.shape[0], video.shape[1]
+    target_intrinsics = intrinsics if target_intrinsics is None else target_intrinsics
+    offsets = (np.arange(size * supersample) + 0.5) / supersample
+    rows, cols = np.meshgrid(offsets, offsets, indexing="ij")
+    source_index = (rows.astype(int) * size + cols.astype(int)).reshape(-1)
+    rays = np.stack([cols, rows, np.ones_like(rows)], axis=-1).reshape(-1, 3) @ np.linalg.inv(intrinsics).T
+    warped, valid = np.zeros_like(video), np.zeros((frames, size, size), dtype=bool)
+    for frame in range(frames):
+        z = depth[frame].reshape(-1)[source_index]
+        finite = np.isfinite(z)
+        camera, target = cameras[frame], target_cameras[frame]
+        world = (rays * np.where(finite, z, 1.0)[:, None]) @ camera[:3, :3].T  # sky: a direction, no translation
+        world = world + np.where(finite[:, None], camera[:3, 3], 0.0)
+        local = (world - np.where(finite[:, None], target[:3, 3], 0.0)) @ target[:3, :3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pixels = (local @ np.asarray(target_intrinsics, float).T)[:, :2] / local[:, 2:3]
+        inside = (local[:, 2] > 1e-3) & (pixels >= 0).all(1) & (pixels < size).all(1)
+        distance = np.where(finite, local[:, 2], FAR)[inside]
+        u, v = pixels[inside].astype(int).T
+        order = np.argsort(-distance, kind="stable")  # far first: the nearest point is written last and wins
+        colors = video[frame].reshape(-1, 3)[source_index[inside]]
+        warped[frame, v[order], u[order]] = colors[order]
+        valid[frame, v[order], u[order]] = True
+    return warped, valid
+
+
 def check_cameras(cameras: Any, name: str, num_frames: int | None = None, atol: float = 1e-3) -> np.ndarray:
     """``cameras`` as a float64 ``(F, 4, 4)`` array of rigid camera-to-world matrices, else ``ValueError``
     naming ``name``: finite, last row ``[0, 0, 0, 1]``, rotation block orthonormal with determinant +1, and
@@ -340,6 +381,7 @@ class MultiViewSceneDataset(Dataset):
     near the target camera, and a model cannot learn to carry content over from one, which is what a
     revisited camera needs. Neighbours are drawn from their own random stream, so every other view is
     the same as with ``neighbour_prob=0``. ``static=True`` freezes every object (see :func:`sample_scene`).
+    ``return_depth=True`` adds ``"depths"``: ``(V, F, H, W)`` float32 camera depth ``z`` (``inf`` for sky).
     """
 
     def __init__(
@@ -356,6 +398,7 @@ class MultiViewSceneDataset(Dataset):
         neighbour_prob: float = 0.0,
         neighbour_angle: float = 0.15,
         static: bool = False,
+        return_depth: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
@@ -366,7 +409,7 @@ class MultiViewSceneDataset(Dataset):
         self.num_scenes, self.num_views, self.num_frames, self.size = num_scenes, num_views, num_frames, size
         self.seed, self.split, self.max_view_offset = seed, split, max_view_offset
         self.neighbour_prob, self.neighbour_angle = neighbour_prob, neighbour_angle
-        self.include_scene, self.static = include_scene, static
+        self.include_scene, self.static, self.return_depth = include_scene, static, return_depth
         self.intrinsics = default_intrinsics(size)
         self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
 
@@ -397,7 +440,8 @@ class MultiViewSceneDataset(Dataset):
             cached = self._cache[index]
             return {**cached, "videos": cached["videos"].float() / 255}
         scene, cameras = self.scene_and_cameras(index)
-        videos = np.stack([render(scene, path, self.intrinsics, self.size) for path in cameras])
+        renders = [render(scene, path, self.intrinsics, self.size, return_depth=True) for path in cameras]
+        videos = np.stack([video for video, _ in renders])
         item: dict[str, Any] = {
             "videos": torch.from_numpy(videos),
             "cameras": torch.from_numpy(cameras).float(),
@@ -405,6 +449,8 @@ class MultiViewSceneDataset(Dataset):
         }
         if self.include_scene:
             item["scene"] = scene
+        if self.return_depth:
+            item["depths"] = torch.from_numpy(np.stack([depth for _, depth in renders]))
         if self._cache is not None:
             self._cache[index] = {**item, "videos": (item["videos"] * 255).round().to(torch.uint8)}
         return item

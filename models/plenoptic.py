@@ -13,6 +13,13 @@ sequence that full 3-D self-attention mixes. Each token carries
   A learned position table initialised at std 0.02 (our first version) stayed near-position-blind: in the
   trained model its per-token norm was 1.4 against 19 for the patch and 15 for the camera embeddings;
   the fixed code has norm ``sqrt(D / 2)`` from the first step;
+* optionally (``warp_conditioning``), on the target's tokens only, the **source warped into the target
+  cameras** with the source's depth (``data.multiview.warp_video``: RGB where a source point landed, 0
+  elsewhere, plus that validity mask as a fourth channel), patchified and projected by a zero-initialised
+  linear layer, so a model fine-tuned with it starts as the model without it. This is our departure, not
+  the paper's (it conditions on retrieved videos only): warp-conditioned camera control (GEN3C,
+  TrajectoryCrafter) tells the model where each source pixel lands, which our small DiT did not learn
+  from camera rays (docs/plenoptic.md, "Objects");
 * a role embedding (condition or target) and its own diffusion timestep through adaLN-zero: conditioning
   frames and the clean prefix frames of a long-video chunk have ``t = 0`` ("noisy scheduling" of the
   target only), the target's other frames the sampled ``t``.
@@ -89,7 +96,9 @@ class PlenopticTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
 
     ``forward(sample (B, F, C, H, W), timestep (B,) or (B, F), target_cameras (B, F, 4, 4), intrinsics
     (B, 3, 3) of the target, condition_videos (B, N, F, C, H, W) = None, condition_cameras (B, N, F, 4, 4) =
-    None, condition_intrinsics (B, N, 3, 3) = None (default: the target's))`` -> :class:`PlenopticTransformerOutput`. A per-frame ``timestep`` of 0 marks a clean (given) target frame.
+    None, condition_intrinsics (B, N, 3, 3) = None (default: the target's), warp (B, F, C + 1, H, W) = None (with
+    ``warp_conditioning``: the source warped into the target in [-1, 1], 0 where nothing landed, and the
+    landed mask; None = nothing landed anywhere))`` -> :class:`PlenopticTransformerOutput`. A per-frame ``timestep`` of 0 marks a clean (given) target frame.
     Videos are in ``[-1, 1]``; cameras are camera-to-world, already relative to a common reference.
     ``num_frames`` is the clip length it is trained on; pipelines generate longer videos chunk by chunk.
     """
@@ -105,6 +114,7 @@ class PlenopticTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         depth: int = 4,
         num_heads: int = 4,
         mlp_ratio: float = 4.0,
+        warp_conditioning: bool = False,
     ) -> None:
         super().__init__()
         if sample_size % patch_size:
@@ -116,6 +126,10 @@ class PlenopticTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         position = get_3d_sincos_pos_embed(hidden_size, sample_size // patch_size, num_frames)  # (F, P, D)
         self.register_buffer("position", position.float(), persistent=False)
         self.role_embed = nn.Embedding(2, hidden_size)
+        if warp_conditioning:
+            self.warp_embed = nn.Linear((in_channels + 1) * patch_size * patch_size, hidden_size)
+            nn.init.zeros_(self.warp_embed.weight)
+            nn.init.zeros_(self.warp_embed.bias)
         self.time_proj = Timesteps(hidden_size, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(hidden_size, hidden_size)
         self.blocks = nn.ModuleList(PlenopticBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
@@ -149,12 +163,21 @@ class PlenopticTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         condition_videos: torch.Tensor | None = None,
         condition_cameras: torch.Tensor | None = None,
         condition_intrinsics: torch.Tensor | None = None,
+        warp: torch.Tensor | None = None,
     ) -> PlenopticTransformerOutput:
         batch, frames, channels, height, width = sample.shape
         num_patches = self.position.shape[1]
         timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32)
         frame_timesteps = timestep.reshape(-1, 1).expand(batch, frames) if timestep.ndim < 2 else timestep
         target = self.embed_videos(sample[:, None], target_cameras[:, None], intrinsics[:, None], TARGET)
+        if self.config.warp_conditioning:
+            if warp is None:
+                warp = sample.new_zeros(batch, frames, channels + 1, height, width)
+            if warp.shape != (batch, frames, channels + 1, height, width):
+                raise ValueError(f"warp must be (B, F, {channels + 1}, H, W) like the sample plus a mask channel, got {tuple(warp.shape)}")
+            target = target + self.warp_embed(patchify(warp.to(self.dtype), self.config.patch_size)).flatten(1, 2)
+        elif warp is not None:
+            raise ValueError("warp was given but this model has warp_conditioning=False (no warp input)")
         token_timesteps = frame_timesteps.repeat_interleave(num_patches, dim=1)
         if condition_videos is not None and condition_videos.shape[1] > 0:
             if condition_cameras is None or condition_cameras.shape[:3] != condition_videos.shape[:3]:

@@ -23,6 +23,10 @@ ReCamMaster-like).
 ``L`` frames; each chunk after the first starts with ``chunk_overlap`` frames of the previous chunk,
 kept clean (timestep 0, never updated), and its conditions are the memory videos' frames of the same
 time window. All cameras are expressed relative to the source's first camera before they reach the model.
+
+**Warp conditioning** (our departure, for models trained with ``warp_conditioning``): given the source's
+depth (``source_depth``), every target also sees the source forward-warped into its cameras
+(:func:`warp_condition`), pixel-aligned with its own tokens. Without a depth the warp input is empty.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 
-from ..data.multiview import check_cameras, check_intrinsics
+from ..data.multiview import check_cameras, check_intrinsics, warp_video
 from ..data.validation import video_to_array
 from ..models.embeddings import relative_cameras
 from ..models.plenoptic import PlenopticTransformer
@@ -130,6 +134,18 @@ def select_conditions(
     return sorted(order[:retrieval_k])
 
 
+def warp_condition(
+    video: np.ndarray, depth: np.ndarray, cameras: np.ndarray, target_cameras: np.ndarray, intrinsics: np.ndarray,
+    target_intrinsics: np.ndarray | None = None,
+) -> np.ndarray:
+    """The model's warp input for one target: ``video`` ``(F, H, W, 3)`` in ``[0, 1]`` with depth ``(F, H, W)``
+    forward-warped into ``target_cameras`` (:func:`~selfgen.data.multiview.warp_video`), as ``(F, 4, H, W)``
+    float32: RGB in ``[-1, 1]`` where a source point landed and 0 elsewhere, then the landed mask (0 / 1)."""
+    warped, valid = warp_video(video, depth, cameras, target_cameras, intrinsics, target_intrinsics)
+    rgb = np.where(valid[..., None], warped * 2 - 1, 0.0)
+    return np.concatenate([rgb, valid[..., None]], axis=-1).transpose(0, 3, 1, 2).astype(np.float32)
+
+
 def chunk_starts(num_frames: int, clip_length: int, overlap: int) -> list[int]:
     """First frame of every chunk: stride ``clip_length - overlap``, the last chunk ending at ``num_frames``."""
     if num_frames <= clip_length:
@@ -178,10 +194,12 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
         generator: torch.Generator | None,
         chunk_overlap: int,
         condition_intrinsics: torch.Tensor | None = None,
+        warp: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One target video ``(F, C, H, W)`` in ``[-1, 1]`` given conditions ``(N, F, C, H, W)`` and cameras
         (relative, ``(N, F, 4, 4)`` and ``(F, 4, 4)``) and intrinsics (the target's ``(3, 3)``, the conditions'
-        ``(N, 3, 3)``, default the target's), chunk by chunk (long-video conditioning)."""
+        ``(N, 3, 3)``, default the target's), chunk by chunk (long-video conditioning); ``warp`` ``(F, C + 1, H, W)``:
+        the source warped into the target (:func:`warp_condition`), for warp-conditioned models."""
         num_frames, clip = target_cameras.shape[0], self.transformer.config.num_frames
         clip = min(clip, num_frames)
         size, channels = self.transformer.config.sample_size, self.transformer.config.in_channels
@@ -198,11 +216,13 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
             condition_cams = condition_cameras[None, :, window].to(device)
             cameras = target_cameras[None, window].to(device)
             condition_k = None if condition_intrinsics is None else condition_intrinsics[None].to(device)
+            warp_window = None if warp is None else warp[None, window].to(device, dtype)
 
             def predict_velocity(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
                 frame_timesteps = torch.where(is_clean, 0.0, timestep.float())
                 velocity = self.transformer(
-                    model_input, frame_timesteps, cameras, intrinsics[None].to(device), conditions, condition_cams, condition_k
+                    model_input, frame_timesteps, cameras, intrinsics[None].to(device), conditions, condition_cams, condition_k,
+                    warp=warp_window,
                 ).sample
                 return velocity.masked_fill(is_clean[..., None, None, None], 0.0)
 
@@ -210,6 +230,21 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
             video[window] = latents[0].clamp(-1, 1)
             done = start + clip
         return video
+
+    def check_depth(self, depth, num_frames: int) -> np.ndarray | None:
+        """``source_depth`` as float64 ``(F, H, W)`` (positive, ``inf`` allowed for sky), or ``None``; a depth for a
+        model without ``warp_conditioning`` is a ``ValueError``."""
+        if depth is None:
+            return None
+        if not self.transformer.config.warp_conditioning:
+            raise ValueError("source_depth was given but this model has no warp input (trained without warp_conditioning)")
+        size = self.transformer.config.sample_size
+        array = np.asarray(depth.cpu() if isinstance(depth, torch.Tensor) else depth, dtype=np.float64)
+        if array.shape != (num_frames, size, size):
+            raise ValueError(f"source_depth must be (num_frames, {size}, {size}) = ({num_frames}, {size}, {size}), got {array.shape}")
+        if np.isnan(array).any() or (array <= 0).any():
+            raise ValueError("source_depth must be positive camera depths z (inf for sky), without NaN")
+        return array
 
     def _paths(self, paths, name: str, num_frames: int) -> list[np.ndarray]:
         if not isinstance(paths, (list, tuple)):
@@ -242,6 +277,7 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
         known_videos: list | None = None,
         known_cameras: list | None = None,
         known_intrinsics: list | None = None,
+        source_depth=None,
         return_dict: bool = True,
     ) -> PlenopticPipelineOutput | tuple:
         """Generate one video per camera path in ``target_cameras``, in order, each conditioned on up to
@@ -251,7 +287,9 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
         ``known_videos`` / ``known_cameras`` (/ ``known_intrinsics``): other recorded views of the scene,
         ``(F, H, W, 3)`` in ``[0, 1]`` each, that join the memory bank after the source (memory indices
         ``1..M``; the generated views follow), e.g. the other cameras of a rig, or the ground truth of the
-        earlier views when measuring a chain's exposure gap."""
+        earlier views when measuring a chain's exposure gap. ``source_depth``: the source's camera depth ``z``
+        per pixel, ``(F, H, W)``, positive, ``inf`` for sky; for a model trained with ``warp_conditioning``
+        every target is also conditioned on the source warped into its cameras (without it, on no warp)."""
         self.check_sampling_inputs(1, output_type, ("latents",))
         source = self.check_video(source_video, "source_video")
         num_frames = source.shape[0]
@@ -270,6 +308,7 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
             raise ValueError(f"retrieval_k must be >= 1, got {retrieval_k}")
         if not 0 <= chunk_overlap < self.transformer.config.num_frames:
             raise ValueError(f"chunk_overlap must be in [0, {self.transformer.config.num_frames}), got {chunk_overlap}")
+        depth = self.check_depth(source_depth, num_frames)
         reference = torch.from_numpy(source_cameras[0]).float()
         to_relative = lambda cameras: relative_cameras(torch.from_numpy(cameras).float(), reference)  # noqa: E731
         memory_videos, memory_cameras, memory_k = [source, *known], [source_cameras, *known_paths], [intrinsics, *known_k]
@@ -277,11 +316,15 @@ class PlenopticDreamerPipeline(SelfgenPipeline):
         videos, conditions = [], []
         for cameras, target_k in zip(targets, targets_k):
             chosen = select_conditions(cameras, memory_cameras, retrieval_k, retrieval, target_k, size, near, far, memory_k)
+            warp = None
+            if depth is not None:
+                source_rgb = (source.permute(0, 2, 3, 1).numpy() + 1) / 2
+                warp = torch.from_numpy(warp_condition(source_rgb, depth, source_cameras, cameras, intrinsics, target_k))
             video = self.generate_view(
                 torch.stack([memory_videos[index] for index in chosen]),
                 torch.stack([to_relative(memory_cameras[index]) for index in chosen]),
                 to_relative(cameras), torch.from_numpy(target_k).float(), num_inference_steps, generator, chunk_overlap,
-                torch.from_numpy(np.stack([memory_k[index] for index in chosen])).float(),
+                torch.from_numpy(np.stack([memory_k[index] for index in chosen])).float(), warp,
             ).float().cpu()
             memory_videos.append(video)
             memory_cameras.append(cameras)

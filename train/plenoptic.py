@@ -36,7 +36,12 @@ averaged over the target frames that are not given clean. The paper's training r
   other views of the scene with the highest 3D-FOV retrieval score
   (:func:`selfgen.pipelines.plenoptic.frustum_overlap`, the criterion the pipeline retrieves with), so
   training sees the same kind of context as inference; ``random`` draws ``n`` other views uniformly;
-* ``single_in: true`` is the ReCamMaster-like ablation: the source video is the only condition.
+* ``single_in: true`` is the ReCamMaster-like ablation: the source video is the only condition;
+* ``warp_conditioning: true`` (our departure, see ``models/plenoptic.py``) also gives every target (and every
+  online self-generated condition) the source forward-warped into its cameras with the source's depth
+  (the synthetic renderer's, standing in for a depth estimator); with probability ``warp_drop_prob`` the warp
+  is left empty, so the model also works where no depth is known (user data without depth). Fine-tuning a
+  model trained without it (``pretrained``) adds the zero-initialised warp projection.
 
 Cameras are made relative to the source's first camera; the target view is any non-source view. The
 synthetic training scenes (``neighbour_prob``, see :class:`MultiViewSceneDataset`) include views whose
@@ -91,7 +96,7 @@ from ..eval.plots import pyplot, save_figure, save_image_grid
 from ..eval.statistics import mean_difference, standard_error
 from ..models.embeddings import relative_cameras
 from ..models.plenoptic import PlenopticTransformer
-from ..pipelines.plenoptic import RETRIEVAL_MODES, PlenopticDreamerPipeline, frustum_overlap
+from ..pipelines.plenoptic import RETRIEVAL_MODES, PlenopticDreamerPipeline, frustum_overlap, warp_condition
 from .config import TrainingConfig
 from .registry import Method
 from .trainer import Objective, TrainerCallback, TrainResult, Trainer
@@ -123,6 +128,8 @@ class PlenopticConfig(TrainingConfig):
     self_conditioning: str = "online"  # "offline": a bank of full-pipeline chains by the pretrained model
     self_conditioning_bank: str | None = None  # offline bank (.npz); None: <output_dir>/self_conditioning_bank.npz, built if missing
     clean_prefix_prob: float = 0.2
+    warp_conditioning: bool = False  # the source warped into the target by its depth, as a zero-initialised input
+    warp_drop_prob: float = 0.1  # share of training targets given an empty warp (no depth known)
     timestep_shift: float = 1.0  # s > 1 trains more on high noise: sigma = s u / (1 + (s - 1) u), u ~ U(0, 1) (SD3's shift)
     condition_selection: str = "fov"
     neighbour_prob: float = 0.0
@@ -139,8 +146,11 @@ class PlenopticConfig(TrainingConfig):
         if not 1 <= self.max_conditions <= self.num_views - 1:
             raise ValueError(f"max_conditions must be in [1, num_views - 1 = {self.num_views - 1}], got {self.max_conditions}")
         self.require_fractions(
-            "context_warmup_fraction", "self_conditioning_prob", "self_conditioning_start", "clean_prefix_prob", "neighbour_prob"
+            "context_warmup_fraction", "self_conditioning_prob", "self_conditioning_start", "clean_prefix_prob", "neighbour_prob",
+            "warp_drop_prob",
         )
+        if self.warp_conditioning and self.data is not None:
+            raise ValueError("warp_conditioning needs the source's depth: only the synthetic scenes have it (unset --data)")
         if self.camera_convention not in CAMERA_CONVENTIONS:
             raise ValueError(f"camera_convention must be one of {CAMERA_CONVENTIONS}, got {self.camera_convention!r}")
         if self.timestep_shift <= 0:
@@ -234,27 +244,45 @@ class PlenopticObjective(Objective):
         ]
         return torch.from_numpy(np.stack(scores)).float()
 
+    def source_warps(self, batch: dict, rows: torch.Tensor, views: torch.Tensor) -> torch.Tensor | None:
+        """The warp input (:func:`~selfgen.pipelines.plenoptic.warp_condition`) of view ``views[i]`` of sample
+        ``rows[i]``, ``(N, F, 4, H, W)``, each empty with probability ``warp_drop_prob``; ``None`` without
+        ``warp_conditioning``."""
+        if not self.config.warp_conditioning:
+            return None
+        if "depths" not in batch:
+            raise ValueError("warp_conditioning needs batches with 'depths' (MultiViewSceneDataset(return_depth=True))")
+        videos, depths, cameras = batch["videos"].cpu().numpy(), batch["depths"].cpu().numpy(), batch["cameras"].cpu().double().numpy()
+        intrinsics = per_view_intrinsics(batch["intrinsics"], videos.shape[1]).cpu().double().numpy()
+        warps = []
+        for row, view in zip(rows.tolist(), views.tolist()):
+            warp = warp_condition(videos[row, 0], depths[row, 0], cameras[row, 0], cameras[row, view], intrinsics[row, 0], intrinsics[row, view])
+            warps.append(warp * float(torch.rand(()) >= self.config.warp_drop_prob))
+        return torch.from_numpy(np.stack(warps)).to(batch["videos"].device)
+
     @torch.no_grad()
-    def self_generate(self, model: nn.Module, videos, cameras, intrinsics, views: torch.Tensor) -> torch.Tensor:
-        """The model's own generations of ``views`` ``(B, n)`` conditioned on the source: ``(B, n, F, C, H, W)``."""
-        batch, count = views.shape
+    def self_generate(self, model: nn.Module, videos, cameras, intrinsics, views: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
+        """The model's own generations of ``views`` ``(B, n)`` conditioned on the source (and, given the ``batch``
+        of a warp-conditioned run, on the source's warp into each view): ``(B, n, F, C, H, W)``."""
+        num_samples, count = views.shape
         flat = views.reshape(-1)
-        sample_index = torch.arange(batch, device=views.device).repeat_interleave(count)
+        sample_index = torch.arange(num_samples, device=views.device).repeat_interleave(count)
         inputs = {
             "target_cameras": cameras[sample_index, flat],
             "intrinsics": intrinsics[sample_index, flat],
             "condition_videos": videos[sample_index, :1],
             "condition_cameras": cameras[sample_index, :1],
             "condition_intrinsics": intrinsics[sample_index, :1],
+            "warp": None if batch is None else self.source_warps(batch, sample_index, flat),
         }
         generated = flow_sample(model, inputs, tuple(videos[sample_index, flat].shape), self.config.self_conditioning_steps)
-        return generated.reshape(batch, count, *generated.shape[1:])
+        return generated.reshape(num_samples, count, *generated.shape[1:])
 
     def own_generations(self, model: nn.Module, batch: dict, videos, cameras, intrinsics, views: torch.Tensor) -> torch.Tensor:
         """The model's own versions of ``views`` ``(B, n)`` in ``[-1, 1]``: the offline bank's chain generations
         (``batch["generated_videos"]``) or, online, a fresh :meth:`self_generate`."""
         if self.config.self_conditioning == "online":
-            return self.self_generate(model, videos, cameras, intrinsics, views)
+            return self.self_generate(model, videos, cameras, intrinsics, views, batch)
         if "generated_videos" not in batch:
             raise ValueError("self_conditioning: offline needs batches with 'generated_videos' (wrap the dataset in SelfGeneratedViews)")
         generated = batch["generated_videos"].permute(0, 1, 2, 5, 3, 4) * 2 - 1
@@ -287,7 +315,7 @@ class PlenopticObjective(Objective):
         noisy = (1 - sigma_view) * clean_video + sigma_view * noise
         prediction = model(
             noisy, sigma * 1000, cameras[rows, targets], intrinsics[rows, targets], conditions,
-            cameras[rows[:, None], views], intrinsics[rows[:, None], views],
+            cameras[rows[:, None], views], intrinsics[rows[:, None], views], warp=self.source_warps(batch, rows, targets),
         ).denoised.float()
         per_frame = F.mse_loss(prediction, clean_video.float(), reduction="none").mean(dim=(2, 3, 4))
         weight = (~is_clean).float()
@@ -322,7 +350,7 @@ def build_dataset(config: PlenopticConfig):
     return MultiViewSceneDataset(
         config.num_scenes, config.num_views, config.num_frames, config.size, config.seed,
         split="train", cache=config.train_dataset_cache, include_scene=False,
-        neighbour_prob=config.neighbour_prob, neighbour_angle=config.neighbour_angle,
+        neighbour_prob=config.neighbour_prob, neighbour_angle=config.neighbour_angle, return_depth=config.warp_conditioning,
     )
 
 
@@ -401,12 +429,25 @@ def self_conditioning_bank(config: PlenopticConfig, transformer: PlenopticTransf
 
 
 def build_transformer(config: PlenopticConfig) -> PlenopticTransformer:
-    if config.pretrained:
-        return PlenopticDreamerPipeline.from_pretrained(config.pretrained).transformer
-    return PlenopticTransformer(
-        sample_size=config.size, num_frames=config.num_frames, patch_size=config.patch_size,
-        hidden_size=config.hidden_size, depth=config.depth, num_heads=config.num_heads,
-    )
+    """A new transformer, or ``pretrained``'s; ``warp_conditioning`` on a model trained without it adds the warp
+    projection, zero-initialised (the fine-tuned model starts as the pretrained one)."""
+    if not config.pretrained:
+        return PlenopticTransformer(
+            sample_size=config.size, num_frames=config.num_frames, patch_size=config.patch_size,
+            hidden_size=config.hidden_size, depth=config.depth, num_heads=config.num_heads,
+            warp_conditioning=config.warp_conditioning,
+        )
+    pretrained = PlenopticDreamerPipeline.from_pretrained(config.pretrained).transformer
+    if pretrained.config.warp_conditioning == config.warp_conditioning:
+        return pretrained
+    if not config.warp_conditioning:
+        raise ValueError(f"pretrained {config.pretrained} has a warp input; set warp_conditioning: true to fine-tune it")
+    arguments = {key: value for key, value in pretrained.config.items() if not key.startswith("_")}
+    transformer = PlenopticTransformer(**{**arguments, "warp_conditioning": True})
+    missing, unexpected = transformer.load_state_dict(pretrained.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("warp_embed.") for key in missing):
+        raise ValueError(f"pretrained {config.pretrained}: weights do not fit (missing {missing}, unexpected {unexpected})")
+    return transformer
 
 
 def build_pipeline(transformer: PlenopticTransformer) -> PlenopticDreamerPipeline:
@@ -443,6 +484,14 @@ def load_pipeline(model_path: str) -> PlenopticDreamerPipeline:
     pipe = PlenopticDreamerPipeline.from_pretrained(model_path)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def depth_inputs(pipe: PlenopticDreamerPipeline, item: dict[str, Any]) -> dict[str, Any]:
+    """``{"source_depth": ...}`` (the source's rendered depth) for a warp-conditioned ``pipe``, else ``{}``."""
+    if not pipe.transformer.config.warp_conditioning:
+        return {}
+    size = item["videos"].shape[2]
+    return {"source_depth": render(item["scene"], item["cameras"].numpy()[0], item["intrinsics"].numpy(), size, return_depth=True)[1]}
 
 
 def held_out_scenes(count: int, chain_length: int, num_frames: int, size: int) -> MultiViewSceneDataset:
@@ -500,7 +549,7 @@ def chain_scores(
             generated = pipe(
                 source_video=videos[0], source_cameras=cameras[0], target_cameras=targets, intrinsics=intrinsics,
                 retrieval_k=retrieval_k, retrieval=retrieval, num_inference_steps=num_inference_steps,
-                generator=torch.Generator().manual_seed(seed + index), output_type="np",
+                generator=torch.Generator().manual_seed(seed + index), output_type="np", **depth_inputs(pipe, item),
             ).videos
         per_scene.append(scene_chain_scores(item, generated, intrinsics))
         first_chain = first_chain if first_chain is not None else [videos[0]] + list(generated)
@@ -548,6 +597,8 @@ def walk_away_scene_scores(
     videos, cameras, intrinsics = item["videos"].numpy(), item["cameras"].numpy(), item["intrinsics"].numpy()
     truths, scene = videos[1:], item["scene"]
     options = dict(intrinsics=intrinsics, retrieval_k=retrieval_k, retrieval=retrieval, num_inference_steps=num_inference_steps, output_type="np")
+    if pipe is not None:
+        options.update(depth_inputs(pipe, item))
     if pipe is None:
         chain, teacher, in_context = [videos[0]] * len(videos), [videos[0]] * len(truths), [True] * len(truths)
     else:
@@ -802,8 +853,8 @@ def generate(
 
 
 def demo(asset_dir: Path, output_dir: Path) -> dict:
-    """One held-out scene: chain A, B, C, A' (retrieval K=2), against the ground truth; ``chain.png``
-    rows are source, A, B, C, A' and ground truth A, B, C."""
+    """One held-out scene: chain A, B, C, A' (retrieval K=2; a warp-conditioned model also gets the source's
+    rendered depth), against the ground truth; ``chain.png`` rows are source, A, B, C, A' and ground truth A, B, C."""
     pipe = load_pipeline(str(asset_dir))
     config = pipe.transformer.config
     item = held_out_scenes(1, 3, config.num_frames, config.sample_size)[0]
@@ -811,6 +862,7 @@ def demo(asset_dir: Path, output_dir: Path) -> dict:
     generated = pipe(
         source_video=videos[0], source_cameras=cameras[0], target_cameras=[cameras[1], cameras[2], cameras[3], cameras[1]],
         intrinsics=intrinsics, retrieval_k=2, num_inference_steps=DEMO_STEPS, generator=torch.Generator().manual_seed(0),
+        **depth_inputs(pipe, item),
     ).videos
     output_dir.mkdir(parents=True, exist_ok=True)
     save_image_grid(

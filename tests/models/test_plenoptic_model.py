@@ -120,3 +120,25 @@ def test_condition_intrinsics_are_per_video_and_default_to_the_targets():
     wide = K[:, None].repeat(1, 2, 1, 1)
     wide[:, 1, 0, 0] = wide[:, 1, 1, 1] = 8.0  # the second condition was filmed with half the focal length
     assert (model(sample, 300, _cameras(0.2), K, conditions, condition_cameras, wide).sample - shared).abs().mean() > 1e-5
+
+
+@torch.no_grad()
+def test_warp_input_starts_at_zero_then_moves_the_prediction_and_is_checked():
+    """The warp projection is zero-initialised: the warp-conditioned model equals the model without it
+    until the projection learns; a trained projection makes the warp change the target."""
+    plain = _model()
+    torch.manual_seed(0)
+    warped = PlenopticTransformer(sample_size=16, num_frames=3, patch_size=8, hidden_size=32, depth=2, num_heads=2, warp_conditioning=True)
+    warped.load_state_dict(plain.state_dict(), strict=False)
+    sample, conditions, condition_cameras = _inputs()
+    args = (sample, torch.tensor([500.0]), _cameras(0.0), K, conditions, condition_cameras)
+    warp = torch.randn(1, 3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    reference = plain(*args).denoised
+    torch.testing.assert_close(warped(*args, warp=warp).denoised, reference, rtol=1e-5, atol=1e-6)
+    warped.warp_embed.weight.normal_(std=0.2)
+    assert (warped(*args, warp=warp).denoised - reference).abs().mean() > 1e-3
+    torch.testing.assert_close(warped(*args).denoised, warped(*args, warp=torch.zeros_like(warp)).denoised)  # None = empty warp
+    with pytest.raises(ValueError, match="warp must be"):
+        warped(*args, warp=warp[:, :, :3])
+    with pytest.raises(ValueError, match="warp_conditioning=False"):
+        plain(*args, warp=warp)

@@ -4,7 +4,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from selfgen import AutoPipeline, PlenopticDreamerPipeline
-from selfgen.data.multiview import MultiViewSceneDataset, look_at
+from selfgen.data.multiview import MultiViewSceneDataset, look_at, render
 from selfgen.models.plenoptic import PlenopticTransformer
 from selfgen.pipelines.plenoptic import chunk_starts, frustum_overlap, select_conditions
 
@@ -154,3 +154,30 @@ def test_bad_inputs_are_clear_errors(pipe, scene):
         pipe(source_video=videos[0], source_cameras=cameras[0], target_cameras=[cameras[1]], intrinsics=np.eye(2))
     with pytest.raises(ValueError, match="retrieval_k"):
         pipe(source_video=videos[0], source_cameras=cameras[0], target_cameras=[cameras[1]], intrinsics=K_scene, retrieval_k=0)
+
+
+def test_source_depth_feeds_the_warp_of_a_warp_conditioned_model(scene):
+    torch.manual_seed(0)
+    model = PlenopticTransformer(sample_size=SIZE, num_frames=3, patch_size=8, hidden_size=32, depth=1, num_heads=2, warp_conditioning=True)
+    with torch.no_grad():
+        model.proj_out.weight.normal_(std=0.1)
+    warp_pipe = PlenopticDreamerPipeline(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000))
+    warp_pipe.set_progress_bar_config(disable=True)
+    cameras = scene["cameras"].numpy()
+    depth = render(scene["scene"], cameras[0], K, SIZE, return_depth=True)[1]
+    without = _run(warp_pipe, scene, [cameras[1]]).videos[0]
+    np.testing.assert_allclose(_run(warp_pipe, scene, [cameras[1]], source_depth=depth).videos[0], without, atol=1e-6)  # zero-init
+    with torch.no_grad():
+        model.warp_embed.weight.normal_(std=0.2)
+    assert np.abs(_run(warp_pipe, scene, [cameras[1]], source_depth=depth).videos[0] - without).mean() > 1e-3
+    with pytest.raises(ValueError, match="source_depth must be"):
+        _run(warp_pipe, scene, [cameras[1]], source_depth=depth[:, :4])
+    with pytest.raises(ValueError, match="positive"):
+        _run(warp_pipe, scene, [cameras[1]], source_depth=-depth)
+
+
+def test_source_depth_is_refused_by_a_model_without_a_warp_input(pipe, scene):
+    cameras = scene["cameras"].numpy()
+    depth = render(scene["scene"], cameras[0], K, SIZE, return_depth=True)[1]
+    with pytest.raises(ValueError, match="no warp input"):
+        _run(pipe, scene, [cameras[1]], source_depth=depth)

@@ -105,9 +105,9 @@ def test_self_conditioning_replaces_generated_views_but_never_the_source(tmp_pat
     seen = {}
     original = objective.self_generate
 
-    def spy(model, videos, cameras, intrinsics, views):
+    def spy(model, videos, cameras, intrinsics, views, batch=None):
         seen["views"] = views.clone()
-        seen["generated"] = original(model, videos, cameras, intrinsics, views)
+        seen["generated"] = original(model, videos, cameras, intrinsics, views, batch)
         return seen["generated"]
 
     monkeypatch.setattr(objective, "self_generate", spy)
@@ -294,7 +294,7 @@ def test_equal_budget_finetune_arms_differ_from_the_control_only_in_their_mechan
 
     root = Path(__file__).resolve().parents[2] / "configs"
     control = asdict(load_config(PlenopticConfig, root / "plenoptic_scenes_continue.yaml"))
-    assert control["pretrained"] == "assets/plenoptic-scenes" and control["self_conditioning_prob"] == 0.0
+    assert control["pretrained"] == "outputs/plenoptic-scenes-stage2/pipeline" and control["self_conditioning_prob"] == 0.0
     expected = {
         "plenoptic_scenes_selfcond.yaml": {"self_conditioning": "offline", "self_conditioning_prob": 0.5},
         "plenoptic_scenes_online_selfcond.yaml": {"self_conditioning_prob": 0.5},
@@ -325,6 +325,23 @@ def test_two_stage_asset_config_starts_from_stage_one_output_not_from_assets():
     assert differing == {"pretrained": stage2["pretrained"], "max_train_steps": 600, "timestep_shift": 3.0, "self_conditioning_prob": 0.5}
 
 
+def test_asset_stage_three_is_stage_two_plus_the_warp_input_read_from_stage_two_output():
+    """configs/plenoptic_scenes_warp.yaml (the bundled asset's last stage) reads stage 2's export (never assets/)
+    and differs from stage 2 only in the warp input."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from selfgen.train.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    stage2 = load_config(PlenopticConfig, root / "plenoptic_scenes_stage2.yaml")
+    stage3 = asdict(load_config(PlenopticConfig, root / "plenoptic_scenes_warp.yaml"))
+    assert Path(stage3["pretrained"]) == stage2.pipeline_dir and stage3["export_dir"] is None
+    stage2 = asdict(stage2)
+    differing = {key: stage3[key] for key in stage3 if stage3[key] != stage2[key] and key not in ("output_dir",)}
+    assert differing == {"pretrained": stage3["pretrained"], "warp_conditioning": True}
+
+
 def test_pretrained_starts_from_the_exported_weights(tmp_path):
     first = train(_config(tmp_path, max_train_steps=2))
     stored = load_file(str(first.pipeline_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
@@ -333,3 +350,30 @@ def test_pretrained_starts_from_the_exported_weights(tmp_path):
     for name, tensor in model.state_dict().items():
         if name in stored:
             assert torch.equal(tensor, stored[name].to(tensor.dtype)), name
+
+
+def test_warp_conditioning_finetunes_a_plain_model_from_zero_and_its_warp_gets_gradient(tmp_path):
+    first = train(_config(tmp_path, max_train_steps=1))
+    config = _config(tmp_path, output_dir=str(tmp_path / "warp"), pretrained=str(first.pipeline_dir), warp_conditioning=True, warp_drop_prob=0.0)
+    plain, model = build_transformer(_config(tmp_path, pretrained=str(first.pipeline_dir))), build_transformer(config)
+    assert model.config.warp_conditioning and not plain.config.warp_conditioning
+    assert torch.count_nonzero(model.warp_embed.weight) == 0
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    dataset = MultiViewSceneDataset(2, num_views=3, num_frames=3, size=16, include_scene=False, return_depth=True)
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    objective = PlenopticObjective(config)
+    warps = objective.source_warps(batch, torch.tensor([0, 1]), torch.tensor([1, 2]))
+    assert warps.shape == (2, 3, 4, 16, 16) and 0 < warps[:, :, 3].mean() < 1  # landed mask: some pixels, not all
+    torch.manual_seed(0)
+    loss, _ = objective.compute_loss(model, batch)
+    loss.backward()
+    assert model.warp_embed.weight.grad.abs().sum() > 0
+    objective.config.warp_drop_prob = 1.0
+    assert torch.count_nonzero(objective.source_warps(batch, torch.tensor([0, 1]), torch.tensor([1, 2]))) == 0
+    with pytest.raises(ValueError, match="depths"):
+        objective.source_warps(_batch(2), torch.tensor([0, 1]), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="warp_conditioning: true"):
+        build_transformer(_config(tmp_path, pretrained=str(train(config.__class__(**{**config.__dict__, "max_train_steps": 1})).pipeline_dir)))
+    with pytest.raises(ValueError, match="depth"):
+        _config(tmp_path, data=str(tmp_path), warp_conditioning=True)
