@@ -29,12 +29,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from ...data.problems import Problem
 from ...data.tasks import derive_seed
 from ..registry import Method
 from .driver import run_recipe
 from .grpo import GRPOConfig, GRPOTrainer
 from .lm import EVAL_SEED
+from .objectives import group_advantages
 from .rewards import answer_key, canonical_answer, majority_answer
 from .rollout import Rollout
 
@@ -56,6 +59,56 @@ def cross_vote_rewards(
     original_rewards = [float(key is not None and key == rephrased_majority) for key in original_keys]
     rephrased_rewards = [float(key is not None and key == original_majority) for key in rephrased_keys]
     return original_rewards, rephrased_rewards, original_majority, rephrased_majority
+
+
+def label_signal(
+    original: list[list[str | None]], rephrased: list[list[str | None]], truths: list[str | None]
+) -> dict[str, float]:
+    """How much a label-free vote tells about correctness, from answer keys alone (no model).
+
+    ``original[i]`` / ``rephrased[i]`` are the canonical answers of question ``i``'s rollouts on each
+    phrasing, ``truths[i]`` its canonical reference answer. Returned, averaged over questions:
+
+    * ``pass_at_1``: share of the originals' rollouts that are right; ``majority_at_k``: the
+      originals' own majority is right (TTRL's self-vote); ``pseudo_label_accuracy``: Co-Reward's
+      labels (each phrasing's majority, judging the other) are right;
+    * ``reward_agreement``: share of rollouts (both phrasings) whose cross-vote reward equals the
+      verifier's;
+    * ``alignment`` (Co-Reward) and ``self_vote_alignment`` (TTRL): ``sum A_lf * A_v / sum A_v^2`` over all
+      rollouts, with ``A_lf`` and ``A_v`` the group-normalised advantages of the label-free and the
+      verifier rewards. GRPO's update is ``sum_j A_j grad log pi(y_j)``; where the rollouts' gradients are
+      near-orthogonal this is the share of the verifier update's projection that the label-free update
+      keeps: 1 = GRPO's signal, 0 = none, < 0 = pushes towards wrong answers.
+    """
+    if not (len(original) == len(rephrased) == len(truths)) or not truths:
+        raise ValueError(f"label_signal needs as many original / rephrased groups as truths (> 0), got "
+                         f"{len(original)}, {len(rephrased)}, {len(truths)}")
+    verifier, cross, self_vote, labels, majority = [], [], [], [], []
+    for ours, theirs, truth in zip(original, rephrased, truths):
+        if len(ours) != len(theirs) or len(ours) < 2:
+            raise ValueError(f"each question needs >= 2 rollouts per phrasing, the same number; got {len(ours)}, {len(theirs)}")
+        ours_label, theirs_label = majority_answer(ours), majority_answer(theirs)
+        for keys, label, own in ((ours, theirs_label, ours_label), (theirs, ours_label, theirs_label)):
+            verifier.append([float(k is not None and k == truth) for k in keys])
+            cross.append([float(k is not None and k == label) for k in keys])
+            self_vote.append([float(k is not None and k == own) for k in keys])
+        labels += [ours_label == truth, theirs_label == truth]
+        majority.append(ours_label is not None and ours_label == truth)
+    size = len(original[0])
+    if any(len(group) != size for group in verifier):
+        raise ValueError("every question needs the same number of rollouts (the GRPO group size)")
+    verifier_t, cross_t, self_t = (torch.tensor(x) for x in (verifier, cross, self_vote))
+    a_v, a_cross, a_self = (group_advantages(t.reshape(-1), size) for t in (verifier_t, cross_t, self_t))
+    norm = float((a_v * a_v).sum()) or float("nan")
+    return {
+        "pass_at_1": float(verifier_t[0::2].mean()),
+        "majority_at_k": sum(majority) / len(majority),
+        "pseudo_label_accuracy": sum(labels) / len(labels),
+        "reward_agreement": float((cross_t == verifier_t).float().mean()),
+        "alignment": float((a_cross * a_v).sum()) / norm,
+        "self_vote_alignment": float((a_self * a_v).sum()) / norm,
+        "mixed_groups": float(((verifier_t.sum(1) > 0) & (verifier_t.sum(1) < size)).float().mean()),
+    }
 
 
 class CoRewardTrainer(GRPOTrainer):

@@ -35,10 +35,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from ...data.problems import Problem
+from ...eval.scenes import ranking_auc
 from ..registry import Method
 from .driver import run_recipe
 from .grpo import GRPOConfig, GRPOTrainer, repeat_per_rollout
@@ -202,27 +204,56 @@ class LaSeRTrainer(GRPOTrainer):
             metrics.update(self.best_of_n_metrics(self.eval_set[: self.config.best_of_n_problems]))
         return metrics
 
-    def best_of_n_metrics(self, problems: list[Problem]) -> dict[str, float]:
-        """Best-of-N by ``r_s`` vs majority vote vs one sample, on the same ``best_of_n`` samples per problem."""
+    def best_of_n_table(self, problems: list[Problem], seed: int = EVAL_SEED) -> dict[str, np.ndarray]:
+        """Per problem, on the same ``best_of_n`` samples at temperature 1: whether the highest-``r_s`` sample
+        (``best``), the majority answer (``vote``), the first sample (``sample``) and any sample (``oracle``)
+        is right; per sample, ``r_s`` (``scores``; ``-inf`` when unfinished), the verdict (``correct``) and
+        its problem's index (``problem``) - the paired inputs of ``benchmarks/llm_self_reward.py``."""
         n = self.config.best_of_n
-        rollouts = self.solve(problems, temperature=1.0, num_samples=n, seed=EVAL_SEED)
+        rollouts = self.solve(problems, temperature=1.0, num_samples=n, seed=seed)
         repeated = repeat_per_rollout(problems, len(rollouts))
-        correct = [float(self.verify(p, r.text)) for p, r in zip(repeated, rollouts)]
-        scores = self.self_rewards(rollouts)
-        best, vote = 0, 0
+        correct = np.array([self.verify(p, r.text) for p, r in zip(repeated, rollouts)])
+        scores = self.self_rewards(rollouts).numpy()
+        best, vote = [], []
         for index, problem in enumerate(problems):
             group = slice(index * n, (index + 1) * n)
-            best += correct[group][int(scores[group].argmax())]
-            vote += majority_answer([self.answer_key(r.text) for r in rollouts[group]]) == canonical_answer(problem.answer)
-        finished = torch.isfinite(scores)
-        agree = ((scores > 0.5) == (torch.tensor(correct) > 0.5)) & finished
+            best.append(correct[group][int(scores[group].argmax())])
+            vote.append(majority_answer([self.answer_key(r.text) for r in rollouts[group]]) == canonical_answer(problem.answer))
+        grouped = correct.reshape(len(problems), n)
         return {
-            "best_of_n_accuracy": best / len(problems),
-            "majority_vote_accuracy": vote / len(problems),
-            "sample_accuracy": sum(correct) / len(correct),
-            "self_verification_accuracy": float(agree.sum() / finished.sum().clamp(min=1)),
+            "best": np.array(best), "vote": np.array(vote), "sample": grouped[:, 0], "oracle": grouped.any(1),
+            "scores": scores, "correct": correct, "problem": np.repeat(np.arange(len(problems)), n),
         }
 
+    def best_of_n_metrics(self, problems: list[Problem]) -> dict[str, float]:
+        """Best-of-N by ``r_s`` vs majority vote vs one sample on the same samples (:meth:`best_of_n_table`),
+        how often ``r_s > 0.5`` agrees with the verifier, and ``r_s``'s AUC at telling right from wrong
+        finished samples (:func:`self_reward_aucs`)."""
+        table = self.best_of_n_table(problems)
+        scores, correct = table["scores"], table["correct"]
+        finished = np.isfinite(scores)
+        agree = ((scores > 0.5) == correct) & finished
+        return {
+            "best_of_n_accuracy": float(table["best"].mean()),
+            "majority_vote_accuracy": float(table["vote"].mean()),
+            "sample_accuracy": float(correct.mean()),
+            "self_verification_accuracy": float(agree.sum() / max(finished.sum(), 1)),
+            **self_reward_aucs(scores, correct, table["problem"]),
+        }
+
+
+def self_reward_aucs(scores: np.ndarray, correct: np.ndarray, problem: np.ndarray) -> dict[str, float]:
+    """``self_reward_auc``: P(r_s of a right finished sample > r_s of a wrong one) over all finished samples
+    (ties half; 0.5 = chance); ``within_problem_auc``: the same over pairs from one problem only, averaged
+    over the problems that have both (what best-of-N needs: it only compares samples of one question)."""
+    finished = np.isfinite(scores)
+    scores, correct, problem = scores[finished], correct[finished].astype(bool), problem[finished]
+    within = [ranking_auc(scores[problem == p], correct[problem == p]) for p in np.unique(problem)]
+    within = [auc for auc in within if not np.isnan(auc)]
+    return {
+        "self_reward_auc": ranking_auc(scores, correct),
+        "within_problem_auc": float(np.mean(within)) if within else float("nan"),
+    }
 
 METHOD = Method(
     name="laser",

@@ -4,10 +4,11 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from selfgen.data.problems import Problem, write_problems
 from selfgen.data.tasks import ArithmeticTask, CountdownTask, JsonlTask, Task
-from selfgen.train.llm.co_reward import CoRewardConfig, CoRewardTrainer, cross_vote_rewards
+from selfgen.train.llm.co_reward import CoRewardConfig, CoRewardTrainer, cross_vote_rewards, label_signal
 from selfgen.train.llm.rollout import Rollout
 
 ASSET = Path(__file__).resolve().parents[3] / "assets" / "lm-arith"
@@ -21,6 +22,31 @@ def test_cross_vote_rewards_each_phrasing_with_the_other_majority():
     assert to_rephrased == [0.0, 0.0, 1.0, 0.0]  # judged by the original's majority 5
     assert (original_label, rephrased_label) == ("5.0", "7.0")
     assert cross_vote_rewards(["x", "y"], ["A:1", "A:1"])[1] == [0.0, 0.0]  # no pseudo-label from answerless rollouts
+
+
+def test_label_signal_aligns_with_the_verifier_only_where_the_vote_is_right():
+    # q1: the vote is right (5), the rephrased group is mixed -> label-free advantages = verifier's
+    right = (["5", "5"], ["5", "7"], "5")
+    # q2: the vote is wrong (4) and the rephrased group has the right 3 -> advantages reversed
+    wrong = (["4", "4"], ["4", "3"], "3")
+    for cases, expected in (([right], 1.0), ([wrong], -1.0), ([right, wrong], 0.0)):
+        signal = label_signal(*map(list, zip(*cases)))
+        torch.testing.assert_close(signal["alignment"], expected, atol=1e-3, rtol=0)
+        torch.testing.assert_close(signal["self_vote_alignment"], expected, atol=1e-3, rtol=0)
+    both = label_signal(*map(list, zip(right, wrong)))
+    assert both["pass_at_1"] == 0.5 and both["majority_at_k"] == 0.5 and both["pseudo_label_accuracy"] == 0.5
+    assert both["reward_agreement"] == 0.5 and both["mixed_groups"] == 0.5
+    # a confident error in the originals with a right majority on the rephrasing: cross-vote and self-vote differ
+    split = label_signal([["9", "9", "1"]], [["1", "1", "2"]], ["1"])
+    assert split["majority_at_k"] == 0.0 and split["pseudo_label_accuracy"] == 0.5
+    # originals: cross-vote = verifier, self-vote reversed; rephrasings: cross-vote flat (label 9 matches none),
+    # self-vote = verifier; both groups carry the same verifier norm
+    torch.testing.assert_close(split["alignment"], 0.5, atol=1e-3, rtol=0)
+    torch.testing.assert_close(split["self_vote_alignment"], 0.0, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="rollouts per phrasing"):
+        label_signal([["1", "2"]], [["1"]], ["1"])
+    with pytest.raises(ValueError, match="truths"):
+        label_signal([], [], [])
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
@@ -66,3 +92,17 @@ def test_jsonl_rephrasing_comes_from_the_file(tmp_path):
         task.rephrase(task.problems[1], random.Random(0))
     with pytest.raises(ValueError, match="no exact rephrasings"):
         Task().rephrase(task.problems[0], random.Random(0))
+
+
+def test_mix_configs_are_a_matched_pair():
+    """Co-Reward and its GRPO control on the 3/4-digit mix: same distribution, rollouts, steps and lr."""
+    from selfgen.train.config import load_config
+    from selfgen.train.llm.grpo import GRPOConfig
+
+    configs = ASSET.parents[1] / "configs"
+    co = load_config(CoRewardConfig, configs / "co_reward_arith_llama_mix.yaml")
+    grpo = load_config(GRPOConfig, configs / "grpo_arith_llama_mix.yaml")
+    assert (co.min_digits, co.max_digits) == (grpo.min_digits, grpo.max_digits) == (3, 4)
+    assert 2 * co.problems_per_iteration * co.samples_per_problem == grpo.problems_per_iteration * grpo.samples_per_problem
+    for field in ("iterations", "max_train_steps", "train_batch_size", "learning_rate", "beta", "seed", "model"):
+        assert getattr(co, field) == getattr(grpo, field), field

@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from selfgen.train.llm.laser import LaSeRConfig, LaSeRObjective, LaSeRTrainer, balanced_weights
+from selfgen.train.llm.laser import LaSeRConfig, LaSeRObjective, LaSeRTrainer, balanced_weights, self_reward_aucs
 
 ASSET = Path(__file__).resolve().parents[3] / "assets" / "lm-arith"
 needs_asset = pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
@@ -56,10 +57,27 @@ def test_balanced_weights_give_each_class_equal_total_weight():
 
 
 @needs_asset
-def test_best_of_n_metrics_are_rates(trainer):
+def test_best_of_n_table_picks_the_highest_self_reward(trainer):
+    table = trainer.best_of_n_table(trainer.eval_set)
+    n, scores, correct = trainer.config.best_of_n, table["scores"], table["correct"]
+    assert len(scores) == len(correct) == n * len(trainer.eval_set) and (table["problem"] == [0, 0, 1, 1]).all()
+    for index in range(len(trainer.eval_set)):
+        group = slice(index * n, (index + 1) * n)
+        assert table["best"][index] == correct[group][scores[group].argmax()]
+        assert table["oracle"][index] == correct[group].any() and table["sample"][index] == correct[group][0]
     metrics = trainer.best_of_n_metrics(trainer.eval_set)
-    assert set(metrics) == {"best_of_n_accuracy", "majority_vote_accuracy", "sample_accuracy", "self_verification_accuracy"}
-    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    assert metrics["sample_accuracy"] == pytest.approx(correct.mean())
+    assert {"self_reward_auc", "within_problem_auc"} <= set(metrics)
+
+
+def test_self_reward_aucs_on_hand_made_scores():
+    scores = np.array([0.9, 0.1, -np.inf, 0.5, 0.3, 0.2, 0.7, 0.8])
+    correct = np.array([True, False, True, False, True, False, True, True])
+    problem = np.array([0, 0, 0, 1, 1, 1, 2, 2])  # problem 2 has no wrong sample: not in the within-problem mean
+    aucs = self_reward_aucs(scores, correct, problem)
+    # finished right {0.9, 0.3, 0.7, 0.8} vs wrong {0.1, 0.5, 0.2}: 0.3 loses to 0.5 only -> 11 of 12 pairs
+    assert aucs["self_reward_auc"] == pytest.approx(11 / 12)
+    assert aucs["within_problem_auc"] == pytest.approx((1.0 + 0.5) / 2)  # the unfinished right sample is dropped
 
 
 def test_laser_config_errors_name_the_field():

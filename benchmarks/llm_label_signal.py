@@ -1,0 +1,95 @@
+"""Where does a label-free vote carry information? Majority vote vs one sample, and Co-Reward's
+pseudo-labels, by addition length, on *training-split* problems (never the test split).
+
+    OMP_NUM_THREADS=1 python benchmarks/llm_label_signal.py --model assets/lm-arith-llama \\
+        [--lengths 3 4 3-4] [--problems 200] [--samples 8] [--out signal.json]
+
+For each length spec (``d``: d-digit + d-digit; ``lo-hi``: each operand's length uniform in lo..hi, the
+task's own mixing) ``--problems`` training-split questions (seed :data:`SIGNAL_SEED`) and one exact
+rephrasing of each get ``--samples`` rollouts at temperature 1 - what a GRPO-family iteration samples.
+:func:`selfgen.train.llm.co_reward.label_signal` turns the answers into pass@1, maj@k (TTRL's self-vote),
+Co-Reward's pseudo-label accuracy, reward agreement with the verifier, and the *alignment* of the
+label-free advantages with the verifier's (1 = GRPO's signal, 0 = none, < 0 = rewards wrong answers),
+each with a 95% bootstrap interval over questions. Label-free RL can help only where maj@k > pass@1
+and the alignment is clearly positive; this chooses the training distribution before any training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from selfgen.data.tasks import ArithmeticTask, prompt_text
+from selfgen.eval.statistics import bootstrap_interval
+from selfgen.train.llm.co_reward import label_signal
+from selfgen.train.llm.modeling import load_policy
+from selfgen.train.llm.rewards import answer_key, canonical_answer
+from selfgen.train.llm.rollout import SamplingParams, generate_rollouts
+
+SIGNAL_SEED = 30_000  # training split; no recipe draws its training problems with this seed
+
+
+def parse_lengths(spec: str) -> tuple[int, int]:
+    """``"4"`` -> (4, 4); ``"3-4"`` -> (3, 4)."""
+    try:
+        low, _, high = spec.partition("-")
+        bounds = (int(low), int(high or low))
+    except ValueError:
+        raise ValueError(f"--lengths: expected 'd' or 'lo-hi' (e.g. 4 or 3-4), got {spec!r}") from None
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise ValueError(f"--lengths: need 1 <= lo <= hi, got {spec!r}")
+    return bounds
+
+
+def answer_groups(model, tokenizer, questions: list[str], samples: int, seed: int) -> list[list[str | None]]:
+    params = SamplingParams(temperature=1.0, num_samples=samples, max_new_tokens=64, batch_size=256)
+    rollouts = generate_rollouts(model, tokenizer, [prompt_text(q) for q in questions], params, seed=seed)
+    keys = [answer_key(r.text) for r in rollouts]
+    return [keys[i * samples : (i + 1) * samples] for i in range(len(questions))]
+
+
+def measure(model_dir: str, spec: str, problems: int, samples: int) -> dict:
+    model, tokenizer = load_policy(model_dir)
+    task = ArithmeticTask("add", *parse_lengths(spec))
+    originals = task.sample(problems, SIGNAL_SEED, split="train")
+    rephrased = task.rephrasings(originals, SIGNAL_SEED)
+    ours = answer_groups(model, tokenizer, [p.question for p in originals], samples, SIGNAL_SEED)
+    theirs = answer_groups(model, tokenizer, [p.question for p in rephrased], samples, SIGNAL_SEED + 1)
+    truths = [canonical_answer(p.answer) for p in originals]
+    result = {"point": label_signal(ours, theirs, truths)}
+    index = np.arange(problems)[:, None]
+    for key in result["point"]:
+        stat = lambda rows, key=key: label_signal([ours[i] for i in rows[:, 0]], [theirs[i] for i in rows[:, 0]],
+                                                 [truths[i] for i in rows[:, 0]])[key]
+        result.setdefault("interval", {})[key] = bootstrap_interval(stat, index, num_resamples=200)
+    result["majority_minus_pass"] = result["point"]["majority_at_k"] - result["point"]["pass_at_1"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="assets/lm-arith-llama")
+    parser.add_argument("--lengths", nargs="+", default=["3", "4", "3-4"])
+    parser.add_argument("--problems", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if not (Path(args.model) / "config.json").is_file():
+        raise FileNotFoundError(f"--model: {args.model} is not a saved causal LM folder (no config.json)")
+    results = {}
+    print(f"{args.model}: {args.problems} training-split questions (seed {SIGNAL_SEED}) x {args.samples} samples at T=1")
+    for spec in args.lengths:
+        results[spec] = measure(args.model, spec, args.problems, args.samples)
+        point, interval = results[spec]["point"], results[spec]["interval"]
+        cells = "  ".join(f"{k} {v:.3f} [{interval[k][0]:.3f}, {interval[k][1]:.3f}]" for k, v in point.items())
+        print(f"digits {spec:<4} {cells}", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
