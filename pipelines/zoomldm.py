@@ -568,6 +568,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         data_consistency: bool = True,
         inversion_steps: int = 30,
         inversion_learning_rate: float = 0.05,
+        strength: float = 1.0,
         window_stride: int | None = None,
         num_inference_steps: int = 25,
         guidance_scale: float = 1.0,
@@ -585,11 +586,15 @@ class ZoomLDMPipeline(SelfgenPipeline):
         inverted field, with the joint-sampling guidance towards the fixed view: ``L = 1/2 ||A(D(z0)) - y||^2``
         (:meth:`coupling_step`). 3. ``data_consistency`` back-projects the decoded output onto the input
         (:func:`match_low_frequencies`), so that ``A(output) = y`` up to clamping.
+        ``strength < 1`` (a departure, "come closer, diffuse faster", Chung et al. 2022): the reverse process starts
+        at the ``int(strength * num_inference_steps)``-th last timestep ``t_0`` from the forward-diffused encoding of
+        the bicubic upsampling back-projected onto ``y``, ``z_t0 = sqrt(a_t0) E(B) + sqrt(1 - a_t0) eps`` (diffusers'
+        img2img ``strength``), instead of pure noise (``strength = 1``, the paper).
         ``h`` and ``w`` must be multiples of ``P / scale`` and at least ``P``; ``scale`` a power of two below
         ``2^num_levels``."""
         if scale < 2 or scale & (scale - 1) or scale >= 2**self.num_levels:
             raise ValueError(f"scale must be a power of two in [2, {2 ** (self.num_levels - 1)}], got {scale}")
-        check_positive_int(num_inference_steps, "num_inference_steps")
+        timesteps = self.strength_timesteps(num_inference_steps, strength)
         pixels = images_to_pixels(low_res, "low_res").to(self._execution_device)
         step = self.patch_size // scale
         if pixels.shape[-2] % step or pixels.shape[-1] % step or min(pixels.shape[-2:]) < self.patch_size:
@@ -602,7 +607,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         level = scale.bit_length() - 1
         images = [
             self.super_resolve_one(image[None], scale, level, stride, coupling_scale, inversion_steps,
-                                   inversion_learning_rate, num_inference_steps, guidance_scale, batch_size, generator)
+                                   inversion_learning_rate, timesteps, guidance_scale, batch_size, generator)
             for image in pixels
         ]
         image = torch.cat(images)
@@ -610,15 +615,32 @@ class ZoomLDMPipeline(SelfgenPipeline):
             image = match_low_frequencies(image, pixels)
         return self.finish(image.clamp(-1, 1), output_type, return_dict)
 
+    def strength_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
+        """The last ``int(strength * num_inference_steps)`` of the scheduler's ``num_inference_steps`` timesteps."""
+        check_positive_int(num_inference_steps, "num_inference_steps")
+        count = int(strength * num_inference_steps) if 0 < strength <= 1 else 0
+        if count < 1:
+            raise ValueError(
+                f"strength must be in (0, 1] with int(strength * num_inference_steps) >= 1, got strength={strength!r} "
+                f"and num_inference_steps={num_inference_steps}"
+            )
+        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        return self.scheduler.timesteps[num_inference_steps - count :]
+
+    def encode_canvas(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` pixels -> the ``(N, C, H/f, W/f)`` latent canvas of their disjoint ``P x P`` tiles."""
+        rows, cols = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+        return assemble_tiles(self.encode_latents(split_tiles(pixels, self.patch_size)).float(), rows, cols)
+
     def super_resolve_one(
-        self, pixels, scale, level, stride, coupling_scale, inversion_steps, learning_rate, steps, guidance_scale,
+        self, pixels, scale, level, stride, coupling_scale, inversion_steps, learning_rate, timesteps, guidance_scale,
         batch_size, generator,
     ) -> torch.Tensor:
         """One ``(1, 3, h, w)`` input -> ``(1, 3, scale h, scale w)`` before data consistency."""
         height, width = pixels.shape[-2] * scale, pixels.shape[-1] * scale
         rows, cols = height // self.patch_size, width // self.patch_size
         upsampled = F.interpolate(pixels, scale_factor=scale, mode="bicubic", align_corners=False)
-        field = self.embedding_field(upsampled, rows, cols, 0, generator, steps)
+        field = self.embedding_field(upsampled, rows, cols, 0, generator, len(timesteps))
         factor = self.latent_factor
         low_windows = canvas_windows((pixels.shape[-2] // factor, pixels.shape[-1] // factor), self.window, stride)
         low_latents = torch.cat([
@@ -640,7 +662,12 @@ class ZoomLDMPipeline(SelfgenPipeline):
             return ((latents.float() - alpha.sqrt() * clean) / (1 - alpha).sqrt()).to(latents.dtype)
 
         latents = self.prepare_latents((1, self.denoiser.config.in_channels, *shape), self.denoiser.dtype, generator)
-        latents = self.denoise(latents, steps, predict, generator)
+        if timesteps[0] < self.scheduler.timesteps[0]:  # strength < 1: start from the diffused bicubic estimate
+            start = self.encode_canvas(match_low_frequencies(upsampled.clamp(-1, 1), pixels))
+            latents = self.scheduler.add_noise(start.to(latents.dtype), latents, timesteps[:1])
+        for timestep in self.progress_bar(timesteps):
+            noise = predict(self.scale_model_input(latents, timestep), timestep)
+            latents = self.scheduler.step(noise, timestep, latents, generator=generator).prev_sample
         return self.decode_canvas(latents, stride, batch_size)
 
 

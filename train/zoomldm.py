@@ -40,7 +40,7 @@ from torch import nn
 from ..data.zoom import UniformMagnificationDataset, ZoomPatchDataset
 from ..eval.plots import save_image_grid
 from ..models.zoomldm import ZoomAutoencoder, ZoomEmbeddingDiffusion, ZoomLDMDenoiser, ZoomSSLEncoder, tokens_to_full_grid
-from ..pipelines.zoomldm import COUPLINGS, ZoomLDMPipeline, assemble_tiles, match_low_frequencies, split_tiles
+from ..pipelines.zoomldm import COUPLINGS, ZoomLDMPipeline, assemble_tiles, match_low_frequencies
 from .config import TrainingConfig
 from .losses import info_nce, random_shift
 from .registry import Method
@@ -488,16 +488,31 @@ def large_image_scores(
     return scores
 
 
-def held_out_crops(pipe: ZoomLDMPipeline, images: list[str], count: int, size: int) -> np.ndarray:
-    """Up to ``count`` full-resolution ``size``-pixel held-out crops (the regions of evenly spaced test patches of
-    the level covering ``size`` pixels), ``(N, size, size, 3)`` in ``[0, 1]``."""
+def held_out_regions(dataset: ZoomPatchDataset, count: int, size: int, split: str = "test") -> list:
+    """Up to ``count`` held-out ``size``-pixel regions (``PatchIndex`` of ``dataset``, a test-split dataset of the level
+    covering ``size`` pixels): ``count`` evenly spaced ones (``split="test"``), or (``split="validation"``, for
+    choosing sampler settings) ``count`` evenly spaced ones among those sharing no pixel with the test ones."""
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+
+    def evenly(entries: list) -> list:
+        return [entries[int(index)] for index in np.linspace(0, len(entries) - 1, min(count, len(entries)))]
+
+    def overlaps(a, b) -> bool:
+        return a.image == b.image and abs(a.top - b.top) < size and abs(a.left - b.left) < size
+
+    test = evenly(dataset.index)
+    return test if split == "test" else evenly([e for e in dataset.index if not any(overlaps(e, t) for t in test)])
+
+
+def held_out_crops(pipe: ZoomLDMPipeline, images: list[str], count: int, size: int, split: str = "test") -> np.ndarray:
+    """The :func:`held_out_regions` of ``split`` as full-resolution crops, ``(N, size, size, 3)`` in ``[0, 1]``."""
     level = int(np.log2(size // pipe.patch_size))
     dataset = ZoomPatchDataset(images, "test", pipe.patch_size, max(pipe.num_levels, level + 1), [level],
                                pipe.denoiser.config.max_grid)
-    picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int)
-    entries = [dataset.index[int(index)] for index in picks]
     return np.stack([
-        dataset.images[e.image][1][:, e.top : e.top + size, e.left : e.left + size].permute(1, 2, 0).numpy() for e in entries
+        dataset.images[e.image][1][:, e.top : e.top + size, e.left : e.left + size].permute(1, 2, 0).numpy()
+        for e in held_out_regions(dataset, count, size, split)
     ])
 
 
@@ -513,30 +528,31 @@ def to_numpy(pixels: torch.Tensor) -> np.ndarray:
 def autoencoder_round_trip(pipe: ZoomLDMPipeline, images: np.ndarray, overlap: bool = True) -> np.ndarray:
     """Held-out images encoded tile by tile and decoded as a canvas (Gaussian-blended overlapping windows, or
     disjoint tiles): the best any sampler in this latent space can reproduce them."""
-    pixels = to_pixels(images)
-    latents = assemble_tiles(pipe.encode_latents(split_tiles(pixels, pipe.patch_size)).float(),
-                             pixels.shape[-2] // pipe.patch_size, pixels.shape[-1] // pipe.patch_size)
+    latents = pipe.encode_canvas(to_pixels(images))
     stride = pipe.window // 2 if overlap else pipe.window
     return to_numpy(pipe.decode_canvas(latents, stride, 16))
 
 
 def super_resolution_scores(
-    pipe: ZoomLDMPipeline, images: list[str], count: int, steps: int, seed: int, num_draws: int = 3
+    pipe: ZoomLDMPipeline, images: list[str], count: int, steps: int, seed: int, num_draws: int = 3,
+    strength: float = 1.0, split: str = "test", output_dir: Path | None = None,
 ) -> dict:
-    """4x SR of held-out full-resolution ``4P``-pixel crops area-downsampled to ``P``: consistency PSNR, PSNR and
-    high-frequency energy against the crops for ZoomLDM (condition inversion + guidance + data consistency; one
-    draw and the mean of ``num_draws`` draws, both with the data-consistency step; without inversion), bicubic,
-    bicubic with the same data-consistency step, and the autoencoder round trip of the truth with that step (the
-    ceiling of any sampler in this latent space)."""
+    """4x SR of held-out full-resolution ``4P``-pixel crops (:func:`held_out_crops` of ``split``) area-downsampled to
+    ``P``: consistency PSNR, PSNR and high-frequency energy against the crops for ZoomLDM (condition inversion +
+    guidance + data consistency, starting at ``strength``; one draw and the mean of ``num_draws`` draws, both with
+    the data-consistency step; without inversion), bicubic, bicubic with the same data-consistency step, and the
+    autoencoder round trip of the truth with that step (the ceiling of any sampler in this latent space);
+    ``per_crop_psnr`` for each. With ``output_dir``, ``sr_<split>.png`` shows truth, bicubic + DC and both ZoomLDM
+    rows."""
     from ..eval.zoom import area_downsample, consistency_psnr, high_frequency_energy, psnr
 
-    truth = held_out_crops(pipe, images, count, 4 * pipe.patch_size).astype(np.float32)
+    truth = held_out_crops(pipe, images, count, 4 * pipe.patch_size, split).astype(np.float32)
     low = area_downsample(truth, 4).astype(np.float32)
     low_pixels = to_pixels(low)
 
     def sr(draw: int, **options) -> np.ndarray:
-        return pipe.super_resolve(low, 4, num_inference_steps=steps, generator=seeded(seed + draw), output_type="np",
-                                  **options).images
+        return pipe.super_resolve(low, 4, num_inference_steps=steps, strength=strength, generator=seeded(seed + draw),
+                                  output_type="np", **options).images
 
     draws = [sr(draw) for draw in range(num_draws)]
     bicubic = F.interpolate(low_pixels, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
@@ -549,15 +565,23 @@ def super_resolution_scores(
         "bicubic_data_consistency": to_numpy(match_low_frequencies(bicubic, low_pixels)),
         "autoencoder_round_trip_data_consistency": to_numpy(match_low_frequencies(round_trip, low_pixels)),
     }
+    if output_dir is not None:
+        shown = ["bicubic_data_consistency", "zoomldm", f"zoomldm_mean_of_{num_draws}"]
+        save_image_grid(
+            np.concatenate([truth] + [results[name] for name in shown]), output_dir / f"sr_{split}.png",
+            columns=len(truth), scale=2, row_labels=["truth", *shown],
+            title=f"4x SR of {split} crops, strength {strength}, {steps} steps",
+        )
     reference = high_frequency_energy(truth)
     return {
         name: {
             "consistency_psnr": consistency_psnr(result, low),
             "psnr_vs_truth": psnr(result, truth),
             "hf_energy_ratio": high_frequency_energy(result) / reference,
+            "per_crop_psnr": [psnr(one, real) for one, real in zip(result, truth)],
         }
         for name, result in results.items()
-    } | {"num_crops": len(truth)}
+    } | {"num_crops": len(truth), "strength": strength, "split": split}
 
 
 def autoencoder_scores(pipe: ZoomLDMPipeline, images: list[str], count: int) -> dict:
@@ -595,6 +619,9 @@ def evaluate(
     large_sizes: list[int] | None = None,
     num_large: int = 4,
     num_sr: int = 8,
+    sr_strength: float = 1.0,
+    sr_split: str = "test",
+    num_sr_draws: int = 3,
     mil_images: list[str] | None = None,
     mil_max_bags: int = 48,
     seed: int = 0,
@@ -603,7 +630,9 @@ def evaluate(
     patches, SSL features of ``model_path``'s encoder) for the model and for the single-scale ``baseline``
     (level-0 samples, tiled and downsampled for levels up to ``baseline_max_level``); ``autoencoder`` -- round-trip
     PSNR of held-out crops vs bicubic x4; ``large`` -- seams and consistency of :data:`LARGE_SAMPLERS` at each of
-    ``large_sizes``; ``sr`` -- 4x SR (condition inversion) vs bicubic with the same data-consistency step;
+    ``large_sizes``; ``sr`` -- 4x SR (condition inversion, ``sr_strength``, ``num_sr_draws`` draws) on ``num_sr``
+    crops of ``sr_split`` (``test``, or ``validation`` for choosing settings) vs bicubic with the same
+    data-consistency step;
     ``mil`` -- the multi-scale MIL probe (:mod:`selfgen.eval.zoom_mil`) on both tasks.
     Writes PNGs and returns the metrics."""
     from ..eval.zoom_mil import MIL_TASKS, mil_probe
@@ -632,7 +661,9 @@ def evaluate(
     if "autoencoder" in parts:
         metrics["autoencoder"] = autoencoder_scores(pipe, images, num_sr)
     if "sr" in parts:
-        metrics["super_resolution"] = super_resolution_scores(pipe, images, num_sr, num_inference_steps, seed)
+        metrics["super_resolution"] = super_resolution_scores(
+            pipe, images, num_sr, num_inference_steps, seed, num_sr_draws, sr_strength, sr_split, output_dir
+        )
     if "mil" in parts:
         metrics["mil"] = {
             task: mil_probe(pipe, task, mil_images, max_bags=mil_max_bags, seed=seed) for task in MIL_TASKS

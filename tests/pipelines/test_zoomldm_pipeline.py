@@ -1,3 +1,4 @@
+import copy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -196,6 +197,32 @@ def test_super_resolution_downsamples_to_its_input(pipe):
     assert consistency_psnr(high, low) > 60  # data-consistency step: exact up to float error
     guided, unguided = run(data_consistency=False), run(data_consistency=False, coupling_scale=0.0)
     assert consistency_psnr(guided, low) > consistency_psnr(unguided, low) + 2  # the guidance alone pulls towards it
+
+
+def test_strength_starts_from_the_diffused_bicubic_estimate(pipe):
+    """``strength < 1`` keeps the last ``int(strength * steps)`` timesteps and starts there from the noised encoding of
+    the back-projected bicubic upsampling: with one step at t = 0 (and no guidance) the output is that estimate's
+    autoencoder round trip, far closer to it than a draw from pure noise."""
+    low = np.random.default_rng(2).uniform(0.2, 0.8, size=(1, 16, 16, 3)).astype(np.float32)
+    vae = copy.deepcopy(pipe.vae)
+    vae.register_to_config(scaling_factor=1.0)  # unit scale: the t = 0 noise (std 0.04) stays small in the decoder
+    pipe = stand_in(pipe, vae)
+    timesteps = pipe.strength_timesteps(10, 0.3)
+    torch.testing.assert_close(timesteps, pipe.scheduler.timesteps[-3:], rtol=0, atol=0)
+    assert timesteps[-1] == 0
+
+    def run(strength):
+        return pipe.super_resolve(low, scale=4, num_inference_steps=10, inversion_steps=0, strength=strength,
+                                  coupling_scale=0.0, data_consistency=False, generator=seeded(),
+                                  output_type="pt").images * 2 - 1
+
+    pixels = torch.from_numpy(low).permute(0, 3, 1, 2) * 2 - 1
+    bicubic = match_low_frequencies(F.interpolate(pixels, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1), pixels)
+    start = pipe.decode_canvas(pipe.encode_canvas(bicubic), pipe.window // 2, 16).clamp(-1, 1)
+    assert F.mse_loss(run(0.1), start) < 0.1 * F.mse_loss(run(1.0), start)
+    for strength in (0.0, 1.5, 0.05):  # 0.05 * 10 steps rounds to no step
+        with pytest.raises(ValueError, match="strength must be in"):
+            pipe.super_resolve(low, scale=4, num_inference_steps=10, strength=strength)
 
 
 def test_condition_inversion_reduces_the_low_resolution_mismatch(pipe):

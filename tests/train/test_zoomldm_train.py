@@ -7,7 +7,8 @@ from PIL import Image
 
 from selfgen import ZoomLDMPipeline
 from selfgen.cli import main
-from selfgen.train.zoomldm import ZoomLDMConfig, train
+from selfgen.data.zoom import PatchIndex
+from selfgen.train.zoomldm import ZoomLDMConfig, held_out_regions, train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = dict(
@@ -67,3 +68,13 @@ def test_config_errors():
         from selfgen.train.zoomldm import parse_size
 
         parse_size("big")
+
+
+def test_validation_regions_share_no_pixel_with_the_test_regions():
+    grid = [PatchIndex(0, 2, top, left) for top in range(0, 640, 64) for left in range(0, 256, 64)]
+    dataset = type("Index", (), {"index": grid})()
+    test, validation = (held_out_regions(dataset, 4, 128, split) for split in ("test", "validation"))
+    assert len(test) == len(validation) == 4 and test[0] == grid[0] and test[-1] == grid[-1]
+    assert all(abs(v.top - t.top) >= 128 or abs(v.left - t.left) >= 128 for v in validation for t in test)
+    with pytest.raises(ValueError, match="split must be 'test' or 'validation'"):
+        held_out_regions(dataset, 4, 128, "train")
