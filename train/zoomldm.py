@@ -502,7 +502,11 @@ def held_out_regions(dataset: ZoomPatchDataset, count: int, size: int, split: st
         return a.image == b.image and abs(a.top - b.top) < size and abs(a.left - b.left) < size
 
     test = evenly(dataset.index)
-    return test if split == "test" else evenly([e for e in dataset.index if not any(overlaps(e, t) for t in test)])
+    regions = test if split == "test" else evenly([e for e in dataset.index if not any(overlaps(e, t) for t in test)])
+    if not regions:
+        raise ValueError(f"no {split} region of {size} px: every held-out region overlaps the {len(test)} test crops "
+                         f"(ask for fewer crops, num_sr)")
+    return regions
 
 
 def held_out_crops(pipe: ZoomLDMPipeline, images: list[str], count: int, size: int, split: str = "test") -> np.ndarray:

@@ -78,3 +78,5 @@ def test_validation_regions_share_no_pixel_with_the_test_regions():
     assert all(abs(v.top - t.top) >= 128 or abs(v.left - t.left) >= 128 for v in validation for t in test)
     with pytest.raises(ValueError, match="split must be 'test' or 'validation'"):
         held_out_regions(dataset, 4, 128, "train")
+    with pytest.raises(ValueError, match="no validation region of 128 px"):
+        held_out_regions(dataset, 40, 128, "validation")
