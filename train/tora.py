@@ -35,7 +35,7 @@ from diffusers.utils import export_to_gif
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data.sprites import SpriteVideoDataset, caption_tokenizer
+from ..data.sprites import SPRITE_RADIUS, SpriteVideoDataset, caption_tokenizer
 from ..data.video import VideoFolderDataset
 from ..eval.statistics import mean_difference
 from ..eval.tracking import draw_trajectories, evaluate_tracking, path_binding, retrieval_top1, shuffled_partners
@@ -281,9 +281,42 @@ def train(config: Tora2Config) -> TrainResult:
 # ----------------------------------------------------------------------------- generation and evaluation
 
 
+SUBSETS = ("all", "entangled")
+ENTANGLED_DISTANCE = 2 * SPRITE_RADIUS / 32  # one sprite diameter (9 pixels at 32x32), normalised
+
+
 def heldout_videos(num_videos: int, seed: int = 1, max_entities: int = 3) -> SpriteVideoDataset:
     """Evaluation items: held-out appearances on fresh paths (a seed the training set does not use)."""
     return SpriteVideoDataset(num_videos, max_entities=max_entities, seed=10_000 + seed, split="heldout")
+
+
+def is_entangled(item: dict, distance: float = ENTANGLED_DISTANCE) -> bool:
+    """Whether two of ``item``'s entities stay within ``distance`` (normalised) of each other in every frame:
+    their sprites touch or overlap throughout, so where each reference sits does not by itself tell them apart."""
+    paths = [np.asarray(entity["trajectory"], np.float32) for entity in item["entities"]]
+    return any(
+        bool((np.linalg.norm(first - second, axis=-1) < distance).all())
+        for index, first in enumerate(paths)
+        for second in paths[index + 1 :]
+    )
+
+
+def evaluation_videos(num_videos: int, seed: int = 1, max_entities: int = 3, subset: str = "all") -> list[dict]:
+    """The first ``num_videos`` items of :func:`heldout_videos` (``subset="all"``), or the first ``num_videos``
+    of its stream that are :func:`is_entangled` (``"entangled"``, the hard set of docs/tora2.md, pass 7)."""
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+    if subset == "all":
+        return list(heldout_videos(num_videos, seed, max_entities))
+    stream = heldout_videos(1_000_000, seed, max_entities)
+    items: list[dict] = []
+    for index in range(len(stream)):
+        if len(items) == num_videos:
+            break
+        item = stream[index]
+        if is_entangled(item):
+            items.append(item)
+    return items
 
 
 def generate_for(pipe: Tora2Pipeline, items: list[dict], num_inference_steps: int, seed: int, batch_size: int = 16):
@@ -412,7 +445,7 @@ def sigma_one_probe(pipe: Tora2Pipeline, items: list[dict], seed: int, batch_siz
         "binding_se": own["binding_se"],
         "binding_rotated_references": rotated_binding["binding"],
         "binding_rotated_references_se": rotated_binding["binding_se"],
-        "per_video": {"binding": own["per_video"]},
+        "per_video": {"binding": own["per_video"], "binding_rotated_references": rotated_binding["per_video"]},
     }
     if motion:
         queries = np.concatenate(motion)
@@ -426,6 +459,7 @@ PAIRED_KEYS = {
     ("generated", "appearance_similarity"): "appearance_similarity",
     ("generated", "swapped"): "swap_rate",
     ("sigma_one_probe", "binding"): "binding",
+    ("sigma_one_probe", "binding_rotated_references"): "binding_rotated_references",
 }
 
 
@@ -434,6 +468,8 @@ def paired_differences(per_video: dict, reference: dict) -> dict[str, dict[str, 
     error of the paired differences: the per-video values of two ``selfgen eval tora2`` runs on the same videos."""
     differences = {}
     for (row, key), name in PAIRED_KEYS.items():
+        if key not in reference.get(row, {}):
+            raise ValueError(f"paired_with: the file has no {row}.{key}; re-evaluate that model with this version")
         mine, theirs = np.asarray(per_video[row][key], float), np.asarray(reference[row][key], float)
         if mine.shape != theirs.shape:
             raise ValueError(
@@ -453,6 +489,7 @@ def evaluate(
     num_inference_steps: int = 30,
     seed: int = 0,
     paired_with: str | None = None,
+    subset: str = "all",
 ) -> dict:
     """Generate ``num_videos`` held-out videos, track every entity with the template tracker and probe the
     model at ``sigma = 1``.
@@ -463,9 +500,10 @@ def evaluate(
     true references: what appearance similarity is without the right reference); ``ground_truth`` (the tracker on
     the real videos: its floor); ``sigma_one_probe`` (:func:`sigma_one_probe`). Per-video values go to
     ``output_dir/per_video.json``; ``paired_with`` (another run's ``per_video.json`` on the same videos) adds
-    ``paired_differences``, this model minus that one, paired by video."""
+    ``paired_differences``, this model minus that one, paired by video. ``subset="entangled"`` evaluates the hard
+    set instead (:func:`evaluation_videos`: entities whose sprites touch or overlap in every frame)."""
     pipe = Tora2Pipeline.from_pretrained(model_path)
-    items = list(heldout_videos(num_videos, seed, pipe.transformer.config.max_entities))
+    items = evaluation_videos(num_videos, seed, pipe.transformer.config.max_entities, subset)
     frames = generate_for(pipe, items, num_inference_steps, seed)
     kept, shuffled_items = shuffled_reference_items(items, seed)
     shuffled_frames = generate_for(pipe, shuffled_items, num_inference_steps, seed)
@@ -485,6 +523,7 @@ def evaluate(
         **rows,
         "appearance_gain_over_shuffled_references": {"difference": difference, "difference_se": error, "num_videos": len(kept)},
         "num_videos": num_videos,
+        "subset": subset,
         "num_inference_steps": num_inference_steps,
         "mode": pipe.transformer.config.mode,
     }

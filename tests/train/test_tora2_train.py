@@ -19,6 +19,9 @@ from selfgen.train.tora import (
     Tora2Objective,
     build_model,
     contrastive_loss,
+    evaluation_videos,
+    is_entangled,
+    paired_differences,
     sigma_one_probe,
     train,
     write_clip,
@@ -224,3 +227,33 @@ def test_v_space_loss_weights_the_x0_error_by_inverse_squared_sigma():
     assert losses["v"].item() == pytest.approx((0.01 / sigmas.clamp_min(0.05) ** 2).mean().item(), rel=1e-5)
     with pytest.raises(ValueError, match="loss_space must be one of"):
         Tora2Objective(0.0, 0.1, loss_space="eps")
+
+
+def test_entangled_subset_keeps_only_videos_whose_sprites_touch_in_every_frame():
+    path = np.linspace([0.2, 0.3], [0.7, 0.6], 8).astype(np.float32)
+    near = {"entities": [{"trajectory": path}, {"trajectory": path + np.float32([0.2, 0.1])}]}  # 0.224 apart
+    apart_once = {"entities": [{"trajectory": path}, {"trajectory": np.where(np.arange(8)[:, None] == 7, 0.9, path + 0.05)}]}
+    assert is_entangled(near) and not is_entangled(apart_once)
+    assert not is_entangled({"entities": [{"trajectory": path}]})
+    items = evaluation_videos(3, seed=0, subset="entangled")
+    assert len(items) == 3 and all(len(item["entities"]) >= 2 and is_entangled(item) for item in items)
+    with pytest.raises(ValueError, match="subset must be one of"):
+        evaluation_videos(3, subset="crossing")
+
+
+def test_paired_differences_pair_by_video_and_name_a_missing_metric():
+    def per_video(error, binding, rotated):
+        row = {"trajectory_error": error, "appearance_similarity": [0.8, 0.9, 0.7], "swapped": [float("nan"), 0.0, 1.0]}
+        return {"generated": row, "sigma_one_probe": {"binding": binding, "binding_rotated_references": rotated}}
+
+    mine = per_video([0.1, 0.2, 0.3], [float("nan"), 1.0, 0.5], [float("nan"), 0.0, 0.5])
+    theirs = per_video([0.2, 0.2, 0.5], [float("nan"), 0.5, 0.5], [float("nan"), 0.5, 0.0])
+    differences = paired_differences(mine, theirs)
+    assert differences["trajectory_error"]["num_videos"] == 3
+    torch.testing.assert_close(differences["trajectory_error"]["difference"], -0.1, rtol=0, atol=1e-9)
+    torch.testing.assert_close(differences["binding"]["difference"], 0.25, rtol=0, atol=1e-9)
+    assert differences["binding_rotated_references"]["num_videos"] == 2
+    torch.testing.assert_close(differences["binding_rotated_references"]["difference"], 0.0, rtol=0, atol=1e-9)
+    del theirs["sigma_one_probe"]["binding_rotated_references"]
+    with pytest.raises(ValueError, match="no sigma_one_probe.binding_rotated_references"):
+        paired_differences(mine, theirs)
