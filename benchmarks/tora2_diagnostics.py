@@ -8,11 +8,16 @@
         re-drawn with another SHAPE (same colour and texture) or another COLOUR (same shape and texture); the
         descriptions are unchanged, so only the reference image differs. `real` is the same change on the
         references themselves (what a model that draws the reference would move).
+    python benchmarks/tora2_diagnostics.py knockout <model> [--num_videos 48] [--subset entangled]
+        What each zero-initialised path carries in the trained model: its parameters set back to zero at inference
+        (the gated attention's tanh gates, the routing projections, the canvas inputs), then the sigma = 1 binding
+        probe (own and rotated references, as in `selfgen eval tora2`) and the x0 MSE at sigma = 0.5 of real videos.
     python benchmarks/tora2_diagnostics.py grid <out.png> <label>=<model> ... [--num_videos 3] [--steps 20]
         Real videos and each model's samples (20 Euler steps, seed 0), one row each, frames as columns.
 
 <model> is an exported pipeline folder or a training checkpoint folder (its EMA weights). Videos are the
-selection set `heldout_videos(n, seed=0)`, never the test seed.
+selection set `heldout_videos(n, seed=0)`, never the test seed; `--subset entangled` takes the selection set's
+videos whose sprites touch or overlap in every frame (`selfgen.train.tora.evaluation_videos`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import torch
 from selfgen import Tora2Pipeline
 from selfgen.data.sprites import COLORS, SHAPES, caption_tokenizer, reference_image
 from selfgen.eval.plots import save_image_grid
-from selfgen.train.tora import Tora2Config, build_model, build_pipeline, generate_for, heldout_videos
+from selfgen.eval.tracking import path_binding
+from selfgen.train.tora import SUBSETS, Tora2Config, build_model, build_pipeline, evaluation_videos, generate_for, with_appearances
 
 
 def load(path: str) -> Tora2Pipeline:
@@ -102,6 +108,50 @@ def shape(pipe: Tora2Pipeline, items: list[dict]) -> None:
         print(f"| {change} | {np.mean(moved):.4f} ± {np.std(moved) / np.sqrt(len(moved)):.4f} | {np.mean(real):.4f} |")
 
 
+KNOCKOUTS = {
+    "gate": lambda name: name.endswith("gated_attn.alpha"),
+    "routing": lambda name: ".router." in name,
+    "canvas": lambda name: name.startswith("canvas_embed."),
+}
+
+
+def knocked_out(pipe: Tora2Pipeline, path: str) -> Tora2Pipeline:
+    """The model with one zero-initialised path's parameters set back to zero (its value at initialisation)."""
+    names = [name for name, _ in pipe.transformer.named_parameters() if KNOCKOUTS[path](name)]
+    if not names:
+        raise ValueError(f"this model has no {path} parameters to zero")
+    with torch.no_grad():
+        for name, param in pipe.transformer.named_parameters():
+            if name in names:
+                param.zero_()
+        if path == "canvas":  # the refiner's input weights on the canvas channels
+            channels = pipe.transformer.config.in_channels
+            pipe.transformer.refiner.net[0].weight[:, 2 * channels + 1 :].zero_()
+    return pipe
+
+
+def knockout(model: str, items: list[dict]) -> None:
+    video = clean_videos(items)
+    noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(0))
+    rotated = [with_appearances(item, item["entities"][1:] + item["entities"][:1]) for item in items]
+    print("| path set to zero | binding at sigma = 1 | rotated references | x0 MSE at sigma 0.5 |\n| --- | --- | --- | --- |")
+    for path in ("none", *KNOCKOUTS):
+        pipe = load(model)
+        if path != "none":
+            try:
+                knocked_out(pipe, path)
+            except ValueError as error:
+                print(f"| {path} | {error} | | |")
+                continue
+        own, turned = (
+            path_binding(pipe.postprocess_video(predict(pipe, batch, noise, 1.0), "np"), items)
+            for batch in (items, rotated)
+        )
+        error = (predict(pipe, items, 0.5 * video + 0.5 * noise, 0.5) - video).pow(2).mean().item()
+        print(f"| {path} | {own['binding']:.3f} ± {own['binding_se']:.3f} | "
+              f"{turned['binding']:.3f} ± {turned['binding_se']:.3f} | {error:.4f} |")
+
+
 def grid(out: str, models: list[str], items: list[dict], steps: int) -> None:
     rows, labels = [np.stack([item["video"] for item in items])], ["real"]
     for spec in models:
@@ -118,15 +168,18 @@ def grid(out: str, models: list[str], items: list[dict], steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("probe", choices=("denoise", "shape", "grid"))
+    parser.add_argument("probe", choices=("denoise", "shape", "knockout", "grid"))
     parser.add_argument("args", nargs="+")
     parser.add_argument("--num_videos", type=int, default=None)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--subset", choices=SUBSETS, default="all")
     options = parser.parse_args()
     count = options.num_videos or (3 if options.probe == "grid" else 16)
-    items = list(heldout_videos(count, 0, 3))
+    items = evaluation_videos(count, 0, 3, options.subset)
     if options.probe == "grid":
         grid(options.args[0], options.args[1:], items, options.steps)
+    elif options.probe == "knockout":
+        knockout(options.args[0], items)
     else:
         (denoise if options.probe == "denoise" else shape)(load(options.args[0]), items)
 
