@@ -8,7 +8,8 @@ task's eval split (:func:`~selfgen.data.reasoning.labelled_solutions`: half clea
 rule-corrupted step of any of the three kinds). Printed per model: the step-level F1 (positive = a wrong
 step, over the steps of clean solutions and the steps of erroneous ones up to their error), the
 step true / false positive rates, the solution-level detection F1 and accuracy, ProcessBench's F1
-(first error located / clean accepted) and the accept rate, next to a step-blind critic that flags each
+(first error located / clean accepted), the accept rate and how often the critique's re-derived step is the
+reference step (``derivation``, 0 for a verdict-only critic), next to a step-blind critic that flags each
 step at random at the model's own rate (TPR = FPR: what flagging more buys without judging); then each
 model minus the first (the reference) with a 95% percentile bootstrap interval paired over problems (the same resampled problems for both models, 1000 resamples,
 :func:`selfgen.eval.statistics.bootstrap_interval`).
@@ -25,7 +26,10 @@ import numpy as np
 from selfgen.data.reasoning import labelled_solutions
 from selfgen.eval.statistics import bootstrap_interval
 from selfgen.train.llm.lm import EVAL_SEED
-from selfgen.train.llm.spc import SPCConfig, SPCTrainer, detection_metrics, f1_score, first_flagged, step_labels
+from selfgen.data.tasks import parse_verdict
+from selfgen.train.llm.spc import (
+    SPCConfig, SPCTrainer, derivation_accuracy, detection_metrics, f1_score, first_flagged, step_labels,
+)
 
 SEED = EVAL_SEED + 700  # apart from the trainer's in-training detection set (EVAL_SEED + 500)
 METRICS = ("step_f1", "step_tpr", "step_fpr", "critic_f1", "critic_accuracy", "critic_processbench_f1", "accept_rate")
@@ -67,7 +71,7 @@ def main() -> None:
     for model in args.models:
         if not (Path(model) / "config.json").is_file():
             raise FileNotFoundError(f"--models: {model} is not a saved causal LM folder (no config.json)")
-    verdicts = {}
+    verdicts, derivation = {}, {}
     with tempfile.TemporaryDirectory() as output_dir:
         for model in args.models:
             config = SPCConfig(
@@ -76,13 +80,15 @@ def main() -> None:
             )
             trainer = SPCTrainer(model=model, config=config)
             solutions = labelled_solutions(trainer.task, args.problems, SEED, split="eval")
-            verdicts[model] = trainer.step_verdicts([s.problem for s in solutions], [s.steps for s in solutions])
+            critiques = trainer.step_critiques([s.problem for s in solutions], [s.steps for s in solutions])
+            verdicts[model] = [[parse_verdict(text) for text in texts] for texts in critiques]
+            derivation[model] = derivation_accuracy(trainer.task, solutions, critiques)
     print(f"{len(solutions)} held-out solutions ({sum(s.error_index >= 0 for s in solutions)} with an error), "
           f"{args.task} {args.min_digits}-{args.max_digits} digits")
-    print("model | " + " | ".join(METRICS))
+    print("model | " + " | ".join(METRICS) + " | derivation")
     for model in args.models:
         values = metrics(solutions, verdicts[model])
-        print(f"{model} | " + " | ".join(f"{values[key]:.3f}" for key in METRICS))
+        print(f"{model} | " + " | ".join(f"{values[key]:.3f}" for key in METRICS) + f" | {derivation[model]:.3f}")
         blind = chance(solutions, verdicts[model])
         print("  step-blind critic at its flag rate | " + " | ".join(f"{blind[key]:.3f}" for key in METRICS))
     reference = args.models[0]

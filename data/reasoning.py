@@ -13,7 +13,12 @@ by the steps taken so far, each closed by its comma::
 Role prompts of the SPC game (same model, two roles):
 
     sneaky   Q:47+85\\nS:7+5+0=12,\\nX:4+8+1=13\\n   ->  4+8+1=14          (rewrite the step as a wrong one)
-    critic   Q:47+85\\nS:7+5+0=12,\\nC:4+8+1=14\\n   ->  V:N                  (the verdict: Y correct, N wrong)
+    critic   Q:47+85\\nS:7+5+0=12,\\nC:4+8+1=14\\n   ->  D:4+8+1=13\\nV:N       (critique, then the verdict)
+
+The critique re-derives the judged step before its verdict (SPC's critic analyses the step, then
+concludes): ``D:`` and the step recomputed from the question's column digits and the previous step's
+carry, then ``V:Y`` (correct) if the judged step equals it, else ``V:N``. ``critique_format="verdict"``
+gives the verdict alone (the earlier, departing format).
 
 Rule-based step corruption (:func:`corrupt_step`) builds the held-out evaluation sets and the
 supervised warm-up data: a wrong result (``calculation``), a wrong carry with a consistent result
@@ -64,6 +69,9 @@ from .tasks import (
 ANSWER_MARK = "\nA:"
 SNEAKY_MARK = "\nX:"
 CRITIC_MARK = "\nC:"
+DERIVATION_MARK = "D:"
+DERIVATION_PATTERN = re.compile(r"D:([^\n]*)")
+CRITIQUE_FORMATS = ("rederive", "verdict")
 FEEDBACK_MARK = "\nF:"
 FEEDBACK_PATTERN = re.compile(r"F:[ \t]*([YN])[ \t]*(\d*)")
 ERROR_KINDS = ("calculation", "carry", "operand")
@@ -196,9 +204,20 @@ def critic_prompt(question: str, prefix: Sequence[str], step: str, prompt: Promp
     return partial_solution(question, prefix, prompt) + CRITIC_MARK + step + "\n"
 
 
-def critic_completion(reference_step: str, judged_step: str) -> str:
-    """A rule-built verdict: ``V:Y`` if the judged step equals the reference step, else ``V:N``."""
-    return f"V:{'Y' if reference_step == judged_step else 'N'}"
+def critic_completion(reference_step: str, judged_step: str, critique_format: str = "rederive") -> str:
+    """A rule-built critique of ``judged_step`` whose correct version is ``reference_step`` (from the
+    task's solver): ``"rederive"`` writes the re-derived step, then the verdict (``D:<reference>\\nV:Y``
+    or ``V:N``); ``"verdict"`` the verdict alone. ``V:Y`` iff the judged step equals the reference."""
+    if critique_format not in CRITIQUE_FORMATS:
+        raise ValueError(f"critique_format must be one of {CRITIQUE_FORMATS}, got {critique_format!r}")
+    verdict = f"V:{'Y' if reference_step == judged_step else 'N'}"
+    return verdict if critique_format == "verdict" else f"{DERIVATION_MARK}{reference_step}\n{verdict}"
+
+
+def parse_derivation(critique: str) -> str | None:
+    """The step a critique re-derived (the text after its first ``D:``), ``None`` when it has none."""
+    found = DERIVATION_PATTERN.search(critique)
+    return None if found is None else found.group(1).strip()
 
 
 # ----------------------------------------------------------------- feedback and correction

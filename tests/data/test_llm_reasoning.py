@@ -9,6 +9,7 @@ from selfgen.data.reasoning import (
     corrupt_step,
     critic_completion,
     critic_prompt,
+    parse_derivation,
     labelled_solutions,
     parse_action,
     partial_solution,
@@ -25,8 +26,14 @@ def test_states_and_role_prompts():
     assert trace_text("47+85", ["7+5+0=12", "4+8+1=13"], "132") == "Q:47+85\nS:7+5+0=12,4+8+1=13\nA:132"
     assert sneaky_prompt("47+85", ["7+5+0=12"], "4+8+1=13") == "Q:47+85\nS:7+5+0=12,\nX:4+8+1=13\n"
     assert critic_prompt("47+85", [], "7+5+0=12") == "Q:47+85\nS:\nC:7+5+0=12\n"
-    assert critic_completion("4+8+1=13", "4+8+1=14") == "V:N"
-    assert critic_completion("4+8+1=13", "4+8+1=13") == "V:Y"
+    # the critique re-derives the step (the reference), then compares: verdict N iff the judged step differs
+    assert critic_completion("4+8+1=13", "4+8+1=14") == "D:4+8+1=13\nV:N"
+    assert critic_completion("4+8+1=13", "4+8+1=13") == "D:4+8+1=13\nV:Y"
+    assert critic_completion("4+8+1=13", "4+8+0=12") == "D:4+8+1=13\nV:N"  # a consistent equation, wrong carry
+    assert critic_completion("4+8+1=13", "4+8+1=14", "verdict") == "V:N"
+    assert parse_derivation("D:4+8+1=13\nV:N") == "4+8+1=13" and parse_derivation("V:Y") is None
+    with pytest.raises(ValueError, match="critique_format"):
+        critic_completion("4+8+1=13", "4+8+1=13", "essay")
 
 
 def test_parse_action():

@@ -11,8 +11,12 @@ reasoning steps:
   original step and with the sneaky step; the sneaky step counts as a successful error when the
   original step's completions succeed at least ``min_original_success`` of the time and the sneaky
   step's never do. Failed attempts score ``-1`` for the sneaky generator and are not played;
-* the **critic** sees the partial solution and a step and gives its verdict, ``V:Y`` (correct) or
-  ``V:N`` (wrong), ``critic_samples`` times per step.
+* the **critic** sees the partial solution and a step and writes a critique, ``critic_samples`` times
+  per step: it re-derives the step (``D:`` and the step recomputed from the question's column digits
+  and the carry of the partial solution's last step) and concludes with its verdict, ``V:Y``
+  (correct) or ``V:N`` (wrong) - the paper's critic analyses the step, then answers
+  ``Correct``/``Incorrect`` (official ``eval/infer_batch.py``); a column re-derivation is that
+  analysis for column arithmetic.
 
 Game outcome (the paper's reward assignment): on a successful sneaky step, a critique that finds the
 error (``V:N``) scores ``+1`` for the critic and ``-1`` for the sneaky generator, a fooled critique
@@ -31,23 +35,26 @@ Supervised warm-up (the paper's SFT initialisation of both roles, here on rule-b
 tiny base model has never seen the role formats; :meth:`SPCTrainer.seed_round`): ``warmup_examples``
 critic (a share ``warmup_critic_fraction``, half of them on correct steps) and sneaky examples from :func:`~selfgen.data.reasoning.corrupt_step` with the error kinds
 ``warmup_error_kinds`` only (``calculation`` by default), plus plain worked solutions so solving is
-kept. The held-out detection set uses all three error kinds, so a critic that only learned the
+kept. The paper distils its SFT critiques from a stronger model; ours are written by the task's
+solver: the re-derivation is the reference step, the verdict whether the judged step equals it
+(:func:`~selfgen.data.reasoning.critic_completion`). The held-out detection set uses all three error kinds, so a critic that only learned the
 warm-up's kind is not rewarded for it.
 
-Evaluation: the critic judges every step of held-out solutions (half clean, half with one
+Evaluation: the critic judges every step (greedy critique) of held-out solutions (half clean, half with one
 rule-corrupted step of any kind); a solution is flagged when some step gets ``V:N`` (or no verdict),
 its first flagged step is the predicted error location. Reported: the step-level ``critic_step_f1``
 (:func:`step_labels`), error-detection ``critic_f1`` (positive = erroneous solution), ProcessBench's
 ``critic_processbench_f1`` (the paper's benchmark metric), ``critic_accuracy``,
 ``critic_location_accuracy`` (first error found at the right step, or a clean solution passed), the
-recall per error kind ``critic_recall_<kind>``, and the **filter**: held-out greedy accuracy of all
+recall per error kind ``critic_recall_<kind>``, ``critic_derivation_accuracy`` (the re-derived step
+equals the reference step, on the scored steps of :func:`step_labels`), and the **filter**: held-out greedy accuracy of all
 solutions vs of the solutions the critic accepts (``filtered_accuracy``, ``accept_rate``).
 
 Departures: one model plays both roles (the paper fine-tunes two copies); no error-type selection
-step in the sneaky generator's output; the warm-up data are rule-built, not GPT-written critiques;
-the critique is the verdict alone, not a chain of thought ending in one: with a re-derivation of the
-step before the verdict (our first version) the tiny critic learned to copy the judged step and then
-flagged every step (held-out accept rate 0, F1 = that of always flagging).
+step in the sneaky generator's output; the warm-up critiques are rule-built (solver-written), not distilled from a
+stronger model; the critique is a one-line re-derivation, not free text. ``critique_format="verdict"``
+keeps the earlier departure (the verdict alone: on the 3.2 M Llama base its critic could not check a
+column sum, step TPR 0.015 vs FPR 0.006, docs/llm_part2.md) for the documented 0.86 M runs.
 """
 
 from __future__ import annotations
@@ -58,13 +65,16 @@ from dataclasses import dataclass, field
 
 from ...data.problems import Problem
 from ...data.reasoning import (
+    CRITIQUE_FORMATS,
     ERROR_KINDS,
     LabelledSolution,
     corrupt_step,
     critic_completion,
     critic_prompt,
     labelled_solutions,
+    parse_derivation,
     partial_solution,
+    reference_steps,
     sneaky_prompt,
 )
 from ...data.tasks import ArithmeticTask, derive_seed, parse_verdict, solution_steps
@@ -86,7 +96,8 @@ class SPCConfig(IterativeConfig):
     min_original_success: float = 0.5
     critic_samples: int = 2
     step_max_new_tokens: int = 16
-    critic_max_new_tokens: int = 4
+    critic_max_new_tokens: int = 20  # "D:<step>\nV:Y" (a verdict alone needs 4)
+    critique_format: str = "rederive"  # or "verdict": the verdict alone (the earlier departure)
     beta: float = 0.04
     epsilon: float = 0.2
     learning_rate: float = 1e-5
@@ -106,6 +117,8 @@ class SPCConfig(IterativeConfig):
         unknown = set(self.warmup_error_kinds) - set(ERROR_KINDS)
         if not self.warmup_error_kinds or unknown:
             raise ValueError(f"warmup_error_kinds must be a non-empty subset of {ERROR_KINDS}, got {self.warmup_error_kinds}")
+        if self.critique_format not in CRITIQUE_FORMATS:
+            raise ValueError(f"critique_format must be one of {CRITIQUE_FORMATS}, got {self.critique_format!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0: the game's moves are sampled, got {self.temperature}")
 
@@ -198,11 +211,22 @@ def step_labels(
     return truth, flagged
 
 
+def derivation_accuracy(task: ArithmeticTask, solutions: Sequence[LabelledSolution], critiques: Sequence[Sequence[str]]) -> float:
+    """How often a critique's re-derived step equals the reference step, over the steps :func:`step_labels`
+    scores (every step of a clean solution, an erroneous one's up to its error; 0 without derivations)."""
+    hits = []
+    for solution, texts in zip(solutions, critiques):
+        reference = reference_steps(task, solution.problem)
+        last = solution.error_index if solution.error_index >= 0 else len(texts) - 1
+        hits += [parse_derivation(text) == reference[k] for k, text in enumerate(texts[: last + 1])]
+    return sum(hits) / max(len(hits), 1)
+
+
 class SPCTrainer(IterativeTrainer):
     config_class = SPCConfig
     uses_reward_fn = False  # rewards are the critic/sneaky game's outcomes
     plot_keys = (
-        "accuracy", "critic_step_f1", "critic_f1", "critic_location_accuracy", "filtered_accuracy", "sneaky_success_rate",
+        "accuracy", "critic_step_f1", "critic_f1", "critic_derivation_accuracy", "filtered_accuracy", "sneaky_success_rate",
     )
 
     def __init__(self, *args, **kwargs) -> None:
@@ -228,13 +252,17 @@ class SPCTrainer(IterativeTrainer):
         )
         return self.generate(prompts, params, seed)
 
+    def step_critiques(self, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], seed: int = 0) -> list[list[str]]:
+        """The critic's greedy critique of every step of every solution."""
+        items = [(p, list(steps[:k]), steps[k]) for p, steps in zip(problems, solutions) for k in range(len(steps))]
+        texts = iter(r.text for r in self.critique(items, 1, seed, greedy=True))
+        return [[next(texts) for _ in steps] for steps in solutions]
+
     def step_verdicts(
         self, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], seed: int = 0
     ) -> list[list[bool | None]]:
         """The critic's greedy verdict on every step of every solution (``None``: no verdict)."""
-        items = [(p, list(steps[:k]), steps[k]) for p, steps in zip(problems, solutions) for k in range(len(steps))]
-        verdicts = iter(parse_verdict(r.text) for r in self.critique(items, 1, seed, greedy=True))
-        return [[next(verdicts) for _ in steps] for steps in solutions]
+        return [[parse_verdict(text) for text in texts] for texts in self.step_critiques(problems, solutions, seed)]
 
     def first_errors(self, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], seed: int = 0) -> list[int]:
         """For each solution (its steps), the critic's first flagged step (-1: accepted; an empty one is flagged)."""
@@ -253,7 +281,8 @@ class SPCTrainer(IterativeTrainer):
             wrong = corrupt_step(steps[k], rng.choice(config.warmup_error_kinds), rng)
             if rng.random() < config.warmup_critic_fraction:
                 judged = steps[k] if rng.random() < 0.5 else wrong
-                examples.append(TextPair(critic_prompt(question, steps[:k], judged, self.format.prompt), critic_completion(steps[k], judged)))
+                critique = critic_completion(steps[k], judged, config.critique_format)
+                examples.append(TextPair(critic_prompt(question, steps[:k], judged, self.format.prompt), critique))
             else:
                 examples.append(TextPair(sneaky_prompt(question, steps[:k], steps[k], self.format.prompt), wrong + "\n"))
         for problem in self.task.sample(config.warmup_examples // 3, WARMUP_SEED + 100 + config.seed):
@@ -342,9 +371,11 @@ class SPCTrainer(IterativeTrainer):
         rollouts = self.solve(self.eval_set, temperature=0.0, num_samples=1)
         correct = [self.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)]
         accepted = [e == -1 for e in self.first_errors(self.eval_set, [solution_steps(r.text) for r in rollouts])]
-        verdicts = self.step_verdicts([s.problem for s in self.detection_set], [s.steps for s in self.detection_set])
+        critiques = self.step_critiques([s.problem for s in self.detection_set], [s.steps for s in self.detection_set])
+        verdicts = [[parse_verdict(text) for text in texts] for texts in critiques]
         return {
             "critic_step_f1": f1_score(*step_labels(self.detection_set, verdicts)),
+            "critic_derivation_accuracy": derivation_accuracy(self.task, self.detection_set, critiques),
             "accuracy": sum(correct) / len(correct),
             "filtered_accuracy": sum(c and a for c, a in zip(correct, accepted)) / max(sum(accepted), 1),
             "accept_rate": sum(accepted) / len(accepted),

@@ -4,12 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from selfgen.data.reasoning import LabelledSolution
+from selfgen.data.reasoning import LabelledSolution, parse_derivation, reference_steps
 from selfgen.data.problems import Problem
+from selfgen.data.tasks import get_task, parse_verdict
 from selfgen.train.llm.spc import (
     SPCConfig,
     SPCTrainer,
     critic_rewards,
+    derivation_accuracy,
     detection_metrics,
     first_flagged,
     sneaky_is_effective,
@@ -61,6 +63,42 @@ def test_step_labels_stop_at_the_error():
     assert truth == [False, True, False, False] and flagged == [False, True, True, False]
 
 
+def test_derivation_accuracy_scores_the_re_derived_step():
+    task = get_task("arith", min_digits=2, max_digits=2)
+    problem = Problem("47+85", "132", "p")
+    clean = LabelledSolution(problem, ["7+5+0=12", "4+8+1=13"], -1)
+    wrong = LabelledSolution(problem, ["7+5+0=12", "4+8+0=12"], 1, "carry")
+    critiques = [
+        ["D:7+5+0=12\nV:Y", "D:4+8+1=14\nV:N"],  # second derivation wrong
+        ["D:7+5+0=12\nV:Y", "D:4+8+0=12\nV:Y"],  # copied the judged (wrong) step: not the reference
+    ]
+    assert derivation_accuracy(task, [clean, wrong], critiques) == pytest.approx(2 / 4)
+    assert derivation_accuracy(task, [clean], [["V:Y", "V:Y"]]) == 0.0  # a verdict-only critic derives nothing
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+@pytest.mark.parametrize("critique_format", ["rederive", "verdict"])
+def test_warmup_critiques_re_derive_from_the_solver(tmp_path, critique_format):
+    config = SPCConfig(
+        output_dir=str(tmp_path), warmup_examples=60, eval_problems=1, detection_problems=1, max_digits=3,
+        critique_format=critique_format,
+    )
+    trainer = SPCTrainer(model=str(ASSET), task="arith", config=config)
+    critic = [pair for pair in trainer.seed_round().dataset if "\nC:" in pair.prompt]
+    verdicts = [parse_verdict(pair.completion) for pair in critic]
+    assert len(critic) > 20 and True in verdicts and False in verdicts  # both verdicts are taught
+    for pair in critic:
+        context, judged = pair.prompt.rstrip("\n").split("\nC:")
+        question = context.split("\n")[0].removeprefix("Q:")
+        prefix = [step for step in context.split("S:", 1)[1].split(",") if step]
+        reference = reference_steps(trainer.task, Problem(question, "", "p"))[len(prefix)]
+        assert parse_verdict(pair.completion) is (judged == reference)
+        if critique_format == "rederive":  # the solver's step at that position, never a copy of a wrong judged step
+            assert pair.completion == f"D:{reference}\nV:{'Y' if judged == reference else 'N'}"
+        else:
+            assert parse_derivation(pair.completion) is None
+
+
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
 def test_one_iteration_end_to_end(tmp_path):
     config = SPCConfig(
@@ -71,7 +109,7 @@ def test_one_iteration_end_to_end(tmp_path):
     report = SPCTrainer(model=str(ASSET), task="arith", config=config).train()
     assert [record["iteration"] for record in report.history] == [0, 1]
     assert report[0]["seed_train_steps"] == 2 and "base_critic_f1" in report[0]
-    for key in ("accuracy", "critic_f1", "critic_step_f1", "critic_processbench_f1", "critic_accuracy",
+    for key in ("accuracy", "critic_f1", "critic_step_f1", "critic_derivation_accuracy", "critic_processbench_f1", "critic_accuracy",
                 "critic_location_accuracy", "accept_rate", "sneaky_success_rate"):
         assert 0.0 <= report[1][key] <= 1.0
     assert report[1]["time_rollout_s"] > 0
@@ -84,6 +122,8 @@ def test_config_and_task_errors():
         SPCConfig(warmup_critic_fraction=-0.1)
     with pytest.raises(ValueError, match="min_original_success"):
         SPCConfig(min_original_success=2.0)
+    with pytest.raises(ValueError, match="critique_format"):
+        SPCConfig(critique_format="essay")
     with pytest.raises(ValueError, match="temperature"):
         SPCConfig(temperature=0.0)
     if (ASSET / "config.json").is_file():
@@ -97,5 +137,7 @@ def test_bundled_config_loads():
 
     config = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith.yaml")
     assert spc.METHOD.name == "spc" and config.seed == 0 and config.warmup_error_kinds == ["calculation"]
+    assert config.critique_format == "verdict"  # the documented 0.86 M runs
     llama = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith_llama.yaml")
     assert llama.model == "assets/lm-arith-llama" and llama.mixed_precision == "no"
+    assert llama.critique_format == "rederive" and llama.critic_max_new_tokens >= len("D:9+9+1=19\nV:Y")
