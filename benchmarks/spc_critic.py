@@ -12,7 +12,9 @@ step true / false positive rates, the solution-level detection F1 and accuracy, 
 reference step (``derivation``, 0 for a verdict-only critic), next to a step-blind critic that flags each
 step at random at the model's own rate (TPR = FPR: what flagging more buys without judging); then each
 model minus the first (the reference) with a 95% percentile bootstrap interval paired over problems (the same resampled problems for both models, 1000 resamples,
-:func:`selfgen.eval.statistics.bootstrap_interval`).
+:func:`selfgen.eval.statistics.bootstrap_interval`), and each model's step F1 minus the step-blind critic's at the
+model's own flag rate on the same resample (:func:`blind_step_f1`: expected precision = the share of wrong steps,
+expected recall = the flag rate).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from selfgen.eval.statistics import bootstrap_interval
 from selfgen.train.llm.lm import EVAL_SEED
 from selfgen.data.tasks import parse_verdict
 from selfgen.train.llm.spc import (
-    SPCConfig, SPCTrainer, derivation_accuracy, detection_metrics, f1_score, first_flagged, step_labels,
+    SPCConfig, SPCTrainer, derivation_accuracy, detection_metrics, f1_score, first_flagged, harmonic_mean, step_labels,
 )
 
 SEED = EVAL_SEED + 700  # apart from the trainer's in-training detection set (EVAL_SEED + 500)
@@ -57,6 +59,13 @@ def chance(solutions, verdicts, draws: int = 200, seed: int = 0) -> dict[str, fl
         for _ in range(draws)
     ]
     return {key: float(np.mean([run[key] for run in runs])) for key in METRICS}
+
+
+def blind_step_f1(solutions, verdicts) -> float:
+    """The step F1 of flagging steps at random at the critic's own step flag rate, from the expected precision
+    (the share of wrong steps) and recall (the flag rate): ``2 p r / (p + r)``."""
+    truth, flagged = step_labels(solutions, verdicts)
+    return harmonic_mean(sum(truth) / len(truth), sum(flagged) / len(flagged))
 
 
 def main() -> None:
@@ -103,6 +112,12 @@ def main() -> None:
             low, high = bootstrap_interval(difference, rows, num_resamples=args.resamples)
             cells.append(f"{key} {difference(rows):+.3f} [{low:+.3f}, {high:+.3f}]")
         print(f"{model} - {reference}: " + "; ".join(cells), flush=True)
+    for model in args.models:
+        def over_blind(index: np.ndarray, model: str = model) -> float:
+            picked, judged = [solutions[i] for i in index], [verdicts[model][i] for i in index]
+            return metrics(picked, judged)["step_f1"] - blind_step_f1(picked, judged)
+        low, high = bootstrap_interval(over_blind, rows, num_resamples=args.resamples)
+        print(f"{model} - step-blind critic at its flag rate: step_f1 {over_blind(rows):+.3f} [{low:+.3f}, {high:+.3f}]")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ Supervised warm-up (the paper's SFT initialisation of both roles, here on rule-b
 tiny base model has never seen the role formats; :meth:`SPCTrainer.seed_round`): ``warmup_examples``
 critic (a share ``warmup_critic_fraction``, half of them on correct steps) and sneaky examples from :func:`~selfgen.data.reasoning.corrupt_step` with the error kinds
 ``warmup_error_kinds`` only (``calculation`` by default), plus plain worked solutions so solving is
-kept. The paper distils its SFT critiques from a stronger model; ours are written by the task's
+kept; ``warmup_verdict_weight`` weighs the verdict token in the SFT loss (one token of a ~15-token
+critique: at weight 1 our warm-up critic re-derived 0.96 of the steps right but accepted 0.97 of the
+solutions). The paper distils its SFT critiques from a stronger model; ours are written by the task's
 solver: the re-derivation is the reference step, the verdict whether the judged step equals it
 (:func:`~selfgen.data.reasoning.critic_completion`). The held-out detection set uses all three error kinds, so a critic that only learned the
 warm-up's kind is not rewarded for it.
@@ -108,12 +110,15 @@ class SPCConfig(IterativeConfig):
     warmup_error_kinds: list[str] = field(default_factory=lambda: ["calculation"])
     warmup_train_steps: int = 150
     warmup_learning_rate: float = 3e-4
+    warmup_verdict_weight: float = 1.0  # SFT loss weight of a warm-up critique's verdict token (the others weigh 1)
     detection_problems: int = 200
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.require_at_least_one("validation_samples", "critic_samples", "detection_problems")
         self.require_fractions("warmup_critic_fraction", "min_original_success")
+        if self.warmup_verdict_weight <= 0:
+            raise ValueError(f"warmup_verdict_weight must be > 0, got {self.warmup_verdict_weight}")
         unknown = set(self.warmup_error_kinds) - set(ERROR_KINDS)
         if not self.warmup_error_kinds or unknown:
             raise ValueError(f"warmup_error_kinds must be a non-empty subset of {ERROR_KINDS}, got {self.warmup_error_kinds}")
@@ -282,7 +287,9 @@ class SPCTrainer(IterativeTrainer):
             if rng.random() < config.warmup_critic_fraction:
                 judged = steps[k] if rng.random() < 0.5 else wrong
                 critique = critic_completion(steps[k], judged, config.critique_format)
-                examples.append(TextPair(critic_prompt(question, steps[:k], judged, self.format.prompt), critique))
+                weight = config.warmup_verdict_weight  # on the Y/N character
+                verdict = ((len(critique) - 1, len(critique), weight),) if weight != 1.0 else ()
+                examples.append(TextPair(critic_prompt(question, steps[:k], judged, self.format.prompt), critique, verdict))
             else:
                 examples.append(TextPair(sneaky_prompt(question, steps[:k], steps[k], self.format.prompt), wrong + "\n"))
         for problem in self.task.sample(config.warmup_examples // 3, WARMUP_SEED + 100 + config.seed):

@@ -77,11 +77,11 @@ def test_derivation_accuracy_scores_the_re_derived_step():
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
-@pytest.mark.parametrize("critique_format", ["rederive", "verdict"])
-def test_warmup_critiques_re_derive_from_the_solver(tmp_path, critique_format):
+@pytest.mark.parametrize("critique_format, weight", [("rederive", 5.0), ("verdict", 1.0)])
+def test_warmup_critiques_re_derive_from_the_solver(tmp_path, critique_format, weight):
     config = SPCConfig(
         output_dir=str(tmp_path), warmup_examples=60, eval_problems=1, detection_problems=1, max_digits=3,
-        critique_format=critique_format,
+        critique_format=critique_format, warmup_verdict_weight=weight,
     )
     trainer = SPCTrainer(model=str(ASSET), task="arith", config=config)
     critic = [pair for pair in trainer.seed_round().dataset if "\nC:" in pair.prompt]
@@ -93,6 +93,8 @@ def test_warmup_critiques_re_derive_from_the_solver(tmp_path, critique_format):
         prefix = [step for step in context.split("S:", 1)[1].split(",") if step]
         reference = reference_steps(trainer.task, Problem(question, "", "p"))[len(prefix)]
         assert parse_verdict(pair.completion) is (judged == reference)
+        n = len(pair.completion)  # only the verdict character is up-weighted, and only when asked
+        assert pair.weighted_spans == (((n - 1, n, weight),) if weight != 1.0 else ())
         if critique_format == "rederive":  # the solver's step at that position, never a copy of a wrong judged step
             assert pair.completion == f"D:{reference}\nV:{'Y' if judged == reference else 'N'}"
         else:
@@ -124,6 +126,8 @@ def test_config_and_task_errors():
         SPCConfig(min_original_success=2.0)
     with pytest.raises(ValueError, match="critique_format"):
         SPCConfig(critique_format="essay")
+    with pytest.raises(ValueError, match="warmup_verdict_weight"):
+        SPCConfig(warmup_verdict_weight=0.0)
     with pytest.raises(ValueError, match="temperature"):
         SPCConfig(temperature=0.0)
     if (ASSET / "config.json").is_file():
