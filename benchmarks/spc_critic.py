@@ -9,7 +9,8 @@ rule-corrupted step of any of the three kinds). Printed per model: the step-leve
 step, over the steps of clean solutions and the steps of erroneous ones up to their error), the
 step true / false positive rates, the solution-level detection F1 and accuracy, ProcessBench's F1
 (first error located / clean accepted), the accept rate and how often the critique's re-derived step is the
-reference step (``derivation``, 0 for a verdict-only critic), next to a step-blind critic that flags each
+reference step (``derivation``, 0 for a verdict-only critic) and how often its verdict is the comparison of its own
+derivation with the judged step (``consistency``: ``V:Y`` iff they are equal), next to a step-blind critic that flags each
 step at random at the model's own rate (TPR = FPR: what flagging more buys without judging); then each
 model minus the first (the reference) with a 95% percentile bootstrap interval paired over problems (the same resampled problems for both models, 1000 resamples,
 :func:`selfgen.eval.statistics.bootstrap_interval`), and each model's step F1 minus the step-blind critic's at the
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfgen.data.reasoning import labelled_solutions
+from selfgen.data.reasoning import labelled_solutions, parse_derivation
 from selfgen.eval.statistics import bootstrap_interval
 from selfgen.train.llm.lm import EVAL_SEED
 from selfgen.data.tasks import parse_verdict
@@ -61,6 +62,16 @@ def chance(solutions, verdicts, draws: int = 200, seed: int = 0) -> dict[str, fl
     return {key: float(np.mean([run[key] for run in runs])) for key in METRICS}
 
 
+def verdict_consistency(solutions, critiques) -> float:
+    """How often a critique's verdict says what comparing its own re-derived step with the judged step says
+    (``V:Y`` iff equal), over the steps :func:`step_labels` scores."""
+    hits = []
+    for solution, texts in zip(solutions, critiques):
+        last = solution.error_index if solution.error_index >= 0 else len(texts) - 1
+        hits += [parse_verdict(text) is (parse_derivation(text) == step) for step, text in zip(solution.steps, texts[: last + 1])]
+    return sum(hits) / max(len(hits), 1)
+
+
 def blind_step_f1(solutions, verdicts) -> float:
     """The step F1 of flagging steps at random at the critic's own step flag rate, from the expected precision
     (the share of wrong steps) and recall (the flag rate): ``2 p r / (p + r)``."""
@@ -80,7 +91,7 @@ def main() -> None:
     for model in args.models:
         if not (Path(model) / "config.json").is_file():
             raise FileNotFoundError(f"--models: {model} is not a saved causal LM folder (no config.json)")
-    verdicts, derivation = {}, {}
+    verdicts, derivation, consistency = {}, {}, {}
     with tempfile.TemporaryDirectory() as output_dir:
         for model in args.models:
             config = SPCConfig(
@@ -92,12 +103,13 @@ def main() -> None:
             critiques = trainer.step_critiques([s.problem for s in solutions], [s.steps for s in solutions])
             verdicts[model] = [[parse_verdict(text) for text in texts] for texts in critiques]
             derivation[model] = derivation_accuracy(trainer.task, solutions, critiques)
+            consistency[model] = verdict_consistency(solutions, critiques)
     print(f"{len(solutions)} held-out solutions ({sum(s.error_index >= 0 for s in solutions)} with an error), "
           f"{args.task} {args.min_digits}-{args.max_digits} digits")
-    print("model | " + " | ".join(METRICS) + " | derivation")
+    print("model | " + " | ".join(METRICS) + " | derivation | consistency")
     for model in args.models:
         values = metrics(solutions, verdicts[model])
-        print(f"{model} | " + " | ".join(f"{values[key]:.3f}" for key in METRICS) + f" | {derivation[model]:.3f}")
+        print(f"{model} | " + " | ".join(f"{values[key]:.3f}" for key in METRICS) + f" | {derivation[model]:.3f} | {consistency[model]:.3f}")
         blind = chance(solutions, verdicts[model])
         print("  step-blind critic at its flag rate | " + " | ".join(f"{blind[key]:.3f}" for key in METRICS))
     reference = args.models[0]
