@@ -45,6 +45,7 @@ SHAPES = ("circle", "square", "triangle")
 SIZES: dict[str, int] = {"small": 7, "large": 11}  # side of the object's bounding box in pixels
 DEFAULT_SIZE = 9
 RELATIONS = ("left of", "right of", "above", "below")
+OPPOSITE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 COUNTS = {"a": 1, "two": 2, "three": 3}
 REGIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 CATEGORIES = ("colour", "size", "binding", "spatial", "counting", "complex")
@@ -295,8 +296,7 @@ def perturb_prompt(spec: PromptSpec, rng: random.Random) -> PromptSpec:
     choices = ["colour", "shape"] + (["count"] if obj.count > 1 else []) + (["relation"] if spec.relation else [])
     what = rng.choice(choices)
     if what == "relation":
-        opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-        return PromptSpec(spec.objects, opposite[spec.relation], spec.category)
+        return PromptSpec(spec.objects, OPPOSITE_RELATION[spec.relation], spec.category)
     if what == "colour":
         obj = ObjectSpec(rng.choice([c for c in COLOURS if c != obj.colour]), obj.shape, obj.size, obj.count)
     elif what == "shape":
@@ -335,6 +335,48 @@ def region_questions(objects: list[SceneObject], rng: random.Random) -> list[tup
         (question_in_region(None, region), "yes" if in_region else "no"),
         (question_in_region(region_noun, region), "yes" if region_noun in in_region else "no"),
     ]
+
+
+def located_question(objects: list[SceneObject], rng: random.Random) -> tuple[str, str]:
+    """``is there a {noun} in the {region}?`` about an object that is in the scene: its own region (``yes``) or,
+    with equal probability, a region that holds no such object (``no``). Asked about present nouns only, its
+    true statements say where each object is, which next-token loss on the question words can learn from."""
+    obj = rng.choice(objects)
+    noun = f"{obj.colour} {obj.shape}"
+    if rng.random() < 0.5:
+        return question_in_region(noun, obj.region), "yes"
+    taken = {other.region for other in objects if f"{other.colour} {other.shape}" == noun}
+    return question_in_region(noun, rng.choice([region for region in REGIONS if region not in taken])), "no"
+
+
+def relation_in_scene(spec: PromptSpec, objects: list[SceneObject], margin: float = 4) -> PromptSpec | None:
+    """For a scene of two single objects (binding, spatial or complex prompts), ``spec``'s objects with the
+    relation their placement shows by at least ``margin`` pixels (:func:`relation_holds`), or None."""
+    if len(spec.objects) != 2 or any(obj.count > 1 for obj in spec.objects):
+        return None
+    (ax, ay), (bx, by) = objects[0].centre, objects[-1].centre
+    shown = [relation for relation in RELATIONS if relation_holds(bx - ax, by - ay, relation, margin)]
+    return PromptSpec(spec.objects, shown[0], _category(spec.objects, shown[0])) if shown else None
+
+
+def relation_question(
+    spec: PromptSpec, objects: list[SceneObject], rng: random.Random, split: str
+) -> tuple[str, str]:
+    """``does the image show {objects} {relation} {objects}?`` about a scene of two single objects, with the
+    relation their placement shows (``yes``) or, with equal probability, its opposite (``no``); a binding
+    scene is asked about too (``a red circle and a blue square`` drawn side by side shows ``a red circle left
+    of a blue square``), so relations are asked about half the scenes, not only the third with a relational
+    prompt. Only prompts of ``split`` are asked; otherwise (or for other scenes) the scene's prompt or a hard
+    negative (:func:`negative_prompt`)."""
+    yes = rng.random() < 0.5
+    shown = relation_in_scene(spec, objects)
+    if shown is not None:
+        asked = shown if yes else PromptSpec(shown.objects, OPPOSITE_RELATION[shown.relation], shown.category)
+        if asked.text() in prompt_split(asked.category, split):
+            return question_about_prompt(asked.text()), "yes" if yes else "no"
+    if yes:
+        return question_about_prompt(spec.text()), "yes"
+    return question_about_prompt(negative_prompt(spec, rng, split)), "no"
 
 
 def negative_prompt(spec: PromptSpec, rng: random.Random, split: str) -> str:
@@ -444,7 +486,9 @@ class ScenesDataset(Dataset):
     so the understanding path sees more of the questions that need it to know where things are;
     ``occupancy_fraction`` slots ask the occupancy question ("is there an object in the {region}?") alone,
     and ``prompt_fraction`` slots the whole-prompt question ("does the image show {prompt}?"), about the
-    scene's own prompt or a hard negative (:func:`negative_prompt`) with equal probability.
+    scene's own prompt or a hard negative (:func:`negative_prompt`) with equal probability;
+    ``located_fraction`` slots ask where an object of the scene is (:func:`located_question`) and
+    ``relation_fraction`` slots the relation two objects show against its opposite (:func:`relation_question`).
     With ``scrambled_fraction > 0`` each question slot is, with that probability, replaced by the
     whole-prompt question asked about a :func:`scramble_patches` copy of the scene, answer "no"
     (the scene's colours without its shapes), so the understanding path also learns to reject
@@ -466,6 +510,8 @@ class ScenesDataset(Dataset):
         region_fraction: float = 0.0,
         occupancy_fraction: float = 0.0,
         prompt_fraction: float = 0.0,
+        located_fraction: float = 0.0,
+        relation_fraction: float = 0.0,
     ) -> None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
@@ -475,17 +521,18 @@ class ScenesDataset(Dataset):
             )
         if not 0.0 <= scrambled_fraction <= 1.0:
             raise ValueError(f"scrambled_fraction must be in [0, 1], got {scrambled_fraction}")
-        fractions = (region_fraction, occupancy_fraction, prompt_fraction)
+        fractions = (region_fraction, occupancy_fraction, prompt_fraction, located_fraction, relation_fraction)
         if min(fractions) < 0 or sum(fractions) > 1:
             raise ValueError(
-                "region_fraction, occupancy_fraction and prompt_fraction must be >= 0 with a sum <= 1, got "
-                f"{region_fraction}, {occupancy_fraction} and {prompt_fraction}"
+                "region_fraction, occupancy_fraction, prompt_fraction, located_fraction and relation_fraction must "
+                f"be >= 0 with a sum <= 1, got {fractions}"
             )
         self.num_examples, self.split, self.seed = num_examples, split, seed
         self.questions_per_image = questions_per_image
         self.scrambled_fraction = scrambled_fraction
         self.region_fraction, self.occupancy_fraction = region_fraction, occupancy_fraction
         self.prompt_fraction = prompt_fraction
+        self.located_fraction, self.relation_fraction = located_fraction, relation_fraction
 
     def __len__(self) -> int:
         return self.num_examples
@@ -507,14 +554,20 @@ class ScenesDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.num_examples} scenes")
         prompt, objects, pairs = self.example(index)
         region_rng = random.Random(f"{self.seed}-{self.split}-{index}-region")
+        kinds = (
+            (self.occupancy_fraction, lambda: region_questions(objects, region_rng)[0]),
+            (self.region_fraction, lambda: region_rng.choice(region_questions(objects, region_rng))),
+            (self.prompt_fraction, lambda: self._prompt_question(prompt, region_rng)),
+            (self.located_fraction, lambda: located_question(objects, region_rng)),
+            (self.relation_fraction, lambda: relation_question(parse_prompt(prompt), objects, region_rng, self.split)),
+        )
         for slot in range(len(pairs)):
-            draw = region_rng.random()
-            if draw < self.occupancy_fraction:
-                pairs[slot] = region_questions(objects, region_rng)[0]
-            elif draw < self.occupancy_fraction + self.region_fraction:
-                pairs[slot] = region_rng.choice(region_questions(objects, region_rng))
-            elif draw < self.occupancy_fraction + self.region_fraction + self.prompt_fraction:
-                pairs[slot] = self._prompt_question(prompt, region_rng)
+            draw, bound = region_rng.random(), 0.0
+            for fraction, ask in kinds:  # cumulative bounds: slot kinds in this order
+                bound += fraction
+                if draw < bound:
+                    pairs[slot] = ask()
+                    break
         image = render_scene(objects)
         pixel_values = to_pixels(image)
         scramble_rng = random.Random(f"{self.seed}-{self.split}-{index}-scrambled")

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from torch import nn
 
 from ..data.scenes import (
@@ -56,6 +57,7 @@ from ..data.scenes import (
     MAX_PROMPT_TOKENS,
     MAX_QUESTION_TOKENS,
     PAD_ID,
+    TOKEN_IDS,
     REGIONS,
     VOCAB,
     PromptSpec,
@@ -83,6 +85,7 @@ from .trainer import Objective, Trainer, TrainerCallback, TrainResult
 
 
 TRAIN_PARAMETERS = ("all", "understanding")
+NO_ID = TOKEN_IDS["no"]
 MONITOR_SEED = 1000  # the scenes the training-time judge log uses (evaluate reports other scenes)
 
 
@@ -96,6 +99,8 @@ class UnifiedConfig(TrainingConfig):
     generation_conv_channels: int = 0  # > 0: a 3x3 conv stem/head of that width around the generation patches
     understanding_conv_channels: int = 0  # > 0: a 3x3 conv stem of that width before the understanding patches
     new_understanding_encoder: bool = False  # with pretrained: a fresh understanding encoder (patch_size, conv stem)
+    learned_understanding_positions: bool = False  # train the understanding position table (from sin-cos)
+    understanding_position_scale: float = 0.0  # > 0: that table restarts at scale x sin-cos over pixel offsets
     num_examples: int = 200000  # scenes in the (procedural) training set
     cfg_dropout: float = 0.1
     understanding_weight: float = 1.0
@@ -105,7 +110,10 @@ class UnifiedConfig(TrainingConfig):
     region_fraction: float = 0.0  # question slots replaced by a region question (occupancy or noun in a quadrant)
     occupancy_fraction: float = 0.0  # question slots replaced by "is there an object in the {region}?"
     prompt_fraction: float = 0.0  # question slots replaced by "does the image show {prompt / a hard negative}?"
+    located_fraction: float = 0.0  # question slots replaced by "is there a {present noun} in the {region}?"
+    relation_fraction: float = 0.0  # question slots replaced by the whole prompt against its opposite relation
     question_lm_weight: float = 0.0  # > 0: also next-token CE on the question words given the image
+    question_lm_true_only: bool = False  # that CE only on questions not answered "no" (true statements)
     train_parameters: str = "all"  # "all", or "understanding": the generation expert stays frozen
     occupancy_eval_steps: int = 0  # > 0: log occupancy_auc every that many steps
     eval_prompts_per_category: int = 16
@@ -133,11 +141,13 @@ class JointObjective(Objective):
         understanding_weight: float,
         generation_weight: float = 1.0,
         question_lm_weight: float = 0.0,
+        question_lm_true_only: bool = False,
     ) -> None:
         self.cfg_dropout = cfg_dropout
         self.understanding_weight = understanding_weight
         self.generation_weight = generation_weight
         self.question_lm_weight = question_lm_weight
+        self.question_lm_true_only = question_lm_true_only
 
     def _generation_inputs(self, batch: dict) -> tuple[dict, torch.Tensor | None]:
         """The flow-matching inputs and target, or nothing when the generation loss is off."""
@@ -170,7 +180,8 @@ class JointObjective(Objective):
             logs = {"loss_understanding": understanding.item(), "answer_accuracy": accuracy.item()}
             loss = self.understanding_weight * understanding
             if self.question_lm_weight > 0:
-                question_lm = question_lm_loss(output.logits, batch["question_ids"].flatten(0, 1))
+                true = answers != NO_ID if self.question_lm_true_only else None
+                question_lm = question_lm_loss(output.logits, batch["question_ids"].flatten(0, 1), true)
                 loss = loss + self.question_lm_weight * question_lm
                 logs["loss_question_lm"] = question_lm.item()
         if target is not None:
@@ -180,12 +191,19 @@ class JointObjective(Objective):
         return loss, logs
 
 
-def question_lm_loss(logits: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
+def question_lm_loss(
+    logits: torch.Tensor, question_ids: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """Next-token cross-entropy over the question's own words given the image: position ``t`` predicts
     token ``t + 1`` wherever both are real tokens (not padding); the answer, predicted at ``<a>``, is not
-    part of it."""
+    part of it. ``keep`` (``(B,)`` bool) restricts it to those questions, e.g. the true statements: on a
+    "no" question the words are false about the image (a relation asked against its opposite half the time
+    teaches the relation word nothing), on a "yes" question ``is there a red circle in the ___`` is where the
+    red circle is."""
     targets = question_ids[:, 1:]
     valid = (question_ids[:, :-1] != PAD_ID) & (targets != PAD_ID)
+    if keep is not None:
+        valid = valid & keep[:, None]
     return F.cross_entropy(logits[:, :-1][valid].float(), targets[valid])
 
 
@@ -229,23 +247,46 @@ def export_pipeline(model: nn.Module, directory: Path) -> None:
     build_pipeline(model).save_pretrained(directory)
 
 
+def _rebuilt(model: UnifiedTransformer, fresh_prefixes: tuple[str, ...], **config_changes) -> UnifiedTransformer:
+    """``model`` rebuilt with ``config_changes``: the weights named by ``fresh_prefixes`` (and any the new config
+    adds) keep their initialisation, every other weight is copied."""
+    fresh = UnifiedTransformer.from_config(
+        model.config, generation_patch_size=model.generation_patch_size, **config_changes
+    )
+    kept = {name: value for name, value in model.state_dict().items() if not name.startswith(fresh_prefixes)}
+    missing, unexpected = fresh.load_state_dict(kept, strict=False)
+    added = set(fresh.state_dict()) - set(model.state_dict())
+    if unexpected or not all(name.startswith(fresh_prefixes) or name in added for name in missing):
+        raise RuntimeError(f"rebuilding the model with {config_changes}: unexpected {unexpected}, missing {missing}")
+    return fresh
+
+
 def with_new_understanding_encoder(
     model: UnifiedTransformer, patch_size: int, understanding_conv_channels: int
 ) -> UnifiedTransformer:
     """``model`` with a freshly initialised understanding image encoder (``patch_size`` patches, a conv stem of
     ``understanding_conv_channels``; 0: none); every other weight, the generation patches included, is kept."""
-    fresh = UnifiedTransformer.from_config(
-        model.config,
-        patch_size=patch_size,
-        generation_patch_size=model.generation_patch_size,
-        understanding_conv_channels=understanding_conv_channels,
-    )
     encoder = ("und_patch_embed.", "und_conv_in.")
-    kept = {name: value for name, value in model.state_dict().items() if not name.startswith(encoder)}
-    missing, unexpected = fresh.load_state_dict(kept, strict=False)
-    if unexpected or not all(name.startswith(encoder) for name in missing):
-        raise RuntimeError(f"understanding encoder swap: unexpected {unexpected}, missing {missing}")
-    return fresh
+    return _rebuilt(
+        model, encoder, patch_size=patch_size, understanding_conv_channels=understanding_conv_channels
+    )
+
+
+def with_learned_understanding_positions(model: UnifiedTransformer, scale: float = 0.0) -> UnifiedTransformer:
+    """``model`` whose understanding position table is a trained parameter, every other weight kept.
+
+    ``scale = 0``: the table starts at the fixed sin-cos table (the same function). ``scale > 0``: it starts at
+    ``scale`` times the 2-D sin-cos table over the patches' pixel offsets (patch index x patch side): on a 4x4
+    grid the index table's positions are 0.93 cosine-similar (neighbours 0.98), the pixel table's 0.72."""
+    learned = _rebuilt(model, (), learned_understanding_positions=True)
+    if scale > 0:
+        size, patch = model.config.sample_size, model.config.patch_size
+        pixel_offsets = get_2d_sincos_pos_embed(
+            model.config.dim, size // patch, base_size=size // patch, interpolation_scale=1 / patch, output_type="pt"
+        )
+        with torch.no_grad():
+            learned.und_image_pos.copy_(scale * pixel_offsets.float()[None])
+    return learned
 
 
 def train(config: UnifiedConfig) -> TrainResult:
@@ -261,6 +302,8 @@ def train(config: UnifiedConfig) -> TrainResult:
         model = UnifiedPipeline.from_pretrained(config.pretrained).transformer
         if config.new_understanding_encoder:
             model = with_new_understanding_encoder(model, config.patch_size, config.understanding_conv_channels)
+        if config.learned_understanding_positions and not model.config.learned_understanding_positions:
+            model = with_learned_understanding_positions(model, config.understanding_position_scale)
     else:
         model = UnifiedTransformer(
             vocab_size=len(VOCAB),
@@ -270,6 +313,7 @@ def train(config: UnifiedConfig) -> TrainResult:
             generation_patch_size=config.generation_patch_size or None,
             generation_conv_channels=config.generation_conv_channels,
             understanding_conv_channels=config.understanding_conv_channels,
+            learned_understanding_positions=config.learned_understanding_positions,
             dim=config.dim,
             num_layers=config.num_layers,
             num_heads=config.num_heads,
@@ -283,12 +327,18 @@ def train(config: UnifiedConfig) -> TrainResult:
         region_fraction=config.region_fraction,
         occupancy_fraction=config.occupancy_fraction,
         prompt_fraction=config.prompt_fraction,
+        located_fraction=config.located_fraction,
+        relation_fraction=config.relation_fraction,
     )
     if config.train_parameters == "understanding":
         for param in model.generation_parameters():
             param.requires_grad_(False)
     objective = JointObjective(
-        config.cfg_dropout, config.understanding_weight, config.generation_weight, config.question_lm_weight
+        config.cfg_dropout,
+        config.understanding_weight,
+        config.generation_weight,
+        config.question_lm_weight,
+        config.question_lm_true_only,
     )
     callbacks = [OccupancyCallback(config.occupancy_eval_steps)] if config.occupancy_eval_steps > 0 else []
     trainer = Trainer(model, objective, dataset, config, export_fn=export_pipeline, collate_fn=collate, callbacks=callbacks)

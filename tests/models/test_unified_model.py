@@ -136,3 +136,14 @@ def test_understanding_path_with_its_own_conv_stem_and_patches():
     assert changed.nonzero().flatten().tolist() == [0, 1, 4, 5]  # the 2x2 patches around pixel (7, 7)
     with pytest.raises(ValueError, match="understanding_conv_channels"):
         UnifiedTransformer(vocab_size=len(VOCAB), understanding_conv_channels=-1)
+
+
+def test_learned_understanding_positions_save_and_reload(tmp_path):
+    torch.manual_seed(0)
+    model = UnifiedTransformer(vocab_size=len(VOCAB), dim=32, num_layers=1, num_heads=2, learned_understanding_positions=True)
+    with torch.no_grad():
+        model.und_image_pos.add_(torch.randn_like(model.und_image_pos))  # trained away from sin-cos
+    model.save_pretrained(tmp_path)
+    reloaded = UnifiedTransformer.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.und_image_pos, model.und_image_pos)
+    assert not torch.equal(reloaded.und_image_pos, UnifiedTransformer(vocab_size=len(VOCAB), dim=32, num_layers=1, num_heads=2).und_image_pos)

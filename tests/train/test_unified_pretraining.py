@@ -10,11 +10,13 @@ from selfgen.data.scenes import (
     PAD_ID,
     TOKEN_IDS,
     VOCAB,
+    SceneObject,
     ScenesDataset,
     encode_question,
     parse_prompt,
     prompt_split,
     question_about_prompt,
+    relation_in_scene,
     render_scene,
 )
 from selfgen.train.srum import region_slices
@@ -28,6 +30,7 @@ from selfgen.train.unified import (
     occupancy_auc,
     question_lm_loss,
     train,
+    with_learned_understanding_positions,
     with_new_understanding_encoder,
 )
 
@@ -241,3 +244,98 @@ def test_question_lm_loss_scores_the_question_words_and_skips_padding_and_the_an
     wrong_word[0, -4] = 0.0  # the word before "circle": uniform over the vocabulary
     expected = np.log(len(VOCAB)) / int(((question_ids[:, :-1] != PAD_ID) & (question_ids[:, 1:] != PAD_ID)).sum())
     torch.testing.assert_close(question_lm_loss(wrong_word, question_ids), torch.tensor(expected, dtype=torch.float32), rtol=1e-4, atol=1e-5)
+
+
+def test_question_lm_loss_can_keep_only_the_true_statements():
+    question_ids = torch.tensor([encode_question("is there a red circle?"), encode_question("how many red circles?")])
+    confident = torch.full((2, MAX_QUESTION_TOKENS, len(VOCAB)), -20.0)
+    confident[:, :-1].scatter_(2, question_ids[:, 1:, None], 20.0)
+    wrong_second = confident.clone()
+    wrong_second[1] = 0.0  # the second question's words: uniform
+    keep_first = torch.tensor([True, False])
+    assert question_lm_loss(wrong_second, question_ids, keep_first) < 1e-6  # the dropped question costs nothing
+    assert question_lm_loss(wrong_second, question_ids) > 0.5
+
+
+def test_located_and_relation_questions_say_where_objects_are_and_never_ask_held_out_prompts():
+    dataset = ScenesDataset(60, seed=0, questions_per_image=2, located_fraction=0.5, relation_fraction=0.5)
+    answers, flipped, binding_scenes_asked = [], 0, 0
+    for index in range(60):
+        item = dataset[index]
+        prompt, objects, _ = dataset.example(index)
+        spec = parse_prompt(prompt)
+        for ids, answer in zip(item["question_ids"].tolist(), item["answer_id"].tolist()):
+            words = [VOCAB[token] for token in ids if token != PAD_ID][1:-1]
+            answers.append(answer)
+            if words[0] == "is":  # is there a {noun} in the {region}: about a noun of the scene
+                noun, region = f"{words[3]} {words[4]}", words[-1]
+                assert noun in {f"{obj.colour} {obj.shape}" for obj in objects}
+                there = any(f"{o.colour} {o.shape}" == noun and o.region == region for o in objects)
+                assert answer == TOKEN_IDS["yes" if there else "no"]
+                continue
+            asked = parse_prompt(" ".join(words[4:]))
+            assert asked.text() in prompt_split(asked.category, "train")  # never a held-out prompt
+            if asked.relation and asked.objects == spec.objects:  # the relation the two objects show, or its opposite
+                shown = relation_in_scene(spec, objects)
+                assert answer == TOKEN_IDS["yes" if asked.relation == shown.relation else "no"]
+                flipped += answer == TOKEN_IDS["no"]
+                binding_scenes_asked += spec.category == "binding"
+            else:
+                assert (answer == TOKEN_IDS["yes"]) == (asked.text() == prompt)
+    assert 0.3 < np.mean(np.array(answers) == TOKEN_IDS["yes"]) < 0.7 and flipped > 0 and binding_scenes_asked > 0
+    with pytest.raises(ValueError, match="located_fraction"):
+        ScenesDataset(6, located_fraction=0.6, relation_fraction=0.6)
+
+
+def test_relation_in_scene_reads_the_placement():
+    spec = parse_prompt("a red circle and a blue square")
+    left = [SceneObject("red", "circle", 9, 0, 10), SceneObject("blue", "square", 9, 20, 11)]
+    assert relation_in_scene(spec, left) == parse_prompt("a red circle left of a blue square")
+    above = [SceneObject("red", "circle", 9, 10, 0), SceneObject("blue", "square", 9, 11, 20)]
+    assert relation_in_scene(spec, above).relation == "above"
+    diagonal = [SceneObject("red", "circle", 9, 0, 0), SceneObject("blue", "square", 9, 18, 18)]
+    assert relation_in_scene(spec, diagonal) is None  # neither axis dominates
+    assert relation_in_scene(parse_prompt("two red circles"), left) is None
+
+
+def test_learned_understanding_positions_start_at_the_fixed_table_and_train():
+    torch.manual_seed(0)
+    model = UnifiedTransformer(
+        vocab_size=len(VOCAB), pad_token_id=PAD_ID, dim=32, num_layers=1, num_heads=2, patch_size=8,
+        understanding_conv_channels=4,
+    ).eval()
+    learned = with_learned_understanding_positions(model).eval()
+    assert isinstance(learned.und_image_pos, torch.nn.Parameter) and "und_image_pos" not in dict(model.named_parameters())
+    assert torch.equal(learned.und_image_pos.data, model.und_image_pos)
+    assert not learned.is_generation_parameter("und_image_pos")
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    question_ids = torch.tensor([encode_question("is there an object in the top-left?")] * 2)
+    with torch.no_grad():
+        torch.testing.assert_close(learned(pixel_values=images, question_ids=question_ids).logits,
+                                   model(pixel_values=images, question_ids=question_ids).logits)
+    learned(pixel_values=images, question_ids=question_ids).logits[:, -1].sum().backward()
+    assert learned.und_image_pos.grad.abs().sum() > 0
+    restarted = with_learned_understanding_positions(model, scale=2.0).und_image_pos.detach()[0]
+    old = model.und_image_pos[0]
+    off_diagonal = ~torch.eye(len(old), dtype=torch.bool)
+    assert torch.cdist(restarted, restarted)[off_diagonal].min() > 2 * torch.cdist(old, old)[off_diagonal].min()
+    torch.testing.assert_close(restarted.norm(dim=-1), 2 * old.norm(dim=-1))  # sin-cos pairs: same norm per token
+
+
+def test_a_position_stage_restarts_and_trains_the_position_table_and_keeps_generation(tmp_path):
+    torch.manual_seed(0)
+    model = UnifiedTransformer(vocab_size=len(VOCAB), pad_token_id=PAD_ID, dim=32, num_layers=1, num_heads=2)
+    build_pipeline(model).save_pretrained(tmp_path / "start")
+    config = UnifiedConfig(
+        output_dir=str(tmp_path / "run"), pretrained=str(tmp_path / "start"), max_train_steps=2, train_batch_size=4,
+        learning_rate=1e-2, num_examples=8, generation_weight=0.0, train_parameters="understanding",
+        learned_understanding_positions=True, understanding_position_scale=3.0, occupancy_fraction=0.4,
+        located_fraction=0.3, relation_fraction=0.3, question_lm_weight=1.0, question_lm_true_only=True,
+    )
+    trained = UnifiedPipeline.from_pretrained(train(config).pipeline_dir).transformer
+    restarted = with_learned_understanding_positions(model, 3.0).und_image_pos
+    assert trained.config.learned_understanding_positions
+    assert not torch.allclose(trained.und_image_pos, restarted) and not torch.allclose(trained.und_image_pos, model.und_image_pos)
+    torch.testing.assert_close(trained.und_image_pos, restarted, atol=0.1, rtol=0)  # 2 Adam steps of 1e-2 from the restart
+    start = dict(model.named_parameters())
+    assert all(torch.equal(param, start[name]) for name, param in trained.named_parameters() if model.is_generation_parameter(name))
