@@ -1,0 +1,73 @@
+"""Is the Frechet-distance miss the sampler? Classifier FD of 512 samples against the VALIDATION digits (the
+stratified 20% part of the training split that the probe also selects on; never the test digits), for each
+sampler setting x model, appended to OUT (default outputs/samplersweep/validation.jsonl).
+Starting noise: seed 0 (as in `selfgen eval ddae`), the same for every model and setting; the samples are saved
+as OUT_DIR/<model>-<setting>.npy so that the chosen setting's test FD is computed later from the same samples
+(seeds.py --samples), the test digits never entering the choice.
+OMP_NUM_THREADS=1 python benchmarks/ddae_diagnostics/sampler.py --models A B ... --settings ddim25 dpm25 ...
+  --score SAMPLES.npy:SETTING ...   also score samples drawn earlier (e.g. an eval folder's DDIM-25 samples.npy)
+A setting is SCHED+STEPS with optional suffixes: -eta1 (DDIM eta = 1, ancestral), -trailing (timestep_spacing)."""
+import argparse, functools, json, re, time
+from pathlib import Path
+import numpy as np, torch
+from selfgen.data.digits import load_digits_arrays
+from selfgen.eval import probe
+from selfgen.eval.plots import save_image_grid
+from selfgen.pipelines.pipeline_utils import SCHEDULERS
+from selfgen.train.ddae import load_pipeline
+
+
+def configure(pipe, setting: str) -> int:
+    """Swap in the scheduler named by ``setting``; returns its number of steps."""
+    match = re.fullmatch(r"(ddim|dpm|ddpm)(\d+)((?:-eta[\d.]+|-trailing)*)", setting)
+    if match is None:
+        raise ValueError(f"setting {setting!r}: expected e.g. ddim25, dpm50, ddim50-eta1, ddim25-trailing")
+    name, steps, extra = match.group(1), int(match.group(2)), match.group(3)
+    overrides = {"timestep_spacing": "trailing"} if "-trailing" in extra else {}
+    pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config, **overrides)
+    eta = re.search(r"-eta([\d.]+)", extra)
+    if eta:  # the shared denoising loop calls scheduler.step(eps, t, x, generator=...): bind DDIM's eta here
+        pipe.scheduler.step = functools.partial(pipe.scheduler.step, eta=float(eta.group(1)))
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="*", default=[])
+    parser.add_argument("--score", nargs="*", default=[])
+    parser.add_argument("--settings", nargs="+", default=["ddim25", "dpm25", "ddim50", "dpm50", "ddim100"])
+    parser.add_argument("--num_samples", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="outputs/samplersweep/validation.jsonl")
+    args = parser.parse_args()
+    images, labels = load_digits_arrays("train", 16)
+    images = images[probe.validation_split(labels.numpy())[1]]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(samples, **fields) -> None:
+        metrics = probe.generation_metrics(samples, images)
+        metrics.update(split="validation", reference_size=len(images), **fields)
+        print(json.dumps(metrics), flush=True)
+        with open(out, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    for item in args.score:
+        path, setting = item.rsplit(":", 1)
+        record(np.load(path), model=path, setting=setting, noise_seed=None, secs=0)
+    for setting in args.settings:
+        for model in args.models:
+            pipe = load_pipeline(model, "ddim")
+            pipe.set_progress_bar_config(disable=True)
+            steps = configure(pipe, setting)
+            start = time.time()
+            samples = pipe(batch_size=args.num_samples, num_inference_steps=steps,
+                           generator=torch.Generator().manual_seed(args.seed), output_type="np").images
+            record(samples, model=model, setting=setting, noise_seed=args.seed, secs=round(time.time() - start, 1))
+            tag = re.sub(r"[^A-Za-z0-9]+", "_", model.strip("/").split("outputs/")[-1])
+            np.save(out.parent / f"{tag}-{setting}.npy", samples)
+            save_image_grid(samples[:64], out.parent / f"{tag}-{setting}.png", title=f"{model} {setting} seed {args.seed}")
+
+
+if __name__ == "__main__":
+    main()
