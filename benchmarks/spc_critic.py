@@ -10,7 +10,8 @@ step, over the steps of clean solutions and the steps of erroneous ones up to th
 step true / false positive rates, the solution-level detection F1 and accuracy, ProcessBench's F1
 (first error located / clean accepted), the accept rate and how often the critique's re-derived step is the
 reference step (``derivation``, 0 for a verdict-only critic) and how often its verdict is the comparison of its own
-derivation with the judged step (``consistency``: ``V:Y`` iff they are equal), next to a step-blind critic that flags each
+derivation with the judged step (``consistency``: ``V:Y`` iff they are equal), then the step F1 (TPR / FPR) the
+critic would have if its verdicts were that comparison (``derivation-implied``), next to a step-blind critic that flags each
 step at random at the model's own rate (TPR = FPR: what flagging more buys without judging); then each
 model minus the first (the reference) with a 95% percentile bootstrap interval paired over problems (the same resampled problems for both models, 1000 resamples,
 :func:`selfgen.eval.statistics.bootstrap_interval`), and each model's step F1 minus the step-blind critic's at the
@@ -91,7 +92,7 @@ def main() -> None:
     for model in args.models:
         if not (Path(model) / "config.json").is_file():
             raise FileNotFoundError(f"--models: {model} is not a saved causal LM folder (no config.json)")
-    verdicts, derivation, consistency = {}, {}, {}
+    verdicts, derivation, consistency, implied = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as output_dir:
         for model in args.models:
             config = SPCConfig(
@@ -104,12 +105,17 @@ def main() -> None:
             verdicts[model] = [[parse_verdict(text) for text in texts] for texts in critiques]
             derivation[model] = derivation_accuracy(trainer.task, solutions, critiques)
             consistency[model] = verdict_consistency(solutions, critiques)
+            implied[model] = metrics(solutions, [
+                [parse_derivation(text) == step for step, text in zip(s.steps, texts)] for s, texts in zip(solutions, critiques)
+            ])
     print(f"{len(solutions)} held-out solutions ({sum(s.error_index >= 0 for s in solutions)} with an error), "
           f"{args.task} {args.min_digits}-{args.max_digits} digits")
     print("model | " + " | ".join(METRICS) + " | derivation | consistency")
     for model in args.models:
         values = metrics(solutions, verdicts[model])
         print(f"{model} | " + " | ".join(f"{values[key]:.3f}" for key in METRICS) + f" | {derivation[model]:.3f} | {consistency[model]:.3f}")
+        print(f"  derivation-implied verdicts: step F1 {implied[model]['step_f1']:.3f} "
+              f"(TPR {implied[model]['step_tpr']:.3f} / FPR {implied[model]['step_fpr']:.3f})")
         blind = chance(solutions, verdicts[model])
         print("  step-blind critic at its flag rate | " + " | ".join(f"{blind[key]:.3f}" for key in METRICS))
     reference = args.models[0]
