@@ -512,6 +512,32 @@ def resize_video(frames: np.ndarray, intrinsics: np.ndarray, size: int) -> tuple
     return pixels.clamp(0, 1).permute(0, 2, 3, 1).numpy(), adjusted
 
 
+def load_depth_file(path: str | Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """A video's camera depth ``z`` per pixel from a ``.npy`` file (read without unpickling) as float64, checked
+    to be ``shape`` = the video's ``(F, H, W)``, positive, ``inf`` for sky; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"depth file {path} not found (expected a .npy array (frames, height, width) of camera depths)")
+    try:
+        depth = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"depth file {path} is not a plain .npy array ({error})") from None
+    if not isinstance(depth, np.ndarray) or depth.shape != tuple(shape):
+        found = depth.shape if isinstance(depth, np.ndarray) else "an archive"
+        raise ValueError(f"depth file {path} holds {found}; expected one array of shape {tuple(shape)} (frames, height, width of the video)")
+    depth = depth.astype(np.float64)
+    if np.isnan(depth).any() or (depth <= 0).any():
+        raise ValueError(f"depth file {path}: depths must be positive camera z (inf for sky), without NaN")
+    return depth
+
+
+def resize_depth(depth: np.ndarray, size: int) -> np.ndarray:
+    """``(F, H, W)`` depth moved to the pixel grid :func:`resize_video` gives the frames (cover + centre crop),
+    by nearest neighbour, so depths are never blended across object edges."""
+    resized, _ = resize_and_crop(torch.from_numpy(depth)[:, None], (size, size), mode="nearest-exact")
+    return resized[:, 0].numpy()
+
+
 class MultiViewVideoFolder(Dataset):
     """The user's multi-camera videos: ``root/<scene>/<view>.mp4`` with ``root/<scene>/<view>.json`` beside
     each (see :func:`load_camera_file`). Views of a scene are sorted by name; the first is the source.

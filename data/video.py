@@ -148,8 +148,11 @@ class VideoInfo:
     metadata: MetadataRecord
 
 
-def resize_and_crop(frames: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[float, float, int, int]]:
-    """Resize ``(T, C, h, w)`` frames to cover ``size`` and center-crop them to it.
+def resize_and_crop(
+    frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
+) -> tuple[torch.Tensor, tuple[float, float, int, int]]:
+    """Resize ``(T, C, h, w)`` frames to cover ``size`` and center-crop them to it: ``mode`` ``"bilinear"``
+    (antialiased) for pixels, ``"nearest-exact"`` for values that must not be blended (depth).
 
     Returns the frames and ``(scale_y, scale_x, top, left)``, the map from source pixel coordinates
     to output ones: ``y' = y * scale_y - top``, ``x' = x * scale_x - left``.
@@ -158,8 +161,9 @@ def resize_and_crop(frames: torch.Tensor, size: tuple[int, int]) -> tuple[torch.
     scale = max(height / source_h, width / source_w)
     resized_h, resized_w = max(height, round(source_h * scale)), max(width, round(source_w * scale))
     if (resized_h, resized_w) != (source_h, source_w):
+        smooth = mode == "bilinear"
         frames = F.interpolate(
-            frames, size=(resized_h, resized_w), mode="bilinear", antialias=True, align_corners=False
+            frames, size=(resized_h, resized_w), mode=mode, antialias=smooth, align_corners=False if smooth else None
         )
     top, left = round((resized_h - height) / 2), round((resized_w - width) / 2)
     frames = frames[..., top : top + height, left : left + width]

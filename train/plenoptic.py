@@ -83,9 +83,11 @@ from ..data.multiview import (
     WalkAwayScenes,
     check_cameras,
     load_camera_file,
+    load_depth_file,
     normalize_pose_scale,
     read_video,
     render,
+    resize_depth,
     resize_video,
     rotate_about_vertical,
     to_opencv,
@@ -824,23 +826,30 @@ def generate(
     fps: int = 4,
     camera_convention: str = "opencv",
     camera_distance: float | None = SYNTHETIC_CAMERA_DISTANCE,
+    depth: str | None = None,
 ) -> dict:
     """Re-render ``video`` (with its camera JSON ``cameras``) along every path in ``targets``: writes
     ``target_<i>.mp4`` per target and ``grid.png`` (rows: source, then each target). Camera files use
     ``camera_convention`` axes; with ``camera_distance`` all paths (source and targets together) are rescaled
-    to the training scenes' scale (:func:`~selfgen.data.multiview.normalize_pose_scale`)."""
+    to the training scenes' scale (:func:`~selfgen.data.multiview.normalize_pose_scale`). ``depth``: a ``.npy``
+    file of the source's camera depth ``(F, H, W)`` at the video's resolution, in the camera file's units
+    (``inf`` for sky), for warp-conditioned models; it is rescaled and resized with the cameras and frames."""
     pipe = load_pipeline(model_path)
     frames = read_video(video)
     source_cameras, intrinsics = load_camera_file(cameras, len(frames), camera_convention)
     target_paths = [to_opencv(path, camera_convention) for path in load_target_paths(targets, len(frames))]
+    source_depth = None if depth is None else load_depth_file(depth, frames.shape[:3])
+    scale = 1.0
     if camera_distance is not None:
-        scaled, _ = normalize_pose_scale(np.stack([source_cameras, *target_paths]), camera_distance, f"{cameras} and {targets}")
+        scaled, scale = normalize_pose_scale(np.stack([source_cameras, *target_paths]), camera_distance, f"{cameras} and {targets}")
         source_cameras, target_paths = scaled[0], list(scaled[1:])
-    source, intrinsics = resize_video(frames, intrinsics, pipe.transformer.config.sample_size)
+    size = pipe.transformer.config.sample_size
+    source, intrinsics = resize_video(frames, intrinsics, size)
     output = pipe(
         source_video=source, source_cameras=source_cameras, target_cameras=target_paths, intrinsics=intrinsics,
         retrieval_k=retrieval_k, retrieval=retrieval, num_inference_steps=num_inference_steps,
         generator=torch.Generator().manual_seed(seed), output_type="np",
+        source_depth=None if source_depth is None else resize_depth(source_depth * scale, size),
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     files = [str(write_video(generated, output_dir / f"target_{index}.mp4", fps)) for index, generated in enumerate(output.videos)]

@@ -6,7 +6,15 @@ import torch
 from safetensors.torch import load_file
 
 from selfgen import PlenopticDreamerPipeline
-from selfgen.data.multiview import MultiViewSceneDataset, WalkAwayScenes, default_intrinsics, look_at, rotate_about_vertical
+from selfgen.data.multiview import (
+    SYNTHETIC_CAMERA_DISTANCE,
+    MultiViewSceneDataset,
+    WalkAwayScenes,
+    default_intrinsics,
+    look_at,
+    normalize_pose_scale,
+    rotate_about_vertical,
+)
 from selfgen.eval.multiview import MAX_PSNR
 from selfgen.train.plenoptic import (
     METHOD,
@@ -144,6 +152,32 @@ def test_train_export_and_generate_from_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json"):
         generate(str(result.pipeline_dir), tmp_path / "o2", video=str(tmp_path / "src.mp4"),
                  cameras=str(tmp_path / "nope.json"), targets=str(tmp_path / "targets.json"))
+    depth = np.full((3, 24, 24), 2.0)
+    depth[:, :4] = np.inf  # sky in the top rows
+    np.save(tmp_path / "depth.npy", depth)
+    seen = {}
+    check_depth = PlenopticDreamerPipeline.check_depth
+
+    def spy(pipe, source_depth, num_frames):
+        seen["depth"] = source_depth
+        return check_depth(pipe, source_depth, num_frames)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PlenopticDreamerPipeline, "check_depth", spy)
+        with pytest.raises(ValueError, match="no warp input"):  # this model was trained without warp_conditioning
+            generate(str(result.pipeline_dir), tmp_path / "o4", video=str(tmp_path / "src.mp4"), cameras=str(tmp_path / "src.json"),
+                     targets=str(tmp_path / "targets.json"), depth=str(tmp_path / "depth.npy"))
+    _, scale = normalize_pose_scale(np.stack([cameras[0], cameras[1], cameras[2]]), SYNTHETIC_CAMERA_DISTANCE)
+    assert seen["depth"].shape == (3, 16, 16) and np.isinf(seen["depth"][:, :2]).all()  # resized like the frames
+    np.testing.assert_allclose(seen["depth"][:, 4:], 2.0 * scale)  # and rescaled with the cameras
+    np.save(tmp_path / "bad_depth.npy", np.full((3, 24, 23), 2.0))
+    with pytest.raises(ValueError, match=r"bad_depth.npy holds \(3, 24, 23\); expected one array of shape \(3, 24, 24\)"):
+        generate(str(result.pipeline_dir), tmp_path / "o5", video=str(tmp_path / "src.mp4"), cameras=str(tmp_path / "src.json"),
+                 targets=str(tmp_path / "targets.json"), depth=str(tmp_path / "bad_depth.npy"))
+    np.save(tmp_path / "neg_depth.npy", -depth)
+    with pytest.raises(ValueError, match="neg_depth.npy: depths must be positive"):
+        generate(str(result.pipeline_dir), tmp_path / "o6", video=str(tmp_path / "src.mp4"), cameras=str(tmp_path / "src.json"),
+                 targets=str(tmp_path / "targets.json"), depth=str(tmp_path / "neg_depth.npy"))
     (tmp_path / "short.json").write_text(json.dumps({"cameras": cameras[0][:2].tolist(), "intrinsics": K}))
     with pytest.raises(ValueError, match="has 2 camera matrices but the video has 3 frames"):
         generate(str(result.pipeline_dir), tmp_path / "o3", video=str(tmp_path / "src.mp4"),
