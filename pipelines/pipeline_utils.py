@@ -191,13 +191,19 @@ class SelfgenPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+        first_step: int = 0,
     ) -> torch.Tensor:
         """The reverse process ``x_{t-1} = scheduler.step(predict_noise(scale(x_t), t), t, x_t)`` down to ``x_0``
         (``predict_noise`` returns whatever the scheduler steps on: noise, ``v`` or a flow velocity),
-        with a progress bar and ``callback_on_step_end(pipe, step_index, t, {"latents": x}) -> dict``."""
+        with a progress bar and ``callback_on_step_end(pipe, step_index, t, {"latents": x}) -> dict``.
+        ``first_step > 0`` skips the schedule's first timesteps, for latents already noised to
+        ``scheduler.timesteps[first_step]`` (diffusers' img2img ``strength``)."""
         num_inference_steps = check_positive_int(num_inference_steps, "num_inference_steps")
+        if not 0 <= first_step < num_inference_steps:
+            raise ValueError(f"first_step must be in [0, {num_inference_steps}), got {first_step}")
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        timesteps = self.scheduler.timesteps[first_step:]
+        for step_index, timestep in enumerate(self.progress_bar(timesteps), start=first_step):
             model_input = self.scale_model_input(latents, timestep)
             noise_pred = predict_noise(model_input, timestep)
             latents = self.scheduler.step(noise_pred, timestep, latents, generator=generator).prev_sample

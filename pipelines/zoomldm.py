@@ -594,7 +594,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         ``2^num_levels``."""
         if scale < 2 or scale & (scale - 1) or scale >= 2**self.num_levels:
             raise ValueError(f"scale must be a power of two in [2, {2 ** (self.num_levels - 1)}], got {scale}")
-        timesteps = self.strength_timesteps(num_inference_steps, strength)
+        first_step = self.strength_first_step(num_inference_steps, strength)
         pixels = images_to_pixels(low_res, "low_res").to(self._execution_device)
         step = self.patch_size // scale
         if pixels.shape[-2] % step or pixels.shape[-1] % step or min(pixels.shape[-2:]) < self.patch_size:
@@ -607,7 +607,8 @@ class ZoomLDMPipeline(SelfgenPipeline):
         level = scale.bit_length() - 1
         images = [
             self.super_resolve_one(image[None], scale, level, stride, coupling_scale, inversion_steps,
-                                   inversion_learning_rate, timesteps, guidance_scale, batch_size, generator)
+                                   inversion_learning_rate, num_inference_steps, first_step, guidance_scale, batch_size,
+                                   generator)
             for image in pixels
         ]
         image = torch.cat(images)
@@ -615,8 +616,8 @@ class ZoomLDMPipeline(SelfgenPipeline):
             image = match_low_frequencies(image, pixels)
         return self.finish(image.clamp(-1, 1), output_type, return_dict)
 
-    def strength_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
-        """The last ``int(strength * num_inference_steps)`` of the scheduler's ``num_inference_steps`` timesteps."""
+    def strength_first_step(self, num_inference_steps: int, strength: float) -> int:
+        """The index of the first of the last ``int(strength * num_inference_steps)`` timesteps of the schedule."""
         check_positive_int(num_inference_steps, "num_inference_steps")
         count = int(strength * num_inference_steps) if 0 < strength <= 1 else 0
         if count < 1:
@@ -624,8 +625,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
                 f"strength must be in (0, 1] with int(strength * num_inference_steps) >= 1, got strength={strength!r} "
                 f"and num_inference_steps={num_inference_steps}"
             )
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        return self.scheduler.timesteps[num_inference_steps - count :]
+        return num_inference_steps - count
 
     def encode_canvas(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` pixels -> the ``(N, C, H/f, W/f)`` latent canvas of their disjoint ``P x P`` tiles."""
@@ -633,14 +633,14 @@ class ZoomLDMPipeline(SelfgenPipeline):
         return assemble_tiles(self.encode_latents(split_tiles(pixels, self.patch_size)).float(), rows, cols)
 
     def super_resolve_one(
-        self, pixels, scale, level, stride, coupling_scale, inversion_steps, learning_rate, timesteps, guidance_scale,
-        batch_size, generator,
+        self, pixels, scale, level, stride, coupling_scale, inversion_steps, learning_rate, steps, first_step,
+        guidance_scale, batch_size, generator,
     ) -> torch.Tensor:
         """One ``(1, 3, h, w)`` input -> ``(1, 3, scale h, scale w)`` before data consistency."""
         height, width = pixels.shape[-2] * scale, pixels.shape[-1] * scale
         rows, cols = height // self.patch_size, width // self.patch_size
         upsampled = F.interpolate(pixels, scale_factor=scale, mode="bicubic", align_corners=False)
-        field = self.embedding_field(upsampled, rows, cols, 0, generator, len(timesteps))
+        field = self.embedding_field(upsampled, rows, cols, 0, generator, steps)
         factor = self.latent_factor
         low_windows = canvas_windows((pixels.shape[-2] // factor, pixels.shape[-1] // factor), self.window, stride)
         low_latents = torch.cat([
@@ -662,12 +662,11 @@ class ZoomLDMPipeline(SelfgenPipeline):
             return ((latents.float() - alpha.sqrt() * clean) / (1 - alpha).sqrt()).to(latents.dtype)
 
         latents = self.prepare_latents((1, self.denoiser.config.in_channels, *shape), self.denoiser.dtype, generator)
-        if timesteps[0] < self.scheduler.timesteps[0]:  # strength < 1: start from the diffused bicubic estimate
+        if first_step:  # strength < 1: start from the diffused bicubic estimate
+            self.scheduler.set_timesteps(steps, device=self._execution_device)
             start = self.encode_canvas(match_low_frequencies(upsampled.clamp(-1, 1), pixels))
-            latents = self.scheduler.add_noise(start.to(latents.dtype), latents, timesteps[:1])
-        for timestep in self.progress_bar(timesteps):
-            noise = predict(self.scale_model_input(latents, timestep), timestep)
-            latents = self.scheduler.step(noise, timestep, latents, generator=generator).prev_sample
+            latents = self.scheduler.add_noise(start.to(latents.dtype), latents, self.scheduler.timesteps[first_step : first_step + 1])
+        latents = self.denoise(latents, steps, predict, generator, first_step=first_step)
         return self.decode_canvas(latents, stride, batch_size)
 
 

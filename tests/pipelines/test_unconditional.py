@@ -104,3 +104,24 @@ def test_xformers_is_refused_with_a_clear_error_on_cpu(pipe):
         pipe.enable_xformers_memory_efficient_attention()
     with pytest.raises(ValueError, match="xformers"):
         pipe.set_attention_backend("xformers")
+
+
+def test_denoise_from_a_later_step_visits_only_the_tail_of_the_schedule(pipe):
+    """``first_step`` (img2img ``strength``) steps on exactly ``scheduler.timesteps[first_step:]``, reporting
+    schedule indices; out-of-range values are refused."""
+    seen = []
+
+    def predict(latents, timestep):
+        seen.append(int(timestep))
+        return torch.zeros_like(latents)
+
+    def callback(pipeline, step_index, timestep, tensors):
+        seen.append(("step", step_index))
+        return tensors
+
+    pipe.denoise(torch.zeros(1, 1, 8, 8), 5, predict, callback_on_step_end=callback, first_step=3)
+    tail = [int(t) for t in pipe.scheduler.timesteps[3:]]
+    assert seen == [tail[0], ("step", 3), tail[1], ("step", 4)]
+    for first_step in (-1, 5):
+        with pytest.raises(ValueError, match="first_step must be in"):
+            pipe.denoise(torch.zeros(1, 1, 8, 8), 5, predict, first_step=first_step)

@@ -255,6 +255,7 @@ def self_reward_aucs(scores: np.ndarray, correct: np.ndarray, problem: np.ndarra
         "within_problem_auc": float(np.mean(within)) if within else float("nan"),
     }
 
+
 METHOD = Method(
     name="laser",
     summary="LaSeR: GRPO + an MSE aligning the last-token self-reward log pi(z_c|x,y) with the verifier; best-of-N by it",
