@@ -209,6 +209,21 @@ class ZoomLDMPipeline(SelfgenPipeline):
         null = self.summarize(tokens.to(device), mask.to(device), levels, torch.ones_like(levels, dtype=torch.bool))
         return torch.cat([context, null])
 
+    def to_clean(self, output: torch.Tensor, latents: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The clean estimate from the denoiser's output under the scheduler's ``prediction_type``:
+        ``epsilon``: ``x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)``; ``v_prediction``: ``x0 = sqrt(a_t) z_t - sqrt(1 - a_t) v``
+        (finite at a zero terminal SNR, ``a_T = 0``)."""
+        if self.scheduler.config.prediction_type == "v_prediction":
+            return alpha.sqrt() * latents.float() - (1 - alpha).sqrt() * output.float()
+        return (latents.float() - (1 - alpha).sqrt() * output.float()) / alpha.sqrt()
+
+    def from_clean(self, clean: torch.Tensor, latents: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The model output the scheduler steps on for the clean estimate ``clean`` (the inverse of :meth:`to_clean`):
+        ``eps = (z_t - sqrt(a_t) x0) / sqrt(1 - a_t)`` or ``v = (sqrt(a_t) z_t - x0) / sqrt(1 - a_t)``."""
+        if self.scheduler.config.prediction_type == "v_prediction":
+            return (alpha.sqrt() * latents.float() - clean) / (1 - alpha).sqrt()
+        return (latents.float() - alpha.sqrt() * clean) / (1 - alpha).sqrt()
+
     def predict_noise(self, latents: torch.Tensor, timestep, context: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         if guidance_scale == 1.0:
             return self.denoise_with_context(latents, timestep, context)
@@ -279,6 +294,14 @@ class ZoomLDMPipeline(SelfgenPipeline):
         return self.denoiser.config.sample_size
 
     @property
+    def odd_stride(self) -> int:
+        """The largest odd window stride of at most half a window (3 for 8-latent windows): consecutive windows then
+        alternate the parity of their offset, so the denoiser's 2x2-latent token grid and the decoder's per-window
+        artifacts fall on both phases of the canvas instead of adding up on the same 8-px lines."""
+        half = self.window // 2
+        return max(1, half - 1 + half % 2)
+
+    @property
     def latent_factor(self) -> int:
         return self.patch_size // self.window
 
@@ -331,7 +354,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         batch_size: int,
     ) -> torch.Tensor:
         """The clean estimate of a ``(1, C, H, W)`` latent canvas: every overlapping window predicts
-        ``z0_w = (z_t,w - sqrt(1 - a_t) eps_theta(z_t,w, t, c_w)) / sqrt(a_t)`` and the canvas takes the average of
+        ``z0_w = (z_t,w - sqrt(1 - a_t) eps_theta(z_t,w, t, c_w)) / sqrt(a_t)`` (:meth:`to_clean`) and the canvas takes the average of
         the windows covering each latent pixel (the official sliding-window sampler), ``batch_size`` windows at a
         time."""
         alpha = self.scheduler.alphas_cumprod[int(timestep)].to(latents.device, torch.float32)
@@ -341,8 +364,8 @@ class ZoomLDMPipeline(SelfgenPipeline):
         for start in range(0, count, batch_size):
             chunk = slice(start, min(start + batch_size, count))
             chunk_context = context[chunk] if guidance_scale == 1.0 else torch.cat([context[chunk], context[count:][chunk]])
-            eps = self.predict_noise(crops[chunk], timestep, chunk_context, guidance_scale).float()
-            clean = (crops[chunk].float() - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+            output = self.predict_noise(crops[chunk], timestep, chunk_context, guidance_scale)
+            clean = self.to_clean(output, crops[chunk], alpha)
             for (top, left), window_clean in zip(windows[chunk], clean):
                 total[0, :, top : top + size, left : left + size] += window_clean
                 weight[0, :, top : top + size, left : left + size] += 1
@@ -466,7 +489,8 @@ class ZoomLDMPipeline(SelfgenPipeline):
         Two latent canvases are denoised together: the level-0 canvas (``H/f x W/f``) and the level-``L`` view
         (``H/(f 2^L) x W/(f 2^L)``, ``L`` the coarsest trained level that fits, :meth:`check_canvas`). At every DDIM
         step each canvas is cut into overlapping windows of one patch (stride ``window_stride`` latent pixels,
-        default half a window), every window predicts its clean estimate with its own context (embeddings
+        default :attr:`odd_stride`, 3 for 8-latent windows; chosen on validation seeds over the half window (4) and the
+        official quarter (2), whose even offsets stack the token-grid artifacts), every window predicts its clean estimate with its own context (embeddings
         interpolated between grid cells, :meth:`window_tokens`), the estimates are averaged per canvas
         (:meth:`windowed_clean`), the two canvases are coupled by :meth:`coupling_step` (``coupling="guidance"``;
         ``"none"`` skips it) and the step continues from the coupled estimates. Decoding uses overlapping
@@ -482,7 +506,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
         check_output_type(output_type)
         level = self.check_canvas(height, width)
-        stride = self.check_window_stride(window_stride)
+        stride = self.check_window_stride(window_stride, self.odd_stride)
         factor, rows, cols = 2**level, height // self.patch_size, width // self.patch_size
         reference = None if reference_image is None else images_to_pixels(reference_image, "reference_image")
         field = self.embedding_field(reference, rows, cols, level, generator, num_inference_steps)
@@ -502,8 +526,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
             if coupling == "guidance":
                 clean = list(self.coupling_step(clean[0], clean[1], None, factor, coupling_scale, stride, batch_size))
             alpha = alphas[int(timestep)].to(packed.device, torch.float32)
-            eps = [(z.float() - alpha.sqrt() * x0) / (1 - alpha).sqrt() for z, x0 in zip(canvases, clean)]
-            return pack(eps).to(packed.dtype)
+            return pack([self.from_clean(x0, z, alpha) for z, x0 in zip(canvases, clean)]).to(packed.dtype)
 
         size = sum(channels * h * w for h, w in shapes)
         latents = self.prepare_latents((1, size), self.denoiser.dtype, generator)
@@ -514,8 +537,9 @@ class ZoomLDMPipeline(SelfgenPipeline):
         views = postprocess_images(view, output_type)
         return LargeImageOutput(images=output.images, views=views) if return_dict else (output[0], views)
 
-    def check_window_stride(self, window_stride: int | None) -> int:
-        stride = self.window // 2 if window_stride is None else window_stride
+    def check_window_stride(self, window_stride: int | None, default: int | None = None) -> int:
+        """``window_stride``, or ``default`` (half a window unless given) when it is ``None``."""
+        stride = (default or self.window // 2) if window_stride is None else window_stride
         if not isinstance(stride, int) or not 1 <= stride <= self.window:
             raise ValueError(f"window_stride must be an int in [1, {self.window}] (latent pixels), got {window_stride!r}")
         return stride
@@ -552,7 +576,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
                 tokens, mask = self.window_tokens(field, windows, level)
                 context = self.context(tokens, mask, level, 1.0)
                 prediction = self.denoise_with_context(noisy, t, context)
-                loss = F.mse_loss(prediction.float(), noise)
+                loss = F.mse_loss(prediction.float(), diffusion_target(self.scheduler, low_latents, noise, t))
                 optimizer.zero_grad()
                 loss.backward()
             optimizer.step()
@@ -659,7 +683,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
             clean = self.windowed_clean(latents, timestep, windows, context, guidance_scale, batch_size)
             clean, _ = self.coupling_step(clean, None, pixels, scale, coupling_scale, stride, batch_size)
             alpha = alphas[int(timestep)].to(latents.device, torch.float32)
-            return ((latents.float() - alpha.sqrt() * clean) / (1 - alpha).sqrt()).to(latents.dtype)
+            return self.from_clean(clean, latents, alpha).to(latents.dtype)
 
         latents = self.prepare_latents((1, self.denoiser.config.in_channels, *shape), self.denoiser.dtype, generator)
         if first_step:  # strength < 1: start from the diffused bicubic estimate
@@ -668,6 +692,17 @@ class ZoomLDMPipeline(SelfgenPipeline):
             latents = self.scheduler.add_noise(start.to(latents.dtype), latents, self.scheduler.timesteps[first_step : first_step + 1])
         latents = self.denoise(latents, steps, predict, generator, first_step=first_step)
         return self.decode_canvas(latents, stride, batch_size)
+
+
+def diffusion_target(scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the denoiser regresses under ``scheduler.config.prediction_type``: the noise ``eps`` (``epsilon``) or the
+    velocity ``v = sqrt(a_t) eps - sqrt(1 - a_t) x0`` (``v_prediction``, Salimans & Ho 2022)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise.float()
+    if kind == "v_prediction":
+        return scheduler.get_velocity(sample, noise, timesteps).float()
+    raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {kind!r}")
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:

@@ -40,7 +40,7 @@ from torch import nn
 from ..data.zoom import UniformMagnificationDataset, ZoomPatchDataset
 from ..eval.plots import save_image_grid
 from ..models.zoomldm import ZoomAutoencoder, ZoomEmbeddingDiffusion, ZoomLDMDenoiser, ZoomSSLEncoder, tokens_to_full_grid
-from ..pipelines.zoomldm import COUPLINGS, ZoomLDMPipeline, assemble_tiles, match_low_frequencies
+from ..pipelines.zoomldm import COUPLINGS, ZoomLDMPipeline, assemble_tiles, diffusion_target, match_low_frequencies
 from .config import TrainingConfig
 from .losses import info_nce, random_shift
 from .registry import Method
@@ -80,6 +80,10 @@ class ZoomLDMConfig(TrainingConfig):
     context_dim: int = 64
     condition_dropout: float = 0.1
     num_train_timesteps: int = 1000
+    # denoiser and CDM target: "epsilon" (the paper) or "v_prediction"; rescale_betas_zero_snr (needs v_prediction)
+    # rescales the schedule to a zero terminal SNR (Lin et al. 2024) and samples with "trailing" timesteps
+    prediction_type: str = "epsilon"
+    rescale_betas_zero_snr: bool = False
     # stage 4: conditioning diffusion model
     cdm_hidden: int = 96
     cdm_depth: int = 3
@@ -95,6 +99,10 @@ class ZoomLDMConfig(TrainingConfig):
             raise ValueError(f"autoencoder must be 'kl' or 'patch', got {self.autoencoder!r}")
         if not 0 <= self.condition_dropout < 1:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
+            raise ValueError("rescale_betas_zero_snr needs prediction_type: v_prediction (at a_T = 0, eps gives no x0)")
         if not (math.isfinite(self.latent_noise) and self.latent_noise >= 0):
             raise ValueError(f"latent_noise must be finite and >= 0, got {self.latent_noise}")
 
@@ -144,7 +152,8 @@ class SSLObjective(Objective):
 
 
 class LatentDiffusionObjective(Objective):
-    """``||eps - eps_theta(z_t, t, summarizer(s, k))||^2`` on frozen-VAE latents, with condition dropout."""
+    """``||eps - eps_theta(z_t, t, summarizer(s, k))||^2`` on frozen-VAE latents, with condition dropout (or the
+    velocity ``v`` under ``prediction_type: v_prediction``, :func:`diffusion_target`)."""
 
     def __init__(self, vae: AutoencoderKL, noise_scheduler: DDPMScheduler, condition_dropout: float) -> None:
         self.vae, self.noise_scheduler, self.condition_dropout = vae, noise_scheduler, condition_dropout
@@ -160,7 +169,8 @@ class LatentDiffusionObjective(Objective):
         drop = torch.rand(len(latents), device=latents.device) < self.condition_dropout
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         prediction = model(noisy, timesteps, batch["ssl_tokens"], batch["ssl_mask"], batch["magnification"], drop).sample
-        return F.mse_loss(prediction.float(), noise.float()), {}
+        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)
+        return F.mse_loss(prediction.float(), target), {}
 
 
 def full_grids(tokens: torch.Tensor, levels: torch.Tensor, max_grid: int) -> torch.Tensor:
@@ -173,7 +183,7 @@ def full_grids(tokens: torch.Tensor, levels: torch.Tensor, max_grid: int) -> tor
 
 
 class EmbeddingDiffusionObjective(Objective):
-    """``||eps - eps_phi(s_t, t, k)||^2`` on the SSL-embedding grids."""
+    """``||eps - eps_phi(s_t, t, k)||^2`` on the SSL-embedding grids (or ``v``, :func:`diffusion_target`)."""
 
     def __init__(self, noise_scheduler: DDPMScheduler, max_grid: int) -> None:
         self.noise_scheduler, self.max_grid = noise_scheduler, max_grid
@@ -183,7 +193,7 @@ class EmbeddingDiffusionObjective(Objective):
         noise = torch.randn_like(grids)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(grids),), device=grids.device)
         prediction = model(self.noise_scheduler.add_noise(grids, noise, timesteps), timesteps, batch["magnification"]).sample
-        return F.mse_loss(prediction.float(), noise.float()), {}
+        return F.mse_loss(prediction.float(), diffusion_target(self.noise_scheduler, grids, noise, timesteps)), {}
 
 
 # ---------------------------------------------------------------------- stages
@@ -269,6 +279,22 @@ def embed_level0_grids(encoder: ZoomSSLEncoder, dataset: ZoomPatchDataset, batch
     return grids
 
 
+def build_noise_scheduler(config: ZoomLDMConfig) -> DDPMScheduler:
+    """The LDM's scaled-linear schedule (``beta`` 0.0015 ... 0.0195, terminal ``a_T = 1.4e-4``) with the config's
+    ``prediction_type``; ``rescale_betas_zero_snr`` rescales it to ``a_T = 0`` and samples ``trailing`` timesteps, so
+    the first DDIM step starts at ``T`` (Lin et al. 2024)."""
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule="scaled_linear",
+        beta_start=0.0015,
+        beta_end=0.0195,
+        clip_sample=False,  # x0 estimates are unit-variance latents, not [-1, 1] pixels
+        prediction_type=config.prediction_type,
+        rescale_betas_zero_snr=config.rescale_betas_zero_snr,
+        timestep_spacing="trailing" if config.rescale_betas_zero_snr else "leading",
+    )
+
+
 def build_denoiser(config: ZoomLDMConfig) -> ZoomLDMDenoiser:
     return ZoomLDMDenoiser(
         sample_size=config.patch_size // 2 ** (len(config.vae_channels) - 1),
@@ -290,13 +316,7 @@ def build_denoiser(config: ZoomLDMConfig) -> ZoomLDMDenoiser:
 def train(config: ZoomLDMConfig) -> TrainResult:
     set_seed(config.seed)
     dataset = build_dataset(config)
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule="scaled_linear",
-        beta_start=0.0015,
-        beta_end=0.0195,
-        clip_sample=False,  # x0 estimates are unit-variance latents, not [-1, 1] pixels
-    )
+    noise_scheduler = build_noise_scheduler(config)
     vae_config = stage_config(config, "autoencoder", config.vae_steps, config.vae_learning_rate, use_ema=False)
     vae = run_stage(build_vae(config, dataset), AutoencoderObjective(config.kl_weight), dataset, vae_config)
     set_latent_scale(vae, dataset)
@@ -456,18 +476,27 @@ LARGE_SAMPLERS = {  # name: (coupling, overlapping windows, label)
 
 
 def large_image_scores(
-    pipe: ZoomLDMPipeline, size: int, steps: int, seeds: list[int], output_dir: Path, samplers: tuple[str, ...] = tuple(LARGE_SAMPLERS)
+    pipe: ZoomLDMPipeline,
+    size: int,
+    steps: int,
+    seeds: list[int],
+    output_dir: Path,
+    samplers: tuple[str, ...] = tuple(LARGE_SAMPLERS),
+    window_stride: int | None = None,
 ) -> dict:
     """Seam score and low-vs-high consistency PSNR (downsampled large image vs the view sampled with it) of
     :data:`LARGE_SAMPLERS` with the same seeds, noise and conditions: the official sliding-window joint sampler
     (overlapping windows, averaged clean estimates, blended decoding, gradient coupling), the same coupling on
-    disjoint windows, and naive tiling."""
+    disjoint windows, and naive tiling. ``window_stride`` sets the overlapping sampler's stride."""
     from ..eval.zoom import consistency_psnr, seam_score
 
+    if unknown := set(samplers) - set(LARGE_SAMPLERS):
+        raise ValueError(f"large samplers must be a subset of {list(LARGE_SAMPLERS)}, got {sorted(unknown)}")
     scores = {}
     for name in samplers:
         coupling, overlap, label = LARGE_SAMPLERS[name]
-        stride = None if overlap else pipe.window
+        stride = pipe.check_window_stride(window_stride, pipe.odd_stride) if overlap else pipe.window
+        label = f"{label}, window stride {stride}"
         started = time.perf_counter()
         outputs = [
             pipe.generate_large_image(size, size, coupling=coupling, window_stride=stride, num_inference_steps=steps,
@@ -622,6 +651,8 @@ def evaluate(
     num_inference_steps: int = 25,
     large_sizes: list[int] | None = None,
     num_large: int = 4,
+    large_samplers: list[str] | None = None,
+    window_stride: int | None = None,
     num_sr: int = 8,
     sr_strength: float = 1.0,
     sr_split: str = "test",
@@ -633,8 +664,9 @@ def evaluate(
     """``parts`` (default all of :data:`EVAL_PARTS`): ``frechet`` -- per-magnification Frechet distance (held-out
     patches, SSL features of ``model_path``'s encoder) for the model and for the single-scale ``baseline``
     (level-0 samples, tiled and downsampled for levels up to ``baseline_max_level``); ``autoencoder`` -- round-trip
-    PSNR of held-out crops vs bicubic x4; ``large`` -- seams and consistency of :data:`LARGE_SAMPLERS` at each of
-    ``large_sizes``; ``sr`` -- 4x SR (condition inversion, ``sr_strength``, ``num_sr_draws`` draws) on ``num_sr``
+    PSNR of held-out crops vs bicubic x4; ``large`` -- seams and consistency of ``large_samplers`` (default all
+    :data:`LARGE_SAMPLERS`; the overlapping one with ``window_stride``) at each of ``large_sizes``
+    for ``num_large`` seeds from ``seed``; ``sr`` -- 4x SR (condition inversion, ``sr_strength``, ``num_sr_draws`` draws) on ``num_sr``
     crops of ``sr_split`` (``test``, or ``validation`` for choosing settings) vs bicubic with the same
     data-consistency step;
     ``mil`` -- the multi-scale MIL probe (:mod:`selfgen.eval.zoom_mil`) on both tasks.
@@ -660,7 +692,9 @@ def evaluate(
     if "large" in parts:
         seeds = list(range(seed, seed + num_large))
         metrics["large_image"] = {
-            size: large_image_scores(pipe, size, num_inference_steps, seeds, output_dir) for size in large_sizes or [128]
+            size: large_image_scores(pipe, size, num_inference_steps, seeds, output_dir, tuple(large_samplers or LARGE_SAMPLERS),
+                                     window_stride)
+            for size in large_sizes or [128]
         }
     if "autoencoder" in parts:
         metrics["autoencoder"] = autoencoder_scores(pipe, images, num_sr)

@@ -10,7 +10,7 @@ from diffusers import AutoencoderKL, ConfigMixin, DDIMScheduler, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from selfgen import ZoomLDMPipeline
-from selfgen.pipelines.zoomldm import assemble_tiles, match_low_frequencies, split_tiles
+from selfgen.pipelines.zoomldm import assemble_tiles, canvas_windows, diffusion_target, match_low_frequencies, split_tiles
 from selfgen.eval.zoom import consistency_psnr, seam_score
 from selfgen.models.zoomldm import ZoomEmbeddingDiffusion, ZoomLDMDenoiser, ZoomSSLEncoder
 
@@ -95,6 +95,53 @@ def test_chunked_decoding_gradient_equals_unchunked(pipe):
         (reference,) = torch.autograd.grad((pipe.decode_canvas(whole, 4, batch_size=100) * upstream).sum(), whole)
     torch.testing.assert_close(chunked, reference, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(pipe.decode_canvas(latents, 4, 1), pipe.decode_canvas(latents, 4, 100), atol=1e-5, rtol=1e-4)
+
+
+def test_odd_window_stride_spreads_the_token_grid_artifact(pipe):
+    """A denoiser whose every window carries the same 2-latent-pixel pattern (a patch-2 token grid): windows at even
+    offsets (stride 4, or the official quarter window, 2) stack it on the same canvas columns; the default odd stride
+    (3) alternates its phase between windows, so the average cancels most of it."""
+    copied = copy.copy(pipe)
+
+    def predict_noise(latents, timestep, context, guidance_scale):
+        alpha = pipe.scheduler.alphas_cumprod[int(timestep)]
+        clean = (torch.arange(latents.shape[-1]) % 2 == 0).float().expand_as(latents)
+        return (latents - alpha.sqrt() * clean) / (1 - alpha).sqrt()
+
+    copied.predict_noise = predict_noise
+    latents, context = torch.zeros(1, 4, 8, 32), torch.zeros(32, 5, 16)
+    assert pipe.odd_stride == 3 and pipe.check_window_stride(None, pipe.odd_stride) == 3
+    ripple = {}
+    for stride in (2, 3, 4):
+        windows = canvas_windows((8, 32), 8, stride)
+        row = copied.windowed_clean(latents, 500, windows, context, 1.0, 16)[0, 0, 0]
+        ripple[stride] = row[8:24].diff().abs().mean().item()
+    assert ripple[2] == pytest.approx(1.0) and ripple[4] == pytest.approx(1.0)
+    assert ripple[3] < 0.5  # measured 0.22
+
+
+def test_v_prediction_clean_estimate_is_exact_and_finite_at_zero_terminal_snr(pipe):
+    """``to_clean`` / ``from_clean`` invert the scheduler's parametrisation (eps or v) for any ``a_t``, including the
+    ``a_T = 0`` of a zero-terminal-SNR schedule, where an eps parametrisation has no x0."""
+    v_scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction",
+                                            rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    assert v_scheduler.alphas_cumprod[-1] == 0
+    copied = copy.copy(pipe)
+    clean, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for scheduler in (pipe.scheduler, v_scheduler):
+        copied.scheduler = scheduler
+        for t in (0, 500, 999):
+            timesteps = torch.full((2,), t)
+            alpha = scheduler.alphas_cumprod[t]
+            noisy = scheduler.add_noise(clean, noise, timesteps)
+            target = diffusion_target(scheduler, clean, noise, timesteps)
+            if scheduler is pipe.scheduler or t < 999:
+                torch.testing.assert_close(copied.to_clean(target, noisy, alpha), clean, atol=1e-3, rtol=1e-4)
+            torch.testing.assert_close(copied.from_clean(clean, noisy, alpha), target, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(diffusion_target(v_scheduler, clean, noise, torch.full((2,), 999)), -clean)
+    copied.scheduler = v_scheduler  # a large image from t = T (trailing timesteps) stays finite under v-prediction
+    output = copied.generate_large_image(32, 32, num_inference_steps=2, generator=seeded(), output_type="np")
+    assert np.isfinite(output.images).all()
 
 
 class FramedAutoencoder(ModelMixin, ConfigMixin):

@@ -64,10 +64,25 @@ def test_config_errors():
         ZoomLDMConfig(autoencoder="vq")
     with pytest.raises(ValueError, match="condition_dropout"):
         ZoomLDMConfig(condition_dropout=1.5)
+    with pytest.raises(ValueError, match="prediction_type"):
+        ZoomLDMConfig(prediction_type="sample")
+    with pytest.raises(ValueError, match="rescale_betas_zero_snr needs prediction_type: v_prediction"):
+        ZoomLDMConfig(rescale_betas_zero_snr=True)
     with pytest.raises(ValueError, match="--large"):
         from selfgen.train.zoomldm import parse_size
 
         parse_size("big")
+
+
+def test_zero_terminal_snr_schedule_samples_from_t_max_with_v_prediction():
+    from selfgen.train.zoomldm import build_noise_scheduler
+
+    default = build_noise_scheduler(ZoomLDMConfig())
+    assert default.config.prediction_type == "epsilon" and 1e-4 < float(default.alphas_cumprod[-1]) < 2e-4  # LDM's 1.4e-4
+    rescaled = build_noise_scheduler(ZoomLDMConfig(prediction_type="v_prediction", rescale_betas_zero_snr=True))
+    assert float(rescaled.alphas_cumprod[-1]) == 0.0 and rescaled.config.prediction_type == "v_prediction"
+    rescaled.set_timesteps(15)
+    assert int(rescaled.timesteps[0]) == 999  # trailing: the first step is at T, not the leading spacing's 924
 
 
 def test_validation_regions_share_no_pixel_with_the_test_regions():
