@@ -9,8 +9,10 @@ trained) ``--n`` samples at temperature 1 per held-out ``d``-digit addition (the
 ``EVAL_SEED``: the first ``--problems`` of the problems ``benchmarks/llm_lengths.py`` scores), then
 :meth:`selfgen.train.llm.laser.LaSeRTrainer.best_of_n_table`. Printed per model: best-of-N, majority
 vote, one sample and any-of-N (oracle) accuracy; best-of-N - majority vote paired by problem (95%
-interval, McNemar p); ``self_reward_auc`` over all finished samples and ``within_problem_auc`` (pairs of
-one problem: what best-of-N uses), each with a 95% bootstrap interval over problems. The ranking does not
+interval, McNemar p); best-of-N by the sample's mean token log-probability (the policy's own
+likelihood, never trained as a judge), its paired difference to the vote and its AUCs; ``self_reward_auc``
+over all finished samples and ``within_problem_auc`` (pairs of one problem: what best-of-N uses), each
+with a 95% bootstrap interval over problems. The ranking does not
 depend on ``c_ref``, so it is fixed here (``reference_logprob``) instead of measured.
 """
 
@@ -67,14 +69,19 @@ def main() -> None:
         aucs = self_reward_aucs(table["scores"], table["correct"], table["problem"])
         intervals = {key: auc_interval(table, key) for key in aucs}
         print(f"{model}: {args.problems} held-out {args.digits}-digit problems x {args.n} samples at T=1")
-        print("  " + "  ".join(f"{k} {table[k].mean():.3f}" for k in ("best", "vote", "sample", "oracle"))
+        print("  " + "  ".join(f"{k} {table[k].mean():.3f}" for k in ("best", "confident", "vote", "sample", "oracle"))
               + f"  (sample = the first of the {args.n})")
         print(f"  best-of-{args.n} - majority vote {diff:+.3f} [{diff - 1.96 * se:+.3f}, {diff + 1.96 * se:+.3f}]"
               f"  McNemar p={mcnemar(table['best'], table['vote'])['p_value']:.2g}")
+        diff, se = mean_difference(table["vote"], table["confident"])
+        confidence = self_reward_aucs(table["confidence"], table["correct"], table["problem"])
+        print(f"  by mean token logprob: - majority vote {diff:+.3f} [{diff - 1.96 * se:+.3f}, {diff + 1.96 * se:+.3f}]  "
+              + "  ".join(f"{k} {v:.3f}" for k, v in confidence.items()))
         print("  " + "  ".join(f"{k} {v:.3f} [{intervals[k][0]:.3f}, {intervals[k][1]:.3f}]" for k, v in aucs.items()),
               flush=True)
         results[model] = {key: value.tolist() for key, value in table.items()}
-        results[model]["scores"] = [x if np.isfinite(x) else None for x in table["scores"].tolist()]
+        for key in ("scores", "confidence"):
+            results[model][key] = [x if np.isfinite(x) else None for x in table[key].tolist()]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"digits": args.digits, "n": args.n, "tables": results}))

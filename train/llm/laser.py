@@ -16,9 +16,18 @@ MSE that aligns the self-rewarding score with the verifier reward ``r_v in {0, 1
 
 over finished solutions only (a truncated solution has no last token), with the paper's scaling
 ``beta_v = 0.1`` (``self_reward_kl_coef``), ``alpha = 0.1`` (``self_reward_loss_coef``) and class-level
-re-weighting ``w`` that gives correct and incorrect solutions equal total weight in each batch
-(``balanced``). ``z_c`` is appended after each completion's eos in the batch with completion mask 0,
-so one forward pass gives both the policy-gradient logprobs and ``log pi(z_c | x, y)``.
+re-weighting ``w`` that gives correct and incorrect finished solutions equal total weight over the whole
+rollout batch of an iteration (``balanced``; as the official ``ray_trainer.py`` computes its
+``reweighting_factor`` once per rollout batch, not per optimiser minibatch); the squared errors are
+averaged over every row of the minibatch (truncated rows count with weight 0, as the official
+``dp_actor.py`` takes the ``.mean()``). ``z_c`` is appended after each completion's eos in the batch with
+completion mask 0, so one forward pass gives both the policy-gradient logprobs and ``log pi(z_c | x, y)``.
+
+Schedule (the official scripts): ``reasoning_warmup_iterations`` iterations of plain GRPO before the MSE
+is switched on (``reasoning_warmup_steps = 200`` there). ``self_reward_only`` drops the policy-gradient
+and KL terms and trains the MSE alone on the verifier's labels: not a LaSeR run but the gate that shows
+whether the last-token score can learn to separate right from wrong at all
+(``benchmarks/llm_self_reward_fit.py``).
 
 At test time ``r_s`` ranks ``best_of_n`` samples per held-out problem: ``evaluate`` reports the
 accuracy of the highest-scored sample (``best_of_n_accuracy``) next to majority voting over the same
@@ -42,7 +51,7 @@ from torch import nn
 from ...data.problems import Problem
 from ...eval.scenes import ranking_auc
 from ..registry import Method
-from .driver import run_recipe
+from .driver import Round, run_recipe
 from .grpo import GRPOConfig, GRPOTrainer, repeat_per_rollout
 from .lm import EVAL_SEED
 from .objectives import GRPOCollator, GRPOObjective, PolicySample
@@ -59,7 +68,9 @@ class LaSeRConfig(GRPOConfig):
     self_reward_kl_coef: float = 0.1  # beta_v
     self_reward_loss_coef: float = 0.1  # alpha
     reference_logprob: float | None = None  # c_ref; None: measured on the starting model (see the docstring)
-    balanced: bool = True  # class-level re-weighting of the MSE (correct vs incorrect)
+    balanced: bool = True  # class-level re-weighting of the MSE over the rollout batch (correct vs incorrect)
+    reasoning_warmup_iterations: int = 0  # plain GRPO iterations before the MSE is on (official: 200 steps)
+    self_reward_only: bool = False  # train the MSE alone (no policy gradient, no KL): the learnability gate
     best_of_n: int = 4  # samples per held-out problem for best-of-N vs majority vote (0: skip)
     best_of_n_problems: int = 100
 
@@ -69,6 +80,10 @@ class LaSeRConfig(GRPOConfig):
             raise ValueError(f"self_reward_kl_coef (beta_v) must be > 0, got {self.self_reward_kl_coef}")
         if self.self_reward_loss_coef < 0:
             raise ValueError(f"self_reward_loss_coef (alpha) must be >= 0, got {self.self_reward_loss_coef}")
+        if self.reasoning_warmup_iterations < 0:
+            raise ValueError(f"reasoning_warmup_iterations must be >= 0, got {self.reasoning_warmup_iterations}")
+        if self.self_reward_only and self.self_reward_loss_coef == 0:
+            raise ValueError("self_reward_only needs self_reward_loss_coef (alpha) > 0: nothing would be trained")
         if self.best_of_n < 0 or self.best_of_n == 1:
             raise ValueError(f"best_of_n must be 0 (skip) or >= 2, got {self.best_of_n}")
 
@@ -103,7 +118,7 @@ def last_token_logprob(logprobs: torch.Tensor, batch: dict[str, torch.Tensor]) -
 
 def balanced_weights(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-sample weights giving the correct (``r > 0.5``) and incorrect masked samples equal total
-    weight, ``n / (2 n_class)``; 1 when only one class is present."""
+    weight, ``n / (2 n_class)``; 1 when only one class is present; 0 where ``mask`` is 0."""
     correct = (rewards > 0.5) & mask.bool()
     wrong = (rewards <= 0.5) & mask.bool()
     total, n_correct, n_wrong = mask.sum(), correct.sum(), wrong.sum()
@@ -113,11 +128,16 @@ def balanced_weights(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class LaSeRObjective(GRPOObjective):
-    """GRPO loss + ``alpha`` x the (balanced) MSE between ``r_s`` and the verifier reward (eq. 12)."""
+    """GRPO loss + ``alpha`` x the weighted MSE between ``r_s`` and the verifier reward (eq. 12); the
+    weights are the batch's ``self_reward_weight`` (class re-weighting over the rollout batch, 0 for
+    truncated rows). ``self_reward_only`` drops the GRPO loss (the learnability gate)."""
 
-    def __init__(self, *args, beta_v: float, alpha: float, reference_logprob: float, balanced: bool, **kwargs) -> None:
+    def __init__(
+        self, *args, beta_v: float, alpha: float, reference_logprob: float, self_reward_only: bool = False, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.beta_v, self.alpha, self.reference_logprob, self.balanced = beta_v, alpha, reference_logprob, balanced
+        self.beta_v, self.alpha, self.reference_logprob = beta_v, alpha, reference_logprob
+        self.self_reward_only = self_reward_only
 
     def self_reward(self, logprobs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``r_s = beta_v (log pi(z_c | x, y) - c_ref)`` from a :class:`LastTokenCollator` batch's logprobs
@@ -126,11 +146,12 @@ class LaSeRObjective(GRPOObjective):
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         logprobs = self.completion_logprobs(model, batch)
-        loss, logs = self.policy_loss(logprobs, batch)
+        loss, logs = (logprobs.new_zeros(()), {}) if self.self_reward_only else self.policy_loss(logprobs, batch)
+        if not self.alpha:
+            return loss, logs
         self_reward = self.self_reward(logprobs, batch)
         verifier, finished = batch["verifier_reward"], batch["finished"]
-        weights = balanced_weights(verifier, finished) if self.balanced else finished
-        mse = (weights * (self_reward - verifier) ** 2).sum() / finished.sum().clamp(min=1.0)
+        mse = (batch["self_reward_weight"] * (self_reward - verifier) ** 2).mean()
         agree = (((self_reward.detach() > 0.5) == (verifier > 0.5)).float() * finished).sum() / finished.sum().clamp(min=1.0)
         logs.update({"self_reward_mse": float(mse.detach()), "self_verification_accuracy": float(agree)})
         return loss + self.alpha * mse, logs
@@ -152,18 +173,36 @@ class LaSeRTrainer(GRPOTrainer):
             self.reference_logprob = self.measure_reference_logprob()
 
     def policy_sample(self, rollout: Rollout, advantage: float, reward: float) -> PolicySample:
-        extras = {"verifier_reward": reward, "finished": float(rollout.finished)}
+        extras = {"verifier_reward": reward, "finished": float(rollout.finished), "self_reward_weight": float(rollout.finished)}
         return PolicySample(rollout.prompt_ids, rollout.completion_ids, advantage, rollout.logprobs, extras=extras)
+
+    def weigh_samples(self, samples: Sequence[PolicySample]) -> None:
+        """Set each sample's ``self_reward_weight`` from the whole rollout batch: :func:`balanced_weights`
+        (``balanced``) or 1 per finished sample, 0 per truncated one."""
+        verifier = torch.tensor([s.extras["verifier_reward"] for s in samples])
+        finished = torch.tensor([s.extras["finished"] for s in samples])
+        weights = balanced_weights(verifier, finished) if self.config.balanced else finished
+        for sample, weight in zip(samples, weights.tolist()):
+            sample.extras["self_reward_weight"] = weight
+
+    def build_round(self, iteration: int) -> Round:
+        round_ = super().build_round(iteration)
+        self.weigh_samples(round_.dataset)
+        if iteration <= self.config.reasoning_warmup_iterations:
+            round_.objective = self.objective(alpha=0.0)
+        return round_
 
     def collator(self) -> LastTokenCollator:
         return LastTokenCollator(self.tokenizer.pad_token_id, self.self_reward_token_id)
 
-    def objective(self) -> LaSeRObjective:
+    def objective(self, alpha: float | None = None) -> LaSeRObjective:
+        """The LaSeR loss; ``alpha`` overrides ``self_reward_loss_coef`` (0 during the reasoning warm-up)."""
         config = self.config
         options = {**self.objective_options(), "max_completion_length": config.max_new_tokens + 1}  # + z_c
         return LaSeRObjective(
-            self.reference, **options, beta_v=config.self_reward_kl_coef, alpha=config.self_reward_loss_coef,
-            reference_logprob=self.reference_logprob or 0.0, balanced=config.balanced,
+            self.reference, **options, beta_v=config.self_reward_kl_coef,
+            alpha=config.self_reward_loss_coef if alpha is None else alpha,
+            reference_logprob=self.reference_logprob or 0.0, self_reward_only=config.self_reward_only,
         )
 
     # ----------------------------------------------------------------- scores
@@ -206,23 +245,28 @@ class LaSeRTrainer(GRPOTrainer):
 
     def best_of_n_table(self, problems: list[Problem], seed: int = EVAL_SEED) -> dict[str, np.ndarray]:
         """Per problem, on the same ``best_of_n`` samples at temperature 1: whether the highest-``r_s`` sample
-        (``best``), the majority answer (``vote``), the first sample (``sample``) and any sample (``oracle``)
-        is right; per sample, ``r_s`` (``scores``; ``-inf`` when unfinished), the verdict (``correct``) and
+        (``best``), the sample of highest mean token log-probability (``confident``: the policy's own
+        likelihood, an untrained comparison), the majority answer (``vote``), the first sample (``sample``)
+        and any sample (``oracle``) is right; per sample, ``r_s`` (``scores``; ``-inf`` when unfinished), the
+        mean token log-probability (``confidence``; ``-inf`` when unfinished), the verdict (``correct``) and
         its problem's index (``problem``) - the paired inputs of ``benchmarks/llm_self_reward.py``."""
         n = self.config.best_of_n
         rollouts = self.solve(problems, temperature=1.0, num_samples=n, seed=seed)
         repeated = repeat_per_rollout(problems, len(rollouts))
         correct = np.array([self.verify(p, r.text) for p, r in zip(repeated, rollouts)])
         scores = self.self_rewards(rollouts).numpy()
-        best, vote = [], []
+        confidence = np.array([np.mean(r.logprobs) if r.finished and r.logprobs else -np.inf for r in rollouts])
+        best, confident, vote = [], [], []
         for index, problem in enumerate(problems):
             group = slice(index * n, (index + 1) * n)
             best.append(correct[group][int(scores[group].argmax())])
+            confident.append(correct[group][int(confidence[group].argmax())])
             vote.append(majority_answer([self.answer_key(r.text) for r in rollouts[group]]) == canonical_answer(problem.answer))
         grouped = correct.reshape(len(problems), n)
         return {
-            "best": np.array(best), "vote": np.array(vote), "sample": grouped[:, 0], "oracle": grouped.any(1),
-            "scores": scores, "correct": correct, "problem": np.repeat(np.arange(len(problems)), n),
+            "best": np.array(best), "confident": np.array(confident), "vote": np.array(vote), "sample": grouped[:, 0],
+            "oracle": grouped.any(1), "scores": scores, "confidence": confidence, "correct": correct,
+            "problem": np.repeat(np.arange(len(problems)), n),
         }
 
     def best_of_n_metrics(self, problems: list[Problem]) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """LaSeR's last-token self-reward (= a direct forward pass), its balanced MSE term and config errors."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -35,19 +36,63 @@ def test_last_token_score_equals_a_direct_forward_pass(trainer):
 
 
 @needs_asset
-def test_mse_term_is_alpha_times_the_balanced_squared_error(trainer):
+def test_mse_term_is_alpha_times_the_batch_weighted_squared_error(trainer):
     rollouts = trainer.solve(trainer.task.sample(2, seed=2), seed=0)
     samples = [trainer.policy_sample(r, 0.0, float(i % 2)) for i, r in enumerate(rollouts)]
+    trainer.weigh_samples(samples)
     batch = trainer.collator()(samples)
-    options = dict(beta_v=0.1, reference_logprob=-12.0, balanced=True)
+    options = dict(beta_v=0.1, reference_logprob=-12.0)
     with torch.no_grad():
         with_mse, logs = LaSeRObjective(None, beta=0.0, alpha=0.5, **options).compute_loss(trainer.policy, batch)
         without, _ = LaSeRObjective(None, beta=0.0, alpha=0.0, **options).compute_loss(trainer.policy, batch)
+        alone, _ = LaSeRObjective(None, beta=0.0, alpha=0.5, self_reward_only=True, **options).compute_loss(trainer.policy, batch)
         scores = trainer.self_reward_scores(trainer.policy, rollouts)
     finished, verifier = batch["finished"], batch["verifier_reward"]
-    expected = (balanced_weights(verifier, finished) * (scores - verifier) ** 2).sum() / finished.sum()
+    expected = (balanced_weights(verifier, finished) * (scores - verifier) ** 2).mean()
     assert float(with_mse - without) == pytest.approx(0.5 * float(expected), rel=1e-4)
+    assert float(alone) == pytest.approx(0.5 * float(expected), rel=1e-4)  # no policy-gradient term left
     assert logs["self_reward_mse"] == pytest.approx(float(expected), rel=1e-4)
+
+
+@needs_asset
+def test_self_reward_only_gradient_ignores_the_advantages(trainer):
+    rollouts = trainer.solve(trainer.task.sample(2, seed=3), seed=0)
+    objective = LaSeRObjective(None, beta=0.0, alpha=0.1, beta_v=0.1, reference_logprob=-12.0, self_reward_only=True)
+    grads = []
+    for advantage in (0.0, 5.0):
+        samples = [trainer.policy_sample(r, advantage, float(i % 2)) for i, r in enumerate(rollouts)]
+        trainer.weigh_samples(samples)
+        trainer.policy.zero_grad()
+        objective.compute_loss(trainer.policy, trainer.collator()(samples))[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.policy.parameters() if p.grad is not None]))
+    trainer.policy.zero_grad()
+    assert grads[0].abs().sum() > 0  # the MSE does train the model
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-8)
+
+
+def test_weights_are_balanced_over_the_whole_rollout_batch():
+    from selfgen.train.llm.objectives import PolicySample
+
+    rewards, finished = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    samples = [PolicySample([1], [2], 0.0, extras={"verifier_reward": r, "finished": f}) for r, f in zip(rewards, finished)]
+    LaSeRTrainer.weigh_samples(SimpleNamespace(config=LaSeRConfig()), samples)
+    # 5 finished: 2 right share 5/2, 3 wrong share 5/2; a minibatch of the first two alone would give 1 and 1
+    assert [s.extras["self_reward_weight"] for s in samples] == pytest.approx([1.25, 5 / 6, 5 / 6, 5 / 6, 1.25, 0.0])
+
+
+@needs_asset
+def test_reasoning_warmup_turns_the_mse_off_in_early_iterations(trainer):
+    config = trainer.config
+    config.problems_per_iteration, config.reasoning_warmup_iterations = 2, 1
+    try:
+        warm, after = trainer.build_round(1), trainer.build_round(2)
+    finally:
+        config.problems_per_iteration, config.reasoning_warmup_iterations = 256, 0
+    assert warm.objective.alpha == 0.0 and after.objective.alpha == config.self_reward_loss_coef
+    weights = torch.tensor([s.extras["self_reward_weight"] for s in after.dataset])
+    verifier = torch.tensor([s.extras["verifier_reward"] for s in after.dataset])
+    finished = torch.tensor([s.extras["finished"] for s in after.dataset])
+    torch.testing.assert_close(weights, balanced_weights(verifier, finished))
 
 
 def test_balanced_weights_give_each_class_equal_total_weight():
@@ -64,6 +109,7 @@ def test_best_of_n_table_picks_the_highest_self_reward(trainer):
     for index in range(len(trainer.eval_set)):
         group = slice(index * n, (index + 1) * n)
         assert table["best"][index] == correct[group][scores[group].argmax()]
+        assert table["confident"][index] == correct[group][table["confidence"][group].argmax()]
         assert table["oracle"][index] == correct[group].any() and table["sample"][index] == correct[group][0]
     metrics = trainer.best_of_n_metrics(trainer.eval_set)
     assert metrics["sample_accuracy"] == pytest.approx(correct.mean())
@@ -85,6 +131,10 @@ def test_laser_config_errors_name_the_field():
         LaSeRConfig(best_of_n=1)
     with pytest.raises(ValueError, match="self_reward_kl_coef"):
         LaSeRConfig(self_reward_kl_coef=0.0)
+    with pytest.raises(ValueError, match="reasoning_warmup_iterations"):
+        LaSeRConfig(reasoning_warmup_iterations=-1)
+    with pytest.raises(ValueError, match="self_reward_only"):
+        LaSeRConfig(self_reward_only=True, self_reward_loss_coef=0.0)
 
 
 @needs_asset
