@@ -379,6 +379,26 @@ def relation_question(
     return question_about_prompt(negative_prompt(spec, rng, split)), "no"
 
 
+def relation_pair(
+    spec: PromptSpec, objects: list[SceneObject], rng: random.Random, split: str
+) -> list[tuple[str, str]] | None:
+    """A contrastive pair about one scene of two single objects: the relation its placement shows (``yes``) and
+    the same words with the direction flipped (``no``), the objects named in a random order (``a red circle left
+    of a blue square`` or ``a blue square right of a red circle``). The two questions differ only in the relation
+    word, so only the direction can tell them apart. Both texts must be prompts of ``split``; None when the scene
+    shows no relation or no order has both in ``split``."""
+    shown = relation_in_scene(spec, objects)
+    if shown is None:
+        return None
+    swapped = PromptSpec(shown.objects[::-1], OPPOSITE_RELATION[shown.relation], shown.category)
+    for asked in rng.sample([shown, swapped], 2):
+        flipped = PromptSpec(asked.objects, OPPOSITE_RELATION[asked.relation], asked.category)
+        allowed = prompt_split(asked.category, split)
+        if asked.text() in allowed and flipped.text() in allowed:
+            return [(question_about_prompt(asked.text()), "yes"), (question_about_prompt(flipped.text()), "no")]
+    return None
+
+
 def negative_prompt(spec: PromptSpec, rng: random.Random, split: str) -> str:
     """A hard negative of ``spec`` (:func:`perturb_prompt`) drawn from the same ``split``, so that held-out
     prompts never appear in training, not even as the text of a "no" question."""
@@ -489,6 +509,9 @@ class ScenesDataset(Dataset):
     scene's own prompt or a hard negative (:func:`negative_prompt`) with equal probability;
     ``located_fraction`` slots ask where an object of the scene is (:func:`located_question`) and
     ``relation_fraction`` slots the relation two objects show against its opposite (:func:`relation_question`).
+    With ``relation_pair_fraction > 0`` (and ``questions_per_image >= 2``), that share of the scenes that show a
+    relation have their first two slots replaced by a contrastive pair (:func:`relation_pair`: the relation shown,
+    ``yes``, and its direction flip, ``no``, on the same image); those slots are never scrambled.
     With ``scrambled_fraction > 0`` each question slot is, with that probability, replaced by the
     whole-prompt question asked about a :func:`scramble_patches` copy of the scene, answer "no"
     (the scene's colours without its shapes), so the understanding path also learns to reject
@@ -512,6 +535,7 @@ class ScenesDataset(Dataset):
         prompt_fraction: float = 0.0,
         located_fraction: float = 0.0,
         relation_fraction: float = 0.0,
+        relation_pair_fraction: float = 0.0,
     ) -> None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
@@ -527,12 +551,20 @@ class ScenesDataset(Dataset):
                 "region_fraction, occupancy_fraction, prompt_fraction, located_fraction and relation_fraction must "
                 f"be >= 0 with a sum <= 1, got {fractions}"
             )
+        if not 0.0 <= relation_pair_fraction <= 1.0:
+            raise ValueError(f"relation_pair_fraction must be in [0, 1], got {relation_pair_fraction}")
+        if relation_pair_fraction > 0 and questions_per_image < 2:
+            raise ValueError(
+                f"relation_pair_fraction > 0 asks two questions about a scene: questions_per_image must be >= 2, "
+                f"got {questions_per_image}"
+            )
         self.num_examples, self.split, self.seed = num_examples, split, seed
         self.questions_per_image = questions_per_image
         self.scrambled_fraction = scrambled_fraction
         self.region_fraction, self.occupancy_fraction = region_fraction, occupancy_fraction
         self.prompt_fraction = prompt_fraction
         self.located_fraction, self.relation_fraction = located_fraction, relation_fraction
+        self.relation_pair_fraction = relation_pair_fraction
 
     def __len__(self) -> int:
         return self.num_examples
@@ -568,12 +600,17 @@ class ScenesDataset(Dataset):
                 if draw < bound:
                     pairs[slot] = ask()
                     break
+        paired = 0
+        if self.relation_pair_fraction and region_rng.random() < self.relation_pair_fraction:
+            contrast = relation_pair(parse_prompt(prompt), objects, region_rng, self.split)
+            if contrast is not None:
+                pairs[:2], paired = contrast, 2
         image = render_scene(objects)
         pixel_values = to_pixels(image)
         scramble_rng = random.Random(f"{self.seed}-{self.split}-{index}-scrambled")
         question_images = []
         for slot in range(len(pairs)):
-            if scramble_rng.random() < self.scrambled_fraction:
+            if scramble_rng.random() < self.scrambled_fraction and slot >= paired:
                 pairs[slot] = (question_about_prompt(prompt), "no")
                 question_images.append(to_pixels(scramble_patches(image, scramble_rng)))
             else:

@@ -27,7 +27,9 @@ question kinds staying in the mix, and
 understanding stages (``configs/unified_shapes_stage4.yaml``, ``configs/unified_shapes_conv_judge.yaml``) that teach the understanding path where objects are and
 whether a whole prompt holds (``prompt_fraction``: "does the image show {prompt}?" with training-split hard
 negatives). Prompt tokens pass through the understanding expert on the generation side too, so such a
-stage changes generation a little.
+stage changes generation. ``train_parameters: generation`` (with ``understanding_weight: 0``) is the converse,
+the repair stage ``configs/unified_shapes_conv_repair.yaml``: the generation expert relearns to read the prompt
+encoding the judge stages moved, and every understanding weight, hence the judge, stays bit for bit.
 ``occupancy_eval_steps > 0`` logs :func:`occupancy_auc` and :func:`judge_verification` every that many steps
 to ``logs/occupancy_auc.jsonl``. ``new_understanding_encoder`` (with ``pretrained``) replaces the checkpoint's
 understanding patch embedding by a fresh one of ``patch_size`` with an ``understanding_conv_channels`` conv
@@ -84,7 +86,7 @@ from .registry import Method
 from .trainer import Objective, Trainer, TrainerCallback, TrainResult
 
 
-TRAIN_PARAMETERS = ("all", "understanding")
+TRAIN_PARAMETERS = ("all", "understanding", "generation")
 NO_ID = TOKEN_IDS["no"]
 MONITOR_SEED = 1000  # the scenes the training-time judge log uses (evaluate reports other scenes)
 
@@ -112,9 +114,10 @@ class UnifiedConfig(TrainingConfig):
     prompt_fraction: float = 0.0  # question slots replaced by "does the image show {prompt / a hard negative}?"
     located_fraction: float = 0.0  # question slots replaced by "is there a {present noun} in the {region}?"
     relation_fraction: float = 0.0  # question slots replaced by the whole prompt against its opposite relation
+    relation_pair_fraction: float = 0.0  # scenes asked the relation shown and its direction flip (2 slots)
     question_lm_weight: float = 0.0  # > 0: also next-token CE on the question words given the image
     question_lm_true_only: bool = False  # that CE only on questions not answered "no" (true statements)
-    train_parameters: str = "all"  # "all", or "understanding": the generation expert stays frozen
+    train_parameters: str = "all"  # "all"; "understanding": the generation expert frozen; "generation": all else frozen
     occupancy_eval_steps: int = 0  # > 0: log occupancy_auc every that many steps
     eval_prompts_per_category: int = 16
 
@@ -329,10 +332,12 @@ def train(config: UnifiedConfig) -> TrainResult:
         prompt_fraction=config.prompt_fraction,
         located_fraction=config.located_fraction,
         relation_fraction=config.relation_fraction,
+        relation_pair_fraction=config.relation_pair_fraction,
     )
-    if config.train_parameters == "understanding":
-        for param in model.generation_parameters():
-            param.requires_grad_(False)
+    if config.train_parameters != "all":
+        generation = {id(param) for param in model.generation_parameters()}
+        for param in model.parameters():
+            param.requires_grad_((id(param) in generation) == (config.train_parameters == "generation"))
     objective = JointObjective(
         config.cfg_dropout,
         config.understanding_weight,

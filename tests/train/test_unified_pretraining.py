@@ -1,4 +1,5 @@
 import json
+import random
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from selfgen.data.scenes import (
     prompt_split,
     question_about_prompt,
     relation_in_scene,
+    relation_pair,
     render_scene,
 )
 from selfgen.train.srum import region_slices
@@ -117,30 +119,32 @@ def test_region_fraction_asks_region_questions_that_match_the_scene():
     assert all(VOCAB[ids[-5]] == "object" for ids in occupancy["question_ids"].tolist())  # object in the r <a>
 
 
-def test_understanding_stage_keeps_generation_weights_and_logs_occupancy(tmp_path):
+@pytest.mark.parametrize("stage", ["understanding", "generation"])
+def test_one_path_stage_keeps_the_other_paths_weights_and_logs_occupancy(tmp_path, stage):
     torch.manual_seed(0)
     model = UnifiedTransformer(vocab_size=len(VOCAB), pad_token_id=PAD_ID, dim=32, num_layers=1, num_heads=2)
     build_pipeline(model).save_pretrained(tmp_path / "start")
     config = UnifiedConfig(
         output_dir=str(tmp_path / "run"),
         pretrained=str(tmp_path / "start"),
-        max_train_steps=2,
+        max_train_steps=3,
         train_batch_size=2,
         learning_rate=1e-2,
-        num_examples=4,
+        num_examples=6,
         questions_per_image=2,
         region_fraction=0.5,
-        train_parameters="understanding",
-        occupancy_eval_steps=2,
+        train_parameters=stage,
+        understanding_weight=float(stage == "understanding"),
+        occupancy_eval_steps=3,
     )
     trained = UnifiedPipeline.from_pretrained(train(config).pipeline_dir).transformer
     start = dict(model.named_parameters())
-    for name, param in trained.named_parameters():
-        assert torch.equal(param, start[name]) == model.is_generation_parameter(name), name
+    for name, param in trained.named_parameters():  # the frozen path bit for bit, every weight of the other moved
+        assert torch.equal(param, start[name]) == (model.is_generation_parameter(name) == (stage == "understanding")), name
     record = json.loads((tmp_path / "run" / "logs" / "occupancy_auc.jsonl").read_text())
-    assert record["step"] == 2 and 0 <= record["occupancy_auc"] <= 1
+    assert record["step"] == 3 and 0 <= record["occupancy_auc"] <= 1
     with pytest.raises(ValueError, match="train_parameters"):
-        UnifiedConfig(train_parameters="generation")
+        UnifiedConfig(train_parameters="judge")
 
 
 def test_generation_weight_zero_trains_understanding_alone():
@@ -285,6 +289,40 @@ def test_located_and_relation_questions_say_where_objects_are_and_never_ask_held
     assert 0.3 < np.mean(np.array(answers) == TOKEN_IDS["yes"]) < 0.7 and flipped > 0 and binding_scenes_asked > 0
     with pytest.raises(ValueError, match="located_fraction"):
         ScenesDataset(6, located_fraction=0.6, relation_fraction=0.6)
+
+
+def test_relation_pairs_differ_only_in_direction_on_one_image():
+    spec = parse_prompt("a red circle and a blue square")
+    left = [SceneObject("red", "circle", 9, 0, 10), SceneObject("blue", "square", 9, 20, 11)]
+    truths = {"a red circle left of a blue square", "a blue square right of a red circle"}
+    orders = set()
+    for seed in range(20):
+        (true_q, yes), (flip_q, no) = relation_pair(spec, left, random.Random(seed), "train")
+        assert (yes, no) == ("yes", "no")
+        true_text, flip_text = (q.removeprefix("does the image show ").removesuffix("?") for q in (true_q, flip_q))
+        assert true_text in truths and flip_text not in truths  # the flip is false about this image
+        assert true_text.split()[:3] == flip_text.split()[:3] and true_text.split()[-3:] == flip_text.split()[-3:]
+        orders.add(true_text)
+    assert orders == truths  # both namings of the objects are asked
+    diagonal = [SceneObject("red", "circle", 9, 0, 0), SceneObject("blue", "square", 9, 18, 18)]
+    assert relation_pair(spec, diagonal, random.Random(0), "train") is None
+    dataset = ScenesDataset(80, seed=0, questions_per_image=2, relation_pair_fraction=1.0, scrambled_fraction=1.0)
+    paired = 0
+    for index in range(80):
+        item = dataset[index]
+        spec, objects = parse_prompt(dataset.example(index)[0]), dataset.example(index)[1]
+        if relation_pair(spec, objects, random.Random(0), "train") is None:
+            continue
+        paired += 1
+        words = [[VOCAB[t] for t in ids if t != PAD_ID][1:-1] for ids in item["question_ids"].tolist()]
+        assert item["answer_id"].tolist() == [TOKEN_IDS["yes"], TOKEN_IDS["no"]]
+        assert sum(a != b for a, b in zip(*words)) == 1  # one word apart: the relation's direction
+        asked = [parse_prompt(" ".join(w[4:])) for w in words]
+        assert all(prompt.text() in prompt_split(prompt.category, "train") for prompt in asked)
+        assert torch.equal(item["question_pixel_values"][0], item["pixel_values"])  # never scrambled
+    assert paired > 20
+    with pytest.raises(ValueError, match="questions_per_image must be >= 2"):
+        ScenesDataset(6, relation_pair_fraction=0.5)
 
 
 def test_relation_in_scene_reads_the_placement():
