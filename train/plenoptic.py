@@ -41,7 +41,11 @@ averaged over the target frames that are not given clean. The paper's training r
   online self-generated condition) the source forward-warped into its cameras with the source's depth
   (the synthetic renderer's, standing in for a depth estimator); with probability ``warp_drop_prob`` the warp
   is left empty, so the model also works where no depth is known (user data without depth). Fine-tuning a
-  model trained without it (``pretrained``) adds the zero-initialised warp projection.
+  model trained without it (``pretrained``) adds the zero-initialised warp projection;
+* ``refiner_width > 0`` (our departure, see ``models/plenoptic.py``) adds the pixel-space refiner after the
+  linear head (zero-initialised residual; fine-tuning a model without it adds it), and ``freeze_trunk: true``
+  trains only the refiner, so the same recipe without the refiner is the pretrained model itself (the matched
+  control at equal budget) and a step costs a forward of the trunk, not a backward.
 
 Cameras are made relative to the source's first camera; the target view is any non-source view. The
 synthetic training scenes (``neighbour_prob``, see :class:`MultiViewSceneDataset`) include views whose
@@ -132,6 +136,8 @@ class PlenopticConfig(TrainingConfig):
     clean_prefix_prob: float = 0.2
     warp_conditioning: bool = False  # the source warped into the target by its depth, as a zero-initialised input
     warp_drop_prob: float = 0.1  # share of training targets given an empty warp (no depth known)
+    refiner_width: int = 0  # channels of the pixel-space refiner after the linear head (0: none)
+    freeze_trunk: bool = False  # train only the refiner (the rest keeps pretrained's weights)
     timestep_shift: float = 1.0  # s > 1 trains more on high noise: sigma = s u / (1 + (s - 1) u), u ~ U(0, 1) (SD3's shift)
     condition_selection: str = "fov"
     neighbour_prob: float = 0.0
@@ -151,6 +157,10 @@ class PlenopticConfig(TrainingConfig):
             "context_warmup_fraction", "self_conditioning_prob", "self_conditioning_start", "clean_prefix_prob", "neighbour_prob",
             "warp_drop_prob",
         )
+        if self.refiner_width < 0:
+            raise ValueError(f"refiner_width must be >= 0 (0: no refiner), got {self.refiner_width}")
+        if self.freeze_trunk and self.refiner_width == 0:
+            raise ValueError("freeze_trunk trains only the refiner: set refiner_width > 0")
         if self.warp_conditioning and self.data is not None:
             raise ValueError("warp_conditioning needs the source's depth: only the synthetic scenes have it (unset --data)")
         if self.camera_convention not in CAMERA_CONVENTIONS:
@@ -431,24 +441,31 @@ def self_conditioning_bank(config: PlenopticConfig, transformer: PlenopticTransf
 
 
 def build_transformer(config: PlenopticConfig) -> PlenopticTransformer:
-    """A new transformer, or ``pretrained``'s; ``warp_conditioning`` on a model trained without it adds the warp
-    projection, zero-initialised (the fine-tuned model starts as the pretrained one)."""
+    """A new transformer, or ``pretrained``'s; a ``warp_conditioning`` or ``refiner_width`` the pretrained model
+    lacks adds that part, zero-initialised (the fine-tuned model starts as the pretrained one). With
+    ``freeze_trunk`` only the refiner's parameters require gradients."""
+    added = {"warp_conditioning": config.warp_conditioning, "refiner_width": config.refiner_width}
     if not config.pretrained:
-        return PlenopticTransformer(
+        transformer = PlenopticTransformer(
             sample_size=config.size, num_frames=config.num_frames, patch_size=config.patch_size,
-            hidden_size=config.hidden_size, depth=config.depth, num_heads=config.num_heads,
-            warp_conditioning=config.warp_conditioning,
+            hidden_size=config.hidden_size, depth=config.depth, num_heads=config.num_heads, **added,
         )
-    pretrained = PlenopticDreamerPipeline.from_pretrained(config.pretrained).transformer
-    if pretrained.config.warp_conditioning == config.warp_conditioning:
-        return pretrained
-    if not config.warp_conditioning:
-        raise ValueError(f"pretrained {config.pretrained} has a warp input; set warp_conditioning: true to fine-tune it")
-    arguments = {key: value for key, value in pretrained.config.items() if not key.startswith("_")}
-    transformer = PlenopticTransformer(**{**arguments, "warp_conditioning": True})
-    missing, unexpected = transformer.load_state_dict(pretrained.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("warp_embed.") for key in missing):
-        raise ValueError(f"pretrained {config.pretrained}: weights do not fit (missing {missing}, unexpected {unexpected})")
+    else:
+        pretrained = PlenopticDreamerPipeline.from_pretrained(config.pretrained).transformer
+        transformer = pretrained
+        if pretrained.config.warp_conditioning and not config.warp_conditioning:
+            raise ValueError(f"pretrained {config.pretrained} has a warp input; set warp_conditioning: true to fine-tune it")
+        if pretrained.config.refiner_width not in (0, config.refiner_width):
+            raise ValueError(f"pretrained {config.pretrained} has refiner_width {pretrained.config.refiner_width}; got {config.refiner_width}")
+        if any(pretrained.config[key] != value for key, value in added.items()):
+            arguments = {key: value for key, value in pretrained.config.items() if not key.startswith("_")}
+            transformer = PlenopticTransformer(**{**arguments, **added})
+            missing, unexpected = transformer.load_state_dict(pretrained.state_dict(), strict=False)
+            if unexpected or any(not key.startswith(("warp_embed.", "refiner.")) for key in missing):
+                raise ValueError(f"pretrained {config.pretrained}: weights do not fit (missing {missing}, unexpected {unexpected})")
+    if config.freeze_trunk:
+        for name, parameter in transformer.named_parameters():
+            parameter.requires_grad_(name.startswith("refiner."))
     return transformer
 
 

@@ -142,3 +142,35 @@ def test_warp_input_starts_at_zero_then_moves_the_prediction_and_is_checked():
         warped(*args, warp=warp[:, :, :3])
     with pytest.raises(ValueError, match="warp_conditioning=False"):
         plain(*args, warp=warp)
+
+
+@torch.no_grad()
+def test_pixel_refiner_starts_at_zero_then_reads_the_warp_per_pixel():
+    """The refiner's last convolution is zero-initialised (the model equals the model without it); once it is
+    trained, a one-pixel change of the warp changes the estimate at that pixel and the pixels within 3 of it
+    (receptive field 7x7 through three 3x3 convolutions), not across the whole 8x8 patch as the linear head does."""
+    torch.manual_seed(0)
+    plain = PlenopticTransformer(sample_size=16, num_frames=3, patch_size=8, hidden_size=32, depth=2, num_heads=2, warp_conditioning=True)
+    refined = PlenopticTransformer(
+        sample_size=16, num_frames=3, patch_size=8, hidden_size=32, depth=2, num_heads=2, warp_conditioning=True, refiner_width=8
+    )
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(key.startswith("refiner.") for key in missing)
+    sample, conditions, condition_cameras = _inputs()
+    args = (sample, torch.tensor([500.0]), _cameras(0.0), K, conditions, condition_cameras)
+    warp = torch.randn(1, 3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(refined(*args, warp=warp).denoised, plain(*args, warp=warp).denoised, rtol=1e-5, atol=1e-6)
+    refined.refiner.convs[-1].weight.normal_(std=0.2)
+    poked = warp.clone()
+    poked[0, 1, :3, 4, 4] += 1.0  # one warp pixel of frame 1; with the warp projection at zero only the refiner sees it
+    refined.warp_embed.weight.zero_()
+    refined.warp_embed.bias.zero_()
+    before = refined(*args, warp=warp).denoised
+    change = (refined(*args, warp=poked).denoised - before).abs().sum(dim=2)[0]  # (F, H, W)
+    assert change[1, 4, 4] > 1e-4
+    assert change[1, 1:8, 1:8].sum() == pytest.approx(change.sum().item(), rel=1e-6)  # nothing beyond 3 pixels (7x7 field)
+    assert change[1, 0].sum() == 0  # row 0 of the same 8x8 patch is 4 pixels away: unchanged
+    assert change[0].sum() == 0 and change[2].sum() == 0  # frames are refined independently
+    velocity = refined(*args, warp=warp)
+    sigma = 0.5
+    torch.testing.assert_close(velocity.sample, (sample - velocity.denoised) / sigma)  # the velocity is the refined estimate's

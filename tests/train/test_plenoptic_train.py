@@ -411,3 +411,42 @@ def test_warp_conditioning_finetunes_a_plain_model_from_zero_and_its_warp_gets_g
         build_transformer(_config(tmp_path, pretrained=str(train(config.__class__(**{**config.__dict__, "max_train_steps": 1})).pipeline_dir)))
     with pytest.raises(ValueError, match="depth"):
         _config(tmp_path, data=str(tmp_path), warp_conditioning=True)
+
+
+def test_refiner_finetunes_a_trained_model_from_zero_with_a_frozen_trunk(tmp_path):
+    """refiner_width adds the zero-initialised pixel refiner to a pretrained model; freeze_trunk trains only it:
+    after a training step every other weight is bit-identical and the refiner has moved."""
+    first = train(_config(tmp_path, max_train_steps=1, warp_conditioning=True))
+    config = _config(tmp_path, output_dir=str(tmp_path / "refiner"), pretrained=str(first.pipeline_dir), warp_conditioning=True,
+                     refiner_width=8, freeze_trunk=True, max_train_steps=2, use_ema=False)
+    plain, model = build_transformer(_config(tmp_path, pretrained=str(first.pipeline_dir), warp_conditioning=True)), build_transformer(config)
+    assert torch.count_nonzero(model.refiner.convs[-1].weight) == 0
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == {name for name, _ in model.named_parameters() if name.startswith("refiner.")}
+    result = train(config)
+    trained = load_file(str(result.pipeline_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(trained[name], tensor), name
+    assert torch.count_nonzero(trained["refiner.convs.4.weight"]) > 0
+    with pytest.raises(ValueError, match="refiner_width > 0"):
+        _config(tmp_path, freeze_trunk=True)
+    with pytest.raises(ValueError, match="refiner_width must be >= 0"):
+        _config(tmp_path, refiner_width=-1)
+    with pytest.raises(ValueError, match="refiner_width 8"):
+        build_transformer(_config(tmp_path, pretrained=str(result.pipeline_dir), warp_conditioning=True, refiner_width=16))
+
+
+def test_asset_stage_four_is_stage_three_plus_the_frozen_trunk_refiner_read_from_stage_three_output():
+    """configs/plenoptic_scenes_refiner.yaml reads stage 3's export (never assets/) and differs from stage 3 in the
+    refiner, the frozen trunk, and the new head's learning rate only."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from selfgen.train.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    stage3 = load_config(PlenopticConfig, root / "plenoptic_scenes_warp.yaml")
+    stage4 = asdict(load_config(PlenopticConfig, root / "plenoptic_scenes_refiner.yaml"))
+    assert Path(stage4["pretrained"]) == stage3.pipeline_dir and stage4["export_dir"] is None
+    stage3 = asdict(stage3)
+    differing = {key for key in stage4 if stage4[key] != stage3[key] and key != "output_dir"}
+    assert differing == {"pretrained", "refiner_width", "freeze_trunk", "learning_rate"}
