@@ -53,7 +53,8 @@ path is a slightly turned copy of another view's, as multi-camera datasets inclu
 trajectories; without them retrieval never offers a condition near the target camera (a departure in
 the data, named in ``docs/plenoptic.md``). ``selfgen train plenoptic --config configs/plenoptic_scenes.yaml``
 followed by ``configs/plenoptic_scenes_stage2.yaml`` (600 more steps at ``timestep_shift: 3``, reading stage 1's
-export) rebuilds ``assets/plenoptic-scenes``. The equal-budget fine-tuning stage starts from that asset
+export), ``configs/plenoptic_scenes_warp.yaml`` (the warp input) and ``configs/plenoptic_scenes_refiner.yaml``
+(the pixel refiner, trunk frozen) rebuilds ``assets/plenoptic-scenes``. The equal-budget fine-tuning stage starts from that asset
 (``pretrained``): ``configs/plenoptic_scenes_continue.yaml`` (plain continuation, the control) and the arms
 ``plenoptic_scenes_selfcond.yaml`` (offline), ``plenoptic_scenes_online_selfcond.yaml`` (online) and
 ``plenoptic_scenes_single_in.yaml``, each the control with one field changed.

@@ -360,7 +360,7 @@ def test_two_stage_asset_config_starts_from_stage_one_output_not_from_assets():
 
 
 def test_asset_stage_three_is_stage_two_plus_the_warp_input_read_from_stage_two_output():
-    """configs/plenoptic_scenes_warp.yaml (the bundled asset's last stage) reads stage 2's export (never assets/)
+    """configs/plenoptic_scenes_warp.yaml (stage 3 of the bundled asset) reads stage 2's export (never assets/)
     and differs from stage 2 only in the warp input."""
     from dataclasses import asdict
     from pathlib import Path
