@@ -1,17 +1,19 @@
 """SPC: does the critic find step errors better after self-play? Paired over held-out labelled solutions.
 
     OMP_NUM_THREADS=1 python benchmarks/spc_critic.py --models runs/spc-arith-llama/iteration-0/model
-        runs/spc-arith-llama/pipeline [--problems 400] [--min_digits 3 --max_digits 4]
+        runs/spc-arith-llama/pipeline [--verdict_sources written|comparison ...] [--problems 400] [--min_digits 3 --max_digits 4]
 
 Every model's critic judges (greedy) every step of the same ``--problems`` held-out solutions of the
 task's eval split (:func:`~selfgen.data.reasoning.labelled_solutions`: half clean, half with one
-rule-corrupted step of any of the three kinds). Printed per model: the step-level F1 (positive = a wrong
+rule-corrupted step of any of the three kinds); a model's verdict is its ``V:`` line or, with
+``--verdict_sources comparison``, what its written comparison ``D:<step> vs <value>`` states. Printed per model: the step-level F1 (positive = a wrong
 step, over the steps of clean solutions and the steps of erroneous ones up to their error), the
 step true / false positive rates, the solution-level detection F1 and accuracy, ProcessBench's F1
 (first error located / clean accepted), the accept rate and how often the critique's re-derived step is the
 reference step (``derivation``, 0 for a verdict-only critic) and how often its verdict is the comparison of its own
-derivation with the judged step (``consistency``: ``V:Y`` iff they are equal), then the step F1 (TPR / FPR) the
-critic would have if its verdicts were that comparison (``derivation-implied``), next to a step-blind critic that flags each
+derivation's result with the judged step's result (``consistency``, :func:`~selfgen.train.llm.spc.verdict_consistency`:
+``V:Y`` iff they are equal), then the step F1 (TPR / FPR) the critic would have if its verdicts were that comparison
+(``derivation-implied``), next to a step-blind critic that flags each
 step at random at the model's own rate (TPR = FPR: what flagging more buys without judging); then each
 model minus the first (the reference) with a 95% percentile bootstrap interval paired over problems (the same resampled problems for both models, 1000 resamples,
 :func:`selfgen.eval.statistics.bootstrap_interval`), and each model's step F1 minus the step-blind critic's at the
@@ -27,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from selfgen.data.reasoning import labelled_solutions, parse_derivation
+from selfgen.data.reasoning import implied_verdict, labelled_solutions
 from selfgen.eval.statistics import bootstrap_interval
 from selfgen.train.llm.lm import EVAL_SEED
-from selfgen.data.tasks import parse_verdict
 from selfgen.train.llm.spc import (
     SPCConfig, SPCTrainer, derivation_accuracy, detection_metrics, f1_score, first_flagged, harmonic_mean, step_labels,
+    VERDICT_SOURCES, verdict_consistency,
 )
 
 SEED = EVAL_SEED + 700  # apart from the trainer's in-training detection set (EVAL_SEED + 500)
@@ -63,16 +65,6 @@ def chance(solutions, verdicts, draws: int = 200, seed: int = 0) -> dict[str, fl
     return {key: float(np.mean([run[key] for run in runs])) for key in METRICS}
 
 
-def verdict_consistency(solutions, critiques) -> float:
-    """How often a critique's verdict says what comparing its own re-derived step with the judged step says
-    (``V:Y`` iff equal), over the steps :func:`step_labels` scores."""
-    hits = []
-    for solution, texts in zip(solutions, critiques):
-        last = solution.error_index if solution.error_index >= 0 else len(texts) - 1
-        hits += [parse_verdict(text) is (parse_derivation(text) == step) for step, text in zip(solution.steps, texts[: last + 1])]
-    return sum(hits) / max(len(hits), 1)
-
-
 def blind_step_f1(solutions, verdicts) -> float:
     """The step F1 of flagging steps at random at the critic's own step flag rate, from the expected precision
     (the share of wrong steps) and recall (the flag rate): ``2 p r / (p + r)``."""
@@ -83,6 +75,8 @@ def blind_step_f1(solutions, verdicts) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True)
+    parser.add_argument("--verdict_sources", nargs="+", default=["written"], choices=VERDICT_SOURCES,
+                        help="per model (or one for all): its V: line, or what its written comparison states")
     parser.add_argument("--problems", type=int, default=400)
     parser.add_argument("--task", default="arith")
     parser.add_argument("--min_digits", type=int, default=3)
@@ -92,28 +86,31 @@ def main() -> None:
     for model in args.models:
         if not (Path(model) / "config.json").is_file():
             raise FileNotFoundError(f"--models: {model} is not a saved causal LM folder (no config.json)")
+    if len(args.verdict_sources) not in (1, len(args.models)):
+        raise ValueError(f"--verdict_sources: give one, or one per model ({len(args.models)}), got {len(args.verdict_sources)}")
+    sources = dict(zip(args.models, args.verdict_sources * len(args.models) if len(args.verdict_sources) == 1 else args.verdict_sources))
     verdicts, derivation, consistency, implied = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as output_dir:
         for model in args.models:
             config = SPCConfig(
                 output_dir=output_dir, task=args.task, min_digits=args.min_digits, max_digits=args.max_digits,
-                eval_problems=1, detection_problems=1,
+                eval_problems=1, detection_problems=1, verdict_source=sources[model],
             )
             trainer = SPCTrainer(model=model, config=config)
             solutions = labelled_solutions(trainer.task, args.problems, SEED, split="eval")
             critiques = trainer.step_critiques([s.problem for s in solutions], [s.steps for s in solutions])
-            verdicts[model] = [[parse_verdict(text) for text in texts] for texts in critiques]
+            verdicts[model] = [[trainer.verdict(text) for text in texts] for texts in critiques]
             derivation[model] = derivation_accuracy(trainer.task, solutions, critiques)
             consistency[model] = verdict_consistency(solutions, critiques)
             implied[model] = metrics(solutions, [
-                [parse_derivation(text) == step for step, text in zip(s.steps, texts)] for s, texts in zip(solutions, critiques)
+                [implied_verdict(text, step) for step, text in zip(s.steps, texts)] for s, texts in zip(solutions, critiques)
             ])
     print(f"{len(solutions)} held-out solutions ({sum(s.error_index >= 0 for s in solutions)} with an error), "
           f"{args.task} {args.min_digits}-{args.max_digits} digits")
     print("model | " + " | ".join(METRICS) + " | derivation | consistency")
     for model in args.models:
         values = metrics(solutions, verdicts[model])
-        print(f"{model} | " + " | ".join(f"{values[key]:.3f}" for key in METRICS) + f" | {derivation[model]:.3f} | {consistency[model]:.3f}")
+        print(f"{model} ({sources[model]} verdicts) | " + " | ".join(f"{values[key]:.3f}" for key in METRICS) + f" | {derivation[model]:.3f} | {consistency[model]:.3f}")
         print(f"  derivation-implied verdicts: step F1 {implied[model]['step_f1']:.3f} "
               f"(TPR {implied[model]['step_tpr']:.3f} / FPR {implied[model]['step_fpr']:.3f})")
         blind = chance(solutions, verdicts[model])

@@ -13,12 +13,14 @@ by the steps taken so far, each closed by its comma::
 Role prompts of the SPC game (same model, two roles):
 
     sneaky   Q:47+85\\nS:7+5+0=12,\\nX:4+8+1=13\\n   ->  4+8+1=14          (rewrite the step as a wrong one)
-    critic   Q:47+85\\nS:7+5+0=12,\\nC:4+8+1=14\\n   ->  D:4+8+1=13\\nV:N       (critique, then the verdict)
+    critic   Q:47+85\\nS:7+5+0=12,\\nC:4+8+1=14\\n   ->  D:4+8+1=13 vs 14\\nV:N   (critique, then the verdict)
 
 The critique re-derives the judged step before its verdict (SPC's critic analyses the step, then
 concludes): ``D:`` and the step recomputed from the question's column digits and the previous step's
-carry, then ``V:Y`` (correct) if the judged step equals it, else ``V:N``. ``critique_format="verdict"``
-gives the verdict alone (the earlier, departing format).
+carry, then (``critique_format="compare"``) `` vs `` and the judged step's result, so the verdict is
+the written comparison of the two results: ``V:Y`` (correct) if they are equal, else ``V:N``.
+``critique_format="rederive"`` writes the re-derivation without the comparison (``D:4+8+1=13\\nV:N``,
+``V:Y`` iff the judged step equals it), ``"verdict"`` the verdict alone (both earlier formats).
 
 Rule-based step corruption (:func:`corrupt_step`) builds the held-out evaluation sets and the
 supervised warm-up data: a wrong result (``calculation``), a wrong carry with a consistent result
@@ -71,7 +73,8 @@ SNEAKY_MARK = "\nX:"
 CRITIC_MARK = "\nC:"
 DERIVATION_MARK = "D:"
 DERIVATION_PATTERN = re.compile(r"D:([^\n]*)")
-CRITIQUE_FORMATS = ("rederive", "verdict")
+COMPARISON_MARK = " vs "
+CRITIQUE_FORMATS = ("compare", "rederive", "verdict")
 FEEDBACK_MARK = "\nF:"
 FEEDBACK_PATTERN = re.compile(r"F:[ \t]*([YN])[ \t]*(\d*)")
 ERROR_KINDS = ("calculation", "carry", "operand")
@@ -204,20 +207,49 @@ def critic_prompt(question: str, prefix: Sequence[str], step: str, prompt: Promp
     return partial_solution(question, prefix, prompt) + CRITIC_MARK + step + "\n"
 
 
-def critic_completion(reference_step: str, judged_step: str, critique_format: str = "rederive") -> str:
+def step_result(step: str) -> str:
+    """The result of a step ``a<op>b[+c]=r``: the text after its last ``=`` (the whole text without one)."""
+    return step.rsplit("=", 1)[-1].strip()
+
+
+def critic_completion(reference_step: str, judged_step: str, critique_format: str = "compare") -> str:
     """A rule-built critique of ``judged_step`` whose correct version is ``reference_step`` (from the
-    task's solver): ``"rederive"`` writes the re-derived step, then the verdict (``D:<reference>\\nV:Y``
-    or ``V:N``); ``"verdict"`` the verdict alone. ``V:Y`` iff the judged step equals the reference."""
+    task's solver). ``"compare"``: the re-derived step, the judged step's result beside it and the
+    verdict that comparison implies (``D:<reference> vs <judged result>\\nV:Y`` iff the results are
+    equal); ``"rederive"``: the re-derived step, then ``V:Y`` iff the judged step equals it;
+    ``"verdict"``: the verdict alone."""
     if critique_format not in CRITIQUE_FORMATS:
         raise ValueError(f"critique_format must be one of {CRITIQUE_FORMATS}, got {critique_format!r}")
+    if critique_format == "compare":
+        judged = step_result(judged_step)
+        verdict = "Y" if step_result(reference_step) == judged else "N"
+        return f"{DERIVATION_MARK}{reference_step}{COMPARISON_MARK}{judged}\nV:{verdict}"
     verdict = f"V:{'Y' if reference_step == judged_step else 'N'}"
     return verdict if critique_format == "verdict" else f"{DERIVATION_MARK}{reference_step}\n{verdict}"
 
 
 def parse_derivation(critique: str) -> str | None:
-    """The step a critique re-derived (the text after its first ``D:``), ``None`` when it has none."""
+    """The step a critique re-derived (after its first ``D:``, up to `` vs `` or the line's end), ``None``
+    when it has none."""
     found = DERIVATION_PATTERN.search(critique)
-    return None if found is None else found.group(1).strip()
+    return None if found is None else found.group(1).split(COMPARISON_MARK)[0].strip()
+
+
+def comparison_verdict(critique: str) -> bool | None:
+    """The verdict a ``"compare"`` critique's own written comparison states: ``D:<step> vs <value>`` is
+    ``True`` iff the re-derived step's result is ``value`` (``None`` without a comparison)."""
+    found = DERIVATION_PATTERN.search(critique)
+    if found is None or COMPARISON_MARK not in found.group(1):
+        return None
+    derived, value = found.group(1).split(COMPARISON_MARK, 1)
+    return step_result(derived) == value.strip()
+
+
+def implied_verdict(critique: str, judged_step: str) -> bool | None:
+    """The verdict a critique's own re-derivation implies: its derived step's result equals the judged
+    step's result (``None`` without a derivation). A faithful critic's ``V:`` says the same."""
+    derived = parse_derivation(critique)
+    return None if derived is None else step_result(derived) == step_result(judged_step)
 
 
 # ----------------------------------------------------------------- feedback and correction

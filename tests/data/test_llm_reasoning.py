@@ -6,15 +6,18 @@ import pytest
 
 from selfgen.data.reasoning import (
     ERROR_KINDS,
+    comparison_verdict,
     corrupt_step,
     critic_completion,
     critic_prompt,
+    implied_verdict,
     parse_derivation,
     labelled_solutions,
     parse_action,
     partial_solution,
     reference_steps,
     sneaky_prompt,
+    step_result,
     trace_text,
 )
 from selfgen.data.tasks import get_task, step_is_true
@@ -26,12 +29,26 @@ def test_states_and_role_prompts():
     assert trace_text("47+85", ["7+5+0=12", "4+8+1=13"], "132") == "Q:47+85\nS:7+5+0=12,4+8+1=13\nA:132"
     assert sneaky_prompt("47+85", ["7+5+0=12"], "4+8+1=13") == "Q:47+85\nS:7+5+0=12,\nX:4+8+1=13\n"
     assert critic_prompt("47+85", [], "7+5+0=12") == "Q:47+85\nS:\nC:7+5+0=12\n"
-    # the critique re-derives the step (the reference), then compares: verdict N iff the judged step differs
-    assert critic_completion("4+8+1=13", "4+8+1=14") == "D:4+8+1=13\nV:N"
-    assert critic_completion("4+8+1=13", "4+8+1=13") == "D:4+8+1=13\nV:Y"
-    assert critic_completion("4+8+1=13", "4+8+0=12") == "D:4+8+1=13\nV:N"  # a consistent equation, wrong carry
+    # the critique re-derives the step (the reference), writes the judged result beside it, and the verdict
+    # is that comparison: N iff the results differ
+    assert critic_completion("4+8+1=13", "4+8+1=14") == "D:4+8+1=13 vs 14\nV:N"
+    assert critic_completion("4+8+1=13", "4+8+1=13") == "D:4+8+1=13 vs 13\nV:Y"
+    assert critic_completion("4+8+1=13", "4+8+0=12") == "D:4+8+1=13 vs 12\nV:N"  # a consistent equation, wrong carry
+    assert critic_completion("4+8+1=13", "4+8+1=14", "rederive") == "D:4+8+1=13\nV:N"
+    assert critic_completion("4+8+1=13", "4+8+0=12", "rederive") == "D:4+8+1=13\nV:N"
     assert critic_completion("4+8+1=13", "4+8+1=14", "verdict") == "V:N"
     assert parse_derivation("D:4+8+1=13\nV:N") == "4+8+1=13" and parse_derivation("V:Y") is None
+    assert parse_derivation("D:4+8+1=13 vs 14\nV:N") == "4+8+1=13"
+    assert step_result("4+8+1=13") == "13" and step_result("4+8+1=") == "" and step_result("junk") == "junk"
+    # the verdict a critique's own derivation implies, whatever verdict it wrote
+    assert implied_verdict("D:4+8+1=13 vs 14\nV:Y", "4+8+1=14") is False
+    assert implied_verdict("D:4+8+1=13\nV:N", "4+8+1=13") is True
+    assert implied_verdict("D:9+0+1=10\nV:Y", "9+7+1=17") is False  # a wrong derivation still implies N here
+    assert implied_verdict("V:Y", "4+8+1=13") is None
+    # what the critique's own written comparison states, whatever V: it wrote after it
+    assert comparison_verdict("D:4+8+1=13 vs 14\nV:Y") is False and comparison_verdict("D:4+8+1=13 vs 13\nV:N") is True
+    assert comparison_verdict("D:1+0+1=2 vs 22\nV:N") is False  # a mis-copied value is compared as written
+    assert comparison_verdict("D:4+8+1=13\nV:Y") is None and comparison_verdict("V:Y") is None
     with pytest.raises(ValueError, match="critique_format"):
         critic_completion("4+8+1=13", "4+8+1=13", "essay")
 

@@ -65,6 +65,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
+from torch import nn
+
 from ...data.problems import Problem
 from ...data.reasoning import (
     CRITIQUE_FORMATS,
@@ -72,7 +75,9 @@ from ...data.reasoning import (
     LabelledSolution,
     corrupt_step,
     critic_completion,
+    comparison_verdict,
     critic_prompt,
+    implied_verdict,
     labelled_solutions,
     parse_derivation,
     partial_solution,
@@ -84,9 +89,10 @@ from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .lm import EVAL_SEED
 from .modeling import frozen_copy
-from .objectives import GRPOCollator, GRPOObjective, PolicySample, SFTCollator, SFTObjective, TextPair
+from .objectives import GRPOCollator, GRPOObjective, PolicySample, SFTCollator, SFTObjective, TextPair, encode_pair
 from .rollout import Rollout, SamplingParams
 
+VERDICT_SOURCES = ("written", "comparison")
 WARMUP_SEED = 8_500  # warm-up problems come from training seeds, apart from problems(iteration)
 
 
@@ -98,8 +104,9 @@ class SPCConfig(IterativeConfig):
     min_original_success: float = 0.5
     critic_samples: int = 2
     step_max_new_tokens: int = 16
-    critic_max_new_tokens: int = 20  # "D:<step>\nV:Y" (a verdict alone needs 4)
-    critique_format: str = "rederive"  # or "verdict": the verdict alone (the earlier departure)
+    critic_max_new_tokens: int = 24  # "D:9+9+1=19 vs 18\nV:N" (a verdict alone needs 4)
+    critique_format: str = "compare"  # "rederive": no written comparison; "verdict": the verdict alone (earlier formats)
+    verdict_source: str = "written"  # or "comparison": the verdict read off the critique's written comparison
     beta: float = 0.04
     epsilon: float = 0.2
     learning_rate: float = 1e-5
@@ -111,6 +118,7 @@ class SPCConfig(IterativeConfig):
     warmup_train_steps: int = 150
     warmup_learning_rate: float = 3e-4
     warmup_verdict_weight: float = 1.0  # SFT loss weight of a warm-up critique's verdict token (the others weigh 1)
+    rl_sft_coefficient: float = 0.15  # the official lm_sft_coeff: warm-up examples' NLL weight in the game update
     detection_problems: int = 200
 
     def __post_init__(self) -> None:
@@ -119,11 +127,17 @@ class SPCConfig(IterativeConfig):
         self.require_fractions("warmup_critic_fraction", "min_original_success")
         if self.warmup_verdict_weight <= 0:
             raise ValueError(f"warmup_verdict_weight must be > 0, got {self.warmup_verdict_weight}")
+        if self.rl_sft_coefficient < 0:
+            raise ValueError(f"rl_sft_coefficient must be >= 0, got {self.rl_sft_coefficient}")
         unknown = set(self.warmup_error_kinds) - set(ERROR_KINDS)
         if not self.warmup_error_kinds or unknown:
             raise ValueError(f"warmup_error_kinds must be a non-empty subset of {ERROR_KINDS}, got {self.warmup_error_kinds}")
         if self.critique_format not in CRITIQUE_FORMATS:
             raise ValueError(f"critique_format must be one of {CRITIQUE_FORMATS}, got {self.critique_format!r}")
+        if self.verdict_source not in VERDICT_SOURCES:
+            raise ValueError(f"verdict_source must be one of {VERDICT_SOURCES}, got {self.verdict_source!r}")
+        if self.verdict_source == "comparison" and self.critique_format != "compare":
+            raise ValueError(f"verdict_source='comparison' needs critique_format='compare', got {self.critique_format!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0: the game's moves are sampled, got {self.temperature}")
 
@@ -227,6 +241,44 @@ def derivation_accuracy(task: ArithmeticTask, solutions: Sequence[LabelledSoluti
     return sum(hits) / max(len(hits), 1)
 
 
+class SPCObjective(GRPOObjective):
+    """The official offline-RL loss (SPAG's ``OfflineWeightedPolicyTrainer``, run by SPC's
+    ``scripts/rl_critic.sh`` on the game data and the round-0 SFT data together): the clipped policy
+    loss averaged over the batch's game samples, plus ``sft_coefficient`` x the mean per-sequence NLL
+    of its warm-up examples (rows with ``batch["sft"] == 1``, which carry no advantage and no KL)."""
+
+    def __init__(self, *args, sft_coefficient: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sft_coefficient = sft_coefficient
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        logprobs = self.completion_logprobs(model, batch)
+        loss, logs = self.policy_loss(logprobs, batch)
+        sft, rows = batch["sft"], float(batch["sft"].numel())
+        game_rows = rows - float(sft.sum())
+        loss = loss * rows / game_rows if game_rows else loss * 0.0  # the mean over game rows (sft rows add 0)
+        if sft.sum() == 0:
+            return loss, logs
+        mask = batch["completion_mask"].to(logprobs.dtype)
+        nll = -(logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        sft_loss = (nll * sft).sum() / sft.sum()
+        logs["sft_nll"] = float(sft_loss.detach())
+        return loss + self.sft_coefficient * sft_loss, logs
+
+
+def verdict_consistency(solutions: Sequence[LabelledSolution], critiques: Sequence[Sequence[str]]) -> float:
+    """How often a critique's verdict is the one its own re-derivation implies (:func:`implied_verdict`),
+    over the steps :func:`step_labels` scores (0 without derivations)."""
+    hits = []
+    for solution, texts in zip(solutions, critiques):
+        last = solution.error_index if solution.error_index >= 0 else len(texts) - 1
+        hits += [
+            implied_verdict(text, step) is not None and parse_verdict(text) is implied_verdict(text, step)
+            for step, text in zip(solution.steps, texts[: last + 1])
+        ]
+    return sum(hits) / max(len(hits), 1)
+
+
 class SPCTrainer(IterativeTrainer):
     config_class = SPCConfig
     uses_reward_fn = False  # rewards are the critic/sneaky game's outcomes
@@ -267,7 +319,12 @@ class SPCTrainer(IterativeTrainer):
         self, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], seed: int = 0
     ) -> list[list[bool | None]]:
         """The critic's greedy verdict on every step of every solution (``None``: no verdict)."""
-        return [[parse_verdict(text) for text in texts] for texts in self.step_critiques(problems, solutions, seed)]
+        return [[self.verdict(text) for text in texts] for texts in self.step_critiques(problems, solutions, seed)]
+
+    def verdict(self, critique: str) -> bool | None:
+        """A critique's verdict: its ``V:`` line, or (``verdict_source="comparison"``) what its written
+        comparison ``D:<step> vs <value>`` states (:func:`~selfgen.data.reasoning.comparison_verdict`)."""
+        return comparison_verdict(critique) if self.config.verdict_source == "comparison" else parse_verdict(critique)
 
     def first_errors(self, problems: Sequence[Problem], solutions: Sequence[Sequence[str]], seed: int = 0) -> list[int]:
         """For each solution (its steps), the critic's first flagged step (-1: accepted; an empty one is flagged)."""
@@ -276,7 +333,8 @@ class SPCTrainer(IterativeTrainer):
 
     # ------------------------------------------------------------- warm-up, game, update
 
-    def seed_round(self) -> Round:
+    def warmup_pairs(self) -> list[TextPair]:
+        """The warm-up's rule-built critic and sneaky examples and worked solutions (seeded, shuffled)."""
         config = self.config
         rng = random.Random(config.seed)
         examples = []
@@ -295,10 +353,25 @@ class SPCTrainer(IterativeTrainer):
         for problem in self.task.sample(config.warmup_examples // 3, WARMUP_SEED + 100 + config.seed):
             examples.append(TextPair(self.prompt(problem), self.task.worked_solution(problem)))
         rng.shuffle(examples)
+        return examples
+
+    def seed_round(self) -> Round:
+        config = self.config
+        examples = self.warmup_pairs()
         return Round(
             SFTObjective(), examples, SFTCollator(self.tokenizer, config.max_length), {"warmup_examples": float(len(examples))},
             max_train_steps=config.warmup_train_steps, learning_rate=config.warmup_learning_rate,
         )
+
+    def replayed_warmup(self, count: int, iteration: int) -> list[PolicySample]:
+        """``count`` warm-up examples (drawn per iteration) as rows of the SFT term: no advantage, no KL."""
+        pairs = self.warmup_pairs()
+        picked = random.Random(derive_seed(self.config.seed, iteration, "replay")).sample(pairs, min(count, len(pairs)))
+        rows = [encode_pair(self.tokenizer, p.prompt, p.completion, self.config.max_length) for p in picked]
+        return [
+            PolicySample(prompt, completion, 0.0, [0.0] * len(completion), kl_weight=0.0, extras={"sft": 1.0})
+            for prompt, completion in rows
+        ]
 
     def games(self, problems: list[Problem], iteration: int) -> list[Game]:
         """One game per problem the solver solved: a random step of one of its correct solutions."""
@@ -342,7 +415,7 @@ class SPCTrainer(IterativeTrainer):
         samples, critic_on_wrong, critic_on_correct = [], [], []
         for index in range(len(items)):
             rollouts, wrong = critiques[index * m : (index + 1) * m], index < len(played)  # sneaky steps first
-            rewards = critic_rewards([parse_verdict(r.text) for r in rollouts], step_is_wrong=wrong)
+            rewards = critic_rewards([self.verdict(r.text) for r in rollouts], step_is_wrong=wrong)
             (critic_on_wrong if wrong else critic_on_correct).extend(rewards)
             samples += [self.policy_sample(r, reward) for r, reward in zip(rollouts, rewards)]
             if wrong:
@@ -360,15 +433,17 @@ class SPCTrainer(IterativeTrainer):
 
     @staticmethod
     def policy_sample(rollout: Rollout, reward: float) -> PolicySample:
-        return PolicySample(rollout.prompt_ids, rollout.completion_ids, reward, rollout.logprobs)
+        return PolicySample(rollout.prompt_ids, rollout.completion_ids, reward, rollout.logprobs, extras={"sft": 0.0})
 
     def build_round(self, iteration: int) -> Round:
         config = self.config
         games = self.games(self.problems(iteration), iteration)
         samples, logs = self.play(games, iteration)
-        objective = GRPOObjective(
+        if config.rl_sft_coefficient > 0:  # as many warm-up examples as game samples
+            samples += self.replayed_warmup(len(samples), iteration)
+        objective = SPCObjective(
             frozen_copy(self.policy), beta=config.beta, epsilon_low=config.epsilon, epsilon_high=config.epsilon,
-            temperature=config.temperature,
+            temperature=config.temperature, sft_coefficient=config.rl_sft_coefficient,
         )
         return Round(objective, samples, GRPOCollator(self.tokenizer.pad_token_id), logs)
 
@@ -379,10 +454,11 @@ class SPCTrainer(IterativeTrainer):
         correct = [self.verify(p, r.text) for p, r in zip(self.eval_set, rollouts)]
         accepted = [e == -1 for e in self.first_errors(self.eval_set, [solution_steps(r.text) for r in rollouts])]
         critiques = self.step_critiques([s.problem for s in self.detection_set], [s.steps for s in self.detection_set])
-        verdicts = [[parse_verdict(text) for text in texts] for texts in critiques]
+        verdicts = [[self.verdict(text) for text in texts] for texts in critiques]
         return {
             "critic_step_f1": f1_score(*step_labels(self.detection_set, verdicts)),
             "critic_derivation_accuracy": derivation_accuracy(self.task, self.detection_set, critiques),
+            "critic_verdict_consistency": verdict_consistency(self.detection_set, critiques),
             "accuracy": sum(correct) / len(correct),
             "filtered_accuracy": sum(c and a for c, a in zip(correct, accepted)) / max(sum(accepted), 1),
             "accept_rate": sum(accepted) / len(accepted),

@@ -3,12 +3,16 @@
 from pathlib import Path
 
 import pytest
+import torch
 
-from selfgen.data.reasoning import LabelledSolution, parse_derivation, reference_steps
+from selfgen.data.reasoning import LabelledSolution, implied_verdict, parse_derivation, reference_steps, step_result
 from selfgen.data.problems import Problem
 from selfgen.data.tasks import get_task, parse_verdict
+from selfgen.train.llm.modeling import frozen_copy
+from selfgen.train.llm.objectives import GRPOCollator, GRPOObjective, PolicySample
 from selfgen.train.llm.spc import (
     SPCConfig,
+    SPCObjective,
     SPCTrainer,
     critic_rewards,
     derivation_accuracy,
@@ -17,6 +21,7 @@ from selfgen.train.llm.spc import (
     sneaky_is_effective,
     step_labels,
     sneaky_reward,
+    verdict_consistency,
 )
 
 ASSET = Path(__file__).resolve().parents[3] / "assets" / "lm-arith"
@@ -76,8 +81,21 @@ def test_derivation_accuracy_scores_the_re_derived_step():
     assert derivation_accuracy(task, [clean], [["V:Y", "V:Y"]]) == 0.0  # a verdict-only critic derives nothing
 
 
+def test_verdict_consistency_against_the_critics_own_derivation():
+    problem = Problem("47+85", "132", "p")
+    clean = LabelledSolution(problem, ["7+5+0=12", "4+8+1=13"], -1)
+    wrong = LabelledSolution(problem, ["7+5+0=12", "4+8+1=14", "0+0+1=1"], 1, "calculation")
+    critiques = [
+        ["D:7+5+0=12 vs 12\nV:Y", "D:4+8+1=13 vs 13\nV:N"],  # the second verdict contradicts its comparison
+        ["D:7+5+0=12 vs 12\nV:Y", "D:4+8+1=13 vs 14\nV:N", "D:0+0+1=1 vs 1\nV:N"],  # the step after the error is not scored
+    ]
+    assert verdict_consistency([clean, wrong], critiques) == pytest.approx(3 / 4)
+    # a wrong derivation with the verdict it implies is consistent (and wrong); no derivation is never consistent
+    assert verdict_consistency([clean], [["D:7+5+0=13 vs 12\nV:N", "V:Y"]]) == pytest.approx(1 / 2)
+
+
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
-@pytest.mark.parametrize("critique_format, weight", [("rederive", 5.0), ("verdict", 1.0)])
+@pytest.mark.parametrize("critique_format, weight", [("compare", 10.0), ("rederive", 5.0), ("verdict", 1.0)])
 def test_warmup_critiques_re_derive_from_the_solver(tmp_path, critique_format, weight):
     config = SPCConfig(
         output_dir=str(tmp_path), warmup_examples=60, eval_problems=1, detection_problems=1, max_digits=3,
@@ -95,10 +113,41 @@ def test_warmup_critiques_re_derive_from_the_solver(tmp_path, critique_format, w
         assert parse_verdict(pair.completion) is (judged == reference)
         n = len(pair.completion)  # only the verdict character is up-weighted, and only when asked
         assert pair.weighted_spans == (((n - 1, n, weight),) if weight != 1.0 else ())
-        if critique_format == "rederive":  # the solver's step at that position, never a copy of a wrong judged step
+        if critique_format == "compare":  # the solver's step, the judged result, the verdict that comparison implies
+            assert pair.completion == f"D:{reference} vs {step_result(judged)}\nV:{'Y' if judged == reference else 'N'}"
+            assert parse_verdict(pair.completion) is implied_verdict(pair.completion, judged)
+        elif critique_format == "rederive":  # the solver's step at that position, never a copy of a wrong judged step
             assert pair.completion == f"D:{reference}\nV:{'Y' if judged == reference else 'N'}"
         else:
             assert parse_derivation(pair.completion) is None
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_update_adds_the_sft_term_on_replayed_warmup_rows(tmp_path):
+    """SPAG's offline-RL loss (SPC's rl_critic.sh): the policy loss over the game rows only + c x the mean
+    per-sequence NLL of the warm-up rows, which carry no advantage and no KL."""
+    config = SPCConfig(output_dir=str(tmp_path), warmup_examples=30, eval_problems=1, detection_problems=1, max_digits=3)
+    trainer = SPCTrainer(model=str(ASSET), task="arith", config=config)
+    replay = trainer.replayed_warmup(3, iteration=1)
+    assert len(replay) == 3 and all(r.extras == {"sft": 1.0} and r.kl_weight == 0.0 and r.advantage == 0.0 for r in replay)
+    assert [r.completion_ids for r in replay] != [r.completion_ids for r in trainer.replayed_warmup(3, iteration=2)]
+    tokens = trainer.tokenizer
+    game = [
+        PolicySample(tokens("Q:12+34\nS:")["input_ids"], tokens("2+4+0=6")["input_ids"], 1.0, [-1.0] * 7, extras={"sft": 0.0}),
+        PolicySample(tokens("Q:12+34\nS:")["input_ids"], tokens("2+4+0=7")["input_ids"], -1.0, [-2.0] * 7, extras={"sft": 0.0}),
+    ]
+    collate = GRPOCollator(tokens.pad_token_id)
+    reference = frozen_copy(trainer.policy)
+    objective = SPCObjective(reference, beta=0.04, sft_coefficient=0.15)
+    model = trainer.policy.eval()
+    mixed, _ = objective.compute_loss(model, collate(game + replay))
+    game_only, _ = GRPOObjective(reference, beta=0.04).compute_loss(model, collate(game))
+    sft_batch = collate(replay)
+    logprobs, mask = objective.completion_logprobs(model, sft_batch), sft_batch["completion_mask"].float()
+    nll = (-(logprobs * mask).sum(-1) / mask.sum(-1)).mean()
+    torch.testing.assert_close(mixed, game_only + 0.15 * nll, rtol=1e-5, atol=1e-6)
+    without, _ = SPCObjective(reference, beta=0.04, sft_coefficient=0.0).compute_loss(model, collate(game + replay))
+    torch.testing.assert_close(without, game_only, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
@@ -111,7 +160,7 @@ def test_one_iteration_end_to_end(tmp_path):
     report = SPCTrainer(model=str(ASSET), task="arith", config=config).train()
     assert [record["iteration"] for record in report.history] == [0, 1]
     assert report[0]["seed_train_steps"] == 2 and "base_critic_f1" in report[0]
-    for key in ("accuracy", "critic_f1", "critic_step_f1", "critic_derivation_accuracy", "critic_processbench_f1", "critic_accuracy",
+    for key in ("accuracy", "critic_f1", "critic_step_f1", "critic_derivation_accuracy", "critic_verdict_consistency", "critic_processbench_f1", "critic_accuracy",
                 "critic_location_accuracy", "accept_rate", "sneaky_success_rate"):
         assert 0.0 <= report[1][key] <= 1.0
     assert report[1]["time_rollout_s"] > 0
@@ -128,11 +177,29 @@ def test_config_and_task_errors():
         SPCConfig(critique_format="essay")
     with pytest.raises(ValueError, match="warmup_verdict_weight"):
         SPCConfig(warmup_verdict_weight=0.0)
+    with pytest.raises(ValueError, match="rl_sft_coefficient"):
+        SPCConfig(rl_sft_coefficient=-0.1)
+    with pytest.raises(ValueError, match="verdict_source"):
+        SPCConfig(verdict_source="vibes")
+    with pytest.raises(ValueError, match="critique_format='compare'"):
+        SPCConfig(verdict_source="comparison", critique_format="rederive")
     with pytest.raises(ValueError, match="temperature"):
         SPCConfig(temperature=0.0)
     if (ASSET / "config.json").is_file():
         with pytest.raises(ValueError, match="arithmetic task"):
             SPCTrainer(model=str(ASSET), task="countdown", config=SPCConfig(eval_problems=2))
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_verdict_source_reads_the_written_comparison(tmp_path):
+    def trainer(source):
+        config = SPCConfig(output_dir=str(tmp_path), eval_problems=1, detection_problems=1, max_digits=2, verdict_source=source)
+        return SPCTrainer(model=str(ASSET), task="arith", config=config)
+
+    written, comparison = trainer("written"), trainer("comparison")
+    critiques = ["D:4+8+1=13 vs 14\nV:Y", "D:4+8+1=13 vs 13\nV:N", "D:4+8+1=13 vs 13", "D:4+8+1=13\nV:Y"]
+    assert [written.verdict(c) for c in critiques] == [True, False, None, True]
+    assert [comparison.verdict(c) for c in critiques] == [False, True, True, None]
 
 
 def test_bundled_config_loads():
@@ -144,4 +211,5 @@ def test_bundled_config_loads():
     assert config.critique_format == "verdict"  # the documented 0.86 M runs
     llama = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith_llama.yaml")
     assert llama.model == "assets/lm-arith-llama" and llama.mixed_precision == "no"
-    assert llama.critique_format == "rederive" and llama.critic_max_new_tokens >= len("D:9+9+1=19\nV:Y")
+    assert llama.verdict_source == "comparison" and llama.rl_sft_coefficient == pytest.approx(0.15)
+    assert llama.critique_format == "compare" and llama.critic_max_new_tokens >= len("D:9+9+1=19 vs 18\nV:N") + 1  # + eos
