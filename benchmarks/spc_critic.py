@@ -18,18 +18,21 @@ step at random at the model's own rate (TPR = FPR: what flagging more buys witho
 model minus the first (the reference) with a 95% percentile bootstrap interval paired over problems (the same resampled problems for both models, 1000 resamples,
 :func:`selfgen.eval.statistics.bootstrap_interval`), and each model's step F1 minus the step-blind critic's at the
 model's own flag rate on the same resample (:func:`blind_step_f1`: expected precision = the share of wrong steps,
-expected recall = the flag rate).
+expected recall = the flag rate). ``--forced_probe N`` also prints each model's ``P(V:Y)`` with the right
+re-derivation and comparison forced (:func:`forced_verdict`): whether its written verdict can follow the comparison at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from selfgen.data.reasoning import implied_verdict, labelled_solutions
+from selfgen.data.reasoning import ERROR_KINDS, corrupt_step, critic_completion, critic_prompt, implied_verdict, labelled_solutions
 from selfgen.eval.statistics import bootstrap_interval
 from selfgen.train.llm.lm import EVAL_SEED
 from selfgen.train.llm.spc import (
@@ -72,6 +75,27 @@ def blind_step_f1(solutions, verdicts) -> float:
     return harmonic_mean(sum(truth) / len(truth), sum(flagged) / len(flagged))
 
 
+@torch.no_grad()
+def forced_verdict(trainer: SPCTrainer, count: int, seed: int = SEED + 1) -> dict[str, float]:
+    """Mean ``P(V:Y)`` (against ``V:N``) when the critique up to its verdict is forced to the rule-built one
+    (the right re-derivation and comparison, ``D:<step> vs <judged result>\\nV:``): on a random step of
+    ``count`` held-out solutions, unchanged (``clean``) and corrupted with each error kind. A critic whose
+    verdict follows its written comparison gives ~1 on ``clean`` and ~0 on every kind."""
+    rng, policy, tokenizer = random.Random(seed), trainer.policy.eval(), trainer.tokenizer
+    yes, no = tokenizer.convert_tokens_to_ids("Y"), tokenizer.convert_tokens_to_ids("N")
+    probabilities: dict[str, list[float]] = {kind: [] for kind in ("clean", *ERROR_KINDS)}
+    for solution in labelled_solutions(trainer.task, count, seed, 0.0, split="eval"):
+        k = rng.randrange(len(solution.steps))
+        reference = solution.steps[k]
+        for kind in probabilities:
+            judged = reference if kind == "clean" else corrupt_step(reference, kind, rng)
+            text = critic_prompt(solution.problem.question, solution.steps[:k], judged, trainer.format.prompt)
+            text += critic_completion(reference, judged, "compare")[: -len("Y")]
+            logits = policy(tokenizer(text, return_tensors="pt")["input_ids"]).logits[0, -1, [yes, no]]
+            probabilities[kind].append(float(torch.softmax(logits, 0)[0]))
+    return {kind: float(np.mean(values)) for kind, values in probabilities.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True)
@@ -82,6 +106,7 @@ def main() -> None:
     parser.add_argument("--min_digits", type=int, default=3)
     parser.add_argument("--max_digits", type=int, default=4)
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--forced_probe", type=int, default=0, help="solutions for the forced-verdict probe (0: skip)")
     args = parser.parse_args()
     for model in args.models:
         if not (Path(model) / "config.json").is_file():
@@ -89,7 +114,7 @@ def main() -> None:
     if len(args.verdict_sources) not in (1, len(args.models)):
         raise ValueError(f"--verdict_sources: give one, or one per model ({len(args.models)}), got {len(args.verdict_sources)}")
     sources = dict(zip(args.models, args.verdict_sources * len(args.models) if len(args.verdict_sources) == 1 else args.verdict_sources))
-    verdicts, derivation, consistency, implied = {}, {}, {}, {}
+    verdicts, derivation, consistency, implied, forced = {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as output_dir:
         for model in args.models:
             config = SPCConfig(
@@ -102,6 +127,8 @@ def main() -> None:
             verdicts[model] = [[trainer.verdict(text) for text in texts] for texts in critiques]
             derivation[model] = derivation_accuracy(trainer.task, solutions, critiques)
             consistency[model] = verdict_consistency(solutions, critiques)
+            if args.forced_probe:
+                forced[model] = forced_verdict(trainer, args.forced_probe)
             implied[model] = metrics(solutions, [
                 [implied_verdict(text, step) for step, text in zip(s.steps, texts)] for s, texts in zip(solutions, critiques)
             ])
@@ -113,6 +140,8 @@ def main() -> None:
         print(f"{model} ({sources[model]} verdicts) | " + " | ".join(f"{values[key]:.3f}" for key in METRICS) + f" | {derivation[model]:.3f} | {consistency[model]:.3f}")
         print(f"  derivation-implied verdicts: step F1 {implied[model]['step_f1']:.3f} "
               f"(TPR {implied[model]['step_tpr']:.3f} / FPR {implied[model]['step_fpr']:.3f})")
+        if model in forced:
+            print("  forced right derivation and comparison, P(V:Y): " + ", ".join(f"{k} {v:.3f}" for k, v in forced[model].items()))
         blind = chance(solutions, verdicts[model])
         print("  step-blind critic at its flag rate | " + " | ".join(f"{blind[key]:.3f}" for key in METRICS))
     reference = args.models[0]
