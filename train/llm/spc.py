@@ -13,10 +13,13 @@ reasoning steps:
   step's never do. Failed attempts score ``-1`` for the sneaky generator and are not played;
 * the **critic** sees the partial solution and a step and writes a critique, ``critic_samples`` times
   per step: it re-derives the step (``D:`` and the step recomputed from the question's column digits
-  and the carry of the partial solution's last step) and concludes with its verdict, ``V:Y``
+  and the carry of the partial solution's last step), writes the judged step's result beside it
+  (``D:4+8+1=13 vs 14``, ``critique_format="compare"``) and concludes with its verdict, ``V:Y``
   (correct) or ``V:N`` (wrong) - the paper's critic analyses the step, then answers
-  ``Correct``/``Incorrect`` (official ``eval/infer_batch.py``); a column re-derivation is that
-  analysis for column arithmetic.
+  ``Correct``/``Incorrect`` (official ``eval/infer_batch.py``); a column re-derivation and comparison
+  is that analysis for column arithmetic. With ``verdict_source="comparison"`` the verdict used is
+  what the written comparison states (``13 vs 14``: wrong), read by a rule as the official code reads
+  ``<Answer>...</Answer>``; ``"written"`` uses the ``V:`` token.
 
 Game outcome (the paper's reward assignment): on a successful sneaky step, a critique that finds the
 error (``V:N``) scores ``+1`` for the critic and ``-1`` for the sneaky generator, a fooled critique
@@ -29,7 +32,9 @@ Update: the paper's offline RL on the game records - a clipped importance-ratio 
 the game reward as the advantage and a KL penalty to the reference model, i.e. the shared
 :class:`~selfgen.train.llm.objectives.GRPOObjective` fed with ``A = reward`` (no group
 normalisation), the sampler's log-probabilities as ``pi_old`` and the iteration's starting model as
-reference, on the sneaky and critic samples together.
+reference, on the sneaky and critic samples together, plus the official SFT term (SPAG's loss, run by
+SPC's ``scripts/rl_critic.sh`` on the game data and the round-0 SFT data with ``lm_sft_coeff 0.15``):
+``rl_sft_coefficient`` x the mean NLL of as many warm-up examples as game samples (:class:`SPCObjective`).
 
 Supervised warm-up (the paper's SFT initialisation of both roles, here on rule-built data because the
 tiny base model has never seen the role formats; :meth:`SPCTrainer.seed_round`): ``warmup_examples``
@@ -54,7 +59,10 @@ solutions vs of the solutions the critic accepts (``filtered_accuracy``, ``accep
 
 Departures: one model plays both roles (the paper fine-tunes two copies); no error-type selection
 step in the sneaky generator's output; the warm-up critiques are rule-built (solver-written), not distilled from a
-stronger model; the critique is a one-line re-derivation, not free text. ``critique_format="verdict"``
+stronger model; the critique is a one-line re-derivation and comparison, not free text; with
+``verdict_source="comparison"`` a rule reads the verdict off the comparison (our 3.2 M critic's written
+``V:`` stays at chance given the right comparison, docs/llm_part2.md pass 3); the SFT rows of the game
+update are drawn 1:1 with the game samples (the official data mix is not stated). ``critique_format="verdict"``
 keeps the earlier departure (the verdict alone: on the 3.2 M Llama base its critic could not check a
 column sum, step TPR 0.015 vs FPR 0.006, docs/llm_part2.md) for the documented 0.86 M runs.
 """

@@ -208,7 +208,7 @@ def test_bundled_config_loads():
 
     config = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith.yaml")
     assert spc.METHOD.name == "spc" and config.seed == 0 and config.warmup_error_kinds == ["calculation"]
-    assert config.critique_format == "verdict"  # the documented 0.86 M runs
+    assert config.critique_format == "verdict" and config.rl_sft_coefficient == 0.0  # the documented 0.86 M runs
     llama = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith_llama.yaml")
     assert llama.model == "assets/lm-arith-llama" and llama.mixed_precision == "no"
     assert llama.verdict_source == "comparison" and llama.rl_sft_coefficient == pytest.approx(0.15)
