@@ -19,7 +19,8 @@ model minus the first (the reference) with a 95% percentile bootstrap interval p
 :func:`selfgen.eval.statistics.bootstrap_interval`), and each model's step F1 minus the step-blind critic's at the
 model's own flag rate on the same resample (:func:`blind_step_f1`: expected precision = the share of wrong steps,
 expected recall = the flag rate). ``--forced_probe N`` also prints each model's ``P(V:Y)`` with the right
-re-derivation and comparison forced (:func:`forced_verdict`): whether its written verdict can follow the comparison at all.
+re-derivation and comparison forced (:func:`forced_verdict`): whether its written verdict can follow the comparison at all;
+``--carry_probe N`` how many of N held-out carry errors it finds and how many misses copy the judged step (:func:`carry_misses`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfgen.data.reasoning import ERROR_KINDS, corrupt_step, critic_completion, critic_prompt, implied_verdict, labelled_solutions
+from selfgen.data.reasoning import (
+    ERROR_KINDS, corrupt_step, critic_completion, critic_prompt, implied_verdict, labelled_solutions, parse_derivation,
+)
 from selfgen.eval.statistics import bootstrap_interval
 from selfgen.train.llm.lm import EVAL_SEED
 from selfgen.train.llm.spc import (
@@ -96,6 +99,18 @@ def forced_verdict(trainer: SPCTrainer, count: int, seed: int = SEED + 1) -> dic
     return {kind: float(np.mean(values)) for kind, values in probabilities.items()}
 
 
+def carry_misses(trainer: SPCTrainer, count: int) -> dict[str, int]:
+    """On the wrong steps of the first ``count`` held-out solutions with a carry error: how many the critic
+    finds (greedy critique), and of the rest how many re-derivations copy the judged (wrong) step."""
+    wrong = [s for s in labelled_solutions(trainer.task, 10 * count, SEED, kinds=("carry",), split="eval") if s.error_index >= 0]
+    wrong = wrong[:count]
+    items = [(s.problem, s.steps[: s.error_index], s.steps[s.error_index]) for s in wrong]
+    texts = [r.text for r in trainer.critique(items, 1, seed=0, greedy=True)]
+    found = [trainer.verdict(text) is False for text in texts]
+    copied = [parse_derivation(text) == item[2] for text, item in zip(texts, items)]
+    return {"carry errors": len(wrong), "found": sum(found), "missed, judged step copied": sum(c and not f for c, f in zip(copied, found))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True)
@@ -107,6 +122,7 @@ def main() -> None:
     parser.add_argument("--max_digits", type=int, default=4)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--forced_probe", type=int, default=0, help="solutions for the forced-verdict probe (0: skip)")
+    parser.add_argument("--carry_probe", type=int, default=0, help="held-out carry errors to critique (0: skip)")
     args = parser.parse_args()
     for model in args.models:
         if not (Path(model) / "config.json").is_file():
@@ -114,7 +130,7 @@ def main() -> None:
     if len(args.verdict_sources) not in (1, len(args.models)):
         raise ValueError(f"--verdict_sources: give one, or one per model ({len(args.models)}), got {len(args.verdict_sources)}")
     sources = dict(zip(args.models, args.verdict_sources * len(args.models) if len(args.verdict_sources) == 1 else args.verdict_sources))
-    verdicts, derivation, consistency, implied, forced = {}, {}, {}, {}, {}
+    verdicts, derivation, consistency, implied, forced, carry = {}, {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as output_dir:
         for model in args.models:
             config = SPCConfig(
@@ -129,6 +145,8 @@ def main() -> None:
             consistency[model] = verdict_consistency(solutions, critiques)
             if args.forced_probe:
                 forced[model] = forced_verdict(trainer, args.forced_probe)
+            if args.carry_probe:
+                carry[model] = carry_misses(trainer, args.carry_probe)
             implied[model] = metrics(solutions, [
                 [implied_verdict(text, step) for step, text in zip(s.steps, texts)] for s, texts in zip(solutions, critiques)
             ])
@@ -142,6 +160,8 @@ def main() -> None:
               f"(TPR {implied[model]['step_tpr']:.3f} / FPR {implied[model]['step_fpr']:.3f})")
         if model in forced:
             print("  forced right derivation and comparison, P(V:Y): " + ", ".join(f"{k} {v:.3f}" for k, v in forced[model].items()))
+        if model in carry:
+            print("  " + ", ".join(f"{k} {v}" for k, v in carry[model].items()))
         blind = chance(solutions, verdicts[model])
         print("  step-blind critic at its flag rate | " + " | ".join(f"{blind[key]:.3f}" for key in METRICS))
     reference = args.models[0]
