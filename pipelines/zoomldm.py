@@ -22,7 +22,8 @@ view fixed to the input and a final data-consistency step (:func:`match_low_freq
 
 Departures (see ``docs/zoomldm.md``): the guidance gradient is taken with respect to the clean latent estimate
 (through the decoder only) with a Polyak step size; window embeddings are interpolated bilinearly (the official
-code uses slerp and re-standardises); inversion optimises a per-tile embedding field.
+code uses slerp and re-standardises); inversion optimises a per-tile embedding field; large images default to an
+odd window stride (3 latent pixels, :attr:`ZoomLDMPipeline.odd_stride`) where the official code uses a quarter window.
 """
 
 from __future__ import annotations
@@ -211,8 +212,8 @@ class ZoomLDMPipeline(SelfgenPipeline):
 
     def to_clean(self, output: torch.Tensor, latents: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """The clean estimate from the denoiser's output under the scheduler's ``prediction_type``:
-        ``epsilon``: ``x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)``; ``v_prediction``: ``x0 = sqrt(a_t) z_t - sqrt(1 - a_t) v``
-        (finite at a zero terminal SNR, ``a_T = 0``)."""
+        ``epsilon``: ``x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)``; ``v_prediction``:
+        ``x0 = sqrt(a_t) z_t - sqrt(1 - a_t) v`` (finite at a zero terminal SNR, ``a_T = 0``)."""
         if self.scheduler.config.prediction_type == "v_prediction":
             return alpha.sqrt() * latents.float() - (1 - alpha).sqrt() * output.float()
         return (latents.float() - (1 - alpha).sqrt() * output.float()) / alpha.sqrt()
@@ -354,9 +355,9 @@ class ZoomLDMPipeline(SelfgenPipeline):
         batch_size: int,
     ) -> torch.Tensor:
         """The clean estimate of a ``(1, C, H, W)`` latent canvas: every overlapping window predicts
-        ``z0_w = (z_t,w - sqrt(1 - a_t) eps_theta(z_t,w, t, c_w)) / sqrt(a_t)`` (:meth:`to_clean`) and the canvas takes the average of
-        the windows covering each latent pixel (the official sliding-window sampler), ``batch_size`` windows at a
-        time."""
+        ``z0_w = (z_t,w - sqrt(1 - a_t) eps_theta(z_t,w, t, c_w)) / sqrt(a_t)`` (:meth:`to_clean`) and the canvas
+        takes the average of the windows covering each latent pixel (the official sliding-window sampler),
+        ``batch_size`` windows at a time."""
         alpha = self.scheduler.alphas_cumprod[int(timestep)].to(latents.device, torch.float32)
         size, count = self.window, len(windows)
         crops = torch.cat([latents[:, :, top : top + size, left : left + size] for top, left in windows])
@@ -489,12 +490,13 @@ class ZoomLDMPipeline(SelfgenPipeline):
         Two latent canvases are denoised together: the level-0 canvas (``H/f x W/f``) and the level-``L`` view
         (``H/(f 2^L) x W/(f 2^L)``, ``L`` the coarsest trained level that fits, :meth:`check_canvas`). At every DDIM
         step each canvas is cut into overlapping windows of one patch (stride ``window_stride`` latent pixels,
-        default :attr:`odd_stride`, 3 for 8-latent windows; chosen on validation seeds over the half window (4) and the
-        official quarter (2), whose even offsets stack the token-grid artifacts), every window predicts its clean estimate with its own context (embeddings
-        interpolated between grid cells, :meth:`window_tokens`), the estimates are averaged per canvas
-        (:meth:`windowed_clean`), the two canvases are coupled by :meth:`coupling_step` (``coupling="guidance"``;
-        ``"none"`` skips it) and the step continues from the coupled estimates. Decoding uses overlapping
-        Gaussian-blended windows. ``window_stride = P/f`` (disjoint windows) with ``coupling="none"`` is naive tiling.
+        default :attr:`odd_stride`, 3 for 8-latent windows, chosen on validation seeds over the half window (4) and
+        the official quarter (2), whose even offsets stack the token-grid artifacts), every window predicts its clean
+        estimate with its own context (embeddings interpolated between grid cells, :meth:`window_tokens`), the
+        estimates are averaged per canvas (:meth:`windowed_clean`), the two canvases are coupled by
+        :meth:`coupling_step` (``coupling="guidance"``; ``"none"`` skips it) and the step continues from the coupled
+        estimates. Decoding uses overlapping Gaussian-blended windows. ``window_stride = P/f`` (disjoint windows)
+        with ``coupling="none"`` is naive tiling.
         Memory is bounded by ``batch_size`` windows, not by the image size.
 
         Args:

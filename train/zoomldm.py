@@ -665,9 +665,9 @@ def evaluate(
     patches, SSL features of ``model_path``'s encoder) for the model and for the single-scale ``baseline``
     (level-0 samples, tiled and downsampled for levels up to ``baseline_max_level``); ``autoencoder`` -- round-trip
     PSNR of held-out crops vs bicubic x4; ``large`` -- seams and consistency of ``large_samplers`` (default all
-    :data:`LARGE_SAMPLERS`; the overlapping one with ``window_stride``) at each of ``large_sizes``
-    for ``num_large`` seeds from ``seed``; ``sr`` -- 4x SR (condition inversion, ``sr_strength``, ``num_sr_draws`` draws) on ``num_sr``
-    crops of ``sr_split`` (``test``, or ``validation`` for choosing settings) vs bicubic with the same
+    :data:`LARGE_SAMPLERS`; the overlapping one with ``window_stride``) at each of ``large_sizes`` for ``num_large``
+    seeds from ``seed``; ``sr`` -- 4x SR (condition inversion, ``sr_strength``, ``num_sr_draws`` draws) on
+    ``num_sr`` crops of ``sr_split`` (``test``, or ``validation`` for choosing settings) vs bicubic with the same
     data-consistency step;
     ``mil`` -- the multi-scale MIL probe (:mod:`selfgen.eval.zoom_mil`) on both tasks.
     Writes PNGs and returns the metrics."""
@@ -692,8 +692,8 @@ def evaluate(
     if "large" in parts:
         seeds = list(range(seed, seed + num_large))
         metrics["large_image"] = {
-            size: large_image_scores(pipe, size, num_inference_steps, seeds, output_dir, tuple(large_samplers or LARGE_SAMPLERS),
-                                     window_stride)
+            size: large_image_scores(pipe, size, num_inference_steps, seeds, output_dir,
+                                     tuple(large_samplers or LARGE_SAMPLERS), window_stride)
             for size in large_sizes or [128]
         }
     if "autoencoder" in parts:
