@@ -542,7 +542,7 @@ def held_out_crops(pipe: ZoomLDMPipeline, images: list[str], count: int, size: i
     """The :func:`held_out_regions` of ``split`` as full-resolution crops, ``(N, size, size, 3)`` in ``[0, 1]``."""
     level = int(np.log2(size // pipe.patch_size))
     dataset = ZoomPatchDataset(images, "test", pipe.patch_size, max(pipe.num_levels, level + 1), [level],
-                               pipe.denoiser.config.max_grid)
+                               pipe.max_grid)
     return np.stack([
         dataset.images[e.image][1][:, e.top : e.top + size, e.left : e.left + size].permute(1, 2, 0).numpy()
         for e in held_out_regions(dataset, count, size, split)
