@@ -14,8 +14,16 @@
         probe (own and rotated references, as in `selfgen eval tora2`) and the x0 MSE at sigma = 0.5 of real videos.
     python benchmarks/tora2_diagnostics.py grid <out.png> <label>=<model> ... [--num_videos 3] [--steps 20]
         Real videos and each model's samples (20 Euler steps, seed 0), one row each, frames as columns.
+    python benchmarks/tora2_diagnostics.py occlusion <label>=<model> ... [--num_videos 48] [--subset entangled]
+        Are overlapping sprites drawn one in front (the renderer draws each later entity in front) or blended? In
+        every frame, where two entities' sprites overlap (the interior of the overlap, at least 3 pixels; entity
+        colours at least 0.3 apart), the mean colour of the sample there is projected on the segment from the
+        front entity's colour (0) to the back one's (1): `back share`. A region counts as `front` below 0.25,
+        `blended` in [0.25, 0.75], `back` above. Mean over each video's regions, then over videos; the real videos
+        are the first row (their texture sets the floor), and each model is paired by video with the first model.
 
-<model> is an exported pipeline folder or a training checkpoint folder (its EMA weights). Videos are the
+<model> is an exported pipeline folder or a training checkpoint folder (its EMA weights), optionally followed by
+`?canvas_compositing=over` (the trained weights run with the other canvas rule, models/tora.py). Videos are the
 selection set `heldout_videos(n, seed=0)`, never the test seed; `--subset entangled` takes the selection set's
 videos whose sprites touch or overlap in every frame (`selfgen.train.tora.evaluation_videos`).
 """
@@ -30,13 +38,18 @@ import numpy as np
 import torch
 
 from selfgen import Tora2Pipeline
-from selfgen.data.sprites import COLORS, SHAPES, caption_tokenizer, reference_image
+from scipy.ndimage import binary_erosion
+
+from selfgen.data.sprites import COLORS, SHAPES, SPRITE_RADIUS, caption_tokenizer, reference_image, shape_mask
 from selfgen.eval.plots import save_image_grid
-from selfgen.eval.tracking import path_binding
+from selfgen.eval.statistics import mean_difference, standard_error
+from selfgen.eval.tracking import path_binding, reference_colour
 from selfgen.train.tora import SUBSETS, Tora2Config, build_model, build_pipeline, evaluation_videos, generate_for, with_appearances
 
 
 def load(path: str) -> Tora2Pipeline:
+    """``path`` may end in ``?canvas_compositing=over``: the trained model run with the other canvas rule."""
+    path, _, override = path.partition("?")
     folder = Path(path)
     if (folder / "model_index.json").exists():
         pipe = Tora2Pipeline.from_pretrained(folder)
@@ -50,6 +63,11 @@ def load(path: str) -> Tora2Pipeline:
             for param, value in zip(model.parameters(), shadow):
                 param.copy_(value)
         pipe = build_pipeline(model.eval(), tokenizer)
+    if override:
+        key, _, value = override.partition("=")
+        if key != "canvas_compositing":
+            raise ValueError(f"only ?canvas_compositing=<sum|over> may follow a model path, got {override!r}")
+        pipe.transformer.register_to_config(canvas_compositing=value)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -166,9 +184,71 @@ def grid(out: str, models: list[str], items: list[dict], steps: int) -> None:
     print(out, [item["prompt"] for item in items])
 
 
+def overlap_regions(item: dict, size: int = 32, min_pixels: int = 3, min_contrast: float = 0.3) -> list[tuple]:
+    """``(frame, interior mask, front colour, back colour)`` for every frame and pair of entities whose sprites
+    overlap there (the later entity is in front, as the renderer draws them); only the overlap's interior (one
+    pixel eroded) with at least ``min_pixels`` pixels, and pairs whose mean colours differ by ``min_contrast``."""
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    entities = item["entities"]
+    colours = [reference_colour(entity["reference_image"]) for entity in entities]
+    regions = []
+    for frame in range(len(entities[0]["trajectory"])):
+        masks = []
+        for entity in entities:
+            x, y = np.asarray(entity["trajectory"][frame]) * size
+            masks.append(shape_mask(entity["description"].split()[2], xs - x, ys - y, SPRITE_RADIUS))
+        for back in range(len(entities)):
+            for front in range(back + 1, len(entities)):
+                interior = binary_erosion(masks[back] & masks[front])
+                if interior.sum() >= min_pixels and np.abs(colours[front] - colours[back]).max() >= min_contrast:
+                    regions.append((frame, interior, colours[front], colours[back]))
+    return regions
+
+
+def back_shares(videos: np.ndarray, items: list[dict]) -> list[list[float]]:
+    """Per video, per overlap region (:func:`overlap_regions`): the sample's mean colour there projected on the
+    front -> back colour segment (0 = the front entity's colour, 1 = the back one's, 0.5 = an even blend)."""
+    shares = []
+    for video, item in zip(videos, items):
+        values = []
+        for frame, interior, front, back in overlap_regions(item, video.shape[1]):
+            seen = video[frame][interior].mean(0)
+            values.append(float(np.dot(seen - front, back - front) / np.dot(back - front, back - front)))
+        shares.append(values)
+    return shares
+
+
+def occlusion(models: list[str], items: list[dict], steps: int) -> None:
+    rows = [("real", np.stack([item["video"] for item in items]))]
+    rows += [(spec.split("=", 1)[0], generate_for(load(spec.split("=", 1)[1]), items, steps, 0)) for spec in models]
+    kept = [i for i, item in enumerate(items) if overlap_regions(item)]
+    print(f"{len(kept)} of {len(items)} videos have overlap regions "
+          f"({sum(len(overlap_regions(items[i])) for i in kept)} regions)")
+    print("| frames | back share | front (< 0.25) | blended (0.25-0.75) | back (> 0.75) | blended minus first model, paired |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    first = None
+    for label, videos in rows:
+        shares = back_shares(videos[kept], [items[i] for i in kept])
+        per_video = {
+            "share": [np.mean(v) for v in shares],
+            "front": [np.mean(np.array(v) < 0.25) for v in shares],
+            "blended": [np.mean((np.array(v) >= 0.25) & (np.array(v) <= 0.75)) for v in shares],
+            "back": [np.mean(np.array(v) > 0.75) for v in shares],
+        }
+        cells = [f"{np.mean(per_video[key]):.3f} ± {standard_error(per_video[key]):.3f}" for key in per_video]
+        paired = ""
+        if label != "real":
+            if first is None:
+                first = per_video
+            else:
+                difference, se = mean_difference(first["blended"], per_video["blended"])
+                paired = f"{difference:+.3f} ± {se:.3f} ({len(kept)})"
+        print(f"| {label} | " + " | ".join(cells) + f" | {paired} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("probe", choices=("denoise", "shape", "knockout", "grid"))
+    parser.add_argument("probe", choices=("denoise", "shape", "knockout", "grid", "occlusion"))
     parser.add_argument("args", nargs="+")
     parser.add_argument("--num_videos", type=int, default=None)
     parser.add_argument("--steps", type=int, default=20)
@@ -178,6 +258,8 @@ def main() -> None:
     items = evaluation_videos(count, 0, 3, options.subset)
     if options.probe == "grid":
         grid(options.args[0], options.args[1:], items, options.steps)
+    elif options.probe == "occlusion":
+        occlusion(options.args, items, options.steps)
     elif options.probe == "knockout":
         knockout(options.args[0], items)
     else:

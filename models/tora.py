@@ -45,6 +45,9 @@ and "Tora2: Motion and Appearance Customized Diffusion Transformer for Multi-Ent
    moved the pass-5 model's sigma = 1 estimate near the entity by 0.04, a fifth of what the references themselves
    change (0.21), and its samples were blobs (``docs/tora2.md``, pass 6). The canvas is the pixel-level
    counterpart of routing: it puts the reference's pixels where the paper's attention would have to fetch them.
+   Where entities overlap the canvas holds the sum of their references (``canvas_compositing="sum"``, the pass-6
+   asset, whose samples blend overlapping sprites) or, with ``"over"``, only the front one's: the entities are
+   composited in slot order, each later one in front of the earlier ones, by its reference's entity mask.
 
 Modes (``mode``): ``"tora2"`` (all of the above), ``"tora1"`` (trajectory only: no appearance path, no
 entity tokens), ``"no_gate"`` (the same entity tokens simply concatenated into each block's joint
@@ -90,6 +93,7 @@ from .attention import Attention, AttentionBackendMixin
 
 MODES = ("tora2", "tora1", "no_gate", "dit")
 ENTITY_BINDINGS = ("positional", "pooled")
+CANVAS_COMPOSITING = ("sum", "over")
 
 
 @dataclass
@@ -195,20 +199,41 @@ class TrajectoryExtractor(nn.Module):
         return features.flatten(2).transpose(1, 2)
 
 
+def reference_alpha(reference_images: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """Where a reference shows its entity: ``(B, K, 1, r, r)``, 1 where a pixel differs from the reference's plain
+    background (the median colour of its border pixels) by more than ``threshold`` in some channel (``[-1, 1]``
+    units), else 0. A reference is taken to be the entity alone on a plain background (the sprites' grey)."""
+    border = torch.cat(
+        [reference_images[..., 0, :], reference_images[..., -1, :], reference_images[..., 0], reference_images[..., -1]],
+        dim=-1,
+    )
+    background = border.median(dim=-1).values[..., None, None]  # (B, K, C, 1, 1)
+    return ((reference_images - background).abs().amax(2, keepdim=True) > threshold).to(reference_images.dtype)
+
+
 def reference_canvas(
     reference_images: torch.Tensor,
     trajectories: torch.Tensor,
     weights: torch.Tensor,
     size: int,
+    compositing: str = "sum",
 ) -> torch.Tensor:
     """Each entity's reference image pasted, at 1:1 scale, centred on its path in every frame (ours, see the
-    module docstring, 7.): ``C_f(p) = sum_k w_kf [R_k(p - p_kf + r/2); 1_k(p - p_kf + r/2)]``.
+    module docstring, 7.).
+
+    ``compositing="sum"``: ``C_f(p) = sum_k w_kf [R_k(q_kf); 1_k(q_kf)]`` with ``q_kf = p - p_kf + r/2``, so where
+    two entities overlap the canvas holds the sum of their references. ``"over"``: the entities are composited in
+    slot order, each later one in front (the sprite renderer's painter order), ``C <- a_k R_k(q_kf) + (1 - a_k) C``
+    with ``a_k = w_kf alpha_k(q_kf)`` and ``alpha_k`` the reference's entity mask (:func:`reference_alpha`), so the
+    overlap shows the front entity only; the footprint channel is the same in both.
 
     ``reference_images`` ``(B, K, 3, r, r)`` in ``[-1, 1]``, ``trajectories`` ``(B, K, F, 2)`` normalised, ``weights``
     ``(B, K, F)`` (0 for empty slots and frames out of view). Returns ``(B, F, 4, size, size)``: the pasted
     references (bilinear, 0 outside them) and their footprint (1 inside a reference's square, clipped at 1 where
     entities overlap). A reference is taken to show the entity at the scale it has in the video.
     """
+    if compositing not in CANVAS_COMPOSITING:
+        raise ValueError(f"compositing must be one of {CANVAS_COMPOSITING}, got {compositing!r}")
     batch, slots, channels, ref_size = reference_images.shape[:4]
     frames = trajectories.shape[2]
     centres = torch.arange(size, device=trajectories.device, dtype=trajectories.dtype) + 0.5
@@ -218,12 +243,23 @@ def reference_canvas(
     grid = torch.stack(
         [grid_x[..., None, :].expand(-1, -1, -1, size, -1), grid_y[..., :, None].expand(-1, -1, -1, -1, size)], dim=-1
     )
-    source = torch.cat([reference_images, reference_images.new_ones(batch, slots, 1, ref_size, ref_size)], dim=2)
+    layers = [reference_images, reference_images.new_ones(batch, slots, 1, ref_size, ref_size)]
+    if compositing == "over":
+        layers.append(reference_alpha(reference_images))
+    source = torch.cat(layers, dim=2)
     source = source[:, :, None].expand(-1, -1, frames, -1, -1, -1).flatten(0, 2)
     pasted = F.grid_sample(source, grid.flatten(0, 2).to(source.dtype), align_corners=False)
-    pasted = pasted.unflatten(0, (batch, slots, frames)) * weights[..., None, None, None].to(source.dtype)
-    canvas = pasted.sum(1)
-    return torch.cat([canvas[:, :, :channels], canvas[:, :, channels:].clamp(max=1)], dim=2)
+    pasted = pasted.unflatten(0, (batch, slots, frames))
+    weights = weights[..., None, None, None].to(source.dtype)
+    footprint = (pasted[:, :, :, channels : channels + 1] * weights).sum(1).clamp(max=1)
+    if compositing == "sum":
+        colour = (pasted[:, :, :, :channels] * weights).sum(1)
+    else:
+        colour = torch.zeros_like(pasted[:, 0, :, :channels])
+        for slot in range(slots):  # slot order: each later entity in front
+            alpha = pasted[:, slot, :, channels + 1 :] * weights[:, slot]
+            colour = alpha * pasted[:, slot, :, :channels] + (1 - alpha) * colour
+    return torch.cat([colour, footprint], dim=2)
 
 
 class PixelRefiner(nn.Module):
@@ -443,6 +479,8 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         reference_canvas: also give the patch embedding (a zero-initialised projection) and the refiner (zero
             weights on its new input channels) each entity's reference pasted along its path
             (:func:`reference_canvas`; modes ``tora2`` and ``no_gate``).
+        canvas_compositing: how the canvas combines overlapping entities: ``"sum"`` of their references (the
+            pass-6 asset) or ``"over"``, each later entity drawn in front (:func:`reference_canvas`).
     """
 
     @register_to_config
@@ -474,12 +512,15 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         refiner_width: int = 0,
         entity_routing: bool = False,
         reference_canvas: bool = False,
+        canvas_compositing: str = "sum",
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if entity_binding not in ENTITY_BINDINGS:
             raise ValueError(f"entity_binding must be one of {ENTITY_BINDINGS}, got {entity_binding!r}")
+        if canvas_compositing not in CANVAS_COMPOSITING:
+            raise ValueError(f"canvas_compositing must be one of {CANVAS_COMPOSITING}, got {canvas_compositing!r}")
         if dim % 16:
             raise ValueError(f"dim must be divisible by 16 (3-D sin-cos positions), got {dim}")
         if sample_size % patch_size or num_frames % temporal_patch_size:
@@ -694,7 +735,9 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
             entities, appearance = self.entity_tokens(trajectories, entity_motion, presence, entity_ids, reference_images)
             if self.canvas_embed is not None:
                 seen = entity_mask[..., None].to(dtype) if visibility is None else visibility.to(dtype) * entity_mask[..., None]
-                canvas = reference_canvas(reference_images.to(dtype), trajectories.to(dtype), seen, config.sample_size)
+                canvas = reference_canvas(
+                    reference_images.to(dtype), trajectories.to(dtype), seen, config.sample_size, config.canvas_compositing
+                )
                 video = video + self.canvas_embed(self.patchify(canvas))
             if config.entity_routing:
                 routed = self.routed_entities(entities * entity_mask[..., None, None], presence)

@@ -62,6 +62,7 @@ class Tora2Config(TrainingConfig):
     refiner_width: int = 0  # > 0: full-resolution conv head after the patch head (models/tora.py::PixelRefiner)
     entity_routing: bool = False  # also add each entity's bound tokens where it is (Tora2Transformer.routed_entities)
     reference_canvas: bool = False  # also feed each reference pasted along its path (models/tora.py::reference_canvas)
+    canvas_compositing: str = "sum"  # overlapping entities on the canvas: "sum" of references | "over" (later in front)
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 0.1
     loss_space: str = "x"  # "x": ||x0_hat - x0||^2; "v": the same prediction scored as a velocity (JiT's x-pred + v-loss)
@@ -246,6 +247,7 @@ def build_model(config: Tora2Config, tokenizer: Any) -> Tora2Transformer:
         refiner_width=config.refiner_width,
         entity_routing=config.entity_routing,
         reference_canvas=config.reference_canvas,
+        canvas_compositing=config.canvas_compositing,
     )
 
 

@@ -8,6 +8,7 @@ from selfgen.models.tora import (
     GatedSelfAttention,
     PixelRefiner,
     Tora2Transformer,
+    reference_alpha,
     reference_canvas,
     sincos_position_code,
     trajectory_maps,
@@ -154,11 +155,55 @@ def test_reference_canvas_pastes_each_reference_on_its_path_at_one_to_one_scale(
     assert canvas[0, 3].abs().max() == 0
 
 
-def test_reference_canvas_path_starts_at_zero_and_then_feeds_the_prediction():
+def sprite_reference(colour, radius=4.0):
+    """A disc of ``colour`` on the sprites' grey background (0 in ``[-1, 1]``): ``(3, 16, 16)``."""
+    ys, xs = torch.meshgrid(torch.arange(16) + 0.5, torch.arange(16) + 0.5, indexing="ij")
+    disc = ((xs - 8) ** 2 + (ys - 8) ** 2 <= radius**2).float()
+    return disc * torch.tensor(colour)[:, None, None], disc
+
+
+@pytest.mark.parametrize("compositing", ["sum", "over"])
+def test_reference_canvas_overlap_sums_or_shows_the_later_entity_in_front(compositing):
+    """Two discs 3 pixels apart: ``sum`` adds their colours where they overlap; ``over`` shows the later slot's disc
+    there and each disc alone elsewhere; outside both, the two agree (grey background = 0)."""
+    back, back_mask = sprite_reference((0.8, -0.6, -0.6))
+    front, front_mask = sprite_reference((-0.6, 0.8, -0.6))
+    references = torch.stack([back, front])[None]
+    trajectories = torch.tensor([[12.0, 12.0], [15.0, 12.0]])[None, :, None] / 32  # integer centres: exact paste
+    canvas = reference_canvas(references, trajectories, torch.ones(1, 2, 1), 32, compositing)[0, 0]
+    placed_back, placed_front = torch.zeros(3, 32, 32), torch.zeros(3, 32, 32)
+    placed_back[:, 4:20, 4:20], placed_front[:, 4:20, 7:23] = back, front
+    in_front = torch.zeros(32, 32)
+    in_front[4:20, 7:23] = front_mask
+    expected = placed_back + placed_front if compositing == "sum" else placed_front + (1 - in_front) * placed_back
+    torch.testing.assert_close(canvas[:3], expected, atol=1e-5, rtol=0)
+    overlap = (in_front > 0) & (placed_back.abs().amax(0) > 0)
+    assert overlap.sum() > 20
+    if compositing == "over":
+        torch.testing.assert_close(canvas[:3, overlap], placed_front[:, overlap], atol=1e-5, rtol=0)
+    footprint = torch.zeros(32, 32)
+    footprint[4:20, 4:23] = 1
+    torch.testing.assert_close(canvas[3], footprint, atol=1e-5, rtol=0)
+
+
+def test_reference_alpha_marks_the_entity_not_its_plain_background():
+    disc, mask = sprite_reference((0.8, -0.6, -0.6))
+    white_stripe = torch.full((3, 16, 16), -0.2) * mask + (1 - mask) * 0.0  # 0.4 grey-ish shade vs 0.5 background
+    alpha = reference_alpha(torch.stack([disc, white_stripe, disc + 0.3])[None])
+    for index in range(3):
+        torch.testing.assert_close(alpha[0, index, 0], mask, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="compositing"):
+        reference_canvas(disc[None, None], torch.zeros(1, 1, 1, 2), torch.ones(1, 1, 1), 32, "max")
+    with pytest.raises(ValueError, match="canvas_compositing"):
+        tiny_model(reference_canvas=True, canvas_compositing="max")
+
+
+@pytest.mark.parametrize("compositing", ["sum", "over"])
+def test_reference_canvas_path_starts_at_zero_and_then_feeds_the_prediction(compositing):
     """With the canvas weights at their initial zeros the model equals the same model without the canvas."""
     plain = tiny_model(refiner_width=8, entity_routing=True)
     randomise_zero_layers(plain)
-    model = tiny_model(refiner_width=8, entity_routing=True, reference_canvas=True)
+    model = tiny_model(refiner_width=8, entity_routing=True, reference_canvas=True, canvas_compositing=compositing)
     assert model.canvas_embed.weight.abs().sum() == 0 and model.refiner.net[0].weight[:, 7:].abs().sum() == 0
     state = model.state_dict()
     for name, value in plain.state_dict().items():
