@@ -219,16 +219,15 @@ def back_shares(videos: np.ndarray, items: list[dict]) -> list[list[float]]:
 
 
 def occlusion(models: list[str], items: list[dict], steps: int) -> None:
+    items = [item for item in items if overlap_regions(item)]
+    print(f"{len(items)} videos with overlap regions ({sum(len(overlap_regions(item)) for item in items)} regions)")
     rows = [("real", np.stack([item["video"] for item in items]))]
     rows += [(spec.split("=", 1)[0], generate_for(load(spec.split("=", 1)[1]), items, steps, 0)) for spec in models]
-    kept = [i for i, item in enumerate(items) if overlap_regions(item)]
-    print(f"{len(kept)} of {len(items)} videos have overlap regions "
-          f"({sum(len(overlap_regions(items[i])) for i in kept)} regions)")
-    print("| frames | back share | front (< 0.25) | blended (0.25-0.75) | back (> 0.75) | blended minus first model, paired |")
+    print("| frames | back share | front (< 0.25) | blended (0.25-0.75) | back (> 0.75) | minus the first model, paired |")
     print("| --- | --- | --- | --- | --- | --- |")
     first = None
     for label, videos in rows:
-        shares = back_shares(videos[kept], [items[i] for i in kept])
+        shares = back_shares(videos, items)
         per_video = {
             "share": [np.mean(v) for v in shares],
             "front": [np.mean(np.array(v) < 0.25) for v in shares],
@@ -241,8 +240,10 @@ def occlusion(models: list[str], items: list[dict], steps: int) -> None:
             if first is None:
                 first = per_video
             else:
-                difference, se = mean_difference(first["blended"], per_video["blended"])
-                paired = f"{difference:+.3f} ± {se:.3f} ({len(kept)})"
+                paired = ", ".join(
+                    "{} {:+.3f} ± {:.3f}".format(key, *mean_difference(first[key], per_video[key]))
+                    for key in ("blended", "share")
+                ) + f" ({len(items)} videos)"
         print(f"| {label} | " + " | ".join(cells) + f" | {paired} |")
 
 
