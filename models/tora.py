@@ -223,9 +223,10 @@ def reference_canvas(
 
     ``compositing="sum"``: ``C_f(p) = sum_k w_kf [R_k(q_kf); 1_k(q_kf)]`` with ``q_kf = p - p_kf + r/2``, so where
     two entities overlap the canvas holds the sum of their references. ``"over"``: the entities are composited in
-    slot order, each later one in front (the sprite renderer's painter order), ``C <- a_k R_k(q_kf) + (1 - a_k) C``
-    with ``a_k = w_kf alpha_k(q_kf)`` and ``alpha_k`` the reference's entity mask (:func:`reference_alpha`), so the
-    overlap shows the front entity only; the footprint channel is the same in both.
+    slot order, each later one in front (the sprite renderer's painter order), ``C <- w_kf (alpha_k R_k)(q_kf) + (1 - a_k)
+    C`` with ``a_k = w_kf alpha_k(q_kf)``, ``alpha_k`` the reference's entity mask (:func:`reference_alpha`) and the
+    colour premultiplied by it before the bilinear paste, so the overlap shows the front entity only and a lone entity
+    on the sprites' grey background (0) is pasted exactly as by ``"sum"``; the footprint channel is the same in both.
 
     ``reference_images`` ``(B, K, 3, r, r)`` in ``[-1, 1]``, ``trajectories`` ``(B, K, F, 2)`` normalised, ``weights``
     ``(B, K, F)`` (0 for empty slots and frames out of view). Returns ``(B, F, 4, size, size)``: the pasted
@@ -244,8 +245,9 @@ def reference_canvas(
         [grid_x[..., None, :].expand(-1, -1, -1, size, -1), grid_y[..., :, None].expand(-1, -1, -1, -1, size)], dim=-1
     )
     layers = [reference_images, reference_images.new_ones(batch, slots, 1, ref_size, ref_size)]
-    if compositing == "over":
-        layers.append(reference_alpha(reference_images))
+    if compositing == "over":  # premultiplied colour a R and the mask a, so bilinear edges composite correctly
+        alpha = reference_alpha(reference_images)
+        layers = [reference_images * alpha, layers[1], alpha]
     source = torch.cat(layers, dim=2)
     source = source[:, :, None].expand(-1, -1, frames, -1, -1, -1).flatten(0, 2)
     pasted = F.grid_sample(source, grid.flatten(0, 2).to(source.dtype), align_corners=False)
@@ -258,7 +260,7 @@ def reference_canvas(
         colour = torch.zeros_like(pasted[:, 0, :, :channels])
         for slot in range(slots):  # slot order: each later entity in front
             alpha = pasted[:, slot, :, channels + 1 :] * weights[:, slot]
-            colour = alpha * pasted[:, slot, :, :channels] + (1 - alpha) * colour
+            colour = pasted[:, slot, :, :channels] * weights[:, slot] + (1 - alpha) * colour
     return torch.cat([colour, footprint], dim=2)
 
 

@@ -119,6 +119,27 @@ def test_train_exports_a_pipeline_the_cli_knows(tmp_path):
         train(tiny_config(tmp_path, mode="tora1"))
 
 
+def test_canvas_compositing_reaches_the_model_and_changes_only_overlaps(tmp_path):
+    """``canvas_compositing: over`` is wired from the config to the model; on real sprite videos the two rules differ
+    only where two entities' (bilinearly pasted) entity masks overlap."""
+    from selfgen.models.tora import reference_alpha, reference_canvas
+
+    model = build_model(tiny_config(tmp_path, reference_canvas=True, canvas_compositing="over"), TOKENIZER)
+    assert model.config.canvas_compositing == "over"
+    batch = fixed_batch(model, num_videos=8)
+    seen = batch["entity_mask"][..., None].float().expand(-1, -1, 8)
+    args = (batch["reference_images"], batch["trajectories"], seen, 32)
+    summed, over = reference_canvas(*args, "sum"), reference_canvas(*args, "over")
+    masks = reference_alpha(batch["reference_images"]).expand(-1, -1, 3, -1, -1)
+    present = [
+        reference_canvas(masks, args[1], seen * (torch.arange(3) == slot)[None, :, None], 32)[:, :, 0] > 1e-6
+        for slot in range(3)
+    ]
+    overlap = torch.stack(present).sum(0) >= 2
+    differs = (summed - over)[:, :, :3].abs().amax(2) > 1e-5
+    assert differs.any() and not (differs & ~overlap).any()
+
+
 def test_collate_rejects_bad_trajectories(tmp_path):
     model = build_model(tiny_config(tmp_path), TOKENIZER)
     item = SpriteVideoDataset(1)[0]
