@@ -26,6 +26,18 @@ grows to the size of ``emb(t)`` within ~100 steps and stays over 97% shared by a
 pooled ``LN(z)`` itself varies little between images at this scale; see docs/ddae.md.)
 ``self_conditioning=False`` gives the plain DiT with otherwise identical weights (the ablation).
 
+``self_condition_centering=K > 0`` (a departure, off by default) injects the per-image part of ``LN(z)`` only::
+
+    c' = c + W_s (LN(z) - mu_k),   mu_k = running mean of LN(z) over training inputs whose t is in bucket k
+
+(``K`` equal buckets of ``[0, 1000)``; ``mu_k`` a buffer, not a parameter, updated with momentum
+``centering_momentum`` in training mode, without gradient). Measured cause it addresses: ``LN(z)`` is 92% one
+vector shared by all images (textures, validation crops), so the gradient of the zero-initialised ``W_s``,
+``sum_b g_b LN(z_b)^T``, is nearly rank one along that shared vector; ``W_s`` trained that way is 99% one
+singular direction (cosine 0.95 with the mean ``LN(z)``) and passes the per-image part of ``LN(z)`` at a
+sixth of the gain of the shared part, so the injection becomes a timestep code. Centering removes the shared
+and timestep-dependent parts before ``W_s``; ``W_s`` still starts at zero (``c' = c`` at step 0).
+
 ``long_skips=True`` adds U-ViT's long skip connections (Bao et al., 2023; DDAE++ uses U-ViT for pixel-space
 models): block ``i < L`` hands its tokens to block ``depth + 1 - i``, which first mixes them in,
 ``h <- W_skip [h ; h_i]`` (U-ViT's concatenation + linear), so fine detail from the first blocks reaches the
@@ -111,6 +123,9 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         projection_dim: ``> 0`` adds the projection head used by contrastive self-distillation.
         feature_layer, feature_timestep: defaults of ``DDAEPipeline.extract_features`` (layer ``None``
             means ``self_condition_layer``).
+        self_condition_centering: ``K > 0`` subtracts the running mean of ``LN(z)`` in ``K`` timestep buckets
+            of ``[0, 1000)`` before ``W_s`` (see the module docstring); ``0`` injects ``W_s LN(z)``.
+        centering_momentum: ``mu_k <- m mu_k + (1 - m) mean_batch`` per visit of bucket ``k`` (first visit: copy).
     """
 
     _supports_gradient_checkpointing = False
@@ -132,6 +147,8 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         feature_layer: int | None = None,
         feature_timestep: int = 0,
         long_skips: bool = False,
+        self_condition_centering: int = 0,
+        centering_momentum: float = 0.95,
     ) -> None:
         super().__init__()
         if sample_size % patch_size != 0:
@@ -141,6 +158,12 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
             raise ValueError(
                 f"self_condition_layer must be in [1, depth - 1] = [1, {depth - 1}], got {self_condition_layer}"
             )
+        if self_condition_centering < 0 or (self_condition_centering and not self_conditioning):
+            raise ValueError(
+                f"self_condition_centering must be 0, or > 0 with self_conditioning=True, got {self_condition_centering}"
+            )
+        if not 0.0 <= centering_momentum < 1.0:
+            raise ValueError(f"centering_momentum must be in [0, 1), got {centering_momentum}")
         self.feature_layer = self.self_condition_layer if feature_layer is None else feature_layer
         if not 1 <= self.feature_layer <= depth:
             raise ValueError(f"feature_layer must be in [1, depth] = [1, {depth}], got {feature_layer}")
@@ -155,6 +178,9 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self.self_condition_embed = (
             nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden_size)) if self_conditioning else None
         )
+        if self_condition_centering:
+            self.register_buffer("semantic_mean", torch.zeros(self_condition_centering, hidden_size))
+            self.register_buffer("semantic_mean_seen", torch.zeros(self_condition_centering, dtype=torch.bool))
         self.skip_sources = (
             {depth + 1 - i: i for i in range(1, self.self_condition_layer) if depth + 1 - i > self.self_condition_layer}
             if long_skips
@@ -197,9 +223,12 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
             raise ValueError(f"{name} must have shape (batch, {', '.join(map(str, expected))}), got {tuple(sample.shape)}")
 
+    def _timesteps(self, timestep: torch.Tensor | float, batch: int) -> torch.Tensor:
+        return torch.as_tensor(timestep, device=self.pos_embed.device).reshape(-1).expand(batch)
+
     def _condition(self, timestep: torch.Tensor | float, class_labels: torch.Tensor | None, batch: int) -> torch.Tensor:
         """``c = emb(t) [+ E[y]]``; missing labels of a class-conditional model mean the null class."""
-        timestep = torch.as_tensor(timestep, device=self.pos_embed.device).reshape(-1).expand(batch)
+        timestep = self._timesteps(timestep, batch)
         cond = self.time_embed(self.time_proj(timestep).to(self.pos_embed.dtype))
         if self.class_embed is None:
             if class_labels is not None:
@@ -213,8 +242,37 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self.check_sample(sample)
         return self.patch_embed(sample).flatten(2).transpose(1, 2) + self.pos_embed.to(sample.dtype)
 
+    def _semantic_mean(self, normalized: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``mu_k`` of each row's timestep bucket ``k``; in training mode the visited buckets first move toward
+        this batch's bucket means of ``normalized`` (no gradient)."""
+        buckets_count = self.config.self_condition_centering
+        buckets = (timesteps.float() * buckets_count / 1000).long().clamp(0, buckets_count - 1)
+        if self.training:
+            with torch.no_grad():
+                counts = torch.bincount(buckets, minlength=buckets_count)
+                sums = torch.zeros_like(self.semantic_mean).index_add_(0, buckets, normalized.detach().float())
+                visited = counts > 0
+                batch_mean = sums[visited] / counts[visited, None]
+                moved = torch.lerp(batch_mean, self.semantic_mean[visited], self.config.centering_momentum)
+                self.semantic_mean[visited] = torch.where(self.semantic_mean_seen[visited, None], moved, batch_mean)
+                self.semantic_mean_seen[visited] = True
+        return self.semantic_mean[buckets].to(normalized.dtype)
+
+    def _self_condition(self, semantic: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``W_s LN(z)``, or ``W_s (LN(z) - mu_k)`` with centering."""
+        if not self.config.self_condition_centering:
+            return self.self_condition_embed(semantic)
+        norm, linear = self.self_condition_embed
+        normalized = norm(semantic)
+        return linear(normalized - self._semantic_mean(normalized, timesteps))
+
     def _run_blocks(
-        self, hidden: torch.Tensor, cond: torch.Tensor, keep_layers: tuple[int, ...] = (), last_layer: int | None = None
+        self,
+        hidden: torch.Tensor,
+        cond: torch.Tensor,
+        timesteps: torch.Tensor,
+        keep_layers: tuple[int, ...] = (),
+        last_layer: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], torch.Tensor | None]:
         """Blocks ``1..last_layer``; returns the tokens, the (self-conditioned) condition, the pooled tokens
         ``mean_n h_l[n]`` of every layer ``l`` in ``keep_layers`` and of ``self_condition_layer``, and the
@@ -232,7 +290,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
             if index in wanted:
                 pooled[index] = hidden.mean(dim=1)
             if index == self.self_condition_layer and self.self_condition_embed is not None:
-                injection = self.self_condition_embed(pooled[index])
+                injection = self._self_condition(pooled[index], timesteps)
                 cond = cond + injection
         return hidden, cond, pooled, injection
 
@@ -252,7 +310,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         """Predict the noise of ``sample`` ``(B, C, H, W)`` at ``timestep`` (scalar or ``(B,)``)."""
         hidden = self._embed(sample)
         cond = self._condition(timestep, class_labels, hidden.shape[0])
-        hidden, cond, pooled, injection = self._run_blocks(hidden, cond)
+        hidden, cond, pooled, injection = self._run_blocks(hidden, cond, self._timesteps(timestep, hidden.shape[0]))
         prediction = self._unpatchify(self.final_layer(hidden, cond))
         semantic = pooled[self.self_condition_layer]
         if not return_dict:
@@ -269,7 +327,8 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"layers must be non-empty, each in [1, {self.config.depth}], got {list(layers)}")
         hidden = self._embed(sample)
         cond = self._condition(timestep, class_labels, hidden.shape[0])
-        _, _, pooled, _ = self._run_blocks(hidden, cond, tuple(layers), last_layer=max(layers))
+        timesteps = self._timesteps(timestep, hidden.shape[0])
+        _, _, pooled, _ = self._run_blocks(hidden, cond, timesteps, tuple(layers), last_layer=max(layers))
         return {layer: pooled[layer] for layer in layers}
 
     def project(self, semantic: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,8 @@ class DDAEConfig(TrainingConfig):
     feature_layer: int | None = None  # extract_features defaults (see the probe sweep)
     feature_timestep: int = 0
     long_skips: bool = False  # U-ViT long skips from block i < L into block depth + 1 - i
+    self_condition_centering: int = 0  # K > 0: inject W_s (LN(z) - mu_k), mu_k the running mean in K t-buckets (departure)
+    centering_momentum: float = 0.95
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     random_flip: bool = False
@@ -201,6 +203,8 @@ def build_transformer(config: DDAEConfig) -> DDAETransformer2DModel:
         feature_layer=config.feature_layer,
         feature_timestep=config.feature_timestep,
         long_skips=config.long_skips,
+        self_condition_centering=config.self_condition_centering,
+        centering_momentum=config.centering_momentum,
     )
 
 

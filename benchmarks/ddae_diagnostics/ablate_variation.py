@@ -21,7 +21,7 @@ for arg in sys.argv[1:]:
         if mode["v"] == "zero":
             return torch.zeros_like(output)
         return output
-    net.self_condition_embed.register_forward_hook(hook)
+    net.self_condition_embed[1].register_forward_hook(hook)  # W_s: its output is the injection
     res = {}
     with torch.no_grad():
         for m in ("as_is", "mean", "zero"):

@@ -1,5 +1,6 @@
 """Self-conditioned minus ablation over paired training seeds, from `selfgen eval ddae` output folders:
-python seeds.py [--samples samples.npy] SC_SEED0:NOSC_SEED0 SC_SEED1:NOSC_SEED1 ...
+python seeds.py [--samples samples.npy | --probe_only] SC_SEED0:NOSC_SEED0 SC_SEED1:NOSC_SEED1 ...
+`--probe_only` (e.g. textures, evaluated with --num_samples 0): only the probes, per seed and over seeds.
 Per seed: classifier FD of both arms against the 360 test digits (the same 512 starting noises in both arms),
 the paired FD difference with a paired bootstrap 95% interval over the samples, the judge's confidence of
 both arms and its paired difference (+- 1.96 SE over the 512 noise pairs), and each probe's McNemar on the
@@ -18,29 +19,33 @@ from selfgen.eval.statistics import mcnemar, mean_difference, standard_error
 parser = argparse.ArgumentParser()
 parser.add_argument("pairs", nargs="+")
 parser.add_argument("--samples", default="samples.npy")
+parser.add_argument("--probe_only", action="store_true")
 args = parser.parse_args()
-judge = load_digits_classifier()
-test, _ = load_digits_arrays("test", 16)
-with torch.no_grad():
-    real = judge.features(test).numpy()
+if not args.probe_only:
+    judge = load_digits_classifier()
+    test, _ = load_digits_arrays("test", 16)
+    with torch.no_grad():
+        real = judge.features(test).numpy()
 rng = np.random.default_rng(0)
 seeds, boot, pooled = [], [], {"selected": ([], []), "bottleneck": ([], [])}
 for pair in args.pairs:
     sc, nosc = (Path(p) for p in pair.split(":"))
-    with torch.no_grad():
-        images = [to_tensor(np.load(d / args.samples)) for d in (sc, nosc)]
-        fa, fb = (judge.features(x).numpy() for x in images)
-        ca, cb = (judge(x).softmax(-1).max(-1).values.numpy() for x in images)
-    idx = [rng.integers(0, len(fa), len(fa)) for _ in range(200)]
-    diffs = np.array([frechet_distance(fa[i], real) - frechet_distance(fb[i], real) for i in idx])
-    boot.append(diffs)
-    conf_diff, conf_se = mean_difference(cb, ca)
     ma, mb = (json.loads((d / "metrics.json").read_text())["probe"] for d in (sc, nosc))
-    row = {"pair": pair, "fd_sc": frechet_distance(fa, real), "fd_nosc": frechet_distance(fb, real)}
-    row["fd_diff"] = row["fd_sc"] - row["fd_nosc"]
-    row["fd_diff_paired_bootstrap_95"] = [float(x) for x in np.quantile(diffs, [0.025, 0.975])]
-    row.update(conf_sc=float(ca.mean()), conf_nosc=float(cb.mean()), conf_diff=conf_diff,
-               conf_diff_95=[conf_diff - 1.96 * conf_se, conf_diff + 1.96 * conf_se])
+    row = {"pair": pair}
+    if not args.probe_only:
+        with torch.no_grad():
+            images = [to_tensor(np.load(d / args.samples)) for d in (sc, nosc)]
+            fa, fb = (judge.features(x).numpy() for x in images)
+            ca, cb = (judge(x).softmax(-1).max(-1).values.numpy() for x in images)
+        idx = [rng.integers(0, len(fa), len(fa)) for _ in range(200)]
+        diffs = np.array([frechet_distance(fa[i], real) - frechet_distance(fb[i], real) for i in idx])
+        boot.append(diffs)
+        conf_diff, conf_se = mean_difference(cb, ca)
+        row.update(fd_sc=frechet_distance(fa, real), fd_nosc=frechet_distance(fb, real))
+        row["fd_diff"] = row["fd_sc"] - row["fd_nosc"]
+        row["fd_diff_paired_bootstrap_95"] = [float(x) for x in np.quantile(diffs, [0.025, 0.975])]
+        row.update(conf_sc=float(ca.mean()), conf_nosc=float(cb.mean()), conf_diff=conf_diff,
+                   conf_diff_95=[conf_diff - 1.96 * conf_se, conf_diff + 1.96 * conf_se])
     for probe in pooled:
         a, b = ma["test_correct"][probe], mb["test_correct"][probe]
         pooled[probe][0].extend(a), pooled[probe][1].extend(b)
@@ -59,10 +64,11 @@ def over_seeds(values) -> dict:
     return result
 
 
-summary = {"num_seeds": len(seeds), "samples": args.samples}
-for key in ("fd_sc", "fd_nosc", "fd_diff", "conf_sc", "conf_nosc", "conf_diff"):
-    summary[key] = over_seeds([r[key] for r in seeds])
-summary["fd_diff"]["sampling_bootstrap_95"] = [float(x) for x in np.quantile(np.mean(boot, axis=0), [0.025, 0.975])]
+summary = {"num_seeds": len(seeds), "samples": None if args.probe_only else args.samples}
+if not args.probe_only:
+    for key in ("fd_sc", "fd_nosc", "fd_diff", "conf_sc", "conf_nosc", "conf_diff"):
+        summary[key] = over_seeds([r[key] for r in seeds])
+    summary["fd_diff"]["sampling_bootstrap_95"] = [float(x) for x in np.quantile(np.mean(boot, axis=0), [0.025, 0.975])]
 for probe, (a, b) in pooled.items():
     for arm in ("sc", "nosc"):
         summary[f"{probe}_{arm}_accuracy"] = over_seeds([r[probe][arm][2] for r in seeds])

@@ -174,3 +174,42 @@ def test_long_skips_start_as_no_ops_and_connect_mirrored_blocks():
         torch.testing.assert_close(output, plain(sample, timesteps).sample)
         model.skip_linears["4"].weight[:, 32:].normal_(0, 0.2)
         assert not torch.allclose(model(sample, timesteps).sample, output, atol=1e-3)
+
+
+def test_centering_starts_at_zero_tracks_bucket_means_and_injects_only_the_per_image_part():
+    """self_condition_centering=K: W_s still starts at zero (the model equals its ablation); in training mode
+    each visited t-bucket's running mean starts at that batch's mean of LN(z) and then moves by the momentum;
+    in eval mode the buffers are read, not updated, and an input whose LN(z) equals its bucket's mean gets a
+    zero injection's worth of W_s (only the bias), i.e. the shared part of LN(z) is removed."""
+    torch.manual_seed(0)
+    model = DDAETransformer2DModel(**TINY, self_condition_centering=4, centering_momentum=0.5)
+    ablation = DDAETransformer2DModel(**TINY, self_conditioning=False)
+    ablation.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("self_condition_embed", "semantic_mean"))})
+    sample = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    timesteps = torch.tensor([10, 20, 600, 999])  # buckets 0, 0, 2, 3
+    with torch.no_grad():
+        torch.testing.assert_close(model(sample, timesteps).sample, ablation(sample, timesteps).sample)
+        normalized = model.self_condition_embed[0](model(sample, timesteps).semantic)
+    assert model.semantic_mean_seen.tolist() == [True, False, True, True]
+    torch.testing.assert_close(model.semantic_mean[0], normalized[:2].mean(0))  # first visit: the batch mean
+    torch.testing.assert_close(model.semantic_mean[3], normalized[3])
+    assert not model.semantic_mean[1].any()
+    shifted = torch.full_like(normalized[3], 2.0)
+    model.semantic_mean[3] = shifted
+    with torch.no_grad():
+        model(sample[3:], timesteps[3:])
+    torch.testing.assert_close(model.semantic_mean[3], 0.5 * shifted + 0.5 * normalized[3])  # momentum 0.5
+    model.eval()
+    frozen = model.semantic_mean.clone()
+    with torch.no_grad():
+        model.self_condition_embed[1].weight.normal_(0, 0.5)
+        model.semantic_mean[2] = normalized[2]
+        injection = model(sample[2:3], timesteps[2:3]).injection  # LN(z) equals its bucket mean
+        torch.testing.assert_close(injection[0], model.self_condition_embed[1].bias)
+        assert torch.equal(model.semantic_mean, torch.cat([frozen[:2], normalized[2:3], frozen[3:]]))
+        moved = model(sample[:1], timesteps[2:3]).injection  # another image in the same bucket
+        assert (moved - injection).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="self_condition_centering"):
+        DDAETransformer2DModel(**TINY, self_conditioning=False, self_condition_centering=4)
+    with pytest.raises(ValueError, match="centering_momentum"):
+        DDAETransformer2DModel(**TINY, self_condition_centering=4, centering_momentum=1.0)
