@@ -26,16 +26,16 @@ grows to the size of ``emb(t)`` within ~100 steps and stays over 97% shared by a
 pooled ``LN(z)`` itself varies little between images at this scale; see docs/ddae.md.)
 ``self_conditioning=False`` gives the plain DiT with otherwise identical weights (the ablation).
 
-``self_condition_centering=K > 0`` (a departure, off by default) injects the per-image part of ``LN(z)`` only::
+``self_condition_centering=K > 0`` (a departure, off by default) injects only what differs from the mean at ``t``::
 
     c' = c + W_s (LN(z) - mu_k),   mu_k = running mean of LN(z) over training inputs whose t is in bucket k
 
 (``K`` equal buckets of ``[0, 1000)``; ``mu_k`` a buffer, not a parameter, updated with momentum
 ``centering_momentum`` in training mode, without gradient). Measured cause it addresses: ``LN(z)`` is 92% one
 vector shared by all images (textures, validation crops), so the gradient of the zero-initialised ``W_s``,
-``sum_b g_b LN(z_b)^T``, is nearly rank one along that shared vector; ``W_s`` trained that way is 99% one
-singular direction (cosine 0.95 with the mean ``LN(z)``) and passes the per-image part of ``LN(z)`` at a
-sixth of the gain of the shared part, so the injection becomes a timestep code. Centering removes the shared
+``sum_b g_b LN(z_b)^T``, is nearly rank one along that shared vector; ``W_s`` trained that way is 96-99% one
+singular direction (cosine 0.90-0.95 with the mean ``LN(z)``) and passes the per-image part of ``LN(z)`` at
+a sixth to an eighth of the gain of the shared part, so the injection becomes a timestep code. Centering removes the shared
 and timestep-dependent parts before ``W_s``; ``W_s`` still starts at zero (``c' = c`` at step 0).
 
 ``long_skips=True`` adds U-ViT's long skip connections (Bao et al., 2023; DDAE++ uses U-ViT for pixel-space
