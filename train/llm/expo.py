@@ -78,9 +78,7 @@ class ExPOObjective(GRPOObjective):
         explanation = batch["explanation"]
         if explanation.sum() == 0:
             return loss, logs
-        mask = batch["completion_mask"].to(logprobs.dtype)
-        nll = -(logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        sft = (nll * explanation).sum() / explanation.sum()
+        sft = self.rows_nll(logprobs, batch, explanation)
         logs["explanation_nll"] = float(sft.detach())
         return loss + self.sft_coef * sft, logs
 

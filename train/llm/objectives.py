@@ -417,6 +417,15 @@ class GRPOObjective(Objective):
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         return self.policy_loss(self.completion_logprobs(model, batch), batch)
 
+    @staticmethod
+    def rows_nll(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """``sum_i r_i NLL_i / sum_i r_i``, ``NLL_i`` row ``i``'s mean negative log-likelihood per completion
+        token: the SFT term that subclasses add over the rows ``rows`` marks (ExPO's explanations, SPC's
+        replayed warm-up examples). ``rows`` must mark at least one row."""
+        mask = batch["completion_mask"].to(logprobs.dtype)
+        nll = -(logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return (nll * rows).sum() / rows.sum()
+
     def policy_loss(
         self, logprobs: torch.Tensor, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, float]]:

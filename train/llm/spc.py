@@ -267,9 +267,7 @@ class SPCObjective(GRPOObjective):
         loss = loss * rows / game_rows if game_rows else loss * 0.0  # the mean over game rows (sft rows add 0)
         if sft.sum() == 0:
             return loss, logs
-        mask = batch["completion_mask"].to(logprobs.dtype)
-        nll = -(logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        sft_loss = (nll * sft).sum() / sft.sum()
+        sft_loss = self.rows_nll(logprobs, batch, sft)
         logs["sft_nll"] = float(sft_loss.detach())
         return loss + self.sft_coefficient * sft_loss, logs
 
