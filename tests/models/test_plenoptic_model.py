@@ -169,8 +169,8 @@ def test_pixel_refiner_starts_at_zero_then_reads_the_warp_per_pixel():
     change = (refined(*args, warp=poked).denoised - before).abs().sum(dim=2)[0]  # (F, H, W)
     assert change[1, 4, 4] > 1e-4
     assert change[1, 1:8, 1:8].sum() == pytest.approx(change.sum().item(), rel=1e-6)  # nothing beyond 3 pixels (7x7 field)
-    assert change[1, 0].sum() == 0  # row 0 of the same 8x8 patch is 4 pixels away: unchanged
-    assert change[0].sum() == 0 and change[2].sum() == 0  # frames are refined independently
+    assert change[1, 0].max() < 1e-6  # row 0 of the same 8x8 patch is 4 pixels away: unchanged
+    assert change[0].max() < 1e-6 and change[2].max() < 1e-6  # frames are refined independently
     velocity = refined(*args, warp=warp)
     sigma = 0.5
     torch.testing.assert_close(velocity.sample, (sample - velocity.denoised) / sigma)  # the velocity is the refined estimate's
