@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 from torch import nn
 
 from ..data.digits import DigitsDataset, load_digits_arrays
@@ -59,6 +60,7 @@ class DDAEConfig(TrainingConfig):
     long_skips: bool = False  # U-ViT long skips from block i < L into block depth + 1 - i
     self_condition_centering: int = 0  # K > 0: inject W_s (LN(z) - mu_k), mu_k the running mean in K t-buckets (departure)
     centering_momentum: float = 0.95
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weight min(SNR_t, gamma) / SNR_t (Hang et al., 2023); null: uniform
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     random_flip: bool = False
@@ -72,10 +74,16 @@ class DDAEConfig(TrainingConfig):
             raise ValueError("contrastive_weight > 0 needs a projection head: set projection_dim > 0 (e.g. 64)")
         if not 0.0 <= self.contrastive_teacher_momentum < 1.0:
             raise ValueError(f"contrastive_teacher_momentum must be in [0, 1), got {self.contrastive_teacher_momentum}")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be > 0 or null (uniform weighting), got {self.snr_gamma}")
 
 
 class DDAEObjective(Objective):
-    """``L = E || eps - eps_theta(x_t, t, y) ||^2  +  lambda * L_csd``.
+    """``L = E w(t) || eps - eps_theta(x_t, t, y) ||^2  +  lambda * L_csd``.
+
+    ``w(t) = 1`` (the DDPM loss) unless ``snr_gamma`` is set: then Min-SNR-gamma (Hang et al., 2023, for
+    eps-prediction) ``w(t) = min(SNR(t), gamma) / SNR(t)``, ``SNR(t) = abar_t / (1 - abar_t)``, which turns down
+    the low-noise steps whose eps error dominates the uniform loss (``w = 1`` wherever ``SNR(t) <= gamma``).
 
     Class labels are replaced by the null class with probability ``class_dropout_prob`` (CFG training).
     Contrastive self-distillation ``L_csd`` (DDAE++): the student is the projected semantic vector
@@ -122,13 +130,21 @@ class DDAEObjective(Objective):
         noise = torch.randn_like(clean)
         timesteps = torch.randint(0, self.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
         output = model(self.noise_scheduler.add_noise(clean, noise, timesteps), timesteps, labels)
-        diffusion_loss = F.mse_loss(output.sample.float(), noise.float())
+        diffusion_loss = self._diffusion_loss(output.sample.float(), noise.float(), timesteps)
         logs = injection_statistics(getattr(model, "module", model), output.injection, timesteps, labels)
         if self.teacher is None:
             return diffusion_loss, logs
         contrastive_loss = self._contrastive(model, clean, labels, output.semantic)
         loss = diffusion_loss + self.config.contrastive_weight * contrastive_loss
         return loss, {**logs, "diffusion_loss": diffusion_loss.item(), "contrastive_loss": contrastive_loss.item()}
+
+    def _diffusion_loss(self, prediction: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of ``w(t) ||eps - eps_theta||^2 / numel`` (``w = 1`` without ``snr_gamma``)."""
+        if self.config.snr_gamma is None:
+            return F.mse_loss(prediction, noise)
+        snr = compute_snr(self.noise_scheduler, timesteps)
+        weights = snr.clamp(max=self.config.snr_gamma) / snr
+        return (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
 
     @torch.no_grad()
     def update_teacher(self, student: nn.Module) -> None:

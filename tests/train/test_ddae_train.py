@@ -126,6 +126,24 @@ def test_contrastive_self_distillation_with_self_conditioning_and_classes_trains
         tiny_config(tmp_path, contrastive_weight=0.5, projection_dim=8, contrastive_teacher_momentum=1.0)
 
 
+def test_min_snr_weighting_turns_down_only_the_low_noise_steps(tmp_path):
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    generator = torch.Generator().manual_seed(0)
+    prediction, noise = torch.randn(4, 1, 8, 8, generator=generator), torch.randn(4, 1, 8, 8, generator=generator)
+    timesteps = torch.tensor([5, 100, 600, 950])
+    per_sample = ((prediction - noise) ** 2).mean(dim=(1, 2, 3))
+    uniform = DDAEObjective(scheduler, tiny_config(tmp_path))._diffusion_loss(prediction, noise, timesteps)
+    torch.testing.assert_close(uniform, per_sample.mean())
+    weighted = DDAEObjective(scheduler, tiny_config(tmp_path, snr_gamma=5.0))._diffusion_loss(prediction, noise, timesteps)
+    abar = scheduler.alphas_cumprod[timesteps]
+    snr = abar / (1 - abar)
+    assert snr[0] > 5 > snr[3]  # t = 5 is turned down, t = 950 keeps weight 1
+    torch.testing.assert_close(weighted, (per_sample * torch.clamp(snr, max=5.0) / snr).mean())
+    assert weighted < uniform
+    with pytest.raises(ValueError, match="snr_gamma"):
+        tiny_config(tmp_path, snr_gamma=0.0)
+
+
 def test_info_nce_matches_its_definition():
     generator = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(6, 4, generator=generator), torch.randn(6, 4, generator=generator)
