@@ -113,7 +113,7 @@ def test_curriculum_stages_lengths_and_next_length_share():
     "name, config_file",
     [("lm", "lm_arith_llama"), ("grpo", "grpo_arith_llama"), ("star", "star_arith_llama"), ("star", "star_control_arith_llama"), ("co_reward", "co_reward_arith_llama"),
      ("rest_mcts", "rest_mcts_arith_llama"), ("score", "score_arith_llama"), ("spiral", "spiral_kuhn_llama"),
-     ("laser", "laser_arith_llama"), ("rlccf", "rlccf_arith_llama")],
+     ("laser", "laser_arith_llama"), ("rlccf", "rlccf_arith_llama"), ("expo", "expo_arith_llama")],
 )
 def test_llama_base_configs_load_into_their_method(name, config_file):
     import importlib
@@ -129,6 +129,32 @@ def test_llama_base_configs_load_into_their_method(name, config_file):
     else:
         assert config.model == "assets/lm-arith-llama" and config.min_digits == config.max_digits == 4
         assert getattr(config, "ground_truth_control", False) == config_file.startswith("star_control")
+
+
+def test_llama_base_config_builds_the_bundled_architecture():
+    """Issue #18: `configs/lm_arith_llama.yaml` rebuilds a 3-6 M-parameter transformers Llama, the
+    architecture of `assets/lm-arith-llama` (same sizes and tokenizer), each file under 20 MB."""
+    import json
+    from pathlib import Path
+
+    from transformers import LlamaForCausalLM
+
+    from selfgen.train.config import load_config
+    from selfgen.train.llm.modeling import build_char_tokenizer, build_tiny_llama
+
+    root = Path(__file__).resolve().parents[3]
+    config = load_config(lm.LMConfig, root / "configs" / "lm_arith_llama.yaml")
+    model = build_tiny_llama(build_char_tokenizer(), config.hidden_size, config.num_hidden_layers,
+                             config.num_attention_heads, config.intermediate_size)
+    assert isinstance(model, LlamaForCausalLM) and 3e6 <= model.num_parameters() <= 6e6
+    asset = root / "assets" / "lm-arith-llama"
+    if not (asset / "config.json").is_file():
+        pytest.skip("assets/lm-arith-llama not built")
+    bundled = json.loads((asset / "config.json").read_text())
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size", "tie_word_embeddings"):
+        assert bundled[key] == getattr(model.config, key), key
+    assert all(f.stat().st_size < 20e6 for f in asset.iterdir())
+    assert bundled["architectures"] == ["LlamaForCausalLM"]
 
 
 def test_countdown_llama_configs_load_at_equal_budget():
