@@ -12,6 +12,15 @@ Co-Reward's pseudo-label accuracy, reward agreement with the verifier, and the *
 label-free advantages with the verifier's (1 = GRPO's signal, 0 = none, < 0 = rewards wrong answers),
 each with a 95% bootstrap interval over questions. Label-free RL can help only where maj@k > pass@1
 and the alignment is clearly positive; this chooses the training distribution before any training run.
+
+``--collective MODEL [MODEL ...]`` measures RLCCF's collective instead (the same questions, no rephrasing):
+each member samples its group (member ``k`` with seed ``--collective_seeds[k]``, default ``SIGNAL_SEED + k``;
+give copies of one model different seeds), and :func:`selfgen.train.llm.rlccf.collective_signal` reports
+how often the self-consistency-weighted vote is right and each member's alignment - which members to
+choose before an RLCCF run:
+
+    python benchmarks/llm_label_signal.py --lengths 4 --collective assets/lm-arith-llama assets/lm-arith \
+        --collective_seeds 30000 30000
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from selfgen.data.tasks import ArithmeticTask, prompt_text
 from selfgen.eval.statistics import bootstrap_interval
 from selfgen.train.llm.co_reward import label_signal
 from selfgen.train.llm.modeling import load_policy
+from selfgen.train.llm.rlccf import collective_signal
 from selfgen.train.llm.rewards import answer_key, canonical_answer
 from selfgen.train.llm.rollout import SamplingParams, generate_rollouts
 
@@ -69,6 +79,22 @@ def measure(model_dir: str, spec: str, problems: int, samples: int) -> dict:
     return result
 
 
+def measure_collective(models: list[str], seeds: list[int], spec: str, problems: int, samples: int) -> dict:
+    questions = ArithmeticTask("add", *parse_lengths(spec)).sample(problems, SIGNAL_SEED, split="train")
+    truths = [canonical_answer(p.answer) for p in questions]
+    groups = []
+    for model_dir, seed in zip(models, seeds):
+        model, tokenizer = load_policy(model_dir)
+        groups.append(answer_groups(model, tokenizer, [p.question for p in questions], samples, seed))
+    result = {"point": collective_signal(groups, truths)}
+    index = np.arange(problems)[:, None]
+    for key in result["point"]:
+        stat = lambda rows, key=key: collective_signal([[g[i] for i in rows[:, 0]] for g in groups],
+                                                       [truths[i] for i in rows[:, 0]])[key]
+        result.setdefault("interval", {})[key] = bootstrap_interval(stat, index, num_resamples=200)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="assets/lm-arith-llama")
@@ -76,13 +102,24 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--collective", nargs="+", default=None, help="RLCCF members (model folders), member 0 first")
+    parser.add_argument("--collective_seeds", nargs="+", type=int, default=None)
     args = parser.parse_args()
-    if not (Path(args.model) / "config.json").is_file():
-        raise FileNotFoundError(f"--model: {args.model} is not a saved causal LM folder (no config.json)")
+    for model in args.collective or [args.model]:
+        if not (Path(model) / "config.json").is_file():
+            raise FileNotFoundError(f"--model/--collective: {model} is not a saved causal LM folder (no config.json)")
+    if args.collective:
+        seeds = args.collective_seeds or [SIGNAL_SEED + k for k in range(len(args.collective))]
+        if len(seeds) != len(args.collective):
+            raise ValueError(f"--collective_seeds: need one seed per member ({len(args.collective)}), got {seeds}")
+        print(f"collective {args.collective} (seeds {seeds}): {args.problems} training-split questions x {args.samples} samples at T=1")
+        measure_spec = lambda spec: measure_collective(args.collective, seeds, spec, args.problems, args.samples)
+    else:
+        print(f"{args.model}: {args.problems} training-split questions (seed {SIGNAL_SEED}) x {args.samples} samples at T=1")
+        measure_spec = lambda spec: measure(args.model, spec, args.problems, args.samples)
     results = {}
-    print(f"{args.model}: {args.problems} training-split questions (seed {SIGNAL_SEED}) x {args.samples} samples at T=1")
     for spec in args.lengths:
-        results[spec] = measure(args.model, spec, args.problems, args.samples)
+        results[spec] = measure_spec(spec)
         point, interval = results[spec]["point"], results[spec]["interval"]
         cells = "  ".join(f"{k} {v:.3f} [{interval[k][0]:.3f}, {interval[k][1]:.3f}]" for k, v in point.items())
         print(f"digits {spec:<4} {cells}", flush=True)

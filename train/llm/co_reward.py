@@ -37,7 +37,7 @@ from ..registry import Method
 from .driver import run_recipe
 from .grpo import GRPOConfig, GRPOTrainer
 from .lm import EVAL_SEED
-from .objectives import group_advantages
+from .objectives import advantage_alignment
 from .rewards import answer_key, canonical_answer, majority_answer
 from .rollout import Rollout
 
@@ -98,15 +98,13 @@ def label_signal(
     if any(len(group) != size for group in verifier):
         raise ValueError("every question needs the same number of rollouts (the GRPO group size)")
     verifier_t, cross_t, self_t = (torch.tensor(x) for x in (verifier, cross, self_vote))
-    a_v, a_cross, a_self = (group_advantages(t.reshape(-1), size) for t in (verifier_t, cross_t, self_t))
-    norm = float((a_v * a_v).sum()) or float("nan")
     return {
         "pass_at_1": float(verifier_t[0::2].mean()),
         "majority_at_k": sum(majority) / len(majority),
         "pseudo_label_accuracy": sum(labels) / len(labels),
         "reward_agreement": float((cross_t == verifier_t).float().mean()),
-        "alignment": float((a_cross * a_v).sum()) / norm,
-        "self_vote_alignment": float((a_self * a_v).sum()) / norm,
+        "alignment": advantage_alignment(cross_t.reshape(-1), verifier_t.reshape(-1), size),
+        "self_vote_alignment": advantage_alignment(self_t.reshape(-1), verifier_t.reshape(-1), size),
         "mixed_groups": float(((verifier_t.sum(1) > 0) & (verifier_t.sum(1) < size)).float().mean()),
     }
 

@@ -145,6 +145,16 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
     return advantages.reshape(-1)
 
 
+def advantage_alignment(label_free: torch.Tensor, verifier: torch.Tensor, group_size: int) -> float:
+    """``sum A_lf A_v / sum A_v^2`` over all rollouts, ``A`` the :func:`group_advantages` of a label-free and of
+    the verifier's rewards (flat, consecutive groups of ``group_size``): the share of the verifier's GRPO
+    signal the label-free update keeps where the rollouts' gradients are near-orthogonal (1 = GRPO's signal,
+    0 = none, < 0 = rewards wrong answers; NaN when no group has mixed verifier rewards)."""
+    a_lf, a_v = group_advantages(label_free, group_size), group_advantages(verifier, group_size)
+    norm = float((a_v * a_v).sum()) or float("nan")
+    return float((a_lf * a_v).sum()) / norm
+
+
 # ----------------------------------------------------------------- batches
 
 

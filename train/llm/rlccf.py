@@ -39,6 +39,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from ...data.problems import Problem
 from ...data.tasks import derive_seed
 from ..registry import Method
@@ -46,6 +48,7 @@ from ..trainer import save_atomically
 from .driver import IterationReport, Round, run_recipe
 from .grpo import GRPOConfig, GRPOTrainer
 from .modeling import frozen_copy, tokenizer_exporter
+from .objectives import advantage_alignment
 from .rewards import canonical_answer, majority_answer
 from .rollout import Rollout
 
@@ -88,6 +91,34 @@ def collective_vote(member_keys: list[list[str | None]]) -> tuple[str | None, li
     best = max(scores.values(), default=0.0)
     winner = next((key for key, score in scores.items() if score == best), None) if best > 0 else None
     return winner, weights
+
+
+def collective_signal(member_groups: list[list[list[str | None]]], truths: list[str | None]) -> dict[str, float]:
+    """How much RLCCF's label-free reward tells about correctness, from answer keys alone (no model).
+
+    ``member_groups[m][i]`` holds member ``m``'s answers to question ``i`` (one GRPO group each, the same
+    size for every member and question), ``truths[i]`` its reference answer. Returned:
+    ``collective_label_accuracy`` (how often the :func:`collective_vote` is right) and, per member ``m``,
+    ``pass_at_1_m{m}``, ``majority_at_k_m{m}`` (its own majority is right) and ``alignment_m{m}``
+    (:func:`~selfgen.train.llm.objectives.advantage_alignment` of its collective-agreement rewards with
+    the verifier's: the share of verifier GRPO's signal that member's RLCCF update keeps)."""
+    if not truths or any(len(groups) != len(truths) for groups in member_groups) or len(member_groups) < 1:
+        raise ValueError(f"collective_signal needs one group per question for every member, got "
+                         f"{[len(groups) for groups in member_groups]} groups for {len(truths)} truths")
+    size = len(member_groups[0][0])
+    if any(len(group) != size for groups in member_groups for group in groups):
+        raise ValueError("every member's group must have the same number of rollouts (the GRPO group size)")
+    winners = [collective_vote([groups[i] for groups in member_groups])[0] for i in range(len(truths))]
+    result = {"collective_label_accuracy": sum(w is not None and w == t for w, t in zip(winners, truths)) / len(truths)}
+    for m, groups in enumerate(member_groups):
+        verifier = torch.tensor([[float(k is not None and k == t) for k in group] for group, t in zip(groups, truths)])
+        agree = torch.tensor([[float(k is not None and k == w) for k in group] for group, w in zip(groups, winners)])
+        result[f"pass_at_1_m{m}"] = float(verifier.mean())
+        result[f"majority_at_k_m{m}"] = sum(
+            majority_answer(group) is not None and majority_answer(group) == t for group, t in zip(groups, truths)
+        ) / len(truths)
+        result[f"alignment_m{m}"] = advantage_alignment(agree.reshape(-1), verifier.reshape(-1), size)
+    return result
 
 
 class RLCCFTrainer(GRPOTrainer):

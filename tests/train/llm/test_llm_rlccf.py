@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from selfgen.data.problems import Problem
-from selfgen.train.llm.rlccf import RLCCFConfig, RLCCFTrainer, collective_vote, self_consistency
+from selfgen.train.llm.rlccf import RLCCFConfig, RLCCFTrainer, collective_signal, collective_vote, self_consistency
 from selfgen.train.llm.rollout import Rollout
 
 ASSET = Path(__file__).resolve().parents[3] / "assets" / "lm-arith"
@@ -24,6 +24,38 @@ def test_weighting_overrules_a_plain_majority():
     assert winner == "1" and weights == [1.0, 0.5, 0.5, 0.25]
     assert collective_vote([["2", "2", "1", "1"], ["1", "3", "4", "5"]])[0] == "1"  # 0.5*0.5 + 0.25*0.25 > 0.5*0.5
     assert collective_vote([[None, None], [None, None]]) == (None, [0.0, 0.0])
+
+
+def test_collective_signal_on_hand_made_groups():
+    """Question a (truth 3): the collective is right; question b (truth 4): a confident wrong member (5, 5, 5)
+    outvotes member 0's right majority (5, 4, 4), so member 0's agreement rewards point against the verifier's."""
+    member0 = [["3", "3", "3"], ["5", "4", "4"]]  # SC 1, 2/3
+    member1 = [["3", "9", "8"], ["5", "5", "5"]]  # SC 1/3, 1
+    signal = collective_signal([member0, member1], ["3", "4"])
+    assert signal["collective_label_accuracy"] == 0.5
+    assert signal["pass_at_1_m0"] == pytest.approx(5 / 6) and signal["majority_at_k_m0"] == 1.0
+    assert signal["pass_at_1_m1"] == pytest.approx(1 / 6) and signal["majority_at_k_m1"] == 0.5
+    # member 0: a has no mixed group; b's agreement rewards (1, 0, 0) are the verifier's (0, 1, 1) flipped
+    assert signal["alignment_m0"] == pytest.approx(-1.0)
+    # member 1: a's agreement rewards equal the verifier's; b has no mixed verifier group
+    assert signal["alignment_m1"] == pytest.approx(1.0)
+    # a member alone: its own majority is the label (TTRL's self-vote)
+    assert collective_signal([member0], ["3", "4"])["collective_label_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="one group per question"):
+        collective_signal([member0, member1[:1]], ["3", "4"])
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_collective_of_different_models_loads_each_folder(tmp_path):
+    """Members from different folders (issue #18: not copies) keep their own weights and sizes."""
+    llama = ASSET.parent / "lm-arith-llama"
+    if not (llama / "config.json").is_file():
+        pytest.skip("assets/lm-arith-llama not built")
+    config = RLCCFConfig(output_dir=str(tmp_path), models=[str(llama), str(ASSET)], eval_problems=2)
+    trainer = RLCCFTrainer(task="arith", config=config)
+    sizes = [policy.config.hidden_size for policy, _, _ in trainer.members]
+    assert sizes == [256, 128] and trainer.policy is trainer.members[0][0]
+    assert trainer.members[1][2] is not None and trainer.members[1][2].config.hidden_size == 128  # its own reference
 
 
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
