@@ -98,7 +98,8 @@ def collective_signal(member_groups: list[list[list[str | None]]], truths: list[
 
     ``member_groups[m][i]`` holds member ``m``'s answers to question ``i`` (one GRPO group each, the same
     size for every member and question), ``truths[i]`` its reference answer. Returned:
-    ``collective_label_accuracy`` (how often the :func:`collective_vote` is right) and, per member ``m``,
+    ``collective_label_accuracy`` (how often the :func:`collective_vote` is right), ``majorities_agree`` (every
+    member's own majority answer is the same: how correlated the members are) and, per member ``m``,
     ``pass_at_1_m{m}``, ``majority_at_k_m{m}`` (its own majority is right) and ``alignment_m{m}``
     (:func:`~selfgen.train.llm.objectives.advantage_alignment` of its collective-agreement rewards with
     the verifier's: the share of verifier GRPO's signal that member's RLCCF update keeps)."""
@@ -109,14 +110,16 @@ def collective_signal(member_groups: list[list[list[str | None]]], truths: list[
     if any(len(group) != size for groups in member_groups for group in groups):
         raise ValueError("every member's group must have the same number of rollouts (the GRPO group size)")
     winners = [collective_vote([groups[i] for groups in member_groups])[0] for i in range(len(truths))]
-    result = {"collective_label_accuracy": sum(w is not None and w == t for w, t in zip(winners, truths)) / len(truths)}
+    majorities = [[majority_answer(group) for group in groups] for groups in member_groups]
+    result = {
+        "collective_label_accuracy": sum(w is not None and w == t for w, t in zip(winners, truths)) / len(truths),
+        "majorities_agree": sum(len(set(column)) == 1 and column[0] is not None for column in zip(*majorities)) / len(truths),
+    }
     for m, groups in enumerate(member_groups):
         verifier = torch.tensor([[float(k is not None and k == t) for k in group] for group, t in zip(groups, truths)])
         agree = torch.tensor([[float(k is not None and k == w) for k in group] for group, w in zip(groups, winners)])
         result[f"pass_at_1_m{m}"] = float(verifier.mean())
-        result[f"majority_at_k_m{m}"] = sum(
-            majority_answer(group) is not None and majority_answer(group) == t for group, t in zip(groups, truths)
-        ) / len(truths)
+        result[f"majority_at_k_m{m}"] = sum(a is not None and a == t for a, t in zip(majorities[m], truths)) / len(truths)
         result[f"alignment_m{m}"] = advantage_alignment(agree.reshape(-1), verifier.reshape(-1), size)
     return result
 

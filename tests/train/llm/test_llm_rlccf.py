@@ -32,7 +32,7 @@ def test_collective_signal_on_hand_made_groups():
     member0 = [["3", "3", "3"], ["5", "4", "4"]]  # SC 1, 2/3
     member1 = [["3", "9", "8"], ["5", "5", "5"]]  # SC 1/3, 1
     signal = collective_signal([member0, member1], ["3", "4"])
-    assert signal["collective_label_accuracy"] == 0.5
+    assert signal["collective_label_accuracy"] == 0.5 and signal["majorities_agree"] == 0.5  # a: 3 and 3; b: 4 vs 5
     assert signal["pass_at_1_m0"] == pytest.approx(5 / 6) and signal["majority_at_k_m0"] == 1.0
     assert signal["pass_at_1_m1"] == pytest.approx(1 / 6) and signal["majority_at_k_m1"] == 0.5
     # member 0: a has no mixed group; b's agreement rewards (1, 0, 0) are the verifier's (0, 1, 1) flipped
