@@ -29,7 +29,9 @@ pretrained with other seeds or widths by ``selfgen train lm``), by weights, arch
 
 Departure: the paper's collective is four different open LLMs; copies of one model (no ``models``)
 start with identical answer distributions, so their votes begin correlated: only the seeds make them
-diverge. No second pretrained member is bundled.
+diverge. ``configs/rlccf_arith_llama_hetero.yaml`` uses the two different bundled LMs instead
+(``assets/lm-arith-llama``, ``assets/lm-arith``: other width, data and seed, one tokenizer);
+:func:`collective_signal` measures before a run how often a collective's vote is right.
 """
 
 from __future__ import annotations
@@ -100,9 +102,10 @@ def collective_signal(member_groups: list[list[list[str | None]]], truths: list[
     size for every member and question), ``truths[i]`` its reference answer. Returned:
     ``collective_label_accuracy`` (how often the :func:`collective_vote` is right), ``majorities_agree`` (every
     member's own majority answer is the same: how correlated the members are) and, per member ``m``,
-    ``pass_at_1_m{m}``, ``majority_at_k_m{m}`` (its own majority is right) and ``alignment_m{m}``
+    ``pass_at_1_m{m}``, ``majority_at_k_m{m}`` (its own majority is right), ``alignment_m{m}``
     (:func:`~selfgen.train.llm.objectives.advantage_alignment` of its collective-agreement rewards with
-    the verifier's: the share of verifier GRPO's signal that member's RLCCF update keeps)."""
+    the verifier's: the share of verifier GRPO's signal that member's RLCCF update keeps) and
+    ``reward_precision_m{m}`` (the share of its rewarded rollouts that are right; the verifier's is 1)."""
     if not truths or any(len(groups) != len(truths) for groups in member_groups) or len(member_groups) < 1:
         raise ValueError(f"collective_signal needs one group per question for every member, got "
                          f"{[len(groups) for groups in member_groups]} groups for {len(truths)} truths")
@@ -121,6 +124,7 @@ def collective_signal(member_groups: list[list[list[str | None]]], truths: list[
         result[f"pass_at_1_m{m}"] = float(verifier.mean())
         result[f"majority_at_k_m{m}"] = sum(a is not None and a == t for a, t in zip(majorities[m], truths)) / len(truths)
         result[f"alignment_m{m}"] = advantage_alignment(agree.reshape(-1), verifier.reshape(-1), size)
+        result[f"reward_precision_m{m}"] = float((agree * verifier).sum() / agree.sum()) if agree.sum() else float("nan")
     return result
 
 

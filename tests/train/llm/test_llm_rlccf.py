@@ -39,6 +39,8 @@ def test_collective_signal_on_hand_made_groups():
     assert signal["alignment_m0"] == pytest.approx(-1.0)
     # member 1: a's agreement rewards equal the verifier's; b has no mixed verifier group
     assert signal["alignment_m1"] == pytest.approx(1.0)
+    # rewarded rollouts that are right: member 0 the three 3s of a, not the 5 of b; member 1 the 3 of a only
+    assert signal["reward_precision_m0"] == pytest.approx(3 / 4) and signal["reward_precision_m1"] == pytest.approx(1 / 4)
     # a member alone: its own majority is the label (TTRL's self-vote)
     assert collective_signal([member0], ["3", "4"])["collective_label_accuracy"] == 1.0
     with pytest.raises(ValueError, match="one group per question"):
