@@ -34,12 +34,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..data.zoom import UniformMagnificationDataset, ZoomPatchDataset
 from ..eval.plots import save_image_grid
-from ..models.zoomldm import ZoomAutoencoder, ZoomEmbeddingDiffusion, ZoomLDMDenoiser, ZoomSSLEncoder, tokens_to_full_grid
+from ..models.zoomldm import (
+    ZoomAutoencoder,
+    ZoomConditioner,
+    ZoomEmbeddingDiffusion,
+    ZoomLDMDenoiser,
+    ZoomSSLEncoder,
+    tokens_to_full_grid,
+)
 from ..pipelines.zoomldm import COUPLINGS, ZoomLDMPipeline, assemble_tiles, diffusion_target, match_low_frequencies
 from .config import TrainingConfig
 from .losses import info_nce, random_shift
@@ -70,7 +78,10 @@ class ZoomLDMConfig(TrainingConfig):
     ssl_steps: int = 300
     ssl_learning_rate: float = 1e-3
     ssl_temperature: float = 0.2
-    # stage 3: latent denoiser (uses max_train_steps / learning_rate)
+    # stage 3: latent denoiser (uses max_train_steps / learning_rate); "dit" = ZoomLDMDenoiser, "unet" = a diffusers
+    # UNet2DConditionModel (blocks unet_channels, cross-attention on the ZoomConditioner's tokens; the paper's kind)
+    denoiser: str = "dit"
+    unet_channels: list[int] = field(default_factory=lambda: [64, 64])
     latent_patch_size: int = 2
     hidden_size: int = 128
     depth: int = 4
@@ -97,6 +108,8 @@ class ZoomLDMConfig(TrainingConfig):
             raise ValueError(f"patch_size ({self.patch_size}) must be divisible by the VAE downsampling {factor}")
         if self.autoencoder not in ("kl", "patch"):
             raise ValueError(f"autoencoder must be 'kl' or 'patch', got {self.autoencoder!r}")
+        if self.denoiser not in ("dit", "unet"):
+            raise ValueError(f"denoiser must be 'dit' or 'unet', got {self.denoiser!r}")
         if not 0 <= self.condition_dropout < 1:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -295,7 +308,48 @@ def build_noise_scheduler(config: ZoomLDMConfig) -> DDPMScheduler:
     )
 
 
-def build_denoiser(config: ZoomLDMConfig) -> ZoomLDMDenoiser:
+class ConditionedUNet(nn.Module):
+    """Training adapter for ``denoiser: unet``: ``unet(z_t, t, encoder_hidden_states=conditioner(s, mask, k, drop))``
+    with the :class:`ZoomLDMDenoiser` call signature; the pipeline receives ``unet`` and ``conditioner`` separately."""
+
+    def __init__(self, unet: UNet2DConditionModel, conditioner: ZoomConditioner) -> None:
+        super().__init__()
+        self.unet, self.conditioner = unet, conditioner
+
+    def forward(self, noisy, timesteps, tokens, mask, magnification, drop_condition=None) -> BaseOutput:
+        context = self.conditioner(tokens, mask, magnification, drop_condition)
+        return BaseOutput(sample=self.unet(noisy, timesteps, encoder_hidden_states=context).sample)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.unet.save_pretrained(Path(directory) / "unet")
+        self.conditioner.save_pretrained(Path(directory) / "conditioner")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> ConditionedUNet:
+        unet = UNet2DConditionModel.from_pretrained(Path(directory) / "unet")
+        return cls(unet, ZoomConditioner.from_pretrained(Path(directory) / "conditioner"))
+
+
+def build_unet(config: ZoomLDMConfig) -> ConditionedUNet:
+    """A ``UNet2DConditionModel`` (one resolution per entry of ``unet_channels``, cross-attention in the outer
+    blocks) and the :class:`ZoomConditioner` whose tokens it attends to (magnification as a token)."""
+    channels, depth = tuple(config.unet_channels), len(config.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=config.patch_size // 2 ** (len(config.vae_channels) - 1),
+        in_channels=config.latent_channels, out_channels=config.latent_channels, block_out_channels=channels,
+        layers_per_block=1, cross_attention_dim=config.context_dim, attention_head_dim=channels[0] // config.num_heads,
+        norm_num_groups=math.gcd(*channels, 16),
+        down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (depth - 1),
+        up_block_types=("UpBlock2D",) * (depth - 1) + ("CrossAttnUpBlock2D",),
+    )
+    conditioner = ZoomConditioner(config.ssl_dim, config.summarizer_hidden, config.context_dim, config.max_grid,
+                                  config.num_levels, config.summarizer_depth, config.num_heads, config.patch_size)
+    return ConditionedUNet(unet, conditioner)
+
+
+def build_denoiser(config: ZoomLDMConfig) -> ZoomLDMDenoiser | ConditionedUNet:
+    if config.denoiser == "unet":
+        return build_unet(config)
     return ZoomLDMDenoiser(
         sample_size=config.patch_size // 2 ** (len(config.vae_channels) - 1),
         in_channels=config.latent_channels,
@@ -337,12 +391,15 @@ def train(config: ZoomLDMConfig) -> TrainResult:
     )
 
     def export(model: ZoomEmbeddingDiffusion, directory: Path) -> None:
+        denoising = {"denoiser": denoiser.eval()}
+        if isinstance(denoiser, ConditionedUNet):
+            denoising = {"denoiser": denoiser.unet, "conditioner": denoiser.conditioner}
         pipe = ZoomLDMPipeline(
             vae=vae.eval(),
-            denoiser=denoiser.eval(),
             ssl_encoder=encoder.eval(),
             embedding_model=model,
             scheduler=DDIMScheduler.from_config(noise_scheduler.config),
+            **denoising,
         )
         pipe.save_pretrained(directory)
 
@@ -568,11 +625,11 @@ def autoencoder_round_trip(pipe: ZoomLDMPipeline, images: np.ndarray, overlap: b
 
 def super_resolution_scores(
     pipe: ZoomLDMPipeline, images: list[str], count: int, steps: int, seed: int, num_draws: int = 3,
-    strength: float = 1.0, split: str = "test", output_dir: Path | None = None,
+    strength: float = 1.0, split: str = "test", output_dir: Path | None = None, sr_guidance: str = "clean_gradient",
 ) -> dict:
     """4x SR of held-out full-resolution ``4P``-pixel crops (:func:`held_out_crops` of ``split``) area-downsampled to
     ``P``: consistency PSNR, PSNR and high-frequency energy against the crops for ZoomLDM (condition inversion +
-    guidance + data consistency, starting at ``strength``; one draw and the mean of ``num_draws`` draws, both with
+    ``sr_guidance`` + data consistency, starting at ``strength``; one draw and the mean of ``num_draws`` draws, both with
     the data-consistency step; without inversion), bicubic, bicubic with the same data-consistency step, and the
     autoencoder round trip of the truth with that step (the ceiling of any sampler in this latent space);
     ``per_crop_psnr`` for each. With ``output_dir``, ``sr_<split>.png`` shows truth, bicubic + DC and both ZoomLDM
@@ -585,7 +642,7 @@ def super_resolution_scores(
 
     def sr(draw: int, **options) -> np.ndarray:
         return pipe.super_resolve(low, 4, num_inference_steps=steps, strength=strength, generator=seeded(seed + draw),
-                                  output_type="np", **options).images
+                                  sr_guidance=sr_guidance, output_type="np", **options).images
 
     draws = [sr(draw) for draw in range(num_draws)]
     bicubic = F.interpolate(low_pixels, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
@@ -603,7 +660,7 @@ def super_resolution_scores(
         save_image_grid(
             np.concatenate([truth] + [results[name] for name in shown]), output_dir / f"sr_{split}.png",
             columns=len(truth), scale=2, row_labels=["truth", *shown],
-            title=f"4x SR of {split} crops, strength {strength}, {steps} steps",
+            title=f"4x SR of {split} crops, strength {strength}, {sr_guidance}, {steps} steps",
         )
     reference = high_frequency_energy(truth)
     return {
@@ -614,7 +671,7 @@ def super_resolution_scores(
             "per_crop_psnr": [psnr(one, real) for one, real in zip(result, truth)],
         }
         for name, result in results.items()
-    } | {"num_crops": len(truth), "strength": strength, "split": split}
+    } | {"num_crops": len(truth), "strength": strength, "split": split, "sr_guidance": sr_guidance}
 
 
 def autoencoder_scores(pipe: ZoomLDMPipeline, images: list[str], count: int) -> dict:
@@ -656,6 +713,7 @@ def evaluate(
     num_sr: int = 8,
     sr_strength: float = 1.0,
     sr_split: str = "test",
+    sr_guidance: str = "clean_gradient",
     num_sr_draws: int = 3,
     mil_images: list[str] | None = None,
     mil_max_bags: int = 48,
@@ -666,7 +724,7 @@ def evaluate(
     (level-0 samples, tiled and downsampled for levels up to ``baseline_max_level``); ``autoencoder`` -- round-trip
     PSNR of held-out crops vs bicubic x4; ``large`` -- seams and consistency of ``large_samplers`` (default all
     :data:`LARGE_SAMPLERS`; the overlapping one with ``window_stride``) at each of ``large_sizes`` for ``num_large``
-    seeds from ``seed``; ``sr`` -- 4x SR (condition inversion, ``sr_strength``, ``num_sr_draws`` draws) on
+    seeds from ``seed``; ``sr`` -- 4x SR (condition inversion, ``sr_guidance``, ``sr_strength``, ``num_sr_draws`` draws) on
     ``num_sr`` crops of ``sr_split`` (``test``, or ``validation`` for choosing settings) vs bicubic with the same
     data-consistency step;
     ``mil`` -- the multi-scale MIL probe (:mod:`selfgen.eval.zoom_mil`) on both tasks.
@@ -700,7 +758,7 @@ def evaluate(
         metrics["autoencoder"] = autoencoder_scores(pipe, images, num_sr)
     if "sr" in parts:
         metrics["super_resolution"] = super_resolution_scores(
-            pipe, images, num_sr, num_inference_steps, seed, num_sr_draws, sr_strength, sr_split, output_dir
+            pipe, images, num_sr, num_inference_steps, seed, num_sr_draws, sr_strength, sr_split, output_dir, sr_guidance
         )
     if "mil" in parts:
         metrics["mil"] = {

@@ -246,6 +246,47 @@ def test_super_resolution_downsamples_to_its_input(pipe):
     assert consistency_psnr(guided, low) > consistency_psnr(unguided, low) + 2  # the guidance alone pulls towards it
 
 
+class NearestAutoencoder(ModelMixin, ConfigMixin):
+    """A linear stand-in VAE: the encoder averages 2x2 blocks, the decoder repeats each latent pixel (so
+    ``A(D(E(x))) = A(x)`` for area downsampling ``A`` by any multiple of 2)."""
+
+    @register_to_config
+    def __init__(self, scaling_factor: float = 1.0):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(()))  # diffusers reads the dtype off a parameter
+
+    def encode(self, pixels):
+        latents = torch.cat([F.avg_pool2d(pixels, 2), torch.zeros_like(pixels[:, :1, ::2, ::2])], dim=1)
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=latents))
+
+    def decode(self, latents):
+        return SimpleNamespace(sample=self.gain * F.interpolate(latents[:, :3], scale_factor=2, mode="nearest"))
+
+
+def test_noisy_projection_direction_makes_the_clean_estimate_consistent(pipe):
+    """The official SR's correction ``E(X') - E(X)`` (``X = D(z0)``, ``X'`` its data-consistency projection) makes
+    the decoded estimate consistent with the input in one step for a linear autoencoder; inside the sampler
+    (``sr_guidance="noisy_projection"``: the correction is added to ``z_t`` and ``z0`` re-predicted) it pulls the
+    output towards the input far more than no guidance, and the unknown option is a clear error."""
+    linear = stand_in(pipe, NearestAutoencoder())
+    torch.manual_seed(0)
+    clean, target = torch.randn(1, 4, 16, 16) * 0.2, torch.rand(1, 3, 8, 8) * 0.6 - 0.3
+    before = F.avg_pool2d(linear.decode_canvas(clean, 4, 16), 4)
+    after = F.avg_pool2d(linear.decode_canvas(clean + linear.consistency_direction(clean, target, 4, 16), 4, 16), 4)
+    assert F.mse_loss(before, target) > 0.01
+    torch.testing.assert_close(after, target, atol=1e-4, rtol=0)
+    low = np.random.default_rng(3).uniform(0.3, 0.7, size=(1, 16, 16, 3)).astype(np.float32)
+    linear = stand_in(pipe, NearestAutoencoder(scaling_factor=10.0))  # unit latents decode inside [-1, 1]
+
+    def run(sr_guidance):
+        return linear.super_resolve(low, scale=4, num_inference_steps=3, inversion_steps=0, sr_guidance=sr_guidance,
+                                    data_consistency=False, generator=seeded(), output_type="np").images
+
+    assert consistency_psnr(run("noisy_projection"), low) > consistency_psnr(run("none"), low) + 10
+    with pytest.raises(ValueError, match="sr_guidance must be one of"):
+        linear.super_resolve(low, scale=4, num_inference_steps=2, sr_guidance="pixels")
+
+
 def test_strength_starts_from_the_diffused_bicubic_estimate(pipe):
     """``strength < 1`` keeps the last ``int(strength * steps)`` timesteps and starts there from the noised encoding of
     the back-projected bicubic upsampling: with one step at t = 0 (and no guidance) the output is that estimate's

@@ -41,6 +41,28 @@ def test_all_stages_train_and_export_a_loadable_pipeline(trained):
     assert pipe(magnification=2, num_images=2, num_inference_steps=2, output_type="np").images.shape == (2, 16, 16, 3)
 
 
+def test_unet_denoiser_option_trains_and_exports_a_plug_in_pipeline(tmp_path):
+    """``denoiser: unet`` trains a diffusers UNet2DConditionModel cross-attending to a ZoomConditioner's tokens with
+    v-prediction, and exports a pipeline that reloads it through the plug-in path and samples."""
+    from diffusers import UNet2DConditionModel
+
+    from selfgen.models.zoomldm import ZoomConditioner
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(rng.integers(0, 256, (256, 272, 3), dtype=np.uint8)).save(tmp_path / "images" / "slide.png")
+    config = ZoomLDMConfig(output_dir=str(tmp_path / "run"), data=str(tmp_path / "images"), denoiser="unet",
+                           unet_channels=[16, 16], prediction_type="v_prediction", **(TINY | {"max_train_steps": 2}))
+    result = train(config)
+    pipe = ZoomLDMPipeline.from_pretrained(result.pipeline_dir)
+    assert isinstance(pipe.denoiser, UNet2DConditionModel) and isinstance(pipe.conditioner, ZoomConditioner)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    images = pipe(magnification=1, num_images=2, num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+    with pytest.raises(ValueError, match="denoiser must be 'dit' or 'unet'"):
+        ZoomLDMConfig(denoiser="mlp")
+
+
 def test_cli_generate_writes_a_large_png(trained, tmp_path):
     _, result = trained
     main(["generate", "zoomldm", "--model", str(result.pipeline_dir), "--output", str(tmp_path), "--large", "64x64",
@@ -55,6 +77,8 @@ def test_bundled_config_is_valid_and_exports_under_its_output_dir():
     config = load_config(ZoomLDMConfig, CONFIGS / "zoomldm_retina.yaml")
     assert config.pipeline_dir == Path(config.output_dir) / "pipeline" and config.images == ["retina"]  # assets/ only via --export_dir
     assert yaml.safe_load((CONFIGS / "zoomldm_retina_single.yaml").read_text())["levels"] == [0]
+    unet = load_config(ZoomLDMConfig, CONFIGS / "zoomldm_retina_patchae_vunet.yaml")
+    assert (unet.denoiser, unet.prediction_type, unet.latent_noise) == ("unet", "v_prediction", 0.2)
 
 
 def test_config_errors():
