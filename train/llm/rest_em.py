@@ -9,6 +9,12 @@ Expectation-maximisation with a binary reward:
 * **M-step** - the **base** model (not the previous iterate) is fine-tuned on the kept samples by
   maximising ``sum r * log p(y | x)`` (SFT on the completions), which gives the next policy.
 
+**Matched control** (``ground_truth_control: true``, not part of the paper; issue #18): the same loop and
+draws, but the M-step fine-tunes the base model on the reference worked solutions
+(``task.worked_solution``) of the first ``n`` problems of the iteration's draws, ``n`` = the number of
+samples ReST-EM kept, for the same steps: what self-generated solutions add beyond supervised training on
+as many ground-truth ones.
+
 Departure: problems are fresh seeded draws each iteration instead of one fixed dataset.
 """
 
@@ -27,6 +33,7 @@ class ReSTEMConfig(IterativeConfig):
     samples_per_problem: int = 8
     temperature: float = 1.0
     max_per_problem: int = 4
+    ground_truth_control: bool = False  # SFT on as many reference worked solutions instead (the control)
 
 
 class ReSTEMTrainer(IterativeTrainer):
@@ -49,6 +56,8 @@ class ReSTEMTrainer(IterativeTrainer):
             rng.shuffle(correct)
             solved += bool(correct)
             examples += [TextPair(self.prompt(problem), text) for text in correct[: config.max_per_problem]]
+        if config.ground_truth_control:
+            examples = [TextPair(self.prompt(p), self.task.worked_solution(p)) for p in problems[: len(examples)]]
         logs = {"e_step_accuracy": sum(rewards) / len(rewards), "problems_solved": solved / len(problems)}
         return Round(SFTObjective(), examples, SFTCollator(self.tokenizer, config.max_length), logs, from_base=True)
 

@@ -113,7 +113,8 @@ def test_curriculum_stages_lengths_and_next_length_share():
     "name, config_file",
     [("lm", "lm_arith_llama"), ("grpo", "grpo_arith_llama"), ("star", "star_arith_llama"), ("star", "star_control_arith_llama"), ("co_reward", "co_reward_arith_llama"),
      ("rest_mcts", "rest_mcts_arith_llama"), ("score", "score_arith_llama"), ("spiral", "spiral_kuhn_llama"),
-     ("laser", "laser_arith_llama"), ("rlccf", "rlccf_arith_llama"), ("expo", "expo_arith_llama")],
+     ("laser", "laser_arith_llama"), ("rlccf", "rlccf_arith_llama"), ("expo", "expo_arith_llama"),
+     ("rlccf", "rlccf_arith_llama_hetero"), ("rest_em", "rest_em_arith_llama"), ("rest_em", "rest_em_control_arith_llama")],
 )
 def test_llama_base_configs_load_into_their_method(name, config_file):
     import importlib
@@ -128,7 +129,7 @@ def test_llama_base_configs_load_into_their_method(name, config_file):
         assert config.stages()[-1] == (4, 200) and sum(steps for _, steps in config.stages()) == 1000
     else:
         assert config.model == "assets/lm-arith-llama" and config.min_digits == config.max_digits == 4
-        assert getattr(config, "ground_truth_control", False) == config_file.startswith("star_control")
+        assert getattr(config, "ground_truth_control", False) == config_file.startswith(("star_control", "rest_em_control"))
 
 
 def test_llama_base_config_builds_the_bundled_architecture():
