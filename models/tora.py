@@ -45,9 +45,10 @@ and "Tora2: Motion and Appearance Customized Diffusion Transformer for Multi-Ent
    moved the pass-5 model's sigma = 1 estimate near the entity by 0.04, a fifth of what the references themselves
    change (0.21), and its samples were blobs (``docs/tora2.md``, pass 6). The canvas is the pixel-level
    counterpart of routing: it puts the reference's pixels where the paper's attention would have to fetch them.
-   Where entities overlap the canvas holds the sum of their references (``canvas_compositing="sum"``, the pass-6
-   asset, whose samples blend overlapping sprites) or, with ``"over"``, only the front one's: the entities are
-   composited in slot order, each later one in front of the earlier ones, by its reference's entity mask.
+   Where entities overlap the canvas holds the sum of their references (``canvas_compositing="sum"``, the pass 6-9
+   asset, whose samples blend overlapping sprites) or, with ``"over"`` (the asset from pass 10), only the front
+   one's: the entities are composited in slot order, each later one in front of the earlier ones, by its
+   reference's entity mask.
 
 Modes (``mode``): ``"tora2"`` (all of the above), ``"tora1"`` (trajectory only: no appearance path, no
 entity tokens), ``"no_gate"`` (the same entity tokens simply concatenated into each block's joint
@@ -482,7 +483,7 @@ class Tora2Transformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
             weights on its new input channels) each entity's reference pasted along its path
             (:func:`reference_canvas`; modes ``tora2`` and ``no_gate``).
         canvas_compositing: how the canvas combines overlapping entities: ``"sum"`` of their references (the
-            pass-6 asset) or ``"over"``, each later entity drawn in front (:func:`reference_canvas`).
+            pass 6-9 asset) or ``"over"``, each later entity drawn in front (:func:`reference_canvas`; the asset).
     """
 
     @register_to_config

@@ -278,3 +278,27 @@ def test_paired_differences_pair_by_video_and_name_a_missing_metric():
     del theirs["sigma_one_probe"]["binding_rotated_references"]
     with pytest.raises(ValueError, match="no sigma_one_probe.binding_rotated_references"):
         paired_differences(mine, theirs)
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+ABLATIONS = {  # each ablation = the asset's config plus exactly these changes (README / docs/tora2.md tables)
+    "sum": {"canvas_compositing": "sum"},
+    "no_gate": {"mode": "no_gate"},
+    "no_contrastive": {"contrastive_weight": 0.0},
+    # Tora1: trajectory only, so neither of our additions (routing, canvas) and no InfoNCE (nothing to contrast)
+    "tora1": {"mode": "tora1", "contrastive_weight": 0.0, "entity_routing": False, "reference_canvas": False},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_each_ablation_config_is_the_asset_config_plus_its_one_change(name):
+    from dataclasses import asdict
+
+    from selfgen.train.config import load_config
+
+    asset = asdict(load_config(Tora2Config, CONFIGS / "tora2_sprites.yaml"))
+    assert asset["canvas_compositing"] == "over" and asset["reference_canvas"] and asset["entity_routing"]
+    ablation = asdict(load_config(Tora2Config, CONFIGS / f"tora2_sprites_{name}.yaml"))
+    assert ablation["output_dir"] != asset["output_dir"] and not str(ablation["export_dir"] or "").startswith("assets")
+    changed = {key: value for key, value in ablation.items() if value != asset[key] and key not in ("output_dir", "export_dir")}
+    assert changed == ABLATIONS[name]
