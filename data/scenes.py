@@ -469,8 +469,8 @@ def encode_answer(answer: str) -> int:
 # ----------------------------------------------------------------------------- datasets
 
 
-def sample_training_prompt(rng: random.Random, split: str = "train") -> str:
-    category = rng.choice(CATEGORIES)
+def sample_training_prompt(rng: random.Random, split: str = "train", categories: tuple[str, ...] = CATEGORIES) -> str:
+    category = rng.choice(categories)
     return rng.choice(prompt_split(category, split))
 
 
@@ -515,7 +515,8 @@ class ScenesDataset(Dataset):
     With ``scrambled_fraction > 0`` each question slot is, with that probability, replaced by the
     whole-prompt question asked about a :func:`scramble_patches` copy of the scene, answer "no"
     (the scene's colours without its shapes), so the understanding path also learns to reject
-    incoherent images.
+    incoherent images. ``categories`` restricts the prompts to those categories (e.g. ``("colour", "size")``:
+    single-object scenes only; a control).
 
     Items: ``pixel_values`` ``(3, 32, 32)`` in ``[-1, 1]`` (the scene, what generation learns),
     ``prompt_ids`` ``(MAX_PROMPT_TOKENS,)``, ``question_ids`` ``(questions_per_image, MAX_QUESTION_TOKENS)``,
@@ -536,6 +537,7 @@ class ScenesDataset(Dataset):
         located_fraction: float = 0.0,
         relation_fraction: float = 0.0,
         relation_pair_fraction: float = 0.0,
+        categories: tuple[str, ...] = CATEGORIES,
     ) -> None:
         if num_examples < 1:
             raise ValueError(f"num_examples must be >= 1, got {num_examples}")
@@ -558,7 +560,10 @@ class ScenesDataset(Dataset):
                 f"relation_pair_fraction > 0 asks two questions about a scene: questions_per_image must be >= 2, "
                 f"got {questions_per_image}"
             )
+        if not categories or set(categories) - set(CATEGORIES):
+            raise ValueError(f"categories must be a non-empty subset of {CATEGORIES}, got {categories!r}")
         self.num_examples, self.split, self.seed = num_examples, split, seed
+        self.categories = tuple(categories)
         self.questions_per_image = questions_per_image
         self.scrambled_fraction = scrambled_fraction
         self.region_fraction, self.occupancy_fraction = region_fraction, occupancy_fraction
@@ -571,7 +576,7 @@ class ScenesDataset(Dataset):
 
     def example(self, index: int) -> tuple[str, list[SceneObject], list[tuple[str, str]]]:
         rng = random.Random(f"{self.seed}-{self.split}-{index}")
-        prompt = sample_training_prompt(rng, self.split)
+        prompt = sample_training_prompt(rng, self.split, self.categories)
         spec = parse_prompt(prompt)
         objects = sample_scene(spec, rng)
         return prompt, objects, rng.sample(scene_questions(objects, spec, rng, self.split), self.questions_per_image)

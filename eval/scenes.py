@@ -100,6 +100,31 @@ def judge_image(image: np.ndarray, prompt: str) -> bool:
     return any(relation_holds(b.cx - a.cx, b.cy - a.cy, spec.relation) for a in matched[0] for b in matched[1])
 
 
+FAILURES = ("colour", "shape", "size", "count", "relation")
+
+
+def failure_reason(image: np.ndarray, prompt: str) -> str | None:
+    """The first check of :func:`judge_image` that ``image`` fails for ``prompt``, or ``None`` when it passes.
+
+    Checked per object phrase in prompt order: ``"colour"`` (no component of its colour), ``"shape"`` (none of
+    that colour has its shape), ``"size"`` (none of that colour and shape has its size), ``"count"`` (not exactly
+    ``count`` matching components); then ``"relation"``. A diagnosis of what a generator gets wrong."""
+    spec = parse_prompt(prompt)
+    detections = detect_objects(image)
+    for obj in spec.objects:
+        coloured = [d for d in detections if d.colour == obj.colour]
+        if not coloured:
+            return "colour"
+        shaped = [d for d in coloured if d.shape == obj.shape]
+        if not shaped:
+            return "shape"
+        if not any(_matches(d, obj) for d in shaped):
+            return "size"
+        if sum(_matches(d, obj) for d in shaped) != obj.count:
+            return "count"
+    return None if judge_image(image, prompt) else "relation"
+
+
 def region_labels(image: np.ndarray, prompt: str) -> tuple[np.ndarray, np.ndarray]:
     """Per region of :data:`~selfgen.data.scenes.REGIONS` (quadrants, by a detection's centre): is any
     object there, and is every object there one of the prompt's (colour and shape)? Two boolean ``(4,)``

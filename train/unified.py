@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +120,7 @@ class UnifiedConfig(TrainingConfig):
     train_parameters: str = "all"  # "all"; "understanding": the generation expert frozen; "generation": all else frozen
     occupancy_eval_steps: int = 0  # > 0: log occupancy_auc every that many steps
     eval_prompts_per_category: int = 16
+    prompt_categories: list[str] = field(default_factory=list)  # training prompts of these categories only ([]: all)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -333,6 +334,7 @@ def train(config: UnifiedConfig) -> TrainResult:
         located_fraction=config.located_fraction,
         relation_fraction=config.relation_fraction,
         relation_pair_fraction=config.relation_pair_fraction,
+        categories=tuple(config.prompt_categories) or CATEGORIES,
     )
     if config.train_parameters != "all":
         generation = {id(param) for param in model.generation_parameters()}
@@ -430,16 +432,12 @@ def occupancy_auc(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1) -
     return ranking_auc(probabilities.numpy(), np.array(occupied))
 
 
-def judge_verification(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1) -> dict[str, float]:
-    """The issue's judge metric on real images: freshly rendered scenes of held-out prompts, each asked
-    ``"does the image show {its prompt}?"`` (yes) and the same about a hard negative
-    (:func:`~selfgen.data.scenes.perturb_prompt`: one colour, shape, count or relation changed; no), and the two region questions
-    about a random quadrant (occupancy and noun-in-region, :func:`~selfgen.data.scenes.region_questions`).
-
-    Returns the whole-prompt accuracy (``P(yes) > 0.5``) and the AUC of ``P(yes)`` (positive against
-    negative pairs; 0.5 is chance), the region accuracy, and per kind of hard negative (``colour``,
-    ``shape``, ``count``, ``relation``) ``paired_auc_{kind}``: how often the scene's own prompt scores above
-    its negative (``num_{kind}`` scenes); each with a 95% bootstrap interval over scenes (``*_low``, ``*_high``)."""
+def verification_scores(
+    pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The judge's ``P(yes)`` on the questions of :func:`judge_verification`: ``(probability, truth, kinds)``,
+    ``(num_scenes, 4)`` arrays (columns: own prompt, hard negative, occupancy, noun in region) and each scene's
+    kind of hard negative."""
     rng = random.Random(f"verification-{seed}")
     images, questions, labels, kinds = [], [], [], []
     for spec, objects, image in rendered_heldout_scenes(num_scenes, rng):
@@ -452,9 +450,32 @@ def judge_verification(pipe: UnifiedPipeline, num_scenes: int = 200, seed: int =
             questions.append(question)
             labels.append(label)
     probability = torch.cat([batch.cpu() for batch in answer_in_batches(pipe.yes_probability, images, questions)])
-    per_scene = probability.numpy().reshape(num_scenes, 4)
-    truth = np.array(labels).reshape(num_scenes, 4)
-    right = (per_scene > 0.5) == truth
+    return probability.numpy().reshape(num_scenes, 4), np.array(labels).reshape(num_scenes, 4), kinds
+
+
+def whole_prompt_threshold(probability: np.ndarray, truth: np.ndarray) -> float:
+    """The ``P(yes)`` threshold (grid 0.05..0.95) with the best whole-prompt accuracy on these scenes
+    (:func:`verification_scores` of a validation seed); the lowest such threshold on ties."""
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    accuracy = [((probability[:, :2] > t) == truth[:, :2]).mean() for t in grid]
+    return float(grid[int(np.argmax(accuracy))])
+
+
+def judge_verification(
+    pipe: UnifiedPipeline, num_scenes: int = 200, seed: int = 1, threshold: float = 0.5
+) -> dict[str, float]:
+    """The issue's judge metric on real images: freshly rendered scenes of held-out prompts, each asked
+    ``"does the image show {its prompt}?"`` (yes) and the same about a hard negative
+    (:func:`~selfgen.data.scenes.perturb_prompt`: one colour, shape, count or relation changed; no), and the two region questions
+    about a random quadrant (occupancy and noun-in-region, :func:`~selfgen.data.scenes.region_questions`).
+
+    Returns the whole-prompt accuracy (``P(yes) > threshold``; a threshold other than 0.5 is chosen on another
+    ``seed``'s scenes, :func:`whole_prompt_threshold`) and the AUC of ``P(yes)`` (positive against
+    negative pairs; 0.5 is chance), the region accuracy (``P(yes) > 0.5``), and per kind of hard negative (``colour``,
+    ``shape``, ``count``, ``relation``) ``paired_auc_{kind}``: how often the scene's own prompt scores above
+    its negative (``num_{kind}`` scenes); each with a 95% bootstrap interval over scenes (``*_low``, ``*_high``)."""
+    per_scene, truth, kinds = verification_scores(pipe, num_scenes, seed)
+    right = (per_scene > np.array([threshold, threshold, 0.5, 0.5])) == truth
     statistics = {
         "whole_prompt_accuracy": lambda rows: float(rows[:, 0:2].mean()),
         "whole_prompt_auc": lambda rows: ranking_auc(rows[:, 4:6].ravel(), rows[:, 8:10].ravel().astype(bool)),

@@ -98,6 +98,16 @@ def test_dataset_items_are_seeded():
         ScenesDataset(10)[10]
 
 
+def test_dataset_categories_restrict_the_prompts_and_keep_the_default_stream():
+    single = ScenesDataset(40, seed=3, categories=("colour", "size"))
+    assert {parse_prompt(single[i]["prompt"]).category for i in range(40)} == {"colour", "size"}
+    everything = ScenesDataset(40, seed=3)
+    assert len({parse_prompt(everything[i]["prompt"]).category for i in range(40)}) >= 4
+    assert ScenesDataset(40, seed=3, categories=CATEGORIES)[7]["prompt"] == everything[7]["prompt"]
+    with pytest.raises(ValueError, match="categories"):
+        ScenesDataset(10, categories=("shapes",))
+
+
 def test_dataset_asks_several_distinct_questions_per_scene():
     single, several = ScenesDataset(10, seed=3)[4], ScenesDataset(10, seed=3, questions_per_image=3)[4]
     assert torch.equal(single["pixel_values"], several["pixel_values"])

@@ -12,7 +12,14 @@ from selfgen.data.scenes import (
     render_scene,
     sample_scene,
 )
-from selfgen.eval.scenes import SceneJudge, detect_objects, judge_image, paired_difference, region_labels
+from selfgen.eval.scenes import (
+    SceneJudge,
+    detect_objects,
+    failure_reason,
+    judge_image,
+    paired_difference,
+    region_labels,
+)
 
 
 def _rendered(count_per_category=25, seed=0):
@@ -93,3 +100,21 @@ def test_paired_difference_is_clustered_by_prompt_and_needs_the_same_prompts():
     assert standard_error == pytest.approx(np.std([0.5, 0.0, 0.25], ddof=1) / np.sqrt(3))
     with pytest.raises(ValueError, match="same prompts"):
         paired_difference(baseline, {"a red circle": 1.0, "a blue square": 1.0, "a red square": 1.0})
+
+
+def test_failure_reason_names_the_first_failed_check():
+    def scene(*objects):
+        return render_scene([SceneObject(*obj) for obj in objects])
+
+    red_circle = ("red", "circle", 9, 2, 2)
+    assert failure_reason(scene(red_circle), "a red circle") is None
+    assert failure_reason(scene(red_circle), "a blue circle") == "colour"
+    assert failure_reason(scene(red_circle), "a red square") == "shape"
+    assert failure_reason(scene(red_circle), "a large red circle") == "size"
+    assert failure_reason(scene(red_circle), "two red circles") == "count"
+    blue_square = ("blue", "square", 9, 20, 2)  # right of the circle
+    assert failure_reason(scene(red_circle, blue_square), "a red circle left of a blue square") is None
+    assert failure_reason(scene(red_circle, blue_square), "a red circle right of a blue square") == "relation"
+    images, prompts = _rendered(count_per_category=5)
+    for image, prompt in zip(images, prompts):  # agrees with judge_image: None exactly when the judge says yes
+        assert (failure_reason(image, prompt) is None) == judge_image(image, prompt)

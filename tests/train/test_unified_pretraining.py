@@ -29,6 +29,7 @@ from selfgen.train.unified import (
     build_pipeline,
     collate,
     judge_verification,
+    whole_prompt_threshold,
     occupancy_auc,
     question_lm_loss,
     train,
@@ -210,6 +211,19 @@ def test_judge_verification_scores_a_judge_that_reads_the_image_and_one_that_can
     assert all(blind[key] == 0.5 for key in blind if key.startswith("paired_auc_") and key.count("_") == 2)
     assert blind["region_accuracy_low"] <= blind["region_accuracy"] <= blind["region_accuracy_high"]
     assert blind["region_accuracy_high"] < 1.0
+
+
+def test_whole_prompt_threshold_is_chosen_where_the_judge_separates_and_applied():
+    # P(yes) of own prompts 0.30-0.40, of negatives 0.10-0.20: 0.5 rejects every own prompt, 0.21..0.29 is perfect
+    rng = np.random.default_rng(0)
+    probability = np.stack([rng.uniform(0.3, 0.4, 50), rng.uniform(0.1, 0.2, 50), np.ones(50), np.ones(50)], 1)
+    truth = np.tile([True, False, True, True], (50, 1))
+    threshold = whole_prompt_threshold(probability, truth)
+    assert 0.2 <= threshold < 0.3
+    shy = _RuleJudgePipe(sees_the_image=True)
+    scaled = type("Shy", (), {"yes_probability": lambda self, i, q: 0.3 * shy.yes_probability(i, q) + 0.05})()
+    assert judge_verification(scaled, num_scenes=8)["whole_prompt_accuracy"] == 0.5  # 0.35 vs 0.05 at 0.5
+    assert judge_verification(scaled, num_scenes=8, threshold=threshold)["whole_prompt_accuracy"] == 1.0
 
 
 def test_a_new_understanding_encoder_keeps_every_other_weight_and_the_generation_output():
