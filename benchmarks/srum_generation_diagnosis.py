@@ -10,6 +10,7 @@ noise; the held-out prompts are never looked at here). docs/srum.md, eleventh pa
 4. one step from a rendered validation scene noised to sigma: does the model restore the shape it is shown.
 
     python benchmarks/srum_generation_diagnosis.py outputs/unified-shapes-conv-repair/pipeline   # ~10 min on a busy shared core
+    python benchmarks/srum_generation_diagnosis.py outputs/unified-shapes-conv-repair/pipeline 3.0   # 2. only, sigma shift 3
 """
 import collections
 import json
@@ -18,6 +19,7 @@ import sys
 
 import numpy as np
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from selfgen import UnifiedPipeline
 from selfgen.data.scenes import COLOURS, PAD_ID, BOS_ID, EOS_ID, parse_prompt, render_scene, sample_scene
@@ -72,9 +74,11 @@ def components(images, prompts):
     return {("3+" if k == 3 else str(k)): v for k, v in sorted(counts.items())}
 
 
-def main(path: str) -> None:
+def main(path: str, shift: float | None = None) -> None:
     pipe = UnifiedPipeline.from_pretrained(path)
     pipe.set_progress_bar_config(disable=True)
+    if shift is not None:  # the sampler only, with the schedule's sigmas shifted toward high noise (SD3's shift)
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=shift)
     prompts = [p for p in heldout_prompts(PER_CATEGORY, SEED, split="train") for _ in range(SAMPLES)]
     result = {"model": path, "num_images": len(prompts)}
     grid = {}
@@ -88,6 +92,9 @@ def main(path: str) -> None:
             result["default_20_steps_guidance_3"] = rep
             result["single_object_components_of_asked_colour"] = components(images, prompts)
     result["sampler_grid_overall_single"] = grid
+    if shift is not None:
+        print(json.dumps({"shift": shift, **result}, indent=1))
+        return
     # x0 estimates along the default sampler's path (20 Euler steps, guidance 3)
     ids = pipe.encode_prompts(prompts)
     empty = torch.full_like(ids, PAD_ID)
@@ -125,4 +132,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else None)
