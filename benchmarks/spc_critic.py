@@ -9,7 +9,8 @@ rule-corrupted step of any of the three kinds); a model's verdict is its ``V:`` 
 ``--verdict_sources comparison``, what its written comparison ``D:<step> vs <value>`` states. Printed per model: the step-level F1 (positive = a wrong
 step, over the steps of clean solutions and the steps of erroneous ones up to their error), the
 step true / false positive rates, the solution-level detection F1 and accuracy, ProcessBench's F1
-(first error located / clean accepted), the accept rate and how often the critique's re-derived step is the
+(first error located / clean accepted), the accept rate, the recall per error kind (``critic_recall_<kind>``: erroneous
+solutions of that kind flagged anywhere) and how often the critique's re-derived step is the
 reference step (``derivation``, 0 for a verdict-only critic) and how often its verdict is the comparison of its own
 derivation's result with the judged step's result (``consistency``, :func:`~selfgen.train.llm.spc.verdict_consistency`:
 ``V:Y`` iff they are equal), then the step F1 (TPR / FPR) the critic would have if its verdicts were that comparison
@@ -44,7 +45,10 @@ from selfgen.train.llm.spc import (
 )
 
 SEED = EVAL_SEED + 700  # apart from the trainer's in-training detection set (EVAL_SEED + 500)
-METRICS = ("step_f1", "step_tpr", "step_fpr", "critic_f1", "critic_accuracy", "critic_processbench_f1", "accept_rate")
+METRICS = (
+    "step_f1", "step_tpr", "step_fpr", "critic_f1", "critic_accuracy", "critic_processbench_f1", "accept_rate",
+    *(f"critic_recall_{kind}" for kind in ERROR_KINDS),
+)
 
 
 def metrics(solutions, verdicts) -> dict[str, float]:

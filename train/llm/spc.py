@@ -36,6 +36,16 @@ reference, on the sneaky and critic samples together, plus the official SFT term
 SPC's ``scripts/rl_critic.sh`` on the game data and the round-0 SFT data with ``lm_sft_coeff 0.15``):
 ``rl_sft_coefficient`` x the mean NLL of as many warm-up examples as game samples (:class:`SPCObjective`).
 
+The critic's game data across rounds (``sneaky_history``): the official round-2 critic is trained on the
+game records of rounds 1 and 2 together (``data_round2_rl_critic.json``, ``scripts/rl_critic.sh``). With
+``sneaky_history="all"`` each round's validated sneaky steps are recorded (``iteration-k/sneaky_steps.jsonl``,
+:class:`SneakyStep`) and the critic judges those of every earlier round besides its own (freshly sampled
+critiques of the recorded steps, each with its original step, rewarded as above; the sneaky generator is
+rewarded on its own round's steps only). ``critic_kind_balance`` (our addition, not in the paper)
+resamples the steps the critic judges to an equal share per error kind (:func:`error_kind`: the carry,
+an operand or only the result differs from the original step; :func:`balanced_by_kind`), so a kind the
+sneaky generator rarely writes still weighs a third of the critic's games.
+
 Supervised warm-up (the paper's SFT initialisation of both roles, here on rule-built data because the
 tiny base model has never seen the role formats; :meth:`SPCTrainer.seed_round`): ``warmup_examples``
 critic (a share ``warmup_critic_fraction``, half of them on correct steps) and sneaky examples from :func:`~selfgen.data.reasoning.corrupt_step` with the error kinds
@@ -62,16 +72,21 @@ step in the sneaky generator's output; the warm-up critiques are rule-built (sol
 stronger model; the critique is a one-line re-derivation and comparison, not free text; with
 ``verdict_source="comparison"`` a rule reads the verdict off the comparison (our 3.2 M critic's written
 ``V:`` stays at chance given the right comparison, docs/llm_part2.md pass 3); the SFT rows of the game
-update are drawn 1:1 with the game samples (the official data mix is not stated). ``critique_format="verdict"``
+update are drawn 1:1 with the game samples (the official data mix is not stated); each round's update
+continues from the last round's model with its sampler's log-probabilities as ``pi_old`` (the official
+critic of round k restarts from the round-0 SFT critic, its ratio taken against that model, 3 epochs over
+all rounds' data: a growing budget we do not spend), so with ``sneaky_history="all"`` the earlier rounds'
+sneaky steps are re-critiqued by the current critic rather than replayed with their old critiques. ``critique_format="verdict"``
 keeps the earlier departure (the verdict alone: on the 3.2 M Llama base its critic could not check a
 column sum, step TPR 0.015 vs FPR 0.006, docs/llm_part2.md) for the documented 0.86 M runs.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -92,7 +107,7 @@ from ...data.reasoning import (
     reference_steps,
     sneaky_prompt,
 )
-from ...data.tasks import ArithmeticTask, derive_seed, parse_verdict, solution_steps
+from ...data.tasks import STEP_PATTERN, ArithmeticTask, derive_seed, parse_verdict, solution_steps
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .lm import EVAL_SEED
@@ -101,6 +116,8 @@ from .objectives import GRPOCollator, GRPOObjective, PolicySample, SFTCollator, 
 from .rollout import Rollout, SamplingParams
 
 VERDICT_SOURCES = ("written", "comparison")
+SNEAKY_HISTORIES = ("current", "all")
+SNEAKY_STEPS_FILE = "sneaky_steps.jsonl"  # an iteration's validated sneaky steps, for later rounds' critics
 WARMUP_SEED = 8_500  # warm-up problems come from training seeds, apart from problems(iteration)
 
 
@@ -128,6 +145,8 @@ class SPCConfig(IterativeConfig):
     warmup_verdict_weight: float = 1.0  # SFT loss weight of a warm-up critique's verdict token (the others weigh 1)
     rl_sft_coefficient: float = 0.15  # the official lm_sft_coeff: warm-up examples' NLL weight in the game update
     detection_problems: int = 200
+    sneaky_history: str = "current"  # "all": the critic also judges the validated sneaky steps of every earlier round
+    critic_kind_balance: bool = False  # resample the critic's sneaky steps to an equal share per error kind
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -148,6 +167,8 @@ class SPCConfig(IterativeConfig):
             raise ValueError(f"verdict_source='comparison' needs critique_format='compare', got {self.critique_format!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0: the game's moves are sampled, got {self.temperature}")
+        if self.sneaky_history not in SNEAKY_HISTORIES:
+            raise ValueError(f"sneaky_history must be one of {SNEAKY_HISTORIES}, got {self.sneaky_history!r}")
 
 
 # ----------------------------------------------------------------- the game
@@ -170,6 +191,54 @@ def sneaky_reward(effective: bool, critic_step_rewards: Sequence[float]) -> floa
 def sneaky_is_effective(original_success: float, sneaky_success: float, changed: bool, min_original_success: float) -> bool:
     """The paper's automated validation: the original step leads to the answer, the sneaky step never does."""
     return changed and original_success >= min_original_success and sneaky_success == 0.0
+
+
+def error_kind(step: str, sneaky: str) -> str:
+    """The kind of a sneaky step's error against the correct ``step`` (both ``a<op>b[+c]=r``, the kinds of
+    :func:`~selfgen.data.reasoning.corrupt_step`): ``carry`` when its carry differs, else ``operand`` when
+    an operand (or the operator) differs, else ``calculation`` (only the result); ``other`` when either
+    step is not of that form."""
+    original, changed = STEP_PATTERN.match(step), STEP_PATTERN.match(sneaky)
+    if original is None or changed is None:
+        return "other"
+    left, op, right, carry, _ = original.groups()
+    sneaky_left, sneaky_op, sneaky_right, sneaky_carry, _ = changed.groups()
+    if carry != sneaky_carry:
+        return "carry"
+    return "operand" if (left, op, right) != (sneaky_left, sneaky_op, sneaky_right) else "calculation"
+
+
+@dataclass
+class SneakyStep:
+    """A validated sneaky step ``sneaky`` that replaced the correct ``step`` after ``prefix`` (a game record)."""
+
+    problem: Problem
+    prefix: list[str]
+    step: str
+    sneaky: str
+
+    @property
+    def kind(self) -> str:
+        return error_kind(self.step, self.sneaky)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, line: str) -> SneakyStep:
+        record = json.loads(line)
+        return cls(Problem(**record.pop("problem")), **record)
+
+
+def balanced_by_kind(steps: Sequence[SneakyStep], rng: random.Random) -> list[SneakyStep]:
+    """``steps`` resampled to an equal count per error kind (:func:`error_kind`), about as many in all:
+    each kind's steps repeated ``per // n`` times plus ``per % n`` of them drawn without replacement, with
+    ``per = ceil(len(steps) / kinds)`` (a rare kind's steps all kept and repeated, a common kind's thinned)."""
+    groups: dict[str, list[SneakyStep]] = {}
+    for step in steps:
+        groups.setdefault(step.kind, []).append(step)
+    per = -(-len(steps) // max(len(groups), 1))
+    return [s for kind in sorted(groups) for s in groups[kind] * (per // len(groups[kind])) + rng.sample(groups[kind], per % len(groups[kind]))]
 
 
 @dataclass
@@ -415,27 +484,71 @@ class SPCTrainer(IterativeTrainer):
             changed = game.sneaky.text.strip() != game.step
             game.effective = sneaky_is_effective(base_rate, sneaky_rate, changed, config.min_original_success)
         played = [g for g in games if g.effective]
-        items = [(g.problem, g.prefix, g.sneaky.text.strip()) for g in played] + [(g.problem, g.prefix, g.step) for g in played]
-        critiques = self.critique(items, config.critic_samples, seed=iteration)
-        m = config.critic_samples
-        samples, critic_on_wrong, critic_on_correct = [], [], []
-        for index in range(len(items)):
-            rollouts, wrong = critiques[index * m : (index + 1) * m], index < len(played)  # sneaky steps first
-            rewards = critic_rewards([self.verdict(r.text) for r in rollouts], step_is_wrong=wrong)
-            (critic_on_wrong if wrong else critic_on_correct).extend(rewards)
-            samples += [self.policy_sample(r, reward) for r, reward in zip(rollouts, rewards)]
-            if wrong:
-                played[index].critic_rewards = rewards
+        current = [SneakyStep(g.problem, g.prefix, g.step, g.sneaky.text.strip()) for g in played]
+        self.save_sneaky_steps(iteration, current)
+        chosen = self.critic_steps(current, iteration)
+        items = [(s.problem, s.prefix, s.sneaky) for s in chosen] + [(s.problem, s.prefix, s.step) for s in chosen]
+        judged = self.judge(items, [True] * len(chosen) + [False] * len(chosen), seed=iteration)  # sneaky steps first
+        samples = [self.policy_sample(r, reward) for rollouts, rewards in judged for r, reward in zip(rollouts, rewards)]
+        on_wrong: dict[int, list[float]] = {}
+        for step, (_, rewards) in zip(chosen, judged):
+            on_wrong.setdefault(id(step), rewards)
+        missing = [s for s in current if id(s) not in on_wrong]  # thinned out by the kind balance: judged for
+        extra = self.judge([(s.problem, s.prefix, s.sneaky) for s in missing], [True] * len(missing), seed=iteration + 1)
+        on_wrong.update({id(step): rewards for step, (_, rewards) in zip(missing, extra)})  # the sneaky reward only
+        for game, step in zip(played, current):
+            game.critic_rewards = on_wrong[id(step)]
         for game in games:
             reward = sneaky_reward(game.effective, game.critic_rewards)
             samples.append(self.policy_sample(game.sneaky, reward))
+        on_errors = [reward for _, rewards in judged[: len(chosen)] for reward in rewards]
+        on_correct = [reward for _, rewards in judged[len(chosen) :] for reward in rewards]
         logs = {
             "games": float(len(games)),
             "sneaky_success_rate": len(played) / max(len(games), 1),
-            "critic_win_rate_on_errors": sum(r > 0 for r in critic_on_wrong) / max(len(critic_on_wrong), 1),
-            "critic_win_rate_on_correct": sum(r > 0 for r in critic_on_correct) / max(len(critic_on_correct), 1),
+            "critic_win_rate_on_errors": sum(r > 0 for r in on_errors) / max(len(on_errors), 1),
+            "critic_win_rate_on_correct": sum(r > 0 for r in on_correct) / max(len(on_correct), 1),
+            "critic_judged_steps": float(len(chosen)),
         }
+        for kind in (*ERROR_KINDS, "other"):
+            wins = [r > 0 for step, (_, rewards) in zip(chosen, judged) if step.kind == kind for r in rewards]
+            logs[f"sneaky_kind_{kind}"] = sum(step.kind == kind for step in current) / max(len(current), 1)
+            if wins:
+                logs[f"critic_win_rate_{kind}"] = sum(wins) / len(wins)
         return samples, logs
+
+    def judge(self, items: Sequence[tuple[Problem, Sequence[str], str]], wrong: Sequence[bool], seed: int):
+        """``critic_samples`` critiques of each ``(problem, prefix, step)`` item and their game rewards
+        (:func:`critic_rewards`, ``wrong``: the item's step is a sneaky one), grouped by item."""
+        m = self.config.critic_samples
+        critiques = self.critique(items, m, seed=seed) if items else []
+        groups = [critiques[index * m : (index + 1) * m] for index in range(len(items))]
+        return [(g, critic_rewards([self.verdict(r.text) for r in g], step_is_wrong=w)) for g, w in zip(groups, wrong)]
+
+    def critic_steps(self, current: list[SneakyStep], iteration: int) -> list[SneakyStep]:
+        """The sneaky steps the critic judges this round (each with its original step): this round's, plus,
+        with ``sneaky_history="all"``, every earlier round's (the official round-2 critic trains on the
+        game data of rounds 1 and 2), resampled to an equal share per error kind with ``critic_kind_balance``."""
+        pool = current + (self.earlier_sneaky_steps(iteration) if self.config.sneaky_history == "all" else [])
+        if self.config.critic_kind_balance:
+            pool = balanced_by_kind(pool, random.Random(derive_seed(self.config.seed, iteration, "balance")))
+        return pool
+
+    def save_sneaky_steps(self, iteration: int, steps: Sequence[SneakyStep]) -> None:
+        """This round's validated sneaky steps as JSON lines in ``iteration-k/sneaky_steps.jsonl``."""
+        path = self.iteration_dir(iteration) / SNEAKY_STEPS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(step.to_json() + "\n" for step in steps))
+
+    def earlier_sneaky_steps(self, iteration: int) -> list[SneakyStep]:
+        """The validated sneaky steps of iterations ``1 .. iteration - 1`` (their ``sneaky_steps.jsonl``)."""
+        steps = []
+        for earlier in range(1, iteration):
+            path = self.iteration_dir(earlier) / SNEAKY_STEPS_FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"sneaky_history='all': {path} is missing (iteration {earlier} was not played by this run)")
+            steps += [SneakyStep.from_json(line) for line in path.read_text().splitlines() if line.strip()]
+        return steps
 
     @staticmethod
     def policy_sample(rollout: Rollout, reward: float) -> PolicySample:

@@ -1,5 +1,6 @@
 """SPC: the game's outcome on hand-made cases, detection metrics, one tiny iteration, config errors."""
 
+import random
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,12 @@ from selfgen.train.llm.spc import (
     SPCConfig,
     SPCObjective,
     SPCTrainer,
+    SneakyStep,
+    balanced_by_kind,
     critic_rewards,
     derivation_accuracy,
     detection_metrics,
+    error_kind,
     first_flagged,
     sneaky_is_effective,
     step_labels,
@@ -150,13 +154,19 @@ def test_update_adds_the_sft_term_on_replayed_warmup_rows(tmp_path):
     torch.testing.assert_close(without, game_only, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
-def test_one_iteration_end_to_end(tmp_path):
-    config = SPCConfig(
+def tiny_config(tmp_path, **overrides) -> SPCConfig:
+    """A few seconds' game on 2-digit additions (the warm-up and update are a couple of steps)."""
+    settings = dict(
         output_dir=str(tmp_path / "run"), iterations=1, problems_per_iteration=4, eval_problems=3, detection_problems=4,
         samples_per_problem=2, validation_samples=2, critic_samples=2, warmup_examples=12, warmup_train_steps=2,
         max_train_steps=2, train_batch_size=4, max_new_tokens=40, max_digits=2, logging_steps=1,
     )
+    return SPCConfig(**{**settings, **overrides})
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_one_iteration_end_to_end(tmp_path):
+    config = tiny_config(tmp_path)
     report = SPCTrainer(model=str(ASSET), task="arith", config=config).train()
     assert [record["iteration"] for record in report.history] == [0, 1]
     assert report[0]["seed_train_steps"] == 2 and "base_critic_f1" in report[0]
@@ -164,6 +174,24 @@ def test_one_iteration_end_to_end(tmp_path):
                 "critic_location_accuracy", "accept_rate", "sneaky_success_rate"):
         assert 0.0 <= report[1][key] <= 1.0
     assert report[1]["time_rollout_s"] > 0
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_critic_judges_every_rounds_sneaky_steps(tmp_path):
+    """sneaky_history='all': round 2's critic judges round 1's recorded sneaky steps besides its own."""
+    config = tiny_config(
+        tmp_path, iterations=2, problems_per_iteration=6, eval_problems=2, detection_problems=2, max_train_steps=1,
+        min_original_success=0.0, sneaky_history="all", critic_kind_balance=True,
+    )
+    report = SPCTrainer(model=str(ASSET), task="arith", config=config).train()
+    recorded = [
+        (tmp_path / "run" / f"iteration-{k}" / "sneaky_steps.jsonl").read_text().splitlines() for k in (1, 2)
+    ]
+    assert [len(lines) for lines in recorded] == [round(report[k]["sneaky_success_rate"] * 6) for k in (1, 2)]
+    assert recorded[0], "no sneaky step in round 1: the history is not exercised"
+    for k, pool in ((1, len(recorded[0])), (2, len(recorded[0]) + len(recorded[1]))):
+        kinds = sum(report[k].get(f"critic_win_rate_{kind}") is not None for kind in ("calculation", "carry", "operand", "other"))
+        assert report[k]["critic_judged_steps"] == (-(-pool // kinds) * kinds if pool else 0)  # balanced, all rounds
 
 
 def test_config_and_task_errors():
@@ -185,6 +213,8 @@ def test_config_and_task_errors():
         SPCConfig(verdict_source="comparison", critique_format="rederive")
     with pytest.raises(ValueError, match="temperature"):
         SPCConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="sneaky_history"):
+        SPCConfig(sneaky_history="last")
     if (ASSET / "config.json").is_file():
         with pytest.raises(ValueError, match="arithmetic task"):
             SPCTrainer(model=str(ASSET), task="countdown", config=SPCConfig(eval_problems=2))
@@ -213,3 +243,48 @@ def test_bundled_config_loads():
     assert llama.model == "assets/lm-arith-llama" and llama.mixed_precision == "no"
     assert llama.verdict_source == "comparison" and llama.rl_sft_coefficient == pytest.approx(0.15)
     assert llama.critique_format == "compare" and llama.critic_max_new_tokens >= len("D:9+9+1=19 vs 18\nV:N") + 1  # + eos
+    assert llama.sneaky_history == "current" and not llama.critic_kind_balance
+    history = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith_llama_history.yaml")
+    assert history.sneaky_history == "all" and history.critic_kind_balance and history.output_dir != llama.output_dir
+    matched = ("seed", "warmup_examples", "warmup_train_steps", "problems_per_iteration", "critic_samples", "max_train_steps",
+               "train_batch_size", "learning_rate", "rl_sft_coefficient", "verdict_source")
+    assert [getattr(history, key) for key in matched] == [getattr(llama, key) for key in matched]  # its matched control
+
+
+def test_error_kind_of_a_sneaky_step():
+    assert error_kind("4+8+1=13", "4+8+1=14") == "calculation"  # only the result
+    assert error_kind("4+8+1=13", "4+8+0=12") == "carry"  # a true equation with the wrong carry
+    assert error_kind("4+8+1=13", "4+7+1=12") == "operand"
+    assert error_kind("4+8+1=13", "4+8=12") == "carry"  # the carry dropped
+    assert error_kind("4+8+1=13", "thirteen") == "other"
+
+
+def test_balanced_by_kind_gives_each_kind_an_equal_share():
+    problem = Problem("47+85", "132", "p")
+    calculation = [SneakyStep(problem, [], "4+8+1=13", f"4+8+1={r}") for r in (10, 11, 12, 14, 15, 16)]
+    carry = [SneakyStep(problem, [], "4+8+1=13", "4+8+0=12")]
+    operand = [SneakyStep(problem, [], "4+8+1=13", "4+7+1=12"), SneakyStep(problem, [], "4+8+1=13", "3+8+1=12")]
+    picked = balanced_by_kind(calculation + carry + operand, random.Random(0))
+    counts = {kind: sum(s.kind == kind for s in picked) for kind in ("calculation", "carry", "operand")}
+    assert counts == {"calculation": 3, "carry": 3, "operand": 3}  # ceil(9 / 3) each
+    assert picked.count(carry[0]) == 3 and all(s in picked for s in operand)  # a rare kind is repeated, never lost
+    assert len({id(s) for s in picked if s.kind == "calculation"}) == 3  # a common kind is thinned without repeats
+    assert balanced_by_kind([], random.Random(0)) == []
+
+
+def test_sneaky_steps_round_trip_and_history(tmp_path):
+    problem = Problem("47+85", "132", "p", {"digits": 2})
+    step = SneakyStep(problem, ["7+5+0=12"], "4+8+1=13", "4+8+0=12")
+    assert SneakyStep.from_json(step.to_json()) == step
+    trainer = SPCTrainer.__new__(SPCTrainer)  # only the history's file handling: no model needed
+    trainer.output_dir, trainer.config = tmp_path, SPCConfig(sneaky_history="all", critic_kind_balance=False)
+    trainer.save_sneaky_steps(1, [step])
+    trainer.save_sneaky_steps(2, [step, step])
+    assert trainer.earlier_sneaky_steps(3) == [step, step, step] and trainer.earlier_sneaky_steps(1) == []
+    current = [SneakyStep(problem, [], "7+5+0=12", "7+5+0=13")]
+    assert trainer.critic_steps(current, 3) == current + [step] * 3  # this round's first, then every earlier one
+    trainer.config = SPCConfig(sneaky_history="current")
+    assert trainer.critic_steps(current, 3) == current
+    trainer.config = SPCConfig(sneaky_history="all")
+    with pytest.raises(FileNotFoundError, match="iteration 3"):
+        trainer.earlier_sneaky_steps(4)
