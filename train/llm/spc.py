@@ -6,6 +6,9 @@ reasoning steps:
 
 * the **sneaky generator** sees a partial solution and a *correct* step ``t_k`` taken from the solver's
   own correct solution (a random position ``k``) and rewrites it into an erroneous step ``t'_k``;
+  with ``sneaky_error_types`` the move first names one of those error types, then writes the step
+  (``carry:4+8+0=12``), as the paper's generator picks an error type from a predefined list before it
+  corrupts the step; its warm-up shows every listed type, and the game plays the step after the name;
 * **automated validation** (the paper's check that a sneaky step is really wrong): the solver (the
   same policy) completes the solution ``validation_samples`` times from the partial solution with the
   original step and with the sneaky step; the sneaky step counts as a successful error when the
@@ -67,8 +70,9 @@ recall per error kind ``critic_recall_<kind>``, ``critic_derivation_accuracy`` (
 equals the reference step, on the scored steps of :func:`step_labels`), and the **filter**: held-out greedy accuracy of all
 solutions vs of the solutions the critic accepts (``filtered_accuracy``, ``accept_rate``).
 
-Departures: one model plays both roles (the paper fine-tunes two copies); no error-type selection
-step in the sneaky generator's output; the warm-up critiques are rule-built (solver-written), not distilled from a
+Departures: one model plays both roles (the paper fine-tunes two copies); without
+``sneaky_error_types`` (the earlier runs) no error-type selection in the sneaky generator's move, and
+its warm-up shows ``warmup_error_kinds`` only; the error types are the three rule-built kinds, not the paper's list; the warm-up critiques are rule-built (solver-written), not distilled from a
 stronger model; the critique is a one-line re-derivation and comparison, not free text; with
 ``verdict_source="comparison"`` a rule reads the verdict off the comparison (our 3.2 M critic's written
 ``V:`` stays at chance given the right comparison, docs/llm_part2.md pass 3); the SFT rows of the game
@@ -147,6 +151,7 @@ class SPCConfig(IterativeConfig):
     detection_problems: int = 200
     sneaky_history: str = "current"  # "all": the critic also judges the validated sneaky steps of every earlier round
     critic_kind_balance: bool = False  # resample the critic's sneaky steps to an equal share per error kind
+    sneaky_error_types: list[str] = field(default_factory=list)  # the sneaky move names one first ("carry:4+8+0=12")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -167,6 +172,8 @@ class SPCConfig(IterativeConfig):
             raise ValueError(f"verdict_source='comparison' needs critique_format='compare', got {self.critique_format!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0: the game's moves are sampled, got {self.temperature}")
+        if set(self.sneaky_error_types) - set(ERROR_KINDS):
+            raise ValueError(f"sneaky_error_types must be a subset of {ERROR_KINDS}, got {self.sneaky_error_types}")
         if self.sneaky_history not in SNEAKY_HISTORIES:
             raise ValueError(f"sneaky_history must be one of {SNEAKY_HISTORIES}, got {self.sneaky_history!r}")
 
@@ -424,6 +431,9 @@ class SPCTrainer(IterativeTrainer):
                 verdict = ((len(critique) - 1, len(critique), weight),) if weight != 1.0 else ()
                 examples.append(TextPair(critic_prompt(question, steps[:k], judged, self.format.prompt), critique, verdict))
             else:
+                if config.sneaky_error_types:  # the paper's sneaky move: name one error type, then write that error
+                    kind = rng.choice(config.sneaky_error_types)
+                    wrong = f"{kind}:{corrupt_step(steps[k], kind, rng)}"
                 examples.append(TextPair(sneaky_prompt(question, steps[:k], steps[k], self.format.prompt), wrong + "\n"))
         for problem in self.task.sample(config.warmup_examples // 3, WARMUP_SEED + 100 + config.seed):
             examples.append(TextPair(self.prompt(problem), self.task.worked_solution(problem)))
@@ -471,6 +481,13 @@ class SPCTrainer(IterativeTrainer):
             sum(self.verify(g.problem, r.text) for r in rollouts[i * n : (i + 1) * n]) / n for i, g in enumerate(games)
         ]
 
+    def sneaky_step(self, move: str) -> str:
+        """The step of a sneaky move: the text after its error type (``carry:4+8+0=12`` -> ``4+8+0=12``)
+        with ``sneaky_error_types``, else the whole move."""
+        move = move.strip()
+        kind, sep, step = move.partition(":")
+        return step if sep and kind in self.config.sneaky_error_types else move
+
     def play(self, games: list[Game], iteration: int) -> tuple[list[PolicySample], dict[str, float]]:
         """Sneaky moves, validation, critiques and rewards; returns the update's samples and the game's logs."""
         config = self.config
@@ -479,12 +496,12 @@ class SPCTrainer(IterativeTrainer):
         for game, rollout in zip(games, sneaky_rollouts):
             game.sneaky = rollout
         original = self.success_rates(games, [g.step for g in games], iteration)
-        sneaky = self.success_rates(games, [g.sneaky.text.strip() for g in games], iteration + 1)
+        sneaky = self.success_rates(games, [self.sneaky_step(g.sneaky.text) for g in games], iteration + 1)
         for game, base_rate, sneaky_rate in zip(games, original, sneaky):
-            changed = game.sneaky.text.strip() != game.step
+            changed = self.sneaky_step(game.sneaky.text) != game.step
             game.effective = sneaky_is_effective(base_rate, sneaky_rate, changed, config.min_original_success)
         played = [g for g in games if g.effective]
-        current = [SneakyStep(g.problem, g.prefix, g.step, g.sneaky.text.strip()) for g in played]
+        current = [SneakyStep(g.problem, g.prefix, g.step, self.sneaky_step(g.sneaky.text)) for g in played]
         self.save_sneaky_steps(iteration, current)
         chosen = self.critic_steps(current, iteration)
         items = [(s.problem, s.prefix, s.sneaky) for s in chosen] + [(s.problem, s.prefix, s.step) for s in chosen]

@@ -1,6 +1,7 @@
 """SPC: the game's outcome on hand-made cases, detection metrics, one tiny iteration, config errors."""
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,8 @@ def test_config_and_task_errors():
         SPCConfig(verdict_source="comparison", critique_format="rederive")
     with pytest.raises(ValueError, match="temperature"):
         SPCConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="sneaky_error_types"):
+        SPCConfig(sneaky_error_types=["typo"])
     with pytest.raises(ValueError, match="sneaky_history"):
         SPCConfig(sneaky_history="last")
     if (ASSET / "config.json").is_file():
@@ -244,9 +247,11 @@ def test_bundled_config_loads():
     assert llama.verdict_source == "comparison" and llama.rl_sft_coefficient == pytest.approx(0.15)
     assert llama.critique_format == "compare" and llama.critic_max_new_tokens >= len("D:9+9+1=19 vs 18\nV:N") + 1  # + eos
     assert llama.sneaky_history == "current" and not llama.critic_kind_balance
-    history = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith_llama_history.yaml")
+    history = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith_llama_typed.yaml")
     assert history.sneaky_history == "all" and history.critic_kind_balance and history.output_dir != llama.output_dir
-    matched = ("seed", "warmup_examples", "warmup_train_steps", "problems_per_iteration", "critic_samples", "max_train_steps",
+    assert history.sneaky_error_types == ["calculation", "carry", "operand"] and llama.sneaky_error_types == []
+    assert history.step_max_new_tokens >= len("calculation:9+9+1=17\n") and history.warmup_error_kinds == ["calculation"]
+    matched = ("seed", "warmup_examples", "warmup_error_kinds", "warmup_train_steps", "problems_per_iteration", "critic_samples", "max_train_steps",
                "train_batch_size", "learning_rate", "rl_sft_coefficient", "verdict_source")
     assert [getattr(history, key) for key in matched] == [getattr(llama, key) for key in matched]  # its matched control
 
@@ -288,3 +293,32 @@ def test_sneaky_steps_round_trip_and_history(tmp_path):
     trainer.config = SPCConfig(sneaky_history="all")
     with pytest.raises(FileNotFoundError, match="iteration 3"):
         trainer.earlier_sneaky_steps(4)
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_sneaky_move_names_its_error_type_first(tmp_path):
+    """sneaky_error_types: the warm-up's sneaky examples name a kind, then write an error of that kind; the game
+    plays the step after the name. The critic's examples keep warmup_error_kinds (calculation only)."""
+    config = SPCConfig(
+        output_dir=str(tmp_path), warmup_examples=90, eval_problems=1, detection_problems=1, max_digits=3,
+        sneaky_error_types=["calculation", "carry", "operand"],
+    )
+    trainer = SPCTrainer(model=str(ASSET), task="arith", config=config)
+    pairs = trainer.warmup_pairs()
+    sneaky = [pair for pair in pairs if "\nX:" in pair.prompt]
+    named = {}
+    for pair in sneaky:
+        kind, _, wrong = pair.completion.strip().partition(":")
+        original = pair.prompt.rstrip("\n").split("\nX:")[1]
+        assert trainer.sneaky_step(pair.completion) == wrong != original
+        named[kind] = named.get(kind, 0) + (error_kind(original, wrong) == kind)
+    assert set(named) == {"calculation", "carry", "operand"} and all(named.values())  # each kind named and written
+    for pair in pairs:
+        if "\nC:" in pair.prompt:  # the critic still sees calculation errors only
+            judged = pair.prompt.rstrip("\n").split("\nC:")[1]
+            reference = parse_derivation(pair.completion)
+            assert judged == reference or error_kind(reference, judged) == "calculation"
+    assert trainer.sneaky_step(" carry:4+8+0=12\n") == "4+8+0=12" and trainer.sneaky_step("typo:4+8=12") == "typo:4+8=12"
+    untyped = SPCTrainer(model=str(ASSET), task="arith", config=replace(config, sneaky_error_types=[]))
+    assert untyped.sneaky_step("carry:4+8+0=12") == "carry:4+8+0=12"
+    assert all(":" not in p.completion for p in untyped.warmup_pairs() if "\nX:" in p.prompt)  # bare steps, as before
