@@ -13,7 +13,10 @@ reasoning steps:
   same policy) completes the solution ``validation_samples`` times from the partial solution with the
   original step and with the sneaky step; the sneaky step counts as a successful error when the
   original step's completions succeed at least ``min_original_success`` of the time and the sneaky
-  step's never do. Failed attempts score ``-1`` for the sneaky generator and are not played;
+  step's never do. With ``require_step_form`` a move that is not a step ``a<op>b[+c]=r``
+  (after its error type) also fails: at temperature 1 our typed sneaky generator garbled the type name
+  or the step in 85 of its 86 validated moves (``carry:2+6+2=9`` came out as ``carruoatiinn:2+6+2=9``),
+  and the comparison verdict accepts a garbled step whose result is right, so the game rewarded garbage. Failed attempts score ``-1`` for the sneaky generator and are not played;
 * the **critic** sees the partial solution and a step and writes a critique, ``critic_samples`` times
   per step: it re-derives the step (``D:`` and the step recomputed from the question's column digits
   and the carry of the partial solution's last step), writes the judged step's result beside it
@@ -152,6 +155,7 @@ class SPCConfig(IterativeConfig):
     sneaky_history: str = "current"  # "all": the critic also judges the validated sneaky steps of every earlier round
     critic_kind_balance: bool = False  # resample the critic's sneaky steps to an equal share per error kind
     sneaky_error_types: list[str] = field(default_factory=list)  # the sneaky move names one first ("carry:4+8+0=12")
+    require_step_form: bool = False  # a sneaky move that is no step a<op>b[+c]=r is a failed attempt, not a played error
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -497,9 +501,12 @@ class SPCTrainer(IterativeTrainer):
             game.sneaky = rollout
         original = self.success_rates(games, [g.step for g in games], iteration)
         sneaky = self.success_rates(games, [self.sneaky_step(g.sneaky.text) for g in games], iteration + 1)
-        for game, base_rate, sneaky_rate in zip(games, original, sneaky):
+        well_formed = [STEP_PATTERN.match(self.sneaky_step(g.sneaky.text)) is not None for g in games]
+        for game, base_rate, sneaky_rate, formed in zip(games, original, sneaky, well_formed):
             changed = self.sneaky_step(game.sneaky.text) != game.step
-            game.effective = sneaky_is_effective(base_rate, sneaky_rate, changed, config.min_original_success)
+            game.effective = sneaky_is_effective(base_rate, sneaky_rate, changed, config.min_original_success) and (
+                formed or not config.require_step_form
+            )
         played = [g for g in games if g.effective]
         current = [SneakyStep(g.problem, g.prefix, g.step, self.sneaky_step(g.sneaky.text)) for g in played]
         self.save_sneaky_steps(iteration, current)
@@ -526,6 +533,7 @@ class SPCTrainer(IterativeTrainer):
             "critic_win_rate_on_errors": sum(r > 0 for r in on_errors) / max(len(on_errors), 1),
             "critic_win_rate_on_correct": sum(r > 0 for r in on_correct) / max(len(on_correct), 1),
             "critic_judged_steps": float(len(chosen)),
+            "sneaky_well_formed_rate": sum(well_formed) / max(len(games), 1),
         }
         for kind in (*ERROR_KINDS, "other"):
             wins = [r > 0 for step, (_, rewards) in zip(chosen, judged) if step.kind == kind for r in rewards]

@@ -12,9 +12,11 @@ from selfgen.data.problems import Problem
 from selfgen.data.tasks import get_task, parse_verdict
 from selfgen.train.llm.modeling import frozen_copy
 from selfgen.train.llm.objectives import GRPOCollator, GRPOObjective, PolicySample
+from selfgen.train.llm.rollout import Rollout
 from selfgen.train.llm.spc import (
     SPCConfig,
     SPCObjective,
+    Game,
     SPCTrainer,
     SneakyStep,
     balanced_by_kind,
@@ -250,6 +252,7 @@ def test_bundled_config_loads():
     history = load_config(spc.METHOD.config_class, ASSET.parents[1] / "configs" / "spc_arith_llama_typed.yaml")
     assert history.sneaky_history == "all" and history.critic_kind_balance and history.output_dir != llama.output_dir
     assert history.sneaky_error_types == ["calculation", "carry", "operand"] and llama.sneaky_error_types == []
+    assert history.require_step_form and not llama.require_step_form
     assert history.step_max_new_tokens >= len("calculation:9+9+1=17\n") and history.warmup_error_kinds == ["calculation"]
     matched = ("seed", "warmup_examples", "warmup_error_kinds", "warmup_train_steps", "problems_per_iteration", "critic_samples", "max_train_steps",
                "train_batch_size", "learning_rate", "rl_sft_coefficient", "verdict_source")
@@ -322,3 +325,30 @@ def test_sneaky_move_names_its_error_type_first(tmp_path):
     untyped = SPCTrainer(model=str(ASSET), task="arith", config=replace(config, sneaky_error_types=[]))
     assert untyped.sneaky_step("carry:4+8+0=12") == "carry:4+8+0=12"
     assert all(":" not in p.completion for p in untyped.warmup_pairs() if "\nX:" in p.prompt)  # bare steps, as before
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+@pytest.mark.parametrize("require", [False, True])
+def test_a_garbled_sneaky_move_fails_validation_when_the_step_form_is_required(tmp_path, monkeypatch, require):
+    """Three moves that all pass the solver's validation: a typed well-formed step, a garbled type name and a
+    step-less move. With require_step_form only the first is played (and rewarded by the critic's verdicts)."""
+    config = SPCConfig(
+        output_dir=str(tmp_path), eval_problems=1, detection_problems=1, max_digits=2, critic_samples=1,
+        sneaky_error_types=["calculation", "carry", "operand"], require_step_form=require,
+    )
+    trainer = SPCTrainer(model=str(ASSET), task="arith", config=config)
+    problem = Problem("47+85", "132", "p")
+    games = [Game(problem, ["7+5+0=12"], "4+8+1=13") for _ in range(3)]
+    moves = ["carry:4+8+0=12", "carruoatiin:4+8+0=12", "caecu"]
+
+    def rollout(text):
+        return Rollout(0, "", text, [1], [2], [-1.0])
+
+    monkeypatch.setattr(trainer, "sample_role", lambda prompts, *args, **kwargs: [rollout(m) for m in moves])
+    monkeypatch.setattr(trainer, "success_rates", lambda games, steps, seed: [1.0 if s == "4+8+1=13" else 0.0 for s in steps])
+    monkeypatch.setattr(trainer, "critique", lambda items, m, seed: [rollout(f"D:4+8+1=13 vs {i[2].split('=')[-1]}\nV:N") for i in items])
+    samples, logs = trainer.play(games, iteration=1)
+    assert logs["sneaky_well_formed_rate"] == pytest.approx(1 / 3)
+    assert [g.effective for g in games] == [True, not require, not require]
+    assert logs["sneaky_success_rate"] == pytest.approx(1 / 3 if require else 1.0)
+    assert sneaky_reward(games[0].effective, games[0].critic_rewards) == -1.0  # 13 vs 12: the critic found it
