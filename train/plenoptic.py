@@ -387,16 +387,19 @@ class SelfGeneratedViews(Dataset):
 def generate_bank(pipe: PlenopticDreamerPipeline, dataset: Dataset, retrieval_k: int, num_inference_steps: int, seed: int) -> np.ndarray:
     """``(S, V - 1, F, H, W, 3)`` uint8: for every scene of ``dataset``, views ``1..V-1`` re-rendered by ``pipe``
     from view 0 in one autoregressive chain (FOV retrieval of ``retrieval_k`` videos, as at inference),
-    with the generator seeded ``seed + scene index``."""
+    with the generator seeded ``seed + scene index``. A warp-conditioned ``pipe`` is given the source's depth
+    (the dataset's ``"depths"``), as at evaluation, so the bank holds the chains the model really makes."""
+    warp = pipe.transformer.config.warp_conditioning
     chains = []
     for index in tqdm(range(len(dataset)), desc="self-conditioning bank", mininterval=10):
         item = dataset[index]
         videos, cameras = item["videos"].numpy(), item["cameras"].numpy()
         intrinsics = per_view_intrinsics(item["intrinsics"][None], len(videos))[0].numpy()
+        depth = {"source_depth": item["depths"][0].numpy()} if warp else {}
         generated = pipe(
             source_video=videos[0], source_cameras=cameras[0], target_cameras=list(cameras[1:]), intrinsics=intrinsics[0],
             target_intrinsics=list(intrinsics[1:]), retrieval_k=retrieval_k, retrieval="fov", num_inference_steps=num_inference_steps,
-            generator=torch.Generator().manual_seed(seed + index), output_type="np",
+            generator=torch.Generator().manual_seed(seed + index), output_type="np", **depth,
         ).videos
         chains.append((np.stack(generated) * 255).round().astype(np.uint8))
     return np.stack(chains)

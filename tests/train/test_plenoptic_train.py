@@ -24,6 +24,7 @@ from selfgen.train.plenoptic import (
     build_dataset,
     build_pipeline,
     build_transformer,
+    generate_bank,
     chain_scores,
     generate,
     held_out_scenes,
@@ -247,6 +248,25 @@ def test_offline_self_conditioning_builds_a_bank_of_chains_and_trains_on_it(tmp_
     assert (seen["conditions"][0, 1] - truth[0, 1]).abs().max() > 0.1 and logs["self_conditioned"] == 0.5
 
 
+def test_offline_bank_of_a_warp_conditioned_model_is_made_with_the_source_depth(tmp_path):
+    """The bank holds the chains the model makes at evaluation: a warp-conditioned model is given the source's
+    depth (an empty warp would be a different, worse model's chains)."""
+    first = train(_config(tmp_path, max_train_steps=2, warp_conditioning=True))
+    pipe = PlenopticDreamerPipeline.from_pretrained(first.pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    torch.nn.init.normal_(pipe.transformer.warp_embed.weight, std=0.5)  # make the warp input matter
+    dataset = MultiViewSceneDataset(2, num_views=3, num_frames=3, size=16, include_scene=False, return_depth=True)
+    bank = generate_bank(pipe, dataset, retrieval_k=2, num_inference_steps=1, seed=0)
+    item = dataset[1]
+    run = lambda **depth: pipe(source_video=item["videos"][0].numpy(), source_cameras=item["cameras"][0].numpy(),
+                               target_cameras=list(item["cameras"][1:].numpy()), intrinsics=item["intrinsics"].numpy(), retrieval_k=2,
+                               num_inference_steps=1, generator=torch.Generator().manual_seed(1), **depth).videos
+    with_depth = (np.stack(run(source_depth=item["depths"][0].numpy())) * 255).round().astype(np.uint8)
+    without = (np.stack(run()) * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(bank[1], with_depth)
+    assert np.abs(with_depth.astype(int) - without.astype(int)).max() > 10
+
+
 def test_offline_self_conditioning_errors(tmp_path):
     with pytest.raises(ValueError, match="pretrained"):
         _config(tmp_path, self_conditioning="offline")
@@ -328,7 +348,9 @@ def test_equal_budget_finetune_arms_differ_from_the_control_only_in_their_mechan
 
     root = Path(__file__).resolve().parents[2] / "configs"
     control = asdict(load_config(PlenopticConfig, root / "plenoptic_scenes_continue.yaml"))
-    assert control["pretrained"] == "outputs/plenoptic-scenes-stage2/pipeline" and control["self_conditioning_prob"] == 0.0
+    assert control["pretrained"] == "assets/plenoptic-scenes" and control["self_conditioning_prob"] == 0.0  # read, never written
+    assert control["export_dir"] is None and not control["freeze_trunk"]  # the whole model trains on its own generations
+    assert control["warp_conditioning"] and control["refiner_width"] == 32 and control["timestep_shift"] == 3.0  # the asset's recipe
     expected = {
         "plenoptic_scenes_selfcond.yaml": {"self_conditioning": "offline", "self_conditioning_prob": 0.5},
         "plenoptic_scenes_online_selfcond.yaml": {"self_conditioning_prob": 0.5},
@@ -341,9 +363,9 @@ def test_equal_budget_finetune_arms_differ_from_the_control_only_in_their_mechan
 
 
 def test_two_stage_asset_config_starts_from_stage_one_output_not_from_assets():
-    """configs/plenoptic_scenes_stage2.yaml (the bundled asset's last stage) reads stage 1's export, so the README's
-    two commands rebuild assets/plenoptic-scenes from scratch; it is the fine-tuning control with 600 steps at
-    timestep shift 3 and online self-conditioning."""
+    """configs/plenoptic_scenes_stage2.yaml (the bundled asset's stage 2) reads stage 1's export (never assets/); it
+    is the fine-tuning control's recipe (shift 3) with 600 steps and online self-conditioning, before the warp
+    input and the refiner."""
     from dataclasses import asdict
     from pathlib import Path
 
@@ -356,7 +378,8 @@ def test_two_stage_asset_config_starts_from_stage_one_output_not_from_assets():
     assert Path(stage2["pretrained"]) == stage1.pipeline_dir
     control = asdict(load_config(PlenopticConfig, root / "plenoptic_scenes_continue.yaml"))
     differing = {key: stage2[key] for key in stage2 if stage2[key] != control[key] and key not in ("output_dir", "checkpointing_steps")}
-    assert differing == {"pretrained": stage2["pretrained"], "max_train_steps": 600, "timestep_shift": 3.0, "self_conditioning_prob": 0.5}
+    assert differing == {"pretrained": stage2["pretrained"], "max_train_steps": 600, "self_conditioning_prob": 0.5,
+                         "warp_conditioning": False, "refiner_width": 0}  # the arms start from the four-stage asset
 
 
 def test_asset_stage_three_is_stage_two_plus_the_warp_input_read_from_stage_two_output():
