@@ -263,7 +263,7 @@ def test_offline_bank_of_a_warp_conditioned_model_is_made_with_the_source_depth(
                                num_inference_steps=1, generator=torch.Generator().manual_seed(1), **depth).videos
     with_depth = (np.stack(run(source_depth=item["depths"][0].numpy())) * 255).round().astype(np.uint8)
     without = (np.stack(run()) * 255).round().astype(np.uint8)
-    np.testing.assert_array_equal(bank[1], with_depth)
+    assert np.abs(bank[1].astype(int) - with_depth.astype(int)).max() <= 1  # uint8 of computed floats: one level of rounding
     assert np.abs(with_depth.astype(int) - without.astype(int)).max() > 10
 
 
