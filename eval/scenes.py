@@ -90,39 +90,43 @@ def _matches(detection: Detection, obj: ObjectSpec) -> bool:
 
 def judge_image(image: np.ndarray, prompt: str) -> bool:
     """Does ``image`` satisfy ``prompt``? (see the module docstring for the rules)"""
-    spec = parse_prompt(prompt)
-    detections = detect_objects(image)
-    matched = [[d for d in detections if _matches(d, obj)] for obj in spec.objects]
-    if any(len(found) != obj.count for found, obj in zip(matched, spec.objects)):
-        return False
-    if spec.relation is None:
-        return True
-    return any(relation_holds(b.cx - a.cx, b.cy - a.cy, spec.relation) for a in matched[0] for b in matched[1])
+    return failure_reason(image, prompt) is None
 
 
 FAILURES = ("colour", "shape", "size", "count", "relation")
 
 
 def failure_reason(image: np.ndarray, prompt: str) -> str | None:
-    """The first check of :func:`judge_image` that ``image`` fails for ``prompt``, or ``None`` when it passes.
+    """The first rule of :func:`judge_image` that ``image`` breaks for ``prompt``, or ``None`` when it passes.
 
-    Checked per object phrase in prompt order: ``"colour"`` (no component of its colour), ``"shape"`` (none of
-    that colour has its shape), ``"size"`` (none of that colour and shape has its size), ``"count"`` (not exactly
-    ``count`` matching components); then ``"relation"``. A diagnosis of what a generator gets wrong."""
+    Per object phrase in prompt order, when it is not matched exactly ``count`` times: ``"colour"`` (no component
+    of its colour), ``"shape"`` (none of that colour has its shape), ``"size"`` (none of that colour and shape has
+    its size), else ``"count"``; then ``"relation"``. A diagnosis of what a generator gets wrong."""
     spec = parse_prompt(prompt)
     detections = detect_objects(image)
+    matched = []
     for obj in spec.objects:
-        coloured = [d for d in detections if d.colour == obj.colour]
-        if not coloured:
-            return "colour"
-        shaped = [d for d in coloured if d.shape == obj.shape]
-        if not shaped:
-            return "shape"
-        if not any(_matches(d, obj) for d in shaped):
-            return "size"
-        if sum(_matches(d, obj) for d in shaped) != obj.count:
-            return "count"
-    return None if judge_image(image, prompt) else "relation"
+        found = [d for d in detections if _matches(d, obj)]
+        if len(found) != obj.count:
+            return _unmatched_reason(detections, obj)
+        matched.append(found)
+    if spec.relation is None or any(
+        relation_holds(b.cx - a.cx, b.cy - a.cy, spec.relation) for a in matched[0] for b in matched[1]
+    ):
+        return None
+    return "relation"
+
+
+def _unmatched_reason(detections: list[Detection], obj: ObjectSpec) -> str:
+    """Why ``obj`` is not matched ``count`` times: the first of colour, shape, size missing, else the count."""
+    coloured = [d for d in detections if d.colour == obj.colour]
+    if not coloured:
+        return "colour"
+    if not any(d.shape == obj.shape for d in coloured):
+        return "shape"
+    if not any(_matches(d, obj) for d in coloured):
+        return "size"
+    return "count"
 
 
 def region_labels(image: np.ndarray, prompt: str) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,8 @@ reasoning steps:
   step's never do. With ``require_step_form`` a move that is not a step ``a<op>b[+c]=r``
   (after its error type) also fails: at temperature 1 our typed sneaky generator garbled the type name
   or the step in 85 of its 86 validated moves (``carry:2+6+2=9`` came out as ``carruoatiinn:2+6+2=9``),
-  and the comparison verdict accepts a garbled step whose result is right, so the game rewarded garbage. Failed attempts score ``-1`` for the sneaky generator and are not played;
+  and the comparison verdict accepts a garbled step whose result is right, so the game rewarded garbage.
+  Failed attempts score ``-1`` for the sneaky generator and are not played;
 * the **critic** sees the partial solution and a step and writes a critique, ``critic_samples`` times
   per step: it re-derives the step (``D:`` and the step recomputed from the question's column digits
   and the carry of the partial solution's last step), writes the judged step's result beside it
