@@ -20,6 +20,11 @@ stand-in for BAGEL's pretrained ViT encoder, which we do not have; see ``docs/sr
 initialised to the same sin-cos table (so the model is unchanged at step 0), as a ViT learns its position
 embeddings: on a 4x4 token grid at ``dim=128`` the fixed table's positions are 0.93 cosine-similar to each
 other and a fifth of the content's norm, and the judge did not read position (``docs/srum.md``, ninth pass).
+``generation_adaln`` (ours, not BAGEL's: BAGEL adds the timestep embedding to the VAE tokens and nothing else, as
+this model does without it) adaLN-modulates the ``gen`` expert's sub-layers and output norm by the timestep
+embedding, with ``generation_adaln_prompt`` plus a pooled prompt (DiT's adaLN, SD3's pooled text vector), from
+zero-initialised projections, so a checkpoint without it computes the same function at step 0
+(``docs/srum.md``, twelfth pass).
 
 * generation: ``[prompt tokens (und, causal)] [noisy patches + t-embedding (gen, full)]``; image tokens
   attend to all valid prompt tokens and to each other; the ``gen`` expert's head predicts the
@@ -45,7 +50,7 @@ from .attention import Attention, AttentionBackendMixin, attention
 from .embeddings import patchify, unpatchify
 
 UND, GEN = 0, 1
-_GEN_EXPERT_PARAMETER = re.compile(rf"blocks\.\d+\.(attn\.gen_|(norm1|norm2|mlp)\.{GEN}\.)")
+_GEN_EXPERT_PARAMETER = re.compile(rf"blocks\.\d+\.(attn\.gen_|gen_modulation\.|(norm1|norm2|mlp)\.{GEN}\.)")
 
 
 @dataclass
@@ -89,9 +94,17 @@ class MoTAttention(Attention):
 
 
 class MoTBlock(nn.Module):
-    """Pre-norm transformer layer: shared MoT attention, then each expert's own MLP on its tokens."""
+    """Pre-norm transformer layer: shared MoT attention, then each expert's own MLP on its tokens.
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    With ``modulated``, the ``gen`` expert's two sub-layers are adaLN-modulated by a conditioning vector ``c``
+    (the timestep embedding, optionally plus a pooled prompt; DiT, Peebles & Xie 2023, Sec. 3.2):
+    ``h = h + (1 + g1) * Attn((1 + s1) * LN(h) + b1)``, ``h = h + (1 + g2) * MLP((1 + s2) * LN(h) + b2)`` with
+    ``(b1, s1, g1, b2, s2, g2) = W SiLU(c)``, ``W`` zero-initialised. DiT's adaLN-Zero gates start at 0 (each
+    block the identity) for a model trained from scratch; ours are ``1 + g`` so that a pretrained checkpoint's
+    blocks are unchanged at step 0 (the same function; the modulation is learned from there).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, modulated: bool = False) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.attn = MoTAttention(dim, num_heads)
@@ -103,16 +116,39 @@ class MoTBlock(nn.Module):
                 for _ in range(2)
             ]
         )
+        self.gen_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if modulated else None
+        if self.gen_modulation is not None:
+            nn.init.zeros_(self.gen_modulation[1].weight)
+            nn.init.zeros_(self.gen_modulation[1].bias)
 
     def _per_expert(self, modules: nn.ModuleList, hidden_states: torch.Tensor, num_und: int) -> torch.Tensor:
         und, gen = hidden_states[:, :num_und], hidden_states[:, num_und:]
         return torch.cat([modules[UND](und), modules[GEN](gen)], dim=1)
 
-    def forward(self, hidden_states: torch.Tensor, num_und: int, attn_mask: torch.Tensor) -> torch.Tensor:
-        normed = self._per_expert(self.norm1, hidden_states, num_und)
-        hidden_states = hidden_states + self.attn(normed, num_und, attn_mask)
-        normed = self._per_expert(self.norm2, hidden_states, num_und)
-        return hidden_states + self._per_expert(self.mlp, normed, num_und)
+    def _modulations(self, hidden_states: torch.Tensor, num_und: int, condition: torch.Tensor | None) -> tuple:
+        """Per-token ``(shift, scale, gate)`` of both sub-layers: 0 on ``und`` tokens, ``W SiLU(c)`` on ``gen``."""
+        if self.gen_modulation is None or condition is None:
+            return (None,) * 6
+        gen = self.gen_modulation(condition)[:, None].expand(-1, hidden_states.shape[1] - num_und, -1)
+        und = gen.new_zeros(gen.shape[0], num_und, gen.shape[-1])
+        return torch.cat([und, gen], dim=1).chunk(6, dim=-1)
+
+    def forward(
+        self, hidden_states: torch.Tensor, num_und: int, attn_mask: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self._modulations(hidden_states, num_und, condition)
+        normed = _modulate(self._per_expert(self.norm1, hidden_states, num_und), shift1, scale1)
+        hidden_states = hidden_states + _gated(self.attn(normed, num_und, attn_mask), gate1)
+        normed = _modulate(self._per_expert(self.norm2, hidden_states, num_und), shift2, scale2)
+        return hidden_states + _gated(self._per_expert(self.mlp, normed, num_und), gate2)
+
+
+def _modulate(normed: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
+    return normed if shift is None else normed * (1 + scale) + shift
+
+
+def _gated(update: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    return update if gate is None else update * (1 + gate)
 
 
 def _causal_text_mask(text_valid: torch.Tensor) -> torch.Tensor:
@@ -153,6 +189,11 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         generation_conv_channels: width of the generation path's 3x3 conv stem/head (0: none).
         understanding_conv_channels: width of the understanding path's 3x3 conv stem (0: none).
         learned_understanding_positions: train the understanding tokens' position table (initialised to sin-cos).
+        generation_adaln: adaLN-modulate the ``gen`` expert's sub-layers and output norm by the timestep embedding
+            (zero-initialised, see :class:`MoTBlock`; ours, not BAGEL's, which adds the timestep to the tokens only).
+        generation_adaln_prompt: with ``generation_adaln``, the conditioning vector also gets the pooled prompt
+            (mean of the valid prompt tokens' input embeddings through a linear map, as SD3 adds a pooled text
+            embedding to its timestep embedding).
         max_text_length: longest prompt or question in tokens.
         dim, num_layers, num_heads, mlp_ratio: trunk width/depth.
     """
@@ -176,6 +217,8 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         generation_conv_channels: int = 0,
         understanding_conv_channels: int = 0,
         learned_understanding_positions: bool = False,
+        generation_adaln: bool = False,
+        generation_adaln_prompt: bool = False,
     ) -> None:
         super().__init__()
         gen_patch = generation_patch_size or patch_size
@@ -188,6 +231,8 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         ):
             if width < 0:
                 raise ValueError(f"{name} must be >= 0, got {width}")
+        if generation_adaln_prompt and not generation_adaln:
+            raise ValueError("generation_adaln_prompt needs generation_adaln: true (it adds to the adaLN condition)")
         # understanding path
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.text_pos = nn.Parameter(torch.zeros(1, max_text_length, dim))
@@ -204,6 +249,9 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self.gen_norm_out = nn.LayerNorm(dim)
         self.velocity_head = nn.Linear(dim, conv * gen_patch**2)
         self.gen_conv_out = nn.Conv2d(conv, in_channels, 3, padding=1) if generation_conv_channels else None
+        # adaLN condition of the generation expert (timestep embedding [+ pooled prompt]); output-norm modulation
+        self.gen_prompt_proj = nn.Linear(dim, dim) if generation_adaln_prompt else None
+        self.gen_out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim)) if generation_adaln else None
         # 2-D sin-cos positions of the image tokens (as in DiT), one grid per path; fixed, or trained for understanding
         for name, size in (("und_image_pos", patch_size), ("gen_image_pos", gen_patch)):
             grid = sample_size // size
@@ -213,11 +261,14 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
             else:
                 self.register_buffer(name, pos.float()[None], persistent=False)
         # shared trunk (MoT: per-expert weights, shared attention)
-        self.blocks = nn.ModuleList([MoTBlock(dim, num_heads, mlp_ratio) for _ in range(num_layers)])
+        self.blocks = nn.ModuleList([MoTBlock(dim, num_heads, mlp_ratio, generation_adaln) for _ in range(num_layers)])
         nn.init.normal_(self.text_pos, std=0.02)
         last = self.gen_conv_out if generation_conv_channels else self.velocity_head
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
+        if self.gen_out_modulation is not None:
+            nn.init.zeros_(self.gen_out_modulation[1].weight)
+            nn.init.zeros_(self.gen_out_modulation[1].bias)
 
     # ------------------------------------------------------------------ parameters
 
@@ -260,13 +311,15 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"text has {ids.shape[1]} tokens; the model takes at most {self.text_pos.shape[1]}")
         return self.token_embed(ids) + self.text_pos[:, : ids.shape[1]], ids != self.config.pad_token_id
 
-    def _trunk(self, hidden_states: torch.Tensor, num_und: int, mask: torch.Tensor) -> torch.Tensor:
+    def _trunk(
+        self, hidden_states: torch.Tensor, num_und: int, mask: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if mask.dtype == torch.bool and hidden_states.dtype != torch.float32:
             mask = torch.zeros(mask.shape, dtype=hidden_states.dtype, device=mask.device).masked_fill(
                 ~mask, float("-inf")
             )
         for block in self.blocks:
-            hidden_states = block(hidden_states, num_und, mask)
+            hidden_states = block(hidden_states, num_und, mask, condition)
         return hidden_states
 
     # ------------------------------------------------------------------ the two tasks
@@ -277,10 +330,27 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         timestep = timestep.expand(sample.shape[0]) if timestep.ndim == 0 else timestep
         t_emb = self.time_embed(get_timestep_embedding(timestep, text.shape[-1], flip_sin_to_cos=True).to(text.dtype))
         image = self._embed_noisy_image(sample, text.dtype) + t_emb[:, None]
+        condition = self._generation_condition(t_emb, text, text_valid)
         hidden = self._trunk(
-            torch.cat([text, image], dim=1), text.shape[1], generation_mask(text_valid, image.shape[1])
+            torch.cat([text, image], dim=1), text.shape[1], generation_mask(text_valid, image.shape[1]), condition
         )
-        return self._velocity_from_tokens(self.gen_norm_out(hidden[:, text.shape[1] :]))
+        normed = self.gen_norm_out(hidden[:, text.shape[1] :])
+        if condition is not None:
+            shift, scale = self.gen_out_modulation(condition)[:, None].chunk(2, dim=-1)
+            normed = _modulate(normed, shift, scale)
+        return self._velocity_from_tokens(normed)
+
+    def _generation_condition(
+        self, t_emb: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The adaLN condition ``c = t_emb [+ W_p mean(valid prompt embeddings)]``, or ``None`` without adaLN."""
+        if not self.config.generation_adaln:
+            return None
+        if self.gen_prompt_proj is None:
+            return t_emb
+        valid = text_valid[..., None].to(text.dtype)
+        pooled = (text * valid).sum(1) / valid.sum(1).clamp(min=1)
+        return t_emb + self.gen_prompt_proj(pooled)
 
     def answer_logits(self, pixel_values: torch.Tensor, question_ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits ``(B, L, vocab)`` over the question tokens, reading the clean image."""

@@ -8,7 +8,7 @@ shapes world (its prompts, its self-reward questions, its judge). One round, ``n
 1. sample prompts with the caller's ``sample_prompt`` and **generate** ``x0 ~ p_theta(. | c)``;
 2. **self-reward** with the caller's ``reward_fn(umm, images, prompts) -> SelfRewards``: a global
    (whole-prompt) reward ``g`` in ``[-1, 1]`` and local rewards ``s_r`` in ``[-1, 1]`` per region
-   ``r`` (the four quadrants), combined as in the authors' code (``regional_reward_dataset.py``) into
+   ``r`` (the world's layout, passed in as pixel slices; the shapes world's four quadrants), combined as in the authors' code (``regional_reward_dataset.py``) into
    the dense map (:func:`reward_maps`): neutral ``0.5`` everywhere, ``(s_r + 1) / 2`` on regions that
    hold an object, all scaled by the global factor, ``R(i, j) = M(i, j) (g + 1) / 2`` in ``[0, 1]``;
 3. **update** on the self-generated samples with the authors' objective (``modeling/bagel/bagel.py``)::
@@ -43,7 +43,7 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -54,7 +54,6 @@ from diffusers import ImagePipelineOutput
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data.scenes import REGIONS
 from ..eval.plots import ColorBar, save_image_grid, save_metric_curves
 from .config import TrainingConfig
 from .losses import noisy_pair
@@ -138,9 +137,9 @@ class SRUMConfig(TrainingConfig):
 
 @dataclass
 class SelfRewards:
-    """``global_reward`` ``(N,)`` and ``local_rewards`` ``(N, 4)`` in ``[-1, 1]`` (quadrants in the order of
-    :data:`~selfgen.data.scenes.REGIONS`); ``reward_maps`` ``(N, H, W)`` in ``[0, 1]``; ``occupancy``
-    ``(N, 4)``: the judge's ``P(object in r)``."""
+    """``global_reward`` ``(N,)`` and ``local_rewards`` ``(N, R)`` in ``[-1, 1]`` (one column per region of the
+    world's layout, in the order of the ``regions`` given to :func:`reward_maps`); ``reward_maps`` ``(N, H, W)``
+    in ``[0, 1]``; ``occupancy`` ``(N, R)``: the judge's ``P(object in r)``."""
 
     global_reward: np.ndarray
     local_rewards: np.ndarray
@@ -151,32 +150,29 @@ class SelfRewards:
 RewardFn = Callable[[SelfRewardingUMM, np.ndarray, list[str]], SelfRewards]
 
 
-def region_slices(height: int, width: int) -> dict[str, tuple[slice, slice]]:
-    """Pixel extent of each of :data:`~selfgen.data.scenes.REGIONS` (the four quadrants)."""
-    top, left = slice(0, height // 2), slice(0, width // 2)
-    bottom, right = slice(height // 2, height), slice(width // 2, width)
-    return {
-        "top-left": (top, left),
-        "top-right": (top, right),
-        "bottom-left": (bottom, left),
-        "bottom-right": (bottom, right),
-    }
-
-
 def reward_maps(
-    global_reward: np.ndarray, scores: np.ndarray, occupied: np.ndarray, size: tuple[int, int], mode: str
+    global_reward: np.ndarray,
+    scores: np.ndarray,
+    occupied: np.ndarray,
+    size: tuple[int, int],
+    mode: str,
+    regions: Sequence[tuple[slice, slice]],
 ) -> np.ndarray:
     """``R = M (g + 1) / 2`` with ``M = 0.5`` except ``(s_r + 1) / 2`` on occupied regions (see the module docstring).
 
-    ``mode="global"`` keeps ``M = 0.5`` (no local term); ``mode="local"`` drops the global factor;
+    ``regions``: the pixel extent ``(rows, cols)`` of each column of ``scores`` / ``occupied`` (the world's
+    layout; e.g. :func:`selfgen.train.srum_shapes.quadrant_slices`). ``mode="global"`` keeps ``M = 0.5`` (no local term); ``mode="local"`` drops the global factor;
     ``mode="blind"`` (a control, not in the paper) gives every pixel of every sample the mean of the
     ``"both"`` maps: the same update size with no information from the rewards."""
+    if len(regions) != scores.shape[1] or occupied.shape != scores.shape:
+        raise ValueError(
+            f"regions has {len(regions)} entries; scores {scores.shape} and occupied {occupied.shape} must both "
+            "be (N, len(regions)), one column per region"
+        )
     height, width = size
     maps = np.full((len(global_reward), height, width), 0.5, dtype=np.float32)
     if mode != "global":
-        slices = region_slices(height, width)
-        for index, region in enumerate(REGIONS):
-            rows, cols = slices[region]
+        for index, (rows, cols) in enumerate(regions):
             regional = np.where(occupied[:, index] > 0.5, (scores[:, index] + 1) / 2, 0.5)
             maps[:, rows, cols] = regional[:, None, None]
     if mode != "local":

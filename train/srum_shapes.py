@@ -49,6 +49,25 @@ from .srum import (
 from .trainer import TrainResult
 
 
+def region_slices(height: int, width: int) -> dict[str, tuple[slice, slice]]:
+    """Pixel extent of each of :data:`~selfgen.data.scenes.REGIONS` (the four quadrants)."""
+    top, left = slice(0, height // 2), slice(0, width // 2)
+    bottom, right = slice(height // 2, height), slice(width // 2, width)
+    return {
+        "top-left": (top, left),
+        "top-right": (top, right),
+        "bottom-left": (bottom, left),
+        "bottom-right": (bottom, right),
+    }
+
+
+def quadrant_slices(height: int, width: int) -> list[tuple[slice, slice]]:
+    """The shapes world's reward-map layout for :func:`~selfgen.train.srum.reward_maps`: the quadrants' pixel
+    extents in the order of :data:`~selfgen.data.scenes.REGIONS` (the columns of the local rewards)."""
+    slices = region_slices(height, width)
+    return [slices[region] for region in REGIONS]
+
+
 def expected_objects(prompts: list[str]) -> np.ndarray:
     """How many objects each prompt asks for (``two red circles and a blue square`` -> 3)."""
     return np.array([sum(obj.count for obj in parse_prompt(prompt).objects) for prompt in prompts])
@@ -78,7 +97,7 @@ def oracle_rewards(images: np.ndarray, prompts: list[str]) -> SelfRewards:
     occupied, right = map(np.stack, zip(*(region_labels(image, prompt) for image, prompt in zip(images, prompts))))
     occupied = occupied.astype(np.float32)
     scores = penalise_clutter(np.where(right, 1.0, -1.0) * occupied, occupied, expected_objects(prompts))
-    maps = reward_maps(global_reward, scores, occupied, images.shape[1:3], "both")
+    maps = reward_maps(global_reward, scores, occupied, images.shape[1:3], "both", quadrant_slices(*images.shape[1:3]))
     return SelfRewards(global_reward.astype(np.float32), scores.astype(np.float32), maps, occupied)
 
 
@@ -91,7 +110,7 @@ def self_rewards(umm: UnifiedPipeline, images: np.ndarray, prompts: list[str], m
         return oracle_rewards(images, prompts)
     global_reward = np.asarray(umm.score(images, prompts), dtype=np.float32)
     scores, occupied = local_rewards(umm, images, prompts)
-    maps = reward_maps(global_reward, scores, occupied, images.shape[1:3], mode)
+    maps = reward_maps(global_reward, scores, occupied, images.shape[1:3], mode, quadrant_slices(*images.shape[1:3]))
     return SelfRewards(global_reward, scores, maps, occupied)
 
 

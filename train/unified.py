@@ -103,6 +103,8 @@ class UnifiedConfig(TrainingConfig):
     new_understanding_encoder: bool = False  # with pretrained: a fresh understanding encoder (patch_size, conv stem)
     learned_understanding_positions: bool = False  # train the understanding position table (from sin-cos)
     understanding_position_scale: float = 0.0  # > 0: that table restarts at scale x sin-cos over pixel offsets
+    generation_adaln: bool = False  # adaLN timestep modulation of the generation expert (zero-init; added to pretrained)
+    generation_adaln_prompt: bool = False  # with generation_adaln: the pooled prompt joins the adaLN condition
     num_examples: int = 200000  # scenes in the (procedural) training set
     cfg_dropout: float = 0.1
     understanding_weight: float = 1.0
@@ -293,6 +295,13 @@ def with_learned_understanding_positions(model: UnifiedTransformer, scale: float
     return learned
 
 
+def with_generation_adaln(model: UnifiedTransformer, prompt: bool = False) -> UnifiedTransformer:
+    """``model`` with zero-initialised adaLN modulation of its generation expert (the timestep embedding, and with
+    ``prompt`` the pooled prompt, as condition; :class:`~selfgen.models.unified.MoTBlock`): the same function at
+    step 0, every existing weight kept."""
+    return _rebuilt(model, (), generation_adaln=True, generation_adaln_prompt=prompt)
+
+
 def train(config: UnifiedConfig) -> TrainResult:
     set_seed(config.seed)
     if config.pretrained:  # continue joint pretraining from an exported UnifiedPipeline
@@ -308,6 +317,8 @@ def train(config: UnifiedConfig) -> TrainResult:
             model = with_new_understanding_encoder(model, config.patch_size, config.understanding_conv_channels)
         if config.learned_understanding_positions and not model.config.learned_understanding_positions:
             model = with_learned_understanding_positions(model, config.understanding_position_scale)
+        if config.generation_adaln and not model.config.generation_adaln:
+            model = with_generation_adaln(model, config.generation_adaln_prompt)
     else:
         model = UnifiedTransformer(
             vocab_size=len(VOCAB),
@@ -318,6 +329,8 @@ def train(config: UnifiedConfig) -> TrainResult:
             generation_conv_channels=config.generation_conv_channels,
             understanding_conv_channels=config.understanding_conv_channels,
             learned_understanding_positions=config.learned_understanding_positions,
+            generation_adaln=config.generation_adaln,
+            generation_adaln_prompt=config.generation_adaln_prompt,
             dim=config.dim,
             num_layers=config.num_layers,
             num_heads=config.num_heads,

@@ -147,3 +147,65 @@ def test_learned_understanding_positions_save_and_reload(tmp_path):
     reloaded = UnifiedTransformer.from_pretrained(tmp_path)
     assert torch.equal(reloaded.und_image_pos, model.und_image_pos)
     assert not torch.equal(reloaded.und_image_pos, UnifiedTransformer(vocab_size=len(VOCAB), dim=32, num_layers=1, num_heads=2).und_image_pos)
+
+
+def _with_trained_weights(model):
+    with torch.no_grad():  # a "pretrained" generator: every weight non-trivial (the velocity head included)
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("prompt", [False, True])
+def test_generation_adaln_starts_as_the_same_function_then_reads_the_timestep_and_prompt(prompt):
+    from selfgen.train.unified import with_generation_adaln
+
+    torch.manual_seed(0)
+    base = _with_trained_weights(UnifiedTransformer(vocab_size=len(VOCAB), dim=32, num_layers=2, num_heads=2)).eval()
+    modulated = with_generation_adaln(base, prompt).eval()
+    inputs = _inputs()
+    generation = {key: inputs[key] for key in ("sample", "timestep", "prompt_ids")}
+    torch.testing.assert_close(modulated(**inputs).sample, base(**inputs).sample, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(modulated(**inputs).logits, base(**inputs).logits, rtol=1e-5, atol=1e-6)
+    names = {name for name, _ in modulated.named_parameters() if modulated.is_generation_parameter(name)}
+    added = set(dict(modulated.named_parameters())) - set(dict(base.named_parameters()))
+    assert added and added <= names  # every new weight belongs to the generation path (SRUM trains it)
+    assert ("gen_prompt_proj.weight" in added) == prompt and "blocks.1.gen_modulation.1.weight" in added
+    # the modulation, once trained, changes the velocity and makes it depend on the timestep through it
+    with torch.no_grad():
+        for name, param in modulated.named_parameters():
+            if name in added:
+                param.normal_(std=0.1)
+    moved = modulated(**generation).sample
+    assert not torch.allclose(moved, base(**generation).sample, atol=1e-4)
+    pixels, questions = inputs["pixel_values"], inputs["question_ids"]  # understanding never sees the modulation
+    torch.testing.assert_close(
+        modulated(pixel_values=pixels, question_ids=questions).logits,
+        base(pixel_values=pixels, question_ids=questions).logits, rtol=1e-5, atol=1e-6,
+    )
+    # the condition: t_emb alone, or plus the mean of the valid prompt embeddings (padding content never counts)
+    t_emb, text = torch.randn(2, 32), torch.randn(2, 12, 32)
+    valid = torch.arange(12)[None] < torch.tensor([[9], [5]])
+    condition = modulated._generation_condition(t_emb, text, valid)
+    text_pads_changed, text_word_changed = text.clone(), text.clone()
+    text_pads_changed[:, 9:] += 1.0
+    text_word_changed[:, 0] += 1.0
+    torch.testing.assert_close(modulated._generation_condition(t_emb, text_pads_changed, valid), condition)
+    assert torch.allclose(modulated._generation_condition(t_emb, text_word_changed, valid), condition) != prompt
+    assert prompt or torch.equal(condition, t_emb)
+    with pytest.raises(ValueError, match="generation_adaln_prompt needs generation_adaln"):
+        UnifiedTransformer(vocab_size=len(VOCAB), generation_adaln_prompt=True)
+
+
+def test_generation_adaln_save_and_reload_is_exact(tmp_path):
+    torch.manual_seed(0)
+    model = _with_trained_weights(
+        UnifiedTransformer(vocab_size=len(VOCAB), dim=32, num_layers=1, num_heads=2, generation_adaln=True,
+                           generation_adaln_prompt=True)
+    ).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = UnifiedTransformer.from_pretrained(tmp_path).eval()
+    state = reloaded.state_dict()
+    assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())
+    inputs = _inputs()
+    torch.testing.assert_close(reloaded(**inputs).sample, model(**inputs).sample, rtol=1e-5, atol=1e-6)

@@ -9,8 +9,11 @@ from selfgen import UnifiedTransformer
 from selfgen.data.scenes import VOCAB, SceneObject, parse_prompt, render_scene, sample_scene
 from selfgen.eval.scenes import ranking_auc
 from selfgen.train.srum import SRUMConfig, SRUMObjective, group_baseline, penalise_clutter, reward_maps
-from selfgen.train.srum_shapes import oracle_rewards, self_judge_agreement, self_rewards, train
+from selfgen.train.srum_shapes import oracle_rewards, quadrant_slices, self_judge_agreement, self_rewards, train
 from selfgen.train.unified import build_pipeline
+
+
+QUADRANTS = quadrant_slices(8, 8)
 
 
 @pytest.fixture
@@ -25,13 +28,13 @@ def test_reward_map_combines_global_and_local_rewards():
     global_reward = np.array([1.0, -1.0, 0.0], dtype=np.float32)
     scores = np.array([[1.0, -1.0, 0.0, 0.0]] * 3, dtype=np.float32)
     occupied = np.array([[1.0, 1.0, 0.0, 0.0]] * 3, dtype=np.float32)
-    maps = reward_maps(global_reward, scores, occupied, (8, 8), "both")
+    maps = reward_maps(global_reward, scores, occupied, (8, 8), "both", QUADRANTS)
     assert maps.shape == (3, 8, 8)
     assert maps[0, 0, 0] == 1.0 and maps[0, 0, 7] == 0.0 and maps[0, 7, 0] == 0.5  # good, wrong, empty region
     assert (maps[1] == 0).all() and maps[2, 0, 0] == 0.5  # a rejected image weighs nothing
-    assert np.unique(reward_maps(global_reward, scores, occupied, (8, 8), "global")[0]).tolist() == [0.5]
-    np.testing.assert_array_equal(reward_maps(global_reward, scores, occupied, (8, 8), "local")[1], maps[0])
-    blind = reward_maps(global_reward, scores, occupied, (8, 8), "blind")
+    assert np.unique(reward_maps(global_reward, scores, occupied, (8, 8), "global", QUADRANTS)[0]).tolist() == [0.5]
+    np.testing.assert_array_equal(reward_maps(global_reward, scores, occupied, (8, 8), "local", QUADRANTS)[1], maps[0])
+    blind = reward_maps(global_reward, scores, occupied, (8, 8), "blind", QUADRANTS)
     assert np.unique(blind).tolist() == [pytest.approx(maps.mean())]  # same scale, no information
 
 
@@ -72,8 +75,8 @@ def test_clutter_beyond_the_prompt_costs_local_reward():
     penalised = penalise_clutter(scores, occupied, expected=np.array([1, 3]))
     np.testing.assert_allclose(penalised[0], [-0.9, -0.9, 0.9, 0.0])  # one object asked: the best quadrant keeps it
     np.testing.assert_allclose(penalised[1], scores[1])  # three asked, three drawn: nothing to penalise
-    tidy = reward_maps(np.ones(1), penalised[1:], occupied[1:], (8, 8), "both").mean()
-    messy = reward_maps(np.ones(1), penalised[:1], occupied[:1], (8, 8), "both").mean()
+    tidy = reward_maps(np.ones(1), penalised[1:], occupied[1:], (8, 8), "both", QUADRANTS).mean()
+    messy = reward_maps(np.ones(1), penalised[:1], occupied[:1], (8, 8), "both", QUADRANTS).mean()
     assert messy < tidy
 
 

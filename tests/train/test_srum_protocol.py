@@ -4,6 +4,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
@@ -68,13 +69,18 @@ class UNetUMM:
         return ImagePipelineOutput(images=images)
 
 
+HALVES = [(slice(None), slice(0, 8)), (slice(None), slice(8, 16))]  # this world's layout: left and right halves
+
+
 def judge_rewards(umm: UNetUMM, images: np.ndarray, prompts: list[str]) -> SelfRewards:
-    """The separate judge's per-pixel logits pooled into a global reward and four quadrant rewards."""
+    """The separate judge's per-pixel logits pooled into a global reward and two half-image rewards (a layout
+    of its own, not the shapes world's quadrants)."""
     logits = umm.judge(torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1)[:, 0]
-    quadrants = torch.stack([part.mean((1, 2)) for half in logits.chunk(2, 1) for part in half.chunk(2, 2)], 1)
-    scores, global_reward = torch.tanh(quadrants).numpy(), torch.tanh(logits.mean((1, 2))).numpy()
+    halves = torch.stack([logits[:, rows, cols].mean((1, 2)) for rows, cols in HALVES], 1)
+    scores, global_reward = torch.tanh(halves).numpy(), torch.tanh(logits.mean((1, 2))).numpy()
     occupied = np.ones_like(scores)
-    return SelfRewards(global_reward, scores, reward_maps(global_reward, scores, occupied, (16, 16), "both"), occupied)
+    maps = reward_maps(global_reward, scores, occupied, (16, 16), "both", HALVES)
+    return SelfRewards(global_reward, scores, maps, occupied)
 
 
 def save_generator(module: nn.Module, directory) -> None:
@@ -115,3 +121,11 @@ def test_one_round_on_a_unet_generator_with_a_separate_judge(tmp_path):
     history = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
     assert [record["round"] for record in history] == [0, 1] and "mean_pixel" in history[1]
     assert np.isfinite(history[1]["loss"]) and history[1]["reward_map_mean"] > 0
+
+
+def test_reward_map_follows_the_layout_the_world_passes_in():
+    global_reward, scores = np.ones(1, dtype=np.float32), np.array([[1.0, -1.0]], dtype=np.float32)
+    maps = reward_maps(global_reward, scores, np.ones_like(scores), (16, 16), "both", HALVES)
+    assert (maps[0, :, :8] == 1).all() and (maps[0, :, 8:] == 0).all()  # left half rewarded, right half not
+    with pytest.raises(ValueError, match="regions has 2 entries"):
+        reward_maps(global_reward, np.zeros((1, 4), np.float32), np.ones((1, 4), np.float32), (16, 16), "both", HALVES)

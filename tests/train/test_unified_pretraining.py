@@ -21,7 +21,7 @@ from selfgen.data.scenes import (
     relation_pair,
     render_scene,
 )
-from selfgen.train.srum import region_slices
+from selfgen.train.srum_shapes import region_slices
 from selfgen.eval.scenes import detect_objects, judge_image
 from selfgen.train.unified import (
     JointObjective,
