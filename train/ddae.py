@@ -2,6 +2,8 @@
 
 ``selfgen train ddae --config configs/ddae_digits.yaml --export_dir assets/ddae-digits`` rebuilds ``assets/ddae-digits``;
 ``configs/ddae_digits_noselfcond.yaml`` is the same run with ``self_conditioning: false``.
+``configs/ddae_digits{,_noselfcond}_stage2.yaml`` continue those two runs (``pretrained``: the stage-1 export) for more
+examples; with ``pretrained`` the architecture is the saved model's, and ``self_conditioning`` must match it.
 ``selfgen eval ddae --model assets/ddae-digits`` reports the linear probe (with its timestep x layer
 sweep) and the Frechet distance of samples in a small digits classifier's feature space.
 """
@@ -245,6 +247,11 @@ def train(config: DDAEConfig) -> TrainResult:
     if config.pretrained:
         pretrained = DDAEPipeline.from_pretrained(config.pretrained)
         transformer, noise_scheduler = pretrained.transformer, DDPMScheduler.from_config(pretrained.scheduler.config)
+        if transformer.config.self_conditioning != config.self_conditioning:
+            raise ValueError(
+                f"self_conditioning is {config.self_conditioning} but the pretrained model {config.pretrained} has "
+                f"self_conditioning={transformer.config.self_conditioning}: set the field to match (the arm is the model's)"
+            )
     else:
         transformer = build_transformer(config)
         noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)

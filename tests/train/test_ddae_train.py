@@ -219,3 +219,38 @@ def test_bundled_checkpoint_is_what_its_config_builds(asset, config_file):
     with safe_open(folder / "diffusion_pytorch_model.safetensors", "pt") as weights:
         shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
     assert shapes == {name: tuple(p.shape) for name, p in model.state_dict().items()}
+
+
+def test_stage2_configs_differ_only_in_self_conditioning():
+    """The stage-2 pair is one continuation with and without self-conditioning: apart from comments, the stage-1
+    pipeline each starts from and where it writes, the two configs are the same."""
+    from pathlib import Path
+
+    import yaml
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with_sc = yaml.safe_load((configs / "ddae_digits_stage2.yaml").read_text())
+    ablation = yaml.safe_load((configs / "ddae_digits_noselfcond_stage2.yaml").read_text())
+    differing = {key for key in with_sc.keys() | ablation.keys() if with_sc.get(key) != ablation.get(key)}
+    assert differing == {"self_conditioning", "pretrained", "output_dir"}
+    assert with_sc["self_conditioning"] is True and ablation["self_conditioning"] is False
+    # each continues its own stage-1 arm: the output_dir that configs/ddae_digits{,_noselfcond}.yaml export to
+    for stage2, stage1 in ((with_sc, "ddae_digits.yaml"), (ablation, "ddae_digits_noselfcond.yaml")):
+        first = yaml.safe_load((configs / stage1).read_text())
+        assert stage2["pretrained"] == f"{first['output_dir']}/pipeline"
+        assert first["self_conditioning"] == stage2["self_conditioning"] and first["seed"] == stage2["seed"]
+
+
+def test_continuing_from_a_pretrained_pipeline_keeps_its_weights_and_checks_the_arm(tmp_path):
+    stage1 = train(tiny_config(tmp_path / "stage1", max_train_steps=3))
+    start = DDAEPipeline.from_pretrained(stage1.pipeline_dir).transformer.state_dict()
+    with pytest.raises(ValueError, match="self_conditioning"):
+        train(tiny_config(tmp_path / "wrong", pretrained=str(stage1.pipeline_dir), self_conditioning=False))
+    # lr 1e-9 for 2 steps: the continuation starts from stage 1's weights, not a fresh initialisation
+    stage2 = train(tiny_config(tmp_path / "stage2", pretrained=str(stage1.pipeline_dir), max_train_steps=2, learning_rate=1e-9))
+    continued = DDAEPipeline.from_pretrained(stage2.pipeline_dir).transformer.state_dict()
+    assert continued.keys() == start.keys()
+    for name in start:
+        torch.testing.assert_close(continued[name], start[name], atol=1e-6, rtol=0)
+    fresh = build_transformer(tiny_config(tmp_path / "fresh")).state_dict()
+    assert not torch.allclose(fresh["patch_embed.weight"], start["patch_embed.weight"])
