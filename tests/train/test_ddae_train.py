@@ -196,7 +196,8 @@ def test_trains_on_an_image_folder(tmp_path):
 )
 def test_bundled_checkpoint_is_what_its_config_builds(asset, config_file):
     """The asset's architecture (long skips, self-conditioning, feature defaults) and every weight's name and
-    shape equal what `configs/<file>` builds, so the README's rebuild command rebuilds this asset."""
+    shape equal what `configs/<file>` builds (stage 2, `<file>_stage2.yaml`, continues it without changing the
+    architecture), so the README's rebuild commands rebuild this asset."""
     import inspect
     import json
     from pathlib import Path
