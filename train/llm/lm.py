@@ -20,7 +20,10 @@ on fresh problems whose operands have 1..``max_digits`` digits (multiplication o
 ``steps`` optimizer updates, each stage continuing the previous one's weights (the learning rate
 restarts its warm-up and schedule in each stage). ``next_length_share`` of the addition examples of
 a stage are one digit longer than its ``max_digits`` (a glimpse of the next length, so that length is
-low but not zero). Empty ``curriculum``: one stage of ``max_digits`` for ``max_train_steps``.
+low but not zero). A stage may name a third number, ``[max_digits, steps, min_digits]``: its
+operands then have ``min_digits``..``max_digits`` digits (more of the target length per step; the
+continued pretraining of ``configs/lm_arith_llama_v2.yaml``). Empty ``curriculum``: one stage of
+``max_digits`` for ``max_train_steps``.
 
 The loss is the SFT loss on the completion tokens. The same module's ``evaluate`` and ``demo``
 measure greedy accuracy on held-out problems.
@@ -72,7 +75,7 @@ class LMConfig(TrainingConfig):
     num_attention_heads: int = 4
     intermediate_size: int = 384
     max_length: int = 192
-    curriculum: list[list[int]] = field(default_factory=list)  # [[max_digits, steps], ...]; empty: one stage
+    curriculum: list[list[int]] = field(default_factory=list)  # [[max_digits, steps(, min_digits)], ...]; empty: one stage
     next_length_share: float = 0.0  # share of a stage's additions with max_digits + 1 digits
 
     def __post_init__(self) -> None:
@@ -81,8 +84,11 @@ class LMConfig(TrainingConfig):
         if unknown:
             raise ValueError(f"format_weights has unknown formats {sorted(unknown)}; expected keys of {SEED_FORMATS}")
         for stage in self.curriculum:
-            if len(stage) != 2 or int(stage[0]) < 2 or int(stage[1]) < 1:
-                raise ValueError(f"curriculum stages must be [max_digits >= 2, steps >= 1], got {stage!r}")
+            shape_ok = len(stage) in (2, 3) and int(stage[0]) >= 2 and int(stage[1]) >= 1
+            if not shape_ok or (len(stage) == 3 and not 1 <= int(stage[2]) <= int(stage[0])):
+                raise ValueError(
+                    f"curriculum stages must be [max_digits >= 2, steps >= 1] or [max_digits, steps, 1 <= min_digits <= max_digits], got {stage!r}"
+                )
         if not 0.0 <= self.next_length_share < 1.0:
             raise ValueError(f"next_length_share must be in [0, 1), got {self.next_length_share}")
 
@@ -90,13 +96,19 @@ class LMConfig(TrainingConfig):
         """``(max_digits, steps)`` of each pretraining stage."""
         if not self.curriculum:
             return [(self.max_digits, self.max_train_steps)]
-        return [(int(digits), int(steps)) for digits, steps in self.curriculum]
+        return [(int(stage[0]), int(stage[1])) for stage in self.curriculum]
+
+    def stage_min_digits(self) -> list[int]:
+        """The smallest operand length of each stage (1 unless the stage names a third number)."""
+        if not self.curriculum:
+            return [1]
+        return [int(stage[2]) if len(stage) == 3 else 1 for stage in self.curriculum]
 
 
-def seed_tasks(max_digits: int) -> dict[str, Task]:
+def seed_tasks(max_digits: int, min_digits: int = 1) -> dict[str, Task]:
     return {
-        "add": ArithmeticTask("add", 1, max_digits),
-        "mul": ArithmeticTask("mul", 1, max_digits - 1),
+        "add": ArithmeticTask("add", min_digits, max_digits),
+        "mul": ArithmeticTask("mul", min(min_digits, max_digits - 1), max_digits - 1),
         "countdown": CountdownTask(num_numbers=3),
     }
 
@@ -130,14 +142,16 @@ def seed_example(task: Task, kind: str, rng: random.Random, problem_id: str) -> 
 SEED_FORMATS = ("plain", "hint", "revision", "judge", "rephrase")
 
 
-def seed_examples(config: LMConfig, max_digits: int | None = None, stage: int = 0) -> list[TextPair]:
+def seed_examples(
+    config: LMConfig, max_digits: int | None = None, stage: int = 0, min_digits: int = 1
+) -> list[TextPair]:
     """The ``config.num_seed_examples`` seeded pretraining examples of one stage (formats and tasks
-    drawn with ``config.*_weights``; operands of up to ``max_digits`` digits, default
+    drawn with ``config.*_weights``; operands of ``min_digits`` up to ``max_digits`` digits, default
     ``config.max_digits``). The stage's examples depend on ``(seed, stage)`` only, so a shorter last
     stage trains on the same data in the same order."""
     max_digits = config.max_digits if max_digits is None else max_digits
     rng = random.Random(derive_seed(config.seed, "lm-stage", stage) if stage else config.seed)
-    tasks = seed_tasks(max_digits)
+    tasks = seed_tasks(max_digits, min_digits)
     unknown = set(config.task_weights) - set(tasks)
     if unknown:
         raise ValueError(f"task_weights has unknown tasks {sorted(unknown)}; expected keys of {sorted(tasks)}")
@@ -168,9 +182,9 @@ def train(config: LMConfig) -> TrainResult:
         )
     stages = config.stages()
     result, history = None, []
-    for index, (max_digits, steps) in enumerate(stages, start=1):
+    for index, ((max_digits, steps), min_digits) in enumerate(zip(stages, config.stage_min_digits()), start=1):
         staged = len(stages) > 1
-        examples = seed_examples(config, max_digits, stage=index) if staged else seed_examples(config)
+        examples = seed_examples(config, max_digits, index if staged else 0, min_digits)
         stage_config = replace(
             config,
             output_dir=str(Path(config.output_dir) / f"stage-{index}") if staged else config.output_dir,

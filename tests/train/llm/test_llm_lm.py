@@ -68,6 +68,23 @@ def test_pretrained_continues_the_saved_model(tmp_path, monkeypatch):
     assert started.keys() == saved.keys() and all(torch.equal(started[k], saved[k]) for k in saved)
 
 
+def test_a_stage_checkpoint_equals_the_truncated_curriculum(tmp_path):
+    """Choosing a base at a stage end (``configs/lm_arith_llama_v2.yaml`` keeps the first 2 stages of a
+    longer run): stage ``k``'s ``stage-k/model`` of a longer curriculum is the export of the curriculum cut
+    after stage ``k`` (each stage's data and seed depend on its index only)."""
+    tiny = dict(num_seed_examples=32, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                train_batch_size=8, checkpointing_steps=0, report_to=None, learning_rate=1e-2, max_digits=3)
+    lm.train(lm.LMConfig(output_dir=str(tmp_path / "long"), curriculum=[[3, 2, 2], [3, 2, 2], [3, 1]], **tiny))
+    cut = lm.train(lm.LMConfig(output_dir=str(tmp_path / "cut"), curriculum=[[3, 2, 2], [3, 2, 2]], **tiny))
+    stage = AutoModelForCausalLM.from_pretrained(tmp_path / "long" / "stage-2" / "model").state_dict()
+    exported = AutoModelForCausalLM.from_pretrained(cut.pipeline_dir).state_dict()
+    first = AutoModelForCausalLM.from_pretrained(tmp_path / "long" / "stage-1" / "model").state_dict()
+    assert stage.keys() == exported.keys()
+    for key in stage:
+        torch.testing.assert_close(stage[key], exported[key])
+    assert any(not torch.allclose(first[k], stage[k]) for k in stage)  # stage 2 did train
+
+
 def test_accuracy_counts_verified_greedy_answers(monkeypatch):
     task = ArithmeticTask("add", 1, 2)
     problems = task.sample(4, seed=0)
@@ -107,6 +124,25 @@ def test_curriculum_stages_lengths_and_next_length_share():
         lm.LMConfig(curriculum=[[4]])
     with pytest.raises(ValueError, match="next_length_share"):
         lm.LMConfig(next_length_share=1.0)
+
+
+def test_curriculum_stage_min_digits_narrows_the_operands():
+    """A third number in a stage, ``[max_digits, steps, min_digits]``, keeps shorter operands out of it
+    (the v2 base's continued pretraining: more 4+4-digit additions per step); the next-length share stays
+    ``max_digits + 1`` digits on both operands."""
+    config = lm.LMConfig(num_seed_examples=2000, curriculum=[[2, 5], [4, 5, 3]], next_length_share=0.1,
+                         task_weights={"add": 0.9, "mul": 0.1}, format_weights={"plain": 1.0})
+    assert config.stages() == [(2, 5), (4, 5)] and config.stage_min_digits() == [1, 3]
+    operands = [e.prompt[2:-1] for e in lm.seed_examples(config, 4, stage=2, min_digits=3)]
+    lengths = [len(x) for q in operands if "+" in q for x in q.split("+")]
+    assert min(lengths) == 3 and max(lengths) == 5
+    assert 0.2 < sum(len(q) == 9 for q in operands if "+" in q) / sum("+" in q for q in operands) < 0.3  # 4+4 digits
+    multiplicands = [len(q.split("*")[0]) for q in operands if "*" in q]
+    assert min(multiplicands) == max(multiplicands) == 3
+    assert min(len(x) for e in lm.seed_examples(config, 4, stage=2) for x in e.prompt[2:-1].replace("*", "+").split("+")) == 1
+    for bad in ([4, 5, 0], [4, 5, 5], [4, 5, 3, 1]):
+        with pytest.raises(ValueError, match="curriculum stages"):
+            lm.LMConfig(curriculum=[bad])
 
 
 @pytest.mark.parametrize(
@@ -156,6 +192,32 @@ def test_llama_base_config_builds_the_bundled_architecture():
         assert bundled[key] == getattr(model.config, key), key
     assert all(f.stat().st_size < 20e6 for f in asset.iterdir())
     assert bundled["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_v2_base_config_continues_v1_and_matches_the_bundled_asset():
+    """Issue #18 v2 base: `configs/lm_arith_llama_v2.yaml` continues `assets/lm-arith-llama` (left unchanged)
+    on 3-4 digit operands with a 15% 5-digit share; the bundled `assets/lm-arith-llama-v2` has v1's
+    architecture and tokenizer and its weights differ from v1's."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from selfgen.train.config import load_config
+
+    root = Path(__file__).resolve().parents[3]
+    config = load_config(lm.LMConfig, root / "configs" / "lm_arith_llama_v2.yaml")
+    assert config.pretrained == "assets/lm-arith-llama" and config.export_dir is None and config.seed == 0
+    assert config.stages() == [(4, 120), (4, 120)] and config.stage_min_digits() == [3, 3]
+    assert config.next_length_share == 0.15 and config.max_train_steps == sum(s for _, s in config.stages())
+    v1, v2 = root / "assets" / "lm-arith-llama", root / "assets" / "lm-arith-llama-v2"
+    if not (v2 / "config.json").is_file():
+        pytest.skip("assets/lm-arith-llama-v2 not built")
+    assert json.loads((v1 / "config.json").read_text()) == json.loads((v2 / "config.json").read_text())
+    assert (v1 / "tokenizer.json").read_text() == (v2 / "tokenizer.json").read_text()
+    assert all(f.stat().st_size < 20e6 for f in v2.iterdir())
+    old, new = load_file(v1 / "model.safetensors"), load_file(v2 / "model.safetensors")
+    assert old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
 
 
 def test_countdown_llama_configs_load_at_equal_budget():
