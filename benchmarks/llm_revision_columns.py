@@ -15,7 +15,8 @@ revision sampler, as ``benchmarks/llm_correction.py``). Every column step ``a+b+
 * ``carry`` - the carry is not the previous column's; ``sum`` - ``a+b+c != s``; ``steps`` - the line has
   the wrong number of columns.
 
-Printed per model and turn: accuracy and the share of turns with each error (a turn can have several),
+Printed per model and turn: accuracy, the share of turns with each error (a turn can have several), the
+number of misread operand steps per column (units first: the hundreds column is the third),
 and for turn 2 the same restricted to the episodes whose first attempt was right (the ``c->i`` breaks),
 the share of turn-2 contexts longer than the pretraining context (``--context``, ``max_length`` of
 ``configs/lm_arith_llama.yaml``) and the share of turn 2 that copies turn 1 verbatim.
@@ -38,14 +39,15 @@ from llm_lengths import VALIDATION_SEED
 ERRORS = ("operand", "shifted", "from_attempt", "carry", "sum", "steps")
 
 
-def column_errors(question: str, completion: str, attempt: str | None = None) -> dict[str, bool]:
+def column_errors(question: str, completion: str, attempt: str | None = None) -> dict[str, bool | list[int]]:
     """Which kinds of column error the ``S:`` line of ``completion`` makes on the addition ``question``
-    (see the module docstring); ``attempt``: the first attempt, for ``from_attempt``."""
+    (see the module docstring); ``attempt``: the first attempt, for ``from_attempt``. ``columns``: the
+    columns (1 = units) whose step misreads an operand digit."""
     left, right = question.split("+")
     width = max(len(left), len(right))
     left, right = left.zfill(width)[::-1], right.zfill(width)[::-1]
     steps, earlier = solution_steps(completion), solution_steps(attempt) if attempt is not None else []
-    found = dict.fromkeys(ERRORS, False)
+    found: dict[str, bool | list[int]] = {**dict.fromkeys(ERRORS, False), "columns": []}
     found["steps"] = len(steps) != width
     carry = 0
     for column, step in enumerate(steps[:width]):
@@ -57,6 +59,7 @@ def column_errors(question: str, completion: str, attempt: str | None = None) ->
         c, s = int(c or 0), int(s)
         if (a, b) != (left[column], right[column]):
             found["operand"] = True
+            found["columns"].append(column + 1)
             near = {left[k] for k in (column - 1, column + 1) if 0 <= k < width}, {right[k] for k in (column - 1, column + 1) if 0 <= k < width}
             found["shifted"] |= (a != left[column] and a in near[0]) or (b != right[column] and b in near[1])
             if column < len(earlier) and earlier[column].strip() == step.strip():
@@ -103,6 +106,8 @@ def main() -> None:
             accuracy = np.mean([r["correct"][index] for r in subset]) if subset else float("nan")
             shares = "  ".join(f"{k} {np.mean([r[turn][k] for r in subset]):.3f}" for k in ERRORS) if subset else ""
             print(f"  {label:<22} n {len(subset):4d}  acc {accuracy:.3f}  {shares}")
+            misread = np.bincount([c for r in subset for c in r[turn]["columns"]], minlength=args.digits + 1)[1:]
+            print(f"  {'':<22} misread steps by column (units first): {misread.tolist()}")
         print(f"  turn-2 context > {args.context} tokens: {np.mean([r['context'] > args.context for r in rows]):.3f}"
               f" (max {max(r['context'] for r in rows)});  turn 2 copies turn 1: {np.mean([r['copy'] for r in rows]):.3f}", flush=True)
     if args.out:
