@@ -10,9 +10,10 @@ classification more than single-magnification features. This is that experiment 
 * **Bag feature** = mean over instances (mean-pool MIL) for each level; *single-scale* uses level 0 only,
   *multi-scale* concatenates levels ``0..L``.
 * **Feature families**: ``pixels`` (each instance area-downsampled to ``8 x 8``, flattened), ``ssl`` (the
-  pipeline's SSL encoder), ``zoomldm`` (the denoiser's last-block states averaged over tokens, for the
-  instance's latent noised to ``timestep`` with one fixed noise sample, conditioned on the instance's own
-  SSL grid through the summarizer at magnification ``k`` -- the paper's "ZoomLDM features").
+  pipeline's SSL encoder), ``zoomldm`` (the denoiser's last-block states averaged over tokens, or a UNet's
+  mid-block output averaged over positions, for the instance's latent noised to ``timestep`` with one fixed
+  noise sample, conditioned on the instance's own SSL grid through the summarizer at magnification ``k``;
+  the paper's "ZoomLDM features").
 * **Classifier**: standardised logistic regression (:func:`selfgen.eval.probe.linear_probe`), stratified
   ``folds``-fold cross-validated accuracy over bags.
 
@@ -42,6 +43,7 @@ __all__ = [
     "held_out_regions",
     "shuffle_patches",
     "bag_features",
+    "denoiser_features",
     "cross_validated_accuracy",
     "mil_probe",
 ]
@@ -99,7 +101,21 @@ def instance_features(pipe, squares: torch.Tensor, level: int, family: str, time
     latents = pipe.encode_latents(pixels)
     noise = torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(0)).expand_as(latents)
     noisy = pipe.scheduler.add_noise(latents, noise.to(latents.dtype), torch.tensor([timestep]))
-    return pipe.denoiser.pooled_features(noisy.to(pipe.denoiser.dtype), timestep, context).float()
+    return denoiser_features(pipe.denoiser, noisy.to(pipe.denoiser.dtype), timestep, context).float()
+
+
+def denoiser_features(denoiser, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
+    """``(N, D)`` ZoomLDM features: a :class:`ZoomLDMDenoiser`'s last-block states averaged over tokens, or a diffusers
+    ``UNet2DConditionModel``'s mid-block output (its deepest, lowest-resolution features) averaged over positions."""
+    if hasattr(denoiser, "pooled_features"):
+        return denoiser.pooled_features(latents, timestep, context)
+    captured = []
+    handle = denoiser.mid_block.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        denoiser(latents, timestep, encoder_hidden_states=context)
+    finally:
+        handle.remove()
+    return captured[0].mean(dim=(2, 3))
 
 
 def bag_features(pipe, regions: torch.Tensor, levels: list[int], family: str, timestep: int = 100) -> np.ndarray:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from selfgen import ZoomLDMPipeline
-from selfgen.eval.zoom_mil import bag_features, held_out_regions, mil_probe, shuffle_patches
+from selfgen.eval.zoom_mil import bag_features, denoiser_features, held_out_regions, mil_probe, shuffle_patches
 
 
 ASSET = Path(__file__).resolve().parents[2] / "assets" / "zoomldm-retina"
@@ -48,8 +48,11 @@ def test_multi_scale_features_beat_single_scale_on_the_arrangement_case(pipe):
 
 
 def test_zoomldm_features_have_one_block_per_level(pipe):
+    config = pipe.denoiser.config  # a ZoomLDMDenoiser (hidden_size) or a UNet2DConditionModel (mid-block width)
+    width = config.hidden_size if "hidden_size" in config else config.block_out_channels[-1]
     features = bag_features(pipe, smooth_regions(2), [0, 1, 2], "zoomldm", timestep=50)
-    assert features.shape == (2, 3 * pipe.denoiser.config.hidden_size) and np.isfinite(features).all()
+    assert features.shape == (2, 3 * width) and np.isfinite(features).all()
+    assert not np.allclose(features[:, :width], features[:, width : 2 * width])  # magnifications see different inputs
     with pytest.raises(ValueError, match="family must be one of"):
         bag_features(pipe, smooth_regions(2), [0], "raw")
 
@@ -60,3 +63,19 @@ def test_regions_come_from_the_held_out_columns_only():
     assert regions.min() >= 150 and len(regions) == len(tops) > 0
     with pytest.raises(ValueError, match="held-out columns"):
         held_out_regions(image, 64, 16)
+
+
+def test_unet_features_are_its_pooled_mid_block_and_see_the_context():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8, attention_head_dim=4, norm_num_groups=8,
+    ).eval()
+    latents, contexts = torch.randn(2, 4, 8, 8), torch.randn(2, 2, 3, 8)
+    with torch.no_grad():
+        first, second = (denoiser_features(unet, latents, 50, context) for context in contexts)
+    assert first.shape == (2, 32) and torch.isfinite(first).all()
+    assert (first - second).abs().max() > 1e-3  # the conditioning reaches the features
