@@ -16,9 +16,11 @@
 Stages 3 and 4 draw a magnification uniformly and then a patch of it (``uniform_magnification``, the official
 loader; :class:`~selfgen.data.zoom.UniformMagnificationDataset`).
 
-``selfgen train zoomldm --config configs/zoomldm_retina.yaml`` rebuilds ``assets/zoomldm-retina``;
-``configs/zoomldm_ihc.yaml`` builds ``assets/zoomldm-ihc`` (3 levels); ``configs/zoomldm_retina_single.yaml``
-(``levels: [0]``) trains the single-scale baseline (highest magnification only).
+``selfgen train zoomldm --config configs/zoomldm_retina_patchae_vunet.yaml --export_dir assets/zoomldm-retina``
+rebuilds the bundled retina model (patch autoencoder, UNet denoiser, v-prediction); ``configs/zoomldm_retina.yaml``
+trains the previous one (DiT on an ``AutoencoderKL``); ``configs/zoomldm_ihc.yaml`` builds ``assets/zoomldm-ihc``
+(3 levels); ``configs/zoomldm_retina_single.yaml`` (``levels: [0]``) trains the single-scale baseline (highest
+magnification only).
 """
 
 from __future__ import annotations
