@@ -10,6 +10,7 @@ import torch
 
 from selfgen.data.sprites import SpriteVideoDataset, caption_tokenizer, reference_image
 from selfgen.data.video import VideoFolderDataset
+from selfgen.eval.tracking import shuffled_partners
 from selfgen.pipelines.tora import Tora2Pipeline
 from selfgen.train.registry import discover_methods
 from selfgen.train.tora import (
@@ -22,6 +23,7 @@ from selfgen.train.tora import (
     evaluation_videos,
     is_entangled,
     paired_differences,
+    shuffled_reference_items,
     sigma_one_probe,
     train,
     write_clip,
@@ -262,6 +264,27 @@ def test_entangled_subset_keeps_only_videos_whose_sprites_touch_in_every_frame()
         evaluation_videos(3, subset="crossing")
 
 
+def test_shuffled_reference_control_keeps_the_paths_and_takes_another_videos_appearances():
+    """The appearance control is a second sample: each video's own paths with the references and descriptions of
+    a :func:`shuffled_partners` video (never its own, never one entity twice), scored against the true references."""
+    items = evaluation_videos(16, seed=3)
+    kept, shuffled = shuffled_reference_items(items, seed=0)
+    partners = shuffled_partners(items, seed=0)
+    assert kept == [index for index, partner in enumerate(partners) if partner is not None] and len(kept) >= 12
+    changed = 0
+    for index, item in zip(kept, shuffled):
+        own, donor = items[index]["entities"], items[partners[index]]["entities"]
+        assert len(item["entities"]) == len(own)
+        for entity, mine, theirs in zip(item["entities"], own, donor):
+            np.testing.assert_array_equal(entity["trajectory"], mine["trajectory"])
+            np.testing.assert_array_equal(entity["reference_image"], theirs["reference_image"])
+            assert entity["description"] == theirs["description"] and entity["description"] in item["prompt"]
+            changed += entity["description"] != mine["description"]
+        references = [entity["reference_image"] for entity in item["entities"]]
+        assert all(not np.array_equal(a, b) for i, a in enumerate(references) for b in references[i + 1 :])
+    assert changed > 0.8 * sum(len(item["entities"]) for item in shuffled)
+
+
 def test_paired_differences_pair_by_video_and_name_a_missing_metric():
     def per_video(error, binding, rotated):
         row = {"trajectory_error": error, "appearance_similarity": [0.8, 0.9, 0.7], "swapped": [float("nan"), 0.0, 1.0]}
@@ -287,6 +310,9 @@ ABLATIONS = {  # each ablation = the asset's config plus exactly these changes (
     "no_contrastive": {"contrastive_weight": 0.0},
     # Tora1: trajectory only, so neither of our additions (routing, canvas) and no InfoNCE (nothing to contrast)
     "tora1": {"mode": "tora1", "contrastive_weight": 0.0, "entity_routing": False, "reference_canvas": False},
+    # the paper's wiring: both of our additions off, so the gate (or, paired, its no-gate twin) is the only binding path
+    "paper_wiring": {"entity_routing": False, "reference_canvas": False},
+    "paper_wiring_no_gate": {"mode": "no_gate", "entity_routing": False, "reference_canvas": False},
 }
 
 
