@@ -6,8 +6,9 @@
     python benchmarks/tora2_diagnostics.py shape <model> [--num_videos 16]
         How far the sigma = 1 clean estimate moves, in a 9x9 box on each entity's path, when its reference image is
         re-drawn with another SHAPE (same colour and texture) or another COLOUR (same shape and texture); the
-        descriptions are unchanged, so only the reference image differs. `real` is the same change on the
-        references themselves (what a model that draws the reference would move).
+        descriptions are unchanged, so only the reference image differs. `away` is the change at the pixels outside
+        every entity's box (a change that only tints the frame moves them as much); `real` is the same change on
+        the references themselves (what a model that draws the reference would move).
     python benchmarks/tora2_diagnostics.py knockout <model> [--num_videos 48] [--subset entangled]
         What each zero-initialised path carries in the trained model: its parameters set back to zero at inference
         (the gated attention's tanh gates, the routing projections, the canvas inputs), then the sigma = 1 binding
@@ -108,22 +109,28 @@ def shape(pipe: Tora2Pipeline, items: list[dict]) -> None:
     noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(0))
     own = predict(pipe, items, noise, 1.0)
     size = pipe.transformer.config.sample_size
-    print("| reference re-drawn with another | model: mean abs change near the entity | real references |\n| --- | --- | --- |")
+    print("| reference re-drawn with another | model: mean abs change near the entity | away from every entity | "
+          "real references |\n| --- | --- | --- | --- |")
     for change in ("shape", "colour"):
         changed_items = [
             dict(item, entities=[dict(e, reference_image=redrawn(e["description"], change)) for e in item["entities"]])
             for item in items
         ]
         changed = predict(pipe, changed_items, noise, 1.0)
-        moved, real = [], []
+        moved, away, real = [], [], []
         for index, item in enumerate(items):
+            near = np.zeros((len(item["video"]), size, size), bool)  # within the 9x9 box of some entity
             for entity in item["entities"]:
                 reference = reference_image(tuple(entity["description"].split()))
                 real.append(2 * np.abs(redrawn(entity["description"], change) - reference)[4:13, 4:13].mean())
                 for frame, (x, y) in enumerate(entity["trajectory"] * size):
                     rows, columns = slice(max(int(y) - 4, 0), int(y) + 5), slice(max(int(x) - 4, 0), int(x) + 5)
                     moved.append((changed - own)[index, frame, :, rows, columns].abs().mean().item())
-        print(f"| {change} | {np.mean(moved):.4f} ± {np.std(moved) / np.sqrt(len(moved)):.4f} | {np.mean(real):.4f} |")
+                    near[frame, rows, columns] = True
+            # a change that only tints the whole frame moves these pixels as much as the entity's own
+            away.append((changed - own)[index].abs().mean(1)[torch.from_numpy(~near)].mean().item())
+        print(f"| {change} | {np.mean(moved):.4f} ± {np.std(moved) / np.sqrt(len(moved)):.4f} | "
+              f"{np.mean(away):.4f} ± {np.std(away) / np.sqrt(len(away)):.4f} | {np.mean(real):.4f} |")
 
 
 KNOCKOUTS = {
