@@ -15,14 +15,18 @@ The text protocol is written in the characters of the tiny character-level LM (d
 after ``G:<game>`` and a player answers ``M:<move>``::
 
     tic-tac-toe  G:ttt\\nY:x\\nB:x.o,.x.,...\\nL:3,4,6,7,8,9\\n        -> M:9     (cells 1-9, row by row)
-    Kuhn poker   G:kuhn\\nY:1\\nC:K\\nT:check\\nL:check,bet\\n         -> M:bet   (cards J < Q < K)
+    Kuhn poker   G:kuhn\\nY:1\\nC:3\\nT:check\\nL:check,bet\\n         -> M:bet   (cards J < Q < K shown as 1 < 2 < 3)
     negotiation  G:deal\\nY:1\\nI:3,1,2\\nV:1,4,1\\nO:1,1,1\\nN:3\\n      -> M:accept or M:2,1,0
 
 * **Tic-tac-toe**: x (player 0) moves first; three in a row wins, a full board is a draw.
 * **Kuhn poker** (one hand): three cards J, Q, K, one dealt to each player, both ante 1. Player 0
   checks or bets 1; after a check player 1 checks (showdown for the antes) or bets; facing a bet a
   player calls (showdown for 2) or folds (loses the ante). The player who ends with chips wins; the
-  return is the chips won.
+  return is the chips won. The observation shows the card as its rank ``1 < 2 < 3`` (``card_text="rank"``,
+  the default) or as the letter (``"letter"``): the Llama arithmetic base never saw ``J`` or ``K`` in
+  pretraining, and its (tied) embeddings of all unseen letters collapsed onto one vector (cosine 0.99
+  between ``J`` and ``K``), so a letter card hardly reaches the policy, while the digits are its best-trained
+  tokens.
 * **Negotiation** (split the items): three item types with counts ``I``; each player has private
   values ``V`` per item. Players alternate, player 0 first, for at most ``max_turns`` turns: a
   move proposes how many of each item the *mover keeps* (``2,0,1``: the other gets the rest) or
@@ -175,6 +179,7 @@ def minimax_value(board: str, mark: str) -> int:
 # ----------------------------------------------------------------- Kuhn poker
 
 CARDS = "JQK"
+CARD_TEXTS = ("rank", "letter")  # how an observation shows the card: "3" or "K"
 KUHN_ACTIONS = {(): ("check", "bet"), ("check",): ("check", "bet"), ("bet",): ("call", "fold"),
                 ("check", "bet"): ("call", "fold")}
 
@@ -183,21 +188,29 @@ KUHN_ACTIONS = {(): ("check", "bet"), ("check",): ("check", "bet"), ("bet",): ("
 class KuhnPoker(TextGame):
     cards: tuple[str, str] = ("J", "Q")
     history: tuple[str, ...] = ()
+    card_text: str = "rank"
     name = "kuhn"
 
+    def __post_init__(self) -> None:
+        if self.card_text not in CARD_TEXTS:
+            raise ValueError(f"card_text must be one of {CARD_TEXTS}, got {self.card_text!r}")
+
     @classmethod
-    def new(cls, rng: random.Random) -> KuhnPoker:
+    def new(cls, rng: random.Random, card_text: str = "rank") -> KuhnPoker:
         first, second = rng.sample(CARDS, 2)
-        return cls((first, second))
+        return cls((first, second), card_text=card_text)
 
     def legal_moves(self) -> list[str]:
         return list(KUHN_ACTIONS.get(self.history, ()))
 
     def observation(self) -> str:
         return (
-            f"G:kuhn\nY:{self.current_player}\nC:{self.cards[self.current_player]}\n"
+            f"G:kuhn\nY:{self.current_player}\nC:{self.card_shown(self.cards[self.current_player])}\n"
             f"T:{','.join(self.history)}\nL:{','.join(self.legal_moves())}\n"
         )
+
+    def card_shown(self, card: str) -> str:
+        return str(CARDS.index(card) + 1) if self.card_text == "rank" else card
 
     def play(self, move: str) -> None:
         self.history = (*self.history, move)
@@ -296,11 +309,12 @@ def _private_values(rng: random.Random, counts: Sequence[int]) -> tuple[int, ...
 GAMES: dict[str, type[TextGame]] = {"tictactoe": TicTacToe, "kuhn": KuhnPoker, "negotiation": Negotiation}
 
 
-def new_game(name: str, seed: int) -> TextGame:
-    """A fresh game ``name`` from ``seed`` (the deal of cards / items and private values)."""
+def new_game(name: str, seed: int, **options) -> TextGame:
+    """A fresh game ``name`` from ``seed`` (the deal of cards / items and private values); ``options``
+    go to the game's ``new`` (Kuhn poker: ``card_text``)."""
     if name not in GAMES:
         raise ValueError(f"game must be one of {sorted(GAMES)}, got {name!r}")
-    return GAMES[name].new(random.Random(seed))
+    return GAMES[name].new(random.Random(seed), **options)
 
 
 class RandomPlayer:
@@ -347,13 +361,13 @@ def play_game(state: TextGame, players: Sequence[Player]) -> list[tuple[int, str
     return transcript
 
 
-def random_play_transcripts(name: str, num_games: int, first_seed: int = 0) -> list[tuple[str, str]]:
+def random_play_transcripts(name: str, num_games: int, first_seed: int = 0, **options) -> list[tuple[str, str]]:
     """``(observation, move)`` of every turn of ``num_games`` random-vs-random games, game seeds
-    ``first_seed, first_seed + 1, ...`` (all below :data:`HELD_OUT_SEED`)."""
+    ``first_seed, first_seed + 1, ...`` (all below :data:`HELD_OUT_SEED`; ``options`` as :func:`new_game`)."""
     if first_seed + num_games > HELD_OUT_SEED:
         raise ValueError(f"seeds {first_seed}..{first_seed + num_games - 1} reach the held-out seeds >= {HELD_OUT_SEED}")
     pairs = []
     for game_seed in range(first_seed, first_seed + num_games):
         players = [RandomPlayer(2 * game_seed), RandomPlayer(2 * game_seed + 1)]
-        pairs += [(observation, move) for _, observation, move in play_game(new_game(name, game_seed), players)]
+        pairs += [(observation, move) for _, observation, move in play_game(new_game(name, game_seed, **options), players)]
     return pairs

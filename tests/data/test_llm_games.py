@@ -60,7 +60,11 @@ def test_kuhn_poker_payoffs():
         assert game.winner() == (0 if chips[0] > 0 else 1)
     game = KuhnPoker(("J", "K"))
     game.apply("bet")
-    assert game.legal_moves() == ["call", "fold"] and game.observation() == "G:kuhn\nY:1\nC:K\nT:bet\nL:call,fold\n"
+    assert game.legal_moves() == ["call", "fold"] and game.observation() == "G:kuhn\nY:1\nC:3\nT:bet\nL:call,fold\n"
+    assert KuhnPoker(("Q", "J"), card_text="letter").observation() == "G:kuhn\nY:0\nC:Q\nT:\nL:check,bet\n"
+    assert new_game("kuhn", 1, card_text="letter").cards == new_game("kuhn", 1).cards
+    with pytest.raises(ValueError, match="card_text"):
+        KuhnPoker(card_text="face")
     assert not game.apply("check") and game.winner() == 0 and game.returns() == (1.0, -1.0)
 
 

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...data.games import (
+    CARD_TEXTS,
+    CARDS,
     GAMES,
     HELD_OUT_SEED,
     OPPONENTS,
@@ -87,6 +89,7 @@ class SPIRALConfig(IterativeConfig):
     warmup_steps: int = 200
     warmup_learning_rate: float = 1e-3
     warmup_replay: float = 0.5  # arithmetic worked examples added to the warm-up, per game example
+    kuhn_cards: str = "rank"  # Kuhn poker observations show the card as "rank" (1-3) or "letter" (J, Q, K)
     move_max_new_tokens: int = 12  # a move's completion; max_new_tokens (64) is the arithmetic answers'
     max_length: int = 96
     learning_rate: float = 1e-4
@@ -103,6 +106,8 @@ class SPIRALConfig(IterativeConfig):
             raise ValueError(f"warmup_games must be >= 0 (0: no warm-up), got {self.warmup_games}")
         if self.warmup_replay < 0:
             raise ValueError(f"warmup_replay must be >= 0, got {self.warmup_replay}")
+        if self.kuhn_cards not in CARD_TEXTS:
+            raise ValueError(f"kuhn_cards must be one of {CARD_TEXTS}, got {self.kuhn_cards!r}")
 
 
 class RoleBaselines:
@@ -157,6 +162,13 @@ class SPIRALTrainer(IterativeTrainer):
 
     # ----------------------------------------------------------------- playing
 
+    def game_options(self, name: str) -> dict[str, str]:
+        """How game ``name`` is rendered, as the config asks (Kuhn poker: ``kuhn_cards``)."""
+        return {"card_text": self.config.kuhn_cards} if name == "kuhn" else {}
+
+    def new_game(self, name: str, seed: int) -> TextGame:
+        return new_game(name, seed, **self.game_options(name))
+
     def play(
         self, states: Sequence[TextGame], opponents: Sequence[Mapping[int, Player]], temperature: float, seed: int
     ) -> list[list[Turn]]:
@@ -208,7 +220,7 @@ class SPIRALTrainer(IterativeTrainer):
         pairs = [
             TextPair(observation, move_completion(move))
             for name in config.games
-            for observation, move in random_play_transcripts(name, config.warmup_games, first_seed=0)
+            for observation, move in random_play_transcripts(name, config.warmup_games, 0, **self.game_options(name))
         ]
         replay = self.task.sample(round(config.warmup_replay * len(pairs)), REPLAY_SEED + config.seed)
         logs = {"warmup_game_examples": float(len(pairs)), "warmup_replay_examples": float(len(replay))}
@@ -222,7 +234,7 @@ class SPIRALTrainer(IterativeTrainer):
         count = self.config.games_per_iteration
         first = (iteration - 1) * count * len(self.config.games)
         return [
-            new_game(name, (first + offset * count + index) % HELD_OUT_SEED)
+            self.new_game(name, (first + offset * count + index) % HELD_OUT_SEED)
             for offset, name in enumerate(self.config.games)
             for index in range(count)
         ]
@@ -263,6 +275,10 @@ class SPIRALTrainer(IterativeTrainer):
             logs[f"{name}_selfplay_illegal"] = sum(s.illegal_player is not None for s, _ in games) / len(games)
             logs[f"{name}_selfplay_turns"] = sum(len(t) for _, t in games) / len(games)
         logs["selfplay_illegal"] = sum(s.illegal_player is not None for s in states) / len(states)
+        kuhn = [s for s in states if s.name == "kuhn"]
+        for card in CARDS if kuhn else ():  # does the sampled policy use its card? P(bet | first to act, card)
+            first = [s.history[:1] == ("bet",) for s in kuhn if s.cards[0] == card]
+            logs[f"kuhn_selfplay_bet_{card}"] = sum(first) / max(len(first), 1)
         return logs
 
     # ----------------------------------------------------------------- evaluation
@@ -271,7 +287,7 @@ class SPIRALTrainer(IterativeTrainer):
         """Win / draw / illegal rates of the greedy policy against ``opponent`` on held-out games."""
         count = self.config.eval_games
         seeds = [HELD_OUT_SEED + index for index in range(count)]
-        states = [new_game(name, seed) for seed in seeds]
+        states = [self.new_game(name, seed) for seed in seeds]
         seats = [index % 2 for index in range(count)]  # the policy's seat
         opponents = [{1 - seat: OPPONENTS[opponent](seed)} for seat, seed in zip(seats, seeds)]
         self.play(states, opponents, self.config.eval_temperature, seed=HELD_OUT_SEED)

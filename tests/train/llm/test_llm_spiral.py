@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from selfgen.data.games import TicTacToe
+from selfgen.data.games import CARDS, KuhnPoker, TicTacToe
 from selfgen.train.llm.rollout import Rollout
 from selfgen.train.llm.spiral import RoleBaselines, SPIRALConfig, SPIRALTrainer
 
@@ -82,6 +82,69 @@ def test_one_iteration_end_to_end(tmp_path):
         torch.testing.assert_close(reloaded(ids).logits, trainer.policy(ids).logits)
 
 
+def card_aware_moves(tokenizer):
+    """A scripted Kuhn policy that uses its card: bets a King (rank 3) first to act, checks otherwise, calls a bet;
+    its rollouts carry the real prompt token ids."""
+
+    def sample_moves(observations, temperature, seed):
+        rollouts = []
+        for index, obs in enumerate(observations):
+            move = "call" if "L:call" in obs else ("bet" if "C:3" in obs and "T:\n" in obs else "check")
+            rollouts.append(Rollout(index, obs, f"M:{move}", tokenizer(obs).input_ids, [7, 1], [-0.5, -0.1]))
+        return rollouts
+
+    return sample_moves
+
+
+@needs_asset
+def test_kuhn_returns_reach_each_cards_moves_through_the_advantage(tmp_path):
+    """A King's bet and a Jack's check must get their own game's chips (minus the seat's baseline), and the
+    policy's prompt ids must carry the card: otherwise self-play cannot make the policy card-aware."""
+    config = SPIRALConfig(output_dir=str(tmp_path), games=["kuhn"], games_per_iteration=24, baseline_decay=0.9)
+    trainer = SPIRALTrainer(model=str(ASSET), config=config)
+    trainer.sample_moves = card_aware_moves(trainer.tokenizer)
+    round_ = trainer.build_round(1)
+    assert round_.logs["kuhn_selfplay_bet_K"] == 1.0 and round_.logs["kuhn_selfplay_bet_J"] == 0.0
+    assert round_.logs["kuhn_selfplay_bet_Q"] == 0.0
+    replica, expected = RoleBaselines(0.9), []
+    for state in trainer.self_play_games(1):
+        first = CARDS.index(state.cards[0]) > CARDS.index(state.cards[1])
+        chips = 2.0 if state.cards[0] == "K" else 1.0  # K: bet, call; otherwise: check, check
+        returns = (chips, -chips) if first else (-chips, chips)
+        expected += [(player, state.cards[player], replica.advantage("kuhn", player, returns[player])) for player in (0, 1)]
+    samples = [(s, trainer.tokenizer.decode(s.prompt_ids)) for s in round_.dataset]
+    assert len(samples) == len(expected)  # one move per seat per game, none with A = 0 here
+    for (sample, prompt), (player, card, advantage) in zip(samples, expected):
+        assert f"Y:{player}\nC:{CARDS.index(card) + 1}\n" in prompt
+        assert sample.advantage == pytest.approx(advantage)
+    king_bets = [s.advantage for s, prompt in samples if "Y:0\nC:3" in prompt]
+    jack_checks = [s.advantage for s, prompt in samples if "Y:0\nC:1" in prompt]
+    assert king_bets and jack_checks and min(king_bets) > 0.0 > max(jack_checks)
+
+
+def test_the_kuhn_card_is_a_distinct_input_of_the_llama_base():
+    """The card must reach the policy: the Llama base's (tied) embeddings of the tokens that show J, Q and K.
+    Letters J and K were never in its pretraining text and share one collapsed vector (cosine 0.99), so
+    the observation shows the rank digit, whose embeddings are far apart."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    base = ASSET.parent / "lm-arith-llama"
+    if not (base / "model.safetensors").is_file():
+        pytest.skip("assets/lm-arith-llama not built")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    embeddings = load_file(base / "model.safetensors")["model.embed_tokens.weight"]
+    rows = []
+    for card in CARDS:
+        ids = tokenizer(KuhnPoker((card, "J" if card != "J" else "Q")).observation()).input_ids
+        rows.append(ids)
+    differ = [position for position in range(len(rows[0])) if len({ids[position] for ids in rows}) == 3]
+    assert len(differ) == 1  # the card is one token, and only it changes
+    vectors = torch.nn.functional.normalize(embeddings[[ids[differ[0]] for ids in rows]], dim=1)
+    cosines = vectors @ vectors.T
+    assert cosines[~torch.eye(3, dtype=torch.bool)].max() < 0.8
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="games"):
         SPIRALConfig(games=["chess"])
@@ -93,6 +156,8 @@ def test_config_errors_name_the_field():
         SPIRALConfig(warmup_games=-1)
     with pytest.raises(ValueError, match="games_per_iteration"):
         SPIRALConfig(games_per_iteration=0)
+    with pytest.raises(ValueError, match="kuhn_cards"):
+        SPIRALConfig(kuhn_cards="face")
 
 
 def test_bundled_config_loads():
@@ -101,6 +166,10 @@ def test_bundled_config_loads():
 
     config = load_config(SPIRALConfig, ASSET.parents[1] / "configs" / "spiral_games.yaml")
     assert METHOD.name == "spiral" and config.games == ["tictactoe", "kuhn", "negotiation"] and config.warmup_games > 0
+    configs = ASSET.parents[1] / "configs"
+    recipe, control = (vars(load_config(SPIRALConfig, configs / f"spiral_kuhn_llama{s}.yaml")) for s in ("", "_lr1e-4"))
+    assert recipe["kuhn_cards"] == "rank" and recipe["games"] == ["kuhn"]
+    assert {key for key in recipe if recipe[key] != control[key]} == {"learning_rate", "output_dir"}  # one change
 
 
 @needs_asset
