@@ -84,9 +84,10 @@ def card_table(trainer: SPIRALTrainer, card_text: str, samples: int, temperature
         )
 
 
-def head_to_head(players: list, card_text: str, games: int, temperature: float) -> list[tuple[float, float]]:
-    """Chips won by ``players[0]`` in each held-out deal, from seat 0 and from seat 1. A player is a
-    trainer (samples its moves, batched over the deals) or a :class:`RandomPlayer`."""
+def head_to_head(players: list, card_text: str, games: int, temperature: float) -> list[list[KuhnPoker]]:
+    """Each held-out deal played to the end twice, ``players[0]`` in seat 0 and then in seat 1 (the
+    finished states, per seat). A player is a trainer (samples its moves, batched over the deals) or a
+    :class:`RandomPlayer`."""
     deals = [KuhnPoker.new(random.Random(HELD_OUT_SEED + index)).cards for index in range(games)]
     results = []
     for seat in (0, 1):  # players[0]'s seat
@@ -103,8 +104,8 @@ def head_to_head(players: list, card_text: str, games: int, temperature: float) 
                     moves = [parse_move(r.text) for r in rollouts]
                 for state, move in zip(acting, moves):
                     state.apply(move)
-        results.append([state.returns()[seat] for state in states])
-    return list(zip(*results))
+        results.append(states)
+    return results
 
 
 def main() -> None:
@@ -129,13 +130,16 @@ def main() -> None:
             if versus is None:
                 continue
             for name, opponent in (("random", RandomPlayer(0)), (args.versus, versus)):
-                deals = head_to_head([trainer, opponent], args.kuhn_cards, args.games, args.temperature)
-                chips = [(first + second) / 2 for first, second in deals]  # per hand, paired by deal
+                seats = head_to_head([trainer, opponent], args.kuhn_cards, args.games, args.temperature)
+                hands = [[state.returns()[seat] for state in states] for seat, states in enumerate(seats)]
+                chips = [(first + second) / 2 for first, second in zip(*hands)]  # per hand, paired by deal
                 mean, se = sum(chips) / len(chips), standard_error(chips)
-                wins = [sum(hand > 0 for hand in deal) / 2 for deal in deals]
+                wins = [sum(hand > 0 for hand in deal) / 2 for deal in zip(*hands)]
                 win, win_se = sum(wins) / len(wins), standard_error(wins)
+                illegal = sum(s.illegal_player == seat for seat, states in enumerate(seats) for s in states) / (2 * args.games)
                 print(f"  vs {name}: chips per hand {mean:+.3f} [{mean - 1.96 * se:+.3f}, {mean + 1.96 * se:+.3f}], "
-                      f"hands won {win:.3f} +- {win_se:.3f} ({args.games} deals x 2 seats)", flush=True)
+                      f"hands won {win:.3f} +- {win_se:.3f}, hands lost by its illegal move {illegal:.3f} "
+                      f"({args.games} deals x 2 seats)", flush=True)
 
 
 if __name__ == "__main__":

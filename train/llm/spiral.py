@@ -36,7 +36,8 @@ Self-play itself never sees arithmetic.
 (2) The model answers with the move only (``M:<move>``), no chain of thought: a 0.86 M-parameter
 model cannot write useful reasoning, so the "reasoning transfer" the paper studies has no channel here
 beyond shared weights. (3) Kuhn poker is one hand, rewarded by the chips won (with win/loss rewards a single
-hand makes "always call" optimal), and the negotiation is our own small split-the-items game (not
+hand makes "always call" optimal), its card shown as the rank digit (``kuhn_cards``: the Llama base's
+embeddings of the unseen letters J and K are one collapsed vector), and the negotiation is our own small split-the-items game (not
 TextArena's multi-round versions); all three games are trained together, as the paper's multi-game run. (4) Games are played in lockstep batches on one process, not by distributed actors.
 """
 
@@ -147,6 +148,8 @@ class SPIRALTrainer(IterativeTrainer):
         "kuhn_win_vs_random",
         "negotiation_win_vs_random",
         "selfplay_illegal",
+        "kuhn_selfplay_bet_J",
+        "kuhn_selfplay_bet_K",
     )
 
     def __init__(self, *args, **kwargs) -> None:
