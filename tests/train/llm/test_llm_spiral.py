@@ -170,6 +170,8 @@ def test_bundled_config_loads():
     recipe, control = (vars(load_config(SPIRALConfig, configs / f"spiral_kuhn_llama{s}.yaml")) for s in ("", "_lr1e-4"))
     assert recipe["kuhn_cards"] == "rank" and recipe["games"] == ["kuhn"]
     assert {key for key in recipe if recipe[key] != control[key]} == {"learning_rate", "output_dir"}  # one change
+    kl = vars(load_config(SPIRALConfig, configs / "spiral_kuhn_llama_kl.yaml"))
+    assert {key for key in recipe if recipe[key] != kl[key]} == {"beta", "iterations", "output_dir"} and kl["beta"] > 0
 
 
 @needs_asset
