@@ -81,6 +81,26 @@ def test_bundled_config_is_valid_and_exports_under_its_output_dir():
     assert (unet.denoiser, unet.prediction_type, unet.latent_noise) == ("unet", "v_prediction", 0.2)
 
 
+def test_ihc_vunet_config_is_the_ihc_patchae_config_plus_the_retina_vunet_changes():
+    """configs/zoomldm_ihc_patchae_vunet.yaml = zoomldm_ihc_patchae.yaml + exactly what the retina vunet config
+    changes over zoomldm_retina_patchae.yaml (output_dir aside)."""
+
+    def load(name: str) -> dict:
+        return yaml.safe_load((CONFIGS / name).read_text())
+
+    def changes(before: dict, after: dict) -> dict:
+        keys = (set(before) | set(after)) - {"output_dir"}
+        return {key: (before.get(key), after.get(key)) for key in keys if before.get(key) != after.get(key)}
+
+    retina = changes(load("zoomldm_retina_patchae.yaml"), load("zoomldm_retina_patchae_vunet.yaml"))
+    ihc = changes(load("zoomldm_ihc_patchae.yaml"), load("zoomldm_ihc_patchae_vunet.yaml"))
+    assert {key: after for key, (_, after) in ihc.items()} == {
+        key: after for key, (_, after) in retina.items() if key != "max_train_steps"  # IHC patchae: already 1500
+    }
+    assert load("zoomldm_ihc_patchae_vunet.yaml")["max_train_steps"] == load("zoomldm_retina_patchae_vunet.yaml")["max_train_steps"]
+    assert set(retina) >= {"denoiser", "prediction_type", "latent_noise", "unet_channels"}
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="patch_size"):
         ZoomLDMConfig(patch_size=30, vae_channels=[8, 8, 8])
