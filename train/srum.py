@@ -8,7 +8,8 @@ shapes world (its prompts, its self-reward questions, its judge). One round, ``n
 1. sample prompts with the caller's ``sample_prompt`` and **generate** ``x0 ~ p_theta(. | c)``;
 2. **self-reward** with the caller's ``reward_fn(umm, images, prompts) -> SelfRewards``: a global
    (whole-prompt) reward ``g`` in ``[-1, 1]`` and local rewards ``s_r`` in ``[-1, 1]`` per region
-   ``r`` (the world's layout, passed in as pixel slices; the shapes world's four quadrants), combined as in the authors' code (``regional_reward_dataset.py``) into
+   ``r`` (the world's layout, passed in as pixel slices; the shapes world's four quadrants), combined as in
+   the authors' code (``regional_reward_dataset.py``) into
    the dense map (:func:`reward_maps`): neutral ``0.5`` everywhere, ``(s_r + 1) / 2`` on regions that
    hold an object, all scaled by the global factor, ``R(i, j) = M(i, j) (g + 1) / 2`` in ``[0, 1]``;
 3. **update** on the self-generated samples with the authors' objective (``modeling/bagel/bagel.py``)::
@@ -161,7 +162,8 @@ def reward_maps(
     """``R = M (g + 1) / 2`` with ``M = 0.5`` except ``(s_r + 1) / 2`` on occupied regions (see the module docstring).
 
     ``regions``: the pixel extent ``(rows, cols)`` of each column of ``scores`` / ``occupied`` (the world's
-    layout; e.g. :func:`selfgen.train.srum_shapes.quadrant_slices`). ``mode="global"`` keeps ``M = 0.5`` (no local term); ``mode="local"`` drops the global factor;
+    layout; e.g. :func:`selfgen.train.srum_shapes.quadrant_slices`). ``mode="global"`` keeps ``M = 0.5`` (no local
+    term); ``mode="local"`` drops the global factor;
     ``mode="blind"`` (a control, not in the paper) gives every pixel of every sample the mean of the
     ``"both"`` maps: the same update size with no information from the rewards."""
     if len(regions) != scores.shape[1] or occupied.shape != scores.shape:
