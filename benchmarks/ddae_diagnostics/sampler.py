@@ -6,7 +6,12 @@ as OUT_DIR/<model>-<setting>.npy so that the chosen setting's test FD is compute
 (seeds.py --samples), the test digits never entering the choice.
 OMP_NUM_THREADS=1 python benchmarks/ddae_diagnostics/sampler.py --models A B ... --settings ddim25 dpm25 ...
   --score SAMPLES.npy:SETTING ...   also score samples drawn earlier (e.g. an eval folder's DDIM-25 samples.npy)
-A setting is SCHED+STEPS with optional suffixes: -eta1 (DDIM eta = 1, ancestral), -trailing (timestep_spacing)."""
+A setting is SCHED+STEPS with optional suffixes: -eta1 (DDIM eta = 1, ancestral), -trailing (timestep_spacing),
+-clip (DPM-Solver++: clip each x0 prediction to the data range [-1, 1], diffusers' thresholding with
+sample_max_value 1; DDIM and DDPM clip by the checkpoints' scheduler config already), -noclip (DDIM/DDPM: do not),
+-temp0.8 (starting noise x_T = 0.8 * the seed's N(0, I) draw: a lower sampling temperature, a departure from the
+paper's sampler, for legibility measurements only).
+Each record also carries judge_confident_share: the share of samples the bundled digits classifier gives p >= 0.9."""
 import argparse, functools, json, re, time
 from pathlib import Path
 import numpy as np, torch
@@ -19,16 +24,26 @@ from selfgen.train.ddae import load_pipeline
 
 def configure(pipe, setting: str) -> int:
     """Swap in the scheduler named by ``setting``; returns its number of steps."""
-    match = re.fullmatch(r"(ddim|dpm|ddpm)(\d+)((?:-eta[\d.]+|-trailing)*)", setting)
+    match = re.fullmatch(r"(ddim|dpm|ddpm)(\d+)((?:-eta[\d.]+|-trailing|-clip|-noclip|-temp[\d.]+)*)", setting)
     if match is None:
-        raise ValueError(f"setting {setting!r}: expected e.g. ddim25, dpm50, ddim50-eta1, ddim25-trailing")
+        raise ValueError(f"setting {setting!r}: expected e.g. ddim25, dpm50, ddim50-eta1, ddim25-trailing, dpm25-clip-temp0.8")
     name, steps, extra = match.group(1), int(match.group(2)), match.group(3)
     overrides = {"timestep_spacing": "trailing"} if "-trailing" in extra else {}
+    if "-clip" in extra and name == "dpm":
+        overrides.update(thresholding=True, sample_max_value=1.0)
+    if "-noclip" in extra:
+        overrides["clip_sample"] = False
     pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config, **overrides)
     eta = re.search(r"-eta([\d.]+)", extra)
     if eta:  # the shared denoising loop calls scheduler.step(eps, t, x, generator=...): bind DDIM's eta here
         pipe.scheduler.step = functools.partial(pipe.scheduler.step, eta=float(eta.group(1)))
     return steps
+
+
+def temperature(setting: str) -> float:
+    """The starting-noise scale named by a ``-tempT`` suffix (1 without one)."""
+    found = re.search(r"-temp([\d.]+)", setting)
+    return float(found.group(1)) if found else 1.0
 
 
 def main() -> None:
@@ -47,6 +62,8 @@ def main() -> None:
 
     def record(samples, **fields) -> None:
         metrics = probe.generation_metrics(samples, images)
+        confidence = probe.load_digits_classifier(None)(probe.to_tensor(samples)).softmax(-1).max(-1).values
+        metrics["judge_confident_share"] = float((confidence >= 0.9).float().mean())
         metrics.update(split="validation", reference_size=len(images), **fields)
         print(json.dumps(metrics), flush=True)
         with open(out, "a") as f:
@@ -61,8 +78,12 @@ def main() -> None:
             pipe.set_progress_bar_config(disable=True)
             steps = configure(pipe, setting)
             start = time.time()
-            samples = pipe(batch_size=args.num_samples, num_inference_steps=steps,
-                           generator=torch.Generator().manual_seed(args.seed), output_type="np").images
+            generator = torch.Generator().manual_seed(args.seed)
+            net = getattr(pipe, "transformer", None) or pipe.unet
+            shape = (args.num_samples, net.config.in_channels, net.config.sample_size, net.config.sample_size)
+            latents = temperature(setting) * torch.randn(shape, generator=generator)  # = the pipeline's own draw at T = 1
+            samples = pipe(batch_size=args.num_samples, num_inference_steps=steps, generator=generator,
+                           latents=latents, output_type="np").images
             record(samples, model=model, setting=setting, noise_seed=args.seed, secs=round(time.time() - start, 1))
             tag = re.sub(r"[^A-Za-z0-9]+", "_", model.strip("/").split("outputs/")[-1])
             np.save(out.parent / f"{tag}-{setting}.npy", samples)

@@ -222,24 +222,25 @@ def test_bundled_checkpoint_is_what_its_config_builds(asset, config_file):
     assert shapes == {name: tuple(p.shape) for name, p in model.state_dict().items()}
 
 
-def test_stage2_configs_differ_only_in_self_conditioning():
-    """The stage-2 pair is one continuation with and without self-conditioning: apart from comments, the stage-1
-    pipeline each starts from and where it writes, the two configs are the same."""
+@pytest.mark.parametrize("stage, previous", [("stage2", ""), ("stage3", "_stage2")])
+def test_continuation_configs_differ_only_in_self_conditioning(stage, previous):
+    """Each continuation pair (stage 2, stage 3) is one continuation with and without self-conditioning: apart from
+    comments, the pipeline each starts from and where it writes, the two configs are the same, and each arm
+    continues its own previous stage (the output_dir that `ddae_digits{,_noselfcond}{previous}.yaml` export to)."""
     from pathlib import Path
 
     import yaml
 
     configs = Path(__file__).resolve().parents[2] / "configs"
-    with_sc = yaml.safe_load((configs / "ddae_digits_stage2.yaml").read_text())
-    ablation = yaml.safe_load((configs / "ddae_digits_noselfcond_stage2.yaml").read_text())
+    with_sc = yaml.safe_load((configs / f"ddae_digits_{stage}.yaml").read_text())
+    ablation = yaml.safe_load((configs / f"ddae_digits_noselfcond_{stage}.yaml").read_text())
     differing = {key for key in with_sc.keys() | ablation.keys() if with_sc.get(key) != ablation.get(key)}
     assert differing == {"self_conditioning", "pretrained", "output_dir"}
     assert with_sc["self_conditioning"] is True and ablation["self_conditioning"] is False
-    # each continues its own stage-1 arm: the output_dir that configs/ddae_digits{,_noselfcond}.yaml export to
-    for stage2, stage1 in ((with_sc, "ddae_digits.yaml"), (ablation, "ddae_digits_noselfcond.yaml")):
-        first = yaml.safe_load((configs / stage1).read_text())
-        assert stage2["pretrained"] == f"{first['output_dir']}/pipeline"
-        assert first["self_conditioning"] == stage2["self_conditioning"] and first["seed"] == stage2["seed"]
+    for continued, arm in ((with_sc, "ddae_digits"), (ablation, "ddae_digits_noselfcond")):
+        before = yaml.safe_load((configs / f"{arm}{previous}.yaml").read_text())
+        assert continued["pretrained"] == f"{before['output_dir']}/pipeline" != before.get("pretrained")
+        assert before["self_conditioning"] == continued["self_conditioning"] and before["seed"] == continued["seed"]
 
 
 def test_continuing_from_a_pretrained_pipeline_keeps_its_weights_and_checks_the_arm(tmp_path):
