@@ -12,29 +12,19 @@ it generalises better? Two measurements (issue #20, tenth pass); nothing here se
 OMP_NUM_THREADS=1 python benchmarks/ddae_diagnostics/memorization.py --models assets/ddpm-digits assets/ddae-digits \
   --samples A.npy B.npy [--out outputs/memorization.jsonl]
 """
-import argparse, json
-import numpy as np, torch
+import torch
 from selfgen.data.digits import load_digits_arrays
-from selfgen.eval.probe import denoiser, validation_split
-from selfgen.train.ddae import load_pipeline
+from selfgen.eval.probe import validation_split
+from strokes import grid_projector, load_samples, model_errors, parse_cli, write_records  # same folder: run from the repository root as a script
 
 TIMESTEPS = [100, 200, 300, 400, 500, 600, 700]
 
 
 def x0_errors(path: str, images: torch.Tensor) -> dict[int, float]:
-    """Mean ``||x0_hat - x0||^2`` per pixel at each t, noise drawn from seed 0 (the same for every model)."""
-    pipe = load_pipeline(path, "ddpm")
-    net, alphas = denoiser(pipe).eval(), pipe.scheduler.alphas_cumprod
-    generator, rows = torch.Generator().manual_seed(0), {}
-    with torch.no_grad():
-        for t in TIMESTEPS:
-            noise = torch.randn(images.shape, generator=generator)
-            noisy = pipe.scheduler.add_noise(images, noise, torch.tensor([t]))
-            output = net(noisy, t)
-            eps = output.sample if hasattr(output, "sample") else output[0]
-            x0 = (noisy - (1 - alphas[t]).sqrt() * eps) / alphas[t].sqrt()
-            rows[t] = float(((x0 - images) ** 2).mean())
-    return rows
+    """Mean ``||x0_hat - x0||^2`` per pixel at each t (strokes.py's measurement: noise from seed 0, the same for
+    every model)."""
+    rows = model_errors(path, images, grid_projector(), TIMESTEPS)
+    return {t: rows[t]["x0_mse"] for t in TIMESTEPS}
 
 
 def nearest_distances(queries: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
@@ -42,32 +32,27 @@ def nearest_distances(queries: torch.Tensor, references: torch.Tensor) -> torch.
     return torch.cdist(queries.reshape(len(queries), -1), references.reshape(len(references), -1)).min(1).values
 
 
+def model_record(path: str, validation: torch.Tensor, test: torch.Tensor) -> dict:
+    fit, held_out = x0_errors(path, validation), x0_errors(path, test)
+    return {"model": path, "x0_mse_validation": fit, "x0_mse_test": held_out,
+            "test_over_validation": {t: round(held_out[t] / fit[t], 3) for t in TIMESTEPS}}
+
+
+def sample_record(path: str, train: torch.Tensor, threshold: float) -> dict:
+    distance = nearest_distances(load_samples(path), train)
+    return {"source": path, "nn_median": float(distance.median()), "copies": float((distance < threshold).float().mean())}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="*", default=[])
-    parser.add_argument("--samples", nargs="*", default=[])
-    parser.add_argument("--out", default="outputs/memorization.jsonl")
-    args = parser.parse_args()
+    opts = parse_cli("outputs/memorization.jsonl")
     train, labels = load_digits_arrays("train", 16)
-    validation = train[validation_split(labels.numpy())[1]]
-    test = load_digits_arrays("test", 16)[0]
-    records = []
-    for path in args.models:
-        fit, held_out = x0_errors(path, validation), x0_errors(path, test)
-        records.append({"model": path, "x0_mse_validation": fit, "x0_mse_test": held_out,
-                        "test_over_validation": {t: round(held_out[t] / fit[t], 3) for t in TIMESTEPS}})
+    validation, test = train[validation_split(labels.numpy())[1]], load_digits_arrays("test", 16)[0]
     reference = nearest_distances(test, train)
     threshold = float(reference.quantile(0.05))
+    records = [model_record(path, validation, test) for path in opts.models]
     records.append({"source": "test digits", "nn_median": float(reference.median()), "nn_p05": threshold})
-    for path in args.samples:
-        samples = torch.from_numpy(np.load(path)).permute(0, 3, 1, 2) * 2 - 1
-        distance = nearest_distances(samples, train)
-        records.append({"source": path, "nn_median": float(distance.median()),
-                        "copies": float((distance < threshold).float().mean())})
-    with open(args.out, "a") as f:
-        for record in records:
-            print(json.dumps(record), flush=True)
-            f.write(json.dumps(record) + "\n")
+    records += [sample_record(path, train, threshold) for path in opts.samples]
+    write_records(records, opts.out)
 
 
 if __name__ == "__main__":

@@ -79,25 +79,39 @@ def model_errors(path: str, images: torch.Tensor, projector: torch.Tensor, times
     return rows
 
 
-def main() -> None:
+def load_samples(path: str) -> torch.Tensor:
+    """A sample file ``(N, 16, 16, 1)`` in [0, 1] as ``(N, 1, 16, 16)`` in [-1, 1]."""
+    return torch.from_numpy(np.load(path)).permute(0, 3, 1, 2) * 2 - 1
+
+
+def write_records(records: list[dict], out: str) -> None:
+    """Print each record and append it to the JSON-lines file ``out``."""
+    with open(out, "a") as f:
+        for record in records:
+            print(json.dumps(record), flush=True)
+            f.write(json.dumps(record) + "\n")
+
+
+def parse_cli(default_out: str) -> argparse.Namespace:
+    """``--models A B ...``, ``--samples X.npy ...`` and ``--out FILE.jsonl`` (default ``default_out``)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="*", default=[])
     parser.add_argument("--samples", nargs="*", default=[])
-    parser.add_argument("--out", default="outputs/strokes.jsonl")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=default_out)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_cli("outputs/strokes.jsonl")
     images, labels = load_digits_arrays("train", 16)
     images = images[validation_split(labels.numpy())[1]]
     projector = grid_projector()
     records = [{"source": "validation digits", **image_stats(images, projector)}]
     for path in args.samples:
-        samples = torch.from_numpy(np.load(path)).permute(0, 3, 1, 2) * 2 - 1
-        records.append({"source": path, **image_stats(samples, projector)})
+        records.append({"source": path, **image_stats(load_samples(path), projector)})
     for path in args.models:
         records.append({"source": path, **model_errors(path, images, projector)})
-    with open(args.out, "a") as f:
-        for record in records:
-            print(json.dumps(record), flush=True)
-            f.write(json.dumps(record) + "\n")
+    write_records(records, args.out)
 
 
 if __name__ == "__main__":
