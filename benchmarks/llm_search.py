@@ -1,77 +1,135 @@
-"""ReST-MCTS* search vs greedy decoding of the same policy, paired on the same held-out problems.
+"""ReST-MCTS* search vs greedy decoding of the same policy, paired on the same problems.
 
-    OMP_NUM_THREADS=1 python benchmarks/llm_search.py --run runs/rest-mcts-arith-llama --iteration 2
+    OMP_NUM_THREADS=1 python benchmarks/llm_search.py --run runs/rest-mcts-arith-llama --iteration 1
         [--config configs/rest_mcts_arith_llama.yaml] [--problems 1000] [--auc_problems 200] [--out search.json]
+    OMP_NUM_THREADS=1 python benchmarks/llm_search.py --policy assets/lm-arith-llama --value runs/value-fit/value
+        --split validation --problems 300 [--step_temperature 0.7] [--num_rollouts 16] [--answer terminal]
 
-Loads ``<run>/iteration-k/model`` (the policy) and ``<run>/iteration-k/value`` (the value model the
-recipe trained in that iteration), draws the first ``--problems`` held-out problems of the config's
-task (seed ``EVAL_SEED``, the recipe's own held-out set) and answers each twice: greedy decoding, and
-the test-time MCTS* of the config (early stop at ``end_gate``, the answer is the highest-valued complete
-solution). Prints both accuracies, the paired difference with its 95% interval and McNemar's p, the
-oracle rate (some solution the search found is correct) and, on the problems whose candidates are
-both right and wrong, how often the highest value picks a right one against a uniform pick, and the
-value model's ranking AUC on held-out partial and complete solutions of the policy's own samples
-(``ReSTMCTSTrainer.value_auc`` on the first ``--auc_problems``; 0 skips it).
-``--out`` saves the per-problem results.
+The policy and value model are ``<run>/iteration-k/model`` and ``<run>/iteration-k/value`` (what the
+recipe trained in that iteration), or ``--policy`` and ``--value`` (e.g. the D_V0 fit of
+``benchmarks/llm_value_fit.py``). Problems: the first ``--problems`` held-out problems of the config's
+task (``--split test``: seed ``EVAL_SEED``, the recipe's own held-out set) or fresh training-split draws
+(``--split validation``: ``VALIDATION_SEED`` of ``benchmarks/llm_lengths.py``, for choosing settings).
+Each is answered by greedy decoding and by the test-time MCTS* of the config (search fields overridable:
+``--step_temperature --num_rollouts --exploration --unvisited_bonus --roll_branch --roll_forward_steps
+--answer``). One search is scored under every answer rule of ``ReSTMCTSConfig.answer``:
+
+* ``search``: the highest value the search gave a complete solution (a tree terminal: its node value; a
+  roll-forward's end: the highest value along that roll-forward, ``best``);
+* ``terminal``: the highest ``V_theta`` of the complete solution itself;
+* ``tree``: the official code's ``root.getBestV()`` restricted to complete tree nodes (roll-forward ends
+  are not candidates there), falling back to ``terminal`` when the tree holds no complete solution;
+
+and, as a reference that is not ReST-MCTS*, a majority vote over the distinct candidates' answers.
+Prints each rule's accuracy and its paired difference to greedy with a 95% interval and McNemar's p,
+the oracle rate (some candidate is correct), how often each rule picks a right candidate on problems
+with right and wrong ones against a uniform pick, and the value model's ranking AUC on held-out partial
+and complete solutions of the policy's own samples (``ReSTMCTSTrainer.value_auc`` on the first
+``--auc_problems``; 0 skips it). ``--out`` saves the per-problem results.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 from selfgen.eval.statistics import mcnemar, mean_difference, standard_error
 from selfgen.train.config import load_config
 from selfgen.train.llm.lm import EVAL_SEED
-from selfgen.train.llm.rest_mcts import ReSTMCTSConfig, ReSTMCTSTrainer, load_value_model
+from selfgen.train.llm.rest_mcts import ANSWER_RULES, ReSTMCTSConfig, ReSTMCTSTrainer, load_value_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llm_lengths import VALIDATION_SEED  # noqa: E402
+
+OVERRIDES = {"step_temperature": float, "num_rollouts": int, "exploration": float, "unvisited_bonus": float,
+             "roll_branch": int, "roll_forward_steps": int, "answer": str}
+
+
+def model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(policy, value) folders from ``--run/--iteration`` or ``--policy/--value``, checked."""
+    if args.run is not None:
+        if args.iteration is None:
+            raise ValueError("--run needs --iteration")
+        paths = (args.run / f"iteration-{args.iteration}" / "model", args.run / f"iteration-{args.iteration}" / "value")
+    elif args.policy is not None and args.value is not None:
+        paths = (args.policy, args.value)
+    else:
+        raise ValueError("give --run and --iteration, or --policy and --value")
+    for path in paths:
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a saved model folder (no config.json)")
+    return paths
+
+
+def report(name: str, greedy: list[bool], picked: list[bool]) -> str:
+    diff, se = mean_difference([float(g) for g in greedy], [float(s) for s in picked])
+    return (f"{name:<22} {sum(picked) / len(picked):.3f} +- {standard_error(picked):.3f}   - greedy {diff:+.3f} "
+            f"[{diff - 1.96 * se:+.3f}, {diff + 1.96 * se:+.3f}] McNemar p={mcnemar(picked, greedy)['p_value']:.2g}")
+
+
+def majority(candidates: list[tuple[str | None, bool]]) -> bool:
+    """Majority vote over the distinct candidates' answers (ties: the first answer found)."""
+    if not candidates:
+        return False
+    top = Counter(answer for answer, _ in candidates).most_common(1)[0][0]
+    return next(ok for answer, ok in candidates if answer == top)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="a ReST-MCTS* output_dir")
-    parser.add_argument("--iteration", type=int, required=True)
+    parser.add_argument("--run", type=Path, default=None, help="a ReST-MCTS* output_dir")
+    parser.add_argument("--iteration", type=int, default=None)
+    parser.add_argument("--policy", type=Path, default=None)
+    parser.add_argument("--value", type=Path, default=None)
     parser.add_argument("--config", type=Path, default=Path("configs/rest_mcts_arith_llama.yaml"))
+    parser.add_argument("--split", choices=("test", "validation"), default="test")
     parser.add_argument("--problems", type=int, default=1000)
     parser.add_argument("--auc_problems", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="the search's sampling seed")
     parser.add_argument("--out", type=Path, default=None)
+    for name, kind in OVERRIDES.items():
+        parser.add_argument(f"--{name}", type=kind, default=None)
     args = parser.parse_args()
-    directory = args.run / f"iteration-{args.iteration}"
-    for part in ("model", "value"):
-        if not (directory / part / "config.json").is_file():
-            raise FileNotFoundError(f"--run/--iteration: {directory / part} is not a saved model folder (no config.json)")
+    policy, value = model_paths(args)
+    overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
     with tempfile.TemporaryDirectory() as output_dir:
-        config = replace(load_config(ReSTMCTSConfig, args.config), output_dir=output_dir, eval_problems=args.problems, value_eval_pairs=1)
-        trainer = ReSTMCTSTrainer(model=str(directory / "model"), config=config)
-        trainer.value_model = load_value_model(directory / "value", trainer.tokenizer.pad_token_id)
-        problems = trainer.eval_set
+        config = replace(load_config(ReSTMCTSConfig, args.config), output_dir=output_dir, eval_problems=args.problems,
+                         value_eval_pairs=1, **overrides)
+        trainer = ReSTMCTSTrainer(model=str(policy), config=config)
+        trainer.value_model = load_value_model(value, trainer.tokenizer.pad_token_id)
+        problems = trainer.eval_set if args.split == "test" else trainer.task.sample(args.problems, VALIDATION_SEED)
         rollouts = trainer.solve(problems, temperature=0.0, num_samples=1)
         greedy = [trainer.verify(p, r.text) for p, r in zip(problems, rollouts)]
         start = time.perf_counter()
-        results = trainer.search(problems, seed=EVAL_SEED, early_stop=True)
+        results = trainer.search(problems, seed=args.seed, early_stop=True)
         search_seconds = time.perf_counter() - start
+        picks = {rule: [bool(t and t.correct) for t in trainer.answers(problems, results, rule)] for rule in ANSWER_RULES}
         auc = trainer.value_auc(problems[: args.auc_problems]) if args.auc_problems else {}
-    search = [bool(r.best() and r.best().correct) for r in results]
-    oracle = [any(t.correct for t, _ in r.traces) for r in results]
-    mixed = [r for r in results if len({t.correct for t, _ in r.traces}) == 2]  # right and wrong candidates
-    picked = [r.best().correct for r in mixed]
-    by_chance = [sum(t.correct for t, _ in r.traces) / len(r.traces) for r in mixed]
-    diff, se = mean_difference([float(g) for g in greedy], [float(s) for s in search])
-    print(f"{directory}: {len(problems)} held-out problems, search {search_seconds:.0f} s")
-    for key, value in auc.items():
-        print(f"{key} {value:.3f} (held-out, {args.auc_problems} problems x 4 samples)")
-    print(f"greedy {sum(greedy) / len(greedy):.3f} +- {standard_error(greedy):.3f}")
-    print(f"search {sum(search) / len(search):.3f} +- {standard_error(search):.3f} (oracle: a correct solution found {sum(oracle) / len(oracle):.3f})")
+    candidates = [list({(t.steps, t.answer): (t.answer, t.correct) for t, _ in r.traces}.values()) for r in results]
+    picks["majority vote (ref.)"] = [majority(c) for c in candidates]
+    oracle = [any(ok for _, ok in c) for c in candidates]
+    mixed = [i for i, c in enumerate(candidates) if len({ok for _, ok in c}) == 2]
+    print(f"{policy} + {value}: {len(problems)} {args.split} problems, search {search_seconds:.0f} s, "
+          f"settings {overrides or 'of the config'}; {sum(map(len, candidates)) / len(candidates):.1f} distinct candidates per problem")
+    for key, number in auc.items():
+        print(f"{key} {number:.3f} ({args.split}, {args.auc_problems} problems x 4 samples)")
+    print(f"{'greedy':<22} {sum(greedy) / len(greedy):.3f} +- {standard_error(greedy):.3f}")
+    for rule, picked in picks.items():
+        print(report(rule, greedy, picked))
+    print(f"oracle (a correct candidate) {sum(oracle) / len(oracle):.3f}")
     if mixed:
-        print(f"{len(mixed)} problems with right and wrong candidates: the highest value picks a right one "
-              f"{sum(picked) / len(mixed):.3f} (a uniform pick: {sum(by_chance) / len(mixed):.3f})")
-    print(f"search - greedy {diff:+.3f} [{diff - 1.96 * se:+.3f}, {diff + 1.96 * se:+.3f}] McNemar p={mcnemar(search, greedy)['p_value']:.2g}")
+        uniform = sum(sum(ok for _, ok in candidates[i]) / len(candidates[i]) for i in mixed) / len(mixed)
+        rates = ", ".join(f"{rule} {sum(picks[rule][i] for i in mixed) / len(mixed):.3f}" for rule in picks)
+        print(f"{len(mixed)} problems with right and wrong candidates, a right one picked: {rates} (uniform {uniform:.3f})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"greedy": greedy, "search": search, "oracle": oracle, **auc}))
+        args.out.write_text(json.dumps({"greedy": greedy, "picks": picks, "oracle": oracle, "settings": overrides, **auc}))
 
 
 if __name__ == "__main__":

@@ -89,6 +89,9 @@ from .rollout import Rollout, SamplingParams
 logger = logging.getLogger("selfgen.train.llm")
 
 
+ANSWER_RULES = ("search", "terminal", "tree")  # see ReSTMCTSTrainer.answers
+
+
 @dataclass
 class ReSTMCTSConfig(IterativeConfig):
     problems_per_iteration: int = 128
@@ -100,6 +103,7 @@ class ReSTMCTSConfig(IterativeConfig):
     roll_branch: int = 3  # simulation: sampled candidate steps per roll-forward step (the highest-valued is kept)
     roll_forward_steps: int = 8  # simulation: at most this many roll-forward steps
     end_gate: float = 0.9  # test-time early stop: a selected terminal state valued at least this
+    answer: str = "search"  # the test-time answer among the complete solutions found: one of ANSWER_RULES
     step_temperature: float = 1.0
     step_max_new_tokens: int = 24
     max_traces_per_problem: int = 2
@@ -120,6 +124,7 @@ class ReSTMCTSConfig(IterativeConfig):
         self.require_fractions("alpha")
         if self.value_warmup_steps and not self.value_warmup_problems:
             raise ValueError("value_warmup_steps > 0 needs value_warmup_problems > 0 (the seed data D_V0)")
+        self.require_choice("answer", ANSWER_RULES)
         if self.step_temperature <= 0:
             raise ValueError(f"step_temperature must be > 0 (expansion samples), got {self.step_temperature}")
 
@@ -203,6 +208,7 @@ class Trace:
     steps: tuple[str, ...]
     answer: str | None
     correct: bool
+    from_tree: bool = False  # a complete node of the tree (else the end of a roll-forward or a seed sample)
 
 
 def infer_values(traces: Sequence[Trace]) -> dict[tuple[str, ...], float]:
@@ -442,9 +448,33 @@ class ReSTMCTSTrainer(IterativeTrainer):
         for problem, result in zip(problems, results):
             for node in result.root.nodes():
                 if node.answer is not None and node.valid:
-                    trace = Trace(node.steps, node.answer, self.verify(problem, completion_text(list(node.steps), node.answer)))
+                    text = completion_text(list(node.steps), node.answer)
+                    trace = Trace(node.steps, node.answer, self.verify(problem, text), from_tree=True)
                     result.traces.append((trace, node.value))
         return results
+
+    def answers(self, problems: list[Problem], results: list[SearchResult], rule: str | None = None) -> list[Trace | None]:
+        """The test-time answer of each search under ``rule`` (default ``config.answer``):
+        ``search`` - the highest value the search gave a complete solution (a tree terminal's node value, a
+        roll-forward's ``best``, i.e. the highest value *along* that roll-forward, not its end's);
+        ``terminal`` - the highest ``V_theta`` of the complete solution itself;
+        ``tree`` - the official ``root.getBestV()`` over complete tree nodes only (node values; roll-forward
+        ends are not candidates in the official code), else ``terminal`` when the tree has none."""
+        rule = rule or self.config.answer
+        if rule not in ANSWER_RULES:
+            raise ValueError(f"answer rule must be one of {ANSWER_RULES}, got {rule!r}")
+        if rule == "search":
+            return [result.best() for result in results]
+        if rule == "tree":
+            trees = [[(t, v) for t, v in result.traces if t.from_tree] for result in results]
+            if all(trees):
+                return [max(tree, key=lambda item: item[1])[0] for tree in trees]
+        distinct = [list({(t.steps, t.answer): t for t, _ in result.traces}.values()) for result in results]
+        values = iter(self.values([self.state_text(p.question, t.steps, t.answer) for p, ts in zip(problems, distinct) for t in ts]))
+        scored = [[(t, next(values)) for t in ts] for ts in distinct]
+        if rule == "tree":
+            scored = [tree or pool for tree, pool in zip(trees, scored)]
+        return [max(pool, key=lambda item: item[1])[0] if pool else None for pool in scored]
 
     def search_metrics(self, problems: list[Problem], seed: int) -> dict[str, float]:
         """Test-time search accuracy, and how well ``V_theta`` tells apart the complete solutions the search
@@ -457,7 +487,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
             [(v >= 0.5) == ok for v, ok in zip(values, found.values()) if ok == label] for label in (True, False)
         ]
         return {
-            "search_accuracy": sum(bool(r.best() and r.best().correct) for r in results) / len(results),
+            "search_accuracy": sum(bool(t and t.correct) for t in self.answers(problems, results)) / len(results),
             "value_terminal_accuracy": sum(sum(c) / len(c) if c else 0.5 for c in per_class) / 2,
         }
 

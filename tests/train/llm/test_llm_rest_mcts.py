@@ -15,6 +15,7 @@ from selfgen.data.tasks import derive_seed, extract_answer, solution_steps
 from selfgen.train.llm.rest_mcts import (
     Node,
     ReSTMCTSConfig,
+    SearchResult,
     ReSTMCTSTrainer,
     Trace,
     backup,
@@ -128,6 +129,32 @@ def test_policy_traces_are_sorted_highest_quality_first():
     assert ranked_correct(traces) == [("c", "3"), ("d", "e", "f", "3"), ("a", "b", "3")]
 
 
+def test_answer_rules_pick_by_search_value_terminal_value_or_tree_node():
+    """``search``: the value the search recorded (a roll-forward's best value along the way); ``terminal``:
+    V_theta of the complete solution; ``tree``: complete tree nodes only (official getBestV), else terminal."""
+    rolled = Trace(("1+1=3",), "3", False)  # a roll-forward's end, recorded with a high prefix value
+    rolled_right = Trace(("1+1=2",), "2", True)
+    node = Trace(("1+1=4",), "4", False, from_tree=True)
+    terminal_values = {"3": 0.1, "2": 0.8, "4": 0.5}
+
+    class Stub:
+        config = ReSTMCTSConfig(answer="terminal")
+        state_text = staticmethod(lambda question, steps, answer: answer)
+        values = staticmethod(lambda texts: [terminal_values[text] for text in texts])
+
+    problems = [Problem("1+1", "2", "0")] * 2
+    results = [
+        SearchResult(Node(), [(rolled, 0.95), (rolled_right, 0.7), (node, 0.6)]),
+        SearchResult(Node(), [(rolled, 0.95), (rolled_right, 0.7)]),  # no complete tree node
+    ]
+    pick = lambda rule=None: [t.answer for t in ReSTMCTSTrainer.answers(Stub(), problems, results, rule)]  # noqa: E731
+    assert pick("search") == ["3", "3"]
+    assert pick("terminal") == pick() == ["2", "2"]
+    assert pick("tree") == ["4", "2"]
+    with pytest.raises(ValueError, match="answer rule"):
+        pick("vote")
+
+
 @pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
 def test_one_iteration_end_to_end(tmp_path):
     config = ReSTMCTSConfig(
@@ -216,6 +243,8 @@ def test_config_errors_name_the_field():
         ReSTMCTSConfig(step_temperature=0.0)
     with pytest.raises(ValueError, match="value_warmup_problems"):
         ReSTMCTSConfig(value_warmup_steps=10)
+    with pytest.raises(ValueError, match="answer"):
+        ReSTMCTSConfig(answer="vote")
 
 
 def test_bundled_config_loads():
