@@ -220,6 +220,25 @@ def test_v2_base_config_continues_v1_and_matches_the_bundled_asset():
     assert old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
 
 
+def test_v3_candidate_config_alternates_long_and_replay_stages():
+    """Issue #18 pass 12 (measured, not bundled): `configs/lm_arith_llama_v3.yaml` continues v2 with 4-5 digit
+    stages ([5, 80, 4]) alternating with 1-5 digit replay stages ([5, 40, 1]) and no 6-digit share; a replay
+    stage's additions reach 1-digit operands and 5+5 digits, a long stage's none shorter than 4 digits."""
+    from pathlib import Path
+
+    from selfgen.train.config import load_config
+
+    config = load_config(lm.LMConfig, Path(__file__).resolve().parents[3] / "configs" / "lm_arith_llama_v3.yaml")
+    assert config.pretrained == "assets/lm-arith-llama-v2" and config.export_dir is None and config.seed == 0
+    assert config.stages() == [(5, 80), (5, 40), (5, 80), (5, 40)] and config.stage_min_digits() == [4, 1, 4, 1]
+    assert config.next_length_share == 0.0 and config.max_train_steps == 240
+    small = lm.LMConfig(**{**vars(config), "num_seed_examples": 400, "task_weights": {"add": 1.0}, "curriculum": [], "output_dir": "unused"})
+    for min_digits, shortest in ((4, 4), (1, 1)):
+        operands = [e.prompt.split("\n")[0][2:].split("+") for e in lm.seed_examples(small, 5, stage=1, min_digits=min_digits)]
+        lengths = [len(str(int(x))) for pair in operands for x in pair]
+        assert min(lengths) == shortest and max(lengths) == 5
+
+
 def test_countdown_llama_configs_load_at_equal_budget():
     """B-STaR and STaR on Countdown (issue #18): the same base, problems, samples, steps and learning rate."""
     from pathlib import Path
