@@ -10,9 +10,10 @@ never the test split), for each decoding temperature (0 = greedy) it runs one ST
 
 * ``solved`` - the share of problems whose unhinted rationale is right (STaR's kept examples);
 * ``rationalized`` - the share of problems whose hinted retry is right (added to the kept examples);
-* ``equal_reference`` - of the kept rationales, the share identical to the reference worked solution
-  (``task.worked_solution``: column addition has one canonical solution, so a right rationale that equals
-  it makes a STaR example indistinguishable from a control example on the same problem);
+* ``equal_reference_solved`` / ``equal_reference_rationalized`` - of the kept unhinted / hinted rationales, the
+  share identical to the reference worked solution (``task.worked_solution``: column addition has one
+  canonical solution, so a right rationale that equals it makes a STaR example indistinguishable from a
+  control example on the same problem; a hinted one that differs reached the hint's answer through wrong steps);
 * ``greedy_on_kept`` / ``greedy_on_control`` - the model's greedy accuracy on the problems STaR keeps and on
   the first as many problems of the same draw (what the control trains on): how much of each set the model
   already solves.
@@ -37,6 +38,11 @@ def texts(model, tokenizer, prompts: list[str], temperature: float, seed: int) -
     return [r.text for r in generate_rollouts(model, tokenizer, prompts, params, seed=seed)]
 
 
+def equal_reference(task: ArithmeticTask, problems: list, rationales: dict[int, str]) -> float:
+    """The share of ``rationales`` (problem index -> text) identical to their problem's reference worked solution."""
+    return sum(t == task.worked_solution(problems[i]) for i, t in rationales.items()) / max(len(rationales), 1)
+
+
 def star_data(model_dir: str, digits: int, count: int, temperature: float, seed: int = 1) -> dict[str, float]:
     """STaR's data step at ``temperature`` on ``count`` validation problems, with the control's set beside it."""
     model, tokenizer = load_policy(model_dir)
@@ -54,7 +60,8 @@ def star_data(model_dir: str, digits: int, count: int, temperature: float, seed:
         "temperature": temperature,
         "solved": len(kept) / count,
         "rationalized": len(rationalized) / count,
-        "equal_reference": sum(t == task.worked_solution(problems[i]) for i, t in examples.items()) / max(len(examples), 1),
+        "equal_reference_solved": equal_reference(task, problems, kept),
+        "equal_reference_rationalized": equal_reference(task, problems, rationalized),
         "greedy_on_kept": sum(task.verify(problems[i], greedy[i]) for i in examples) / max(len(examples), 1),
         "greedy_on_control": sum(task.verify(problems[i], greedy[i]) for i in control) / max(len(control), 1),
     }
