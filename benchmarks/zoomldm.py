@@ -1,15 +1,17 @@
 """ZoomLDM large-image memory and time: one guided joint-sampling step vs image size, chunked vs unchunked.
 
     OMP_NUM_THREADS=1 python benchmarks/zoomldm.py [--model assets/zoomldm-retina] [--sizes 256 512 1024]
-        [--batch_size 16] [--unchunked_up_to 512]
+        [--batch_size 16] [--unchunked_up_to 512] [--window_stride N]
 
 One step of ``pipe.generate_large_image``'s sampler on an ``S x S`` image (level-0 canvas plus its level-``L`` view,
-windows half a window apart): every window's clean estimate (:meth:`windowed_clean`), then the cross-magnification
-guidance (:meth:`coupling_step`: blended decode of both canvases and the exact gradient, window chunk by window
-chunk). Each variant runs in a fresh subprocess; peak memory is the process's peak resident set size minus its
-resident size just before the step (``ru_maxrss``), so it counts activations and buffers, not the weights. The
-unchunked reference (``batch_size`` = every window at once) is run up to ``--unchunked_up_to``. Loads the model
-read-only; writes nothing.
+windows ``--window_stride`` latent pixels apart, default the sampler's own, :attr:`odd_stride`): every window's clean
+estimate (:meth:`windowed_clean`), then the cross-magnification guidance (:meth:`coupling_step`: blended decode of
+both canvases and the exact gradient, window chunk by window chunk). Also the final decode of the level-0 canvas
+(:meth:`final_decode`: blended windows, then the shift average where the pipeline applies it by default, which runs
+over the whole canvas). Each variant runs in a fresh subprocess; peak memory is the process's peak resident set size
+minus its resident size just before the measured part (``ru_maxrss``), so it counts activations and buffers, not the
+weights. The unchunked reference (``batch_size`` = every window at once) is run up to ``--unchunked_up_to``. Loads
+the model read-only; writes nothing.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ def rss_mb() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def one_step(model: str, size: int, batch_size: int) -> dict:
+def one_step(model: str, size: int, batch_size: int, window_stride: int, part: str) -> dict:
     import torch
 
     from selfgen import ZoomLDMPipeline
     from selfgen.pipelines.zoomldm import canvas_windows
 
     pipe = ZoomLDMPipeline.from_pretrained(model)
-    level, stride = pipe.check_canvas(size, size), pipe.window // 2
+    level, stride = pipe.check_canvas(size, size), window_stride or pipe.odd_stride
     generator = torch.Generator().manual_seed(0)
     field = pipe.embedding_field(None, size // pipe.patch_size, size // pipe.patch_size, level, generator, 2)
     canvases, windows, contexts = [], [], []
@@ -47,10 +49,13 @@ def one_step(model: str, size: int, batch_size: int) -> dict:
     timestep = pipe.scheduler.config.num_train_timesteps // 2
     before, started = rss_mb(), time.perf_counter()
     with torch.no_grad():
-        clean = [pipe.windowed_clean(z, timestep, w, c, 1.0, batch) for z, w, c in zip(canvases, windows, contexts)]
-        pipe.coupling_step(clean[0], clean[1], None, 2**level, 1.0, stride, batch)
+        if part == "step":
+            clean = [pipe.windowed_clean(z, timestep, w, c, 1.0, batch) for z, w, c in zip(canvases, windows, contexts)]
+            pipe.coupling_step(clean[0], clean[1], None, 2**level, 1.0, stride, batch)
+        else:
+            pipe.final_decode(canvases[0], stride, batch, None)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"size": size, "windows": sum(map(len, windows)), "batch_size": batch_size or "all",
+    return {"size": size, "windows": sum(map(len, windows)), "batch_size": batch_size or "all", "stride": stride,
             "peak_mb": peak_mb - before, "seconds": time.perf_counter() - started}
 
 
@@ -60,17 +65,29 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--unchunked_up_to", type=int, default=512)
-    parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--window_stride", type=int, default=0, help="latent pixels; 0: the sampler's default")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_step(args.model, *args.child)))
+        size, batch, stride, part = args.child
+        print(json.dumps(one_step(args.model, int(size), int(batch), int(stride), part)))
         return
-    print(f"{'size':>6} {'windows':>8} {'batch':>6} {'peak MB / step':>15} {'s / step':>9}", flush=True)
+
+    def child(size: int, batch: int, part: str) -> dict:
+        command = [sys.executable, __file__, "--model", args.model, "--child", str(size), str(batch),
+                   str(args.window_stride), part]
+        return json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
+
+    print(f"{'size':>6} {'stride':>6} {'windows':>8} {'batch':>6} {'peak MB / step':>15} {'s / step':>9}", flush=True)
     for size in args.sizes:
         for batch in [args.batch_size] + ([0] if size <= args.unchunked_up_to else []):
-            command = [sys.executable, __file__, "--model", args.model, "--child", str(size), str(batch)]
-            row = json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
-            print(f"{size:>6} {row['windows']:>8} {str(row['batch_size']):>6} {row['peak_mb']:>15.0f} {row['seconds']:>9.1f}", flush=True)
+            row = child(size, batch, "step")
+            print(f"{size:>6} {row['stride']:>6} {row['windows']:>8} {str(row['batch_size']):>6} {row['peak_mb']:>15.0f} "
+                  f"{row['seconds']:>9.1f}", flush=True)
+    print(f"{'size':>6} {'final decode peak MB':>21} {'s':>6}", flush=True)
+    for size in args.sizes:
+        row = child(size, args.batch_size, "decode")
+        print(f"{size:>6} {row['peak_mb']:>21.0f} {row['seconds']:>6.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -413,6 +413,38 @@ class ZoomLDMPipeline(SelfgenPipeline):
                 gradient[:, :, top : top + size, left : left + size] += crop_gradient[index * len(latents) : (index + 1) * len(latents)]
         return gradient
 
+    @property
+    def default_shift_average(self) -> bool:
+        """Whether final decodes are shift-averaged by default (:meth:`shift_average`): for a :class:`ZoomAutoencoder`,
+        whose linear patch code decodes every latent pixel into an ``f x f`` block."""
+        return isinstance(self.vae, ZoomAutoencoder)
+
+    def shift_average(self, image: torch.Tensor) -> torch.Tensor:
+        """Cycle spinning (Coifman & Donoho 1995) of a decoded ``(N, 3, H, W)`` canvas through the autoencoder,
+
+            ``X' = 1/f^2 sum_{0 <= dy, dx < f} S_{-d} D(E(S_d X))``,
+
+        ``S_d`` a shift by ``d = (dy, dx)`` pixels (reflect padding), ``f`` the latent factor, each shifted canvas
+        encoded and decoded in one pass. A patch autoencoder renders the denoiser's independent per-latent errors as
+        ``f x f`` blocks, a grid on every ``f``-th pixel line; re-encoding at every phase of that grid and averaging
+        spreads it evenly over all lines (a departure: the official decoder blends latent-aligned windows only).
+        The autoencoder runs over the whole canvas, so this final decode's memory grows with the image; it is
+        equivalent to any tiling only for a local, normalisation-free autoencoder such as :class:`ZoomAutoencoder`."""
+        factor, (height, width) = self.latent_factor, image.shape[-2:]
+        padded = F.pad(image, (factor,) * 4, mode="reflect")
+        total = torch.zeros_like(image)
+        for dy in range(factor):
+            for dx in range(factor):
+                shifted = padded[:, :, factor - dy : factor - dy + height + factor, factor - dx : factor - dx + width + factor]
+                total += self.decode_latents(self.encode_latents(shifted))[:, :, dy : dy + height, dx : dx + width]
+        return total / factor**2
+
+    def final_decode(self, latents: torch.Tensor, stride: int, batch_size: int, shift_average: bool | None) -> torch.Tensor:
+        """:meth:`decode_canvas`, then :meth:`shift_average` when ``shift_average`` (``None``: :attr:`default_shift_average`)."""
+        image = self.decode_canvas(latents, stride, batch_size)
+        average = self.default_shift_average if shift_average is None else shift_average
+        return self.shift_average(image.clamp(-1, 1)) if average else image
+
     def crop(self, latents: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
         top, left = window
         return latents[:, :, top : top + self.window, left : left + self.window]
@@ -484,6 +516,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         num_inference_steps: int = 25,
         guidance_scale: float = 1.0,
         batch_size: int = 16,
+        shift_average: bool | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -498,8 +531,9 @@ class ZoomLDMPipeline(SelfgenPipeline):
         estimate with its own context (embeddings interpolated between grid cells, :meth:`window_tokens`), the
         estimates are averaged per canvas (:meth:`windowed_clean`), the two canvases are coupled by
         :meth:`coupling_step` (``coupling="guidance"``; ``"none"`` skips it) and the step continues from the coupled
-        estimates. Decoding uses overlapping Gaussian-blended windows. ``window_stride = P/f`` (disjoint windows)
-        with ``coupling="none"`` is naive tiling.
+        estimates. Decoding uses overlapping Gaussian-blended windows, then (``shift_average``, default for a
+        :class:`ZoomAutoencoder`) :meth:`shift_average` against the patch decoder's ``f``-pixel block grid.
+        ``window_stride = P/f`` (disjoint windows) with ``coupling="none"`` is naive tiling.
         Memory is bounded by ``batch_size`` windows, not by the image size.
 
         Args:
@@ -536,8 +570,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         size = sum(channels * h * w for h, w in shapes)
         latents = self.prepare_latents((1, size), self.denoiser.dtype, generator)
         high, low = unpack(self.denoise(latents, num_inference_steps, predict, generator), shapes, channels)
-        image = self.decode_canvas(high, stride, batch_size).clamp(-1, 1)
-        view = self.decode_canvas(low, stride, batch_size).clamp(-1, 1)
+        image, view = (self.final_decode(canvas, stride, batch_size, shift_average).clamp(-1, 1) for canvas in (high, low))
         output = self.finish(image, output_type, return_dict)
         views = postprocess_images(view, output_type)
         return LargeImageOutput(images=output.images, views=views) if return_dict else (output[0], views)
@@ -604,6 +637,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         num_inference_steps: int = 25,
         guidance_scale: float = 1.0,
         batch_size: int = 16,
+        shift_average: bool = False,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -651,7 +685,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         images = [
             self.super_resolve_one(image[None], scale, level, stride, coupling_scale, inversion_steps,
                                    inversion_learning_rate, num_inference_steps, first_step, guidance_scale, batch_size,
-                                   generator, sr_guidance, guidance_iterations)
+                                   generator, sr_guidance, guidance_iterations, shift_average)
             for image in pixels
         ]
         image = torch.cat(images)
@@ -685,7 +719,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
 
     def super_resolve_one(
         self, pixels, scale, level, stride, coupling_scale, inversion_steps, learning_rate, steps, first_step,
-        guidance_scale, batch_size, generator, sr_guidance="clean_gradient", guidance_iterations=1,
+        guidance_scale, batch_size, generator, sr_guidance="clean_gradient", guidance_iterations=1, shift_average=False,
     ) -> torch.Tensor:
         """One ``(1, 3, h, w)`` input -> ``(1, 3, scale h, scale w)`` before data consistency."""
         height, width = pixels.shape[-2] * scale, pixels.shape[-1] * scale
@@ -725,7 +759,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
             start = self.encode_canvas(match_low_frequencies(upsampled.clamp(-1, 1), pixels))
             latents = self.scheduler.add_noise(start.to(latents.dtype), latents, self.scheduler.timesteps[first_step : first_step + 1])
         latents = self.denoise(latents, steps, predict, generator, first_step=first_step)
-        return self.decode_canvas(latents, stride, batch_size)
+        return self.final_decode(latents, stride, batch_size, shift_average)
 
 
 def diffusion_target(scheduler, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -542,11 +542,13 @@ def large_image_scores(
     output_dir: Path,
     samplers: tuple[str, ...] = tuple(LARGE_SAMPLERS),
     window_stride: int | None = None,
+    shift_average: bool | None = None,
 ) -> dict:
     """Seam score and low-vs-high consistency PSNR (downsampled large image vs the view sampled with it) of
     :data:`LARGE_SAMPLERS` with the same seeds, noise and conditions: the official sliding-window joint sampler
     (overlapping windows, averaged clean estimates, blended decoding, gradient coupling), the same coupling on
-    disjoint windows, and naive tiling. ``window_stride`` sets the overlapping sampler's stride."""
+    disjoint windows, and naive tiling. ``window_stride`` sets the overlapping sampler's stride, ``shift_average`` the
+    final decode's (``None``: the pipeline's default)."""
     from ..eval.zoom import consistency_psnr, seam_score
 
     if unknown := set(samplers) - set(LARGE_SAMPLERS):
@@ -559,7 +561,7 @@ def large_image_scores(
         started = time.perf_counter()
         outputs = [
             pipe.generate_large_image(size, size, coupling=coupling, window_stride=stride, num_inference_steps=steps,
-                                      generator=seeded(seed), output_type="np")
+                                      shift_average=shift_average, generator=seeded(seed), output_type="np")
             for seed in seeds
         ]
         seconds = (time.perf_counter() - started) / len(seeds)
@@ -677,14 +679,17 @@ def super_resolution_scores(
 
 
 def autoencoder_scores(pipe: ZoomLDMPipeline, images: list[str], count: int) -> dict:
-    """PSNR of held-out ``4P``-pixel crops through the autoencoder (overlapping blended / disjoint decoding) vs the
-    bicubic x4 upsampling of their ``P``-pixel area downsampling (the issue's ceiling argument)."""
+    """PSNR of held-out ``4P``-pixel crops through the autoencoder (overlapping blended / disjoint decoding, and the
+    large-image sampler's final decode: blended at its default stride, then shift-averaged if ``pipe`` does so by
+    default) vs the bicubic x4 upsampling of their ``P``-pixel area downsampling (the issue's ceiling argument)."""
     from ..eval.zoom import area_downsample, psnr, seam_score
 
     truth = held_out_crops(pipe, images, count, 4 * pipe.patch_size).astype(np.float32)
     low = to_pixels(area_downsample(truth, 4).astype(np.float32))
     bicubic = to_numpy(F.interpolate(low, scale_factor=4, mode="bicubic", align_corners=False))
     blended, disjoint = autoencoder_round_trip(pipe, truth), autoencoder_round_trip(pipe, truth, overlap=False)
+    with torch.no_grad():
+        final = to_numpy(pipe.final_decode(pipe.encode_canvas(to_pixels(truth)), pipe.odd_stride, 16, None))
     return {
         "round_trip_psnr_blended": psnr(blended, truth),
         "round_trip_psnr_tiles": psnr(disjoint, truth),
@@ -692,6 +697,9 @@ def autoencoder_scores(pipe: ZoomLDMPipeline, images: list[str], count: int) -> 
         "seam_score_truth": seam_score(truth, pipe.patch_size),
         "seam_score_round_trip_blended": seam_score(blended, pipe.patch_size),
         "seam_score_round_trip_tiles": seam_score(disjoint, pipe.patch_size),
+        "round_trip_psnr_large_image_decode": psnr(final, truth),
+        "seam_score_round_trip_large_image_decode": seam_score(final, pipe.patch_size),
+        "large_image_decode_shift_averaged": pipe.default_shift_average,
         "num_crops": len(truth),
     }
 
@@ -712,6 +720,7 @@ def evaluate(
     num_large: int = 4,
     large_samplers: list[str] | None = None,
     window_stride: int | None = None,
+    shift_average: bool | None = None,
     num_sr: int = 8,
     sr_strength: float = 1.0,
     sr_split: str = "test",
@@ -725,8 +734,8 @@ def evaluate(
     patches, SSL features of ``model_path``'s encoder) for the model and for the single-scale ``baseline``
     (level-0 samples, tiled and downsampled for levels up to ``baseline_max_level``); ``autoencoder`` -- round-trip
     PSNR of held-out crops vs bicubic x4; ``large`` -- seams and consistency of ``large_samplers`` (default all
-    :data:`LARGE_SAMPLERS`; the overlapping one with ``window_stride``) at each of ``large_sizes`` for ``num_large``
-    seeds from ``seed``; ``sr`` -- 4x SR (condition inversion, ``sr_guidance``, ``sr_strength``, ``num_sr_draws`` draws) on
+    :data:`LARGE_SAMPLERS`; the overlapping one with ``window_stride``; final decode shift-averaged per
+    ``shift_average``, ``None``: the pipeline's default) at each of ``large_sizes`` for ``num_large`` seeds from ``seed``; ``sr`` -- 4x SR (condition inversion, ``sr_guidance``, ``sr_strength``, ``num_sr_draws`` draws) on
     ``num_sr`` crops of ``sr_split`` (``test``, or ``validation`` for choosing settings) vs bicubic with the same
     data-consistency step;
     ``mil`` -- the multi-scale MIL probe (:mod:`selfgen.eval.zoom_mil`) on both tasks.
@@ -753,7 +762,7 @@ def evaluate(
         seeds = list(range(seed, seed + num_large))
         metrics["large_image"] = {
             size: large_image_scores(pipe, size, num_inference_steps, seeds, output_dir,
-                                     tuple(large_samplers or LARGE_SAMPLERS), window_stride)
+                                     tuple(large_samplers or LARGE_SAMPLERS), window_stride, shift_average)
             for size in large_sizes or [128]
         }
     if "autoencoder" in parts:

@@ -403,3 +403,33 @@ def test_diffusers_unet_plugs_in_with_the_conditioner(pipe, tmp_path):
     with pytest.raises(ValueError, match="needs conditioner"):
         ZoomLDMPipeline(vae=pipe.vae, denoiser=unet, ssl_encoder=pipe.ssl_encoder,
                         embedding_model=pipe.embedding_model, scheduler=pipe.scheduler)
+
+
+def patch_autoencoder(latent_channels: int, pixels: torch.Tensor) -> "ZoomAutoencoder":
+    """A ``ZoomAutoencoder`` at the test pipeline's latent factor (2), PCA-initialised on ``pixels``."""
+    from selfgen.models.zoomldm import ZoomAutoencoder
+
+    autoencoder = ZoomAutoencoder(latent_channels=latent_channels, factor=2, hidden=8, pixel_hidden=4)
+    autoencoder.init_from_pca(pixels)
+    return autoencoder.eval()
+
+
+def test_shift_average_removes_the_patch_decoders_block_grid(pipe):
+    """Cycle spinning through the autoencoder, ``mean_d S_-d D(E(S_d X))`` over the f^2 pixel shifts: an exact code
+    returns any canvas unchanged; a lossy one turns a smooth ramp into a staircase with steps on every f-th line, and
+    averaging over the phases spreads the steps over all lines. Default on for a ZoomAutoencoder only."""
+    noise = torch.rand(8, 3, 16, 16, generator=seeded()) * 2 - 1
+    exact = stand_in(pipe, patch_autoencoder(12, noise))  # every value of a 2x2x3 block
+    lossy = stand_in(pipe, patch_autoencoder(3, F.interpolate(noise, scale_factor=2)))  # the block's mean colour
+    assert exact.default_shift_average and not pipe.default_shift_average
+    image = torch.rand(1, 3, 32, 48, generator=seeded()) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(exact.shift_average(image), image, atol=1e-4)
+        ramp = torch.linspace(-0.8, 0.8, 48).expand(1, 3, 32, 48).contiguous()
+        steps = {name: image.diff(dim=-1)[0, :, 4:-4, 4:-4].abs().mean((0, 1))
+                 for name, image in (("decoded", lossy.decode_latents(lossy.encode_latents(ramp))),
+                                     ("averaged", lossy.shift_average(ramp)))}
+    within, across = steps["decoded"][0::2], steps["decoded"][1::2]  # inside the 2x2 blocks / on their borders
+    assert within.max() < 1e-5 and across.min() > 0.05  # a staircase
+    averaged = steps["averaged"]
+    assert 0.8 < (averaged[1::2].mean() / averaged[0::2].mean()).item() < 1.25  # measured 1.00: the ramp again
