@@ -76,14 +76,15 @@ def main() -> None:
     def child(size: int, batch: int, part: str) -> dict:
         command = [sys.executable, __file__, "--model", args.model, "--child", str(size), str(batch),
                    str(args.window_stride), part]
-        return json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
+        output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+        return json.loads(output.splitlines()[-1])
 
     print(f"{'size':>6} {'stride':>6} {'windows':>8} {'batch':>6} {'peak MB / step':>15} {'s / step':>9}", flush=True)
     for size in args.sizes:
         for batch in [args.batch_size] + ([0] if size <= args.unchunked_up_to else []):
             row = child(size, batch, "step")
-            print(f"{size:>6} {row['stride']:>6} {row['windows']:>8} {str(row['batch_size']):>6} {row['peak_mb']:>15.0f} "
-                  f"{row['seconds']:>9.1f}", flush=True)
+            print(f"{size:>6} {row['stride']:>6} {row['windows']:>8} {str(row['batch_size']):>6} "
+                  f"{row['peak_mb']:>15.0f} {row['seconds']:>9.1f}", flush=True)
     print(f"{'size':>6} {'final decode peak MB':>21} {'s':>6}", flush=True)
     for size in args.sizes:
         row = child(size, args.batch_size, "decode")

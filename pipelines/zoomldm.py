@@ -435,12 +435,16 @@ class ZoomLDMPipeline(SelfgenPipeline):
         total = torch.zeros_like(image)
         for dy in range(factor):
             for dx in range(factor):
-                shifted = padded[:, :, factor - dy : factor - dy + height + factor, factor - dx : factor - dx + width + factor]
+                top, left = factor - dy, factor - dx
+                shifted = padded[:, :, top : top + height + factor, left : left + width + factor]
                 total += self.decode_latents(self.encode_latents(shifted))[:, :, dy : dy + height, dx : dx + width]
         return total / factor**2
 
-    def final_decode(self, latents: torch.Tensor, stride: int, batch_size: int, shift_average: bool | None) -> torch.Tensor:
-        """:meth:`decode_canvas`, then :meth:`shift_average` when ``shift_average`` (``None``: :attr:`default_shift_average`)."""
+    def final_decode(
+        self, latents: torch.Tensor, stride: int, batch_size: int, shift_average: bool | None
+    ) -> torch.Tensor:
+        """:meth:`decode_canvas`, then :meth:`shift_average` when ``shift_average`` (``None``:
+        :attr:`default_shift_average`)."""
         image = self.decode_canvas(latents, stride, batch_size)
         average = self.default_shift_average if shift_average is None else shift_average
         return self.shift_average(image.clamp(-1, 1)) if average else image
@@ -570,7 +574,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         size = sum(channels * h * w for h, w in shapes)
         latents = self.prepare_latents((1, size), self.denoiser.dtype, generator)
         high, low = unpack(self.denoise(latents, num_inference_steps, predict, generator), shapes, channels)
-        image, view = (self.final_decode(canvas, stride, batch_size, shift_average).clamp(-1, 1) for canvas in (high, low))
+        image, view = (self.final_decode(z, stride, batch_size, shift_average).clamp(-1, 1) for z in (high, low))
         output = self.finish(image, output_type, return_dict)
         views = postprocess_images(view, output_type)
         return LargeImageOutput(images=output.images, views=views) if return_dict else (output[0], views)
@@ -637,7 +641,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
         num_inference_steps: int = 25,
         guidance_scale: float = 1.0,
         batch_size: int = 16,
-        shift_average: bool = False,
+        shift_average: bool | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -657,9 +661,11 @@ class ZoomLDMPipeline(SelfgenPipeline):
         coupling's Polyak gradient step on ``z0`` through the decoder, ``L = 1/2 ||A(D(z0)) - y||^2``
         (:meth:`coupling_step`; ``guidance_iterations`` steps); ``"none"`` skips it. Chosen per denoiser on validation
         crops (docs/zoomldm.md): ``clean_gradient`` for the bundled DiT models (+1.1-1.4 dB), ``noisy_projection``
-        for a v-prediction UNet (+1.6 dB; the decoder gradient adds high frequencies there). 3.
-        ``data_consistency`` back-projects the decoded output onto the input (:func:`match_low_frequencies`), so that
-        ``A(output) = y`` up to clamping (ours; the notebook has no final projection).
+        for a v-prediction UNet (+1.6 dB; the decoder gradient adds high frequencies there). The sample is decoded
+        by :meth:`final_decode` (``shift_average``, default for a :class:`ZoomAutoencoder`: retina validation, one
+        draw +3.0 dB). 3. ``data_consistency`` back-projects the decoded output onto the input
+        (:func:`match_low_frequencies`), so that ``A(output) = y`` up to clamping (ours; the notebook has no final
+        projection).
         ``strength < 1`` (a departure, "come closer, diffuse faster", Chung et al. 2022): the reverse process starts
         at the ``int(strength * num_inference_steps)``-th last timestep ``t_0`` from the forward-diffused encoding of
         the bicubic upsampling back-projected onto ``y``, ``z_t0 = sqrt(a_t0) E(B) + sqrt(1 - a_t0) eps`` (diffusers'
@@ -719,7 +725,7 @@ class ZoomLDMPipeline(SelfgenPipeline):
 
     def super_resolve_one(
         self, pixels, scale, level, stride, coupling_scale, inversion_steps, learning_rate, steps, first_step,
-        guidance_scale, batch_size, generator, sr_guidance="clean_gradient", guidance_iterations=1, shift_average=False,
+        guidance_scale, batch_size, generator, sr_guidance="clean_gradient", guidance_iterations=1, shift_average=None,
     ) -> torch.Tensor:
         """One ``(1, 3, h, w)`` input -> ``(1, 3, scale h, scale w)`` before data consistency."""
         height, width = pixels.shape[-2] * scale, pixels.shape[-1] * scale

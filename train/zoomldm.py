@@ -630,10 +630,12 @@ def autoencoder_round_trip(pipe: ZoomLDMPipeline, images: np.ndarray, overlap: b
 def super_resolution_scores(
     pipe: ZoomLDMPipeline, images: list[str], count: int, steps: int, seed: int, num_draws: int = 3,
     strength: float = 1.0, split: str = "test", output_dir: Path | None = None, sr_guidance: str = "clean_gradient",
+    shift_average: bool | None = None,
 ) -> dict:
     """4x SR of held-out full-resolution ``4P``-pixel crops (:func:`held_out_crops` of ``split``) area-downsampled to
     ``P``: consistency PSNR, PSNR and high-frequency energy against the crops for ZoomLDM (condition inversion +
-    ``sr_guidance`` + data consistency, starting at ``strength``; one draw and the mean of ``num_draws`` draws, both with
+    ``sr_guidance`` + data consistency, starting at ``strength``, final decode shift-averaged per ``shift_average``
+    (``None``: the pipeline's default); one draw and the mean of ``num_draws`` draws, both with
     the data-consistency step; without inversion), bicubic, bicubic with the same data-consistency step, and the
     autoencoder round trip of the truth with that step (the ceiling of any sampler in this latent space);
     ``per_crop_psnr`` for each. With ``output_dir``, ``sr_<split>.png`` shows truth, bicubic + DC and both ZoomLDM
@@ -646,7 +648,8 @@ def super_resolution_scores(
 
     def sr(draw: int, **options) -> np.ndarray:
         return pipe.super_resolve(low, 4, num_inference_steps=steps, strength=strength, generator=seeded(seed + draw),
-                                  sr_guidance=sr_guidance, output_type="np", **options).images
+                                  sr_guidance=sr_guidance, shift_average=shift_average, output_type="np",
+                                  **options).images
 
     draws = [sr(draw) for draw in range(num_draws)]
     bicubic = F.interpolate(low_pixels, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
@@ -734,8 +737,10 @@ def evaluate(
     patches, SSL features of ``model_path``'s encoder) for the model and for the single-scale ``baseline``
     (level-0 samples, tiled and downsampled for levels up to ``baseline_max_level``); ``autoencoder`` -- round-trip
     PSNR of held-out crops vs bicubic x4; ``large`` -- seams and consistency of ``large_samplers`` (default all
-    :data:`LARGE_SAMPLERS`; the overlapping one with ``window_stride``; final decode shift-averaged per
-    ``shift_average``, ``None``: the pipeline's default) at each of ``large_sizes`` for ``num_large`` seeds from ``seed``; ``sr`` -- 4x SR (condition inversion, ``sr_guidance``, ``sr_strength``, ``num_sr_draws`` draws) on
+    :data:`LARGE_SAMPLERS`; the overlapping one with ``window_stride``) at each of ``large_sizes`` for ``num_large``
+    seeds from ``seed``; in both ``large`` and ``sr`` the final decode is shift-averaged per ``shift_average``
+    (``None``: the pipeline's default); ``sr`` -- 4x SR (condition inversion, ``sr_guidance``, ``sr_strength``,
+    ``num_sr_draws`` draws) on
     ``num_sr`` crops of ``sr_split`` (``test``, or ``validation`` for choosing settings) vs bicubic with the same
     data-consistency step;
     ``mil`` -- the multi-scale MIL probe (:mod:`selfgen.eval.zoom_mil`) on both tasks.
@@ -769,7 +774,8 @@ def evaluate(
         metrics["autoencoder"] = autoencoder_scores(pipe, images, num_sr)
     if "sr" in parts:
         metrics["super_resolution"] = super_resolution_scores(
-            pipe, images, num_sr, num_inference_steps, seed, num_sr_draws, sr_strength, sr_split, output_dir, sr_guidance
+            pipe, images, num_sr, num_inference_steps, seed, num_sr_draws, sr_strength, sr_split, output_dir,
+            sr_guidance, shift_average,
         )
     if "mil" in parts:
         metrics["mil"] = {
