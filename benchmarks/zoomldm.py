@@ -7,8 +7,8 @@ One step of ``pipe.generate_large_image``'s sampler on an ``S x S`` image (level
 windows ``--window_stride`` latent pixels apart, default the sampler's own, :attr:`odd_stride`): every window's clean
 estimate (:meth:`windowed_clean`), then the cross-magnification guidance (:meth:`coupling_step`: blended decode of
 both canvases and the exact gradient, window chunk by window chunk). Also the final decode of the level-0 canvas
-(:meth:`final_decode`: blended windows, then the shift average where the pipeline applies it by default, which runs
-over the whole canvas). Each variant runs in a fresh subprocess; peak memory is the process's peak resident set size
+(:meth:`final_decode`: blended windows, then the shift average where the pipeline applies it by default, in
+128-px pieces). Each variant runs in a fresh subprocess; peak memory is the process's peak resident set size
 minus its resident size just before the measured part (``ru_maxrss``), so it counts activations and buffers, not the
 weights. The unchunked reference (``batch_size`` = every window at once) is run up to ``--unchunked_up_to``. Loads
 the model read-only; writes nothing.

@@ -419,17 +419,16 @@ class ZoomLDMPipeline(SelfgenPipeline):
         whose linear patch code decodes every latent pixel into an ``f x f`` block."""
         return isinstance(self.vae, ZoomAutoencoder)
 
-    def shift_average(self, image: torch.Tensor) -> torch.Tensor:
+    def shift_average(self, image: torch.Tensor, tile: int = 128, margin: int = 32) -> torch.Tensor:
         """Cycle spinning (Coifman & Donoho 1995) of a decoded ``(N, 3, H, W)`` canvas through the autoencoder,
 
             ``X' = 1/f^2 sum_{0 <= dy, dx < f} S_{-d} D(E(S_d X))``,
 
         ``S_d`` a shift by ``d = (dy, dx)`` pixels (reflect padding), ``f`` the latent factor, each shifted canvas
-        encoded and decoded in one pass. A patch autoencoder renders the denoiser's independent per-latent errors as
-        ``f x f`` blocks, a grid on every ``f``-th pixel line; re-encoding at every phase of that grid and averaging
-        spreads it evenly over all lines (a departure: the official decoder blends latent-aligned windows only).
-        The autoencoder runs over the whole canvas, so this final decode's memory grows with the image; it is
-        equivalent to any tiling only for a local, normalisation-free autoencoder such as :class:`ZoomAutoencoder`."""
+        round-tripped by :meth:`local_round_trip`. A patch autoencoder renders the denoiser's independent per-latent
+        errors as ``f x f`` blocks, a grid on every ``f``-th pixel line; re-encoding at every phase of that grid and
+        averaging spreads it evenly over all lines (a departure: the official decoder blends latent-aligned windows
+        only)."""
         factor, (height, width) = self.latent_factor, image.shape[-2:]
         padded = F.pad(image, (factor,) * 4, mode="reflect")
         total = torch.zeros_like(image)
@@ -437,8 +436,27 @@ class ZoomLDMPipeline(SelfgenPipeline):
             for dx in range(factor):
                 top, left = factor - dy, factor - dx
                 shifted = padded[:, :, top : top + height + factor, left : left + width + factor]
-                total += self.decode_latents(self.encode_latents(shifted))[:, :, dy : dy + height, dx : dx + width]
+                total += self.local_round_trip(shifted, tile, margin)[:, :, dy : dy + height, dx : dx + width]
         return total / factor**2
+
+    def local_round_trip(self, pixels: torch.Tensor, tile: int = 128, margin: int = 32) -> torch.Tensor:
+        """``D(E(pixels))`` of a canvas whose sides are multiples of ``f``, computed ``tile x tile`` pixels at a time,
+        each piece encoded and decoded with ``margin`` pixels of context on every side (``tile`` and ``margin``
+        multiples of ``f``), so memory is one piece's whatever the canvas. It equals one pass over the whole canvas
+        when the autoencoder's receptive field is below ``margin``: a :class:`ZoomAutoencoder` (about 26 px at f4;
+        a test checks it), not an ``AutoencoderKL`` (GroupNorm and attention see the whole input)."""
+        factor, (height, width) = self.latent_factor, pixels.shape[-2:]
+        if tile % factor or margin % factor:
+            raise ValueError(f"tile ({tile}) and margin ({margin}) must be multiples of the latent factor {factor}")
+        output = torch.empty_like(pixels)
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                rows = slice(max(0, top - margin), min(height, top + tile + margin))
+                cols = slice(max(0, left - margin), min(width, left + tile + margin))
+                piece = self.decode_latents(self.encode_latents(pixels[:, :, rows, cols]))
+                up, side = top - rows.start, left - cols.start
+                output[:, :, top : top + tile, left : left + tile] = piece[:, :, up : up + tile, side : side + tile]
+        return output
 
     def final_decode(
         self, latents: torch.Tensor, stride: int, batch_size: int, shift_average: bool | None

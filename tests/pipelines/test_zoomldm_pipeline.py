@@ -433,3 +433,18 @@ def test_shift_average_removes_the_patch_decoders_block_grid(pipe):
     assert within.max() < 1e-5 and across.min() > 0.05  # a staircase
     averaged = steps["averaged"]
     assert 0.8 < (averaged[1::2].mean() / averaged[0::2].mean()).item() < 1.25  # measured 1.00: the ramp again
+
+
+def test_local_round_trip_equals_one_pass_for_the_patch_autoencoder(pipe):
+    """The shift average's round trip, tile by tile with a margin above the ZoomAutoencoder's receptive field, equals
+    one pass over the whole canvas (memory of one tile); a margin below it does not."""
+    patch = stand_in(pipe, patch_autoencoder(3, torch.rand(8, 3, 16, 16, generator=seeded()) * 2 - 1))
+    for module in (patch.vae.encode_residual, patch.vae.decode_residual, patch.vae.pixel_residual):
+        torch.nn.init.normal_(module[-1].weight, std=0.3)  # non-zero residuals: a receptive field beyond one block
+    canvas = torch.rand(1, 3, 48, 80, generator=seeded(1)) * 2 - 1
+    with torch.no_grad():
+        whole = patch.vae.decode(patch.vae.encode(canvas).latent_dist.mean).sample
+        assert torch.allclose(patch.local_round_trip(canvas, 16, 32), whole, atol=1e-5)
+        assert not torch.allclose(patch.local_round_trip(canvas, 16, 2), whole, atol=1e-3)
+    with pytest.raises(ValueError, match="multiples of the latent factor 2"):
+        patch.local_round_trip(canvas, 15, 32)
