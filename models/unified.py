@@ -25,6 +25,13 @@ this model does without it) adaLN-modulates the ``gen`` expert's sub-layers and 
 embedding, with ``generation_adaln_prompt`` plus a pooled prompt (DiT's adaLN, SD3's pooled text vector), from
 zero-initialised projections, so a checkpoint without it computes the same function at step 0
 (``docs/srum.md``, twelfth pass).
+``generation_conv_blocks > 0`` (with ``generation_conv_channels``) adds that many timestep-conditioned residual conv
+blocks at full resolution after the conv stem and as many before the conv head (diffusers' ``ResnetBlock2D``, the
+UNet's block: GroupNorm, SiLU, 3x3 conv, + projected timestep embedding, GroupNorm, SiLU, 3x3 conv, residual), each
+block's last conv zero-initialised so that every block is the identity at step 0. Ours, not BAGEL's (its frozen VAE
+encoder/decoder is not timestep-conditioned): a reference UNet of the same data, objective and sampler put one
+compact object in each single-object image after 198 steps while this path at 4x4 patches with one conv layer a side
+scattered fragments after 1473 (``docs/srum.md``, thirteenth pass).
 
 * generation: ``[prompt tokens (und, causal)] [noisy patches + t-embedding (gen, full)]``; image tokens
   attend to all valid prompt tokens and to each other; the ``gen`` expert's head predicts the
@@ -43,6 +50,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import get_2d_sincos_pos_embed, get_timestep_embedding
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.resnet import ResnetBlock2D
 from diffusers.utils import BaseOutput
 from torch import nn
 
@@ -151,6 +159,18 @@ def _gated(update: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     return update if gate is None else update * (1 + gate)
 
 
+def _conv_blocks(count: int, channels: int, time_dim: int) -> nn.ModuleList:
+    """``count`` diffusers ``ResnetBlock2D`` of ``channels`` conditioned on a ``time_dim`` timestep embedding, each
+    block's last conv zero-initialised (the block is the identity at step 0)."""
+    blocks = nn.ModuleList(
+        ResnetBlock2D(in_channels=channels, temb_channels=time_dim, groups=min(8, channels)) for _ in range(count)
+    )
+    for block in blocks:
+        nn.init.zeros_(block.conv2.weight)
+        nn.init.zeros_(block.conv2.bias)
+    return blocks
+
+
 def _causal_text_mask(text_valid: torch.Tensor) -> torch.Tensor:
     """``(B, L, L)`` boolean: token i sees valid tokens j <= i (and itself, so no row is empty)."""
     length = text_valid.shape[1]
@@ -194,6 +214,8 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         generation_adaln_prompt: with ``generation_adaln``, the conditioning vector also gets the pooled prompt
             (mean of the valid prompt tokens' input embeddings through a linear map, as SD3 adds a pooled text
             embedding to its timestep embedding).
+        generation_conv_blocks: timestep-conditioned residual conv blocks after the generation conv stem and before
+            its conv head, each (needs ``generation_conv_channels``; zero-initialised, identity at step 0).
         max_text_length: longest prompt or question in tokens.
         dim, num_layers, num_heads, mlp_ratio: trunk width/depth.
     """
@@ -219,6 +241,7 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         learned_understanding_positions: bool = False,
         generation_adaln: bool = False,
         generation_adaln_prompt: bool = False,
+        generation_conv_blocks: int = 0,
     ) -> None:
         super().__init__()
         gen_patch = generation_patch_size or patch_size
@@ -231,6 +254,10 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         ):
             if width < 0:
                 raise ValueError(f"{name} must be >= 0, got {width}")
+        if generation_conv_blocks < 0 or (generation_conv_blocks and not generation_conv_channels):
+            raise ValueError(
+                f"generation_conv_blocks ({generation_conv_blocks}) must be >= 0, and > 0 needs generation_conv_channels > 0"
+            )
         if generation_adaln_prompt and not generation_adaln:
             raise ValueError("generation_adaln_prompt needs generation_adaln: true (it adds to the adaLN condition)")
         # understanding path
@@ -249,6 +276,8 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self.gen_norm_out = nn.LayerNorm(dim)
         self.velocity_head = nn.Linear(dim, conv * gen_patch**2)
         self.gen_conv_out = nn.Conv2d(conv, in_channels, 3, padding=1) if generation_conv_channels else None
+        self.gen_blocks_in = _conv_blocks(generation_conv_blocks, conv, dim)
+        self.gen_blocks_out = _conv_blocks(generation_conv_blocks, conv, dim)
         # adaLN condition of the generation expert (timestep embedding [+ pooled prompt]); output-norm modulation
         self.gen_prompt_proj = nn.Linear(dim, dim) if generation_adaln_prompt else None
         self.gen_out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim)) if generation_adaln else None
@@ -285,19 +314,26 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
     def generation_patch_size(self) -> int:
         return self.config.generation_patch_size or self.config.patch_size
 
-    def _embed_noisy_image(self, sample: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Generation tokens: (conv stem,) ``p x p`` patches, linear embedding, positions."""
-        sample = sample.to(dtype)
+    def _embed_noisy_image(self, sample: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        """Generation tokens: (conv stem, conv blocks,) ``p x p`` patches, linear embedding, positions."""
+        sample = sample.to(t_emb.dtype)
         if self.gen_conv_in is not None:
             sample = F.gelu(self.gen_conv_in(sample), approximate="tanh")
+        for block in self.gen_blocks_in:
+            sample = block(sample, t_emb)
         return self.gen_patch_embed(patchify(sample, self.generation_patch_size)) + self.gen_image_pos
 
-    def _velocity_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Velocity head: linear to ``p x p`` patches, unpatchify, (conv head)."""
+    def _velocity_from_tokens(self, tokens: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        """Velocity head: linear to ``p x p`` patches, unpatchify, (conv blocks, conv head)."""
         size = self.config.sample_size
         channels = self.gen_conv_out.in_channels if self.gen_conv_out is not None else self.config.in_channels
         image = unpatchify(self.velocity_head(tokens), self.generation_patch_size, channels, size, size)
-        return self.gen_conv_out(F.gelu(image, approximate="tanh")) if self.gen_conv_out is not None else image
+        if self.gen_conv_out is None:
+            return image
+        image = F.gelu(image, approximate="tanh")
+        for block in self.gen_blocks_out:
+            image = block(image, t_emb)
+        return self.gen_conv_out(image)
 
     def _embed_clean_image(self, pixel_values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Understanding tokens: (conv stem,) ``p x p`` patches, linear embedding, positions."""
@@ -329,7 +365,7 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         text, text_valid = self._embed_text(prompt_ids)
         timestep = timestep.expand(sample.shape[0]) if timestep.ndim == 0 else timestep
         t_emb = self.time_embed(get_timestep_embedding(timestep, text.shape[-1], flip_sin_to_cos=True).to(text.dtype))
-        image = self._embed_noisy_image(sample, text.dtype) + t_emb[:, None]
+        image = self._embed_noisy_image(sample, t_emb) + t_emb[:, None]
         condition = self._generation_condition(t_emb, text, text_valid)
         hidden = self._trunk(
             torch.cat([text, image], dim=1), text.shape[1], generation_mask(text_valid, image.shape[1]), condition
@@ -338,7 +374,7 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         if condition is not None:
             shift, scale = self.gen_out_modulation(condition)[:, None].chunk(2, dim=-1)
             normed = _modulate(normed, shift, scale)
-        return self._velocity_from_tokens(normed)
+        return self._velocity_from_tokens(normed, t_emb)
 
     def _generation_condition(
         self, t_emb: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor

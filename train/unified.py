@@ -105,6 +105,7 @@ class UnifiedConfig(TrainingConfig):
     understanding_position_scale: float = 0.0  # > 0: that table restarts at scale x sin-cos over pixel offsets
     generation_adaln: bool = False  # adaLN timestep modulation of the generation expert (zero-init; added to pretrained)
     generation_adaln_prompt: bool = False  # with generation_adaln: the pooled prompt joins the adaLN condition
+    generation_conv_blocks: int = 0  # timestep-conditioned residual conv blocks around the generation trunk (from scratch)
     num_examples: int = 200000  # scenes in the (procedural) training set
     cfg_dropout: float = 0.1
     understanding_weight: float = 1.0
@@ -319,6 +320,11 @@ def train(config: UnifiedConfig) -> TrainResult:
             model = with_learned_understanding_positions(model, config.understanding_position_scale)
         if config.generation_adaln and not model.config.generation_adaln:
             model = with_generation_adaln(model, config.generation_adaln_prompt)
+        if config.generation_conv_blocks != model.config.generation_conv_blocks:
+            raise ValueError(
+                f"generation_conv_blocks: {config.generation_conv_blocks} but the pretrained model has "
+                f"{model.config.generation_conv_blocks}; the option is set when training from scratch"
+            )
     else:
         model = UnifiedTransformer(
             vocab_size=len(VOCAB),
@@ -331,6 +337,7 @@ def train(config: UnifiedConfig) -> TrainResult:
             learned_understanding_positions=config.learned_understanding_positions,
             generation_adaln=config.generation_adaln,
             generation_adaln_prompt=config.generation_adaln_prompt,
+            generation_conv_blocks=config.generation_conv_blocks,
             dim=config.dim,
             num_layers=config.num_layers,
             num_heads=config.num_heads,

@@ -209,3 +209,32 @@ def test_generation_adaln_save_and_reload_is_exact(tmp_path):
     assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())
     inputs = _inputs()
     torch.testing.assert_close(reloaded(**inputs).sample, model(**inputs).sample, rtol=1e-5, atol=1e-6)
+
+
+def test_generation_conv_blocks_start_as_identity_and_are_generation_weights(tmp_path):
+    kwargs = dict(vocab_size=len(VOCAB), dim=32, num_layers=1, num_heads=2, generation_conv_channels=8)
+    torch.manual_seed(0)
+    plain = UnifiedTransformer(**kwargs).eval()
+    torch.manual_seed(0)
+    blocks = UnifiedTransformer(**kwargs, generation_conv_blocks=2).eval()
+    missing, unexpected = blocks.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(name.startswith("gen_blocks_") for name in missing)
+    assert all(blocks.is_generation_parameter(name) for name in missing)  # SRUM's generation update trains them
+    with torch.no_grad():  # a trained conv head, so the velocity depends on the input
+        for model in (plain, blocks):
+            model.gen_conv_out.weight.copy_(torch.linspace(-0.1, 0.1, model.gen_conv_out.weight.numel()).view_as(
+                model.gen_conv_out.weight))
+    inputs = _inputs()
+    generation = {k: inputs[k] for k in ("sample", "timestep", "prompt_ids")}
+    torch.testing.assert_close(blocks(**generation).sample, plain(**generation).sample, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        for block in (*blocks.gen_blocks_in, *blocks.gen_blocks_out):
+            block.conv2.weight.normal_(std=0.1)
+    early = blocks(**generation).sample
+    later = blocks(**{**generation, "timestep": generation["timestep"] + 200}).sample
+    assert not torch.allclose(early, plain(**generation).sample) and not torch.allclose(early, later)
+    blocks.save_pretrained(tmp_path)
+    reloaded = UnifiedTransformer.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(**generation).sample, early, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="generation_conv_blocks"):
+        UnifiedTransformer(vocab_size=len(VOCAB), generation_conv_blocks=1)  # needs the conv stem/head
