@@ -35,8 +35,7 @@ from torch.utils.data import DataLoader
 
 from selfgen.data.scenes import MAX_PROMPT_TOKENS, PAD_ID, VOCAB, ScenesDataset, parse_prompt
 from selfgen.eval.plots import save_image_grid
-from selfgen.eval.scenes import detect_objects, failure_reason
-from selfgen.eval.statistics import bootstrap_interval
+from selfgen.eval.scenes import single_object_report
 from selfgen.models.unified import UnifiedTransformer
 from selfgen.train.losses import noisy_pair
 from selfgen.train.unified import build_pipeline, collate, empty_prompt_like, heldout_prompts
@@ -125,20 +124,7 @@ def validate(model: torch.nn.Module) -> tuple[dict, np.ndarray, list[str]]:
     pipe.set_progress_bar_config(disable=True)
     images = pipe.generate(repeated, num_inference_steps=20, guidance_scale=3.0,
                            generator=torch.Generator().manual_seed(VAL_SEED), output_type="np").images
-    reasons = [failure_reason(image, prompt) for image, prompt in zip(images, repeated)]
-    right = np.array([r is None for r in reasons], float)
-    parts = [sum(d.colour == parse_prompt(p).objects[0].colour for d in detect_objects(image))
-             for image, p in zip(images, repeated)]
-    by_shape = {s: round(float(np.mean([r for r, p in zip(right, repeated) if parse_prompt(p).objects[0].shape == s])), 3)
-                for s in ("circle", "square", "triangle")}
-    return {
-        "accuracy": round(float(right.mean()), 3),
-        "ci": [round(v, 3) for v in bootstrap_interval(np.mean, right, num_resamples=500)],
-        "by_shape": by_shape,
-        "failures": {k: reasons.count(k) for k in ("colour", "shape", "size", "count") if reasons.count(k)},
-        "asked_colour_components": {str(k): parts.count(k) for k in range(3)} | {"3+": sum(n >= 3 for n in parts)},
-        "per_image_right": right.astype(int).tolist(),
-    }, images, prompts
+    return single_object_report(images, repeated), images, prompts
 
 
 def main() -> None:

@@ -15,8 +15,7 @@ import torch
 from selfgen import UnifiedPipeline
 from selfgen.data.scenes import parse_prompt
 from selfgen.eval.plots import save_image_grid
-from selfgen.eval.scenes import detect_objects, failure_reason
-from selfgen.eval.statistics import bootstrap_interval
+from selfgen.eval.scenes import single_object_report
 from selfgen.train.unified import heldout_prompts
 
 SEED, SAMPLES = 100, 2
@@ -28,21 +27,7 @@ for path in sys.argv[2:]:
     pipe.set_progress_bar_config(disable=True)
     images = pipe.generate(repeated, num_inference_steps=20, guidance_scale=3.0,
                            generator=torch.Generator().manual_seed(SEED), output_type="np").images
-    reasons = [failure_reason(image, prompt) for image, prompt in zip(images, repeated)]
-    right = np.array([r is None for r in reasons], float)
-    parts = [sum(d.colour == parse_prompt(p).objects[0].colour for d in detect_objects(image))
-             for image, p in zip(images, repeated)]
-    shapes = {}
-    for shape in ("circle", "square", "triangle"):
-        chosen = [r for r, p in zip(right, repeated) if parse_prompt(p).objects[0].shape == shape]
-        shapes[shape] = round(float(np.mean(chosen)), 3)
-    out[path] = {
-        "accuracy": round(float(right.mean()), 3),
-        "ci": [round(v, 3) for v in bootstrap_interval(np.mean, right, num_resamples=500)],
-        "by_shape": shapes,
-        "failures": {k: reasons.count(k) for k in ("colour", "shape", "size", "count") if reasons.count(k)},
-        "asked_colour_components": {str(k): parts.count(k) for k in range(3)} | {"3+": sum(n >= 3 for n in parts)},
-    }
+    out[path] = {k: v for k, v in single_object_report(images, repeated).items() if k != "per_image_right"}
     tiles.append(images[::SAMPLES])
     labels.append(path.split("/")[-2])
 order = "; ".join(f"rows {2 * i + 1}-{2 * i + 2}: {label}" for i, label in enumerate(labels))

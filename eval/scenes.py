@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..data.scenes import COLOURS, DEFAULT_SIZE, REGIONS, SIZES, ObjectSpec, parse_prompt, relation_holds
-from .statistics import mean_difference, standard_error
+from .statistics import bootstrap_interval, mean_difference, standard_error
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 _COLOUR_NAMES = list(COLOURS)
@@ -115,6 +115,30 @@ def failure_reason(image: np.ndarray, prompt: str) -> str | None:
     ):
         return None
     return "relation"
+
+
+def single_object_report(images: np.ndarray, prompts: list[str]) -> dict:
+    """The rule judge on single-object ``prompts`` (one per image): accuracy with a 95% bootstrap interval, accuracy
+    per asked shape, the first failures (:func:`failure_reason`), how many components the asked colour breaks into
+    (1 = one object, more = fragments) and the per-image verdicts (for paired comparisons)."""
+    specs = [parse_prompt(prompt) for prompt in prompts]
+    if any(len(spec.objects) != 1 or spec.objects[0].count != 1 for spec in specs):
+        raise ValueError("single_object_report takes single-object prompts only (one object, count 1)")
+    reasons = [failure_reason(image, prompt) for image, prompt in zip(images, prompts)]
+    right = np.array([reason is None for reason in reasons], float)
+    parts = [sum(d.colour == spec.objects[0].colour for d in detect_objects(image)) for image, spec in zip(images, specs)]
+    by_shape = {}
+    for shape in ("circle", "square", "triangle"):
+        chosen = [r for r, spec in zip(right, specs) if spec.objects[0].shape == shape]
+        by_shape[shape] = round(float(np.mean(chosen)), 3) if chosen else None
+    return {
+        "accuracy": round(float(right.mean()), 3),
+        "ci": [round(v, 3) for v in bootstrap_interval(np.mean, right, num_resamples=500)],
+        "by_shape": by_shape,
+        "failures": {k: reasons.count(k) for k in FAILURES if reasons.count(k)},
+        "asked_colour_components": {str(k): parts.count(k) for k in range(3)} | {"3+": sum(n >= 3 for n in parts)},
+        "per_image_right": right.astype(int).tolist(),
+    }
 
 
 def _unmatched_reason(detections: list[Detection], obj: ObjectSpec) -> str:

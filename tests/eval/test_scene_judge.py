@@ -19,6 +19,7 @@ from selfgen.eval.scenes import (
     judge_image,
     paired_difference,
     region_labels,
+    single_object_report,
 )
 
 
@@ -118,3 +119,18 @@ def test_failure_reason_names_the_first_failed_check():
     images, prompts = _rendered(count_per_category=5)
     for image, prompt in zip(images, prompts):  # agrees with judge_image: None exactly when the judge says yes
         assert (failure_reason(image, prompt) is None) == judge_image(image, prompt)
+
+
+def test_single_object_report_counts_fragments_and_refuses_other_prompts():
+    rng = random.Random(0)
+    prompts = ["a red circle", "a large blue square", "a green triangle", "a small yellow circle"]
+    images = [render_scene(sample_scene(parse_prompt(p), rng)) for p in prompts]
+    broken = images[0].copy()
+    broken[:, :, :] = 0
+    broken[2:8, 2:8] = broken[20:26, 20:26] = (1.0, 0.0, 0.0)  # two red squares, no circle
+    report = single_object_report(np.stack(images + [broken]), prompts + ["a red circle"])
+    assert report["accuracy"] == pytest.approx(0.8) and report["per_image_right"] == [1, 1, 1, 1, 0]
+    assert report["asked_colour_components"] == {"0": 0, "1": 4, "2": 1, "3+": 0}
+    assert report["failures"] == {"shape": 1} and report["by_shape"]["circle"] == pytest.approx(2 / 3, abs=1e-3)
+    with pytest.raises(ValueError, match="single-object prompts only"):
+        single_object_report(np.stack(images[:1]), ["two red circles"])
