@@ -16,8 +16,9 @@ prompt dropout) and the same sampler (``UnifiedPipeline.generate``: 20 Euler ste
 Each arm is judged on the 26 single-object VALIDATION prompts x 2 noises of ``srum_single_object_control.py``
 (training-split prompts, fresh noise; the same prompts and noise for every arm) by the rule judge.
 
-    OMP_NUM_THREADS=1 python benchmarks/srum_generator_reference.py outputs/diag/reference 600 unified unet unified_p2
-    # args: output folder, CPU seconds per arm, arms (one after the other). Writes <arm>.json, <arm>.pt, grid.png.
+    OMP_NUM_THREADS=1 python benchmarks/srum_generator_reference.py outputs/diag/reference 450 0 unified unet unified_p2
+    # args: output folder, CPU seconds per arm, training seed (data order and initialisation), arms (one after the
+    # other). Writes <arm>.json, <arm>.pt, <arm>_images.npy, <arm>.png.
 """
 import json
 import sys
@@ -40,7 +41,7 @@ from selfgen.models.unified import UnifiedTransformer
 from selfgen.train.losses import noisy_pair
 from selfgen.train.unified import build_pipeline, collate, empty_prompt_like, heldout_prompts
 
-BATCH, LR, WARMUP, EMA, CFG_DROPOUT, SEED = 32, 1e-3, 30, 0.99, 0.1, 0
+BATCH, LR, WARMUP, EMA, CFG_DROPOUT = 32, 1e-3, 30, 0.99, 0.1
 VAL_SEED, VAL_SAMPLES = 100, 2
 
 
@@ -69,8 +70,8 @@ class ReferenceGenerator(ModelMixin, ConfigMixin):
         return BaseOutput(sample=velocity)
 
 
-def build(arm: str) -> torch.nn.Module:
-    torch.manual_seed(SEED)
+def build(arm: str, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
     if arm == "unet":
         return ReferenceGenerator()
     patch, blocks = {"unified": (4, 0), "unified_p2": (2, 0), "unified_blocks": (4, 2)}[arm]
@@ -78,16 +79,16 @@ def build(arm: str) -> torch.nn.Module:
                               generation_conv_channels=32, generation_conv_blocks=blocks)
 
 
-def train(arm: str, cpu_seconds: float) -> tuple[torch.nn.Module, dict]:
+def train(arm: str, cpu_seconds: float, seed: int) -> tuple[torch.nn.Module, dict]:
     """Flow matching on single-object scenes until ``cpu_seconds`` of process CPU time are spent."""
-    model = build(arm)
-    ema = build(arm).requires_grad_(False)
+    model = build(arm, seed)
+    ema = build(arm, seed).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
-    data = ScenesDataset(num_examples=200000, seed=SEED, categories=("colour", "size"))
+    data = ScenesDataset(num_examples=200000, seed=seed, categories=("colour", "size"))
     loader = iter(DataLoader(data, batch_size=BATCH, shuffle=False, collate_fn=collate))
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     start_cpu, start_wall, losses, step = time.process_time(), time.time(), [], 0
     while time.process_time() - start_cpu < cpu_seconds:
         batch = next(loader)
@@ -108,7 +109,7 @@ def train(arm: str, cpu_seconds: float) -> tuple[torch.nn.Module, dict]:
         losses.append(loss.item())
         step += 1
     record = {
-        "arm": arm, "steps": step, "cpu_s": round(time.process_time() - start_cpu, 1),
+        "arm": arm, "seed": seed, "steps": step, "cpu_s": round(time.process_time() - start_cpu, 1),
         "wall_s": round(time.time() - start_wall, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "loss_first_50": round(float(np.mean(losses[:50])), 4), "loss_last_50": round(float(np.mean(losses[-50:])), 4),
@@ -128,10 +129,10 @@ def validate(model: torch.nn.Module) -> tuple[dict, np.ndarray, list[str]]:
 
 
 def main() -> None:
-    out, cpu_seconds, arms = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+    out, cpu_seconds, seed, arms = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
     out.mkdir(parents=True, exist_ok=True)
     for arm in arms:
-        model, record = train(arm, cpu_seconds)
+        model, record = train(arm, cpu_seconds, seed)
         torch.save(model.state_dict(), out / f"{arm}.pt")
         with torch.no_grad():
             metrics, images, prompts = validate(model)
