@@ -19,7 +19,9 @@ partial solutions. Each iteration:
    ``best = max_k V_theta(rollout prefix_k)`` and ``V_child <- (1 - alpha) V_child + alpha best``;
    *backup* along the path, ``n_c <- n_c + 1`` and ``V_c <- sum_i n_i V_i / sum_i n_i`` over
    the visited children (:func:`backup`). At test time the search stops early once the selected leaf
-   is a terminal state with ``V >= end_gate``, and the answer is the highest-valued complete solution.
+   is a terminal state with ``V >= end_gate``, and the answer is a complete solution found, picked by
+   ``answer`` (:meth:`ReSTMCTSTrainer.answers`: the search's recorded value, ``V_theta`` of the complete
+   solution, or the official ``root.getBestV()`` over complete tree nodes).
 2. **Value inference** (:func:`infer_values`): with the oracle final answer, every prefix of every
    complete trace found (tree paths and simulations) gets a step reward ``r_k = 0`` if some correct
    trace passes through it, else 1, and a reasoning distance ``m_k`` (the fewest further steps to a
@@ -53,7 +55,9 @@ policy's weights with a fresh scalar head; our D_V0 is the worked solutions plus
 samples of the seed problems, labelled by the same inference (how the paper builds its D_V0 is not reproduced);
 ``roll_forward_steps`` defaults to 8 (official default 3) so that a
 roll-forward usually reaches an answer on 3-5 digit addition, and the complete solutions of
-roll-forwards join the candidate answers and the traces used for value inference; UCT ties go to the
+roll-forwards join the traces used for value inference and (``answer`` ``search``/``terminal``; the
+official code answers from tree nodes only: ``tree``) the candidate answers; the official expansion
+temperature is 0.7 (``step_temperature`` 1.0 in the configs), its c 0.4 and 100 MCTS iterations; UCT ties go to the
 first child (official: a random one); no self-critic/reflection step (a state is terminal when it has an
 ``A:`` line); prefixes that no complete trace passes through get no target.
 """
