@@ -19,8 +19,9 @@ loader; :class:`~selfgen.data.zoom.UniformMagnificationDataset`).
 ``selfgen train zoomldm --config configs/zoomldm_retina_patchae_vunet.yaml --export_dir assets/zoomldm-retina``
 rebuilds the bundled retina model (patch autoencoder, UNet denoiser, v-prediction) and
 ``configs/zoomldm_ihc_patchae_vunet.yaml --export_dir assets/zoomldm-ihc`` the bundled IHC one (3 levels);
-``configs/zoomldm_retina.yaml`` and ``configs/zoomldm_ihc.yaml`` train the previous ones (DiT on an ``AutoencoderKL``); ``configs/zoomldm_retina_single.yaml`` (``levels: [0]``) trains the single-scale baseline (highest
-magnification only).
+``configs/zoomldm_retina.yaml`` and ``configs/zoomldm_ihc.yaml`` train the previous ones (DiT on an
+``AutoencoderKL``); ``configs/zoomldm_retina_single.yaml`` (``levels: [0]``) trains the single-scale baseline
+(highest magnification only).
 """
 
 from __future__ import annotations

@@ -350,13 +350,32 @@ def test_clear_errors(pipe):
         pipe(reference_images=np.zeros((2, 16, 16)), magnification=0)
 
 
-@pytest.mark.skipif(not ASSET.is_dir(), reason="bundled checkpoint not built")
-def test_bundled_checkpoint():
-    bundled = ZoomLDMPipeline.from_pretrained(ASSET)
+@pytest.mark.parametrize("asset, config_file", [("zoomldm-retina", "zoomldm_retina_patchae_vunet.yaml"),
+                                                 ("zoomldm-ihc", "zoomldm_ihc_patchae_vunet.yaml")])
+def test_bundled_checkpoint_is_what_its_config_builds_and_samples(asset, config_file):
+    """Each bundled ZoomLDM checkpoint has the components its README config trains (patch autoencoder, diffusers
+    UNet with the config's widths, prediction type, levels) and samples at its highest magnification."""
+    from diffusers import UNet2DConditionModel
+
+    from selfgen.models.zoomldm import ZoomAutoencoder
+    from selfgen.train.config import load_config
+    from selfgen.train.zoomldm import ZoomLDMConfig
+
+    path = ASSET.parent / asset
+    if not path.is_dir():
+        pytest.skip(f"bundled checkpoint assets/{asset} not built")
+    config = load_config(ZoomLDMConfig, Path(__file__).resolve().parents[2] / "configs" / config_file)
+    bundled = ZoomLDMPipeline.from_pretrained(path)
     bundled.set_progress_bar_config(disable=True)
+    assert isinstance(bundled.vae, ZoomAutoencoder) and bundled.vae.config.latent_channels == config.latent_channels
+    assert isinstance(bundled.denoiser, UNet2DConditionModel)
+    assert list(bundled.denoiser.config.block_out_channels) == list(config.unet_channels)
+    assert bundled.scheduler.config.prediction_type == config.prediction_type
+    assert bundled.conditioner.config.num_levels == config.num_levels
     assert not bundled.scheduler.config.clip_sample  # x0 estimates are latents, not [-1, 1] pixels
-    images = bundled(magnification=2, num_images=2, num_inference_steps=5, generator=seeded(), output_type="np").images
-    assert images.shape == (2, 32, 32, 3)
+    images = bundled(magnification=config.num_levels - 1, num_images=2, num_inference_steps=5, generator=seeded(),
+                     output_type="np").images
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from selfgen.data.tasks import derive_seed, extract_answer, solution_steps
 from selfgen.train.llm.rest_mcts import (
     Node,
     ReSTMCTSConfig,
-    SearchResult,
     ReSTMCTSTrainer,
+    SearchResult,
     Trace,
     backup,
     best_child,
