@@ -222,7 +222,7 @@ def test_bundled_checkpoint_is_what_its_config_builds(asset, config_file):
     assert shapes == {name: tuple(p.shape) for name, p in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("stage, previous", [("stage2", ""), ("stage3", "_stage2")])
+@pytest.mark.parametrize("stage, previous", [("stage2", ""), ("stage3", "_stage2"), ("wide_stage2", "_wide")])
 def test_continuation_configs_differ_only_in_self_conditioning(stage, previous):
     """Each continuation pair (stage 2, stage 3) is one continuation with and without self-conditioning: apart from
     comments, the pipeline each starts from and where it writes, the two configs are the same, and each arm
