@@ -34,12 +34,11 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch.utils.data import DataLoader
 
-from selfgen.data.scenes import MAX_PROMPT_TOKENS, PAD_ID, VOCAB, ScenesDataset, parse_prompt
+from selfgen.data.scenes import MAX_PROMPT_TOKENS, PAD_ID, VOCAB, ScenesDataset
 from selfgen.eval.plots import save_image_grid
-from selfgen.eval.scenes import single_object_report
 from selfgen.models.unified import UnifiedTransformer
 from selfgen.train.losses import noisy_pair
-from selfgen.train.unified import build_pipeline, collate, empty_prompt_like, heldout_prompts
+from selfgen.train.unified import build_pipeline, collate, empty_prompt_like, single_object_validation
 
 BATCH, LR, WARMUP, EMA, CFG_DROPOUT = 32, 1e-3, 30, 0.99, 0.1
 VAL_SEED, VAL_SAMPLES = 100, 2
@@ -118,14 +117,10 @@ def train(arm: str, cpu_seconds: float, seed: int) -> tuple[torch.nn.Module, dic
 
 
 def validate(model: torch.nn.Module) -> tuple[dict, np.ndarray, list[str]]:
-    """Rule-judge accuracy on the single-object validation prompts (as ``srum_single_object_control.py``)."""
-    prompts = [p for p in heldout_prompts(16, VAL_SEED, split="train") if parse_prompt(p).category in ("colour", "size")]
-    repeated = [p for p in prompts for _ in range(VAL_SAMPLES)]
+    """Rule-judge accuracy on the single-object validation prompts (``train.unified.single_object_validation``)."""
     pipe = build_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe.generate(repeated, num_inference_steps=20, guidance_scale=3.0,
-                           generator=torch.Generator().manual_seed(VAL_SEED), output_type="np").images
-    return single_object_report(images, repeated), images, prompts
+    return single_object_validation(pipe, VAL_SEED, VAL_SAMPLES)
 
 
 def main() -> None:

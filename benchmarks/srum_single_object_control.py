@@ -10,24 +10,18 @@ import json
 import sys
 
 import numpy as np
-import torch
 
 from selfgen import UnifiedPipeline
-from selfgen.data.scenes import parse_prompt
 from selfgen.eval.plots import save_image_grid
-from selfgen.eval.scenes import single_object_report
-from selfgen.train.unified import heldout_prompts
+from selfgen.train.unified import single_object_validation
 
-SEED, SAMPLES = 100, 2
-prompts = [p for p in heldout_prompts(16, SEED, split="train") if parse_prompt(p).category in ("colour", "size")]
-repeated = [p for p in prompts for _ in range(SAMPLES)]
+SAMPLES = 2
 out, tiles, labels = {}, [], []
 for path in sys.argv[2:]:
     pipe = UnifiedPipeline.from_pretrained(path)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe.generate(repeated, num_inference_steps=20, guidance_scale=3.0,
-                           generator=torch.Generator().manual_seed(SEED), output_type="np").images
-    out[path] = {k: v for k, v in single_object_report(images, repeated).items() if k != "per_image_right"}
+    report, images, prompts = single_object_validation(pipe, samples_per_prompt=SAMPLES)
+    out[path] = {k: v for k, v in report.items() if k != "per_image_right"}
     tiles.append(images[::SAMPLES])
     labels.append(path.split("/")[-2])
 order = "; ".join(f"rows {2 * i + 1}-{2 * i + 2}: {label}" for i, label in enumerate(labels))

@@ -76,7 +76,7 @@ from ..data.scenes import (
     scene_questions,
 )
 from ..eval.plots import save_image_grid
-from ..eval.scenes import SceneJudge, judge_image, ranking_auc
+from ..eval.scenes import SceneJudge, judge_image, ranking_auc, single_object_report
 from ..eval.statistics import bootstrap_interval
 from ..models.unified import UnifiedTransformer
 from ..pipelines.unified import UnifiedPipeline
@@ -303,6 +303,47 @@ def with_generation_adaln(model: UnifiedTransformer, prompt: bool = False) -> Un
     return _rebuilt(model, (), generation_adaln=True, generation_adaln_prompt=prompt)
 
 
+def new_model(config: UnifiedConfig) -> UnifiedTransformer:
+    """A freshly initialised :class:`UnifiedTransformer` with ``config``'s architecture (training from scratch; also
+    the skeleton a resumable checkpoint's weights load into)."""
+    return UnifiedTransformer(
+        vocab_size=len(VOCAB),
+        pad_token_id=PAD_ID,
+        max_text_length=max(MAX_PROMPT_TOKENS, MAX_QUESTION_TOKENS),
+        patch_size=config.patch_size,
+        generation_patch_size=config.generation_patch_size or None,
+        generation_conv_channels=config.generation_conv_channels,
+        understanding_conv_channels=config.understanding_conv_channels,
+        learned_understanding_positions=config.learned_understanding_positions,
+        generation_adaln=config.generation_adaln,
+        generation_adaln_prompt=config.generation_adaln_prompt,
+        generation_conv_blocks=config.generation_conv_blocks,
+        dim=config.dim,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+    )
+
+
+def checkpoint_model(checkpoint: str | Path) -> UnifiedTransformer:
+    """The model of a from-scratch run at one of its resumable checkpoints (``checkpoints/step-N``) with the EMA
+    weights, i.e. what the run's export would hold at that step (``use_ema: true`` runs only): for measuring
+    accuracy against steps while a run trains."""
+    checkpoint = Path(checkpoint)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    config = UnifiedConfig(**{k: v for k, v in state["config"].items() if k in UnifiedConfig.__dataclass_fields__})
+    if config.pretrained or not config.use_ema:
+        raise ValueError(f"{checkpoint}: only from-scratch runs with use_ema are rebuilt from a checkpoint")
+    model = new_model(config)
+    shadow = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+    params = list(model.parameters())
+    if len(shadow) != len(params) or any(s.shape != p.shape for s, p in zip(shadow, params)):
+        raise ValueError(f"{checkpoint}: the EMA weights do not match the config's architecture")
+    with torch.no_grad():
+        for param, value in zip(params, shadow):
+            param.copy_(value)
+    return model.eval()
+
+
 def train(config: UnifiedConfig) -> TrainResult:
     set_seed(config.seed)
     if config.pretrained:  # continue joint pretraining from an exported UnifiedPipeline
@@ -326,22 +367,7 @@ def train(config: UnifiedConfig) -> TrainResult:
                 f"{model.config.generation_conv_blocks}; the option is set when training from scratch"
             )
     else:
-        model = UnifiedTransformer(
-            vocab_size=len(VOCAB),
-            pad_token_id=PAD_ID,
-            max_text_length=max(MAX_PROMPT_TOKENS, MAX_QUESTION_TOKENS),
-            patch_size=config.patch_size,
-            generation_patch_size=config.generation_patch_size or None,
-            generation_conv_channels=config.generation_conv_channels,
-            understanding_conv_channels=config.understanding_conv_channels,
-            learned_understanding_positions=config.learned_understanding_positions,
-            generation_adaln=config.generation_adaln,
-            generation_adaln_prompt=config.generation_adaln_prompt,
-            generation_conv_blocks=config.generation_conv_blocks,
-            dim=config.dim,
-            num_layers=config.num_layers,
-            num_heads=config.num_heads,
-        )
+        model = new_model(config)
     dataset = ScenesDataset(
         config.num_examples,
         "train",
@@ -399,6 +425,21 @@ def compositional_accuracy(
     repeated = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
     images = pipe.generate(repeated, generator=generator, output_type="np", **generate_options).images
     return SceneJudge().evaluate(images, repeated, samples_per_prompt), images
+
+
+def single_object_validation(
+    pipe: UnifiedPipeline, seed: int = 100, samples_per_prompt: int = 2
+) -> tuple[dict, np.ndarray, list[str]]:
+    """The single-object VALIDATION set of docs/srum.md (eleventh pass on): the training-split ``colour`` and
+    ``size`` prompts of ``heldout_prompts(16, seed, split="train")`` (26 at seed 100), ``samples_per_prompt`` noises
+    each, 20 Euler steps, guidance 3, the noise seeded by ``seed``; judged by
+    :func:`~selfgen.eval.scenes.single_object_report`. Returns ``(report, images, prompts)``, the images in prompt
+    order, ``samples_per_prompt`` consecutive images per prompt."""
+    prompts = [p for p in heldout_prompts(16, seed, split="train") if parse_prompt(p).category in ("colour", "size")]
+    repeated = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+    images = pipe.generate(repeated, num_inference_steps=20, guidance_scale=3.0,
+                           generator=torch.Generator().manual_seed(seed), output_type="np").images
+    return single_object_report(images, repeated), images, prompts
 
 
 def rendered_heldout_scenes(num_scenes: int, rng: random.Random) -> Iterator[tuple[PromptSpec, list[SceneObject], np.ndarray]]:

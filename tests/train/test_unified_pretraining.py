@@ -27,6 +27,7 @@ from selfgen.train.unified import (
     JointObjective,
     UnifiedConfig,
     build_pipeline,
+    checkpoint_model,
     collate,
     judge_verification,
     whole_prompt_threshold,
@@ -391,3 +392,22 @@ def test_a_position_stage_restarts_and_trains_the_position_table_and_keeps_gener
     torch.testing.assert_close(trained.und_image_pos, restarted, atol=0.1, rtol=0)  # 2 Adam steps of 1e-2 from the restart
     start = dict(model.named_parameters())
     assert all(torch.equal(param, start[name]) for name, param in trained.named_parameters() if model.is_generation_parameter(name))
+
+
+def test_a_checkpoint_rebuilds_the_model_the_run_exports(tmp_path):
+    config = UnifiedConfig(
+        output_dir=str(tmp_path / "run"), max_train_steps=2, train_batch_size=2, num_examples=4, dim=32,
+        num_layers=1, num_heads=2, generation_conv_channels=8, generation_conv_blocks=1, understanding_weight=0.0,
+        use_ema=True, ema_decay=0.5, learning_rate=1e-2, checkpointing_steps=2,
+    )
+    exported = UnifiedPipeline.from_pretrained(train(config).pipeline_dir).transformer
+    rebuilt = checkpoint_model(tmp_path / "run" / "checkpoints" / "step-2")
+    assert rebuilt.config.generation_conv_blocks == 1
+    for (name, param), (_, other) in zip(rebuilt.named_parameters(), exported.named_parameters()):
+        assert torch.equal(param, other), name  # the EMA weights the export holds, bit for bit
+    state = tmp_path / "run" / "checkpoints" / "step-2" / "trainer_state.json"
+    record = json.loads(state.read_text())
+    record["config"]["use_ema"] = False
+    state.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="use_ema"):
+        checkpoint_model(state.parent)
