@@ -1,8 +1,8 @@
 """DDAE++ training-step speed: self-conditioning overhead, bf16 autocast, and ours vs diffusers' DiT.
 
-    OMP_NUM_THREADS=1 python benchmarks/ddae.py [--batch 32] [--patch 2] [--repeats 5] [--bf16]
+    OMP_NUM_THREADS=1 python benchmarks/ddae.py [--batch 32] [--patch 2] [--hidden 64] [--repeats 5] [--bf16]
 
-Times one forward + backward (+ AdamW step) of the bundled-checkpoint size (16x16x1, hidden 64, depth 6,
+Times one forward + backward (+ AdamW step) of the bundled-checkpoint size (16x16x1, hidden 64 or ``--hidden``, depth 6,
 4 heads, U-ViT long skips) on the same batch for: our DiT with and without self-conditioning, in fp32 (and bf16 autocast
 with ``--bf16``; on a CPU without AMX it is several times slower),
 and ``diffusers.DiTTransformer2DModel`` with the same width, depth, heads and patch (adaLN-Zero with a
@@ -26,23 +26,26 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from selfgen.models.ddae import DDAETransformer2DModel
 
-SIZE = dict(hidden_size=64, depth=6, num_heads=4)
+def size(hidden: int) -> dict:
+    """Width, depth and heads of the bundled digits DiT at width ``hidden``."""
+    return dict(hidden_size=hidden, depth=6, num_heads=4)
 
 
-def ours(self_conditioning: bool, patch: int) -> tuple[torch.nn.Module, Callable]:
+def ours(self_conditioning: bool, patch: int, hidden: int) -> tuple[torch.nn.Module, Callable]:
     model = DDAETransformer2DModel(
-        sample_size=16, patch_size=patch, self_conditioning=self_conditioning, long_skips=True, **SIZE
+        sample_size=16, patch_size=patch, self_conditioning=self_conditioning, long_skips=True, **size(hidden)
     )
     return model, lambda x, t: model(x, t).sample
 
 
-def diffusers_dit(patch: int) -> tuple[torch.nn.Module, Callable]:
+def diffusers_dit(patch: int, hidden: int) -> tuple[torch.nn.Module, Callable]:
+    shape = size(hidden)
     model = DiTTransformer2DModel(
-        num_attention_heads=SIZE["num_heads"],
-        attention_head_dim=SIZE["hidden_size"] // SIZE["num_heads"],
+        num_attention_heads=shape["num_heads"],
+        attention_head_dim=shape["hidden_size"] // shape["num_heads"],
         in_channels=1,
         out_channels=1,
-        num_layers=SIZE["depth"],
+        num_layers=shape["depth"],
         sample_size=16,
         patch_size=patch,
         num_embeds_ada_norm=1,
@@ -79,14 +82,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--patch", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=64, help="width (the wide configs: 128)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast")
     args = parser.parse_args()
     torch.manual_seed(0)
     variants = {
-        "ours, self-conditioned": ours(True, args.patch),
-        "ours, plain (ablation)": ours(False, args.patch),
-        "diffusers DiTTransformer2DModel": diffusers_dit(args.patch),
+        "ours, self-conditioned": ours(True, args.patch, args.hidden),
+        "ours, plain (ablation)": ours(False, args.patch, args.hidden),
+        "diffusers DiTTransformer2DModel": diffusers_dit(args.patch, args.hidden),
     }
     timings: dict[str, list[float]] = {}
     for round_index in range(args.repeats):  # the order alternates, so no variant always runs first
@@ -96,7 +100,7 @@ def main() -> None:
                 timings.setdefault(key, []).append(step_time(model, forward, args.batch, bf16))
     median = {key: statistics.median(values) for key, values in timings.items()}
     reference = median["ours, plain (ablation) [fp32]"]
-    print(f"batch {args.batch}, 16x16x1, patch {args.patch}, {SIZE}, {torch.get_num_threads()} thread(s)")
+    print(f"batch {args.batch}, 16x16x1, patch {args.patch}, {size(args.hidden)}, {torch.get_num_threads()} thread(s)")
     flops = {name: step_flops(forward, args.batch) for name, (_, forward) in variants.items()}
     print(f"{'variant':48s} {'params':>9s} {'GFLOP/step':>10s} {'steps/s':>8s} {'time vs ours-plain-fp32':>24s}")
     for key, seconds in median.items():
