@@ -4,15 +4,20 @@
         [--config configs/rest_mcts_arith_llama.yaml] [--problems 1000] [--auc_problems 200] [--out search.json]
     OMP_NUM_THREADS=1 python benchmarks/llm_search.py --policy assets/lm-arith-llama --value runs/value-fit/value
         --split validation --problems 300 [--step_temperature 0.7] [--num_rollouts 16] [--answer terminal]
+    OMP_NUM_THREADS=1 python benchmarks/llm_search.py --policy assets/lm-arith-llama --value runs/critic-warmup/iteration-0/model
+        --value_kind critic [--value_aggregate min] --split validation [--auc_only --auc_problems 200]
 
 The policy and value model are ``<run>/iteration-k/model`` and ``<run>/iteration-k/value`` (what the
 recipe trained in that iteration), or ``--policy`` and ``--value`` (e.g. the D_V0 fit of
-``benchmarks/llm_value_fit.py``). Problems: the first ``--problems`` held-out problems of the config's
+``benchmarks/llm_value_fit.py``); with ``--value_kind critic`` ``--value`` is a step critic (a causal LM, e.g. the
+SPC warm-up's model) and states are valued by ``StepCriticValue`` (product or ``--value_aggregate min`` of its
+per-step re-derivation probabilities). Problems: the first ``--problems`` held-out problems of the config's
 task (``--split test``: seed ``EVAL_SEED``, the recipe's own held-out set) or fresh training-split draws
 (``--split validation``: ``VALIDATION_SEED`` of ``benchmarks/llm_lengths.py``, for choosing settings).
 Each is answered by greedy decoding and by the test-time MCTS* of the config (search fields overridable:
 ``--step_temperature --num_rollouts --exploration --unvisited_bonus --roll_branch --roll_forward_steps
---answer``). One search is scored under every answer rule of ``ReSTMCTSConfig.answer``:
+--answer --value_kind --value_aggregate``). Compute: wall seconds of greedy decoding and of the search, the greedy
+tokens, and the search's sampled steps, generated tokens and value rows (``ReSTMCTSTrainer.compute``). One search is scored under every answer rule of ``ReSTMCTSConfig.answer``:
 
 * ``search``: the highest value the search gave a complete solution (a tree terminal: its node value; a
   roll-forward's end: the highest value along that roll-forward, ``best``);
@@ -48,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from llm_lengths import VALIDATION_SEED  # noqa: E402
 
 OVERRIDES = {"step_temperature": float, "num_rollouts": int, "exploration": float, "unvisited_bonus": float,
-             "roll_branch": int, "roll_forward_steps": int, "answer": str}
+             "roll_branch": int, "roll_forward_steps": int, "answer": str, "value_kind": str, "value_aggregate": str}
 
 
 def model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -93,30 +98,40 @@ def main() -> None:
     parser.add_argument("--auc_problems", type=int, default=200)
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="the search's sampling seed")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--auc_only", action="store_true", help="print the value's ranking AUC on --auc_problems, no search")
     for name, kind in OVERRIDES.items():
         parser.add_argument(f"--{name}", type=kind, default=None)
     args = parser.parse_args()
     policy, value = model_paths(args)
     overrides = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
     with tempfile.TemporaryDirectory() as output_dir:
+        critic = {"value_critic": str(value)} if overrides.get("value_kind") == "critic" else {}
         config = replace(load_config(ReSTMCTSConfig, args.config), output_dir=output_dir, eval_problems=args.problems,
-                         value_eval_pairs=1, **overrides)
+                         value_eval_pairs=1, **overrides, **critic)
         trainer = ReSTMCTSTrainer(model=str(policy), config=config)
-        trainer.value_model = load_value_model(value, trainer.tokenizer.pad_token_id)
+        if config.value_kind != "critic":
+            trainer.value_model = load_value_model(value, trainer.tokenizer.pad_token_id)
         problems = trainer.eval_set if args.split == "test" else trainer.task.sample(args.problems, VALIDATION_SEED)
+        if args.auc_only:
+            print(json.dumps({"value": str(value), **overrides, **trainer.value_auc(problems[: args.auc_problems])}))
+            return
+        start = time.perf_counter()
         rollouts = trainer.solve(problems, temperature=0.0, num_samples=1)
+        greedy_seconds = time.perf_counter() - start
         greedy = [trainer.verify(p, r.text) for p, r in zip(problems, rollouts)]
+        compute = {"greedy_s": greedy_seconds, "greedy_tokens": sum(len(r.completion_ids) for r in rollouts)}
         start = time.perf_counter()
         results = trainer.search(problems, seed=args.seed, early_stop=True)
-        search_seconds = time.perf_counter() - start
+        compute.update(search_s=time.perf_counter() - start, **trainer.compute)
         picks = {rule: [bool(t and t.correct) for t in trainer.answers(problems, results, rule)] for rule in ANSWER_RULES}
         auc = trainer.value_auc(problems[: args.auc_problems]) if args.auc_problems else {}
     candidates = [list({(t.steps, t.answer): (t.answer, t.correct) for t, _ in r.traces}.values()) for r in results]
     picks["majority vote (ref.)"] = [majority(c) for c in candidates]
     oracle = [any(ok for _, ok in c) for c in candidates]
     mixed = [i for i, c in enumerate(candidates) if len({ok for _, ok in c}) == 2]
-    print(f"{policy} + {value}: {len(problems)} {args.split} problems, search {search_seconds:.0f} s, "
+    print(f"{policy} + {value}: {len(problems)} {args.split} problems, search {compute['search_s']:.0f} s, "
           f"settings {overrides or 'of the config'}; {sum(map(len, candidates)) / len(candidates):.1f} distinct candidates per problem")
+    print("compute: " + ", ".join(f"{key} {number:.0f}" for key, number in compute.items()))
     for key, number in auc.items():
         print(f"{key} {number:.3f} ({args.split}, {args.auc_problems} problems x 4 samples)")
     print(f"{'greedy':<22} {sum(greedy) / len(greedy):.3f} +- {standard_error(greedy):.3f}")
@@ -129,7 +144,7 @@ def main() -> None:
         print(f"{len(mixed)} problems with right and wrong candidates, a right one picked: {rates} (uniform {uniform:.3f})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"greedy": greedy, "picks": picks, "oracle": oracle, "settings": overrides, **auc}))
+        args.out.write_text(json.dumps({"greedy": greedy, "picks": picks, "oracle": oracle, "settings": overrides, "compute": compute, **auc}))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from selfgen.train.config import load_config
-from selfgen.train.llm.rest_mcts import ReSTMCTSConfig, ReSTMCTSTrainer
+from selfgen.train.llm.rest_mcts import ReSTMCTSConfig, ReSTMCTSTrainer, predict_values
 
 sys.path.insert(0, str(Path(__file__).parent))
 from llm_lengths import VALIDATION_SEED  # noqa: E402
@@ -52,7 +52,7 @@ def main() -> None:
     logs = trainer.train_value_model(args.out, examples, config.value_warmup_steps, config.seed)
     fit_seconds = time.perf_counter() - start
     targets = np.array([target for _, target in examples])
-    predicted = np.array(trainer.values([text for text, _ in examples]))
+    predicted = np.array(predict_values(trainer.value_model, trainer.tokenizer, [text for text, _ in examples]))
     summary = {
         "examples": len(examples), "steps": config.value_warmup_steps, "learning_rate": config.value_learning_rate,
         "fit_seconds": fit_seconds, "train_mse": float(np.mean((predicted - targets) ** 2)),

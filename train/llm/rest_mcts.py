@@ -45,6 +45,18 @@ partial solutions. Each iteration:
    the inferred targets left ``V_theta`` nearly constant (std 0.045 over held-out states, ranking AUC
    0.50 on partial solutions, 0.56 on complete ones).
 
+**A generative process value** (``value_kind: critic``, test-time only; our departure, issue #18 pass 8):
+instead of the scalar head, a step critic - the SPC warm-up's model (``configs/spc_arith_llama.yaml``,
+iteration 0), which writes ``D:<re-derived step> vs <judged result>`` - values a state by its steps:
+``p_k = P_critic("D:<step_k> vs " | question, steps_<k, "C:" step_k)`` teacher-forced (the probability
+that it re-derives exactly the step taken), ``V = prod_k p_k`` (``value_aggregate: product``) or
+``min_k p_k`` (:class:`StepCriticValue`). The answer line of a complete solution is not judged. Why:
+the scalar head ranks states at chance (validation AUC 0.49 / 0.48 on partial / complete solutions,
+session 34) while this critic re-derives steps (SPC step F1 0.86). ``V`` falls along a path where the
+paper's ``v_k`` climbs to 1, so ``answer: search`` (the highest value along a roll-forward) scores a
+roll-forward by its first steps; ``terminal`` judges the complete solution. The recipe's value update
+regresses a scalar head, so training with ``value_kind: critic`` is refused.
+
 **Matched control** (``ground_truth_control_of: <a ReST-MCTS* run>``, not in the paper): the same loop
 and draws, but the policy is fine-tuned on the worked solutions of as many problems as that run kept
 traces in each iteration, for the same steps, with no search and no value model
@@ -70,6 +82,7 @@ import math
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,23 +90,32 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from ...data.problems import Problem
-from ...data.reasoning import Action, corrupt_step, labelled_solutions, parse_action, partial_solution, trace_text
+from ...data.reasoning import (
+    COMPARISON_MARK, DERIVATION_MARK, Action, corrupt_step, critic_prompt, labelled_solutions, parse_action, partial_solution,
+    trace_text,
+)
 from ...data.tasks import ArithmeticTask, completion_text, derive_seed, extract_answer, prompt_text, solution_steps
 from ...eval.scenes import ranking_auc
 from ..registry import Method
 from ..trainer import Objective, Trainer
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .lm import EVAL_SEED
-from .objectives import SFTCollator, SFTObjective, TextPair, pad_sequences, position_ids_from_mask
+from .objectives import (
+    SFTCollator, SFTObjective, TextPair, completion_token_logprobs, pad_sequences, position_ids_from_mask, sequence_batch,
+    split_continuation,
+)
 from .rollout import Rollout, SamplingParams
 
 logger = logging.getLogger("selfgen.train.llm")
 
 
 ANSWER_RULES = ("search", "terminal", "tree")  # see ReSTMCTSTrainer.answers
+VALUE_KINDS = ("scalar", "critic")  # V_theta: a scalar head (the paper) or a step critic's re-derivations (StepCriticValue)
+VALUE_AGGREGATES = ("product", "min")  # StepCriticValue: how per-step probabilities make a state's value
+State = tuple[str, tuple[str, ...], "str | None"]  # (question, steps taken, answer when complete)
 
 
 @dataclass
@@ -110,6 +132,9 @@ class ReSTMCTSConfig(IterativeConfig):
     answer: str = "search"  # the test-time answer among the complete solutions found: one of ANSWER_RULES
     step_temperature: float = 1.0
     step_max_new_tokens: int = 24
+    value_kind: str = "scalar"  # one of VALUE_KINDS; "critic" is test-time only (no value update from traces)
+    value_critic: str | None = None  # value_kind critic: a causal-LM critic checkpoint (an SPC warm-up's model)
+    value_aggregate: str = "product"  # value_kind critic: one of VALUE_AGGREGATES
     max_traces_per_problem: int = 2
     value_train_steps: int = 40
     value_learning_rate: float = 3e-4
@@ -129,6 +154,10 @@ class ReSTMCTSConfig(IterativeConfig):
         if self.value_warmup_steps and not self.value_warmup_problems:
             raise ValueError("value_warmup_steps > 0 needs value_warmup_problems > 0 (the seed data D_V0)")
         self.require_choice("answer", ANSWER_RULES)
+        self.require_choice("value_kind", VALUE_KINDS)
+        self.require_choice("value_aggregate", VALUE_AGGREGATES)
+        if self.value_kind == "critic" and not self.value_critic:
+            raise ValueError("value_kind critic needs value_critic: a causal-LM critic checkpoint (e.g. an SPC warm-up's model)")
         if self.step_temperature <= 0:
             raise ValueError(f"step_temperature must be > 0 (expansion samples), got {self.step_temperature}")
 
@@ -279,6 +308,55 @@ def predict_values(model: nn.Module, tokenizer, texts: Sequence[str], batch_size
     return values
 
 
+@torch.no_grad()
+def derivation_probabilities(
+    model: nn.Module, tokenizer, items: Sequence[tuple[str, str]], batch_size: int = 128
+) -> list[float]:
+    """For each ``(critic prompt, judged step)``: the critic's teacher-forced probability of re-deriving
+    exactly that step, ``P("D:<step> vs " | prompt)`` (the closing `` vs `` ends the step, so ``12`` is
+    not a prefix of ``123``)."""
+    probabilities = []
+    device = next(model.parameters()).device
+    for start in range(0, len(items), batch_size):
+        encoded = [
+            split_continuation(tokenizer, prompt, f"{DERIVATION_MARK}{step}{COMPARISON_MARK}")[:2]
+            for prompt, step in items[start : start + batch_size]
+        ]
+        batch = {key: value.to(device) for key, value in sequence_batch(encoded, tokenizer.pad_token_id).items()}
+        logprobs, mask = completion_token_logprobs(model, batch)
+        probabilities += torch.exp((logprobs * mask).sum(-1)).tolist()
+    return probabilities
+
+
+class StepCriticValue:
+    """A generative process value (our departure; the paper's ``V_theta`` is a scalar PRM head): a step
+    critic that re-derives each step (SPC's critique ``D:<step> vs <result>``, docs/llm_spc_mcts.md)
+    judges every step of a partial solution, ``p_k = P_critic(re-derivation = step_k | prefix)``
+    (:func:`derivation_probabilities`), and the state's value is ``prod_k p_k`` (``aggregate="product"``:
+    the probability that no step so far is wrong, if the verdicts were independent) or ``min_k p_k``.
+    A complete solution's answer line is not judged (the critic judges steps only). Per-step
+    probabilities are cached by (question, prefix, step), so a child costs one critic row."""
+
+    def __init__(self, model: nn.Module, tokenizer, prompt: Callable[[str], str] = prompt_text, aggregate: str = "product") -> None:
+        if aggregate not in VALUE_AGGREGATES:
+            raise ValueError(f"aggregate must be one of {VALUE_AGGREGATES}, got {aggregate!r}")
+        self.model, self.tokenizer, self.prompt, self.aggregate = model.eval(), tokenizer, prompt, aggregate
+        self.cache: dict[tuple[str, tuple[str, ...]], float] = {}
+        self.rows = 0  # critic rows scored (one forward row each): the value's compute
+
+    def __call__(self, states: Sequence[State]) -> list[float]:
+        keys = [(question, tuple(steps[: k + 1])) for question, steps, _ in states for k in range(len(steps))]
+        missing = list(dict.fromkeys(key for key in keys if key not in self.cache))
+        items = [(critic_prompt(question, steps[:-1], steps[-1], self.prompt), steps[-1]) for question, steps in missing]
+        self.cache.update(zip(missing, derivation_probabilities(self.model, self.tokenizer, items)))
+        self.rows += len(missing)
+        combine = math.prod if self.aggregate == "product" else min
+        return [
+            combine(self.cache[(question, tuple(steps[: k + 1]))] for k in range(len(steps))) if steps else 1.0
+            for question, steps, _ in states
+        ]
+
+
 class ValueCollator:
     """``(text, target)`` pairs -> left-padded ``input_ids``/``attention_mask`` and ``targets``."""
 
@@ -340,7 +418,16 @@ class ReSTMCTSTrainer(IterativeTrainer):
             self.value_model = load_value_model(self.base_path, self.tokenizer.pad_token_id)
         else:
             self.value_model = value_model_from(self.policy, self.tokenizer.pad_token_id)
+        self.critic_value = None
+        self.compute: Counter[str] = Counter()  # search compute: sampled_steps, generated_tokens, value_rows
+        if self.config.value_kind == "critic":
+            self.use_critic_value(self.config.value_critic)
         self.value_pairs = self._value_pairs()
+
+    def use_critic_value(self, path: str | Path) -> None:
+        """Value states by a step critic (:class:`StepCriticValue`) loaded from ``path``, a causal-LM checkpoint."""
+        critic = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        self.critic_value = StepCriticValue(critic, self.tokenizer, self.format.prompt, self.config.value_aggregate)
 
     def _resume(self):
         history, done = super()._resume()
@@ -355,8 +442,16 @@ class ReSTMCTSTrainer(IterativeTrainer):
         """A search state (or, with ``answer``, a complete solution) after the prompt format's prompt."""
         return trace_text(question, steps, answer, self.format.prompt)
 
-    def values(self, texts: Sequence[str]) -> list[float]:
-        return predict_values(self.value_model, self.tokenizer, texts)
+    def values(self, states: Sequence[State]) -> list[float]:
+        """``V`` of each ``(question, steps, answer)`` state: the step critic's (``value_kind: critic``) or the
+        scalar value model's ``V_theta`` of the state's text."""
+        if self.critic_value is not None:
+            rows = self.critic_value.rows
+            values = self.critic_value(states)
+            self.compute["value_rows"] += self.critic_value.rows - rows
+            return values
+        self.compute["value_rows"] += len(states)
+        return predict_values(self.value_model, self.tokenizer, [self.state_text(*state) for state in states])
 
     def propose(self, problems: list[Problem], states: list[tuple[str, ...]], num: int, seed: int) -> list[list[Action]]:
         """``num`` sampled next steps after each partial solution (one batched call, stopped at a comma)."""
@@ -366,6 +461,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
             stop_strings=(",",), batch_size=config.generation_batch_size,
         )
         rollouts = self.generate([self.state_text(p.question, steps) for p, steps in zip(problems, states)], params, seed)
+        self.compute.update(sampled_steps=len(rollouts), generated_tokens=sum(len(r.completion_ids) for r in rollouts))
         actions = []
         for rollout in rollouts:
             ended_by_eos = rollout.completion_ids[-1:] == [self.tokenizer.eos_token_id]
@@ -374,11 +470,11 @@ class ReSTMCTSTrainer(IterativeTrainer):
 
     def action_values(self, problems: list[Problem], states: list[tuple[str, ...]], actions: list[list[Action]]) -> list[list[float]]:
         """``V_theta`` of each state extended by each of its actions (0 for an invalid action)."""
-        texts = [
-            self.state_text(p.question, steps + (a.step,), a.answer)
+        extended = [
+            (p.question, steps + (a.step,), a.answer)
             for p, steps, group in zip(problems, states, actions) for a in group if a.valid
         ]
-        values = iter(self.values(texts))
+        values = iter(self.values(extended))
         return [[next(values) if a.valid else 0.0 for a in group] for group in actions]
 
     def expand(self, problems: list[Problem], leaves: list[Node], seed: int) -> list[list[Node]]:
@@ -474,7 +570,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
             if all(trees):
                 return [max(tree, key=lambda item: item[1])[0] for tree in trees]
         distinct = [list({(t.steps, t.answer): t for t, _ in result.traces}.values()) for result in results]
-        values = iter(self.values([self.state_text(p.question, t.steps, t.answer) for p, ts in zip(problems, distinct) for t in ts]))
+        values = iter(self.values([(p.question, t.steps, t.answer) for p, ts in zip(problems, distinct) for t in ts]))
         scored = [[(t, next(values)) for t in ts] for ts in distinct]
         if rule == "tree":
             scored = [tree or pool for tree, pool in zip(trees, scored)]
@@ -486,7 +582,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
         and on wrong solutions, every distinct solution counted once; 0.5 = chance)."""
         results = self.search(problems, seed, early_stop=True)
         found = {(p.question, t.steps, t.answer): t.correct for p, r in zip(problems, results) for t, _ in r.traces}
-        values = self.values([self.state_text(question, steps, answer) for question, steps, answer in found])
+        values = self.values(list(found))
         per_class = [
             [(v >= 0.5) == ok for v, ok in zip(values, found.values()) if ok == label] for label in (True, False)
         ]
@@ -576,6 +672,8 @@ class ReSTMCTSTrainer(IterativeTrainer):
         return logs
 
     def train(self):
+        if self.critic_value is not None:
+            raise ValueError("value_kind critic is test-time only: the recipe's value update regresses a scalar head")
         if self.config.value_warmup_steps and self.config.ground_truth_control_of is None:
             logger.info("value model warm-up on D_V0: %s", self.warm_up_value_model())
         return super().train()
@@ -602,7 +700,7 @@ class ReSTMCTSTrainer(IterativeTrainer):
 
     # ------------------------------------------------------------- evaluation
 
-    def _value_pairs(self) -> list[tuple[str, str]]:
+    def _value_pairs(self) -> list[tuple[State, State]]:
         """Held-out (correct partial solution, the same with its last step corrupted) pairs."""
         if not isinstance(self.task, ArithmeticTask):
             return []
@@ -611,9 +709,9 @@ class ReSTMCTSTrainer(IterativeTrainer):
         pairs = []
         for solution in solutions:
             length = rng.randrange(1, len(solution.steps) + 1)
-            good = list(solution.steps[:length])
-            bad = good[:-1] + [corrupt_step(good[-1], rng.choice(("calculation", "carry", "operand")), rng)]
-            pairs.append((self.state_text(solution.problem.question, good), self.state_text(solution.problem.question, bad)))
+            good = tuple(solution.steps[:length])
+            bad = good[:-1] + (corrupt_step(good[-1], rng.choice(("calculation", "carry", "operand")), rng),)
+            pairs.append(((solution.problem.question, good, None), (solution.problem.question, bad, None)))
         return pairs
 
     def evaluate(self) -> dict[str, float]:
@@ -635,20 +733,20 @@ class ReSTMCTSTrainer(IterativeTrainer):
         task's worked solution (exact for column addition, whose worked solution is the only correct one),
         and ``terminal_auc`` over complete solutions labelled by the verifier (0.5: chance)."""
         rollouts = self.solve(problems, num_samples=num_samples, seed=seed)
-        texts, labels, terminal = [], [], []
+        states, labels, terminal = [], [], []
         for index, rollout in enumerate(rollouts):
             problem = problems[index // num_samples]
             reference = solution_steps(self.task.worked_solution(problem))
             steps, answer = solution_steps(rollout.text), extract_answer(rollout.text)
             for length in range(1, len(steps) + 1):
-                texts.append(self.state_text(problem.question, steps[:length]))
+                states.append((problem.question, tuple(steps[:length]), None))
                 labels.append(steps[:length] == reference[:length])
                 terminal.append(False)
             if steps and answer is not None:
-                texts.append(self.state_text(problem.question, steps, answer))
+                states.append((problem.question, tuple(steps), answer))
                 labels.append(self.verify(problem, rollout.text))
                 terminal.append(True)
-        values, labels, terminal = np.array(self.values(texts)), np.array(labels), np.array(terminal)
+        values, labels, terminal = np.array(self.values(states)), np.array(labels), np.array(terminal)
         return {
             "value_prefix_auc": ranking_auc(values[~terminal], labels[~terminal]),
             "value_terminal_auc": ranking_auc(values[terminal], labels[terminal]),

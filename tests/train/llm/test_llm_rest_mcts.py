@@ -8,15 +8,18 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from selfgen.data.problems import Problem
-from selfgen.data.reasoning import Action, trace_text
+from selfgen.data.reasoning import Action, critic_prompt, trace_text
 from selfgen.data.tasks import derive_seed, extract_answer, solution_steps
 from selfgen.train.llm.rest_mcts import (
     Node,
     ReSTMCTSConfig,
     ReSTMCTSTrainer,
     SearchResult,
+    StepCriticValue,
     Trace,
     backup,
     best_child,
@@ -139,8 +142,7 @@ def test_answer_rules_pick_by_search_value_terminal_value_or_tree_node():
 
     class Stub:
         config = ReSTMCTSConfig(answer="terminal")
-        state_text = staticmethod(lambda question, steps, answer: answer)
-        values = staticmethod(lambda texts: [terminal_values[text] for text in texts])
+        values = staticmethod(lambda states: [terminal_values[answer] for _, _, answer in states])
 
     problems = [Problem("1+1", "2", "0")] * 2
     results = [
@@ -219,18 +221,17 @@ def test_value_auc_labels_prefixes_by_the_worked_solution(tmp_path):
     trainer = ReSTMCTSTrainer(model=str(ASSET), task="arith", config=config)
     on_path, answers = set(), {}
     for problem in trainer.eval_set:
-        steps = solution_steps(trainer.task.worked_solution(problem))
-        on_path |= {trace_text(problem.question, steps[:k]) for k in range(1, len(steps) + 1)}
-        answers[trainer.prompt(problem)] = problem.answer
+        steps = tuple(solution_steps(trainer.task.worked_solution(problem)))
+        on_path |= {(problem.question, steps[:k]) for k in range(1, len(steps) + 1)}
+        answers[problem.question] = problem.answer
 
-    def oracle(text: str) -> bool:
-        if "\nA:" in text:
-            return extract_answer(text) == answers[text[: text.index("S:")]]
-        return text in on_path
+    def oracle(state) -> bool:
+        question, steps, answer = state
+        return answer == answers[question] if answer is not None else (question, steps) in on_path
 
-    trainer.values = lambda texts: [float(oracle(text)) for text in texts]
+    trainer.values = lambda states: [float(oracle(state)) for state in states]
     assert trainer.value_auc(trainer.eval_set, num_samples=4) == {"value_prefix_auc": 1.0, "value_terminal_auc": 1.0}
-    trainer.values = lambda texts: [float(not oracle(text)) for text in texts]
+    trainer.values = lambda states: [float(not oracle(state)) for state in states]
     assert trainer.value_auc(trainer.eval_set, num_samples=4) == {"value_prefix_auc": 0.0, "value_terminal_auc": 0.0}
 
 
@@ -245,6 +246,37 @@ def test_config_errors_name_the_field():
         ReSTMCTSConfig(value_warmup_steps=10)
     with pytest.raises(ValueError, match="answer"):
         ReSTMCTSConfig(answer="vote")
+    with pytest.raises(ValueError, match="value_critic"):
+        ReSTMCTSConfig(value_kind="critic")
+    with pytest.raises(ValueError, match="value_aggregate"):
+        ReSTMCTSConfig(value_aggregate="mean")
+
+
+@pytest.mark.skipif(not (ASSET / "config.json").is_file(), reason="assets/lm-arith not built")
+def test_step_critic_value_is_the_product_or_min_of_teacher_forced_rederivations():
+    """p_k = P(critic writes "D:<step_k> vs " after the critic prompt), by hand from one forward pass over the
+    joined ids; V = prod_k p_k (or min); a child of a valued state costs one new critic row."""
+    tokenizer = AutoTokenizer.from_pretrained(ASSET)
+    critic = AutoModelForCausalLM.from_pretrained(ASSET, dtype=torch.float32).eval()
+    question, steps = "47+85", ("7+5+0=12", "4+8+1=13")
+
+    def by_hand(prefix, step) -> float:
+        prompt_ids = tokenizer(critic_prompt(question, prefix, step), add_special_tokens=False).input_ids
+        ids = tokenizer(critic_prompt(question, prefix, step) + f"D:{step} vs ", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logprobs = torch.log_softmax(critic(torch.tensor([ids])).logits[0, :-1].float(), -1)
+        return math.exp(sum(logprobs[i - 1, ids[i]].item() for i in range(len(prompt_ids), len(ids))))
+
+    p1, p2 = by_hand((), steps[0]), by_hand(steps[:1], steps[1])
+    value = StepCriticValue(critic, tokenizer)
+    assert value([(question, steps[:1], None)]) == pytest.approx([p1], rel=1e-4) and value.rows == 1
+    assert value([(question, steps, "132")]) == pytest.approx([p1 * p2], rel=1e-4) and value.rows == 2  # cached p1
+    assert 0 < p1 * p2 < min(p1, p2) <= 1
+    assert StepCriticValue(critic, tokenizer, aggregate="min")([(question, steps, None), (question, (), None)]) == pytest.approx(
+        [min(p1, p2), 1.0], rel=1e-4
+    )
+    with pytest.raises(ValueError, match="aggregate"):
+        StepCriticValue(critic, tokenizer, aggregate="mean")
 
 
 def test_bundled_config_loads():
