@@ -30,7 +30,8 @@ Prints each rule's accuracy and its paired difference to greedy with a 95% inter
 the oracle rate (some candidate is correct), how often each rule picks a right candidate on problems
 with right and wrong ones against a uniform pick, and the value model's ranking AUC on held-out partial
 and complete solutions of the policy's own samples (``ReSTMCTSTrainer.value_auc`` on the first
-``--auc_problems``; 0 skips it). ``--out`` saves the per-problem results.
+``--auc_problems``; 0 skips it). ``--out`` saves the per-problem results. ``--chunk N`` searches N problems at
+a time and prints (and saves) the report over the problems done so far after each chunk.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--auc_problems", type=int, default=200)
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="the search's sampling seed")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--chunk", type=int, default=None, help="search this many problems at a time, reporting after each")
     parser.add_argument("--auc_only", action="store_true", help="print the value's ranking AUC on --auc_problems, no search")
     for name, kind in OVERRIDES.items():
         parser.add_argument(f"--{name}", type=kind, default=None)
@@ -117,19 +119,28 @@ def main() -> None:
             return
         start = time.perf_counter()
         rollouts = trainer.solve(problems, temperature=0.0, num_samples=1)
-        greedy_seconds = time.perf_counter() - start
         greedy = [trainer.verify(p, r.text) for p, r in zip(problems, rollouts)]
-        compute = {"greedy_s": greedy_seconds, "greedy_tokens": sum(len(r.completion_ids) for r in rollouts)}
-        start = time.perf_counter()
-        results = trainer.search(problems, seed=args.seed, early_stop=True)
-        compute.update(search_s=time.perf_counter() - start, **trainer.compute)
-        picks = {rule: [bool(t and t.correct) for t in trainer.answers(problems, results, rule)] for rule in ANSWER_RULES}
-        auc = trainer.value_auc(problems[: args.auc_problems]) if args.auc_problems else {}
+        compute = {"greedy_s": time.perf_counter() - start, "greedy_tokens": sum(len(r.completion_ids) for r in rollouts),
+                   "search_s": 0.0}
+        results, chunk = [], args.chunk or len(problems)
+        for first in range(0, len(problems), chunk):  # the report so far after each chunk
+            start = time.perf_counter()
+            results += trainer.search(problems[first : first + chunk], seed=args.seed, early_stop=True)
+            compute["search_s"] += time.perf_counter() - start
+            compute.update(trainer.compute)
+            done = problems[: len(results)]
+            picks = {rule: [bool(t and t.correct) for t in trainer.answers(done, results, rule)] for rule in ANSWER_RULES}
+            auc = trainer.value_auc(problems[: args.auc_problems]) if args.auc_problems and len(results) == len(problems) else {}
+            summarise(args, f"{policy} + {value}", overrides, greedy[: len(results)], results, picks, compute, auc)
+
+
+def summarise(args, models: str, overrides: dict, greedy: list[bool], results: list, picks: dict, compute: dict, auc: dict) -> None:
+    """Print each rule's accuracy and paired difference to greedy, the oracle and the right-pick rates; save ``--out``."""
     candidates = [list({(t.steps, t.answer): (t.answer, t.correct) for t, _ in r.traces}.values()) for r in results]
     picks["majority vote (ref.)"] = [majority(c) for c in candidates]
     oracle = [any(ok for _, ok in c) for c in candidates]
     mixed = [i for i, c in enumerate(candidates) if len({ok for _, ok in c}) == 2]
-    print(f"{policy} + {value}: {len(problems)} {args.split} problems, search {compute['search_s']:.0f} s, "
+    print(f"{models}: {len(results)} {args.split} problems, search {compute['search_s']:.0f} s, "
           f"settings {overrides or 'of the config'}; {sum(map(len, candidates)) / len(candidates):.1f} distinct candidates per problem")
     print("compute: " + ", ".join(f"{key} {number:.0f}" for key, number in compute.items()))
     for key, number in auc.items():
@@ -141,11 +152,10 @@ def main() -> None:
     if mixed:
         uniform = sum(sum(ok for _, ok in candidates[i]) / len(candidates[i]) for i in mixed) / len(mixed)
         rates = ", ".join(f"{rule} {sum(picks[rule][i] for i in mixed) / len(mixed):.3f}" for rule in picks)
-        print(f"{len(mixed)} problems with right and wrong candidates, a right one picked: {rates} (uniform {uniform:.3f})")
+        print(f"{len(mixed)} problems with right and wrong candidates, a right one picked: {rates} (uniform {uniform:.3f})", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"greedy": greedy, "picks": picks, "oracle": oracle, "settings": overrides, "compute": compute, **auc}))
-
 
 if __name__ == "__main__":
     main()
