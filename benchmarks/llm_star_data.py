@@ -1,6 +1,6 @@
 """What STaR's filter keeps, and what its SFT-on-ground-truth control gets instead.
 
-    OMP_NUM_THREADS=1 python benchmarks/llm_star_data.py --model assets/lm-arith-llama-v2 [--digits 4]
+    OMP_NUM_THREADS=1 python benchmarks/llm_star_data.py --model assets/lm-arith-llama-v3 [--digits 4]
         [--problems 256] [--temperatures 1.0 0.0] [--out star_data.json]
 
 On ``--problems`` validation additions (training split, ``VALIDATION_SEED`` of ``benchmarks/llm_lengths.py``;

@@ -194,14 +194,10 @@ def test_llama_base_config_builds_the_bundled_architecture():
     assert bundled["architectures"] == ["LlamaForCausalLM"]
 
 
-def test_v2_base_config_continues_v1_and_matches_the_bundled_asset():
-    """Issue #18 v2 base: `configs/lm_arith_llama_v2.yaml` continues `assets/lm-arith-llama` (left unchanged)
-    on 3-4 digit operands with a 15% 5-digit share; the bundled `assets/lm-arith-llama-v2` has v1's
-    architecture and tokenizer and its weights differ from v1's."""
-    import json
+def test_v2_base_config_continues_v1():
+    """Issue #18 v2 base (pass 10; no longer bundled since session 35): `configs/lm_arith_llama_v2.yaml`
+    continues `assets/lm-arith-llama` (left unchanged) on 3-4 digit operands with a 15% 5-digit share."""
     from pathlib import Path
-
-    from safetensors.torch import load_file
 
     from selfgen.train.config import load_config
 
@@ -210,18 +206,41 @@ def test_v2_base_config_continues_v1_and_matches_the_bundled_asset():
     assert config.pretrained == "assets/lm-arith-llama" and config.export_dir is None and config.seed == 0
     assert config.stages() == [(4, 120), (4, 120)] and config.stage_min_digits() == [3, 3]
     assert config.next_length_share == 0.15 and config.max_train_steps == sum(s for _, s in config.stages())
-    v1, v2 = root / "assets" / "lm-arith-llama", root / "assets" / "lm-arith-llama-v2"
-    if not (v2 / "config.json").is_file():
-        pytest.skip("assets/lm-arith-llama-v2 not built")
-    assert json.loads((v1 / "config.json").read_text()) == json.loads((v2 / "config.json").read_text())
-    assert (v1 / "tokenizer.json").read_text() == (v2 / "tokenizer.json").read_text()
-    assert all(f.stat().st_size < 20e6 for f in v2.iterdir())
-    old, new = load_file(v1 / "model.safetensors"), load_file(v2 / "model.safetensors")
+
+
+def test_v3_base_chain_rebuilds_from_v1_and_matches_the_bundled_asset():
+    """Issue #18 v3 base (session 35): v1 -> v2 config -> pass-12 candidate config -> one 60-step replay stage
+    at lr 3e-4 on 1-4 digit operands (no 5-digit addition), each config continuing the previous one's export;
+    the bundled `assets/lm-arith-llama-v3` has v1's architecture and tokenizer and its own weights."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from selfgen.train.config import load_config
+
+    root = Path(__file__).resolve().parents[3]
+    v2, candidate, replay = (load_config(lm.LMConfig, root / "configs" / f"lm_arith_llama_{n}.yaml") for n in ("v2", "v3", "v3_replay"))
+    assert v2.pretrained == "assets/lm-arith-llama"
+    assert Path(candidate.pretrained) == v2.pipeline_dir and Path(replay.pretrained) == candidate.pipeline_dir
+    assert replay.stages() == [(4, 60)] and replay.stage_min_digits() == [1] and replay.max_train_steps == 60
+    assert replay.learning_rate == 3e-4 and replay.next_length_share == 0.0 and replay.seed == 0 and replay.export_dir is None
+    small = lm.LMConfig(**{**vars(replay), "num_seed_examples": 400, "task_weights": {"add": 1.0}, "curriculum": [], "output_dir": "unused"})
+    operands = [e.prompt.split("\n")[0][2:].split("+") for e in lm.seed_examples(small, 4)]
+    lengths = [len(str(int(x))) for pair in operands for x in pair]
+    assert min(lengths) == 1 and max(lengths) == 4
+    v1, v3 = root / "assets" / "lm-arith-llama", root / "assets" / "lm-arith-llama-v3"
+    if not (v3 / "config.json").is_file():
+        pytest.skip("assets/lm-arith-llama-v3 not built")
+    assert json.loads((v1 / "config.json").read_text()) == json.loads((v3 / "config.json").read_text())
+    assert (v1 / "tokenizer.json").read_text() == (v3 / "tokenizer.json").read_text()
+    assert all(f.stat().st_size < 20e6 for f in v3.iterdir())
+    old, new = load_file(v1 / "model.safetensors"), load_file(v3 / "model.safetensors")
     assert old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
 
 
 def test_v3_candidate_config_alternates_long_and_replay_stages():
-    """Issue #18 pass 12 (measured, not bundled): `configs/lm_arith_llama_v3.yaml` continues v2 with 4-5 digit
+    """Issue #18 pass 12 (the bundled v3's intermediate): `configs/lm_arith_llama_v3.yaml` continues v2 with 4-5 digit
     stages ([5, 80, 4]) alternating with 1-5 digit replay stages ([5, 40, 1]) and no 6-digit share; a replay
     stage's additions reach 1-digit operands and 5+5 digits, a long stage's none shorter than 4 digits."""
     from pathlib import Path
@@ -229,7 +248,7 @@ def test_v3_candidate_config_alternates_long_and_replay_stages():
     from selfgen.train.config import load_config
 
     config = load_config(lm.LMConfig, Path(__file__).resolve().parents[3] / "configs" / "lm_arith_llama_v3.yaml")
-    assert config.pretrained == "assets/lm-arith-llama-v2" and config.export_dir is None and config.seed == 0
+    assert config.pretrained == "outputs/lm-arith-llama-v2/pipeline" and config.export_dir is None and config.seed == 0
     assert config.stages() == [(5, 80), (5, 40), (5, 80), (5, 40)] and config.stage_min_digits() == [4, 1, 4, 1]
     assert config.next_length_share == 0.0 and config.max_train_steps == 240
     small = lm.LMConfig(**{**vars(config), "num_seed_examples": 400, "task_weights": {"add": 1.0}, "curriculum": [], "output_dir": "unused"})
@@ -237,6 +256,23 @@ def test_v3_candidate_config_alternates_long_and_replay_stages():
         operands = [e.prompt.split("\n")[0][2:].split("+") for e in lm.seed_examples(small, 5, stage=1, min_digits=min_digits)]
         lengths = [len(str(int(x))) for pair in operands for x in pair]
         assert min(lengths) == shortest and max(lengths) == 5
+
+
+def test_star_countdown_control_differs_from_star_only_in_its_training_data():
+    """STaR's matched control on Countdown (issue #18): every field of `star_countdown_llama.yaml` except the
+    control flag and the output folder, so the two arms sample, count and train identically."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from selfgen.train.config import load_config
+    from selfgen.train.llm.star import STaRConfig
+
+    configs = Path(__file__).resolve().parents[3] / "configs"
+    star = asdict(load_config(STaRConfig, configs / "star_countdown_llama.yaml"))
+    control = asdict(load_config(STaRConfig, configs / "star_control_countdown_llama.yaml"))
+    assert control.pop("ground_truth_control") and not star.pop("ground_truth_control")
+    assert control.pop("output_dir") != star.pop("output_dir")
+    assert control == star
 
 
 def test_countdown_llama_configs_load_at_equal_budget():
