@@ -11,7 +11,7 @@ step (the EMA weights, as the export does) and judged, with the rule judge, on
 Writes ``step-N.json`` (the reports, per-image verdicts included, for paired comparisons) and ``step-N.png`` (first
 sample of each single-object prompt, then the all-category images) per checkpoint; skips a checkpoint whose json
 exists, so it can be rerun while the run trains; steps named after the run folder limit it to those checkpoints.
-Prints the curve.
+The run folder may instead be an exported pipeline (``assets/unified-shapes``), judged the same way. Prints the curve.
 
     OMP_NUM_THREADS=1 nice -n 15 python benchmarks/srum_checkpoint_curve.py outputs/curve/blocks-long \
         outputs/unified-shapes-conv-blocks-long 500 1000 2000   # ~30 CPU s per checkpoint (10 min at nice 15 here)
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selfgen import UnifiedPipeline
 from selfgen.eval.plots import save_image_grid
 from selfgen.train.unified import (
     build_pipeline, checkpoint_model, compositional_accuracy, heldout_prompts, single_object_validation,
@@ -31,8 +32,15 @@ from selfgen.train.unified import (
 SEED, PER_CATEGORY = 100, 8
 
 
+def load(folder: Path) -> UnifiedPipeline:
+    """An exported pipeline folder as it is, a ``checkpoints/step-N`` folder as its EMA model."""
+    if (folder / "model_index.json").is_file():
+        return UnifiedPipeline.from_pretrained(folder)
+    return build_pipeline(checkpoint_model(folder))
+
+
 def evaluate(checkpoint: Path, out: Path) -> dict:
-    pipe = build_pipeline(checkpoint_model(checkpoint))
+    pipe = load(checkpoint)
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         single, single_images, prompts = single_object_validation(pipe, SEED)
@@ -50,8 +58,11 @@ def evaluate(checkpoint: Path, out: Path) -> dict:
 def main() -> None:
     out, run, steps = Path(sys.argv[1]), Path(sys.argv[2]), {int(step) for step in sys.argv[3:]}
     out.mkdir(parents=True, exist_ok=True)
-    checkpoints = sorted((run / "checkpoints").glob("step-*"), key=lambda c: int(c.name.split("-")[1]))
-    checkpoints = [c for c in checkpoints if not steps or int(c.name.split("-")[1]) in steps]
+    if (run / "model_index.json").is_file():  # one exported pipeline (e.g. assets/unified-shapes, for comparison)
+        checkpoints = [run]
+    else:
+        checkpoints = sorted((run / "checkpoints").glob("step-*"), key=lambda c: int(c.name.split("-")[1]))
+        checkpoints = [c for c in checkpoints if not steps or int(c.name.split("-")[1]) in steps]
     print("| step | single-object accuracy [95%] | one component (of 52) | all categories overall | per category |")
     for checkpoint in checkpoints:
         done = out / f"{checkpoint.name}.json"
