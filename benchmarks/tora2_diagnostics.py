@@ -59,7 +59,7 @@ def load(path: str) -> Tora2Pipeline:
         fields = {k: v for k, v in state["config"].items() if k in Tora2Config.__dataclass_fields__}
         tokenizer = caption_tokenizer()
         model = build_model(Tora2Config(**fields), tokenizer)
-        shadow = torch.load(folder / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+        shadow = torch.load(folder / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)["shadow_params"]
         with torch.no_grad():
             for param, value in zip(model.parameters(), shadow):
                 param.copy_(value)

@@ -334,7 +334,7 @@ def checkpoint_model(checkpoint: str | Path) -> UnifiedTransformer:
     if config.pretrained or not config.use_ema:
         raise ValueError(f"{checkpoint}: only from-scratch runs with use_ema are rebuilt from a checkpoint")
     model = new_model(config)
-    shadow = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+    shadow = torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)["shadow_params"]
     params = list(model.parameters())
     if len(shadow) != len(params) or any(s.shape != p.shape for s, p in zip(shadow, params)):
         raise ValueError(f"{checkpoint}: the EMA weights do not match the config's architecture")
