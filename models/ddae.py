@@ -43,6 +43,12 @@ models): block ``i < L`` hands its tokens to block ``depth + 1 - i``, which firs
 ``h <- W_skip [h ; h_i]`` (U-ViT's concatenation + linear), so fine detail from the first blocks reaches the
 last ones without passing through the bottleneck ``L`` (U-ViT's middle block). Departure: ``W_skip`` starts
 at ``[I | 0]`` (U-ViT: random), so at step 0 the model equals the DiT without skips.
+``final_conv=True`` adds U-ViT's output convolution (``conv=True``, the default of ``UViT`` in the official
+libs/uvit.py): a ``C -> C`` 3x3 convolution (padding 1) on the un-patchified prediction, ``eps = Conv3x3(unpatchify(Final(h, c')))``,
+so pixels of neighbouring patches are mixed (the per-token linear alone never smooths across a patch border).
+Departure: the kernel starts as the identity (Dirac: centre tap 1 per channel, 0 elsewhere) and the bias at 0 (U-ViT:
+PyTorch's default random init); with the zero-initialised final linear the prediction is 0 at step 0 either way, and
+the Dirac start also makes the first gradients equal to the model's without the convolution.
 With ``num_classes > 0`` the model is class-conditional, ``c = emb(t) + E[y]``, where label
 ``num_classes`` is the null class used for classifier-free guidance.
 """
@@ -126,6 +132,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self_condition_centering: ``K > 0`` subtracts the running mean of ``LN(z)`` in ``K`` timestep buckets
             of ``[0, 1000)`` before ``W_s`` (see the module docstring); ``0`` injects ``W_s LN(z)``.
         centering_momentum: ``mu_k <- m mu_k + (1 - m) mean_batch`` per visit of bucket ``k`` (first visit: copy).
+        final_conv: U-ViT's 3x3 output convolution on the un-patchified prediction (see the module docstring).
     """
 
     _supports_gradient_checkpointing = False
@@ -149,6 +156,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         long_skips: bool = False,
         self_condition_centering: int = 0,
         centering_momentum: float = 0.95,
+        final_conv: bool = False,
     ) -> None:
         super().__init__()
         if sample_size % patch_size != 0:
@@ -188,6 +196,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         )
         self.skip_linears = nn.ModuleDict({str(j): nn.Linear(2 * hidden_size, hidden_size) for j in self.skip_sources})
         self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
+        self.output_conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, padding=1) if final_conv else None
         self.projection_head = (
             nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, projection_dim))
             if projection_dim > 0
@@ -197,7 +206,8 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
 
     def _zero_init_modulations(self) -> None:
         """adaLN-Zero: every block starts as the identity and the output as zero (DiT's initialisation); the
-        self-conditioning projection ``W_s`` starts at zero too."""
+        self-conditioning projection ``W_s`` starts at zero too; the long skips start as ``[I | 0]`` and the optional
+        output convolution as the identity."""
         for module in [*(block.modulation for block in self.blocks), self.final_layer.modulation]:
             nn.init.zeros_(module[-1].weight)
             nn.init.zeros_(module[-1].bias)
@@ -211,6 +221,9 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
             with torch.no_grad():
                 skip.weight.copy_(torch.cat([torch.eye(width), torch.zeros(width, width)], dim=1))
             nn.init.zeros_(skip.bias)
+        if self.output_conv is not None:  # identity kernel (Dirac), zero bias: the output is 0 at step 0
+            nn.init.dirac_(self.output_conv.weight)
+            nn.init.zeros_(self.output_conv.bias)
 
     @property
     def null_class(self) -> int:
@@ -312,6 +325,8 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         cond = self._condition(timestep, class_labels, hidden.shape[0])
         hidden, cond, pooled, injection = self._run_blocks(hidden, cond, self._timesteps(timestep, hidden.shape[0]))
         prediction = self._unpatchify(self.final_layer(hidden, cond))
+        if self.output_conv is not None:
+            prediction = self.output_conv(prediction)
         semantic = pooled[self.self_condition_layer]
         if not return_dict:
             return (prediction, semantic, injection)

@@ -3,7 +3,7 @@
 ``selfgen train ddae --config configs/ddae_digits.yaml --export_dir assets/ddae-digits`` rebuilds ``assets/ddae-digits``;
 ``configs/ddae_digits_noselfcond.yaml`` is the same run with ``self_conditioning: false``.
 ``configs/ddae_digits{,_noselfcond}_stage2.yaml`` continue those two runs (``pretrained``: the stage-1 export) for more
-examples; with ``pretrained`` the architecture is the saved model's, and ``self_conditioning`` must match it.
+examples; with ``pretrained`` the architecture is the saved model's, and ``self_conditioning`` and ``final_conv`` must match it.
 ``selfgen eval ddae --model assets/ddae-digits`` reports the linear probe (with its timestep x layer
 sweep) and the Frechet distance of samples in a small digits classifier's feature space.
 """
@@ -62,6 +62,7 @@ class DDAEConfig(TrainingConfig):
     long_skips: bool = False  # U-ViT long skips from block i < L into block depth + 1 - i
     self_condition_centering: int = 0  # K > 0: inject W_s (LN(z) - mu_k), mu_k the running mean in K t-buckets (departure)
     centering_momentum: float = 0.95
+    final_conv: bool = False  # U-ViT's 3x3 convolution on the un-patchified output (initialised as the identity)
     snr_gamma: float | None = None  # Min-SNR-gamma loss weight min(SNR_t, gamma) / SNR_t (Hang et al., 2023); null: uniform
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
@@ -223,6 +224,7 @@ def build_transformer(config: DDAEConfig) -> DDAETransformer2DModel:
         long_skips=config.long_skips,
         self_condition_centering=config.self_condition_centering,
         centering_momentum=config.centering_momentum,
+        final_conv=config.final_conv,
     )
 
 
@@ -247,11 +249,12 @@ def train(config: DDAEConfig) -> TrainResult:
     if config.pretrained:
         pretrained = DDAEPipeline.from_pretrained(config.pretrained)
         transformer, noise_scheduler = pretrained.transformer, DDPMScheduler.from_config(pretrained.scheduler.config)
-        if transformer.config.self_conditioning != config.self_conditioning:
-            raise ValueError(
-                f"self_conditioning is {config.self_conditioning} but the pretrained model {config.pretrained} has "
-                f"self_conditioning={transformer.config.self_conditioning}: set the field to match (the arm is the model's)"
-            )
+        for field in ("self_conditioning", "final_conv"):  # the arm and the output head are the saved model's
+            if transformer.config[field] != getattr(config, field):
+                raise ValueError(
+                    f"{field} is {getattr(config, field)} but the pretrained model {config.pretrained} has "
+                    f"{field}={transformer.config[field]}: set the field to match (the architecture is the model's)"
+                )
     else:
         transformer = build_transformer(config)
         noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)

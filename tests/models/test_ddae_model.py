@@ -176,6 +176,33 @@ def test_long_skips_start_as_no_ops_and_connect_mirrored_blocks():
         assert not torch.allclose(model(sample, timesteps).sample, output, atol=1e-3)
 
 
+def test_final_conv_starts_as_the_identity_and_mixes_neighbouring_patches_once_trained():
+    """U-ViT's output 3x3 conv: freshly built, the prediction is 0 (zero final linear) with or without it; with every
+    other weight random, the Dirac start makes the model equal to the one without the conv; a trained (non-identity)
+    kernel changes the output, and a pixel's prediction then depends on the neighbouring patch's tokens."""
+    fresh = DDAETransformer2DModel(**TINY, final_conv=True).eval()
+    sample, timesteps = inputs()
+    with torch.no_grad():
+        assert not fresh(sample, timesteps).sample.any()
+    torch.manual_seed(0)
+    model = DDAETransformer2DModel(**TINY, final_conv=True).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not name.startswith("output_conv"):
+                parameter.normal_(0, 0.2)
+    plain = DDAETransformer2DModel(**TINY).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("output_conv")})
+    with torch.no_grad():
+        output = model(sample, timesteps).sample
+        assert output.abs().mean() > 0.1
+        torch.testing.assert_close(output, plain(sample, timesteps).sample)
+        model.output_conv.weight.fill_(1 / 9)  # a box blur: pixels now mix across patch borders
+        blurred = model(sample, timesteps).sample
+        torch.testing.assert_close(blurred, torch.nn.functional.avg_pool2d(output, 3, 1, 1, count_include_pad=True))
+        assert not torch.allclose(blurred, output, atol=1e-3)
+    assert sum(p.numel() for p in model.output_conv.parameters()) == 10  # 1 -> 1 channel, 3x3 + bias
+
+
 def test_centering_starts_at_zero_tracks_bucket_means_and_injects_only_the_per_image_part():
     """self_condition_centering=K: W_s still starts at zero (the model equals its ablation); in training mode
     each visited t-bucket's running mean starts at that batch's mean of LN(z) and then moves by the momentum;

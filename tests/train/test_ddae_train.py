@@ -159,6 +159,11 @@ def test_config_errors_name_the_field(tmp_path):
         tiny_config(tmp_path, dataset="cifar")
     with pytest.raises(ValueError, match="in_channels: 3"):
         train(tiny_config(tmp_path, dataset="textures", resolution=32))
+    from selfgen.train.config import load_config
+
+    (tmp_path / "bad.yaml").write_text("final_conv: 'yes'\n")  # a string, not a boolean
+    with pytest.raises(ValueError, match="final_conv"):
+        load_config(DDAEConfig, tmp_path / "bad.yaml")
 
 
 def test_method_is_registered():
@@ -222,7 +227,9 @@ def test_bundled_checkpoint_is_what_its_config_builds(asset, config_file):
     assert shapes == {name: tuple(p.shape) for name, p in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("stage, previous", [("stage2", ""), ("stage3", "_stage2"), ("wide_stage2", "_wide")])
+@pytest.mark.parametrize(
+    "stage, previous", [("stage2", ""), ("stage3", "_stage2"), ("wide_stage2", "_wide"), ("wide_conv_stage2", "_wide_conv")]
+)
 def test_continuation_configs_differ_only_in_self_conditioning(stage, previous):
     """Each continuation pair (stage 2, stage 3) is one continuation with and without self-conditioning: apart from
     comments, the pipeline each starts from and where it writes, the two configs are the same, and each arm
@@ -248,6 +255,8 @@ def test_continuing_from_a_pretrained_pipeline_keeps_its_weights_and_checks_the_
     start = DDAEPipeline.from_pretrained(stage1.pipeline_dir).transformer.state_dict()
     with pytest.raises(ValueError, match="self_conditioning"):
         train(tiny_config(tmp_path / "wrong", pretrained=str(stage1.pipeline_dir), self_conditioning=False))
+    with pytest.raises(ValueError, match="final_conv"):  # the output head is the saved model's too
+        train(tiny_config(tmp_path / "wrong", pretrained=str(stage1.pipeline_dir), final_conv=True))
     # lr 1e-9 for 2 steps: the continuation starts from stage 1's weights, not a fresh initialisation
     stage2 = train(tiny_config(tmp_path / "stage2", pretrained=str(stage1.pipeline_dir), max_train_steps=2, learning_rate=1e-9))
     continued = DDAEPipeline.from_pretrained(stage2.pipeline_dir).transformer.state_dict()
