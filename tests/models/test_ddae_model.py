@@ -153,25 +153,35 @@ def test_attention_backends_agree():
         torch.testing.assert_close(model(sample, timesteps).sample, reference, atol=1e-5, rtol=1e-4)
 
 
+def random_except_option(prefix: str, **option) -> DDAETransformer2DModel:
+    """A tiny model built with ``option`` whose weights are random except the option's own (named ``prefix*``),
+    checked to equal the plain model (the same weights without the option), which it returns beside it."""
+    torch.manual_seed(0)
+    model = DDAETransformer2DModel(**TINY, **option).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not name.startswith(prefix):
+                parameter.normal_(0, 0.2)
+    plain = DDAETransformer2DModel(**TINY).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(prefix)})
+    sample, timesteps = inputs()
+    with torch.no_grad():
+        output = model(sample, timesteps).sample
+        assert output.abs().mean() > 0.1
+        torch.testing.assert_close(output, plain(sample, timesteps).sample)
+    return model
+
+
 def test_long_skips_start_as_no_ops_and_connect_mirrored_blocks():
     """U-ViT long skips: block i < L feeds block depth + 1 - i; W_skip = [I | 0] makes the model equal to the
     one without skips (every other weight random), and a non-zero skip half changes the output."""
     assert DDAETransformer2DModel(**{**TINY, "depth": 6}, self_condition_layer=3, long_skips=True).skip_sources == {
         6: 1, 5: 2
     }
-    torch.manual_seed(0)
-    model = DDAETransformer2DModel(**TINY, long_skips=True).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if not name.startswith("skip_linears"):
-                parameter.normal_(0, 0.2)
-    plain = DDAETransformer2DModel(**TINY).eval()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("skip_linears")})
+    model = random_except_option("skip_linears", long_skips=True)
     sample, timesteps = inputs()
     with torch.no_grad():
         output = model(sample, timesteps).sample
-        assert output.abs().mean() > 0.1
-        torch.testing.assert_close(output, plain(sample, timesteps).sample)
         model.skip_linears["4"].weight[:, 32:].normal_(0, 0.2)
         assert not torch.allclose(model(sample, timesteps).sample, output, atol=1e-3)
 
@@ -184,18 +194,9 @@ def test_final_conv_starts_as_the_identity_and_mixes_neighbouring_patches_once_t
     sample, timesteps = inputs()
     with torch.no_grad():
         assert not fresh(sample, timesteps).sample.any()
-    torch.manual_seed(0)
-    model = DDAETransformer2DModel(**TINY, final_conv=True).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if not name.startswith("output_conv"):
-                parameter.normal_(0, 0.2)
-    plain = DDAETransformer2DModel(**TINY).eval()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("output_conv")})
+    model = random_except_option("output_conv", final_conv=True)
     with torch.no_grad():
         output = model(sample, timesteps).sample
-        assert output.abs().mean() > 0.1
-        torch.testing.assert_close(output, plain(sample, timesteps).sample)
         model.output_conv.weight.fill_(1 / 9)  # a box blur: pixels now mix across patch borders
         blurred = model(sample, timesteps).sample
         torch.testing.assert_close(blurred, torch.nn.functional.avg_pool2d(output, 3, 1, 1, count_include_pad=True))
