@@ -46,9 +46,10 @@ at ``[I | 0]`` (U-ViT: random), so at step 0 the model equals the DiT without sk
 ``final_conv=True`` adds U-ViT's output convolution (``conv=True``, the default of ``UViT`` in the official
 libs/uvit.py): a ``C -> C`` 3x3 convolution (padding 1) on the un-patchified prediction, ``eps = Conv3x3(unpatchify(Final(h, c')))``,
 so pixels of neighbouring patches are mixed (the per-token linear alone never smooths across a patch border).
-Departure: the kernel starts as the identity (Dirac: centre tap 1 per channel, 0 elsewhere) and the bias at 0 (U-ViT:
-PyTorch's default random init); with the zero-initialised final linear the prediction is 0 at step 0 either way, and
-the Dirac start also makes the first gradients equal to the model's without the convolution.
+The bias starts at 0 (U-ViT: PyTorch's default random bias), so with the zero-initialised final linear the prediction
+is 0 at step 0 whatever the kernel. The kernel: ``final_conv_init="identity"`` (default; a departure) starts it as the
+identity (Dirac: centre tap 1 per channel, 0 elsewhere), which also makes the first gradients equal to the model's
+without the convolution; ``"uvit"`` keeps PyTorch's default (Kaiming-uniform) kernel, as U-ViT does.
 With ``num_classes > 0`` the model is class-conditional, ``c = emb(t) + E[y]``, where label
 ``num_classes`` is the null class used for classifier-free guidance.
 """
@@ -65,6 +66,8 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .attention import Attention, AttentionBackendMixin
+
+FINAL_CONV_INITS = ("identity", "uvit")  # the output conv's kernel: Dirac, or PyTorch's default as in U-ViT
 
 
 @dataclass
@@ -133,6 +136,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
             of ``[0, 1000)`` before ``W_s`` (see the module docstring); ``0`` injects ``W_s LN(z)``.
         centering_momentum: ``mu_k <- m mu_k + (1 - m) mean_batch`` per visit of bucket ``k`` (first visit: copy).
         final_conv: U-ViT's 3x3 output convolution on the un-patchified prediction (see the module docstring).
+        final_conv_init: its kernel's start, ``"identity"`` (Dirac) or ``"uvit"`` (PyTorch's default, as U-ViT).
     """
 
     _supports_gradient_checkpointing = False
@@ -157,6 +161,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self_condition_centering: int = 0,
         centering_momentum: float = 0.95,
         final_conv: bool = False,
+        final_conv_init: str = "identity",
     ) -> None:
         super().__init__()
         if sample_size % patch_size != 0:
@@ -170,6 +175,8 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
             raise ValueError(
                 f"self_condition_centering must be 0, or > 0 with self_conditioning=True, got {self_condition_centering}"
             )
+        if final_conv_init not in FINAL_CONV_INITS:
+            raise ValueError(f"final_conv_init must be one of {FINAL_CONV_INITS}, got {final_conv_init!r}")
         if not 0.0 <= centering_momentum < 1.0:
             raise ValueError(f"centering_momentum must be in [0, 1), got {centering_momentum}")
         self.feature_layer = self.self_condition_layer if feature_layer is None else feature_layer
@@ -207,7 +214,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
     def _zero_init_modulations(self) -> None:
         """adaLN-Zero: every block starts as the identity and the output as zero (DiT's initialisation); the
         self-conditioning projection ``W_s`` starts at zero too; the long skips start as ``[I | 0]`` and the optional
-        output convolution as the identity."""
+        output convolution with a zero bias (and, by default, an identity kernel)."""
         for module in [*(block.modulation for block in self.blocks), self.final_layer.modulation]:
             nn.init.zeros_(module[-1].weight)
             nn.init.zeros_(module[-1].bias)
@@ -221,9 +228,10 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
             with torch.no_grad():
                 skip.weight.copy_(torch.cat([torch.eye(width), torch.zeros(width, width)], dim=1))
             nn.init.zeros_(skip.bias)
-        if self.output_conv is not None:  # identity kernel (Dirac), zero bias: the output is 0 at step 0
-            nn.init.dirac_(self.output_conv.weight)
+        if self.output_conv is not None:  # zero bias: the output is 0 at step 0; identity (Dirac) or default kernel
             nn.init.zeros_(self.output_conv.bias)
+            if self.config.final_conv_init == "identity":
+                nn.init.dirac_(self.output_conv.weight)
 
     @property
     def null_class(self) -> int:

@@ -62,7 +62,8 @@ class DDAEConfig(TrainingConfig):
     long_skips: bool = False  # U-ViT long skips from block i < L into block depth + 1 - i
     self_condition_centering: int = 0  # K > 0: inject W_s (LN(z) - mu_k), mu_k the running mean in K t-buckets (departure)
     centering_momentum: float = 0.95
-    final_conv: bool = False  # U-ViT's 3x3 convolution on the un-patchified output (initialised as the identity)
+    final_conv: bool = False  # U-ViT's 3x3 convolution on the un-patchified output (zero bias)
+    final_conv_init: str = "identity"  # its kernel: "identity" (Dirac; a departure) or "uvit" (PyTorch's default, as U-ViT)
     snr_gamma: float | None = None  # Min-SNR-gamma loss weight min(SNR_t, gamma) / SNR_t (Hang et al., 2023); null: uniform
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
@@ -225,6 +226,7 @@ def build_transformer(config: DDAEConfig) -> DDAETransformer2DModel:
         self_condition_centering=config.self_condition_centering,
         centering_momentum=config.centering_momentum,
         final_conv=config.final_conv,
+        final_conv_init=config.final_conv_init,
     )
 
 

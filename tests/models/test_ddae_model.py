@@ -202,6 +202,12 @@ def test_final_conv_starts_as_the_identity_and_mixes_neighbouring_patches_once_t
         torch.testing.assert_close(blurred, torch.nn.functional.avg_pool2d(output, 3, 1, 1, count_include_pad=True))
         assert not torch.allclose(blurred, output, atol=1e-3)
     assert sum(p.numel() for p in model.output_conv.parameters()) == 10  # 1 -> 1 channel, 3x3 + bias
+    uvit = DDAETransformer2DModel(**TINY, final_conv=True, final_conv_init="uvit").eval()  # U-ViT's random kernel
+    assert (uvit.output_conv.weight.flatten() != torch.nn.init.dirac_(torch.empty(1, 1, 3, 3)).flatten()).all()
+    with torch.no_grad():
+        assert not uvit(sample, timesteps).sample.any()  # still 0 at step 0: zero final linear, zero bias
+    with pytest.raises(ValueError, match="final_conv_init"):
+        DDAETransformer2DModel(**TINY, final_conv=True, final_conv_init="dirac")
 
 
 def test_centering_starts_at_zero_tracks_bucket_means_and_injects_only_the_per_image_part():
