@@ -8,7 +8,8 @@ step (the EMA weights, as the export does) and judged, with the rule judge, on
 * all categories on validation: ``heldout_prompts(8, 100, split="train")`` (8 training-split prompts per category,
   one noise each, the same generation settings), accuracy per category and overall.
 
-Writes ``step-N.json`` (the reports, per-image verdicts included, for paired comparisons) and ``step-N.png`` (first
+Writes ``step-N.json`` (the reports, per-image verdicts included, for paired comparisons), ``step-N.npz`` (the images,
+to re-judge without regenerating) and ``step-N.png`` (first
 sample of each single-object prompt, then the all-category images) per checkpoint; skips a checkpoint whose json
 exists, so it can be rerun while the run trains; steps named after the run folder limit it to those checkpoints.
 The run folder may instead be an exported pipeline (``assets/unified-shapes``), judged the same way. Prints the curve.
@@ -26,17 +27,18 @@ import torch
 from selfgen import UnifiedPipeline
 from selfgen.eval.plots import save_image_grid
 from selfgen.train.unified import (
-    build_pipeline, checkpoint_model, compositional_accuracy, heldout_prompts, single_object_validation,
+    checkpoint_pipeline, compositional_accuracy, heldout_prompts, single_object_validation,
 )
 
 SEED, PER_CATEGORY = 100, 8
 
 
 def load(folder: Path) -> UnifiedPipeline:
-    """An exported pipeline folder as it is, a ``checkpoints/step-N`` folder as its EMA model."""
+    """An exported pipeline folder as it is, a ``checkpoints/step-N`` folder as its EMA model (with the run's frozen
+    autoencoder when it generates latents)."""
     if (folder / "model_index.json").is_file():
         return UnifiedPipeline.from_pretrained(folder)
-    return build_pipeline(checkpoint_model(folder))
+    return checkpoint_pipeline(folder)
 
 
 def evaluate(checkpoint: Path, out: Path) -> dict:
@@ -48,6 +50,7 @@ def evaluate(checkpoint: Path, out: Path) -> dict:
         overall, all_images = compositional_accuracy(pipe, all_prompts, seed=SEED, num_inference_steps=20, guidance_scale=3.0)
     record = {"checkpoint": str(checkpoint), "single_object": single, "all_categories": overall}
     (out / f"{checkpoint.name}.json").write_text(json.dumps(record, indent=1))
+    np.savez_compressed(out / f"{checkpoint.name}.npz", single=single_images, all_categories=all_images)
     save_image_grid(np.concatenate([single_images[::2], all_images]), out / f"{checkpoint.name}.png", columns=8,
                     tile_labels=prompts + all_prompts,
                     title=f"{checkpoint.name}: single-object validation (first noise), then 8 validation prompts per "

@@ -6,7 +6,9 @@ than ``min_area`` pixels are noise. Shape from the fill ratio ``area / bbox area
 circle ~0.79, triangle ~0.5); size from the bounding-box side; position from the bounding-box centre.
 
 A prompt (``selfgen.data.scenes.PROMPT_GRAMMAR``) is satisfied when, for every object phrase,
-exactly ``count`` components have its colour and shape (and its size when one is named), and for a
+exactly ``count`` components have its colour and shape (and its size when one is named), no colour the prompt
+asks for has more components than the prompt asks objects of that colour (extra fragments of an asked colour,
+e.g. a mosaic whose one tile happens to be a red "square", fail: the fifteenth pass of docs/srum.md), and for a
 relation, some pair of matching objects has centroids displaced along the relation's axis.
 """
 
@@ -93,7 +95,7 @@ def judge_image(image: np.ndarray, prompt: str) -> bool:
     return failure_reason(image, prompt) is None
 
 
-FAILURES = ("colour", "shape", "size", "count", "relation")
+FAILURES = ("colour", "shape", "size", "count", "extra", "relation")
 
 
 def failure_reason(image: np.ndarray, prompt: str) -> str | None:
@@ -101,7 +103,9 @@ def failure_reason(image: np.ndarray, prompt: str) -> str | None:
 
     Per object phrase in prompt order, when it is not matched exactly ``count`` times: ``"colour"`` (no component
     of its colour), ``"shape"`` (none of that colour has its shape), ``"size"`` (none of that colour and shape has
-    its size), else ``"count"``; then ``"relation"``. A diagnosis of what a generator gets wrong."""
+    its size), else ``"count"``; then ``"extra"`` (an asked colour has more components than the prompt asks
+objects of that colour: fragments beside the objects); then ``"relation"``. A diagnosis of what a generator gets
+wrong."""
     spec = parse_prompt(prompt)
     detections = detect_objects(image)
     matched = []
@@ -110,6 +114,11 @@ def failure_reason(image: np.ndarray, prompt: str) -> str | None:
         if len(found) != obj.count:
             return _unmatched_reason(detections, obj)
         matched.append(found)
+    asked: dict[str, int] = defaultdict(int)
+    for obj in spec.objects:
+        asked[obj.colour] += obj.count
+    if any(sum(d.colour == colour for d in detections) > count for colour, count in asked.items()):
+        return "extra"
     if spec.relation is None or any(
         relation_holds(b.cx - a.cx, b.cy - a.cy, spec.relation) for a in matched[0] for b in matched[1]
     ):

@@ -32,6 +32,12 @@ block's last conv zero-initialised so that every block is the identity at step 0
 encoder/decoder is not timestep-conditioned): a reference UNet of the same data, objective and sampler put one
 compact object in each single-object image after 198 steps while this path at 4x4 patches with one conv layer a side
 scattered fragments after 1473 (``docs/srum.md``, thirteenth pass).
+``generation_latent_channels > 0`` is BAGEL's own generation space: the generation path reads and writes the
+``generation_latent_channels x generation_latent_size^2`` latents of a FROZEN autoencoder
+(:mod:`selfgen.models.scene_autoencoder`; BAGEL's is FLUX's VAE) instead of pixels; with ``generation_patch_size: 1``
+and no conv stem, ``gen_patch_embed`` is BAGEL's ``vae2llm`` and ``velocity_head`` its zero-initialised ``llm2vae``.
+The autoencoder is not part of this model: the pipeline holds it (``UnifiedPipeline.vae``) and decodes the sampled
+latents; training encodes the scenes with it (``docs/srum.md``, fifteenth pass).
 
 * generation: ``[prompt tokens (und, causal)] [noisy patches + t-embedding (gen, full)]``; image tokens
   attend to all valid prompt tokens and to each other; the ``gen`` expert's head predicts the
@@ -216,6 +222,9 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
             embedding to its timestep embedding).
         generation_conv_blocks: timestep-conditioned residual conv blocks after the generation conv stem and before
             its conv head, each (needs ``generation_conv_channels``; zero-initialised, identity at step 0).
+        generation_latent_channels: > 0: generation runs on a frozen autoencoder's latents of that many channels
+            (0: on pixels, ``in_channels`` of ``sample_size``).
+        generation_latent_size: the latents' side (needs ``generation_latent_channels``).
         max_text_length: longest prompt or question in tokens.
         dim, num_layers, num_heads, mlp_ratio: trunk width/depth.
     """
@@ -242,12 +251,20 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         generation_adaln: bool = False,
         generation_adaln_prompt: bool = False,
         generation_conv_blocks: int = 0,
+        generation_latent_channels: int = 0,
+        generation_latent_size: int = 0,
     ) -> None:
         super().__init__()
         gen_patch = generation_patch_size or patch_size
-        for name, size in (("patch_size", patch_size), ("generation_patch_size", gen_patch)):
-            if size < 1 or sample_size % size:
-                raise ValueError(f"{name} ({size}) must be >= 1 and divide sample_size ({sample_size})")
+        if generation_latent_channels < 0 or (generation_latent_channels > 0) != (generation_latent_size > 0):
+            raise ValueError(
+                "generation_latent_channels and generation_latent_size must both be > 0 (latent generation) or both 0, "
+                f"got {generation_latent_channels} and {generation_latent_size}"
+            )
+        gen_size = generation_latent_size or sample_size
+        for name, size, side in (("patch_size", patch_size, sample_size), ("generation_patch_size", gen_patch, gen_size)):
+            if size < 1 or side % size:
+                raise ValueError(f"{name} ({size}) must be >= 1 and divide the image side it cuts ({side})")
         for name, width in (
             ("generation_conv_channels", generation_conv_channels),
             ("understanding_conv_channels", understanding_conv_channels),
@@ -269,21 +286,22 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
         self.und_norm_out = nn.LayerNorm(dim)
         self.lm_head = nn.Linear(dim, vocab_size)
         # generation path: optional 3x3 conv stem/head around the patch embedding (pixel channels `conv`)
-        conv = generation_conv_channels or in_channels
-        self.gen_conv_in = nn.Conv2d(in_channels, conv, 3, padding=1) if generation_conv_channels else None
+        gen_channels = generation_latent_channels or in_channels
+        conv = generation_conv_channels or gen_channels
+        self.gen_conv_in = nn.Conv2d(gen_channels, conv, 3, padding=1) if generation_conv_channels else None
         self.gen_patch_embed = nn.Linear(conv * gen_patch**2, dim)
         self.time_embed = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.gen_norm_out = nn.LayerNorm(dim)
         self.velocity_head = nn.Linear(dim, conv * gen_patch**2)
-        self.gen_conv_out = nn.Conv2d(conv, in_channels, 3, padding=1) if generation_conv_channels else None
+        self.gen_conv_out = nn.Conv2d(conv, gen_channels, 3, padding=1) if generation_conv_channels else None
         self.gen_blocks_in = _conv_blocks(generation_conv_blocks, conv, dim)
         self.gen_blocks_out = _conv_blocks(generation_conv_blocks, conv, dim)
         # adaLN condition of the generation expert (timestep embedding [+ pooled prompt]); output-norm modulation
         self.gen_prompt_proj = nn.Linear(dim, dim) if generation_adaln_prompt else None
         self.gen_out_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim)) if generation_adaln else None
         # 2-D sin-cos positions of the image tokens (as in DiT), one grid per path; fixed, or trained for understanding
-        for name, size in (("und_image_pos", patch_size), ("gen_image_pos", gen_patch)):
-            grid = sample_size // size
+        for name, size, side in (("und_image_pos", patch_size, sample_size), ("gen_image_pos", gen_patch, gen_size)):
+            grid = side // size
             pos = get_2d_sincos_pos_embed(dim, grid, base_size=grid, output_type="pt")
             if name == "und_image_pos" and learned_understanding_positions:
                 self.und_image_pos = nn.Parameter(pos.float()[None])
@@ -314,6 +332,14 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
     def generation_patch_size(self) -> int:
         return self.config.generation_patch_size or self.config.patch_size
 
+    @property
+    def generation_shape(self) -> tuple[int, int, int]:
+        """``(channels, side, side)`` of what the generation path denoises: pixels, or the autoencoder's latents."""
+        config = self.config
+        if config.generation_latent_channels:
+            return config.generation_latent_channels, config.generation_latent_size, config.generation_latent_size
+        return config.in_channels, config.sample_size, config.sample_size
+
     def _embed_noisy_image(self, sample: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """Generation tokens: (conv stem, conv blocks,) ``p x p`` patches, linear embedding, positions."""
         sample = sample.to(t_emb.dtype)
@@ -325,8 +351,8 @@ class UnifiedTransformer(AttentionBackendMixin, ModelMixin, ConfigMixin):
 
     def _velocity_from_tokens(self, tokens: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """Velocity head: linear to ``p x p`` patches, unpatchify, (conv blocks, conv head)."""
-        size = self.config.sample_size
-        channels = self.gen_conv_out.in_channels if self.gen_conv_out is not None else self.config.in_channels
+        _, size, _ = self.generation_shape
+        channels = self.gen_conv_out.in_channels if self.gen_conv_out is not None else self.generation_shape[0]
         image = unpatchify(self.velocity_head(tokens), self.generation_patch_size, channels, size, size)
         if self.gen_conv_out is None:
             return image

@@ -9,6 +9,10 @@ own yes/no judgement of ``does the image show {prompt}?`` into a score ``2 P(yes
 The pipeline implements SRUM's model protocol (``selfgen.train.srum.SelfRewardingUMM``: ``generate``,
 ``encode_prompts``, ``generation_parameters``, ``velocity``); ``yes_probability`` and ``score`` are what
 the shapes world's self-reward asks (``selfgen.train.srum_shapes``).
+
+With a ``vae`` (a frozen ``AutoencoderKL``, :mod:`selfgen.models.scene_autoencoder`; BAGEL: FLUX's VAE) the flow runs
+on the transformer's latent grid (``transformer.generation_shape``) and the sampled latents are decoded to pixels;
+understanding always reads pixels.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
 from torch import nn
 
 from ..data.scenes import (
@@ -31,6 +35,7 @@ from ..data.scenes import (
     encode_question,
     question_about_prompt,
 )
+from ..models.scene_autoencoder import decode_latents
 from ..models.unified import UnifiedTransformer
 from .pipeline_utils import SelfgenPipeline, postprocess_images
 
@@ -48,16 +53,29 @@ class UnifiedPipeline(SelfgenPipeline):
         pipe.understand(images, ["is there a red circle?"])  # ["yes"]
     """
 
-    model_cpu_offload_seq = "transformer"
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
 
-    def __init__(self, transformer: UnifiedTransformer, scheduler: FlowMatchEulerDiscreteScheduler) -> None:
+    def __init__(
+        self,
+        transformer: UnifiedTransformer,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        vae: AutoencoderKL | None = None,
+    ) -> None:
         super().__init__()
         if transformer.config.vocab_size != len(VOCAB):
             raise ValueError(
                 f"transformer.config.vocab_size={transformer.config.vocab_size} but selfgen.data.scenes.VOCAB has "
                 f"{len(VOCAB)} tokens: the checkpoint was trained with another vocabulary"
             )
-        self.register_modules(transformer=transformer, scheduler=scheduler)
+        latent = transformer.config.generation_latent_channels
+        if bool(latent) != (vae is not None) or (vae is not None and vae.config.latent_channels != latent):
+            raise ValueError(
+                f"the transformer generates {'latents of ' + str(latent) + ' channels' if latent else 'pixels'} but "
+                f"the pipeline got {'no vae' if vae is None else 'a vae of ' + str(vae.config.latent_channels) + ' latent channels'}: "
+                "a latent-generation transformer needs its own frozen autoencoder, a pixel one none"
+            )
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
 
     # ------------------------------------------------------------------ inputs
 
@@ -114,7 +132,7 @@ class UnifiedPipeline(SelfgenPipeline):
             num_inference_steps: Euler steps of the flow.
             guidance_scale: classifier-free guidance weight ``w`` (1 disables it).
             generator: torch generator for reproducible noise.
-            latents: optional starting noise ``(N, 3, H, W)``.
+            latents: optional starting noise ``(N, *transformer.generation_shape)`` (pixels, or the vae's latents).
             output_type: ``"pil"``, ``"np"`` (``(N, H, W, 3)`` in ``[0, 1]``) or ``"pt"``
                 (``(N, 3, H, W)`` in ``[0, 1]``).
         """
@@ -122,8 +140,7 @@ class UnifiedPipeline(SelfgenPipeline):
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         prompt_ids = self.encode_prompts(prompts)
-        config = self.transformer.config
-        shape = (len(prompts), config.in_channels, config.sample_size, config.sample_size)
+        shape = (len(prompts), *self.transformer.generation_shape)
         latents = self.prepare_latents(shape, self.transformer.dtype, generator, latents)
         use_cfg = guidance_scale != 1.0
         if use_cfg:
@@ -142,7 +159,8 @@ class UnifiedPipeline(SelfgenPipeline):
             return uncond + guidance_scale * (cond - uncond)
 
         latents = self.denoise(latents, num_inference_steps, predict_velocity)
-        images = postprocess_images(latents.clamp(-1, 1), output_type)
+        pixels = latents.clamp(-1, 1) if self.vae is None else decode_latents(self.vae, latents.to(self.vae.dtype))
+        images = postprocess_images(pixels, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

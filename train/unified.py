@@ -34,6 +34,10 @@ encoding the judge stages moved, and every understanding weight, hence the judge
 to ``logs/occupancy_auc.jsonl``. ``new_understanding_encoder`` (with ``pretrained``) replaces the checkpoint's
 understanding patch embedding by a fresh one of ``patch_size`` with an ``understanding_conv_channels`` conv
 stem (:func:`with_new_understanding_encoder`): the judge recipe ``configs/unified_shapes_conv_judge.yaml``.
+``generation_autoencoder`` (a folder exported by ``selfgen train scene_autoencoder``) is BAGEL's latent generation:
+``x0`` above is the frozen autoencoder's normalised latent of the scene
+(:func:`~selfgen.models.scene_autoencoder.encode_latents`), the transformer denoises its 8x8 grid, and the export
+holds the autoencoder as the pipeline's ``vae`` (``configs/unified_shapes_latent.yaml``; docs/srum.md, fifteenth pass).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from torch import nn
 
@@ -78,6 +82,7 @@ from ..data.scenes import (
 from ..eval.plots import save_image_grid
 from ..eval.scenes import SceneJudge, judge_image, ranking_auc, single_object_report
 from ..eval.statistics import bootstrap_interval
+from ..models.scene_autoencoder import encode_latents
 from ..models.unified import UnifiedTransformer
 from ..pipelines.unified import UnifiedPipeline
 from .config import TrainingConfig
@@ -106,6 +111,7 @@ class UnifiedConfig(TrainingConfig):
     generation_adaln: bool = False  # adaLN timestep modulation of the generation expert (zero-init; added to pretrained)
     generation_adaln_prompt: bool = False  # with generation_adaln: the pooled prompt joins the adaLN condition
     generation_conv_blocks: int = 0  # timestep-conditioned residual conv blocks around the generation trunk (from scratch)
+    generation_autoencoder: str | None = None  # a frozen scene autoencoder folder: generation on its latents (from scratch)
     num_examples: int = 200000  # scenes in the (procedural) training set
     cfg_dropout: float = 0.1
     understanding_weight: float = 1.0
@@ -149,7 +155,10 @@ class JointObjective(Objective):
         generation_weight: float = 1.0,
         question_lm_weight: float = 0.0,
         question_lm_true_only: bool = False,
+        autoencoder: AutoencoderKL | None = None,
     ) -> None:
+        """``autoencoder``: a frozen autoencoder whose latents of the scenes are what generation learns (BAGEL)."""
+        self.autoencoder = autoencoder
         self.cfg_dropout = cfg_dropout
         self.understanding_weight = understanding_weight
         self.generation_weight = generation_weight
@@ -163,6 +172,9 @@ class JointObjective(Objective):
         images, prompt_ids = batch["pixel_values"], batch["prompt_ids"]
         drop = torch.rand(images.shape[0], device=images.device) < self.cfg_dropout
         prompt_ids = torch.where(drop[:, None], empty_prompt_like(prompt_ids), prompt_ids)
+        if self.autoencoder is not None:
+            with torch.no_grad():
+                images = encode_latents(self.autoencoder.to(images.device), images)
         noisy, sigmas, target = noisy_pair(images)
         return {"sample": noisy, "timestep": sigmas * 1000, "prompt_ids": prompt_ids}, target
 
@@ -226,8 +238,8 @@ class OccupancyCallback(TrainerCallback):
     held-out scenes drawn with :data:`MONITOR_SEED`, not the scenes ``evaluate`` reports) to
     ``logs/occupancy_auc.jsonl``."""
 
-    def __init__(self, every_steps: int, num_scenes: int = 200) -> None:
-        self.every_steps, self.num_scenes = every_steps, num_scenes
+    def __init__(self, every_steps: int, num_scenes: int = 200, vae: AutoencoderKL | None = None) -> None:
+        self.every_steps, self.num_scenes, self.vae = every_steps, num_scenes, vae
 
     def on_step_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if trainer.global_step % self.every_steps or not trainer.is_main_process:
@@ -235,7 +247,7 @@ class OccupancyCallback(TrainerCallback):
         model = trainer.unwrapped_model
         model.eval()
         with torch.no_grad(), trainer.accelerator.autocast():
-            pipe = build_pipeline(model)
+            pipe = build_pipeline(model, self.vae)
             record = {"step": trainer.global_step, "occupancy_auc": occupancy_auc(pipe, self.num_scenes)}
             record.update(judge_verification(pipe, self.num_scenes, seed=MONITOR_SEED))
         model.train()
@@ -244,14 +256,38 @@ class OccupancyCallback(TrainerCallback):
             handle.write(json.dumps(record) + "\n")
 
 
-def build_pipeline(model: UnifiedTransformer) -> UnifiedPipeline:
+def build_pipeline(model: UnifiedTransformer, vae: AutoencoderKL | None = None) -> UnifiedPipeline:
     return UnifiedPipeline(
-        transformer=model, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+        transformer=model, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0), vae=vae
     )
 
 
 def export_pipeline(model: nn.Module, directory: Path) -> None:
     build_pipeline(model).save_pretrained(directory)
+
+
+def load_autoencoder(folder: str | Path) -> AutoencoderKL:
+    """The frozen scene autoencoder exported by ``selfgen train scene_autoencoder`` (no gradients, eval mode)."""
+    if not Path(folder, "config.json").is_file():
+        raise FileNotFoundError(
+            f"generation_autoencoder={str(folder)!r} is not an autoencoder folder (no config.json): train it first with "
+            "selfgen train scene_autoencoder --config configs/scene_autoencoder.yaml"
+        )
+    autoencoder = AutoencoderKL.from_pretrained(folder).eval()
+    autoencoder.requires_grad_(False)
+    return autoencoder
+
+
+def _latent_grid(config: UnifiedConfig) -> dict:
+    """The transformer's latent-generation fields for ``config.generation_autoencoder`` (none without one)."""
+    if not config.generation_autoencoder:
+        return {}
+    autoencoder = load_autoencoder(config.generation_autoencoder).config
+    downsample = 2 ** (len(autoencoder.block_out_channels) - 1)
+    return {
+        "generation_latent_channels": autoencoder.latent_channels,
+        "generation_latent_size": autoencoder.sample_size // downsample,
+    }
 
 
 def _rebuilt(model: UnifiedTransformer, fresh_prefixes: tuple[str, ...], **config_changes) -> UnifiedTransformer:
@@ -318,10 +354,23 @@ def new_model(config: UnifiedConfig) -> UnifiedTransformer:
         generation_adaln=config.generation_adaln,
         generation_adaln_prompt=config.generation_adaln_prompt,
         generation_conv_blocks=config.generation_conv_blocks,
+        **_latent_grid(config),
         dim=config.dim,
         num_layers=config.num_layers,
         num_heads=config.num_heads,
     )
+
+
+def checkpoint_pipeline(checkpoint: str | Path) -> UnifiedPipeline:
+    """:func:`checkpoint_model` in a pipeline, with the run's frozen autoencoder when it generates latents."""
+    model = checkpoint_model(checkpoint)
+    autoencoder = _checkpoint_config(Path(checkpoint)).generation_autoencoder
+    return build_pipeline(model, load_autoencoder(autoencoder) if autoencoder else None)
+
+
+def _checkpoint_config(checkpoint: Path) -> UnifiedConfig:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return UnifiedConfig(**{k: v for k, v in state["config"].items() if k in UnifiedConfig.__dataclass_fields__})
 
 
 def checkpoint_model(checkpoint: str | Path) -> UnifiedTransformer:
@@ -329,8 +378,7 @@ def checkpoint_model(checkpoint: str | Path) -> UnifiedTransformer:
     weights, i.e. what the run's export would hold at that step (``use_ema: true`` runs only): for measuring
     accuracy against steps while a run trains."""
     checkpoint = Path(checkpoint)
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    config = UnifiedConfig(**{k: v for k, v in state["config"].items() if k in UnifiedConfig.__dataclass_fields__})
+    config = _checkpoint_config(checkpoint)
     if config.pretrained or not config.use_ema:
         raise ValueError(f"{checkpoint}: only from-scratch runs with use_ema are rebuilt from a checkpoint")
     model = new_model(config)
@@ -354,7 +402,12 @@ def train(config: UnifiedConfig) -> TrainResult:
                 "(configs/unified_shapes_stage1.yaml, _stage2.yaml, unified_shapes.yaml, _stage4.yaml; or the "
                 "configs/unified_shapes_conv_*.yaml chain)"
             )
-        model = UnifiedPipeline.from_pretrained(config.pretrained).transformer
+        if config.generation_autoencoder:
+            raise ValueError(
+                "generation_autoencoder is set when training from scratch; a pretrained pipeline keeps its own vae"
+            )
+        pretrained = UnifiedPipeline.from_pretrained(config.pretrained)
+        model, vae = pretrained.transformer, pretrained.vae
         if config.new_understanding_encoder:
             model = with_new_understanding_encoder(model, config.patch_size, config.understanding_conv_channels)
         if config.learned_understanding_positions and not model.config.learned_understanding_positions:
@@ -368,6 +421,7 @@ def train(config: UnifiedConfig) -> TrainResult:
             )
     else:
         model = new_model(config)
+        vae = load_autoencoder(config.generation_autoencoder) if config.generation_autoencoder else None
     dataset = ScenesDataset(
         config.num_examples,
         "train",
@@ -392,9 +446,14 @@ def train(config: UnifiedConfig) -> TrainResult:
         config.generation_weight,
         config.question_lm_weight,
         config.question_lm_true_only,
+        autoencoder=vae,
     )
-    callbacks = [OccupancyCallback(config.occupancy_eval_steps)] if config.occupancy_eval_steps > 0 else []
-    trainer = Trainer(model, objective, dataset, config, export_fn=export_pipeline, collate_fn=collate, callbacks=callbacks)
+    callbacks = [OccupancyCallback(config.occupancy_eval_steps, vae=vae)] if config.occupancy_eval_steps > 0 else []
+
+    def export(module: nn.Module, directory: Path) -> None:
+        build_pipeline(module, vae).save_pretrained(directory)
+
+    trainer = Trainer(model, objective, dataset, config, export_fn=export, collate_fn=collate, callbacks=callbacks)
     return trainer.train()
 
 

@@ -134,3 +134,19 @@ def test_single_object_report_counts_fragments_and_refuses_other_prompts():
     assert report["failures"] == {"shape": 1} and report["by_shape"]["circle"] == pytest.approx(2 / 3, abs=1e-3)
     with pytest.raises(ValueError, match="single-object prompts only"):
         single_object_report(np.stack(images[:1]), ["two red circles"])
+
+
+def test_extra_fragments_of_an_asked_colour_fail_the_prompt():
+    """A mosaic whose one red tile is a "square" is not "a red square": the other red fragments count against it."""
+    mosaic = np.zeros((32, 32, 3), dtype=np.float32)
+    mosaic[2:8, 2:8] = (1.0, 0.0, 0.0)  # a red square (area 36)
+    mosaic[20:26, 12:18] = np.tril(np.ones((6, 6)))[..., None] * (1.0, 0.0, 0.0)  # a red clump, not a square
+    mosaic[24:30, 2:8] = (0.0, 0.0, 1.0)  # another colour: not asked, ignored
+    assert failure_reason(mosaic, "a red square") == "extra" and not judge_image(mosaic, "a red square")
+    mosaic[20:26, 12:18] = 0.0
+    assert failure_reason(mosaic, "a red square") is None  # the blue square alone does not count
+    mosaic[20:22, 12:14] = (1.0, 0.0, 0.0)  # a 4-pixel speck stays noise (below min_area)
+    assert judge_image(mosaic, "a red square")
+    two = render_scene([SceneObject("red", "circle", 9, 2, 2), SceneObject("red", "square", 9, 20, 20)])
+    assert judge_image(two, "a red circle and a red square")  # both red objects are asked
+    assert failure_reason(two, "a red circle") == "extra"

@@ -238,3 +238,22 @@ def test_generation_conv_blocks_start_as_identity_and_are_generation_weights(tmp
     torch.testing.assert_close(reloaded(**generation).sample, early, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="generation_conv_blocks"):
         UnifiedTransformer(vocab_size=len(VOCAB), generation_conv_blocks=1)  # needs the conv stem/head
+
+
+def test_latent_generation_denoises_the_autoencoder_grid_from_a_zero_velocity_and_keeps_understanding_on_pixels():
+    kwargs = dict(vocab_size=len(VOCAB), dim=32, num_layers=1, num_heads=2)
+    torch.manual_seed(0)
+    latent = UnifiedTransformer(**kwargs, generation_patch_size=1, generation_latent_channels=4,
+                                generation_latent_size=8).eval()
+    assert latent.generation_shape == (4, 8, 8) and latent.gen_image_pos.shape == (1, 64, 32)
+    assert latent.gen_patch_embed.in_features == 4 and latent.velocity_head.out_features == 4  # vae2llm / llm2vae
+    inputs = _inputs()
+    velocity = latent(sample=torch.randn(2, 4, 8, 8), timestep=inputs["timestep"], prompt_ids=inputs["prompt_ids"])
+    assert velocity.sample.shape == (2, 4, 8, 8) and not velocity.sample.abs().any()  # llm2vae starts at zero
+    logits = latent(pixel_values=inputs["pixel_values"], question_ids=inputs["question_ids"]).logits
+    assert logits.shape == (2, 16, len(VOCAB))
+    for bad in ({"generation_latent_channels": 4}, {"generation_latent_size": 8}):
+        with pytest.raises(ValueError, match="both be > 0"):
+            UnifiedTransformer(**kwargs, **bad)
+    with pytest.raises(ValueError, match="generation_patch_size"):
+        UnifiedTransformer(**kwargs, generation_patch_size=3, generation_latent_channels=4, generation_latent_size=8)

@@ -411,3 +411,35 @@ def test_a_checkpoint_rebuilds_the_model_the_run_exports(tmp_path):
     state.write_text(json.dumps(record))
     with pytest.raises(ValueError, match="use_ema"):
         checkpoint_model(state.parent)
+
+
+def test_latent_generation_trains_on_the_frozen_autoencoder_and_exports_it(tmp_path):
+    from selfgen.models.scene_autoencoder import encode_latents, scene_autoencoder
+
+    torch.manual_seed(0)
+    scene_autoencoder((8, 8, 8)).save_pretrained(tmp_path / "ae")
+    config = UnifiedConfig(
+        output_dir=str(tmp_path / "run"), max_train_steps=2, train_batch_size=4, dim=32, num_layers=1, num_heads=2,
+        generation_patch_size=1, generation_autoencoder=str(tmp_path / "ae"), understanding_weight=0.0,
+        num_examples=8, checkpointing_steps=0, report_to=None,
+    )
+    train(config)
+    pipe = UnifiedPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert pipe.transformer.generation_shape == (4, 8, 8)
+    before = {name: value.clone() for name, value in pipe.vae.state_dict().items()}
+    autoencoder = type(pipe.vae).from_pretrained(tmp_path / "ae")
+    assert all(torch.equal(value, autoencoder.state_dict()[name]) for name, value in before.items())  # frozen
+    images = pipe.generate(["a red circle"], num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 32, 32, 3) and 0 <= images.min() and images.max() <= 1
+    batch = collate([ScenesDataset(4)[index] for index in range(4)])
+    objective = JointObjective(cfg_dropout=0.0, understanding_weight=0.0, autoencoder=pipe.vae)
+    inputs, target = objective._generation_inputs(batch)
+    assert inputs["sample"].shape == target.shape == (4, 4, 8, 8)
+    sigmas = (inputs["timestep"] / 1000).view(-1, 1, 1, 1)  # x_sigma = x0 + sigma (eps - x0): x0 is the latent
+    torch.testing.assert_close(inputs["sample"] - sigmas * target, encode_latents(pipe.vae, batch["pixel_values"]),
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="no vae"):
+        UnifiedPipeline(pipe.transformer, pipe.scheduler)
+    with pytest.raises(ValueError, match="from scratch"):
+        train(UnifiedConfig(**{**config.__dict__, "pretrained": str(tmp_path / "run" / "pipeline"),
+                               "output_dir": str(tmp_path / "again")}))
