@@ -2,7 +2,11 @@
 pseudo-labels, by addition length, on *training-split* problems (never the test split).
 
     OMP_NUM_THREADS=1 python benchmarks/llm_label_signal.py --model assets/lm-arith-llama \\
-        [--lengths 3 4 3-4] [--problems 200] [--samples 8] [--out signal.json]
+        [--lengths 3 4 3-4] [--problems 200] [--samples 8] [--split train|validation] [--out signal.json]
+
+``--split train`` (default) draws the questions with :data:`SIGNAL_SEED`; ``validation`` with
+``VALIDATION_SEED`` of ``benchmarks/llm_lengths.py`` (the problems its ``--split validation`` scores; also
+training-split questions, so the test split is never read).
 
 For each length spec (``d``: d-digit + d-digit; ``lo-hi``: each operand's length uniform in lo..hi, the
 task's own mixing) ``--problems`` training-split questions (seed :data:`SIGNAL_SEED`) and one exact
@@ -10,7 +14,9 @@ rephrasing of each get ``--samples`` rollouts at temperature 1 - what a GRPO-fam
 :func:`selfgen.train.llm.co_reward.label_signal` turns the answers into pass@1, maj@k (TTRL's self-vote),
 Co-Reward's pseudo-label accuracy, reward agreement with the verifier, and the *alignment* of the
 label-free advantages with the verifier's (1 = GRPO's signal, 0 = none, < 0 = rewards wrong answers),
-each with a 95% bootstrap interval over questions. Label-free RL can help only where maj@k > pass@1
+each with a 95% bootstrap interval over questions; also the greedy accuracy on the originals and
+``majority_minus_greedy`` (paired): the most that sharpening the sampler towards its own vote can add to
+greedy decoding, the ceiling of a vote-based label-free reward. Label-free RL can help only where maj@k > pass@1
 and the alignment is clearly positive; this chooses the training distribution before any training run.
 
 ``--collective MODEL [MODEL ...]`` measures RLCCF's collective instead (the same questions, no rephrasing):
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +43,11 @@ from selfgen.eval.statistics import bootstrap_interval
 from selfgen.train.llm.co_reward import label_signal
 from selfgen.train.llm.modeling import load_policy
 from selfgen.train.llm.rlccf import collective_signal
-from selfgen.train.llm.rewards import answer_key, canonical_answer
+from selfgen.train.llm.rewards import answer_key, canonical_answer, majority_answer
 from selfgen.train.llm.rollout import SamplingParams, generate_rollouts
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llm_lengths import VALIDATION_SEED  # noqa: E402
 
 SIGNAL_SEED = 30_000  # training split; no recipe draws its training problems with this seed
 
@@ -54,17 +64,26 @@ def parse_lengths(spec: str) -> tuple[int, int]:
     return bounds
 
 
-def answer_groups(model, tokenizer, questions: list[str], samples: int, seed: int) -> list[list[str | None]]:
-    params = SamplingParams(temperature=1.0, num_samples=samples, max_new_tokens=64, batch_size=256)
+def split_questions(task: ArithmeticTask, problems: int, split: str):
+    """``problems`` training-split questions drawn with :data:`SIGNAL_SEED` (``train``) or ``VALIDATION_SEED``."""
+    if split not in ("train", "validation"):
+        raise ValueError(f"--split: expected 'train' or 'validation', got {split!r}")
+    return task.sample(problems, SIGNAL_SEED if split == "train" else VALIDATION_SEED, split="train")
+
+
+def answer_groups(model, tokenizer, questions: list[str], samples: int, seed: int,
+                  temperature: float = 1.0) -> list[list[str | None]]:
+    """``samples`` answer keys per question at ``temperature`` (0: one greedy answer)."""
+    params = SamplingParams(temperature=temperature, num_samples=samples, max_new_tokens=64, batch_size=256)
     rollouts = generate_rollouts(model, tokenizer, [prompt_text(q) for q in questions], params, seed=seed)
     keys = [answer_key(r.text) for r in rollouts]
     return [keys[i * samples : (i + 1) * samples] for i in range(len(questions))]
 
 
-def measure(model_dir: str, spec: str, problems: int, samples: int) -> dict:
+def measure(model_dir: str, spec: str, problems: int, samples: int, split: str = "train") -> dict:
     model, tokenizer = load_policy(model_dir)
     task = ArithmeticTask("add", *parse_lengths(spec))
-    originals = task.sample(problems, SIGNAL_SEED, split="train")
+    originals = split_questions(task, problems, split)
     rephrased = task.rephrasings(originals, SIGNAL_SEED)
     ours = answer_groups(model, tokenizer, [p.question for p in originals], samples, SIGNAL_SEED)
     theirs = answer_groups(model, tokenizer, [p.question for p in rephrased], samples, SIGNAL_SEED + 1)
@@ -76,11 +95,19 @@ def measure(model_dir: str, spec: str, problems: int, samples: int) -> dict:
                                                  [truths[i] for i in rows[:, 0]])[key]
         result.setdefault("interval", {})[key] = bootstrap_interval(stat, index, num_resamples=200)
     result["majority_minus_pass"] = result["point"]["majority_at_k"] - result["point"]["pass_at_1"]
+    greedy_keys = answer_groups(model, tokenizer, [p.question for p in originals], 1, SIGNAL_SEED, temperature=0.0)
+    greedy = np.array([keys[0] is not None and keys[0] == t for keys, t in zip(greedy_keys, truths)], dtype=float)
+    majority = np.array([majority_answer(g) is not None and majority_answer(g) == t for g, t in zip(ours, truths)],
+                        dtype=float)
+    result["greedy"] = float(greedy.mean())
+    gap = lambda rows: float(np.mean(majority[rows[:, 0]] - greedy[rows[:, 0]]))
+    result["majority_minus_greedy"] = [gap(index), *bootstrap_interval(gap, index, num_resamples=200)]
     return result
 
 
-def measure_collective(models: list[str], seeds: list[int], spec: str, problems: int, samples: int) -> dict:
-    questions = ArithmeticTask("add", *parse_lengths(spec)).sample(problems, SIGNAL_SEED, split="train")
+def measure_collective(models: list[str], seeds: list[int], spec: str, problems: int, samples: int,
+                       split: str = "train") -> dict:
+    questions = split_questions(ArithmeticTask("add", *parse_lengths(spec)), problems, split)
     truths = [canonical_answer(p.answer) for p in questions]
     groups = []
     for model_dir, seed in zip(models, seeds):
@@ -101,6 +128,7 @@ def main() -> None:
     parser.add_argument("--lengths", nargs="+", default=["3", "4", "3-4"])
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--split", default="train", choices=("train", "validation"))
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--collective", nargs="+", default=None, help="RLCCF members (model folders), member 0 first")
     parser.add_argument("--collective_seeds", nargs="+", type=int, default=None)
@@ -112,17 +140,20 @@ def main() -> None:
         seeds = args.collective_seeds or [SIGNAL_SEED + k for k in range(len(args.collective))]
         if len(seeds) != len(args.collective):
             raise ValueError(f"--collective_seeds: need one seed per member ({len(args.collective)}), got {seeds}")
-        print(f"collective {args.collective} (seeds {seeds}): {args.problems} training-split questions x {args.samples} samples at T=1")
-        measure_spec = lambda spec: measure_collective(args.collective, seeds, spec, args.problems, args.samples)
+        print(f"collective {args.collective} (seeds {seeds}): {args.problems} {args.split} questions x {args.samples} samples at T=1")
+        measure_spec = lambda spec: measure_collective(args.collective, seeds, spec, args.problems, args.samples, args.split)
     else:
-        print(f"{args.model}: {args.problems} training-split questions (seed {SIGNAL_SEED}) x {args.samples} samples at T=1")
-        measure_spec = lambda spec: measure(args.model, spec, args.problems, args.samples)
+        print(f"{args.model}: {args.problems} {args.split} questions x {args.samples} samples at T=1")
+        measure_spec = lambda spec: measure(args.model, spec, args.problems, args.samples, args.split)
     results = {}
     for spec in args.lengths:
         results[spec] = measure_spec(spec)
         point, interval = results[spec]["point"], results[spec]["interval"]
         cells = "  ".join(f"{k} {v:.3f} [{interval[k][0]:.3f}, {interval[k][1]:.3f}]" for k, v in point.items())
         print(f"digits {spec:<4} {cells}", flush=True)
+        if "greedy" in results[spec]:
+            gap = results[spec]["majority_minus_greedy"]
+            print(f"digits {spec:<4} greedy {results[spec]['greedy']:.3f}  majority_at_k - greedy {gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}]", flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))

@@ -78,7 +78,10 @@ def label_signal(
       rollouts, with ``A_lf`` and ``A_v`` the group-normalised advantages of the label-free and the
       verifier rewards. GRPO's update is ``sum_j A_j grad log pi(y_j)``; where the rollouts' gradients are
       near-orthogonal this is the share of the verifier update's projection that the label-free update
-      keeps: 1 = GRPO's signal, 0 = none, < 0 = pushes towards wrong answers.
+      keeps: 1 = GRPO's signal, 0 = none, < 0 = pushes towards wrong answers;
+    * ``mixed_groups``, ``mixed_cross_vote_groups``, ``mixed_self_vote_groups``: share of groups (both
+      phrasings) whose verifier / cross-vote / self-vote rewards are not all equal - only those groups get
+      a non-zero GRPO advantage.
     """
     if not (len(original) == len(rephrased) == len(truths)) or not truths:
         raise ValueError(f"label_signal needs as many original / rephrased groups as truths (> 0), got "
@@ -105,8 +108,16 @@ def label_signal(
         "reward_agreement": float((cross_t == verifier_t).float().mean()),
         "alignment": advantage_alignment(cross_t.reshape(-1), verifier_t.reshape(-1), size),
         "self_vote_alignment": advantage_alignment(self_t.reshape(-1), verifier_t.reshape(-1), size),
-        "mixed_groups": float(((verifier_t.sum(1) > 0) & (verifier_t.sum(1) < size)).float().mean()),
+        "mixed_groups": mixed_share(verifier_t),
+        "mixed_cross_vote_groups": mixed_share(cross_t),
+        "mixed_self_vote_groups": mixed_share(self_t),
     }
+
+
+def mixed_share(rewards: torch.Tensor) -> float:
+    """Share of the rows (groups) of 0/1 ``rewards`` that hold both values."""
+    totals = rewards.sum(1)
+    return float(((totals > 0) & (totals < rewards.shape[1])).float().mean())
 
 
 class CoRewardTrainer(GRPOTrainer):

@@ -39,6 +39,8 @@ def test_label_signal_aligns_with_the_verifier_only_where_the_vote_is_right():
     # a confident error in the originals with a right majority on the rephrasing: cross-vote and self-vote differ
     split = label_signal([["9", "9", "1"]], [["1", "1", "2"]], ["1"])
     assert split["majority_at_k"] == 0.0 and split["pseudo_label_accuracy"] == 0.5
+    # originals judged by 1: [0, 0, 1] mixed; rephrasings judged by 9: all 0; self-votes [1, 1, 0] in both
+    assert (split["mixed_groups"], split["mixed_cross_vote_groups"], split["mixed_self_vote_groups"]) == (1.0, 0.5, 1.0)
     # originals: cross-vote = verifier, self-vote reversed; rephrasings: cross-vote flat (label 9 matches none),
     # self-vote = verifier; both groups carry the same verifier norm
     torch.testing.assert_close(split["alignment"], 0.5, atol=1e-3, rtol=0)

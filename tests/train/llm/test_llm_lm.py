@@ -258,6 +258,33 @@ def test_v3_candidate_config_alternates_long_and_replay_stages():
         assert min(lengths) == shortest and max(lengths) == 5
 
 
+def test_rlccf_v3_collective_is_v3_plus_its_n05_sibling_at_grpos_budget():
+    """Issue #18 (session 36): `rlccf_arith_llama_v3.yaml`'s member 0 is the bundled v3 and member 1 the sibling
+    that `lm_arith_llama_v3_n05.yaml` rebuilds - v3's replay stage (`lm_arith_llama_v3_replay.yaml`) with 5% 5-digit
+    additions and its own output folder, nothing else changed; each member gets the GRPO control's budget."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from selfgen.train.config import load_config
+    from selfgen.train.llm.grpo import GRPOConfig
+    from selfgen.train.llm.rlccf import RLCCFConfig
+
+    configs = Path(__file__).resolve().parents[3] / "configs"
+    replay = asdict(load_config(lm.LMConfig, configs / "lm_arith_llama_v3_replay.yaml"))
+    sibling = asdict(load_config(lm.LMConfig, configs / "lm_arith_llama_v3_n05.yaml"))
+    assert (sibling.pop("next_length_share"), replay.pop("next_length_share")) == (0.05, 0.0)
+    assert (sibling.pop("max_digits"), replay.pop("max_digits")) == (4, 5)  # the top-level max_digits is unused under a curriculum
+    assert sibling.pop("output_dir") != replay.pop("output_dir")
+    assert sibling.pop("export_dir") == "outputs/v3-r4x60n05/pipeline" and replay.pop("export_dir") is None
+    assert sibling == replay
+    rlccf = asdict(load_config(RLCCFConfig, configs / "rlccf_arith_llama_v3.yaml"))
+    grpo = asdict(load_config(GRPOConfig, configs / "grpo_arith_llama.yaml"))
+    assert rlccf.pop("models") == ["assets/lm-arith-llama-v3", "outputs/v3-r4x60n05/pipeline"]
+    assert rlccf.pop("model") == "assets/lm-arith-llama-v3" and rlccf.pop("member_seeds") == [0, 1]
+    rlccf.pop("num_models"), rlccf.pop("output_dir"), grpo.pop("model"), grpo.pop("output_dir")
+    assert rlccf == grpo
+
+
 def test_star_countdown_control_differs_from_star_only_in_its_training_data():
     """STaR's matched control on Countdown (issue #18): every field of `star_countdown_llama.yaml` except the
     control flag and the output folder, so the two arms sample, count and train identically."""
