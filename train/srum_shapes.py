@@ -208,7 +208,15 @@ def compositional_accuracy(umm: UnifiedPipeline, config: SRUMConfig) -> dict[str
 
 def shapes_trainer(umm: UnifiedPipeline, config: SRUMConfig) -> SRUMTrainer:
     """The SRUM loop wired to the shapes world: training-split prompts, :func:`self_rewards` in
-    ``config.reward`` mode, the unified pipeline's export and the judge's accuracy after every round."""
+    ``config.reward`` mode, the unified pipeline's export and the judge's accuracy after every round.
+
+    A pipeline that generates in a frozen autoencoder's latent space (``umm.vae``) is refused: the loop's loss is
+    written on pixel images (encoding its own samples back to latents is not wired yet; docs/srum.md, fifteenth pass)."""
+    if getattr(umm, "vae", None) is not None:
+        raise ValueError(
+            "the SRUM loop trains the generation path on its own samples in pixel space; this pipeline generates in "
+            "a frozen autoencoder's latent space (it has a vae), which the loop does not support yet"
+        )
     return SRUMTrainer(
         umm,
         config,

@@ -170,3 +170,13 @@ def test_oracle_rewards_follow_the_rule_based_judge():
     assert right.global_reward.tolist() == [1.0] and wrong.global_reward.tolist() == [-1.0]
     assert right.reward_maps.max() == 1.0 and right.reward_maps.min() == 0.5  # objects' quadrants up, rest neutral
     assert wrong.reward_maps.max() == 0.0
+
+
+def test_a_latent_generation_pipeline_is_refused_by_the_pixel_space_loop():
+    from selfgen.models.scene_autoencoder import scene_autoencoder
+    from selfgen.train.srum_shapes import shapes_trainer
+
+    model = UnifiedTransformer(vocab_size=len(VOCAB), dim=32, num_layers=1, num_heads=2, generation_patch_size=1,
+                               generation_latent_channels=4, generation_latent_size=8)
+    with pytest.raises(ValueError, match="latent space"):
+        shapes_trainer(build_pipeline(model, scene_autoencoder((8, 8, 8))), SRUMConfig(report_to=None))
