@@ -2,9 +2,12 @@
 
     OMP_NUM_THREADS=1 python benchmarks/spc_critic.py --models runs/spc-arith-llama/iteration-0/model
         runs/spc-arith-llama/pipeline [--verdict_sources written|comparison ...] [--problems 400] [--min_digits 3 --max_digits 4]
+        [--split test|validation] [--critiques_dir runs/spc-critiques]
 
 Every model's critic judges (greedy) every step of the same ``--problems`` held-out solutions of the
-task's eval split (:func:`~selfgen.data.reasoning.labelled_solutions`: half clean, half with one
+task's eval split (``--split test``, the default; ``--split validation``: solutions of fresh training-split
+draws with ``VALIDATION_SEED`` of ``benchmarks/llm_lengths.py``, for choosing an iteration without reading
+the test set) (:func:`~selfgen.data.reasoning.labelled_solutions`: half clean, half with one
 rule-corrupted step of any of the three kinds); a model's verdict is its ``V:`` line or, with
 ``--verdict_sources comparison``, what its written comparison ``D:<step> vs <value>`` states. Printed per model: the step-level F1 (positive = a wrong
 step, over the steps of clean solutions and the steps of erroneous ones up to their error), the
@@ -22,12 +25,17 @@ model's own flag rate on the same resample (:func:`blind_step_f1`: expected prec
 expected recall = the flag rate). ``--forced_probe N`` also prints each model's ``P(V:Y)`` with the right
 re-derivation and comparison forced (:func:`forced_verdict`): whether its written verdict can follow the comparison at all;
 ``--carry_probe N`` how many of N held-out carry errors it finds and how many misses copy the judged step (:func:`carry_misses`).
+``--critiques_dir DIR`` keeps each model's greedy critiques in a JSON file there (keyed by the model folder, split,
+problem count and digits; :func:`cached_critiques`) and reads them back on a later call, so models can be
+critiqued one at a time as they are trained and paired afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import sys
 import tempfile
 from pathlib import Path
 
@@ -43,6 +51,9 @@ from selfgen.train.llm.spc import (
     SPCConfig, SPCTrainer, derivation_accuracy, detection_metrics, f1_score, first_flagged, harmonic_mean, step_labels,
     VERDICT_SOURCES, verdict_consistency,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llm_lengths import VALIDATION_SEED  # noqa: E402
 
 SEED = EVAL_SEED + 700  # apart from the trainer's in-training detection set (EVAL_SEED + 500)
 METRICS = (
@@ -115,6 +126,36 @@ def carry_misses(trainer: SPCTrainer, count: int) -> dict[str, int]:
     return {"carry errors": len(wrong), "found": sum(found), "missed, judged step copied": sum(c and not f for c, f in zip(copied, found))}
 
 
+def held_out_solutions(task, count: int, split: str):
+    """The benchmark's labelled solutions: the task's eval split with :data:`SEED` (``test``) or fresh
+    training-split draws with ``VALIDATION_SEED`` (``validation``)."""
+    if split == "test":
+        return labelled_solutions(task, count, SEED, split="eval")
+    return labelled_solutions(task, count, VALIDATION_SEED, split="train")
+
+
+def cached_critiques(trainer: SPCTrainer, solutions, path: Path | None) -> list[list[str]]:
+    """The greedy critique of every step of ``solutions``, read from ``path`` when it holds them (written
+    there otherwise; ``None``: no cache). A cached file must match the solutions' step counts."""
+    if path is not None and path.is_file():
+        critiques = json.loads(path.read_text())
+        if [len(c) for c in critiques] != [len(s.steps) for s in solutions]:
+            raise ValueError(f"{path}: cached critiques do not match the {len(solutions)} solutions' steps")
+        return critiques
+    critiques = trainer.step_critiques([s.problem for s in solutions], [s.steps for s in solutions])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(critiques))
+    return critiques
+
+
+def cache_path(directory: Path | None, model: str, args: argparse.Namespace) -> Path | None:
+    if directory is None:
+        return None
+    key = str(Path(model).resolve()).strip("/").replace("/", "_")
+    return directory / f"{key}-{args.split}-{args.problems}-{args.task}{args.min_digits}{args.max_digits}.json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True)
@@ -125,6 +166,8 @@ def main() -> None:
     parser.add_argument("--min_digits", type=int, default=3)
     parser.add_argument("--max_digits", type=int, default=4)
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--split", choices=("test", "validation"), default="test")
+    parser.add_argument("--critiques_dir", type=Path, default=None, help="cache of each model's critiques (JSON files)")
     parser.add_argument("--forced_probe", type=int, default=0, help="solutions for the forced-verdict probe (0: skip)")
     parser.add_argument("--carry_probe", type=int, default=0, help="held-out carry errors to critique (0: skip)")
     args = parser.parse_args()
@@ -142,8 +185,8 @@ def main() -> None:
                 eval_problems=1, detection_problems=1, verdict_source=sources[model],
             )
             trainer = SPCTrainer(model=model, config=config)
-            solutions = labelled_solutions(trainer.task, args.problems, SEED, split="eval")
-            critiques = trainer.step_critiques([s.problem for s in solutions], [s.steps for s in solutions])
+            solutions = held_out_solutions(trainer.task, args.problems, args.split)
+            critiques = cached_critiques(trainer, solutions, cache_path(args.critiques_dir, model, args))
             verdicts[model] = [[trainer.verdict(text) for text in texts] for texts in critiques]
             derivation[model] = derivation_accuracy(trainer.task, solutions, critiques)
             consistency[model] = verdict_consistency(solutions, critiques)
@@ -154,7 +197,7 @@ def main() -> None:
             implied[model] = metrics(solutions, [
                 [implied_verdict(text, step) for step, text in zip(s.steps, texts)] for s, texts in zip(solutions, critiques)
             ])
-    print(f"{len(solutions)} held-out solutions ({sum(s.error_index >= 0 for s in solutions)} with an error), "
+    print(f"{len(solutions)} {args.split} solutions ({sum(s.error_index >= 0 for s in solutions)} with an error), "
           f"{args.task} {args.min_digits}-{args.max_digits} digits")
     print("model | " + " | ".join(METRICS) + " | derivation | consistency")
     for model in args.models:

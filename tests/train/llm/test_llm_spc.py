@@ -352,3 +352,37 @@ def test_a_garbled_sneaky_move_fails_validation_when_the_step_form_is_required(t
     assert [g.effective for g in games] == [True, not require, not require]
     assert logs["sneaky_success_rate"] == pytest.approx(1 / 3 if require else 1.0)
     assert sneaky_reward(games[0].effective, games[0].critic_rewards) == -1.0  # 13 vs 12: the critic found it
+
+
+def load_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "spc_critic.py"
+    spec = importlib.util.spec_from_file_location("spc_critic_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_splits_and_critique_cache(tmp_path):
+    bench = load_benchmark()
+    task = get_task("arith", min_digits=3, max_digits=4)
+    test, validation = bench.held_out_solutions(task, 30, "test"), bench.held_out_solutions(task, 30, "validation")
+    assert {task.split_of(s.problem) for s in test} == {"eval"}
+    assert {task.split_of(s.problem) for s in validation} == {"train"}
+    assert [s.problem.question for s in bench.held_out_solutions(task, 10, "test")] == [s.problem.question for s in test[:10]]
+
+    class Critic:  # stands in for the trainer: one critique per step, counted
+        calls = 0
+
+        def step_critiques(self, problems, solutions):
+            Critic.calls += 1
+            return [[f"D:{step} vs 0" for step in steps] for steps in solutions]
+
+    path = tmp_path / "cache.json"
+    first = bench.cached_critiques(Critic(), test, path)
+    again = bench.cached_critiques(Critic(), test, path)
+    assert first == again and Critic.calls == 1 and path.is_file()
+    with pytest.raises(ValueError, match="do not match"):
+        bench.cached_critiques(Critic(), test[:5], path)
+    assert bench.cached_critiques(Critic(), test[:5], None) == first[:5] and Critic.calls == 2
