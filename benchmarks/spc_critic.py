@@ -213,13 +213,19 @@ def main() -> None:
         print("  step-blind critic at its flag rate | " + " | ".join(f"{blind[key]:.3f}" for key in METRICS))
     reference = args.models[0]
     rows = np.arange(len(solutions))
+    resampled: dict[tuple[str, bytes], dict[str, float]] = {}  # every key's interval draws the same resamples (fixed seed)
+
+    def resample_metrics(model: str, index: np.ndarray) -> dict[str, float]:
+        key = (model, index.tobytes())
+        if key not in resampled:
+            resampled[key] = metrics([solutions[i] for i in index], [verdicts[model][i] for i in index])
+        return resampled[key]
+
     for model in args.models[1:]:
         cells = []
         for key in METRICS:
             def difference(index: np.ndarray, key: str = key) -> float:
-                picked = [solutions[i] for i in index]
-                return (metrics(picked, [verdicts[model][i] for i in index])[key]
-                        - metrics(picked, [verdicts[reference][i] for i in index])[key])
+                return resample_metrics(model, index)[key] - resample_metrics(reference, index)[key]
             low, high = bootstrap_interval(difference, rows, num_resamples=args.resamples)
             cells.append(f"{key} {difference(rows):+.3f} [{low:+.3f}, {high:+.3f}]")
         print(f"{model} - {reference}: " + "; ".join(cells), flush=True)
