@@ -10,7 +10,8 @@ training-split questions, so the test split is never read).
 
 For each length spec (``d``: d-digit + d-digit; ``lo-hi``: each operand's length uniform in lo..hi, the
 task's own mixing) ``--problems`` training-split questions (seed :data:`SIGNAL_SEED`) and one exact
-rephrasing of each get ``--samples`` rollouts at temperature 1 - what a GRPO-family iteration samples.
+rephrasing of each get ``--samples`` rollouts at ``--temperature`` (default 1, what a GRPO-family iteration
+samples).
 :func:`selfgen.train.llm.co_reward.label_signal` turns the answers into pass@1, maj@k (TTRL's self-vote),
 Co-Reward's pseudo-label accuracy, reward agreement with the verifier, and the *alignment* of the
 label-free advantages with the verifier's (1 = GRPO's signal, 0 = none, < 0 = rewards wrong answers),
@@ -80,13 +81,14 @@ def answer_groups(model, tokenizer, questions: list[str], samples: int, seed: in
     return [keys[i * samples : (i + 1) * samples] for i in range(len(questions))]
 
 
-def measure(model_dir: str, spec: str, problems: int, samples: int, split: str = "train") -> dict:
+def measure(model_dir: str, spec: str, problems: int, samples: int, split: str = "train",
+            temperature: float = 1.0) -> dict:
     model, tokenizer = load_policy(model_dir)
     task = ArithmeticTask("add", *parse_lengths(spec))
     originals = split_questions(task, problems, split)
     rephrased = task.rephrasings(originals, SIGNAL_SEED)
-    ours = answer_groups(model, tokenizer, [p.question for p in originals], samples, SIGNAL_SEED)
-    theirs = answer_groups(model, tokenizer, [p.question for p in rephrased], samples, SIGNAL_SEED + 1)
+    ours = answer_groups(model, tokenizer, [p.question for p in originals], samples, SIGNAL_SEED, temperature)
+    theirs = answer_groups(model, tokenizer, [p.question for p in rephrased], samples, SIGNAL_SEED + 1, temperature)
     truths = [canonical_answer(p.answer) for p in originals]
     result = {"point": label_signal(ours, theirs, truths)}
     index = np.arange(problems)[:, None]
@@ -129,10 +131,15 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--split", default="train", choices=("train", "validation"))
+    parser.add_argument("--temperature", type=float, default=1.0, help="rollout temperature of the groups (> 0)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--collective", nargs="+", default=None, help="RLCCF members (model folders), member 0 first")
     parser.add_argument("--collective_seeds", nargs="+", type=int, default=None)
     args = parser.parse_args()
+    if args.temperature <= 0:
+        raise ValueError(f"--temperature must be > 0 (the groups are sampled), got {args.temperature}")
+    if args.collective and args.temperature != 1.0:
+        raise ValueError("--temperature applies to --model only; --collective samples at T=1")
     for model in args.collective or [args.model]:
         if not (Path(model) / "config.json").is_file():
             raise FileNotFoundError(f"--model/--collective: {model} is not a saved causal LM folder (no config.json)")
@@ -143,8 +150,8 @@ def main() -> None:
         print(f"collective {args.collective} (seeds {seeds}): {args.problems} {args.split} questions x {args.samples} samples at T=1")
         measure_spec = lambda spec: measure_collective(args.collective, seeds, spec, args.problems, args.samples, args.split)
     else:
-        print(f"{args.model}: {args.problems} {args.split} questions x {args.samples} samples at T=1")
-        measure_spec = lambda spec: measure(args.model, spec, args.problems, args.samples, args.split)
+        print(f"{args.model}: {args.problems} {args.split} questions x {args.samples} samples at T={args.temperature}")
+        measure_spec = lambda spec: measure(args.model, spec, args.problems, args.samples, args.split, args.temperature)
     results = {}
     for spec in args.lengths:
         results[spec] = measure_spec(spec)
