@@ -266,27 +266,32 @@ def export_pipeline(model: nn.Module, directory: Path) -> None:
     build_pipeline(model).save_pretrained(directory)
 
 
-def load_autoencoder(folder: str | Path) -> AutoencoderKL:
-    """The frozen scene autoencoder exported by ``selfgen train scene_autoencoder`` (no gradients, eval mode)."""
+def _autoencoder_folder(folder: str | Path) -> Path:
     if not Path(folder, "config.json").is_file():
         raise FileNotFoundError(
             f"generation_autoencoder={str(folder)!r} is not an autoencoder folder (no config.json): train it first with "
             "selfgen train scene_autoencoder --config configs/scene_autoencoder.yaml"
         )
-    autoencoder = AutoencoderKL.from_pretrained(folder).eval()
+    return Path(folder)
+
+
+def load_autoencoder(folder: str | Path) -> AutoencoderKL:
+    """The frozen scene autoencoder exported by ``selfgen train scene_autoencoder`` (no gradients, eval mode)."""
+    autoencoder = AutoencoderKL.from_pretrained(_autoencoder_folder(folder)).eval()
     autoencoder.requires_grad_(False)
     return autoencoder
 
 
 def _latent_grid(config: UnifiedConfig) -> dict:
-    """The transformer's latent-generation fields for ``config.generation_autoencoder`` (none without one)."""
+    """The transformer's latent-generation fields for ``config.generation_autoencoder`` (none without one), read from
+    the autoencoder's config alone (its weights are loaded once, by the caller that needs them)."""
     if not config.generation_autoencoder:
         return {}
-    autoencoder = load_autoencoder(config.generation_autoencoder).config
-    downsample = 2 ** (len(autoencoder.block_out_channels) - 1)
+    autoencoder = AutoencoderKL.load_config(_autoencoder_folder(config.generation_autoencoder))
+    downsample = 2 ** (len(autoencoder["block_out_channels"]) - 1)
     return {
-        "generation_latent_channels": autoencoder.latent_channels,
-        "generation_latent_size": autoencoder.sample_size // downsample,
+        "generation_latent_channels": autoencoder["latent_channels"],
+        "generation_latent_size": autoencoder["sample_size"] // downsample,
     }
 
 
