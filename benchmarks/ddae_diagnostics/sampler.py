@@ -5,6 +5,8 @@ Starting noise: seed 0 (as in `selfgen eval ddae`), the same for every model and
 as OUT_DIR/<model>-<setting>.npy so that the chosen setting's test FD is computed later from the same samples
 (seeds.py --samples), the test digits never entering the choice.
 OMP_NUM_THREADS=1 python benchmarks/ddae_diagnostics/sampler.py --models A B ... --settings ddim25 dpm25 ...
+  a model MODEL::RAW.safetensors loads raw checkpoint weights into MODEL's network (strokes.load_model);
+  --seed S (not 0) draws another noise and tags the files -seedS
   --score SAMPLES.npy:SETTING ...   also score samples drawn earlier (e.g. an eval folder's DDIM-25 samples.npy)
 A setting is SCHED+STEPS with optional suffixes: -eta1 (DDIM eta = 1, ancestral), -trailing (timestep_spacing),
 -clip (DPM-Solver++: clip each x0 prediction to the data range [-1, 1], diffusers' thresholding with
@@ -19,7 +21,7 @@ from selfgen.data.digits import load_digits_arrays
 from selfgen.eval import probe
 from selfgen.eval.plots import save_image_grid
 from selfgen.pipelines.pipeline_utils import SCHEDULERS
-from selfgen.train.ddae import load_pipeline
+from strokes import load_model  # same folder: run from the repository root as a script
 
 
 def configure(pipe, setting: str) -> int:
@@ -74,7 +76,7 @@ def main() -> None:
         record(np.load(path), model=path, setting=setting, noise_seed=None, secs=0)
     for setting in args.settings:
         for model in args.models:
-            pipe = load_pipeline(model, "ddim")
+            pipe = load_model(model, "ddim")
             pipe.set_progress_bar_config(disable=True)
             steps = configure(pipe, setting)
             start = time.time()
@@ -85,7 +87,7 @@ def main() -> None:
             samples = pipe(batch_size=args.num_samples, num_inference_steps=steps, generator=generator,
                            latents=latents, output_type="np").images
             record(samples, model=model, setting=setting, noise_seed=args.seed, secs=round(time.time() - start, 1))
-            tag = re.sub(r"[^A-Za-z0-9]+", "_", model.strip("/").split("outputs/")[-1])
+            tag = re.sub(r"[^A-Za-z0-9]+", "_", model.strip("/").split("outputs/")[-1]) + (f"-seed{args.seed}" if args.seed else "")
             np.save(out.parent / f"{tag}-{setting}.npy", samples)
             save_image_grid(samples[:64], out.parent / f"{tag}-{setting}.png", title=f"{model} {setting} seed {args.seed}")
 

@@ -49,14 +49,21 @@ def image_stats(images: torch.Tensor, projector: torch.Tensor) -> dict:
     }
 
 
-def model_errors(path: str, images: torch.Tensor, projector: torch.Tensor, timesteps=TIMESTEPS) -> dict:
+def load_model(path: str, scheduler: str):
+    """The pipeline saved at ``MODEL``; ``MODEL::RAW.safetensors`` also loads raw (non-EMA) checkpoint weights
+    (e.g. ``checkpoints/step-N/model.safetensors`` of a run continuing MODEL) into its network."""
     model, _, raw = path.partition("::")
-    pipe = load_pipeline(model, "ddpm")
-    net = denoiser(pipe).eval()
+    pipe = load_pipeline(model, scheduler)
     if raw:
         from safetensors.torch import load_file
 
-        net.load_state_dict(load_file(raw))
+        denoiser(pipe).load_state_dict(load_file(raw))
+    return pipe
+
+
+def model_errors(path: str, images: torch.Tensor, projector: torch.Tensor, timesteps=TIMESTEPS) -> dict:
+    pipe = load_model(path, "ddpm")
+    net = denoiser(pipe).eval()
     alphas = pipe.scheduler.alphas_cumprod
     generator = torch.Generator().manual_seed(0)
     rows = {}
