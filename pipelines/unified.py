@@ -7,7 +7,7 @@ Understanding reads the answer token after ``<a>``; :meth:`UnifiedPipeline.score
 own yes/no judgement of ``does the image show {prompt}?`` into a score ``2 P(yes) - 1`` in ``[-1, 1]``.
 
 The pipeline implements SRUM's model protocol (``selfgen.train.srum.SelfRewardingUMM``: ``generate``,
-``encode_prompts``, ``generation_parameters``, ``velocity``); ``yes_probability`` and ``score`` are what
+``encode_prompts``, ``generation_parameters``, ``velocity``, ``encode_samples``); ``yes_probability`` and ``score`` are what
 the shapes world's self-reward asks (``selfgen.train.srum_shapes``).
 
 With a ``vae`` (a frozen ``AutoencoderKL``, :mod:`selfgen.models.scene_autoencoder`; BAGEL: FLUX's VAE) the flow runs
@@ -35,7 +35,7 @@ from ..data.scenes import (
     encode_question,
     question_about_prompt,
 )
-from ..models.scene_autoencoder import decode_latents
+from ..models.scene_autoencoder import decode_latents, encode_latents
 from ..models.unified import UnifiedTransformer
 from .pipeline_utils import SelfgenPipeline, postprocess_images
 
@@ -113,6 +113,14 @@ class UnifiedPipeline(SelfgenPipeline):
 
     def generation_parameters(self) -> list[nn.Parameter]:
         return self.transformer.generation_parameters()
+
+    @torch.no_grad()
+    def encode_samples(self, images: ImageInput) -> torch.Tensor:
+        """The clean flow sample ``x0`` of decoded images (SRUM trains on its own samples through this): the
+        pixels in ``[-1, 1]``, or with a ``vae`` its normalised posterior-mean latents
+        (:func:`~selfgen.models.scene_autoencoder.encode_latents`, as the latent path's pretraining encodes scenes)."""
+        pixels = self._pixel_values(images)
+        return pixels if self.vae is None else encode_latents(self.vae, pixels.to(self.vae.dtype))
 
     @torch.no_grad()
     def generate(

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from diffusers import ImagePipelineOutput
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from ..eval.plots import ColorBar, save_image_grid, save_metric_curves
@@ -89,6 +90,13 @@ class SelfRewardingUMM(Protocol):
     ) -> torch.Tensor: ...
 
     def generation_parameters(self) -> list[nn.Parameter]: ...
+
+    def encode_samples(self, images: np.ndarray) -> torch.Tensor:
+        """The clean flow sample ``x0`` ``(N, C, h, w)`` of the model's own decoded images ``(N, H, W, 3)`` in
+        ``[0, 1]``: what ``velocity`` reads and the loss is written on (a pixel model: the pixels in ``[-1, 1]``;
+        a latent model: its frozen autoencoder's encoding, as BAGEL's trainer VAE-encodes the saved samples).
+        The reward maps are resized to the ``(h, w)`` grid (:func:`resize_reward_maps`)."""
+        ...
 
 
 @dataclass
@@ -182,6 +190,16 @@ def reward_maps(
     return np.full_like(maps, maps.mean()) if mode == "blind" else maps
 
 
+def resize_reward_maps(maps: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Reward maps ``(N, H, W)`` on the image's pixels -> ``(N, h, w)`` on the generation grid the loss runs on
+    (:meth:`SelfRewardingUMM.encode_samples`): bilinear, ``align_corners=False``, as the authors resize their
+    map to BAGEL's latent tokens (``modeling/bagel/bagel.py``). A map constant on blocks of ``H / h`` pixels (the
+    quadrants of a 32x32 image on an 8x8 latent) keeps its block values exactly; at ``(h, w) = (H, W)`` it is the
+    identity."""
+    resized = F.interpolate(torch.from_numpy(maps)[:, None], size=grid, mode="bilinear", align_corners=False)
+    return resized[:, 0].numpy()
+
+
 def penalise_clutter(scores: np.ndarray, occupied: np.ndarray, expected: np.ndarray) -> np.ndarray:
     """Local scores where objects the prompt did not ask for cost reward.
 
@@ -227,20 +245,23 @@ def overlay_reward_maps(images: np.ndarray, maps: np.ndarray, alpha: float = 0.5
 
 
 class SelfGeneratedDataset(Dataset):
-    """One round's self-generated samples with their prompts and reward maps."""
+    """One round's self-generated samples ``x0`` (``encode_samples`` of the images) with their prompts and reward
+    maps on the samples' grid."""
 
-    def __init__(self, images: torch.Tensor, prompt_ids: torch.Tensor, maps: np.ndarray) -> None:
-        if not len(images) == len(prompt_ids) == len(maps):
-            raise ValueError(f"got {len(images)} images, {len(prompt_ids)} prompts and {len(maps)} reward maps")
-        self.images, self.prompt_ids = images, prompt_ids
+    def __init__(self, samples: torch.Tensor, prompt_ids: torch.Tensor, maps: np.ndarray) -> None:
+        if not len(samples) == len(prompt_ids) == len(maps):
+            raise ValueError(f"got {len(samples)} samples, {len(prompt_ids)} prompts and {len(maps)} reward maps")
+        if maps.shape[1:] != samples.shape[2:]:
+            raise ValueError(f"reward maps of shape {maps.shape[1:]} do not cover samples of grid {samples.shape[2:]}")
+        self.samples, self.prompt_ids = samples, prompt_ids
         self.maps = torch.from_numpy(maps)[:, None]
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
         return {
-            "pixel_values": self.images[index],
+            "sample": self.samples[index],
             "prompt_ids": self.prompt_ids[index],
             "reward_map": self.maps[index],
         }
@@ -266,7 +287,7 @@ class SRUMObjective(Objective):
         self.cfg_dropout, self.drop_prompt = cfg_dropout, drop_prompt
 
     def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        images, prompt_ids, maps = batch["pixel_values"], batch["prompt_ids"], batch["reward_map"]
+        images, prompt_ids, maps = batch["sample"], batch["prompt_ids"], batch["reward_map"]
         if self.cfg_dropout > 0:  # keep training the unconditional branch that guidance relies on
             drop = torch.rand(images.shape[0], device=images.device) < self.cfg_dropout
             prompt_ids = torch.where(drop[:, None], self.drop_prompt(prompt_ids), prompt_ids)
@@ -354,14 +375,20 @@ class SRUMTrainer:
         seconds = {"seconds_generate": generated - start, "seconds_reward": time.perf_counter() - generated}
         return prompts, images, rewards, seconds
 
+    def training_set(self, prompts: list[str], images: np.ndarray, rewards: SelfRewards) -> SelfGeneratedDataset:
+        """The round's samples on the model's generation grid (``umm.encode_samples``) with the reward maps
+        (optionally group-baselined) resized onto that grid (:func:`resize_reward_maps`)."""
+        weights = rewards.reward_maps
+        if self.config.reward_baseline == "group":
+            weights = group_baseline(weights, self.config.samples_per_prompt)
+        samples = self.umm.encode_samples(images).detach().cpu().float()
+        weights = resize_reward_maps(weights, tuple(samples.shape[2:]))
+        return SelfGeneratedDataset(samples, self.umm.encode_prompts(prompts).cpu(), weights)
+
     def update(self, round_index: int, prompts: list[str], images: np.ndarray, rewards: SelfRewards) -> TrainResult:
         """Step 3: one Trainer over the round's samples; the model in memory ends as the exported one."""
         config, umm = self.config, self.umm
-        weights = rewards.reward_maps
-        if config.reward_baseline == "group":
-            weights = group_baseline(weights, config.samples_per_prompt)
-        pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()) * 2 - 1
-        dataset = SelfGeneratedDataset(pixels, umm.encode_prompts(prompts).cpu(), weights)
+        dataset = self.training_set(prompts, images, rewards)
         set_trainable(umm.transformer, umm.generation_parameters() if config.train_parameters == "generation" else None)
         round_dir = Path(config.output_dir) / f"round-{round_index}"
         last = round_index == config.num_rounds

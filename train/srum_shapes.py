@@ -208,21 +208,15 @@ def compositional_accuracy(umm: UnifiedPipeline, config: SRUMConfig) -> dict[str
 
 def shapes_trainer(umm: UnifiedPipeline, config: SRUMConfig) -> SRUMTrainer:
     """The SRUM loop wired to the shapes world: training-split prompts, :func:`self_rewards` in
-    ``config.reward`` mode, the unified pipeline's export and the judge's accuracy after every round.
-
-    A pipeline that generates in a frozen autoencoder's latent space (``umm.vae``) is refused: the loop's loss is
-    written on pixel images (encoding its own samples back to latents is not wired yet; docs/srum.md, fifteenth pass)."""
-    if getattr(umm, "vae", None) is not None:
-        raise ValueError(
-            "the SRUM loop trains the generation path on its own samples in pixel space; this pipeline generates in "
-            "a frozen autoencoder's latent space (it has a vae), which the loop does not support yet"
-        )
+    ``config.reward`` mode, the unified pipeline's export (with its frozen ``vae`` when it generates latents) and
+    the judge's accuracy after every round. A latent pipeline needs nothing else: the rewards are computed on its
+    decoded images, and ``umm.encode_samples`` gives the loop the latents the loss runs on."""
     return SRUMTrainer(
         umm,
         config,
         sample_prompt=sample_training_prompt,
         reward_fn=functools.partial(self_rewards, mode=config.reward),
-        export_fn=unified.export_pipeline,
+        export_fn=functools.partial(unified.export_pipeline, vae=umm.vae),
         evaluate_fn=functools.partial(compositional_accuracy, config=config),
         drop_prompt=unified.empty_prompt_like,
     )

@@ -42,6 +42,7 @@ holds the autoencoder as the pipeline's ``vae`` (``configs/unified_shapes_latent
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -262,8 +263,9 @@ def build_pipeline(model: UnifiedTransformer, vae: AutoencoderKL | None = None) 
     )
 
 
-def export_pipeline(model: nn.Module, directory: Path) -> None:
-    build_pipeline(model).save_pretrained(directory)
+def export_pipeline(model: nn.Module, directory: Path, vae: AutoencoderKL | None = None) -> None:
+    """Save ``model`` (and the frozen ``vae`` a latent-generation model decodes with) as a ``UnifiedPipeline``."""
+    build_pipeline(model, vae).save_pretrained(directory)
 
 
 def _autoencoder_folder(folder: str | Path) -> Path:
@@ -455,9 +457,7 @@ def train(config: UnifiedConfig) -> TrainResult:
     )
     callbacks = [OccupancyCallback(config.occupancy_eval_steps, vae=vae)] if config.occupancy_eval_steps > 0 else []
 
-    def export(module: nn.Module, directory: Path) -> None:
-        build_pipeline(module, vae).save_pretrained(directory)
-
+    export = functools.partial(export_pipeline, vae=vae)
     trainer = Trainer(model, objective, dataset, config, export_fn=export, collate_fn=collate, callbacks=callbacks)
     return trainer.train()
 
