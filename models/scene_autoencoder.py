@@ -49,7 +49,8 @@ def scene_autoencoder(
 
 def encode_latents(autoencoder: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
     """``(N, 3, H, W)`` pixels in ``[-1, 1]`` -> normalised latents ``scaling_factor * (mean - shift_factor)``
-    (the posterior mean, as BAGEL's training encodes its images; no sampling)."""
+    (the posterior mean, no sampling. A departure: BAGEL's trainer encodes with FLUX's autoencoder, whose
+    ``DiagonalGaussian(sample=True)`` draws a posterior sample; the mean gives fixed targets for the flow loss)."""
     config = autoencoder.config
     mean = autoencoder.encode(pixels).latent_dist.mean
     return (mean - (config.shift_factor or 0.0)) * config.scaling_factor

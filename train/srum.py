@@ -27,6 +27,12 @@ shapes world (its prompts, its self-reward questions, its judge). One round, ``n
    ``(R t + lambda v_ref) / (R + lambda)`` moved the model only 5-17% of the way: a departure, removed.)
    Default ``lambda = 0.5`` as in the authors' training scripts (``scripts/train_reg_*.sh``).
 
+A latent-generation model (BAGEL: FLUX's VAE; selfgen: a frozen ``AutoencoderKL``) needs nothing latent-specific
+in the loop: rewards are computed on the decoded images, ``umm.encode_samples`` returns the ``x0`` the loss runs on
+(the autoencoder's encoding of the decoded sample, as the authors' trainer VAE-encodes their saved samples), and the
+map is resized to that grid (:func:`resize_reward_maps`, bilinear as in their ``bagel.py``). Departures: selfgen
+re-encodes the float images (the authors' are saved as 8-bit PNG first) with the posterior mean (theirs samples).
+
 Which weights learn: the authors pass ``--freeze_llm False --visual_und False``: the whole language
 model (both experts of the MoT) is trainable, with no understanding loss, so the understanding expert
 moves only through the prompt tokens the generation tokens attend to. ``train_parameters="all"``

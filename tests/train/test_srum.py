@@ -8,8 +8,25 @@ import torch
 from selfgen import UnifiedTransformer
 from selfgen.data.scenes import VOCAB, SceneObject, parse_prompt, render_scene, sample_scene
 from selfgen.eval.scenes import ranking_auc
-from selfgen.train.srum import SRUMConfig, SRUMObjective, group_baseline, penalise_clutter, reward_maps
-from selfgen.train.srum_shapes import oracle_rewards, quadrant_slices, self_judge_agreement, self_rewards, train
+from selfgen.models.scene_autoencoder import encode_latents, scene_autoencoder
+from selfgen.train.srum import (
+    SelfRewards,
+    SRUMConfig,
+    SRUMObjective,
+    SRUMTrainer,
+    group_baseline,
+    penalise_clutter,
+    resize_reward_maps,
+    reward_maps,
+)
+from selfgen.train.srum_shapes import (
+    oracle_rewards,
+    quadrant_slices,
+    self_judge_agreement,
+    self_rewards,
+    shapes_trainer,
+    train,
+)
 from selfgen.train.unified import build_pipeline
 
 
@@ -51,7 +68,7 @@ def test_self_rewards_have_the_image_spatial_shape(tiny_pipe):
 def test_objective_is_reward_plus_lambda_weighted_flow_matching_on_the_sample(tiny_pipe):
     model = tiny_pipe.transformer
     batch = {
-        "pixel_values": torch.rand(2, 3, 32, 32) * 2 - 1,
+        "sample": torch.rand(2, 3, 32, 32) * 2 - 1,
         "prompt_ids": tiny_pipe.encode_prompts(["a red circle", "a blue square"]),
         "reward_map": torch.zeros(2, 1, 32, 32),
     }
@@ -172,11 +189,55 @@ def test_oracle_rewards_follow_the_rule_based_judge():
     assert wrong.reward_maps.max() == 0.0
 
 
-def test_a_latent_generation_pipeline_is_refused_by_the_pixel_space_loop():
-    from selfgen.models.scene_autoencoder import scene_autoencoder
-    from selfgen.train.srum_shapes import shapes_trainer
-
+@pytest.fixture
+def latent_pipe():
+    """A tiny pipeline that generates on an untrained autoencoder's 8x8 latent grid (the latent path's shape)."""
+    torch.manual_seed(0)
     model = UnifiedTransformer(vocab_size=len(VOCAB), dim=32, num_layers=1, num_heads=2, generation_patch_size=1,
                                generation_latent_channels=4, generation_latent_size=8)
-    with pytest.raises(ValueError, match="latent space"):
-        shapes_trainer(build_pipeline(model, scene_autoencoder((8, 8, 8))), SRUMConfig(report_to=None))
+    pipe = build_pipeline(model, scene_autoencoder((8, 8, 8)).eval().requires_grad_(False))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_reward_maps_resize_onto_the_generation_grid_block_for_block():
+    maps = np.random.default_rng(0).random((2, 4, 4)).astype(np.float32).repeat(8, 1).repeat(8, 2)  # 32x32, 8x8 blocks
+    np.testing.assert_array_equal(resize_reward_maps(maps, (32, 32)), maps)  # the pixel grid: unchanged
+    np.testing.assert_allclose(resize_reward_maps(maps, (4, 4)), maps[:, ::8, ::8], atol=1e-6)  # one value per block
+
+
+def test_a_latent_pipelines_reward_map_reaches_the_latent_tokens_of_its_region(latent_pipe, tmp_path):
+    prompts = ["a red circle", "a blue square"]
+    images = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    scores = np.array([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]], dtype=np.float32)
+    occupied = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]], dtype=np.float32)
+    maps = reward_maps(np.ones(2, np.float32), scores, occupied, (32, 32), "both", quadrant_slices(32, 32))
+    rewards = SelfRewards(np.ones(2, np.float32), scores, maps, occupied)
+    trainer = shapes_trainer(latent_pipe, SRUMConfig(pretrained=None, output_dir=str(tmp_path), report_to=None))
+    dataset = trainer.training_set(prompts, images, rewards)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
+    with torch.no_grad():  # the loss runs on the frozen autoencoder's latents of the decoded samples
+        torch.testing.assert_close(dataset.samples, encode_latents(latent_pipe.vae, pixels))
+    latent_maps = dataset.maps[:, 0]
+    assert latent_maps.shape == (2, 8, 8)
+    assert (latent_maps[0, :4, :4] == 1).all() and (latent_maps[0, :4, 4:] == 0).all()  # top-left right, top-right wrong
+    assert (latent_maps[0, 4:] == 0.5).all() and (latent_maps[1, 4:, 4:] == 1).all() and (latent_maps[1, :4] == 0.5).all()
+    with pytest.raises(ValueError, match="do not cover"):
+        type(dataset)(dataset.samples, dataset.prompt_ids, maps)  # a pixel-grid map on latents is refused
+
+
+def test_a_latent_pipeline_runs_a_round_with_its_vae_and_judge_kept_bit_for_bit(latent_pipe, tmp_path):
+    latent_pipe.save_pretrained(tmp_path / "base")
+    config = SRUMConfig(pretrained=str(tmp_path / "base"), output_dir=str(tmp_path / "run"), num_rounds=1,
+                        prompts_per_round=4, num_inference_steps=2, max_train_steps=2, train_batch_size=2,
+                        learning_rate=1e-2, reward="oracle", eval_prompts_per_category=1, checkpointing_steps=0,
+                        report_to=None)
+    result = train(config)
+    base, tuned = type(latent_pipe).from_pretrained(tmp_path / "base"), type(latent_pipe).from_pretrained(result.pipeline_dir)
+    tuned_weights = dict(tuned.transformer.named_parameters())
+    changed = {name for name, param in base.transformer.named_parameters() if not torch.equal(param, tuned_weights[name])}
+    assert "velocity_head.weight" in changed and all(base.transformer.is_generation_parameter(n) for n in changed)
+    tuned_vae = tuned.vae.state_dict()
+    assert all(torch.equal(value, tuned_vae[name]) for name, value in base.vae.state_dict().items())
+    history = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    assert [record["round"] for record in history] == [0, 1] and np.isfinite(history[1]["loss"])

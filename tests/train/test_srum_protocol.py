@@ -57,6 +57,9 @@ class UNetUMM:
     def generation_parameters(self) -> list[nn.Parameter]:
         return list(self.transformer.parameters())
 
+    def encode_samples(self, images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
+
     @torch.no_grad()
     def generate(self, prompts, *, generator, output_type, num_inference_steps=4, guidance_scale=1.0):
         """Euler steps of ``dx/dsigma = v`` from noise (``sigma = 1``) to an image (``sigma = 0``)."""
