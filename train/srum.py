@@ -67,7 +67,7 @@ from .config import TrainingConfig
 from .losses import noisy_pair
 from .trainer import Objective, Trainer, TrainResult
 
-REWARD_MODES = ("both", "global", "local", "blind", "oracle")
+REWARD_MODES = ("both", "global", "local", "blind", "oracle", "oracle_blind")
 BASELINES = ("none", "group")
 TRAIN_PARAMETERS = ("generation", "all")
 
@@ -114,7 +114,7 @@ class SRUMConfig(TrainingConfig):
     prompts_per_round: int = 128
     num_inference_steps: int = 16
     guidance_scale: float = 3.0
-    reward: str = "both"  # "both" (global x local, the paper), "global", "local"; controls "blind", "oracle"
+    reward: str = "both"  # "both" (global x local, the paper), "global", "local"; controls "blind", "oracle", "oracle_blind"
     constraint_weight: float = 0.5  # lambda of the anchor term (authors' scripts: 0.5)
     train_parameters: str = "generation"  # "generation" (judge fixed) or "all" (the authors' --freeze_llm False)
     cfg_dropout: float = 0.0  # prompt dropped to the empty prompt in the update (authors: text_cond_dropout_prob)
@@ -193,7 +193,13 @@ def reward_maps(
             maps[:, rows, cols] = regional[:, None, None]
     if mode != "local":
         maps *= ((global_reward + 1) / 2)[:, None, None]
-    return np.full_like(maps, maps.mean()) if mode == "blind" else maps
+    return blind(maps) if mode == "blind" else maps
+
+
+def blind(maps: np.ndarray) -> np.ndarray:
+    """The reward-blind control's maps: every pixel of every sample the mean of ``maps`` (the same update size as
+    ``maps`` with no information about which sample or region was good)."""
+    return np.full_like(maps, maps.mean())
 
 
 def resize_reward_maps(maps: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

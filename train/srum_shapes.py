@@ -20,6 +20,7 @@ same judge measures held-out compositional accuracy after every round.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import random
@@ -42,6 +43,7 @@ from .srum import (
     SelfRewards,
     SRUMConfig,
     SRUMTrainer,
+    blind,
     overlay_reward_maps,
     penalise_clutter,
     reward_maps,
@@ -103,11 +105,14 @@ def oracle_rewards(images: np.ndarray, prompts: list[str]) -> SelfRewards:
 
 def self_rewards(umm: UnifiedPipeline, images: np.ndarray, prompts: list[str], mode: str = "both") -> SelfRewards:
     """Global + local self-rewards and dense reward maps of ``images`` ``(N, H, W, 3)`` in ``[0, 1]``
-    (``mode="oracle"``: :func:`oracle_rewards`, the control that replaces the self-judge by the rule-based one)."""
+    (``mode="oracle"``: :func:`oracle_rewards`, the control that replaces the self-judge by the rule-based one;
+    ``mode="oracle_blind"``: the oracle's maps made reward-blind, :func:`~selfgen.train.srum.blind`, the matched
+    control of gate (a), which needs no judge of the model's own)."""
     if mode not in REWARD_MODES:
         raise ValueError(f"mode must be one of {REWARD_MODES}, got {mode!r}")
-    if mode == "oracle":
-        return oracle_rewards(images, prompts)
+    if mode in ("oracle", "oracle_blind"):
+        rewards = oracle_rewards(images, prompts)
+        return dataclasses.replace(rewards, reward_maps=blind(rewards.reward_maps)) if mode == "oracle_blind" else rewards
     global_reward = np.asarray(umm.score(images, prompts), dtype=np.float32)
     scores, occupied = local_rewards(umm, images, prompts)
     maps = reward_maps(global_reward, scores, occupied, images.shape[1:3], mode, quadrant_slices(*images.shape[1:3]))

@@ -187,6 +187,10 @@ def test_oracle_rewards_follow_the_rule_based_judge():
     assert right.global_reward.tolist() == [1.0] and wrong.global_reward.tolist() == [-1.0]
     assert right.reward_maps.max() == 1.0 and right.reward_maps.min() == 0.5  # objects' quadrants up, rest neutral
     assert wrong.reward_maps.max() == 0.0
+    control = self_rewards(None, np.concatenate([image, image]), [prompt, "a red circle right of a blue square"],
+                           mode="oracle_blind")  # gate (a)'s control: the oracle's update size, no information
+    both = oracle_rewards(np.concatenate([image, image]), [prompt, "a red circle right of a blue square"])
+    assert np.unique(control.reward_maps).tolist() == [pytest.approx(both.reward_maps.mean())]
 
 
 @pytest.fixture
