@@ -233,7 +233,7 @@ def test_a_latent_pipelines_reward_map_reaches_the_latent_tokens_of_its_region(l
 def test_a_latent_pipeline_runs_a_round_with_its_vae_and_judge_kept_bit_for_bit(latent_pipe, tmp_path):
     latent_pipe.save_pretrained(tmp_path / "base")
     config = SRUMConfig(pretrained=str(tmp_path / "base"), output_dir=str(tmp_path / "run"), num_rounds=1,
-                        prompts_per_round=4, num_inference_steps=2, max_train_steps=2, train_batch_size=2,
+                        prompts_per_round=2, num_inference_steps=2, max_train_steps=1, train_batch_size=2,
                         learning_rate=1e-2, reward="oracle", eval_prompts_per_category=1, checkpointing_steps=0,
                         report_to=None)
     result = train(config)
