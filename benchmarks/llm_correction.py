@@ -2,10 +2,12 @@
 
     OMP_NUM_THREADS=1 python benchmarks/llm_correction.py --models assets/lm-arith-llama
         runs/score-arith-llama/iteration-0/model runs/score-arith-llama/pipeline
-        [--digits 4] [--problems 1000] [--out correction.json]
+        [--digits 4] [--problems 1000] [--prompt_format arith] [--out correction.json]
 
 Each model answers the first ``--problems`` held-out ``d``-digit additions (seed ``EVAL_SEED``)
-greedily, then revises its answer once (``R:``, the shared revision sampler). Per model: Acc@t1,
+greedily, then revises its answer once (the shared revision sampler; the turn-2 context of
+``--prompt_format``: ``arith`` the ``R:`` mark, ``arith_restate`` / ``arith_swap`` / ``arith_hint``
+the mark and the restated question, :class:`~selfgen.train.llm.prompts.RestatedRevisionFormat`). Per model: Acc@t1,
 Acc@t2, Delta(t1,t2) = Acc@t2 - Acc@t1 with its paired 95% interval, and the fractions fixed (i->c)
 and broken (c->i); every model after the first is compared with the first on Acc@t1 and on Acc@t2
 (paired differences, 95% intervals): "turn 1 not collapsed" is the first of these.
@@ -19,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from selfgen.eval.statistics import mean_difference
+from selfgen.train.llm.prompts import PROMPT_FORMATS
 from selfgen.train.llm.score import SCoReConfig, SCoReTrainer
 
 
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", required=True)
     parser.add_argument("--digits", type=int, default=4)
     parser.add_argument("--problems", type=int, default=1000)
+    parser.add_argument("--prompt_format", default="arith", choices=PROMPT_FORMATS)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     tables: dict[str, list[list[bool]]] = {}
@@ -39,11 +43,12 @@ def main() -> None:
         if not (Path(model) / "config.json").is_file():
             raise FileNotFoundError(f"--models: {model} is not a saved causal LM folder (no config.json)")
         with tempfile.TemporaryDirectory() as output_dir:
-            config = SCoReConfig(output_dir=output_dir, task="arith", min_digits=args.digits, max_digits=args.digits, eval_problems=args.problems)
+            config = SCoReConfig(output_dir=output_dir, task="arith", min_digits=args.digits, max_digits=args.digits, eval_problems=args.problems,
+                                 prompt_format=args.prompt_format)
             trainer = SCoReTrainer(model=model, config=config)
             tables[model] = trainer.correction_table(trainer.eval_set)
     first = args.models[0]
-    print(f"{args.problems} held-out {args.digits}-digit additions, greedy")
+    print(f"{args.problems} held-out {args.digits}-digit additions, greedy, turn 2 {args.prompt_format}")
     for model in args.models:
         t1, t2 = [row[0] for row in tables[model]], [row[1] for row in tables[model]]
         n = len(t1)

@@ -28,7 +28,8 @@ import re
 from ...data.reasoning import Feedback, correction_prompt, feedback_request
 from ...data.tasks import extract_answer, prompt_text
 
-PROMPT_FORMATS = ("arith", "chat")
+RESTATED_TURN2 = ("restate", "swap", "hint")  # RestatedRevisionFormat.style; prompt_format arith_<style>
+PROMPT_FORMATS = ("arith", "chat", *(f"arith_{style}" for style in RESTATED_TURN2))
 REVISION_REQUEST = "Review your solution and correct it if needed. Give the final answer as 'A: <answer>'."
 FEEDBACK_REQUEST = "Check your solution. Reply 'F: Y' if it is right, else 'F: N<k>' with k the first wrong step."
 CHAT_SYSTEM_PROMPT = "Solve the problem step by step. End with the final answer on its own line as 'A: <answer>'."
@@ -67,6 +68,38 @@ class PromptFormat:
         """The prompt in which the model writes its own feedback on ``attempt`` (read back with
         :func:`~selfgen.data.reasoning.parse_feedback`)."""
         return feedback_request(self.prompt(question, hint), attempt)
+
+
+class RestatedRevisionFormat(PromptFormat):
+    """The arithmetic format whose plain revision turn restates the question after the ``R:`` mark
+    (``prompt_format: arith_<style>``), so the second attempt starts from a prompt the base model was
+    pretrained on instead of re-reading the operands through the first attempt:
+
+    * ``restate`` - ``attempt + "\\nR:\\n" + "Q:<question>\\n"``;
+    * ``swap`` - the addition with its operands swapped, ``"Q:<b>+<a>\\n"`` (the ``swap`` rephrasing the
+      base is pretrained on; other questions are restated as they are);
+    * ``hint`` - the question and the first attempt's own answer as the STaR hint line,
+      ``"Q:<question>\\nH:<attempt's answer>\\n"`` (the pretrained rationalisation format; no hint line
+      when the attempt has no answer). The hint is the model's own answer, never the reference.
+
+    A departure from SCoRe (Kumar et al., 2024), whose turn 2 appends an instruction ("There might be
+    an error in the solution above ... correct the error, if any, and rewrite the solution"): our base
+    never saw an instruction, only these prompt formats. Feedback turns keep the ``F:`` line before ``R:``.
+    """
+
+    def __init__(self, style: str) -> None:
+        if style not in RESTATED_TURN2:
+            raise ValueError(f"style must be one of {RESTATED_TURN2}, got {style!r}")
+        self.style = style
+        self.name = f"arith_{style}"
+
+    def revision(self, question: str, attempt: str, feedback: Feedback | None = None, hint: str | None = None) -> str:
+        restated = question
+        if self.style == "swap" and question.count("+") == 1:
+            left, right = question.split("+")
+            restated = f"{right}+{left}"
+        own = self.answer(attempt) if self.style == "hint" else None
+        return super().revision(question, attempt, feedback, hint) + prompt_text(restated, own)
 
 
 class ChatTemplateFormat(PromptFormat):
@@ -132,6 +165,8 @@ def get_prompt_format(spec: str | PromptFormat | None, tokenizer, system_prompt:
         return PromptFormat()
     if spec == "chat":
         return ChatTemplateFormat(tokenizer, system_prompt)
+    if isinstance(spec, str) and spec.startswith("arith_") and spec[len("arith_") :] in RESTATED_TURN2:
+        return RestatedRevisionFormat(spec[len("arith_") :])
     raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS} or a PromptFormat object, got {spec!r}")
 
 

@@ -29,6 +29,13 @@ group mean, :func:`baseline_advantages`):
   (crediting turn 1 with ``r1 + r2_hat = (1 - alpha) r1 + (1 + alpha) r2`` would pay ``-9 r1`` at
   ``alpha = 10``, i.e. reward wrong first attempts; that was this module's earlier default).
 
+**Turn-2 format** (the trainer's ``prompt_format``): ``arith`` appends the mark ``\\nR:\\n`` after the
+first attempt; ``arith_restate`` / ``arith_swap`` / ``arith_hint`` append the mark and the question in a
+prompt format the base was pretrained on (:class:`~selfgen.train.llm.prompts.RestatedRevisionFormat`).
+Both are departures from the paper, whose turn 2 appends an instruction ("There might be an error in
+the solution above ... correct the error, if any, and rewrite the solution"); our base has never seen
+instructions. The rollouts, the evaluation and the warm start's revision examples all use the format.
+
 Metrics, greedy on held-out problems: Accuracy@t1, Accuracy@t2, Delta(t1,t2) = Acc@t2 - Acc@t1,
 Delta_i->c (fraction fixed by the revision) and Delta_c->i (fraction broken by it), and the CCT
 decomposition (confidence level, critique score, RSS; :mod:`selfgen.eval.self_correction`), each
@@ -60,7 +67,6 @@ from dataclasses import dataclass
 import torch
 
 from ...data.problems import Problem
-from ...data.tasks import revision_prompt
 from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy
@@ -123,18 +129,19 @@ def correction_metrics(first: list[bool], second: list[bool]) -> dict[str, float
     }
 
 
-def revision_pairs(prompts: list[str], attempts: list[list[str]], verdicts: list[list[bool]]) -> list[TextPair]:
+def revision_pairs(contexts: list[list[str]], attempts: list[list[str]], verdicts: list[list[bool]]) -> list[TextPair]:
     """Pair-SFT revision examples from a model's own samples (``attempts[i]``: problem i's samples,
-    ``verdicts[i]`` the verifier's): a correct attempt is followed by itself (keep a right answer), a
-    wrong one by a correct sample of the same problem (fix it); problems without a correct sample give
-    nothing. Each is ``revision_prompt(prompt, attempt) -> target``."""
+    ``verdicts[i]`` the verifier's, ``contexts[i][j]`` the turn-2 context of attempt j, i.e. the
+    format's :meth:`~selfgen.train.llm.prompts.PromptFormat.revision`): a correct attempt is followed
+    by itself (keep a right answer), a wrong one by a correct sample of the same problem (fix it);
+    problems without a correct sample give nothing."""
     pairs = []
-    for prompt, samples, correct in zip(prompts, attempts, verdicts, strict=True):
+    for context, samples, correct in zip(contexts, attempts, verdicts, strict=True):
         right = [sample for sample, ok in zip(samples, correct) if ok]
-        for index, (attempt, ok) in enumerate(zip(samples, correct)):
+        for index, (turn2, attempt, ok) in enumerate(zip(context, samples, correct, strict=True)):
             if right:
                 target = attempt if ok else right[index % len(right)]
-                pairs.append(TextPair(revision_prompt(prompt, attempt), target))
+                pairs.append(TextPair(turn2, target))
     return pairs
 
 
@@ -182,7 +189,8 @@ class SCoReTrainer(IterativeTrainer):
         attempts = [texts[i * k : (i + 1) * k] for i in range(len(problems))]
         verdicts = [[self.verify(p, t) for t in group] for p, group in zip(problems, attempts)]
         prompts = [self.prompt(p) for p in problems]
-        pairs = revision_pairs(prompts, attempts, verdicts)
+        contexts = [[self.format.revision(p.question, text) for text in group] for p, group in zip(problems, attempts)]
+        pairs = revision_pairs(contexts, attempts, verdicts)
         anchor = [
             TextPair(prompt, text)
             for prompt, group, correct in zip(prompts, attempts, verdicts)

@@ -22,6 +22,7 @@ from selfgen.train.llm import (
     get_prompt_format,
     prepare_tokenizer,
 )
+from selfgen.train.llm.prompts import RestatedRevisionFormat
 from selfgen.train.llm.modeling import build_char_tokenizer, build_tiny_llama
 from selfgen.train.llm.rollout import Rollout
 
@@ -35,6 +36,20 @@ def test_default_format_is_the_bundled_models_byte_for_byte():
     assert fmt.prompt("47+85") == prompt_text("47+85") == "Q:47+85\n"
     assert fmt.prompt("47+85", hint="132") == "Q:47+85\nH:132\n"
     assert fmt.answer("S:7+5+0=12,4+8+1=13\nA:132") == "132" and fmt.answer("S:1") is None
+
+
+def test_restated_revision_formats_append_the_question_after_the_mark_and_continue_the_attempt():
+    attempt, question = "S:7+5+0=12,4+8+1=13\nA:132", "47+85"
+    head = "Q:47+85\n" + attempt + "\nR:\n"
+    assert get_prompt_format("arith_restate", None).revision(question, attempt) == head + "Q:47+85\n"
+    assert get_prompt_format("arith_swap", None).revision(question, attempt) == head + "Q:85+47\n"
+    hint = get_prompt_format("arith_hint", None)
+    assert hint.revision(question, attempt) == head + "Q:47+85\nH:132\n"  # the attempt's own answer, not the reference
+    assert hint.revision(question, "S:7+5") == "Q:47+85\nS:7+5\nR:\nQ:47+85\n"  # no answer: no hint line
+    assert hint.revision_suffix(question, attempt) == "\nR:\nQ:47+85\nH:132\n"
+    assert get_prompt_format("arith_swap", None).revision("47*3", "A:141") == "Q:47*3\nA:141\nR:\nQ:47*3\n"
+    with pytest.raises(ValueError, match="style must be one of"):
+        RestatedRevisionFormat("pad")
 
 
 def test_chat_format_uses_the_tokenizers_template_and_reads_the_answer_line():

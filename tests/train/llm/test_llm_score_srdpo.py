@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from selfgen.data.problems import Problem
-from selfgen.data.tasks import JUDGE_MARK, extract_answer, get_task, parse_verdict
+from selfgen.data.tasks import JUDGE_MARK, extract_answer, get_task, parse_verdict, revision_prompt
 from selfgen.train.llm.objectives import GRPOCollator, GRPOObjective, PolicySample
 from selfgen.train.llm.score import (
     SCoReConfig,
@@ -135,7 +135,8 @@ def test_warm_start_revisions_keep_right_attempts_and_fix_wrong_ones_with_own_sa
     prompts = ["Q:1+2\n", "Q:4+4\n", "Q:5+5\n"]
     attempts = [["A:3", "A:4", "A:5"], ["A:9", "A:7"], ["A:10", "A:10"]]
     verdicts = [[True, False, False], [False, False], [True, True]]
-    pairs = revision_pairs(prompts, attempts, verdicts)
+    contexts = [[revision_prompt(prompt, a) for a in group] for prompt, group in zip(prompts, attempts)]
+    pairs = revision_pairs(contexts, attempts, verdicts)
     assert [(p.prompt, p.completion) for p in pairs] == [
         ("Q:1+2\nA:3\nR:\n", "A:3"), ("Q:1+2\nA:4\nR:\n", "A:3"), ("Q:1+2\nA:5\nR:\n", "A:3"),
         ("Q:5+5\nA:10\nR:\n", "A:10"), ("Q:5+5\nA:10\nR:\n", "A:10"),
@@ -276,3 +277,26 @@ def test_labelled_judgements_reuse_the_saved_seed_candidates(tmp_path):
     assert 0 <= round_.logs["labelled_judgement_pairs"] <= 3
     kinds = ("answer_pairs", "judgement_pairs", "labelled_judgement_pairs")
     assert len(round_.dataset) == sum(round_.logs[kind] for kind in kinds)
+
+
+def test_v3_config_loads_with_the_restated_turn_2():
+    """Issue #18 pass 10: `configs/score_arith_llama_v3.yaml` starts from the headroom base with the turn-2
+    format chosen on validation."""
+    from selfgen.train.config import load_config
+
+    config = load_config(SCoReConfig, Path(__file__).resolve().parents[3] / "configs" / "score_arith_llama_v3.yaml")
+    assert config.model == "assets/lm-arith-llama-v3" and config.prompt_format == "arith_restate"
+    assert config.min_digits == config.max_digits == 4 and config.seed == 0
+
+
+@needs_asset
+def test_warm_start_revision_examples_follow_the_turn_2_format(tmp_path):
+    config = SCoReConfig(output_dir=str(tmp_path), warmup_problems=4, prompt_format="arith_restate", **{**TINY, "samples_per_problem": 4})
+    trainer = SCoReTrainer(model=str(ASSET), task="arith", config=config)
+    dataset = trainer.seed_round().dataset
+    revisions = [pair for pair in dataset if "\nR:\n" in pair.prompt]
+    assert revisions, "the bundled model solves some 1-2 digit additions, so some revision pairs exist"
+    for pair in revisions:
+        question = pair.prompt[2 : pair.prompt.index("\n")]
+        assert pair.prompt.endswith(f"\nR:\nQ:{question}\n")
+        assert trainer.task.verify(Problem(question, str(sum(map(int, question.split("+")))), "q"), pair.completion)  # the target is right
