@@ -1,10 +1,10 @@
 """Where a two-turn revision goes wrong, column by column: does turn 2 read the operands it was given?
 
     OMP_NUM_THREADS=1 python benchmarks/llm_revision_columns.py --models runs/score-arith-llama/iteration-0/model \\
-        runs/score-arith-llama/pipeline [--digits 4] [--problems 300] [--out columns.json]
+        runs/score-arith-llama/pipeline [--digits 4] [--problems 300] [--prompt_format arith] [--out columns.json]
 
 Each model answers ``--problems`` validation additions (training split, ``VALIDATION_SEED`` of
-``benchmarks/llm_lengths.py``; never the test split) greedily, then revises once (``R:``, the shared
+``benchmarks/llm_lengths.py``; never the test split) greedily, then revises once (``R:``, or the turn-2 context of ``--prompt_format``; the shared
 revision sampler, as ``benchmarks/llm_correction.py``). Every column step ``a+b+c=s`` of each turn's
 ``S:`` line is checked against the question (zero-padded operands, units first):
 
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from selfgen.data.tasks import ArithmeticTask, STEP_PATTERN, solution_steps
+from selfgen.train.llm.prompts import PROMPT_FORMATS
 from selfgen.train.llm.score import SCoReConfig, SCoReTrainer
 
 from llm_lengths import VALIDATION_SEED
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--digits", type=int, default=4)
     parser.add_argument("--problems", type=int, default=300)
     parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--prompt_format", default="arith", choices=PROMPT_FORMATS)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     problems = ArithmeticTask("add", args.digits, args.digits).sample(args.problems, VALIDATION_SEED)
@@ -84,7 +86,8 @@ def main() -> None:
         if not (Path(model) / "config.json").is_file():
             raise FileNotFoundError(f"--models: {model} is not a saved causal LM folder (no config.json)")
         with tempfile.TemporaryDirectory() as output_dir:
-            config = SCoReConfig(output_dir=output_dir, task="arith", min_digits=args.digits, max_digits=args.digits, eval_problems=1)
+            config = SCoReConfig(output_dir=output_dir, task="arith", min_digits=args.digits, max_digits=args.digits, eval_problems=1,
+                                 prompt_format=args.prompt_format)
             trainer = SCoReTrainer(model=model, config=config)
             episodes = trainer.revisions(problems, rounds=2, temperature=0.0, num_samples=1)
         rows = []
