@@ -3,6 +3,10 @@ and where its whole-prompt answers go wrong: the accuracy on the scene's own pro
 negative per changed attribute, on the same scenes and questions (docs/srum.md, tenth pass).
 
     python benchmarks/srum_judge_report.py outputs/unified-shapes-conv-relation/pipeline   # ~2 min on one core
+    python benchmarks/srum_judge_report.py outputs/unified-shapes-latent-repair/pipeline 11   # validation scenes (seed 11)
+
+The optional second argument is the scenes' seed: 7 (default) are the test scenes the passes report, 11 the
+validation scenes that selection reads (as benchmarks/srum_judge_threshold.py does).
 """
 import collections, json, random, sys
 import numpy as np
@@ -12,8 +16,8 @@ from selfgen.train.unified import _perturbation_kind, answer_in_batches, judge_v
 
 pipe = UnifiedPipeline.from_pretrained(sys.argv[1])
 pipe.set_progress_bar_config(disable=True)
-num_scenes, seed = 400, 7
-out = {"judge_verification": {k: round(v, 3) for k, v in judge_verification(pipe, num_scenes, seed=seed).items()}}
+num_scenes, seed = 400, int(sys.argv[2]) if len(sys.argv) > 2 else 7
+out = {"seed": seed, "judge_verification": {k: round(v, 3) for k, v in judge_verification(pipe, num_scenes, seed=seed).items()}}
 rng = random.Random(f"verification-{seed}")  # the same scenes and questions as judge_verification draws
 images, questions, groups = [], [], []
 for spec, objects, image in rendered_heldout_scenes(num_scenes, rng):
