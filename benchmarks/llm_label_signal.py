@@ -11,7 +11,11 @@ training-split questions, so the test split is never read).
 For each length spec (``d``: d-digit + d-digit; ``lo-hi``: each operand's length uniform in lo..hi, the
 task's own mixing) ``--problems`` training-split questions (seed :data:`SIGNAL_SEED`) and one exact
 rephrasing of each get ``--samples`` rollouts at ``--temperature`` (default 1, what a GRPO-family iteration
-samples).
+samples). Several ``--samples`` and ``--temperature`` values make a grid: per temperature one draw of
+``max(samples)`` rollouts, every k voting over its first k (nested groups), one greedy decode shared by all cells:
+
+    python benchmarks/llm_label_signal.py --model assets/lm-arith-llama-v3 --lengths 4 --split validation \
+        --samples 8 16 32 --temperature 0.5 0.7 --out grid.json   # cells "4 T=0.5 k=8", ...
 :func:`selfgen.train.llm.co_reward.label_signal` turns the answers into pass@1, maj@k (TTRL's self-vote),
 Co-Reward's pseudo-label accuracy, reward agreement with the verifier, and the *alignment* of the
 label-free advantages with the verifier's (1 = GRPO's signal, 0 = none, < 0 = rewards wrong answers),
@@ -81,30 +85,43 @@ def answer_groups(model, tokenizer, questions: list[str], samples: int, seed: in
     return [keys[i * samples : (i + 1) * samples] for i in range(len(questions))]
 
 
-def measure(model_dir: str, spec: str, problems: int, samples: int, split: str = "train",
-            temperature: float = 1.0) -> dict:
-    model, tokenizer = load_policy(model_dir)
-    task = ArithmeticTask("add", *parse_lengths(spec))
-    originals = split_questions(task, problems, split)
-    rephrased = task.rephrasings(originals, SIGNAL_SEED)
-    ours = answer_groups(model, tokenizer, [p.question for p in originals], samples, SIGNAL_SEED, temperature)
-    theirs = answer_groups(model, tokenizer, [p.question for p in rephrased], samples, SIGNAL_SEED + 1, temperature)
-    truths = [canonical_answer(p.answer) for p in originals]
+def summarise(ours: list[list[str | None]], theirs: list[list[str | None]], truths: list[str],
+              greedy: np.ndarray) -> dict:
+    """:func:`label_signal` with bootstrap intervals over questions, plus ``majority_minus_greedy`` (paired)."""
     result = {"point": label_signal(ours, theirs, truths)}
-    index = np.arange(problems)[:, None]
+    index = np.arange(len(truths))[:, None]
     for key in result["point"]:
         stat = lambda rows, key=key: label_signal([ours[i] for i in rows[:, 0]], [theirs[i] for i in rows[:, 0]],
                                                  [truths[i] for i in rows[:, 0]])[key]
         result.setdefault("interval", {})[key] = bootstrap_interval(stat, index, num_resamples=200)
     result["majority_minus_pass"] = result["point"]["majority_at_k"] - result["point"]["pass_at_1"]
-    greedy_keys = answer_groups(model, tokenizer, [p.question for p in originals], 1, SIGNAL_SEED, temperature=0.0)
-    greedy = np.array([keys[0] is not None and keys[0] == t for keys, t in zip(greedy_keys, truths)], dtype=float)
     majority = np.array([majority_answer(g) is not None and majority_answer(g) == t for g, t in zip(ours, truths)],
                         dtype=float)
     result["greedy"] = float(greedy.mean())
     gap = lambda rows: float(np.mean(majority[rows[:, 0]] - greedy[rows[:, 0]]))
     result["majority_minus_greedy"] = [gap(index), *bootstrap_interval(gap, index, num_resamples=200)]
     return result
+
+
+def measure(model_dir: str, spec: str, problems: int, samples: list[int], split: str = "train",
+            temperatures: list[float] = (1.0,)) -> dict[tuple[float, int], dict]:
+    """One result per (temperature, k): each temperature samples ``max(samples)`` rollouts per question once and
+    every k in ``samples`` votes over the first k of them (so the k's share their draws, as nested groups)."""
+    model, tokenizer = load_policy(model_dir)
+    task = ArithmeticTask("add", *parse_lengths(spec))
+    originals = split_questions(task, problems, split)
+    rephrased = task.rephrasings(originals, SIGNAL_SEED)
+    truths = [canonical_answer(p.answer) for p in originals]
+    greedy_keys = answer_groups(model, tokenizer, [p.question for p in originals], 1, SIGNAL_SEED, temperature=0.0)
+    greedy = np.array([keys[0] is not None and keys[0] == t for keys, t in zip(greedy_keys, truths)], dtype=float)
+    results = {}
+    for temperature in temperatures:
+        draw = lambda items, seed: answer_groups(model, tokenizer, [p.question for p in items], max(samples), seed,
+                                                 temperature)
+        ours, theirs = draw(originals, SIGNAL_SEED), draw(rephrased, SIGNAL_SEED + 1)
+        for k in samples:
+            results[temperature, k] = summarise([g[:k] for g in ours], [g[:k] for g in theirs], truths, greedy)
+    return results
 
 
 def measure_collective(models: list[str], seeds: list[int], spec: str, problems: int, samples: int,
@@ -129,41 +146,55 @@ def main() -> None:
     parser.add_argument("--model", default="assets/lm-arith-llama")
     parser.add_argument("--lengths", nargs="+", default=["3", "4", "3-4"])
     parser.add_argument("--problems", type=int, default=200)
-    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--samples", type=int, nargs="+", default=[8],
+                        help="group sizes k; several values vote over nested prefixes of one draw of max(k)")
     parser.add_argument("--split", default="train", choices=("train", "validation"))
-    parser.add_argument("--temperature", type=float, default=1.0, help="rollout temperature of the groups (> 0)")
+    parser.add_argument("--temperature", type=float, nargs="+", default=[1.0],
+                        help="rollout temperature(s) of the groups (> 0)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--collective", nargs="+", default=None, help="RLCCF members (model folders), member 0 first")
     parser.add_argument("--collective_seeds", nargs="+", type=int, default=None)
     args = parser.parse_args()
-    if args.temperature <= 0:
+    if min(args.temperature) <= 0:
         raise ValueError(f"--temperature must be > 0 (the groups are sampled), got {args.temperature}")
-    if args.collective and args.temperature != 1.0:
-        raise ValueError("--temperature applies to --model only; --collective samples at T=1")
+    if min(args.samples) < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.collective and (args.temperature != [1.0] or len(args.samples) != 1):
+        raise ValueError("--temperature and several --samples apply to --model only; --collective samples one k at T=1")
     for model in args.collective or [args.model]:
         if not (Path(model) / "config.json").is_file():
             raise FileNotFoundError(f"--model/--collective: {model} is not a saved causal LM folder (no config.json)")
+    results = {}
     if args.collective:
         seeds = args.collective_seeds or [SIGNAL_SEED + k for k in range(len(args.collective))]
         if len(seeds) != len(args.collective):
             raise ValueError(f"--collective_seeds: need one seed per member ({len(args.collective)}), got {seeds}")
-        print(f"collective {args.collective} (seeds {seeds}): {args.problems} {args.split} questions x {args.samples} samples at T=1")
-        measure_spec = lambda spec: measure_collective(args.collective, seeds, spec, args.problems, args.samples, args.split)
-    else:
-        print(f"{args.model}: {args.problems} {args.split} questions x {args.samples} samples at T={args.temperature}")
-        measure_spec = lambda spec: measure(args.model, spec, args.problems, args.samples, args.split, args.temperature)
-    results = {}
+        print(f"collective {args.collective} (seeds {seeds}): {args.problems} {args.split} questions x {args.samples[0]} samples at T=1")
+        for spec in args.lengths:
+            results[spec] = measure_collective(args.collective, seeds, spec, args.problems, args.samples[0], args.split)
+            report(spec, results[spec], args.out, results)
+        return
+    print(f"{args.model}: {args.problems} {args.split} questions x {args.samples} samples at T={args.temperature}")
+    single = len(args.samples) == 1 and len(args.temperature) == 1
     for spec in args.lengths:
-        results[spec] = measure_spec(spec)
-        point, interval = results[spec]["point"], results[spec]["interval"]
-        cells = "  ".join(f"{k} {v:.3f} [{interval[k][0]:.3f}, {interval[k][1]:.3f}]" for k, v in point.items())
-        print(f"digits {spec:<4} {cells}", flush=True)
-        if "greedy" in results[spec]:
-            gap = results[spec]["majority_minus_greedy"]
-            print(f"digits {spec:<4} greedy {results[spec]['greedy']:.3f}  majority_at_k - greedy {gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}]", flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+        for (temperature, k), result in measure(args.model, spec, args.problems, sorted(set(args.samples)),
+                                                args.split, args.temperature).items():
+            name = spec if single else f"{spec} T={temperature:g} k={k}"
+            results[name] = result
+            report(name, result, args.out, results)
+
+
+def report(name: str, result: dict, out: Path | None, results: dict) -> None:
+    """Print one cell and rewrite ``out`` with every cell so far."""
+    point, interval = result["point"], result["interval"]
+    cells = "  ".join(f"{k} {v:.3f} [{interval[k][0]:.3f}, {interval[k][1]:.3f}]" for k, v in point.items())
+    print(f"digits {name:<4} {cells}", flush=True)
+    if "greedy" in result:
+        gap = result["majority_minus_greedy"]
+        print(f"digits {name:<4} greedy {result['greedy']:.3f}  majority_at_k - greedy {gap[0]:+.3f} [{gap[1]:+.3f}, {gap[2]:+.3f}]", flush=True)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

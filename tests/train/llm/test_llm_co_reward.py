@@ -108,3 +108,21 @@ def test_mix_configs_are_a_matched_pair():
     assert 2 * co.problems_per_iteration * co.samples_per_problem == grpo.problems_per_iteration * grpo.samples_per_problem
     for field in ("iterations", "max_train_steps", "train_batch_size", "learning_rate", "beta", "seed", "model"):
         assert getattr(co, field) == getattr(grpo, field), field
+
+
+def test_vote_ceiling_benchmark_pairs_majority_of_k_with_greedy():
+    import importlib.util
+    import numpy as np
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "llm_label_signal.py"
+    spec = importlib.util.spec_from_file_location("llm_label_signal_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    groups, truths = [["1", "5", "5", "5"], ["2", "2", "2", None]], ["5", "3"]  # q0: 2-vote tie -> "1" (first seen)
+    greedy = np.array([0.0, 1.0])
+    nested = {k: bench.summarise([g[:k] for g in groups], [g[:k] for g in groups], truths, greedy) for k in (2, 4)}
+    assert nested[2]["majority_minus_greedy"][0] == pytest.approx(-0.5)  # majority right 0 of 2, greedy 1 of 2
+    assert nested[4]["majority_minus_greedy"][0] == pytest.approx(0.0)  # the 4-vote fixes q0, greedy keeps q1
+    assert nested[4]["greedy"] == pytest.approx(0.5) and nested[4]["point"]["majority_at_k"] == pytest.approx(0.5)
+    low, high = nested[2]["majority_minus_greedy"][1:]
+    assert low <= -0.5 <= high
