@@ -229,7 +229,8 @@ def test_bundled_checkpoint_is_what_its_config_builds(asset, config_file):
 
 @pytest.mark.parametrize(
     "stage, previous", [("stage2", ""), ("stage3", "_stage2"), ("wide_stage2", "_wide"), ("wide_conv_stage2", "_wide_conv"),
-     ("wide_conv_stage3", "_wide_conv_stage2"), ("wide_conv_stage4", "_wide_conv_stage3")]
+     ("wide_conv_stage3", "_wide_conv_stage2"), ("wide_conv_stage4", "_wide_conv_stage3"),
+     ("wide_conv_stage5", "_wide_conv_stage4")]
 )
 def test_continuation_configs_differ_only_in_self_conditioning(stage, previous):
     """Each continuation pair (stage 2, stage 3) is one continuation with and without self-conditioning: apart from
