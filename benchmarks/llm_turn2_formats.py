@@ -9,11 +9,9 @@ are then revised greedily under every turn-2 format (``arith``: the ``R:`` mark 
 ``arith_swap``, ``arith_hint``: :class:`~selfgen.train.llm.prompts.RestatedRevisionFormat`), and the
 question is also prompted afresh, without the first attempt in context (:func:`fresh_variants`).
 Per format: Acc@t2, Delta(t1,t2) with its paired 95% interval, i->c, c->i, the share of turns 2 that
-copy turn 1's answer, and two fixed-policy numbers:
-
-* ``always``: the Delta of the fixed policy "always answer with this format's turn 2" (= Delta);
-* ``oracle_keep``: the Delta if turn 2 kept every right first attempt and used this format's turn 2
-  on every wrong one (= i->c), the ceiling of a keep decision that knows which attempts are right.
+copy turn 1's answer. Two fixed policies read straight off these: "always answer with this format's
+turn 2" has Delta itself, and "keep every right first attempt, use this format's turn 2 on every wrong
+one" (the ceiling of a keep decision that knows which attempts are right) has Delta = i->c.
 """
 
 from __future__ import annotations
@@ -28,22 +26,17 @@ from selfgen.data.tasks import ArithmeticTask
 from selfgen.eval.statistics import mean_difference
 from selfgen.train.llm.prompts import RESTATED_TURN2, get_prompt_format
 from selfgen.train.llm.revision import sample_revisions
-from selfgen.train.llm.score import SCoReConfig, SCoReTrainer
+from selfgen.train.llm.score import SCoReConfig, SCoReTrainer, correction_metrics
 
 from llm_lengths import VALIDATION_SEED
 
 
 def row(name: str, first: list[bool], second: list[bool], copies: float) -> dict[str, float | str]:
-    """One format's line: accuracies, paired Delta and its interval, i->c, c->i, answer-copy share."""
-    n = len(first)
+    """One format's line: SCoRe's correction metrics (:func:`correction_metrics`), Delta's paired 95%
+    interval and the answer-copy share."""
     diff, se = mean_difference([float(x) for x in first], [float(x) for x in second])
-    fixed = sum((not a) and b for a, b in zip(first, second)) / n
-    return {
-        "format": name, "acc_t1": sum(first) / n, "acc_t2": sum(second) / n, "delta": diff,
-        "delta_low": diff - 1.96 * se, "delta_high": diff + 1.96 * se, "i_to_c": fixed,
-        "c_to_i": sum(a and not b for a, b in zip(first, second)) / n, "copies_answer": copies,
-        "always": diff, "oracle_keep": fixed,
-    }
+    return {"format": name, **correction_metrics(first, second), "delta_low": diff - 1.96 * se,
+            "delta_high": diff + 1.96 * se, "copies_answer": copies}
 
 
 def fresh_variants(problems: list[Problem], answers: list[str | None]) -> list[tuple[str, list[str], list[str | None]]]:
@@ -102,8 +95,9 @@ def main() -> None:
         samples[name] = [fresh_prompts[i] + "|" + fresh_texts[i] for i in range(3)]
     print(f"{args.model}: {args.problems} validation {args.digits}-digit additions, greedy; Acc@t1 {sum(first) / len(first):.3f}")
     for r in rows:
-        print(f"  {r['format']:<15} Acc@t2 {r['acc_t2']:.3f}  Delta {r['delta']:+.3f} [{r['delta_low']:+.3f}, {r['delta_high']:+.3f}]"
-              f"  i->c {r['i_to_c']:.3f}  c->i {r['c_to_i']:.3f}  same answer {r['copies_answer']:.3f}  oracle_keep {r['oracle_keep']:+.3f}")
+        print(f"  {r['format']:<15} Acc@t2 {r['accuracy_t2']:.3f}  Delta {r['delta_t1_t2']:+.3f} [{r['delta_low']:+.3f}, "
+              f"{r['delta_high']:+.3f}]  i->c (= oracle keep) {r['delta_i_to_c']:.3f}  c->i {r['delta_c_to_i']:.3f}"
+              f"  same answer {r['copies_answer']:.3f}")
     for name, lines in samples.items():
         print(f"  {name} samples: " + " || ".join(repr(s) for s in lines))
     if args.out:

@@ -206,7 +206,7 @@ def latent_pipe():
 
 def test_reward_maps_resize_onto_the_generation_grid_block_for_block():
     maps = np.random.default_rng(0).random((2, 4, 4)).astype(np.float32).repeat(8, 1).repeat(8, 2)  # 32x32, 8x8 blocks
-    np.testing.assert_array_equal(resize_reward_maps(maps, (32, 32)), maps)  # the pixel grid: unchanged
+    np.testing.assert_allclose(resize_reward_maps(maps, (32, 32)), maps, atol=1e-6)  # the pixel grid: unchanged
     np.testing.assert_allclose(resize_reward_maps(maps, (4, 4)), maps[:, ::8, ::8], atol=1e-6)  # one value per block
 
 
@@ -222,10 +222,9 @@ def test_a_latent_pipelines_reward_map_reaches_the_latent_tokens_of_its_region(l
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
     with torch.no_grad():  # the loss runs on the frozen autoencoder's latents of the decoded samples
         torch.testing.assert_close(dataset.samples, encode_latents(latent_pipe.vae, pixels))
-    latent_maps = dataset.maps[:, 0]
-    assert latent_maps.shape == (2, 8, 8)
-    assert (latent_maps[0, :4, :4] == 1).all() and (latent_maps[0, :4, 4:] == 0).all()  # top-left right, top-right wrong
-    assert (latent_maps[0, 4:] == 0.5).all() and (latent_maps[1, 4:, 4:] == 1).all() and (latent_maps[1, :4] == 0.5).all()
+    expected = torch.full((2, 8, 8), 0.5)  # each 16x16 quadrant of the map on its 4x4 latent tokens
+    expected[0, :4, :4], expected[0, :4, 4:], expected[1, 4:, 4:] = 1.0, 0.0, 1.0  # top-left right, top-right wrong
+    torch.testing.assert_close(dataset.maps[:, 0], expected, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="do not cover"):
         type(dataset)(dataset.samples, dataset.prompt_ids, maps)  # a pixel-grid map on latents is refused
 
