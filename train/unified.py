@@ -1,8 +1,11 @@
 """Pretraining of the unified model on synthetic scenes: generation and understanding, jointly or by stage.
 
-``selfgen train unified --config configs/unified_shapes_stage5.yaml --export_dir assets/unified-shapes`` rebuilds
-``assets/unified-shapes`` (the last of five stages, each continuing the previous export; see ``docs/srum.md``);
-``configs/unified_shapes_conv_*.yaml`` is the generation-first recipe with a conv stem/head.
+``selfgen train unified --config configs/unified_shapes_latent_repair2.yaml --export_dir assets/unified-shapes``
+rebuilds ``assets/unified-shapes``, the last stage of the latent chain (the frozen scene autoencoder, latent generation
+stages 1-2, judge stages J3-J6b, generation repairs J7-J7b, each continuing the previous export; listed in
+``configs/unified_shapes_latent_judge.yaml``, measured in ``docs/srum.md``); ``configs/unified_shapes_stage*.yaml``
+is the former pixel (patch-mosaic) base, ``configs/unified_shapes_conv_*.yaml`` the generation-first recipe with a
+conv stem/head.
 A batch trains either or both paths of the :class:`~selfgen.models.unified.UnifiedTransformer`:
 
 ``L = w_gen E ||v_theta(x_sigma, sigma, c) - (eps - x0)||^2 + w_und CE(answer | image, question)``
