@@ -118,6 +118,7 @@ class SRUMConfig(TrainingConfig):
     constraint_weight: float = 0.5  # lambda of the anchor term (authors' scripts: 0.5)
     train_parameters: str = "generation"  # "generation" (judge fixed) or "all" (the authors' --freeze_llm False)
     cfg_dropout: float = 0.0  # prompt dropped to the empty prompt in the update (authors: text_cond_dropout_prob)
+    update_guidance_scale: float = 1.0  # w of the velocity the loss is written on (1: the conditional one, as the authors)
     samples_per_prompt: int = 1  # images generated per prompt (a group shares one baseline)
     reward_baseline: str = "none"  # "none" (the raw map, the paper) or "group" (see group_baseline)
     eval_prompts_per_category: int = 16
@@ -143,6 +144,8 @@ class SRUMConfig(TrainingConfig):
             raise ValueError("num_rounds and prompts_per_round must be >= 1")
         if self.constraint_weight < 0:
             raise ValueError(f"constraint_weight must be >= 0, got {self.constraint_weight}")
+        if self.update_guidance_scale < 1:
+            raise ValueError(f"update_guidance_scale must be >= 1, got {self.update_guidance_scale}")
         if self.lora_rank > 0:
             raise ValueError("SRUM continues each round from the previous round's weights: lora_rank must be 0")
 
@@ -284,7 +287,9 @@ class SRUMObjective(Objective):
 
     ``L = mean[R * (v_theta - (eps - x0))^2] + lambda * mean[(v_theta - (eps - x0))^2]`` at one ``x_sigma``.
 
-    ``drop_prompt(prompt_ids)`` returns the unconditional prompt ids (needed when ``cfg_dropout > 0``)."""
+    ``v_theta`` is the conditional velocity (the authors) or, with ``guidance_scale`` ``w > 1``, the guided velocity
+    ``sg(v_u) + w (v_c - sg(v_u))`` that sampled the round's images (:meth:`velocity`; not in the paper).
+    ``drop_prompt(prompt_ids)`` returns the unconditional prompt ids (needed when ``cfg_dropout > 0`` or ``w > 1``)."""
 
     def __init__(
         self,
@@ -292,11 +297,26 @@ class SRUMObjective(Objective):
         constraint_weight: float,
         cfg_dropout: float = 0.0,
         drop_prompt: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        guidance_scale: float = 1.0,
     ) -> None:
-        if cfg_dropout > 0 and drop_prompt is None:
-            raise ValueError("cfg_dropout > 0 needs drop_prompt, the model's unconditional prompt ids")
+        if (cfg_dropout > 0 or guidance_scale != 1) and drop_prompt is None:
+            raise ValueError("cfg_dropout > 0 or guidance_scale != 1 needs drop_prompt, the model's unconditional prompt ids")
         self.umm, self.constraint_weight = umm, constraint_weight
-        self.cfg_dropout, self.drop_prompt = cfg_dropout, drop_prompt
+        self.cfg_dropout, self.drop_prompt, self.guidance_scale = cfg_dropout, drop_prompt, guidance_scale
+
+    def velocity(self, model: nn.Module, noisy: torch.Tensor, sigmas: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """The velocity the loss is written on. At ``w = 1`` the conditional ``v_c``. At ``w > 1`` the guided
+        ``v_u + w (v_c - v_u)`` with the unconditional ``v_u`` held fixed (no gradient): the loss then fits the
+        sampler that drew the samples (classifier-free guidance at ``w``), and only ``v_c`` learns, toward
+        ``v_u + (t - v_u) / w``. Fitting ``v_c`` itself to guided samples and guiding again at sampling compounds the
+        guidance (about ``w^2`` after one round, ``w^3`` after two); this keeps a blind imitation of the model's own
+        guided samples at its fixed point. Not in the paper (the authors fit ``v_c``, with prompt dropout 0.1)."""
+        conditional = self.umm.velocity(model, noisy, sigmas, prompt_ids).float()
+        if self.guidance_scale == 1:
+            return conditional
+        with torch.no_grad():
+            unconditional = self.umm.velocity(model, noisy, sigmas, self.drop_prompt(prompt_ids)).float()
+        return unconditional + self.guidance_scale * (conditional - unconditional)
 
     def compute_loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         images, prompt_ids, maps = batch["sample"], batch["prompt_ids"], batch["reward_map"]
@@ -304,7 +324,7 @@ class SRUMObjective(Objective):
             drop = torch.rand(images.shape[0], device=images.device) < self.cfg_dropout
             prompt_ids = torch.where(drop[:, None], self.drop_prompt(prompt_ids), prompt_ids)
         noisy, sigmas, target = noisy_pair(images)
-        squared_error = (self.umm.velocity(model, noisy, sigmas, prompt_ids).float() - target) ** 2
+        squared_error = (self.velocity(model, noisy, sigmas, prompt_ids) - target) ** 2
         reward_term = (maps * squared_error).mean()
         anchor_term = squared_error.mean()
         loss = reward_term + self.constraint_weight * anchor_term
@@ -340,7 +360,8 @@ class SRUMTrainer:
             images ``(N, H, W, 3)`` in ``[0, 1]``.
         export_fn: ``export_fn(transformer, directory)`` saves a loadable model (each round's export).
         evaluate_fn: ``evaluate_fn(umm) -> dict`` of metrics, run on the start model and after each round.
-        drop_prompt: the unconditional prompt ids for ``cfg_dropout`` (see :class:`SRUMObjective`).
+        drop_prompt: the unconditional prompt ids for ``cfg_dropout`` and ``update_guidance_scale`` (see
+            :class:`SRUMObjective`).
 
     ``train()`` runs ``config.num_rounds`` rounds and returns a ``TrainResult`` whose ``history`` has one
     record per round (round 0 = the start model).
@@ -410,7 +431,9 @@ class SRUMTrainer:
             export_dir=str(config.pipeline_dir) if last else str(round_dir / "pipeline"),
             seed=config.seed + round_index,
         )
-        objective = SRUMObjective(umm, config.constraint_weight, config.cfg_dropout, self.drop_prompt)
+        objective = SRUMObjective(
+            umm, config.constraint_weight, config.cfg_dropout, self.drop_prompt, config.update_guidance_scale
+        )
         trainer = Trainer(umm.transformer, objective, dataset, round_config, export_fn=self.export_fn)
         result = trainer.train()
         model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # no autocast wrapper

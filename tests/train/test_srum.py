@@ -27,7 +27,8 @@ from selfgen.train.srum_shapes import (
     shapes_trainer,
     train,
 )
-from selfgen.train.unified import build_pipeline
+from selfgen.train.losses import noisy_pair
+from selfgen.train.unified import build_pipeline, empty_prompt_like
 
 
 QUADRANTS = quadrant_slices(8, 8)
@@ -84,6 +85,40 @@ def test_objective_is_reward_plus_lambda_weighted_flow_matching_on_the_sample(ti
     # L = mean(R e) + lambda mean(e) = (R + lambda) mean(e) for a constant map: both terms pull toward x0
     assert loss(0.5, 1.0)[0].item() == pytest.approx(1.5 * plain.item(), rel=1e-5)
     assert loss(0.5, 0.2)[0].item() == pytest.approx(0.7 * plain.item(), rel=1e-5)
+
+
+def test_guided_update_fits_the_guided_velocity_and_trains_only_the_conditional_branch(tiny_pipe):
+    model = tiny_pipe.transformer
+    torch.manual_seed(1)
+    with torch.no_grad():  # leave the zero-initialised heads: v_c, v_u and their difference non-zero
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    prompt_ids = tiny_pipe.encode_prompts(["a red circle", "a blue square"])
+    empty = empty_prompt_like(prompt_ids)
+    batch = {"sample": torch.rand(2, 3, 32, 32) * 2 - 1, "prompt_ids": prompt_ids, "reward_map": torch.ones(2, 1, 32, 32)}
+    with pytest.raises(ValueError, match="needs drop_prompt"):
+        SRUMObjective(tiny_pipe, 0.0, guidance_scale=3.0)
+    objective = SRUMObjective(tiny_pipe, 0.0, drop_prompt=empty_prompt_like, guidance_scale=3.0)
+    torch.manual_seed(0)
+    loss, _ = objective.compute_loss(model, batch)
+    torch.manual_seed(0)  # the same noise and sigmas: v = v_u + 3 (v_c - v_u)
+    noisy, sigmas, target = noisy_pair(batch["sample"])
+    cond = tiny_pipe.velocity(model, noisy, sigmas, prompt_ids)
+    uncond = tiny_pipe.velocity(model, noisy, sigmas, empty)
+    expected = ((uncond + 3 * (cond - uncond) - target) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(((cond - target) ** 2).mean().item(), rel=1e-3)
+    # the unconditional branch is held fixed: the gradient is w times the conditional branch's alone
+    model.zero_grad()
+    loss.backward()
+    guided = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    residual = (uncond + 3 * (cond - uncond) - target).detach()
+    (3 * 2 * (residual * cond).mean()).backward()
+    manual = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(guided) == len(manual) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(guided, manual))
+    with pytest.raises(ValueError, match="update_guidance_scale"):
+        SRUMConfig(update_guidance_scale=0.5)
 
 
 def test_clutter_beyond_the_prompt_costs_local_reward():
