@@ -92,7 +92,7 @@ def test_guided_update_fits_the_guided_velocity_and_trains_only_the_conditional_
     torch.manual_seed(1)
     with torch.no_grad():  # leave the zero-initialised heads: v_c, v_u and their difference non-zero
         for param in model.parameters():
-            param.add_(0.05 * torch.randn_like(param))
+            param.add_(0.3 * torch.randn_like(param))
     prompt_ids = tiny_pipe.encode_prompts(["a red circle", "a blue square"])
     empty = empty_prompt_like(prompt_ids)
     batch = {"sample": torch.rand(2, 3, 32, 32) * 2 - 1, "prompt_ids": prompt_ids, "reward_map": torch.ones(2, 1, 32, 32)}
@@ -107,7 +107,7 @@ def test_guided_update_fits_the_guided_velocity_and_trains_only_the_conditional_
     uncond = tiny_pipe.velocity(model, noisy, sigmas, empty)
     expected = ((uncond + 3 * (cond - uncond) - target) ** 2).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert loss.item() != pytest.approx(((cond - target) ** 2).mean().item(), rel=1e-3)
+    assert abs(loss.item() - ((cond - target) ** 2).mean().item()) > 0.05  # not the conditional loss
     # the unconditional branch is held fixed: the gradient is w times the conditional branch's alone
     model.zero_grad()
     loss.backward()
