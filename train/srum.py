@@ -308,9 +308,10 @@ class SRUMObjective(Objective):
         """The velocity the loss is written on. At ``w = 1`` the conditional ``v_c``. At ``w > 1`` the guided
         ``v_u + w (v_c - v_u)`` with the unconditional ``v_u`` held fixed (no gradient): the loss then fits the
         sampler that drew the samples (classifier-free guidance at ``w``), and only ``v_c`` learns, toward
-        ``v_u + (t - v_u) / w``. Fitting ``v_c`` itself to guided samples and guiding again at sampling compounds the
-        guidance (about ``w^2`` after one round, ``w^3`` after two); this keeps a blind imitation of the model's own
-        guided samples at its fixed point. Not in the paper (the authors fit ``v_c``, with prompt dropout 0.1)."""
+        ``v_u + (t - v_u) / w``. Meant to stop guidance compounding (fitting ``v_c`` to samples drawn at ``w`` and
+        guiding again at sampling); measured worse than fitting ``v_c`` (docs/srum.md, eighteenth pass, D3): a guided
+        ODE's velocity is not the marginal velocity of what it samples, so this is no fixed point either. Not in the
+        paper (the authors fit ``v_c``, with prompt dropout 0.1); off by default."""
         conditional = self.umm.velocity(model, noisy, sigmas, prompt_ids).float()
         if self.guidance_scale == 1:
             return conditional
