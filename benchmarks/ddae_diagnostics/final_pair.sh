@@ -11,7 +11,8 @@
 #      per-image part / nothing (injection_shares.py, method only; an OUT/injection-validation.jsonl already there is kept).
 # all (then, once, the test split):
 #   4. probe sweep of each model (selfgen eval ddae: (t, layer) and L = 3's t chosen on the validation split, test
-#      scored once; the method's run reads the ablation's metrics.json: McNemar per probe) and the injection on test;
+#      scored once; an OUT/<arm>/eval/metrics.json already there is kept) and the injection on test; McNemar per
+#      probe, method vs ablation (eval.probe.paired_probe_comparison);
 #   5. FD and judge confidence of the same samples against the 360 test digits, paired (paired_gen.py --split test).
 set -euo pipefail
 if [ $# -lt 3 ] || [ $# -gt 4 ]; then
@@ -46,9 +47,14 @@ cat "$out/injection-validation.jsonl"
 if [ "$mode" = all ]; then
   stamp "probe, test once"
   selfgen=${SELFGEN:-selfgen}
-  "$selfgen" eval ddae --model "$ablation" --output "$out/ablation/eval" --timesteps "[0,25,100]" --num_samples 0
-  "$selfgen" eval ddae --model "$method" --output "$out/method/eval" --timesteps "[0,25,100]" --num_samples 0 \
-    --reference "$out/ablation/eval/metrics.json"
+  for arm in method ablation; do
+    [ "$arm" = method ] && model=$method || model=$ablation
+    [ -s "$out/$arm/eval/metrics.json" ] || \
+      "$selfgen" eval ddae --model "$model" --output "$out/$arm/eval" --timesteps "[0,25,100]" --num_samples 0
+  done
+  "$py" -c 'import json, sys; from selfgen.eval.probe import paired_probe_comparison as p
+a, b = (json.load(open(f))["probe"] for f in sys.argv[1:]); print(json.dumps(p(a, b)))' \
+    "$out/method/eval/metrics.json" "$out/ablation/eval/metrics.json" | tee "$out/paired-probe-test.json"
   stamp "paired, test"
   "$py" "$here/paired_gen.py" "$method_npy" "$ablation_npy" --split test | tee "$out/paired-test.json"
 fi
