@@ -300,3 +300,29 @@ def test_warm_start_revision_examples_follow_the_turn_2_format(tmp_path):
         question = pair.prompt[2 : pair.prompt.index("\n")]
         assert pair.prompt.endswith(f"\nR:\nQ:{question}\n")
         assert trainer.task.verify(Problem(question, str(sum(map(int, question.split("+")))), "q"), pair.completion)  # the target is right
+
+
+def test_keep_signal_benchmark_keeps_confident_attempts_and_re_solves_the_rest():
+    """``benchmarks/llm_keep_signal.py`` on a hand-made set: the threshold maximising Delta (ties: the lowest,
+    which keeps the most), the policy it fixes, and the threshold-free 'keep the likelier attempt' rule."""
+    import importlib.util
+
+    import numpy as np
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "llm_keep_signal.py"
+    spec = importlib.util.spec_from_file_location("llm_keep_signal_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    first = np.array([True, True, False, False])
+    resolve = np.array([False, True, True, False])
+    signal = np.array([-0.1, -0.2, -0.9, -0.5])  # the wrong attempts are the least likely
+    threshold = bench.choose_threshold(first, resolve, signal)
+    assert threshold == pytest.approx(-0.7)  # re-solving only problem 2 fixes it; -0.35 and -0.15 tie, lowest kept
+    assert bench.keep_policy(first, resolve, signal, threshold).tolist() == [True, True, True, False]
+    assert bench.keep_policy(first, resolve, signal, np.inf).tolist() == resolve.tolist()  # re-solve all
+    assert bench.choose_threshold(first, np.zeros(4, bool), signal) == -np.inf  # a useless re-solve: keep all
+    result = bench.read(first, resolve, signal, np.array([-0.3, -0.3, -0.3, -0.3]), threshold)
+    assert result["delta_t1_t2"] == pytest.approx(0.25) and result["kept"] == pytest.approx(0.75)
+    assert result["signal_auc"] == pytest.approx(1.0) and result["oracle_keep"] == pytest.approx(0.25)
+    assert result["likelier_delta"] == pytest.approx(0.25)  # re-solves 2 (fixed) and 3 (still wrong)
+    assert result["delta_low"] <= 0.25 <= result["delta_high"]
