@@ -16,7 +16,8 @@ midpoints between observed log-probabilities (and keep-all / re-solve-all); the 
 the next ``--eval_problems`` validation draws (disjoint) and, with ``--test_problems``, on the test split
 (``EVAL_SEED``, the draws of ``llm_correction.py``). Reported per set: Acc@t1, Acc@t2 = the policy's
 accuracy, Delta with its paired 95% interval, i->c, c->i, the share kept, the signal's AUC right vs wrong
-first attempts, and the threshold-free rule "keep the more likely of the two attempts".
+first attempts, the policy minus "always re-solve" (paired: what the keep decision adds over the re-solve
+alone), and the threshold-free rule "keep the more likely of the two attempts".
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ def read(first: np.ndarray, resolve: np.ndarray, signal: np.ndarray, resolve_sig
     diff, se = mean_difference(first.astype(float).tolist(), second.astype(float).tolist())
     likelier = np.where(signal >= resolve_signal, first, resolve)
     l_diff, l_se = mean_difference(first.astype(float).tolist(), likelier.astype(float).tolist())
+    r_diff, r_se = mean_difference(resolve.astype(float).tolist(), second.astype(float).tolist())
     return {
         **correction_metrics(first.tolist(), second.tolist()), "delta_low": diff - 1.96 * se, "delta_high": diff + 1.96 * se,
         "kept": float((signal >= threshold).mean()), "signal_auc": ranking_auc(signal, first),
         "resolve_accuracy": float(resolve.mean()), "oracle_keep": float((~first & resolve).mean()),
         "likelier_delta": l_diff, "likelier_low": l_diff - 1.96 * l_se, "likelier_high": l_diff + 1.96 * l_se,
+        "over_resolve": r_diff, "over_resolve_low": r_diff - 1.96 * r_se, "over_resolve_high": r_diff + 1.96 * r_se,
         "problems": len(first),
     }
 
@@ -115,7 +118,8 @@ def main() -> None:
               f"Acc@t1 {r['accuracy_t1']:.3f} re-solve {r['resolve_accuracy']:.3f} Acc@t2 {r['accuracy_t2']:.3f} "
               f"Delta {r['delta_t1_t2']:+.3f} [{r['delta_low']:+.3f}, {r['delta_high']:+.3f}] i->c {r['delta_i_to_c']:.3f} "
               f"c->i {r['delta_c_to_i']:.3f} AUC {r['signal_auc']:.3f} oracle keep {r['oracle_keep']:.3f}; "
-              f"likelier of the two: Delta {r['likelier_delta']:+.3f} [{r['likelier_low']:+.3f}, {r['likelier_high']:+.3f}]",
+              f"likelier of the two: Delta {r['likelier_delta']:+.3f} [{r['likelier_low']:+.3f}, {r['likelier_high']:+.3f}]; "
+              f"policy - always re-solve {r['over_resolve']:+.3f} [{r['over_resolve_low']:+.3f}, {r['over_resolve_high']:+.3f}]",
               flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

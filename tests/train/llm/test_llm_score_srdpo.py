@@ -326,3 +326,4 @@ def test_keep_signal_benchmark_keeps_confident_attempts_and_re_solves_the_rest()
     assert result["signal_auc"] == pytest.approx(1.0) and result["oracle_keep"] == pytest.approx(0.25)
     assert result["likelier_delta"] == pytest.approx(0.25)  # re-solves 2 (fixed) and 3 (still wrong)
     assert result["delta_low"] <= 0.25 <= result["delta_high"]
+    assert result["over_resolve"] == pytest.approx(0.25)  # keeping problem 0 beats re-solving it
