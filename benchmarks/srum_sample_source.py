@@ -6,7 +6,7 @@ re-encoded by the frozen autoencoder (``reencode``, what the loop and the author
 the loop's ``training_set`` (see :mod:`srum_gradient_consistency` for why these settings matter).
 
     OMP_NUM_THREADS=1 python benchmarks/srum_sample_source.py <judged latent UnifiedPipeline> oracle|oracle_blind \
-        outputs/w1s64kept-oracle-s0 1 64 kept        # ~12 min a round on the loaded 2-core machine
+        outputs/w1s64kept-oracle-s0 1 64 kept [SEED]   # ~12 min a round on the loaded 2-core machine; SEED: loop seed, 0
 """
 import dataclasses
 import sys
@@ -20,11 +20,11 @@ from selfgen.train.srum import SelfGeneratedDataset, SRUMConfig, resize_reward_m
 from selfgen.train.srum_shapes import shapes_trainer
 
 
-def main(base: str, reward: str, output_dir: str, guidance: float, steps: int, source: str) -> None:
+def main(base: str, reward: str, output_dir: str, guidance: float, steps: int, source: str, seed: int = 0) -> None:
     if source not in ("kept", "reencode"):
         raise ValueError(f"source must be 'kept' or 'reencode', got {source!r}")
     config = load_config(SRUMConfig, "configs/srum_shapes_latent_gate.yaml")
-    config = dataclasses.replace(config, pretrained=base, reward=reward, output_dir=output_dir, constraint_weight=0.0, seed=0)
+    config = dataclasses.replace(config, pretrained=base, reward=reward, output_dir=output_dir, constraint_weight=0.0, seed=seed)
     set_seed(config.seed)
     umm = UnifiedPipeline.from_pretrained(base)
     umm.set_progress_bar_config(disable=True)
@@ -53,4 +53,4 @@ def main(base: str, reward: str, output_dir: str, guidance: float, steps: int, s
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+    main(*sys.argv[1:4], float(sys.argv[4]), int(sys.argv[5]), sys.argv[6], *map(int, sys.argv[7:8]))
