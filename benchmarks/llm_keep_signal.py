@@ -59,18 +59,23 @@ def choose_threshold(first: np.ndarray, resolve: np.ndarray, signal: np.ndarray)
 def read(first: np.ndarray, resolve: np.ndarray, signal: np.ndarray, resolve_signal: np.ndarray, threshold: float) -> dict:
     """The fixed policy's correction metrics on one set, with Delta's paired 95% interval."""
     second = keep_policy(first, resolve, signal, threshold)
-    diff, se = mean_difference(first.astype(float).tolist(), second.astype(float).tolist())
     likelier = np.where(signal >= resolve_signal, first, resolve)
-    l_diff, l_se = mean_difference(first.astype(float).tolist(), likelier.astype(float).tolist())
-    r_diff, r_se = mean_difference(resolve.astype(float).tolist(), second.astype(float).tolist())
+    delta = paired_interval(first, second, "delta")
     return {
-        **correction_metrics(first.tolist(), second.tolist()), "delta_low": diff - 1.96 * se, "delta_high": diff + 1.96 * se,
+        **correction_metrics(first.tolist(), second.tolist()), "delta_low": delta["delta_low"], "delta_high": delta["delta_high"],
         "kept": float((signal >= threshold).mean()), "signal_auc": ranking_auc(signal, first),
         "resolve_accuracy": float(resolve.mean()), "oracle_keep": float((~first & resolve).mean()),
-        "likelier_delta": l_diff, "likelier_low": l_diff - 1.96 * l_se, "likelier_high": l_diff + 1.96 * l_se,
-        "over_resolve": r_diff, "over_resolve_low": r_diff - 1.96 * r_se, "over_resolve_high": r_diff + 1.96 * r_se,
+        **paired_interval(first, likelier, "likelier_delta", "likelier"),
+        **paired_interval(resolve, second, "over_resolve"),
         "problems": len(first),
     }
+
+
+def paired_interval(reference: np.ndarray, candidate: np.ndarray, key: str, bounds: str | None = None) -> dict:
+    """``candidate - reference`` (paired per problem) as ``{key, <bounds>_low, <bounds>_high}``, a 95% interval."""
+    diff, se = mean_difference(reference.astype(float).tolist(), candidate.astype(float).tolist())
+    bounds = bounds or key
+    return {key: diff, f"{bounds}_low": diff - 1.96 * se, f"{bounds}_high": diff + 1.96 * se}
 
 
 def attempts(trainer: SCoReTrainer, problems: list[Problem]) -> dict[str, np.ndarray]:

@@ -13,9 +13,11 @@ of 8 disjoint minibatches of 32 samples, each with fixed noise, for
 
     OMP_NUM_THREADS=1 python benchmarks/srum_gradient_consistency.py <latent UnifiedPipeline> 3:16 1:16 1:64
 """
+import contextlib
 import itertools
 import random
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -47,10 +49,11 @@ def gradient_cosine(umm: UnifiedPipeline, samples: torch.Tensor, prompt_ids: tor
     return float(np.mean([torch.nn.functional.cosine_similarity(a, b, dim=0).item() for a, b in pairs]))
 
 
-def own_samples(umm: UnifiedPipeline, prompts: list[str], guidance: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sampled latents and the re-encoded decoded images of one generation of ``prompts``."""
-    kept = {}
-    decode = unified_pipeline.decode_latents
+@contextlib.contextmanager
+def keeping_sampled_latents() -> Iterator[dict]:
+    """While open, every latent pipeline's sampled latents (before decoding) are kept in the yielded dict's
+    ``"latents"`` (the last generation's)."""
+    kept, decode = {}, unified_pipeline.decode_latents
 
     def keep_latents(vae, latents):
         kept["latents"] = latents.detach().float().cpu()
@@ -58,11 +61,16 @@ def own_samples(umm: UnifiedPipeline, prompts: list[str], guidance: float, steps
 
     unified_pipeline.decode_latents = keep_latents
     try:
-        with torch.no_grad():
-            images = umm.generate(prompts, num_inference_steps=steps, guidance_scale=guidance,
-                                  generator=torch.Generator().manual_seed(1), output_type="np").images
+        yield kept
     finally:
         unified_pipeline.decode_latents = decode
+
+
+def own_samples(umm: UnifiedPipeline, prompts: list[str], guidance: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampled latents and the re-encoded decoded images of one generation of ``prompts``."""
+    with keeping_sampled_latents() as kept, torch.no_grad():
+        images = umm.generate(prompts, num_inference_steps=steps, guidance_scale=guidance,
+                              generator=torch.Generator().manual_seed(1), output_type="np").images
     return kept["latents"], umm.encode_samples(images).float().cpu()
 
 

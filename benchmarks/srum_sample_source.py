@@ -13,11 +13,11 @@ import sys
 
 from accelerate.utils import set_seed
 
-import selfgen.pipelines.unified as unified_pipeline
 from selfgen import UnifiedPipeline
 from selfgen.train.config import load_config
 from selfgen.train.srum import SelfGeneratedDataset, SRUMConfig, resize_reward_maps
 from selfgen.train.srum_shapes import shapes_trainer
+from srum_gradient_consistency import keeping_sampled_latents
 
 
 def main(base: str, reward: str, output_dir: str, guidance: float, steps: int, source: str, seed: int = 0) -> None:
@@ -29,12 +29,7 @@ def main(base: str, reward: str, output_dir: str, guidance: float, steps: int, s
     umm = UnifiedPipeline.from_pretrained(base)
     umm.set_progress_bar_config(disable=True)
     trainer = shapes_trainer(umm, config)
-    sampled = {}
-    decode, generate = unified_pipeline.decode_latents, umm.generate
-
-    def keep_latents(vae, latents):
-        sampled["latents"] = latents.detach().float().cpu()
-        return decode(vae, latents)
+    generate = umm.generate
 
     def round_generate(prompts, **options):
         if len(prompts) == config.prompts_per_round * config.samples_per_prompt:  # the round's samples, not evaluation
@@ -46,10 +41,11 @@ def main(base: str, reward: str, output_dir: str, guidance: float, steps: int, s
         maps = resize_reward_maps(rewards.reward_maps, tuple(samples.shape[2:]))
         return SelfGeneratedDataset(samples, umm.encode_prompts(prompts).cpu(), maps)
 
-    unified_pipeline.decode_latents, umm.generate = keep_latents, round_generate
-    if source == "kept":
-        trainer.training_set = kept_training_set
-    trainer.train()
+    umm.generate = round_generate
+    with keeping_sampled_latents() as sampled:
+        if source == "kept":
+            trainer.training_set = kept_training_set
+        trainer.train()
 
 
 if __name__ == "__main__":
