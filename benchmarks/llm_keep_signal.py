@@ -35,7 +35,7 @@ from selfgen.data.tasks import ArithmeticTask
 from selfgen.eval.scenes import ranking_auc
 from selfgen.eval.statistics import mean_difference
 from selfgen.train.llm.lm import EVAL_SEED
-from selfgen.train.llm.score import SCoReConfig, SCoReTrainer, correction_metrics
+from selfgen.train.llm.score import SCoReConfig, SCoReTrainer, correction_metrics, mean_logprob
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm_lengths import VALIDATION_SEED  # noqa: E402
@@ -79,15 +79,15 @@ def paired_interval(reference: np.ndarray, candidate: np.ndarray, key: str, boun
 
 
 def attempts(trainer: SCoReTrainer, problems: list[Problem]) -> dict[str, np.ndarray]:
-    """Greedy turn 1 and greedy fresh swapped re-solve: correctness and mean token log-probability of each."""
-    def solve(questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        rollouts = trainer.sample([trainer.format.prompt(q) for q in questions], temperature=0.0, num_samples=1)
-        right = np.array([trainer.verify(p, r.text) for p, r in zip(problems, rollouts)])
-        signal = np.array([np.mean(r.logprobs) if r.finished and r.logprobs else -np.inf for r in rollouts])
-        return right, signal
+    """Greedy turn 1 and greedy fresh swapped re-solve (:meth:`SCoReTrainer.keep_signal_attempts`):
+    correctness and mean token log-probability of each."""
+    first, resolve = trainer.keep_signal_attempts(problems)
 
-    first, signal = solve([p.question for p in problems])
-    resolve, resolve_signal = solve(["+".join(reversed(p.question.split("+"))) for p in problems])
+    def read_out(rollouts: list) -> tuple[np.ndarray, np.ndarray]:
+        right = np.array([trainer.verify(p, r.text) for p, r in zip(problems, rollouts)])
+        return right, np.array([mean_logprob(r) for r in rollouts])
+
+    (first, signal), (resolve, resolve_signal) = read_out(first), read_out(resolve)
     return {"first": first, "signal": signal, "resolve": resolve, "resolve_signal": resolve_signal}
 
 

@@ -70,6 +70,15 @@ class PromptFormat:
         return feedback_request(self.prompt(question, hint), attempt)
 
 
+def swapped_question(question: str) -> str:
+    """The addition ``a+b`` with its operands swapped, ``b+a`` (the ``swap`` rephrasing the arithmetic base
+    is pretrained on); any other question as it is."""
+    if question.count("+") != 1:
+        return question
+    left, right = question.split("+")
+    return f"{right}+{left}"
+
+
 class RestatedRevisionFormat(PromptFormat):
     """The arithmetic format whose plain revision turn restates the question after the ``R:`` mark
     (``prompt_format: arith_<style>``), so the second attempt starts from a prompt the base model was
@@ -94,10 +103,7 @@ class RestatedRevisionFormat(PromptFormat):
         self.name = f"arith_{style}"
 
     def revision(self, question: str, attempt: str, feedback: Feedback | None = None, hint: str | None = None) -> str:
-        restated = question
-        if self.style == "swap" and question.count("+") == 1:
-            left, right = question.split("+")
-            restated = f"{right}+{left}"
+        restated = swapped_question(question) if self.style == "swap" else question
         own = self.answer(attempt) if self.style == "hint" else None
         return super().revision(question, attempt, feedback, hint) + prompt_text(restated, own)
 

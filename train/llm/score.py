@@ -58,12 +58,24 @@ themselves (a Monte-Carlo forward-KL anchor that holds the first attempt near th
 ``warmup_anchor_correct_only``: only the correct ones, i.e. rejection-sampling fine-tuning of turn
 1). No reference solution is used. The warm-started model is then the KL reference ``pi_ref`` of
 both RL stages.
+
+**Likelihood-labelled warm start** (``warmup_keep_threshold`` = tau set; a second departure, labels from a
+self-signal, no verifier in the warm start): the turn-2 targets follow the fixed keep-or-re-solve rule of
+``benchmarks/llm_keep_signal.py`` instead of the verifier. Each warm-start problem gets the model's greedy
+first attempt ``y1`` and, prompted afresh, its greedy solution ``y_swap`` of the swapped question ``b+a``
+(:meth:`SCoReTrainer.keep_signal_attempts`); the revision target is ``y1`` (keep) when its mean token
+log-probability under the model is >= tau, else ``y_swap`` (re-solve; :func:`likelihood_keep_pairs`), and
+``warmup_anchor_correct_only`` then keeps as turn-1 examples the kept attempts instead of the correct ones.
+tau is chosen beforehand on validation problems (training split), never on the test problems. One greedy
+attempt per problem (the paper's Pair-SFT has no such rule; the rule is measured on greedy attempts).
+Meant with ``prompt_format: arith_swap``, whose turn 2 restates the swapped question the re-solve answers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ...data.problems import Problem
@@ -71,6 +83,7 @@ from ..registry import Method
 from .driver import IterativeConfig, IterativeTrainer, Round, run_recipe
 from .modeling import frozen_copy
 from .objectives import GRPOCollator, GRPOObjective, PolicySample, SFTCollator, SFTObjective, TextPair
+from .prompts import swapped_question
 from .rollout import Rollout
 
 WARMUP_SEED = 8_500  # the warm start's problems (training split)
@@ -92,6 +105,7 @@ class SCoReConfig(IterativeConfig):
     warmup_train_steps: int = 200
     warmup_learning_rate: float = 3e-4
     warmup_anchor_correct_only: bool = False  # the warm start's turn-1 examples: only its correct samples (else all)
+    warmup_keep_threshold: float | None = None  # tau: label the warm start by the likelihood keep rule (departure)
 
 
 def shaped_reward(r1: torch.Tensor, r2: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -145,6 +159,26 @@ def revision_pairs(contexts: list[list[str]], attempts: list[list[str]], verdict
     return pairs
 
 
+def mean_logprob(rollout: Rollout) -> float:
+    """The keep signal: the mean token log-probability of a finished completion under the model that wrote
+    it (``-inf`` for an empty or unfinished one)."""
+    return float(np.mean(rollout.logprobs)) if rollout.finished and rollout.logprobs else -float("inf")
+
+
+def likelihood_keep_pairs(
+    contexts: list[str], attempts: list[str], signals: list[float], resolves: list[str], threshold: float
+) -> list[TextPair]:
+    """Pair-SFT revision examples labelled by the likelihood keep rule (no verifier): after the turn-2
+    context ``contexts[i]`` of attempt ``attempts[i]``, the attempt itself when ``signals[i] >= threshold``
+    (keep), else the fresh re-solve ``resolves[i]`` (``None``: no finished re-solve, no example)."""
+    pairs = []
+    for context, attempt, signal, resolve in zip(contexts, attempts, signals, resolves, strict=True):
+        target = attempt if signal >= threshold else resolve
+        if target is not None:
+            pairs.append(TextPair(context, target))
+    return pairs
+
+
 class SCoReTrainer(IterativeTrainer):
     config_class = SCoReConfig
     plot_keys = ("accuracy_t1", "accuracy_t2", "delta_t1_t2", "delta_i_to_c", "delta_c_to_i")
@@ -178,13 +212,55 @@ class SCoReTrainer(IterativeTrainer):
             metrics.update({f"tune_{key}": value for key, value in self.correction_eval(tune).items()})
         return {"accuracy": metrics["accuracy_t2"], **metrics}
 
+    def keep_signal_attempts(self, problems: list[Problem]) -> tuple[list[Rollout], list[Rollout]]:
+        """Greedy first attempts of ``problems`` and greedy fresh solutions of their swapped questions."""
+        def greedy(questions: list[str]) -> list[Rollout]:
+            return self.sample([self.format.prompt(q) for q in questions], temperature=0.0, num_samples=1)
+
+        return greedy([p.question for p in problems]), greedy([swapped_question(p.question) for p in problems])
+
     def seed_round(self) -> Round | None:
         """The optional warm start (``warmup_problems`` > 0; a departure, see the module docstring): SFT on
-        :func:`revision_pairs` of the model's own T = 1 samples plus those samples as turn-1 examples."""
-        config, k = self.config, self.config.samples_per_problem
+        revision pairs plus turn-1 examples, labelled by the verifier or (``warmup_keep_threshold``) by the
+        likelihood keep rule."""
+        config = self.config
         if not config.warmup_problems:
             return None
         problems = self.task.sample(config.warmup_problems, WARMUP_SEED + config.seed)
+        build = self.verifier_warmup if config.warmup_keep_threshold is None else self.likelihood_warmup
+        pairs, anchor, logs = build(problems)
+        return Round(
+            SFTObjective(), pairs + anchor, SFTCollator(self.tokenizer, config.max_length), logs,
+            max_train_steps=config.warmup_train_steps, learning_rate=config.warmup_learning_rate,
+        )
+
+    def likelihood_warmup(self, problems: list[Problem]) -> tuple[list[TextPair], list[TextPair], dict[str, float]]:
+        """:func:`likelihood_keep_pairs` of greedy attempts plus, as turn-1 examples, the attempts (only the
+        kept ones with ``warmup_anchor_correct_only``). The verifier is read for the logs only."""
+        config = self.config
+        first, resolve = self.keep_signal_attempts(problems)
+        signals = [mean_logprob(r) for r in first]
+        kept = [s >= config.warmup_keep_threshold for s in signals]
+        contexts = [self.format.revision(p.question, r.text) for p, r in zip(problems, first)]
+        resolves = [r.text if r.finished else None for r in resolve]
+        pairs = likelihood_keep_pairs(contexts, [r.text for r in first], signals, resolves, config.warmup_keep_threshold)
+        anchor = [
+            TextPair(self.prompt(p), r.text)
+            for p, r, keep in zip(problems, first, kept)
+            if keep or not config.warmup_anchor_correct_only
+        ]
+        right = [self.verify(p, r.text) for p, r in zip(problems, first)]
+        targets = [self.verify(p, (r1 if keep else r2).text) for p, r1, r2, keep in zip(problems, first, resolve, kept)]
+        logs = {
+            "warmup_examples": float(len(pairs)), "warmup_anchor_examples": float(len(anchor)),
+            "warmup_kept": float(np.mean(kept)), "warmup_attempt_accuracy": float(np.mean(right)),
+            "warmup_target_accuracy": float(np.mean(targets)),
+        }
+        return pairs, anchor, logs
+
+    def verifier_warmup(self, problems: list[Problem]) -> tuple[list[TextPair], list[TextPair], dict[str, float]]:
+        """:func:`revision_pairs` of the model's own T = 1 samples plus those samples as turn-1 examples."""
+        config, k = self.config, self.config.samples_per_problem
         texts = [r.text for r in self.solve(problems, seed=WARMUP_SEED)]
         attempts = [texts[i * k : (i + 1) * k] for i in range(len(problems))]
         verdicts = [[self.verify(p, t) for t in group] for p, group in zip(problems, attempts)]
@@ -202,10 +278,7 @@ class SCoReTrainer(IterativeTrainer):
             "warmup_examples": float(len(pairs)), "warmup_fix_examples": float(fixes),
             "warmup_anchor_examples": float(len(anchor)),
         }
-        return Round(
-            SFTObjective(), pairs + anchor, SFTCollator(self.tokenizer, config.max_length), logs,
-            max_train_steps=config.warmup_train_steps, learning_rate=config.warmup_learning_rate,
-        )
+        return pairs, anchor, logs
 
     def build_round(self, iteration: int) -> Round:
         config, k = self.config, self.config.samples_per_problem

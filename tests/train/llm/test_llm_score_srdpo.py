@@ -8,10 +8,13 @@ import torch
 from selfgen.data.problems import Problem
 from selfgen.data.tasks import JUDGE_MARK, extract_answer, get_task, parse_verdict, revision_prompt
 from selfgen.train.llm.objectives import GRPOCollator, GRPOObjective, PolicySample
+from selfgen.train.llm.rollout import Rollout
 from selfgen.train.llm.score import (
     SCoReConfig,
     SCoReTrainer,
     baseline_advantages,
+    likelihood_keep_pairs,
+    mean_logprob,
     revision_pairs,
     shaped_reward,
     turn_returns,
@@ -279,7 +282,7 @@ def test_labelled_judgements_reuse_the_saved_seed_candidates(tmp_path):
     assert len(round_.dataset) == sum(round_.logs[kind] for kind in kinds)
 
 
-def test_v3_config_loads_with_the_restated_turn_2():
+def test_v3_configs_load_with_their_turn_2_formats():
     """Issue #18 pass 10: `configs/score_arith_llama_v3.yaml` starts from the headroom base with the turn-2
     format chosen on validation."""
     from selfgen.train.config import load_config
@@ -287,6 +290,9 @@ def test_v3_config_loads_with_the_restated_turn_2():
     config = load_config(SCoReConfig, Path(__file__).resolve().parents[3] / "configs" / "score_arith_llama_v3.yaml")
     assert config.model == "assets/lm-arith-llama-v3" and config.prompt_format == "arith_restate"
     assert config.min_digits == config.max_digits == 4 and config.seed == 0
+    keep = load_config(SCoReConfig, Path(__file__).resolve().parents[3] / "configs" / "score_arith_llama_v3_keep.yaml")
+    assert keep.prompt_format == "arith_swap" and keep.warmup_keep_threshold == pytest.approx(-0.0075)  # session 38's tau
+    assert keep.model == config.model and keep.warmup_anchor_correct_only
 
 
 @needs_asset
@@ -327,3 +333,41 @@ def test_keep_signal_benchmark_keeps_confident_attempts_and_re_solves_the_rest()
     assert result["likelier_delta"] == pytest.approx(0.25)  # re-solves 2 (fixed) and 3 (still wrong)
     assert result["delta_low"] <= 0.25 <= result["delta_high"]
     assert result["over_resolve"] == pytest.approx(0.25)  # keeping problem 0 beats re-solving it
+
+
+def test_likelihood_keep_pairs_copy_likely_attempts_and_re_solve_the_rest_without_a_verifier():
+    """The likelihood-labelled warm start (session 39): the label is the signal alone - a wrong but likely
+    attempt is copied, a right but unlikely one is replaced by the re-solve; the threshold itself keeps."""
+    contexts = ["c0", "c1", "c2", "c3"]
+    attempts = ["A:9", "A:5", "A:7", "A:1"]  # say 0 is wrong and 1 is right: the rule never asks
+    resolves = ["A:5", "A:6", None, "A:2"]
+    pairs = likelihood_keep_pairs(contexts, attempts, [-0.001, -0.5, -0.9, -0.01], resolves, threshold=-0.01)
+    assert [(p.prompt, p.completion) for p in pairs] == [("c0", "A:9"), ("c1", "A:6"), ("c3", "A:1")]  # c2: no re-solve
+    assert mean_logprob(Rollout(0, "Q", "A:1", [1], [2, 3], [-0.1, -0.3])) == pytest.approx(-0.2)
+    assert mean_logprob(Rollout(0, "Q", "A:1", [1], [2, 3], [-0.1, -0.3], finished=False)) == -float("inf")
+
+
+@needs_asset
+def test_likelihood_warm_start_labels_by_the_signal_in_the_swap_format(tmp_path, monkeypatch):
+    config = SCoReConfig(
+        output_dir=str(tmp_path), warmup_problems=3, warmup_keep_threshold=-0.05, warmup_anchor_correct_only=True,
+        prompt_format="arith_swap", **TINY,
+    )
+    trainer = SCoReTrainer(model=str(ASSET), task="arith", config=config)
+    problems = trainer.task.sample(3, 0)
+    answers = [int(p.answer) for p in problems]
+    first = [  # attempt 0: wrong but likely (kept); 1: right but unlikely (re-solved); 2: right and likely
+        Rollout(0, "", f"A:{answers[0] + 1}", [], [1], [-0.01]),
+        Rollout(1, "", f"A:{answers[1]}", [], [1], [-0.5]),
+        Rollout(2, "", f"A:{answers[2]}", [], [1], [-0.02]),
+    ]
+    resolve = [Rollout(i, "", f"A:{answers[i] + 2}", [], [1], [-0.3]) for i in range(3)]
+    monkeypatch.setattr(trainer, "keep_signal_attempts", lambda ps: (first, resolve))
+    monkeypatch.setattr(trainer.task, "sample", lambda n, seed: problems)
+    dataset = trainer.seed_round().dataset
+    revisions = [pair for pair in dataset if "\nR:\n" in pair.prompt]
+    left, right = problems[1].question.split("+")
+    assert revisions[1].prompt.endswith(f"A:{answers[1]}\nR:\nQ:{right}+{left}\n")  # the swapped question
+    assert [pair.completion for pair in revisions] == [first[0].text, resolve[1].text, first[2].text]
+    anchor = [pair for pair in dataset if "\nR:\n" not in pair.prompt]
+    assert [pair.completion for pair in anchor] == [first[0].text, first[2].text]  # the kept ones, not the right ones
