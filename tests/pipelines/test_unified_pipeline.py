@@ -86,3 +86,21 @@ def test_bundled_checkpoint_knows_where_objects_are():
 
     pipe = UnifiedPipeline.from_pretrained(ASSET)
     assert occupancy_auc(pipe, num_scenes=40, seed=5) >= 0.85  # 0.5: blind to position (the stage-3 base: 0.51)
+
+
+def test_bundled_srum_checkpoint_keeps_the_base_judge_and_autoencoder():
+    """`assets/unified-shapes-srum` is `configs/srum_shapes.yaml` run on `assets/unified-shapes`: only the
+    generation expert learns (`train_parameters: generation`), so every understanding weight and the frozen
+    autoencoder are the base's bit for bit, and some generation weight moved."""
+    base = UnifiedPipeline.from_pretrained(ASSET)
+    tuned = UnifiedPipeline.from_pretrained(ASSET.parent / "unified-shapes-srum")
+    assert tuned.vae is not None
+    for (name, weight), (_, tuned_weight) in zip(base.vae.state_dict().items(), tuned.vae.state_dict().items()):
+        assert torch.equal(weight, tuned_weight), name
+    base_weights, tuned_weights = dict(base.transformer.named_parameters()), dict(tuned.transformer.named_parameters())
+    assert base_weights.keys() == tuned_weights.keys()
+    generation = [name for name in base_weights if base.transformer.is_generation_parameter(name)]
+    understanding = [name for name in base_weights if name not in generation]
+    assert generation and understanding
+    assert all(torch.equal(base_weights[name], tuned_weights[name]) for name in understanding)
+    assert any(not torch.equal(base_weights[name], tuned_weights[name]) for name in generation)
