@@ -125,6 +125,8 @@ class SRUMConfig(TrainingConfig):
     eval_seed: int = 0
     eval_split: str = "heldout"  # "train" for tuning hyper-parameters; report on "heldout" only
     eval_samples_per_prompt: int = 1  # images judged per evaluation prompt (different noise), less noisy
+    eval_num_inference_steps: int = 16  # the sampler of the per-round judge accuracy, as `selfgen eval srum` reads it
+    eval_guidance_scale: float = 3.0  # ... (independent of the round's own samples' num_inference_steps / guidance_scale)
     eval_train_prompts_per_category: int = 0  # > 0: also judge this many training prompts (train_accuracy_*)
 
     def __post_init__(self) -> None:
@@ -144,6 +146,8 @@ class SRUMConfig(TrainingConfig):
             raise ValueError("num_rounds and prompts_per_round must be >= 1")
         if self.constraint_weight < 0:
             raise ValueError(f"constraint_weight must be >= 0, got {self.constraint_weight}")
+        if self.eval_num_inference_steps < 1:
+            raise ValueError(f"eval_num_inference_steps must be >= 1, got {self.eval_num_inference_steps}")
         if self.update_guidance_scale < 1:
             raise ValueError(f"update_guidance_scale must be >= 1, got {self.update_guidance_scale}")
         if self.lora_rank > 0:

@@ -204,8 +204,8 @@ def compositional_accuracy(umm: UnifiedPipeline, config: SRUMConfig) -> dict[str
             prompts,
             config.eval_seed,
             config.eval_samples_per_prompt,
-            num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
+            num_inference_steps=config.eval_num_inference_steps,
+            guidance_scale=config.eval_guidance_scale,
         )
         results.update({f"{prefix}_{key}": value for key, value in scores.items()})
     return results

@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from selfgen.eval.scenes import ranking_auc
 from selfgen.models.scene_autoencoder import encode_latents, scene_autoencoder
 from selfgen.train.srum import (
     SelfRewards,
+    SelfGeneratedDataset,
     SRUMConfig,
     SRUMObjective,
     SRUMTrainer,
@@ -27,7 +30,9 @@ from selfgen.train.srum_shapes import (
     shapes_trainer,
     train,
 )
+from selfgen.train.config import load_config
 from selfgen.train.losses import noisy_pair
+from selfgen.train.trainer import Trainer
 from selfgen.train.unified import build_pipeline, empty_prompt_like
 
 
@@ -279,3 +284,47 @@ def test_a_latent_pipeline_runs_a_round_with_its_vae_and_judge_kept_bit_for_bit(
     assert all(torch.equal(value, tuned_vae[name]) for name, value in base.vae.state_dict().items())
     history = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
     assert [record["round"] for record in history] == [0, 1] and np.isfinite(history[1]["loss"])
+
+
+def test_the_per_round_judge_reads_its_own_sampler_not_the_rounds(tiny_pipe, tmp_path):
+    """The round's samples follow num_inference_steps / guidance_scale; the per-round accuracy follows
+    eval_num_inference_steps / eval_guidance_scale (what `selfgen eval srum` reads), whatever the round's sampler."""
+    config = SRUMConfig(
+        output_dir=str(tmp_path / "run"), num_rounds=1, prompts_per_round=2, num_inference_steps=3, guidance_scale=1.0,
+        eval_num_inference_steps=2, eval_guidance_scale=2.5, max_train_steps=1, train_batch_size=2,
+        eval_prompts_per_category=1, checkpointing_steps=0, report_to=None,
+    )
+    calls, generate = [], tiny_pipe.generate
+
+    def spy(prompts, **options):
+        calls.append((len(prompts), options["num_inference_steps"], options["guidance_scale"]))
+        return generate(prompts, **options)
+
+    tiny_pipe.generate = spy
+    shapes_trainer(tiny_pipe, config).train()
+    assert (2, 3, 1.0) in calls  # the round's own samples
+    assert {call[1:] for call in calls if call[0] != 2} == {(2, 2.5)}  # round 0 and round 1 evaluations
+    with pytest.raises(ValueError, match="eval_num_inference_steps"):
+        SRUMConfig(eval_num_inference_steps=0)
+
+
+def test_the_gentle_config_builds_the_authors_optimiser(tiny_pipe, tmp_path):
+    """configs/srum_shapes_latent_gentle.yaml: AdamW betas (0.9, 0.95), lr 2e-5 reached linearly after 100 warm-up
+    updates then constant, gradient clipping 1.0, prompt dropout 0.1, lambda 0.5, one offline round."""
+    config = load_config(SRUMConfig, Path(__file__).parents[2] / "configs" / "srum_shapes_latent_gentle.yaml")
+    assert (config.num_rounds, config.constraint_weight, config.cfg_dropout, config.max_grad_norm) == (1, 0.5, 0.1, 1.0)
+    config = dataclasses.replace(config, output_dir=str(tmp_path / "run"), report_to=None, train_batch_size=2)
+    images = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
+    samples = tiny_pipe.encode_samples(images)
+    maps = np.ones((4, *samples.shape[2:]), np.float32)
+    dataset = SelfGeneratedDataset(samples, tiny_pipe.encode_prompts(["a red circle"] * 4), maps)
+    objective = SRUMObjective(tiny_pipe, config.constraint_weight, config.cfg_dropout, empty_prompt_like)
+    trainer = Trainer(tiny_pipe.transformer, objective, dataset, config)
+    group = trainer.optimizer.param_groups[0]
+    assert group["betas"] == (0.9, 0.95) and group["lr"] == 0.0
+    for _ in range(50):
+        trainer.lr_scheduler.step()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+    for _ in range(100):
+        trainer.lr_scheduler.step()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2e-5)

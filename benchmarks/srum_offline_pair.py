@@ -1,0 +1,101 @@
+"""One offline SRUM round (the authors' protocol: generate and score once, then fine-tune) for a reward arm AND its
+reward-blind control trained on the SAME samples (docs/srum.md, nineteenth pass): the base is judged once (round 0),
+the round's samples and rewards are drawn once, exactly as ``selfgen train srum --num_rounds 1`` draws them, and each
+arm fine-tunes a fresh copy of the base on them (the control's maps: :func:`~selfgen.train.srum.blind`, the mean of
+the arm's maps, as ``--reward blind`` / ``oracle_blind`` build them). It saves one generation and one base evaluation
+per pair; each arm's ``rounds.jsonl`` and exported pipeline are what the CLI run with that reward would write.
+``SOURCE`` ``kept`` trains on the sampled latents instead of the re-encoded decoded images (a departure; see
+:mod:`srum_sample_source`).
+
+    OMP_NUM_THREADS=1 python benchmarks/srum_offline_pair.py configs/srum_shapes_latent_gentle.yaml <base> \
+        oracle|both outputs/gentle/s0-oracle [SEED] [reencode|kept] [FIELD=VALUE ...]   # config overrides, YAML values
+"""
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from accelerate.utils import set_seed
+
+import numpy as np
+import yaml
+
+from selfgen import UnifiedPipeline
+from selfgen.eval.plots import save_image_grid
+from selfgen.eval.scenes import judge_image
+from selfgen.train import unified
+from selfgen.train.config import load_config
+from selfgen.train.srum import SelfGeneratedDataset, SRUMConfig, blind, resize_reward_maps, write_history
+from selfgen.train.srum_shapes import shapes_trainer
+from srum_gradient_consistency import keeping_sampled_latents
+
+CONTROLS = {"both": "blind", "oracle": "oracle_blind"}
+
+
+def load(config: SRUMConfig) -> UnifiedPipeline:
+    umm = UnifiedPipeline.from_pretrained(config.pretrained)
+    umm.set_progress_bar_config(disable=True)
+    return umm
+
+
+def validation(umm: UnifiedPipeline, config: SRUMConfig, path: Path) -> dict:
+    """The loop's per-round judge accuracy (:func:`~selfgen.train.srum_shapes.compositional_accuracy`, same prompts,
+    noise and sampler), also writing ``path``: each prompt's fraction of accepted images, for paired differences."""
+    prompts = unified.heldout_prompts(config.eval_prompts_per_category, config.eval_seed, config.eval_split)
+    scores, images = unified.compositional_accuracy(
+        umm, prompts, config.eval_seed, config.eval_samples_per_prompt,
+        num_inference_steps=config.eval_num_inference_steps, guidance_scale=config.eval_guidance_scale,
+    )
+    k = config.eval_samples_per_prompt
+    right = np.array([judge_image(image, prompts[i // k]) for i, image in enumerate(images)]).reshape(-1, k)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"per_prompt_accuracy": dict(zip(prompts, right.mean(axis=1).tolist()))}, indent=1))
+    save_image_grid(images[: 8 * k], path.with_suffix(".png"), columns=k)
+    return {f"accuracy_{key}": value for key, value in scores.items()}
+
+
+def main(
+    config_path: str, base: str, reward: str, output_dir: str, seed: int = 0, source: str = "reencode", *overrides: str
+) -> None:
+    if reward not in CONTROLS or source not in ("kept", "reencode"):
+        raise ValueError(f"reward must be one of {tuple(CONTROLS)} and source 'kept' or 'reencode', got {reward!r}, {source!r}")
+    config = dataclasses.replace(
+        load_config(SRUMConfig, config_path, {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}),
+        pretrained=base, reward=reward, seed=seed, num_rounds=1, output_dir=output_dir
+    )
+    set_seed(config.seed)
+    trainer = shapes_trainer(load(config), config)
+    start = time.perf_counter()
+    round_zero = {"round": 0, **validation(trainer.umm, config, Path(output_dir, "validation-base.json"))}
+    round_zero["seconds_evaluate"] = time.perf_counter() - start
+    with keeping_sampled_latents() as sampled:
+        prompts, images, rewards, seconds = trainer.self_generate(1)
+    arms = {reward: rewards, CONTROLS[reward]: dataclasses.replace(rewards, reward_maps=blind(rewards.reward_maps))}
+    for arm, arm_rewards in arms.items():
+        arm_config = dataclasses.replace(config, reward=arm, output_dir=str(Path(output_dir) / arm), export_dir=None)
+        set_seed(config.seed)
+        arm_trainer = shapes_trainer(load(config), arm_config)
+        if source == "kept":
+            def kept_training_set(prompts, images, rewards, umm=arm_trainer.umm):
+                maps = resize_reward_maps(rewards.reward_maps, tuple(sampled["latents"].shape[2:]))
+                return SelfGeneratedDataset(sampled["latents"], umm.encode_prompts(prompts).cpu(), maps)
+            arm_trainer.training_set = kept_training_set
+        start = time.perf_counter()
+        result = arm_trainer.update(1, prompts, images, arm_rewards)
+        record = {
+            "round": 1,
+            "global_reward_mean": float(arm_rewards.global_reward.mean()),
+            "local_reward_mean": float(arm_rewards.local_rewards.mean()),
+            "reward_map_mean": float(arm_rewards.reward_maps.mean()),
+            "loss": result.final_loss,
+            **seconds,
+            "seconds_update": time.perf_counter() - start,
+        }
+        record.update(validation(arm_trainer.umm, config, Path(output_dir, f"validation-{arm}.json")))
+        write_history([round_zero, record], Path(arm_config.output_dir))
+        print(arm, json.dumps({k: v for k, v in record.items() if "pooled" in k or "seconds" in k}), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5], *map(int, sys.argv[5:6]), *sys.argv[6:])
