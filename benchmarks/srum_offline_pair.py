@@ -51,7 +51,9 @@ def validation(umm: UnifiedPipeline, config: SRUMConfig, path: Path) -> dict:
     right = np.array([judge_image(image, prompts[i // k]) for i, image in enumerate(images)]).reshape(-1, k)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"per_prompt_accuracy": dict(zip(prompts, right.mean(axis=1).tolist()))}, indent=1))
-    save_image_grid(images[: 8 * k], path.with_suffix(".png"), columns=k)
+    shown = np.arange(0, len(prompts), max(1, len(prompts) // 8))[:8]  # prompts across the categories
+    save_image_grid(images.reshape(len(prompts), k, *images.shape[1:])[shown].reshape(-1, *images.shape[1:]),
+                    path.with_suffix(".png"), columns=k, row_labels=[prompts[i] for i in shown])
     return {f"accuracy_{key}": value for key, value in scores.items()}
 
 
