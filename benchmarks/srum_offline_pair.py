@@ -5,7 +5,9 @@ arm fine-tunes a fresh copy of the base on them (the control's maps: :func:`~sel
 the arm's maps, as ``--reward blind`` / ``oracle_blind`` build them). It saves one generation and one base evaluation
 per pair; each arm's ``rounds.jsonl`` and exported pipeline are what the CLI run with that reward would write.
 ``SOURCE`` ``kept`` trains on the sampled latents instead of the re-encoded decoded images (a departure; see
-:mod:`srum_sample_source`).
+:mod:`srum_sample_source`). The override ``map=global`` gives the arm the per-image map of the paper's global-only
+ablation, ``0.5 (g + 1) / 2`` on every pixel (for ``oracle``: 0.5 on an accepted image, 0 on a rejected one), so no
+region of an image weighs more than another.
 
     OMP_NUM_THREADS=1 python benchmarks/srum_offline_pair.py configs/srum_shapes_latent_gentle.yaml <base> \
         oracle|both outputs/gentle/s0-oracle [SEED] [reencode|kept] [FIELD=VALUE ...]   # config overrides, YAML values
@@ -26,8 +28,8 @@ from selfgen.eval.plots import save_image_grid
 from selfgen.eval.scenes import judge_image
 from selfgen.train import unified
 from selfgen.train.config import load_config
-from selfgen.train.srum import SelfGeneratedDataset, SRUMConfig, blind, resize_reward_maps, write_history
-from selfgen.train.srum_shapes import shapes_trainer
+from selfgen.train.srum import SelfGeneratedDataset, SRUMConfig, blind, resize_reward_maps, reward_maps, write_history
+from selfgen.train.srum_shapes import quadrant_slices, shapes_trainer
 from srum_gradient_consistency import keeping_sampled_latents
 
 CONTROLS = {"both": "blind", "oracle": "oracle_blind"}
@@ -62,8 +64,12 @@ def main(
 ) -> None:
     if reward not in CONTROLS or source not in ("kept", "reencode"):
         raise ValueError(f"reward must be one of {tuple(CONTROLS)} and source 'kept' or 'reencode', got {reward!r}, {source!r}")
+    fields = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}
+    map_mode = fields.pop("map", "paper")
+    if map_mode not in ("paper", "global"):
+        raise ValueError(f"map must be 'paper' or 'global', got {map_mode!r}")
     config = dataclasses.replace(
-        load_config(SRUMConfig, config_path, {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}),
+        load_config(SRUMConfig, config_path, fields),
         pretrained=base, reward=reward, seed=seed, num_rounds=1, output_dir=output_dir
     )
     set_seed(config.seed)
@@ -73,6 +79,10 @@ def main(
     round_zero["seconds_evaluate"] = time.perf_counter() - start
     with keeping_sampled_latents() as sampled:
         prompts, images, rewards, seconds = trainer.self_generate(1)
+    if map_mode == "global":
+        size = images.shape[1:3]
+        maps = reward_maps(rewards.global_reward, rewards.local_rewards, rewards.occupancy, size, "global", quadrant_slices(*size))
+        rewards = dataclasses.replace(rewards, reward_maps=maps)
     arms = {reward: rewards, CONTROLS[reward]: dataclasses.replace(rewards, reward_maps=blind(rewards.reward_maps))}
     for arm, arm_rewards in arms.items():
         arm_config = dataclasses.replace(config, reward=arm, output_dir=str(Path(output_dir) / arm), export_dir=None)
