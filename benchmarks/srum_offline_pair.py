@@ -10,7 +10,7 @@ ablation, ``0.5 (g + 1) / 2`` on every pixel (for ``oracle``: 0.5 on an accepted
 region of an image weighs more than another.
 
     OMP_NUM_THREADS=1 python benchmarks/srum_offline_pair.py configs/srum_shapes_latent_gentle.yaml <base> \
-        oracle|both outputs/gentle/s0-oracle [SEED] [reencode|kept] [FIELD=VALUE ...]   # config overrides, YAML values
+        oracle|both|global outputs/gentle/s0-oracle [SEED] [reencode|kept] [FIELD=VALUE ...]   # config overrides, YAML values
 """
 import dataclasses
 import json
@@ -32,7 +32,7 @@ from selfgen.train.srum import SelfGeneratedDataset, SRUMConfig, blind, resize_r
 from selfgen.train.srum_shapes import quadrant_slices, shapes_trainer
 from srum_gradient_consistency import keeping_sampled_latents
 
-CONTROLS = {"both": "blind", "oracle": "oracle_blind"}
+CONTROLS = {"both": "blind", "global": "blind", "oracle": "oracle_blind"}  # the control: the mean of the arm's maps
 
 
 def load(config: SRUMConfig) -> UnifiedPipeline:
