@@ -7,7 +7,8 @@ per pair; each arm's ``rounds.jsonl`` and exported pipeline are what the CLI run
 ``SOURCE`` ``kept`` trains on the sampled latents instead of the re-encoded decoded images (a departure; see
 :mod:`srum_sample_source`). The override ``map=global`` gives the arm the per-image map of the paper's global-only
 ablation, ``0.5 (g + 1) / 2`` on every pixel (for ``oracle``: 0.5 on an accepted image, 0 on a rejected one), so no
-region of an image weighs more than another.
+region of an image weighs more than another. With ``reward_baseline=group`` the arm's maps are group-baselined
+(:func:`~selfgen.train.srum.group_baseline`) before the control takes their mean.
 
     OMP_NUM_THREADS=1 python benchmarks/srum_offline_pair.py configs/srum_shapes_latent_gentle.yaml <base> \
         oracle|both|global outputs/gentle/s0-oracle [SEED] [reencode|kept] [FIELD=VALUE ...]   # config overrides, YAML values
@@ -28,7 +29,9 @@ from selfgen.eval.plots import save_image_grid
 from selfgen.eval.scenes import judge_image
 from selfgen.train import unified
 from selfgen.train.config import load_config
-from selfgen.train.srum import SelfGeneratedDataset, SRUMConfig, blind, resize_reward_maps, reward_maps, write_history
+from selfgen.train.srum import (
+    SelfGeneratedDataset, SRUMConfig, blind, group_baseline, resize_reward_maps, reward_maps, write_history,
+)
 from selfgen.train.srum_shapes import quadrant_slices, shapes_trainer
 from srum_gradient_consistency import keeping_sampled_latents
 
@@ -83,6 +86,9 @@ def main(
         size = images.shape[1:3]
         maps = reward_maps(rewards.global_reward, rewards.local_rewards, rewards.occupancy, size, "global", quadrant_slices(*size))
         rewards = dataclasses.replace(rewards, reward_maps=maps)
+    if config.reward_baseline == "group":  # baselined here, so that the blind control is the mean of the arm's weights
+        maps = group_baseline(rewards.reward_maps, config.samples_per_prompt)
+        rewards, config = dataclasses.replace(rewards, reward_maps=maps), dataclasses.replace(config, reward_baseline="none")
     arms = {reward: rewards, CONTROLS[reward]: dataclasses.replace(rewards, reward_maps=blind(rewards.reward_maps))}
     for arm, arm_rewards in arms.items():
         arm_config = dataclasses.replace(config, reward=arm, output_dir=str(Path(output_dir) / arm), export_dir=None)
