@@ -8,7 +8,9 @@ tolerance (rtol 1.3e-6, atol 1e-5) unless a test states another: float kernels m
 different code paths for different allocations or reorder reductions on a busy machine, so
 bit-equality of computed outputs is not a property we can promise.
 """
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +40,17 @@ def tiny_ddpm_config(tmp_path):
         return DDPMConfig(**values)
 
     return make
+
+
+@pytest.fixture
+def benchmark_module():
+    """Load ``benchmarks/<name>.py`` (a script, not a package module) as a module, for tests of its functions."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,5 +1,4 @@
 """benchmarks/srum_ablation_plot.py: the per-category-over-rounds figure of the SRUM reward ablations."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,14 +7,6 @@ import pytest
 from PIL import Image
 
 from selfgen.data.scenes import CATEGORIES
-
-
-def load_benchmark():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "srum_ablation_plot.py"
-    spec = importlib.util.spec_from_file_location("srum_ablation_plot", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_run(run_dir: Path, rounds: list[int]) -> Path:
@@ -29,8 +20,8 @@ def write_run(run_dir: Path, rounds: list[int]) -> Path:
     return run_dir
 
 
-def test_reads_rounds_in_order_and_draws_every_arm(tmp_path):
-    bench = load_benchmark()
+def test_reads_rounds_in_order_and_draws_every_arm(tmp_path, benchmark_module):
+    bench = benchmark_module("srum_ablation_plot")
     records = bench.read_rounds(write_run(tmp_path / "a", [2, 0, 3, 1]))
     assert [record["round"] for record in records] == [0, 1, 2, 3]
     assert records[3]["accuracy_pooled"] == pytest.approx(0.2)
@@ -41,8 +32,8 @@ def test_reads_rounds_in_order_and_draws_every_arm(tmp_path):
     assert (image.std(axis=(0, 1)) > 0).all()  # something drawn, not a blank canvas
 
 
-def test_refuses_a_directory_without_per_round_accuracy(tmp_path):
-    bench = load_benchmark()
+def test_refuses_a_directory_without_per_round_accuracy(tmp_path, benchmark_module):
+    bench = benchmark_module("srum_ablation_plot")
     with pytest.raises(FileNotFoundError, match="rounds.jsonl"):
         bench.read_rounds(tmp_path)
     (tmp_path / "rounds.jsonl").write_text(json.dumps({"round": 0, "loss": 1.0}) + "\n")

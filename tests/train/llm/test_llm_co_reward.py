@@ -110,14 +110,10 @@ def test_mix_configs_are_a_matched_pair():
         assert getattr(co, field) == getattr(grpo, field), field
 
 
-def test_vote_ceiling_benchmark_pairs_majority_of_k_with_greedy():
-    import importlib.util
+def test_vote_ceiling_benchmark_pairs_majority_of_k_with_greedy(benchmark_module):
     import numpy as np
 
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "llm_label_signal.py"
-    spec = importlib.util.spec_from_file_location("llm_label_signal_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_module("llm_label_signal")
     groups, truths = [["1", "5", "5", "5"], ["2", "2", "2", None]], ["5", "3"]  # q0: 2-vote tie -> "1" (first seen)
     greedy = np.array([0.0, 1.0])
     nested = {k: bench.summarise([g[:k] for g in groups], [g[:k] for g in groups], truths, greedy) for k in (2, 4)}

@@ -308,17 +308,12 @@ def test_warm_start_revision_examples_follow_the_turn_2_format(tmp_path):
         assert trainer.task.verify(Problem(question, str(sum(map(int, question.split("+")))), "q"), pair.completion)  # the target is right
 
 
-def test_keep_signal_benchmark_keeps_confident_attempts_and_re_solves_the_rest():
+def test_keep_signal_benchmark_keeps_confident_attempts_and_re_solves_the_rest(benchmark_module):
     """``benchmarks/llm_keep_signal.py`` on a hand-made set: the threshold maximising Delta (ties: the lowest,
     which keeps the most), the policy it fixes, and the threshold-free 'keep the likelier attempt' rule."""
-    import importlib.util
-
     import numpy as np
 
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "llm_keep_signal.py"
-    spec = importlib.util.spec_from_file_location("llm_keep_signal_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_module("llm_keep_signal")
     first = np.array([True, True, False, False])
     resolve = np.array([False, True, True, False])
     signal = np.array([-0.1, -0.2, -0.9, -0.5])  # the wrong attempts are the least likely

@@ -354,18 +354,8 @@ def test_a_garbled_sneaky_move_fails_validation_when_the_step_form_is_required(t
     assert sneaky_reward(games[0].effective, games[0].critic_rewards) == -1.0  # 13 vs 12: the critic found it
 
 
-def load_benchmark():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "spc_critic.py"
-    spec = importlib.util.spec_from_file_location("spc_critic_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_splits_and_critique_cache(tmp_path):
-    bench = load_benchmark()
+def test_benchmark_splits_and_critique_cache(tmp_path, benchmark_module):
+    bench = benchmark_module("spc_critic")
     task = get_task("arith", min_digits=3, max_digits=4)
     test, validation = bench.held_out_solutions(task, 30, "test"), bench.held_out_solutions(task, 30, "validation")
     assert {task.split_of(s.problem) for s in test} == {"eval"}
