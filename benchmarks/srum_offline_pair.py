@@ -8,7 +8,10 @@ per pair; each arm's ``rounds.jsonl`` and exported pipeline are what the CLI run
 :mod:`srum_sample_source`). The override ``map=global`` gives the arm the per-image map of the paper's global-only
 ablation, ``0.5 (g + 1) / 2`` on every pixel (for ``oracle``: 0.5 on an accepted image, 0 on a rejected one), so no
 region of an image weighs more than another. With ``reward_baseline=group`` the arm's maps are group-baselined
-(:func:`~selfgen.train.srum.group_baseline`) before the control takes their mean.
+(:func:`~selfgen.train.srum.group_baseline`) before the control takes their mean. With ``samples=PATH`` the round's
+prompts, images and sampled latents are saved to PATH, or, when PATH exists, loaded from it (refused if it was drawn
+with other sampling settings) and scored by this run's reward, so that other arms train on the SAME samples without
+drawing them again.
 
     OMP_NUM_THREADS=1 python benchmarks/srum_offline_pair.py configs/srum_shapes_latent_gentle.yaml <base> \
         oracle|both|global outputs/gentle/s0-oracle [SEED] [reencode|kept] [FIELD=VALUE ...]   # config overrides, YAML values
@@ -22,6 +25,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 import numpy as np
+import torch
 import yaml
 
 from selfgen import UnifiedPipeline
@@ -36,6 +40,7 @@ from selfgen.train.srum_shapes import quadrant_slices, shapes_trainer
 from srum_gradient_consistency import keeping_sampled_latents
 
 CONTROLS = {"both": "blind", "global": "blind", "oracle": "oracle_blind"}  # the control: the mean of the arm's maps
+SAMPLING = ("pretrained", "seed", "prompts_per_round", "samples_per_prompt", "num_inference_steps", "guidance_scale")
 
 
 def load(config: SRUMConfig) -> UnifiedPipeline:
@@ -62,6 +67,26 @@ def validation(umm: UnifiedPipeline, config: SRUMConfig, path: Path) -> dict:
     return {f"accuracy_{key}": value for key, value in scores.items()}
 
 
+def round_samples(trainer, cache: Path | None) -> tuple[list[str], np.ndarray, torch.Tensor, object, dict]:
+    """The round's prompts, images, sampled latents, this run's rewards of them and the seconds taken: drawn once by
+    ``trainer.self_generate(1)`` (saved to ``cache`` if given), or loaded from an existing ``cache`` and re-scored."""
+    setting = {name: getattr(trainer.config, name) for name in SAMPLING}
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=False)
+        if saved["setting"] != setting:
+            raise ValueError(f"{cache} was drawn with {saved['setting']}, this run samples with {setting}")
+        start = time.perf_counter()
+        rewards = trainer.reward_fn(trainer.umm, saved["images"], saved["prompts"])
+        seconds = {"seconds_generate": 0.0, "seconds_reward": time.perf_counter() - start}
+        return saved["prompts"], saved["images"], saved["latents"], rewards, seconds
+    with keeping_sampled_latents() as sampled:
+        prompts, images, rewards, seconds = trainer.self_generate(1)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"setting": setting, "prompts": prompts, "images": images, "latents": sampled.get("latents")}, cache)
+    return prompts, images, sampled.get("latents"), rewards, seconds
+
+
 def main(
     config_path: str, base: str, reward: str, output_dir: str, seed: int = 0, source: str = "reencode", *overrides: str
 ) -> None:
@@ -69,6 +94,7 @@ def main(
         raise ValueError(f"reward must be one of {tuple(CONTROLS)} and source 'kept' or 'reencode', got {reward!r}, {source!r}")
     fields = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}
     map_mode = fields.pop("map", "paper")
+    cache = Path(fields.pop("samples")) if "samples" in fields else None
     if map_mode not in ("paper", "global"):
         raise ValueError(f"map must be 'paper' or 'global', got {map_mode!r}")
     config = dataclasses.replace(
@@ -80,8 +106,7 @@ def main(
     start = time.perf_counter()
     round_zero = {"round": 0, **validation(trainer.umm, config, Path(output_dir, "validation-base.json"))}
     round_zero["seconds_evaluate"] = time.perf_counter() - start
-    with keeping_sampled_latents() as sampled:
-        prompts, images, rewards, seconds = trainer.self_generate(1)
+    prompts, images, latents, rewards, seconds = round_samples(trainer, cache)
     if map_mode == "global":
         size = images.shape[1:3]
         maps = reward_maps(rewards.global_reward, rewards.local_rewards, rewards.occupancy, size, "global", quadrant_slices(*size))
@@ -96,8 +121,8 @@ def main(
         arm_trainer = shapes_trainer(load(config), arm_config)
         if source == "kept":
             def kept_training_set(prompts, images, rewards, umm=arm_trainer.umm):
-                maps = resize_reward_maps(rewards.reward_maps, tuple(sampled["latents"].shape[2:]))
-                return SelfGeneratedDataset(sampled["latents"], umm.encode_prompts(prompts).cpu(), maps)
+                maps = resize_reward_maps(rewards.reward_maps, tuple(latents.shape[2:]))
+                return SelfGeneratedDataset(latents, umm.encode_prompts(prompts).cpu(), maps)
             arm_trainer.training_set = kept_training_set
         start = time.perf_counter()
         result = arm_trainer.update(1, prompts, images, arm_rewards)
