@@ -1,7 +1,9 @@
 """DDAE++ training: a self-conditioned DiT trained with the DDPM loss, plus optional contrastive self-distillation.
 
-``selfgen train ddae --config configs/ddae_digits.yaml --export_dir assets/ddae-digits`` rebuilds ``assets/ddae-digits``;
-``configs/ddae_digits_noselfcond.yaml`` is the same run with ``self_conditioning: false``.
+``configs/ddae_digits_wide_conv{,_stage2,_stage3,_stage4,_stage5}.yaml`` rebuild ``assets/ddae-digits`` (the last with
+``--export_dir assets/ddae-digits``; it stores the weights as float16, ``export_dtype``), and
+``configs/ddae_digits_noselfcond_wide_conv*.yaml`` the same runs with ``self_conditioning: false``;
+``configs/ddae_digits{,_noselfcond}.yaml`` are the narrow stage 1 (bundled until session 39).
 ``configs/ddae_digits{,_noselfcond}_stage2.yaml`` continue those two runs (``pretrained``: the stage-1 export) for more
 examples; with ``pretrained`` the architecture is the saved model's, and ``self_conditioning`` and ``final_conv`` must match it.
 ``selfgen eval ddae --model assets/ddae-digits`` reports the linear probe (with its timestep x layer
@@ -13,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from .registry import Method
 from .trainer import Objective, TrainResult, Trainer
 
 DATASETS = ("digits", "textures")
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -69,11 +72,15 @@ class DDAEConfig(TrainingConfig):
     beta_schedule: str = "squaredcos_cap_v2"
     random_flip: bool = False
     on_error: str = "raise"  # a corrupt file under --data: "raise" stops, "skip" leaves it out (logged, counted)
+    # the exported weights' storage dtype (diffusers' fp16 export: the model cast before save_pretrained); training is
+    # unaffected, and from_pretrained loads them as float32 unless torch_dtype asks otherwise
+    export_dtype: str = field(default="float32", metadata={"resume_safe": True})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        self.require_choice("export_dtype", EXPORT_DTYPES)
         if self.contrastive_weight > 0 and self.projection_dim <= 0:
             raise ValueError("contrastive_weight > 0 needs a projection head: set projection_dim > 0 (e.g. 64)")
         if not 0.0 <= self.contrastive_teacher_momentum < 1.0:
@@ -262,11 +269,18 @@ def train(config: DDAEConfig) -> TrainResult:
         noise_scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
 
     def export(model: DDAETransformer2DModel, directory: Path) -> None:
-        DDAEPipeline(transformer=model, scheduler=noise_scheduler).save_pretrained(directory)
+        stored = stored_copy(model, getattr(torch, config.export_dtype))
+        DDAEPipeline(transformer=stored, scheduler=noise_scheduler).save_pretrained(directory)
 
     objective = DDAEObjective(noise_scheduler, config, transformer)
     trainer = Trainer(transformer, objective, build_dataset(config), config, export_fn=export)
     return trainer.train()
+
+
+def stored_copy(model: DDAETransformer2DModel, dtype: torch.dtype) -> DDAETransformer2DModel:
+    """``model`` itself when its weights already are ``dtype``, else a copy cast to it (the trained model is untouched):
+    what the export writes, e.g. float16 safetensors (round to nearest even, as ``Tensor.to``)."""
+    return model if model.dtype == dtype else copy.deepcopy(model).to(dtype)
 
 
 def load_pipeline(model_path: str, scheduler: str = "ddim"):

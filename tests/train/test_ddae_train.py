@@ -6,7 +6,7 @@ from selfgen.data.textures import TEXTURE_SOURCES, load_texture_arrays
 from diffusers import DDPMScheduler
 
 from selfgen.train.ddae import (
-    METHOD, DDAEConfig, DDAEObjective, build_transformer, injection_by_timestep, train, varying_share,
+    METHOD, DDAEConfig, DDAEObjective, build_transformer, injection_by_timestep, stored_copy, train, varying_share,
 )
 from selfgen.train.losses import info_nce
 
@@ -164,6 +164,37 @@ def test_config_errors_name_the_field(tmp_path):
     (tmp_path / "bad.yaml").write_text("final_conv: 'yes'\n")  # a string, not a boolean
     with pytest.raises(ValueError, match="final_conv"):
         load_config(DDAEConfig, tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match=r"export_dtype must be one of \('float32', 'float16', 'bfloat16'\), got 'fp16'"):
+        tiny_config(tmp_path, export_dtype="fp16")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_export_stores_rounded_weights_and_loads_them_as_float32(tmp_path, dtype):
+    """Re-exporting a finished float32 run (resume at max_train_steps, the assets' rebuild path) with export_dtype
+    writes every weight in that dtype, equal to the float32 export rounded; from_pretrained loads float32 (or
+    torch_dtype); the model being trained is not cast, the export casts a copy."""
+    from safetensors.torch import load_file
+
+    model = build_transformer(tiny_config(tmp_path))
+    assert stored_copy(model, torch.float32) is model
+    assert stored_copy(model, getattr(torch, dtype)).dtype == getattr(torch, dtype) and model.dtype == torch.float32
+
+    full = train(tiny_config(tmp_path, max_train_steps=4, checkpointing_steps=4)).pipeline_dir
+    half = tmp_path / "half"
+    train(tiny_config(tmp_path, max_train_steps=4, checkpointing_steps=4, resume_from="latest", export_dtype=dtype,
+                      export_dir=str(half)))
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    stored, reference = load_file(half / name), load_file(full / name)
+    assert stored.keys() == reference.keys() and {v.dtype for v in reference.values()} == {torch.float32}
+    for key, value in stored.items():
+        assert value.dtype == getattr(torch, dtype) and torch.equal(value, reference[key].to(value.dtype)), key
+    assert (half / name).stat().st_size < 0.6 * (full / name).stat().st_size
+    loaded = DDAEPipeline.from_pretrained(half).transformer.state_dict()
+    assert {v.dtype for v in loaded.values()} == {torch.float32}
+    assert any(not torch.equal(loaded[k], reference[k]) for k in loaded)  # the rounding is real
+    for key, value in loaded.items():
+        assert torch.equal(value, reference[key].to(getattr(torch, dtype)).float()), key
+    assert DDAEPipeline.from_pretrained(half, torch_dtype=torch.float16).transformer.dtype == torch.float16
 
 
 def test_method_is_registered():
@@ -197,12 +228,14 @@ def test_trains_on_an_image_folder(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "asset, config_file", [("ddae-digits", "ddae_digits.yaml"), ("ddae-digits-noselfcond", "ddae_digits_noselfcond.yaml")]
+    "asset, config_file",
+    [("ddae-digits", "ddae_digits_wide_conv"), ("ddae-digits-noselfcond", "ddae_digits_noselfcond_wide_conv")],
 )
 def test_bundled_checkpoint_is_what_its_config_builds(asset, config_file):
-    """The asset's architecture (long skips, self-conditioning, feature defaults) and every weight's name and
-    shape equal what `configs/<file>` builds (stage 2, `<file>_stage2.yaml`, continues it without changing the
-    architecture), so the README's rebuild commands rebuild this asset."""
+    """The asset's architecture (width, long skips, output conv, self-conditioning, feature defaults) and every
+    weight's name and shape equal what `configs/<file>.yaml` (stage 1) builds (stages 2-5, `<file>_stage{2..5}.yaml`,
+    continue it without changing the architecture), and every weight is stored in stage 5's `export_dtype` (float16),
+    so the README's rebuild commands rebuild this asset."""
     import inspect
     import json
     from pathlib import Path
@@ -215,7 +248,9 @@ def test_bundled_checkpoint_is_what_its_config_builds(asset, config_file):
     folder = root / "assets" / asset / "transformer"
     if not (folder / "config.json").is_file():
         pytest.skip(f"{folder} not built")
-    model = build_transformer(load_config(DDAEConfig, root / "configs" / config_file))
+    model = build_transformer(load_config(DDAEConfig, root / "configs" / f"{config_file}.yaml"))
+    last = load_config(DDAEConfig, root / "configs" / f"{config_file}_stage5.yaml")
+    assert last.export_dtype == "float16" and last.final_conv == model.config.final_conv
     saved = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
     built = {k: v for k, v in model.config.items() if not k.startswith("_")}
     assert saved == {k: v for k, v in built.items() if k in saved}
@@ -224,7 +259,9 @@ def test_bundled_checkpoint_is_what_its_config_builds(asset, config_file):
     assert {k: built[k] for k in built.keys() - saved.keys()} == {k: defaults[k].default for k in built.keys() - saved.keys()}
     with safe_open(folder / "diffusion_pytorch_model.safetensors", "pt") as weights:
         shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}
+        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
     assert shapes == {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    assert dtypes == {"F16"}
 
 
 @pytest.mark.parametrize(
