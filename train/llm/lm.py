@@ -25,14 +25,25 @@ operands then have ``min_digits``..``max_digits`` digits (more of the target len
 continued pretraining of ``configs/lm_arith_llama_v2.yaml``). Empty ``curriculum``: one stage of
 ``max_digits`` for ``max_train_steps``.
 
-The loss is the SFT loss on the completion tokens. The same module's ``evaluate`` and ``demo``
+**Packing.** ``pack_length: N`` (0: off, one example per row) lays consecutive examples end to end in
+rows of at most ``N`` tokens (:func:`~selfgen.train.llm.objectives.pack_pairs`: eos between them, plain
+causal attention across them, as HF's ``group_texts`` and nanoGPT), so positions far past one example's
+~60 tokens are trained too - what a real LM's pretraining on long packed documents gives it and what
+SCoRe's turn 2 (a second attempt after the first, at positions 70-140) needs. Departure from
+``group_texts``: an example that does not fit starts the next row instead of being cut at the row's
+edge, so every example keeps its prompt and each row starts at an example's start. ``train_batch_size``
+then counts rows, not examples.
+
+The loss is the SFT loss on the completion tokens (of every example of a packed row). The same module's ``evaluate`` and ``demo``
 measure greedy accuracy on held-out problems.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from accelerate.utils import set_seed
@@ -56,7 +67,7 @@ from ..config import TrainingConfig
 from ..registry import Method
 from ..trainer import TrainResult, Trainer
 from .modeling import build_char_tokenizer, build_tiny_llama, load_policy, tokenizer_exporter
-from .objectives import SFTCollator, SFTObjective, TextPair
+from .objectives import PackedSequence, SFTCollator, SFTObjective, TextPair, encode_pair, pack_pairs, packed_batch
 from .rollout import greedy_completions
 
 EVAL_SEED = 10_000  # the seed of held-out draws (from the task's eval split, which no training draw reaches)
@@ -77,6 +88,7 @@ class LMConfig(TrainingConfig):
     max_length: int = 192
     curriculum: list[list[int]] = field(default_factory=list)  # [[max_digits, steps(, min_digits)], ...]; empty: one stage
     next_length_share: float = 0.0  # share of a stage's additions with max_digits + 1 digits
+    pack_length: int = 0  # > 0: pack consecutive examples into rows of at most this many tokens
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +101,8 @@ class LMConfig(TrainingConfig):
                 raise ValueError(
                     f"curriculum stages must be [max_digits >= 2, steps >= 1] or [max_digits, steps, 1 <= min_digits <= max_digits], got {stage!r}"
                 )
+        if self.pack_length and self.pack_length < self.max_length:
+            raise ValueError(f"pack_length ({self.pack_length}) must be 0 or >= max_length ({self.max_length})")
         if not 0.0 <= self.next_length_share < 1.0:
             raise ValueError(f"next_length_share must be in [0, 1), got {self.next_length_share}")
 
@@ -167,6 +181,16 @@ def seed_examples(
     return examples
 
 
+def training_rows(config: LMConfig, tokenizer, examples: list[TextPair]) -> tuple[list, Callable]:
+    """The rows a stage trains on and their collate function: the examples themselves, or with
+    ``config.pack_length`` the :class:`PackedSequence` s that hold them in order."""
+    if not config.pack_length:
+        return examples, SFTCollator(tokenizer, config.max_length)
+    encoded = [encode_pair(tokenizer, pair.prompt, pair.completion, config.max_length) for pair in examples]
+    rows: list[PackedSequence] = pack_pairs(encoded, config.pack_length)
+    return rows, partial(packed_batch, pad_token_id=tokenizer.pad_token_id)
+
+
 def train(config: LMConfig) -> TrainResult:
     """Pretrain through :meth:`LMConfig.stages`; each stage's run is under ``output_dir/stage-k``
     (one stage: ``output_dir`` itself), the last stage exports to ``config.pipeline_dir``. With
@@ -193,9 +217,9 @@ def train(config: LMConfig) -> TrainResult:
             max_digits=max_digits,
             seed=config.seed + index - 1,
         )
+        rows, collate_fn = training_rows(config, tokenizer, examples)
         trainer = Trainer(
-            model, SFTObjective(), examples, stage_config,
-            export_fn=tokenizer_exporter(tokenizer), collate_fn=SFTCollator(tokenizer, config.max_length),
+            model, SFTObjective(), rows, stage_config, export_fn=tokenizer_exporter(tokenizer), collate_fn=collate_fn
         )
         result = trainer.train()
         model = trainer.unwrapped_model

@@ -224,6 +224,44 @@ def sequence_batch(encoded: Sequence[tuple[list[int], list[int]]], pad_token_id:
     }
 
 
+@dataclass
+class PackedSequence:
+    """Several consecutive examples in one training row (:func:`pack_pairs`): their token ids one after
+    another (each ends with eos) and the mask of the tokens scored (each example's completion tokens)."""
+
+    input_ids: list[int]
+    completion_mask: list[int]
+
+
+def pack_pairs(encoded: Sequence[tuple[list[int], list[int]]], pack_length: int) -> list[PackedSequence]:
+    """Standard packing (HF ``run_clm``'s ``group_texts``, nanoGPT): consecutive ``(prompt, completion)``
+    rows of :func:`encode_pair` laid end to end in sequences of at most ``pack_length`` tokens. An example
+    that does not fit starts the next sequence (none is cut; ``group_texts`` cuts at the block edge), and
+    attention is plain causal across the examples of a row (no document mask), as in both references."""
+    if pack_length < 1:
+        raise ValueError(f"pack_length must be >= 1, got {pack_length}")
+    packed: list[PackedSequence] = []
+    for prompt, completion in encoded:
+        size = len(prompt) + len(completion)
+        if size > pack_length:
+            raise ValueError(f"an example of {size} tokens does not fit pack_length={pack_length}")
+        if not packed or len(packed[-1].input_ids) + size > pack_length:
+            packed.append(PackedSequence([], []))
+        packed[-1].input_ids += prompt + completion
+        packed[-1].completion_mask += [0] * len(prompt) + [1] * len(completion)
+    return packed
+
+
+def packed_batch(rows: Sequence[PackedSequence], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """:func:`sequence_batch`'s layout for :class:`PackedSequence` rows (right-padded); positions run
+    0..len-1 along each row, so the later examples of a row are trained at later positions."""
+    return {
+        "input_ids": pad_sequences([row.input_ids for row in rows], pad_token_id),
+        "attention_mask": pad_sequences([[1] * len(row.input_ids) for row in rows], 0),
+        "completion_mask": pad_sequences([row.completion_mask for row in rows], 0),
+    }
+
+
 def completion_token_weights(tokenizer, pair: TextPair, num_tokens: int) -> list[float]:
     """Per completion token (``num_tokens`` of them, eos included) the weight of the ``weighted_spans``
     it overlaps (the last such span), else 1; token spans come from :func:`split_continuation`

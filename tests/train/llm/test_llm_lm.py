@@ -321,3 +321,73 @@ def test_countdown_llama_configs_load_at_equal_budget():
     assert bstar.model == "assets/lm-countdown-llama" and bstar.task == "countdown" and bstar.include_reference
     assert star.step_growth == 0.0 and star.samples_per_problem > 1 and not star.ground_truth_control
     assert bstar.export_dir is None and star.export_dir is None
+
+
+def test_packed_rows_hold_several_examples_in_order_never_exceed_n_and_train_late_positions():
+    """`pack_length`: consecutive examples laid end to end (eos between them), no row past N tokens, no
+    token lost or reordered, every example's completion tokens (and only those) scored - at positions far
+    past one example's length."""
+    from selfgen.train.llm.modeling import build_char_tokenizer
+    from selfgen.train.llm.objectives import encode_pair
+
+    tokenizer = build_char_tokenizer()
+    config = lm.LMConfig(num_seed_examples=300, seed=0, max_length=128, pack_length=256,
+                         format_weights={"plain": 0.6, "hint": 0.2, "rephrase": 0.2})
+    examples = lm.seed_examples(config, 4, 0, 1)
+    rows, collate = lm.training_rows(config, tokenizer, examples)
+    encoded = [encode_pair(tokenizer, e.prompt, e.completion, config.max_length) for e in examples]
+    assert max(len(p) + len(c) for p, c in encoded) < 100
+    assert all(len(row.input_ids) <= 256 for row in rows) and len(rows) < len(examples) / 3
+    assert [t for row in rows for t in row.input_ids] == [t for p, c in encoded for t in p + c]
+    assert [m for row in rows for m in row.completion_mask] == [m for p, c in encoded for m in [0] * len(p) + [1] * len(c)]
+    eos_per_row = [row.input_ids.count(tokenizer.eos_token_id) for row in rows[:-1]]
+    assert min(eos_per_row) >= 3 and all(row.input_ids[-1] == tokenizer.eos_token_id for row in rows)
+    batch = collate(rows[:8])
+    assert batch["input_ids"].shape[1] <= 256 and batch["completion_mask"][:, 200:].sum() > 0
+    assert torch.equal(batch["completion_mask"].bool() & ~batch["attention_mask"].bool(), torch.zeros_like(batch["attention_mask"]).bool())
+    unpacked, _ = lm.training_rows(lm.LMConfig(num_seed_examples=300, seed=0), tokenizer, examples)
+    assert unpacked is examples
+
+
+def test_a_packed_rows_first_example_has_its_unpacked_loss(policy):
+    """Causal attention: the first example of a packed row is scored exactly as on its own row."""
+    from selfgen.train.llm.objectives import SFTCollator, SFTObjective, TextPair, encode_pair, pack_pairs, packed_batch
+
+    model, tokenizer = policy
+    pairs = [TextPair("Q:12+34\n", "S:2+4=6\nA:46"), TextPair("Q:5+6\n", "A:11")]
+    alone = SFTObjective().compute_loss(model, SFTCollator(tokenizer, 64)(pairs[:1]))[0]
+    rows = pack_pairs([encode_pair(tokenizer, p.prompt, p.completion, 64) for p in pairs], 64)
+    assert len(rows) == 1
+    first_only = packed_batch(rows, tokenizer.pad_token_id)
+    first_length = sum(len(x) for x in encode_pair(tokenizer, pairs[0].prompt, pairs[0].completion, 64))
+    first_only["completion_mask"][:, first_length:] = 0
+    with torch.no_grad():
+        assert abs(float(SFTObjective().compute_loss(model, first_only)[0]) - float(alone)) < 1e-5
+
+
+def test_packing_refuses_rows_that_cannot_hold_an_example():
+    from selfgen.train.llm.objectives import pack_pairs
+
+    with pytest.raises(ValueError, match="pack_length .* must be 0 or >= max_length"):
+        lm.LMConfig(max_length=128, pack_length=64)
+    with pytest.raises(ValueError, match="does not fit pack_length=4"):
+        pack_pairs([([1, 2], [3, 4, 5])], 4)
+    with pytest.raises(ValueError, match="pack_length must be >= 1"):
+        pack_pairs([([1], [2])], 0)
+
+
+def test_v4_packed_config_continues_v3_on_its_last_stages_mix_packed_to_256():
+    """Issue #18 (session 40): v4 = v3 continued on the data mix of v3's last stage, packed to 256 tokens, at
+    no more than that stage's learning rate."""
+    from pathlib import Path
+
+    from selfgen.train.config import load_config
+
+    root = Path(__file__).resolve().parents[3]
+    v4 = load_config(lm.LMConfig, root / "configs" / "lm_arith_llama_v4_packed.yaml")
+    replay = load_config(lm.LMConfig, root / "configs" / "lm_arith_llama_v3_replay.yaml")
+    assert v4.pretrained == "assets/lm-arith-llama-v3" and v4.export_dir is None and v4.seed == 0
+    assert v4.pack_length == 256 and replay.pack_length == 0 and v4.learning_rate <= replay.learning_rate
+    for key in ("task_weights", "format_weights", "next_length_share", "max_length"):
+        assert getattr(v4, key) == getattr(replay, key), key
+    assert v4.stage_min_digits() == [1] and v4.stages()[0][0] == 4 and v4.max_train_steps == v4.stages()[0][1]
