@@ -12,7 +12,7 @@ For each ``a+b`` of ``--problems`` additions (:func:`llm_lengths.length_problems
 * ``own`` - SCoRe's turn 2 of ``prompt_format: arith_swap`` exactly: ``Q:a+b`` + its own attempt + ``R:``
   + ``Q:b+a`` (:class:`~selfgen.train.llm.prompts.RestatedRevisionFormat`).
 
-Per model and context: greedy accuracy with its standard error, and ``own`` and ``other`` as a ratio of
+Per model: turn 1's greedy accuracy, and per context the greedy accuracy with its standard error, and ``own`` and ``other`` as a ratio of
 ``fresh``. A base that never computed past one example's length re-solves poorly in ``other``/``own``.
 """
 
@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-
-from llm_lengths import length_problems
 
 from selfgen.data.reasoning import correction_prompt
 from selfgen.data.tasks import prompt_text
@@ -30,6 +29,9 @@ from selfgen.eval.statistics import standard_error
 from selfgen.train.llm.modeling import load_policy
 from selfgen.train.llm.prompts import RestatedRevisionFormat, swapped_question
 from selfgen.train.llm.rollout import SamplingParams, generate_rollouts
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llm_lengths import length_problems  # noqa: E402
 
 CONTEXTS = ("fresh", "other", "own")
 
@@ -50,17 +52,18 @@ def position_contexts(questions: list[str], attempts: list[str]) -> dict[str, li
 
 
 def position_correctness(model_dir: str, digits: int, count: int, split: str) -> dict[str, list[bool]]:
-    """Per-problem greedy correctness of the model in ``model_dir`` in each of :data:`CONTEXTS`."""
+    """Per-problem greedy correctness of the model in ``model_dir``: turn 1 (``turn1``) and each of :data:`CONTEXTS`."""
     model, tokenizer = load_policy(model_dir)
     task, problems = length_problems(digits, count, split)
     params = SamplingParams(temperature=0.0, max_new_tokens=16 + 12 * (digits + 1), batch_size=100)
     questions = [p.question for p in problems]
     attempts = [r.text for r in generate_rollouts(model, tokenizer, [prompt_text(q) for q in questions], params)]
     contexts = position_contexts(questions, attempts)
-    return {
+    solved = {
         name: [task.verify(p, r.text) for p, r in zip(problems, generate_rollouts(model, tokenizer, prompts, params))]
         for name, prompts in contexts.items()
     }
+    return {"turn1": [task.verify(p, a) for p, a in zip(problems, attempts)], **solved}
 
 
 def main() -> None:
@@ -77,7 +80,7 @@ def main() -> None:
             raise FileNotFoundError(f"--models: {model} is not a saved causal LM folder (no config.json)")
         results[model] = position_correctness(model, args.digits, args.problems, args.split)
         rates = {name: sum(items) / len(items) for name, items in results[model].items()}
-        cells = "  ".join(f"{name} {rates[name]:.3f} +- {standard_error(results[model][name]):.3f}" for name in CONTEXTS)
+        cells = "  ".join(f"{name} {rates[name]:.3f} +- {standard_error(results[model][name]):.3f}" for name in ("turn1", *CONTEXTS))
         ratios = "  ".join(f"{name}/fresh {rates[name] / max(rates['fresh'], 1e-9):.2f}" for name in ("other", "own"))
         print(f"{model:<48} {cells}  {ratios}", flush=True)
     if args.out:

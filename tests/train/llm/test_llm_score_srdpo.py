@@ -366,3 +366,15 @@ def test_likelihood_warm_start_labels_by_the_signal_in_the_swap_format(tmp_path,
     assert [pair.completion for pair in revisions] == [first[0].text, resolve[1].text, first[2].text]
     anchor = [pair for pair in dataset if "\nR:\n" not in pair.prompt]
     assert [pair.completion for pair in anchor] == [first[0].text, first[2].text]  # the kept ones, not the right ones
+
+
+def test_position_benchmark_re_solves_the_swapped_question_fresh_after_another_turn_1_and_as_turn_2(benchmark_module):
+    """`benchmarks/llm_positions.py`: the three contexts of `b+a` - from position 0, after the NEXT problem's
+    prompt and attempt and `R:`, and SCoRe's own `arith_swap` turn 2."""
+    positions = benchmark_module("llm_positions")
+    contexts = positions.position_contexts(["12+34", "5+6"], ["S:x\nA:46", "S:y\nA:11"])
+    assert contexts["fresh"] == ["Q:34+12\n", "Q:6+5\n"]
+    assert contexts["other"] == ["Q:5+6\nS:y\nA:11\nR:\nQ:34+12\n", "Q:12+34\nS:x\nA:46\nR:\nQ:6+5\n"]
+    assert contexts["own"] == ["Q:12+34\nS:x\nA:46\nR:\nQ:34+12\n", "Q:5+6\nS:y\nA:11\nR:\nQ:6+5\n"]
+    with pytest.raises(ValueError, match="need >= 2 questions"):
+        positions.position_contexts(["12+34"], ["A:46"])
