@@ -12,6 +12,11 @@ For each ``a+b`` of ``--problems`` additions (:func:`llm_lengths.length_problems
 * ``own`` - SCoRe's turn 2 of ``prompt_format: arith_swap`` exactly: ``Q:a+b`` + its own attempt + ``R:``
   + ``Q:b+a`` (:class:`~selfgen.train.llm.prompts.RestatedRevisionFormat`).
 
+``--packed_rows R`` also reads the pretraining stream as packed pretraining sees it (``pack_length`` of
+``selfgen train lm``): ``R`` rows of 256 tokens packed from the v3 data mix (training split, seed
+``VALIDATION_SEED``), and per example index in its row the share of examples whose completion the model
+predicts exactly, teacher-forced (argmax at every completion token). Index 0 starts at position 0.
+
 Per model: turn 1's greedy accuracy, and per context the greedy accuracy with its standard error, and ``own`` and ``other`` as a ratio of
 ``fresh``. A base that never computed past one example's length re-solves poorly in ``other``/``own``.
 """
@@ -23,15 +28,18 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from selfgen.data.reasoning import correction_prompt
 from selfgen.data.tasks import prompt_text
 from selfgen.eval.statistics import standard_error
+from selfgen.train.llm.lm import LMConfig, seed_examples, training_rows
 from selfgen.train.llm.modeling import load_policy
 from selfgen.train.llm.prompts import RestatedRevisionFormat, swapped_question
 from selfgen.train.llm.rollout import SamplingParams, generate_rollouts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_lengths import length_problems  # noqa: E402
+from llm_lengths import VALIDATION_SEED, length_problems  # noqa: E402
 
 CONTEXTS = ("fresh", "other", "own")
 
@@ -66,12 +74,38 @@ def position_correctness(model_dir: str, digits: int, count: int, split: str) ->
     return {"turn1": [task.verify(p, a) for p, a in zip(problems, attempts)], **solved}
 
 
+def exact_by_index(input_ids: torch.Tensor, completion_mask: torch.Tensor, predicted: torch.Tensor, eos_token_id: int) -> dict[int, list[bool]]:
+    """Per example index within its row (examples end at eos), whether every completion token equals
+    ``predicted`` (the argmax at the position before it): ``input_ids`` etc. are ``[rows, length]``."""
+    exact: dict[int, list[bool]] = {}
+    for ids, mask, guess in zip(input_ids.tolist(), completion_mask.tolist(), predicted.tolist()):
+        start = 0
+        for index, end in enumerate(i for i, token in enumerate(ids) if token == eos_token_id):
+            scored = [t for t in range(max(start, 1), end + 1) if mask[t]]
+            exact.setdefault(index, []).append(all(guess[t - 1] == ids[t] for t in scored))
+            start = end + 1
+    return exact
+
+
+def packed_exact(model_dir: str, rows: int) -> dict[int, list[bool]]:
+    """:func:`exact_by_index` of the model on ``rows`` packed rows of the v3 data mix (module docstring)."""
+    model, tokenizer = load_policy(model_dir)
+    config = LMConfig(seed=VALIDATION_SEED, num_seed_examples=8 * rows, task_weights={"add": 0.8, "mul": 0.1, "countdown": 0.1},
+                      format_weights={"plain": 0.6, "hint": 0.2, "rephrase": 0.2}, max_length=128, pack_length=256)
+    packed, collate = training_rows(config, tokenizer, seed_examples(config, 4, 0, 1))
+    batch = collate(packed[:rows])
+    with torch.no_grad():
+        logits = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return exact_by_index(batch["input_ids"], batch["completion_mask"], logits.argmax(-1), tokenizer.eos_token_id)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True)
     parser.add_argument("--digits", type=int, default=4)
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--split", default="validation", choices=("eval", "validation"))
+    parser.add_argument("--packed_rows", type=int, default=0, help="also read R packed pretraining rows teacher-forced")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     results = {}
@@ -83,6 +117,11 @@ def main() -> None:
         cells = "  ".join(f"{name} {rates[name]:.3f} +- {standard_error(results[model][name]):.3f}" for name in ("turn1", *CONTEXTS))
         ratios = "  ".join(f"{name}/fresh {rates[name] / max(rates['fresh'], 1e-9):.2f}" for name in ("other", "own"))
         print(f"{model:<48} {cells}  {ratios}", flush=True)
+        if args.packed_rows:
+            exact = packed_exact(model, args.packed_rows)
+            results[model]["packed_exact"] = {str(index): items for index, items in exact.items()}
+            print("    packed rows, exact completion by example index: " + "  ".join(
+                f"{index}: {sum(items) / len(items):.2f} (n={len(items)})" for index, items in sorted(exact.items()) if index < 6), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"split": args.split, "digits": args.digits, "correct": results}))

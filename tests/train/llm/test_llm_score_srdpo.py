@@ -378,3 +378,18 @@ def test_position_benchmark_re_solves_the_swapped_question_fresh_after_another_t
     assert contexts["own"] == ["Q:12+34\nS:x\nA:46\nR:\nQ:34+12\n", "Q:5+6\nS:y\nA:11\nR:\nQ:6+5\n"]
     with pytest.raises(ValueError, match="need >= 2 questions"):
         positions.position_contexts(["12+34"], ["A:46"])
+
+
+def test_packed_exact_by_index_splits_rows_at_eos_and_checks_every_completion_token(benchmark_module):
+    """`llm_positions.exact_by_index`: examples end at eos (id 1); an example is exact when the argmax before each
+    of its completion tokens is that token; prompt tokens are not checked."""
+    import torch
+
+    positions = benchmark_module("llm_positions")
+    ids = torch.tensor([[5, 6, 7, 1, 5, 8, 9, 1, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 0, 0, 1, 1, 0]])
+    right = torch.tensor([[0, 7, 1, 0, 0, 9, 1, 0, 0]])  # predicted[t - 1] == ids[t] on every completion token
+    assert positions.exact_by_index(ids, mask, right, 1) == {0: [True], 1: [True]}
+    wrong_second = right.clone()
+    wrong_second[0, 5] = 4
+    assert positions.exact_by_index(ids, mask, wrong_second, 1) == {0: [True], 1: [False]}
