@@ -108,10 +108,11 @@ def main() -> None:
     parser.add_argument("--packed_rows", type=int, default=0, help="also read R packed pretraining rows teacher-forced")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    missing = [model for model in args.models if not (Path(model) / "config.json").is_file()]
+    if missing:  # refused before any model is read
+        raise FileNotFoundError(f"--models: {missing} are not saved causal LM folders (no config.json)")
     results = {}
     for model in args.models:
-        if not (Path(model) / "config.json").is_file():
-            raise FileNotFoundError(f"--models: {model} is not a saved causal LM folder (no config.json)")
         results[model] = position_correctness(model, args.digits, args.problems, args.split)
         rates = {name: sum(items) / len(items) for name, items in results[model].items()}
         cells = "  ".join(f"{name} {rates[name]:.3f} +- {standard_error(results[model][name]):.3f}" for name in ("turn1", *CONTEXTS))
