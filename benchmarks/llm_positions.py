@@ -17,6 +17,11 @@ For each ``a+b`` of ``--problems`` additions (:func:`llm_lengths.length_problems
 ``VALIDATION_SEED``), and per example index in its row the share of examples whose completion the model
 predicts exactly, teacher-forced (argmax at every completion token). Index 0 starts at position 0.
 
+``--reset`` adds a fourth context, ``own_reset``: SCoRe's turn 2 with the position ids of the restated
+``Q:b+a`` (and of what the model writes after it) restarting at 0, the first turn keeping 0.. (a model-side
+probe, no method: greedy one problem at a time, no KV cache, :func:`reset_greedy`). It asks whether the
+failure is the positions themselves or the content before the question.
+
 Per model: turn 1's greedy accuracy, and per context the greedy accuracy with its standard error, and ``own`` and ``other`` as a ratio of
 ``fresh``. A base that never computed past one example's length re-solves poorly in ``other``/``own``.
 """
@@ -59,7 +64,25 @@ def position_contexts(questions: list[str], attempts: list[str]) -> dict[str, li
     }
 
 
-def position_correctness(model_dir: str, digits: int, count: int, split: str) -> dict[str, list[bool]]:
+def reset_greedy(model, tokenizer, head: str, tail: str, max_new_tokens: int) -> str:
+    """Greedy continuation of ``head + tail`` where ``tail`` and the continuation take position ids from 0
+    again (``head`` keeps 0..len-1); stops at eos. Empty ``head``: plain greedy decoding of ``tail``."""
+    head_ids = tokenizer(head, add_special_tokens=False).input_ids
+    tail_ids = tokenizer(tail, add_special_tokens=False).input_ids
+    written: list[int] = []
+    for _ in range(max_new_tokens):
+        ids = head_ids + tail_ids + written
+        positions = list(range(len(head_ids))) + list(range(len(tail_ids) + len(written)))
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions])).logits
+        token = int(logits[0, -1].argmax())
+        if token == tokenizer.eos_token_id:
+            break
+        written.append(token)
+    return tokenizer.decode(written)
+
+
+def position_correctness(model_dir: str, digits: int, count: int, split: str, reset: bool = False) -> dict[str, list[bool]]:
     """Per-problem greedy correctness of the model in ``model_dir``: turn 1 (``turn1``) and each of :data:`CONTEXTS`."""
     model, tokenizer = load_policy(model_dir)
     task, problems = length_problems(digits, count, split)
@@ -71,6 +94,12 @@ def position_correctness(model_dir: str, digits: int, count: int, split: str) ->
         name: [task.verify(p, r.text) for p, r in zip(problems, generate_rollouts(model, tokenizer, prompts, params))]
         for name, prompts in contexts.items()
     }
+    if reset:
+        tails = contexts["fresh"]  # the restated question closes SCoRe's turn-2 context
+        solved["own_reset"] = [
+            task.verify(p, reset_greedy(model, tokenizer, own[: -len(tail)], tail, params.max_new_tokens))
+            for p, own, tail in zip(problems, contexts["own"], tails)
+        ]
     return {"turn1": [task.verify(p, a) for p, a in zip(problems, attempts)], **solved}
 
 
@@ -105,6 +134,7 @@ def main() -> None:
     parser.add_argument("--digits", type=int, default=4)
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--split", default="validation", choices=("eval", "validation"))
+    parser.add_argument("--reset", action="store_true", help="also SCoRe's turn 2 with the restated question's position ids from 0")
     parser.add_argument("--packed_rows", type=int, default=0, help="also read R packed pretraining rows teacher-forced")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -113,10 +143,10 @@ def main() -> None:
         raise FileNotFoundError(f"--models: {missing} are not saved causal LM folders (no config.json)")
     results = {}
     for model in args.models:
-        results[model] = position_correctness(model, args.digits, args.problems, args.split)
+        results[model] = position_correctness(model, args.digits, args.problems, args.split, args.reset)
         rates = {name: sum(items) / len(items) for name, items in results[model].items()}
-        cells = "  ".join(f"{name} {rates[name]:.3f} +- {standard_error(results[model][name]):.3f}" for name in ("turn1", *CONTEXTS))
-        ratios = "  ".join(f"{name}/fresh {rates[name] / max(rates['fresh'], 1e-9):.2f}" for name in ("other", "own"))
+        cells = "  ".join(f"{name} {rates[name]:.3f} +- {standard_error(results[model][name]):.3f}" for name in rates)
+        ratios = "  ".join(f"{name}/fresh {rates[name] / max(rates['fresh'], 1e-9):.2f}" for name in rates if name not in ("turn1", "fresh"))
         print(f"{model:<48} {cells}  {ratios}", flush=True)
         if args.packed_rows:
             exact = packed_exact(model, args.packed_rows)

@@ -393,3 +393,28 @@ def test_packed_exact_by_index_splits_rows_at_eos_and_checks_every_completion_to
     wrong_second = right.clone()
     wrong_second[0, 5] = 4
     assert positions.exact_by_index(ids, mask, wrong_second, 1) == {0: [True], 1: [False]}
+
+
+def test_reset_greedy_restarts_the_tails_positions_and_matches_plain_greedy_without_a_head(benchmark_module, policy):
+    """`llm_positions.reset_greedy`: the head keeps positions 0.., the tail and what follows restart at 0; with no
+    head it is plain greedy decoding (the library's, temperature 0)."""
+    import torch
+
+    from selfgen.train.llm.rollout import SamplingParams, generate_rollouts
+
+    positions = benchmark_module("llm_positions")
+    model, tokenizer = policy
+    plain = generate_rollouts(model, tokenizer, ["Q:12+34\n"], SamplingParams(temperature=0.0, max_new_tokens=6, batch_size=1))
+    assert positions.reset_greedy(model, tokenizer, "", "Q:12+34\n", 6) == plain[0].text
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, input_ids, position_ids):
+            seen.append(position_ids[0].tolist())
+            logits = torch.zeros(1, input_ids.shape[1], len(tokenizer))
+            logits[0, -1, tokenizer.eos_token_id if len(seen) == 2 else tokenizer.convert_tokens_to_ids("7")] = 1.0
+            return type("Out", (), {"logits": logits})
+
+    assert positions.reset_greedy(Recorder(), tokenizer, "ab", "Q:", 5) == "7"
+    assert seen == [[0, 1, 0, 1], [0, 1, 0, 1, 2]]
