@@ -72,18 +72,22 @@ def round_samples(trainer, cache: Path | None) -> tuple[list[str], np.ndarray, t
     ``trainer.self_generate(1)`` (saved to ``cache`` if given), or loaded from an existing ``cache`` and re-scored."""
     setting = {name: getattr(trainer.config, name) for name in SAMPLING}
     if cache is not None and cache.exists():
-        saved = torch.load(cache, weights_only=False)
+        saved = torch.load(cache, weights_only=True)  # torch's restricted loader: tensors, strings, numbers
         if saved["setting"] != setting:
             raise ValueError(f"{cache} was drawn with {saved['setting']}, this run samples with {setting}")
         start = time.perf_counter()
-        rewards = trainer.reward_fn(trainer.umm, saved["images"], saved["prompts"])
+        images = saved["images"].numpy()
+        rewards = trainer.reward_fn(trainer.umm, images, saved["prompts"])
         seconds = {"seconds_generate": 0.0, "seconds_reward": time.perf_counter() - start}
-        return saved["prompts"], saved["images"], saved["latents"], rewards, seconds
+        return saved["prompts"], images, saved["latents"], rewards, seconds
     with keeping_sampled_latents() as sampled:
         prompts, images, rewards, seconds = trainer.self_generate(1)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"setting": setting, "prompts": prompts, "images": images, "latents": sampled.get("latents")}, cache)
+        saved = {"setting": setting, "prompts": prompts, "images": torch.from_numpy(images), "latents": sampled.get("latents")}
+        partial = cache.with_name(cache.name + ".partial")
+        torch.save(saved, partial)
+        partial.replace(cache)  # a killed run leaves no half-written cache behind
     return prompts, images, sampled.get("latents"), rewards, seconds
 
 
