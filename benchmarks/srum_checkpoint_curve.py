@@ -47,7 +47,7 @@ def evaluate(checkpoint: Path, out: Path) -> dict:
     with torch.no_grad():
         single, single_images, prompts = single_object_validation(pipe, SEED)
         all_prompts = heldout_prompts(PER_CATEGORY, SEED, split="train")
-        overall, all_images = compositional_accuracy(pipe, all_prompts, seed=SEED, num_inference_steps=20, guidance_scale=3.0)
+        overall, all_images, _ = compositional_accuracy(pipe, all_prompts, seed=SEED, num_inference_steps=20, guidance_scale=3.0)
     record = {"checkpoint": str(checkpoint), "single_object": single, "all_categories": overall}
     (out / f"{checkpoint.name}.json").write_text(json.dumps(record, indent=1))
     np.savez_compressed(out / f"{checkpoint.name}.npz", single=single_images, all_categories=all_images)

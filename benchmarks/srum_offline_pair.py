@@ -30,7 +30,7 @@ import yaml
 
 from selfgen import UnifiedPipeline
 from selfgen.eval.plots import save_image_grid
-from selfgen.eval.scenes import judge_image
+from selfgen.eval.scenes import per_prompt_accuracy
 from selfgen.train import unified
 from selfgen.train.config import load_config
 from selfgen.train.srum import (
@@ -53,14 +53,13 @@ def validation(umm: UnifiedPipeline, config: SRUMConfig, path: Path) -> dict:
     """The loop's per-round judge accuracy (:func:`~selfgen.train.srum_shapes.compositional_accuracy`, same prompts,
     noise and sampler), also writing ``path``: each prompt's fraction of accepted images, for paired differences."""
     prompts = unified.heldout_prompts(config.eval_prompts_per_category, config.eval_seed, config.eval_split)
-    scores, images = unified.compositional_accuracy(
+    scores, images, correct = unified.compositional_accuracy(
         umm, prompts, config.eval_seed, config.eval_samples_per_prompt,
         num_inference_steps=config.eval_num_inference_steps, guidance_scale=config.eval_guidance_scale,
     )
     k = config.eval_samples_per_prompt
-    right = np.array([judge_image(image, prompts[i // k]) for i, image in enumerate(images)]).reshape(-1, k)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"per_prompt_accuracy": dict(zip(prompts, right.mean(axis=1).tolist()))}, indent=1))
+    path.write_text(json.dumps({"per_prompt_accuracy": per_prompt_accuracy(correct, prompts, k)}, indent=1))
     shown = np.arange(0, len(prompts), max(1, len(prompts) // 8))[:8]  # prompts across the categories
     save_image_grid(images.reshape(len(prompts), k, *images.shape[1:])[shown].reshape(-1, *images.shape[1:]),
                     path.with_suffix(".png"), columns=k, row_labels=[prompts[i] for i in shown])

@@ -183,29 +183,44 @@ def region_labels(image: np.ndarray, prompt: str) -> tuple[np.ndarray, np.ndarra
 class SceneJudge:
     """Compositional accuracy per prompt category, from :func:`judge_image`."""
 
-    def evaluate(self, images: np.ndarray, prompts: list[str], samples_per_prompt: int = 1) -> dict[str, float]:
-        """Accuracy of ``images`` ``(N, H, W, 3)`` against their ``prompts``.
+    def verdicts(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        """:func:`judge_image` of each of ``images`` ``(N, H, W, 3)`` against its prompt: ``(N,)`` booleans."""
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; expected one image per prompt")
+        return np.array([judge_image(image, prompt) for image, prompt in zip(images, prompts)], dtype=bool)
+
+    def summarize(self, correct: np.ndarray, prompts: list[str], samples_per_prompt: int = 1) -> dict[str, float]:
+        """Per-category and pooled accuracy of the :meth:`verdicts` ``correct`` of images of ``prompts``.
 
         Returns ``{category: accuracy, ..., "overall": mean of the categories, "pooled": fraction of all
         images right, "pooled_se": its standard error}``. ``samples_per_prompt`` consecutive images share
         one prompt; they are correlated, so ``pooled_se`` is the standard error of the per-prompt means
         (clustered by prompt), not of the images; `nan` for a single prompt."""
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; expected one image per prompt")
+        if len(correct) != len(prompts):
+            raise ValueError(f"got {len(correct)} verdicts for {len(prompts)} prompts; expected one per prompt")
         if samples_per_prompt < 1 or len(prompts) % samples_per_prompt:
             raise ValueError(
                 f"{len(prompts)} prompts do not split into groups of samples_per_prompt={samples_per_prompt}"
             )
-        correct = np.array([judge_image(image, prompt) for image, prompt in zip(images, prompts)], dtype=np.float64)
+        correct = np.asarray(correct, dtype=np.float64)
         per_category: dict[str, list[float]] = defaultdict(list)
         for right, prompt in zip(correct, prompts):
             per_category[parse_prompt(prompt).category].append(right)
         scores = {category: float(np.mean(results)) for category, results in sorted(per_category.items())}
         scores["overall"] = float(np.mean([np.mean(results) for results in per_category.values()]))
-        per_prompt = correct.reshape(-1, samples_per_prompt).mean(axis=1)
         scores["pooled"] = float(correct.mean())
-        scores["pooled_se"] = standard_error(per_prompt)
+        scores["pooled_se"] = standard_error(correct.reshape(-1, samples_per_prompt).mean(axis=1))
         return scores
+
+    def evaluate(self, images: np.ndarray, prompts: list[str], samples_per_prompt: int = 1) -> dict[str, float]:
+        """:meth:`summarize` of the :meth:`verdicts` of ``images`` against their ``prompts``."""
+        return self.summarize(self.verdicts(images, prompts), prompts, samples_per_prompt)
+
+
+def per_prompt_accuracy(correct: np.ndarray, prompts: list[str], samples_per_prompt: int) -> dict[str, float]:
+    """Each of ``prompts``' fraction of accepted images, from the :meth:`SceneJudge.verdicts` ``correct`` of its
+    ``samples_per_prompt`` consecutive images (the input of :func:`paired_difference`)."""
+    return dict(zip(prompts, np.reshape(correct, (-1, samples_per_prompt)).mean(axis=1).tolist()))
 
 
 def paired_difference(baseline: dict[str, float], candidate: dict[str, float]) -> tuple[float, float]:

@@ -199,7 +199,7 @@ def compositional_accuracy(umm: UnifiedPipeline, config: SRUMConfig) -> dict[str
     results = {}
     for prefix, (split, per_category) in splits.items():
         prompts = unified.heldout_prompts(per_category, config.eval_seed, split)
-        scores, _ = unified.compositional_accuracy(
+        scores, _, _ = unified.compositional_accuracy(
             umm,
             prompts,
             config.eval_seed,

@@ -84,7 +84,7 @@ from ..data.scenes import (
     scene_questions,
 )
 from ..eval.plots import save_image_grid
-from ..eval.scenes import SceneJudge, judge_image, ranking_auc, single_object_report
+from ..eval.scenes import SceneJudge, per_prompt_accuracy, ranking_auc, single_object_report
 from ..eval.statistics import bootstrap_interval
 from ..models.scene_autoencoder import encode_latents
 from ..models.unified import UnifiedTransformer
@@ -483,15 +483,18 @@ def heldout_prompts(per_category: int, seed: int = 0, split: str = "heldout") ->
 
 def compositional_accuracy(
     pipe: UnifiedPipeline, prompts: list[str], seed: int = 0, samples_per_prompt: int = 1, **generate_options
-) -> tuple[dict, np.ndarray]:
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Generate ``samples_per_prompt`` images per prompt (different noise, seeded) and judge them with the
     rule-based :class:`SceneJudge` (per category, pooled, and the pooled standard error over prompts).
 
-    The images come back in prompt order, ``samples_per_prompt`` consecutive images per prompt."""
+    Returns ``(scores, images, correct)``: the images in prompt order, ``samples_per_prompt`` consecutive images
+    per prompt, and the judge's verdict on each (for :func:`~selfgen.eval.scenes.per_prompt_accuracy`)."""
     generator = torch.Generator().manual_seed(seed)
     repeated = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
     images = pipe.generate(repeated, generator=generator, output_type="np", **generate_options).images
-    return SceneJudge().evaluate(images, repeated, samples_per_prompt), images
+    judge = SceneJudge()
+    correct = judge.verdicts(images, repeated)
+    return judge.summarize(correct, repeated, samples_per_prompt), images, correct
 
 
 def single_object_validation(
@@ -682,7 +685,7 @@ def evaluate(
     pipe = UnifiedPipeline.from_pretrained(model_path)
     pipe.set_progress_bar_config(disable=True)
     prompts = heldout_prompts(prompts_per_category, seed, split)
-    generation, images = compositional_accuracy(
+    generation, images, correct = compositional_accuracy(
         pipe,
         prompts,
         seed,
@@ -695,10 +698,9 @@ def evaluate(
         images[::samples_per_prompt], output_dir / "samples.png", tile_labels=prompts,
         title=f"{split} prompts, one sample each (seed {seed}, {num_inference_steps} steps, guidance {guidance_scale})",
     )
-    correct = [judge_image(image, prompt) for image, prompt in zip(images, np.repeat(prompts, samples_per_prompt))]
     metrics = {
         "compositional_accuracy": generation,
-        "per_prompt_accuracy": dict(zip(prompts, np.reshape(correct, (-1, samples_per_prompt)).mean(1).tolist())),
+        "per_prompt_accuracy": per_prompt_accuracy(correct, prompts, samples_per_prompt),
         "understanding_accuracy": understanding_accuracy(pipe, num_scenes, seed + 1),
         "understanding_occupancy_auc": occupancy_auc(pipe, num_scenes, seed + 1),
         "judge_verification": judge_verification(pipe, num_scenes, seed + 1),

@@ -18,6 +18,7 @@ from selfgen.eval.scenes import (
     failure_reason,
     judge_image,
     paired_difference,
+    per_prompt_accuracy,
     region_labels,
     single_object_report,
 )
@@ -52,6 +53,19 @@ def test_pooled_error_is_clustered_by_prompt():
     assert SceneJudge().evaluate(images, prompts)["pooled_se"] == pytest.approx(np.std([1, 1, 0, 0], ddof=1) / 2)
     with pytest.raises(ValueError, match="samples_per_prompt=3"):
         SceneJudge().evaluate(images, prompts, samples_per_prompt=3)
+
+
+def test_verdicts_are_judged_once_and_give_the_summary_and_the_per_prompt_accuracy():
+    image = render_scene(sample_scene(parse_prompt("a red circle"), random.Random(0)))
+    images = np.stack([image, np.zeros_like(image), image, image])
+    prompts = ["a red circle"] * 2 + ["a blue square"] * 2
+    judge = SceneJudge()
+    correct = judge.verdicts(images, prompts)
+    assert correct.tolist() == [True, False, False, False]
+    assert judge.summarize(correct, prompts, samples_per_prompt=2) == judge.evaluate(images, prompts, samples_per_prompt=2)
+    assert per_prompt_accuracy(correct, ["a red circle", "a blue square"], 2) == {"a red circle": 0.5, "a blue square": 0.0}
+    with pytest.raises(ValueError, match="3 verdicts for 4 prompts"):
+        judge.summarize(correct[:3], prompts)
 
 
 def test_judge_rejects_scenes_for_perturbed_prompts():
