@@ -13,8 +13,8 @@ For each ``a+b`` of ``--problems`` additions (:func:`llm_lengths.length_problems
   + ``Q:b+a`` (:class:`~selfgen.train.llm.prompts.RestatedRevisionFormat`).
 
 ``--packed_rows R`` also reads the pretraining stream as packed pretraining sees it (``pack_length`` of
-``selfgen train lm``): ``R`` rows of 256 tokens packed from the v3 data mix (training split, seed
-``VALIDATION_SEED``), and per example index in its row the share of examples whose completion the model
+``selfgen train lm``): ``R`` rows packed as ``configs/lm_arith_llama_v4_packed.yaml`` packs them (v3's last-stage
+data mix, 256 tokens; training split, seed ``VALIDATION_SEED``), and per example index in its row the share of examples whose completion the model
 predicts exactly, teacher-forced (argmax at every completion token). Index 0 starts at position 0.
 
 ``--reset`` adds a fourth context, ``own_reset``: SCoRe's turn 2 with the position ids of the restated
@@ -38,6 +38,7 @@ import torch
 from selfgen.data.reasoning import correction_prompt
 from selfgen.data.tasks import prompt_text
 from selfgen.eval.statistics import standard_error
+from selfgen.train.config import load_config
 from selfgen.train.llm.lm import LMConfig, seed_examples, training_rows
 from selfgen.train.llm.modeling import load_policy
 from selfgen.train.llm.prompts import RestatedRevisionFormat, swapped_question
@@ -47,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm_lengths import VALIDATION_SEED, length_problems  # noqa: E402
 
 CONTEXTS = ("fresh", "other", "own")
+# the packed rows read by --packed_rows: v3's last-stage data mix packed to 256 tokens (test_llm_lm checks the mix)
+PACKED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "lm_arith_llama_v4_packed.yaml"
 
 
 def position_contexts(questions: list[str], attempts: list[str]) -> dict[str, list[str]]:
@@ -119,9 +122,9 @@ def exact_by_index(input_ids: torch.Tensor, completion_mask: torch.Tensor, predi
 def packed_exact(model_dir: str, rows: int) -> dict[int, list[bool]]:
     """:func:`exact_by_index` of the model on ``rows`` packed rows of the v3 data mix (module docstring)."""
     model, tokenizer = load_policy(model_dir)
-    config = LMConfig(seed=VALIDATION_SEED, num_seed_examples=8 * rows, task_weights={"add": 0.8, "mul": 0.1, "countdown": 0.1},
-                      format_weights={"plain": 0.6, "hint": 0.2, "rephrase": 0.2}, max_length=128, pack_length=256)
-    packed, collate = training_rows(config, tokenizer, seed_examples(config, 4, 0, 1))
+    config = load_config(LMConfig, PACKED_CONFIG, {"seed": VALIDATION_SEED, "num_seed_examples": 8 * rows})
+    [(max_digits, _)], [min_digits] = config.stages(), config.stage_min_digits()
+    packed, collate = training_rows(config, tokenizer, seed_examples(config, max_digits, 0, min_digits))
     batch = collate(packed[:rows])
     with torch.no_grad():
         logits = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
