@@ -8,7 +8,8 @@ per pair; each arm's ``rounds.jsonl`` and exported pipeline are what the CLI run
 :mod:`srum_sample_source`). The override ``map=global`` gives the arm the per-image map of the paper's global-only
 ablation, ``0.5 (g + 1) / 2`` on every pixel (for ``oracle``: 0.5 on an accepted image, 0 on a rejected one), so no
 region of an image weighs more than another. With ``reward_baseline=group`` the arm's maps are group-baselined
-(:func:`~selfgen.train.srum.group_baseline`) before the control takes their mean. With ``samples=PATH`` the round's
+(:func:`~selfgen.train.srum.group_baseline`, with ``reward_floor=F`` its uniform floor) before the control takes
+their mean. With ``samples=PATH`` the round's
 prompts, images and sampled latents are saved to PATH, or, when PATH exists, loaded from it (refused if it was drawn
 with other sampling settings) and scored by this run's reward, so that other arms train on the SAME samples without
 drawing them again.
@@ -115,8 +116,9 @@ def main(
         maps = reward_maps(rewards.global_reward, rewards.local_rewards, rewards.occupancy, size, "global", quadrant_slices(*size))
         rewards = dataclasses.replace(rewards, reward_maps=maps)
     if config.reward_baseline == "group":  # baselined here, so that the blind control is the mean of the arm's weights
-        maps = group_baseline(rewards.reward_maps, config.samples_per_prompt)
-        rewards, config = dataclasses.replace(rewards, reward_maps=maps), dataclasses.replace(config, reward_baseline="none")
+        maps = group_baseline(rewards.reward_maps, config.samples_per_prompt, config.reward_floor)
+        rewards = dataclasses.replace(rewards, reward_maps=maps)
+        config = dataclasses.replace(config, reward_baseline="none", reward_floor=0.0)
     arms = {reward: rewards, CONTROLS[reward]: dataclasses.replace(rewards, reward_maps=blind(rewards.reward_maps))}
     for arm, arm_rewards in arms.items():
         arm_config = dataclasses.replace(config, reward=arm, output_dir=str(Path(output_dir) / arm), export_dir=None)

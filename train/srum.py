@@ -121,6 +121,7 @@ class SRUMConfig(TrainingConfig):
     update_guidance_scale: float = 1.0  # w of the velocity the loss is written on (1: the conditional one, as the authors)
     samples_per_prompt: int = 1  # images generated per prompt (a group shares one baseline)
     reward_baseline: str = "none"  # "none" (the raw map, the paper) or "group" (see group_baseline)
+    reward_floor: float = 0.0  # with "group": the share of the weight spread uniformly (see group_baseline); not in the paper
     eval_prompts_per_category: int = 16
     eval_seed: int = 0
     eval_split: str = "heldout"  # "train" for tuning hyper-parameters; report on "heldout" only
@@ -144,6 +145,10 @@ class SRUMConfig(TrainingConfig):
             )
         if self.num_rounds < 1 or self.prompts_per_round < 1:
             raise ValueError("num_rounds and prompts_per_round must be >= 1")
+        if not 0 <= self.reward_floor <= 1:
+            raise ValueError(f"reward_floor must be in [0, 1], got {self.reward_floor}")
+        if self.reward_floor > 0 and self.reward_baseline != "group":
+            raise ValueError(f"reward_floor only applies with reward_baseline='group', got {self.reward_baseline!r}")
         if self.constraint_weight < 0:
             raise ValueError(f"constraint_weight must be >= 0, got {self.constraint_weight}")
         if self.eval_num_inference_steps < 1:
@@ -234,17 +239,30 @@ def penalise_clutter(scores: np.ndarray, occupied: np.ndarray, expected: np.ndar
     return penalised
 
 
-def group_baseline(maps: np.ndarray, group_size: int) -> np.ndarray:
-    """Weights relative to a per-prompt baseline: ``w = max(R - mean_group(R), 0)``, pixel by pixel over the
-    ``group_size`` consecutive samples of one prompt, rescaled so that ``mean(w) = mean(R)`` (the loss keeps
-    the raw map's scale, so ``constraint_weight`` means the same). Samples (regions) the model's own judge
-    finds better than its average for that prompt are imitated; the rest get weight 0. Not in the paper."""
+def group_baseline(maps: np.ndarray, group_size: int, floor: float = 0.0) -> np.ndarray:
+    """Weights relative to a per-prompt baseline, pixel by pixel over the ``group_size`` consecutive samples of one
+    prompt: ``a = max(R - mean_group(R), 0)``, and with a uniform ``floor`` f in [0, 1]
+
+        ``w = mean(R) ((1 - f) a / mean(a) + f)``,
+
+    i.e. ``max(R - mean_group(R), 0) + c`` rescaled so that ``mean(w) = mean(R)`` (the loss keeps the raw map's
+    scale, so ``constraint_weight`` means the same), with the constant ``c`` holding the share f of the weight.
+    f = 0: samples (regions) the model's own judge finds better than its average for that prompt are imitated and
+    the rest get weight 0 (a prompt whose samples all score the same weighs 0); f = 1: the blind control's uniform
+    weights. Not in the paper (its weight is the raw map R); the floor keeps every sample in the update while the
+    baseline decides where the rest of the weight goes. ``max(.,0) + c`` rather than ``R - mean_group(R) + c``:
+    the weights stay >= 0 for any c (a negative weight on the flow-matching loss pushes away from a sample without
+    bound, an unlearning term the paper does not have), and f = 0 is the earlier weighting exactly. If no sample is
+    above its group's mean anywhere, only the floor's part ``f mean(R)`` is left."""
     if len(maps) % group_size:
         raise ValueError(f"{len(maps)} reward maps do not split into groups of samples_per_prompt={group_size}")
+    if not 0 <= floor <= 1:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
     grouped = maps.reshape(-1, group_size, *maps.shape[1:])
-    weights = np.maximum(grouped - grouped.mean(axis=1, keepdims=True), 0).reshape(maps.shape)
-    total = weights.mean()
-    return (weights * (maps.mean() / total) if total > 0 else np.zeros_like(maps)).astype(np.float32)
+    above = np.maximum(grouped - grouped.mean(axis=1, keepdims=True), 0).reshape(maps.shape)
+    total, mean = above.mean(), maps.mean()
+    imitated = above * (mean / total) if total > 0 else np.zeros_like(maps)
+    return ((1 - floor) * imitated + floor * mean).astype(np.float32)
 
 
 def reward_colors(values: np.ndarray) -> np.ndarray:
@@ -418,7 +436,7 @@ class SRUMTrainer:
         (optionally group-baselined) resized onto that grid (:func:`resize_reward_maps`)."""
         weights = rewards.reward_maps
         if self.config.reward_baseline == "group":
-            weights = group_baseline(weights, self.config.samples_per_prompt)
+            weights = group_baseline(weights, self.config.samples_per_prompt, self.config.reward_floor)
         samples = self.umm.encode_samples(images).detach().cpu().float()
         weights = resize_reward_maps(weights, tuple(samples.shape[2:]))
         return SelfGeneratedDataset(samples, self.umm.encode_prompts(prompts).cpu(), weights)

@@ -157,6 +157,27 @@ def test_group_baseline_keeps_only_better_than_average_samples_of_a_prompt():
         group_baseline(maps, group_size=3)
 
 
+def test_group_baseline_floor_spreads_its_share_of_the_weight_uniformly():
+    maps = np.repeat(np.array([0.0, 0.5, 0.5, 0.5], dtype=np.float32)[:, None, None], 2, axis=1).repeat(2, axis=2)
+    # by hand: mean(R) = 0.375; a = max(R - group mean, 0) = (0, 0.25, 0, 0), mean(a) = 0.0625, a / mean(a) = (0, 4, 0, 0)
+    weights = group_baseline(maps, group_size=2, floor=0.5)  # 0.375 (0.5 a / mean(a) + 0.5)
+    np.testing.assert_allclose(weights[:, 0, 0], [0.1875, 0.9375, 0.1875, 0.1875], rtol=1e-6)
+    np.testing.assert_allclose(group_baseline(maps, 2, floor=1.0), np.full_like(maps, 0.375), rtol=1e-6)  # the blind weights
+    flat = np.full_like(maps, 0.5)  # no sample above its group: only the floor's share is left
+    np.testing.assert_allclose(group_baseline(flat, 2, floor=0.25), np.full_like(maps, 0.125), rtol=1e-6)
+    rng = np.random.default_rng(0)
+    noisy = rng.random((6, 3, 3)).astype(np.float32)
+    above = np.maximum(noisy.reshape(3, 2, 3, 3) - noisy.reshape(3, 2, 3, 3).mean(1, keepdims=True), 0).reshape(noisy.shape)
+    assert np.array_equal(group_baseline(noisy, 2), group_baseline(noisy, 2, floor=0.0))
+    assert np.array_equal(group_baseline(noisy, 2), (above * (noisy.mean() / above.mean())).astype(np.float32))
+    with pytest.raises(ValueError, match="floor must be in"):
+        group_baseline(maps, 2, floor=1.5)
+    with pytest.raises(ValueError, match="reward_floor only applies"):
+        SRUMConfig(reward_floor=0.5)
+    with pytest.raises(ValueError, match="reward_floor must be in"):
+        SRUMConfig(reward_baseline="group", reward_floor=-0.1)
+
+
 def test_self_judge_agreement_reports_judge_accuracy_and_rankings(tiny_pipe):
     results = self_judge_agreement(tiny_pipe, num_prompts=2, samples_per_prompt=2, num_inference_steps=1)
     assert {"judge_accuracy", "top1_accuracy_global", "top1_accuracy_map_mean", "top1_accuracy_local_sum"} <= set(results)
