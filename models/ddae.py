@@ -67,7 +67,8 @@ from torch import nn
 
 from .attention import Attention, AttentionBackendMixin
 
-FINAL_CONV_INITS = ("identity", "uvit")  # the output conv's kernel: Dirac, or PyTorch's default as in U-ViT
+FINAL_CONV_INITS = ("identity", "uvit")
+PERTURBATIONS = ("attention", "skip")  # self-guidance's degraded branch: identity attention map (PAG) or skipped block (SLG)  # the output conv's kernel: Dirac, or PyTorch's default as in U-ViT
 
 
 @dataclass
@@ -100,9 +101,19 @@ class DiTBlock(nn.Module):
         )
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def forward(self, hidden: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, cond: torch.Tensor, perturbation: str | None = None) -> torch.Tensor:
+        """The block; ``perturbation`` (one of :data:`PERTURBATIONS`, for self-guidance's degraded branch)
+        replaces the attention map by the identity (``"attention"``: ``Attn(x) = W_o W_v x``, PAG) or
+        skips the whole block (``"skip"``: ``h -> h``, SLG)."""
+        if perturbation == "skip":
+            return hidden
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
-        hidden = hidden + gate1[:, None] * self.attn(modulate(self.norm1(hidden), shift1, scale1))
+        attended = modulate(self.norm1(hidden), shift1, scale1)
+        if perturbation == "attention":  # each token attends only to itself: softmax(QK^T) -> I
+            attended = self.attn.to_out(self.attn.to_v(attended))
+        else:
+            attended = self.attn(attended)
+        hidden = hidden + gate1[:, None] * attended
         return hidden + gate2[:, None] * self.mlp(modulate(self.norm2(hidden), shift2, scale2))
 
 
@@ -244,6 +255,14 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
             raise ValueError(f"{name} must have shape (batch, {', '.join(map(str, expected))}), got {tuple(sample.shape)}")
 
+    def check_perturbation(self, perturbed_layers, perturbation: str) -> None:
+        """Refuse a degraded branch that names no valid block or an unknown kind."""
+        if perturbation not in PERTURBATIONS:
+            raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
+        layers = list(perturbed_layers)
+        if any(not isinstance(layer, int) or not 1 <= layer <= self.config.depth for layer in layers):
+            raise ValueError(f"perturbed_layers must be block indices in [1, {self.config.depth}], got {layers}")
+
     def _timesteps(self, timestep: torch.Tensor | float, batch: int) -> torch.Tensor:
         return torch.as_tensor(timestep, device=self.pos_embed.device).reshape(-1).expand(batch)
 
@@ -294,8 +313,10 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         timesteps: torch.Tensor,
         keep_layers: tuple[int, ...] = (),
         last_layer: int | None = None,
+        perturbed_layers: tuple[int, ...] = (),
+        perturbation: str = "attention",
     ) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor], torch.Tensor | None]:
-        """Blocks ``1..last_layer``; returns the tokens, the (self-conditioned) condition, the pooled tokens
+        """Blocks ``1..last_layer`` (those in ``perturbed_layers`` degraded by ``perturbation``); returns the tokens, the (self-conditioned) condition, the pooled tokens
         ``mean_n h_l[n]`` of every layer ``l`` in ``keep_layers`` and of ``self_condition_layer``, and the
         injected term ``W_s LN(z)`` (``None`` without self-conditioning or before layer ``L``)."""
         pooled: dict[int, torch.Tensor] = {}
@@ -305,7 +326,7 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         for index, block in enumerate(self.blocks[:last_layer], start=1):
             if index in self.skip_sources:
                 hidden = self.skip_linears[str(index)](torch.cat([hidden, skips[self.skip_sources[index]]], dim=-1))
-            hidden = block(hidden, cond)
+            hidden = block(hidden, cond, perturbation if index in perturbed_layers else None)
             if index in self.skip_sources.values():
                 skips[index] = hidden
             if index in wanted:
@@ -327,11 +348,21 @@ class DDAETransformer2DModel(AttentionBackendMixin, ModelMixin, ConfigMixin):
         timestep: torch.Tensor | float,
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        perturbed_layers: tuple[int, ...] = (),
+        perturbation: str = "attention",
     ) -> DDAETransformerOutput | tuple:
-        """Predict the noise of ``sample`` ``(B, C, H, W)`` at ``timestep`` (scalar or ``(B,)``)."""
+        """Predict the noise of ``sample`` ``(B, C, H, W)`` at ``timestep`` (scalar or ``(B,)``).
+
+        ``perturbed_layers`` (1-based blocks, default none) runs a degraded copy of the network for
+        self-guidance (see :class:`~selfgen.pipelines.ddae.DDAEPipeline`): in those blocks the attention map
+        is the identity (``perturbation="attention"``, PAG) or the block is skipped (``"skip"``, SLG)."""
+        self.check_perturbation(perturbed_layers, perturbation)
         hidden = self._embed(sample)
         cond = self._condition(timestep, class_labels, hidden.shape[0])
-        hidden, cond, pooled, injection = self._run_blocks(hidden, cond, self._timesteps(timestep, hidden.shape[0]))
+        timesteps = self._timesteps(timestep, hidden.shape[0])
+        hidden, cond, pooled, injection = self._run_blocks(
+            hidden, cond, timesteps, perturbed_layers=tuple(perturbed_layers), perturbation=perturbation
+        )
         prediction = self._unpatchify(self.final_layer(hidden, cond))
         if self.output_conv is not None:
             prediction = self.output_conv(prediction)

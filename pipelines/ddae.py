@@ -5,6 +5,16 @@ DPM-Solver++): ``x_T ~ N(0, I)``, ``x_{t-1} = scheduler.step(eps_theta(x_t, t, y
 classifier-free guidance ``eps = eps(x_t, t, null) + w (eps(x_t, t, y) - eps(x_t, t, null))`` when
 the model is class-conditional and ``guidance_scale = w > 1``.
 
+Self-guidance by a degraded copy of the network (a departure: the DDAE++ paper samples unguided), for an
+unconditional model, with ``perturbed_guidance_scale = w`` and ``perturbed_layers = B``::
+
+    eps = eps_bad(x_t, t) + w (eps(x_t, t) - eps_bad(x_t, t))
+
+where ``eps_bad`` is the same network with, in the blocks ``B``, the self-attention map replaced by the identity
+(``perturbation="attention"``: Perturbed-Attention Guidance, Ahn et al. 2024, made for unconditional sampling) or the
+blocks skipped (``"skip"``: Skip-Layer Guidance, as in diffusers' ``SkipLayerGuidance``). ``w = 1`` is unguided;
+each step then costs two network evaluations instead of one.
+
 Representations (DDAE, Xiang et al. 2023): noise a clean image to ``x_t = sqrt(abar_t) x_0 +
 sqrt(1 - abar_t) eps`` at a fixed small ``t``, run the encoder, and globally average pool the tokens
 of block ``l``: ``f(x_0) = mean_n h_l(x_t)[n]``.
@@ -54,6 +64,27 @@ class DDAEPipeline(SelfgenPipeline):
             raise ValueError(f"class_labels must be one int or {batch_size} ints in [0, {num_classes}), got {class_labels}")
         return labels
 
+    def _check_self_guidance(
+        self, scale: float, layers: Sequence[int] | None, perturbation: str, labels, guidance_scale: float
+    ) -> tuple[int, ...]:
+        """Validate the self-guidance arguments; returns the degraded blocks (empty when it is off)."""
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale >= 1.0:
+            raise ValueError(f"perturbed_guidance_scale must be a number >= 1 (1 disables it), got {scale!r}")
+        if scale == 1.0:
+            return ()
+        if not layers:
+            raise ValueError(f"perturbed_layers must name at least one block when perturbed_guidance_scale != 1, got {layers!r}")
+        self.transformer.check_perturbation(layers, perturbation)
+        if labels is not None and guidance_scale != 1.0:
+            raise ValueError("perturbed_guidance_scale != 1 together with classifier-free guidance is not implemented")
+        return tuple(layers)
+
+    def _self_guided_noise(self, latents, timestep, labels, scale: float, layers: tuple[int, ...], perturbation: str):
+        """``eps_bad + w (eps - eps_bad)``, the full and the degraded network evaluated on the same input."""
+        full = self.transformer(latents, timestep, labels).sample
+        bad = self.transformer(latents, timestep, labels, perturbed_layers=layers, perturbation=perturbation).sample
+        return bad + scale * (full - bad)
+
     def _predict_noise(self, latents, timestep, labels: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
         """``eps_theta``, with classifier-free guidance when labels are given and ``guidance_scale != 1``."""
         if labels is None or guidance_scale == 1.0:
@@ -71,6 +102,9 @@ class DDAEPipeline(SelfgenPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         class_labels: int | Sequence[int] | torch.Tensor | None = None,
         guidance_scale: float = 1.0,
+        perturbed_guidance_scale: float = 1.0,
+        perturbed_layers: Sequence[int] | None = None,
+        perturbation: str = "attention",
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -84,6 +118,10 @@ class DDAEPipeline(SelfgenPipeline):
             generator: torch generator(s) for reproducible noise.
             class_labels: one label or one per image (class-conditional models only).
             guidance_scale: classifier-free guidance weight ``w`` (``1`` disables it).
+            perturbed_guidance_scale: self-guidance weight ``w`` in ``eps_bad + w (eps - eps_bad)`` (``1``
+                disables it and gives the unguided output exactly; unconditional sampling only).
+            perturbed_layers: 1-based blocks degraded in ``eps_bad`` (required when the scale is not 1).
+            perturbation: ``"attention"`` (identity attention map, PAG) or ``"skip"`` (skip the blocks, SLG).
             latents: optional starting noise ``(batch_size, C, H, W)``.
             output_type: ``"pil"``, ``"np"`` (``(N, H, W, C)`` in ``[0, 1]``) or ``"pt"``.
             callback_on_step_end: ``fn(pipe, step_index, timestep, tensors) -> dict`` after each step.
@@ -91,12 +129,17 @@ class DDAEPipeline(SelfgenPipeline):
         self.check_sampling_inputs(batch_size, output_type, callback_on_step_end_tensor_inputs)
         config = self.transformer.config
         labels = self._class_labels(class_labels, batch_size)
+        layers = self._check_self_guidance(perturbed_guidance_scale, perturbed_layers, perturbation, labels, guidance_scale)
         shape = (batch_size, config.in_channels, config.sample_size, config.sample_size)
         latents = self.prepare_latents(shape, self.transformer.dtype, generator, latents)
         latents = self.denoise(
             latents,
             num_inference_steps,
-            lambda model_input, timestep: self._predict_noise(model_input, timestep, labels, guidance_scale),
+            lambda model_input, timestep: (
+                self._self_guided_noise(model_input, timestep, labels, perturbed_guidance_scale, layers, perturbation)
+                if layers
+                else self._predict_noise(model_input, timestep, labels, guidance_scale)
+            ),
             generator,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,

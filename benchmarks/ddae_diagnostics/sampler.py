@@ -12,7 +12,9 @@ A setting is SCHED+STEPS with optional suffixes: -eta1 (DDIM eta = 1, ancestral)
 -clip (DPM-Solver++: clip each x0 prediction to the data range [-1, 1], diffusers' thresholding with
 sample_max_value 1; DDIM and DDPM clip by the checkpoints' scheduler config already), -noclip (DDIM/DDPM: do not),
 -temp0.8 (starting noise x_T = 0.8 * the seed's N(0, I) draw: a lower sampling temperature, a departure from the
-paper's sampler, for legibility measurements only).
+paper's sampler, for legibility measurements only), -pagW-lA_B / -slgW-lA_B (DDAE only: self-guidance
+eps_bad + W (eps - eps_bad), eps_bad with the identity attention map (PAG) / skipped blocks (SLG) in blocks A, B;
+the pipeline's perturbed_guidance_scale, a departure from the paper's unguided sampler).
 Each record also carries judge_confident_share: the share of samples the bundled digits classifier gives p >= 0.9."""
 import argparse, functools, json, re, time
 from pathlib import Path
@@ -26,7 +28,7 @@ from strokes import load_model  # same folder: run from the repository root as a
 
 def configure(pipe, setting: str) -> int:
     """Swap in the scheduler named by ``setting``; returns its number of steps."""
-    match = re.fullmatch(r"(ddim|dpm|ddpm)(\d+)((?:-eta[\d.]+|-trailing|-clip|-noclip|-temp[\d.]+)*)", setting)
+    match = re.fullmatch(r"(ddim|dpm|ddpm)(\d+)((?:-eta[\d.]+|-trailing|-clip|-noclip|-temp[\d.]+|-(?:pag|slg)[\d.]+-l[\d_]+)*)", setting)
     if match is None:
         raise ValueError(f"setting {setting!r}: expected e.g. ddim25, dpm50, ddim50-eta1, ddim25-trailing, dpm25-clip-temp0.8")
     name, steps, extra = match.group(1), int(match.group(2)), match.group(3)
@@ -40,6 +42,15 @@ def configure(pipe, setting: str) -> int:
     if eta:  # the shared denoising loop calls scheduler.step(eps, t, x, generator=...): bind DDIM's eta here
         pipe.scheduler.step = functools.partial(pipe.scheduler.step, eta=float(eta.group(1)))
     return steps
+
+
+def self_guidance(setting: str) -> dict:
+    """The DDAE pipeline's self-guidance arguments named by a ``-pagW-lA_B`` / ``-slgW-lA_B`` suffix ({} without one)."""
+    found = re.search(r"-(pag|slg)([\d.]+)-l([\d_]+)", setting)
+    if found is None:
+        return {}
+    return dict(perturbed_guidance_scale=float(found.group(2)), perturbed_layers=[int(x) for x in found.group(3).split("_")],
+                perturbation="attention" if found.group(1) == "pag" else "skip")
 
 
 def temperature(setting: str) -> float:
@@ -85,7 +96,7 @@ def main() -> None:
             shape = (args.num_samples, net.config.in_channels, net.config.sample_size, net.config.sample_size)
             latents = temperature(setting) * torch.randn(shape, generator=generator)  # = the pipeline's own draw at T = 1
             samples = pipe(batch_size=args.num_samples, num_inference_steps=steps, generator=generator,
-                           latents=latents, output_type="np").images
+                           latents=latents, output_type="np", **self_guidance(setting)).images
             record(samples, model=model, setting=setting, noise_seed=args.seed, secs=round(time.time() - start, 1))
             tag = re.sub(r"[^A-Za-z0-9]+", "_", model.strip("/").split("outputs/")[-1]) + (f"-seed{args.seed}" if args.seed else "")
             np.save(out.parent / f"{tag}-{setting}.npy", samples)
