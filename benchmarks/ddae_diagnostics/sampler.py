@@ -14,11 +14,14 @@ sample_max_value 1; DDIM and DDPM clip by the checkpoints' scheduler config alre
 -temp0.8 (starting noise x_T = 0.8 * the seed's N(0, I) draw: a lower sampling temperature, a departure from the
 paper's sampler, for legibility measurements only), -pagW-lA_B / -slgW-lA_B (DDAE only: self-guidance
 eps_bad + W (eps - eps_bad), eps_bad with the identity attention map (PAG) / skipped blocks (SLG) in blocks A, B;
-the pipeline's perturbed_guidance_scale, a departure from the paper's unguided sampler).
+the pipeline's perturbed_guidance_scale, a departure from the paper's unguided sampler; for the foundation UNet,
+-pagW-l1 only: PAG at its one self-attention layer, the mid block's, through diffusers' PAGIdentitySelfAttnProcessor2_0).
 Each record also carries judge_confident_share: the share of samples the bundled digits classifier gives p >= 0.9."""
 import argparse, functools, json, re, time
 from pathlib import Path
 import numpy as np, torch
+from diffusers.models.attention_processor import PAGIdentitySelfAttnProcessor2_0
+from diffusers.models.unets.unet_2d import UNet2DOutput
 from selfgen.data.digits import load_digits_arrays
 from selfgen.eval import probe
 from selfgen.eval.plots import save_image_grid
@@ -51,6 +54,25 @@ def self_guidance(setting: str) -> dict:
         return {}
     return dict(perturbed_guidance_scale=float(found.group(2)), perturbed_layers=[int(x) for x in found.group(3).split("_")],
                 perturbation="attention" if found.group(1) == "pag" else "skip")
+
+
+def guide_unet(unet, guidance: dict) -> None:
+    """Self-guide a diffusers UNet2DModel in place: ``eps_bad + w (eps - eps_bad)``, ``eps_bad`` with the identity
+    attention map at its first self-attention (the mid block's), diffusers' PAG processor on a doubled batch."""
+    if guidance["perturbation"] != "attention" or guidance["perturbed_layers"] != [1]:
+        raise ValueError(f"the UNet takes -pagW-l1 only (its mid-block self-attention), got {guidance}")
+    attn, forward, scale = unet.mid_block.attentions[0], unet.forward, guidance["perturbed_guidance_scale"]
+
+    def guided(sample, timestep, *args, **kwargs):
+        plain = attn.processor
+        attn.set_processor(PAGIdentitySelfAttnProcessor2_0())  # first half of the batch: attention; second: identity
+        try:
+            full, bad = forward(torch.cat([sample, sample]), timestep, *args, **kwargs).sample.chunk(2)
+        finally:
+            attn.set_processor(plain)
+        return UNet2DOutput(sample=bad + scale * (full - bad))
+
+    unet.forward = guided
 
 
 def temperature(setting: str) -> float:
@@ -90,13 +112,17 @@ def main() -> None:
             pipe = load_model(model, "ddim")
             pipe.set_progress_bar_config(disable=True)
             steps = configure(pipe, setting)
+            guidance = self_guidance(setting)
+            if guidance and hasattr(pipe, "unet"):
+                guide_unet(pipe.unet, guidance)
+                guidance = {}
             start = time.time()
             generator = torch.Generator().manual_seed(args.seed)
             net = getattr(pipe, "transformer", None) or pipe.unet
             shape = (args.num_samples, net.config.in_channels, net.config.sample_size, net.config.sample_size)
             latents = temperature(setting) * torch.randn(shape, generator=generator)  # = the pipeline's own draw at T = 1
             samples = pipe(batch_size=args.num_samples, num_inference_steps=steps, generator=generator,
-                           latents=latents, output_type="np", **self_guidance(setting)).images
+                           latents=latents, output_type="np", **guidance).images
             record(samples, model=model, setting=setting, noise_seed=args.seed, secs=round(time.time() - start, 1))
             tag = re.sub(r"[^A-Za-z0-9]+", "_", model.strip("/").split("outputs/")[-1]) + (f"-seed{args.seed}" if args.seed else "")
             np.save(out.parent / f"{tag}-{setting}.npy", samples)

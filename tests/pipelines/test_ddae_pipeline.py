@@ -142,3 +142,56 @@ def test_zero_steps_and_batch_size_are_errors_not_defaults():
         pipe(batch_size=1, num_inference_steps=0)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         pipe.extract_features(np.zeros((2, 8, 8, 1), np.float32), batch_size=0)
+
+
+def test_self_guidance_off_is_the_unguided_output_exactly():
+    pipe = tiny_pipeline()
+    plain = sample(pipe, output_type="np")
+    np.testing.assert_array_equal(sample(pipe, output_type="np", perturbed_guidance_scale=1.0, perturbed_layers=[1]), plain)
+    np.testing.assert_array_equal(sample(pipe, output_type="np", perturbed_guidance_scale=1.0), plain)
+    guided = sample(pipe, output_type="np", perturbed_guidance_scale=3.0, perturbed_layers=[1])
+    assert guided.shape == plain.shape and np.abs(guided - plain).max() > 1e-3
+
+
+@pytest.mark.parametrize("perturbation", ["attention", "skip"])
+def test_self_guidance_combines_the_full_and_degraded_network_as_the_equation_says(perturbation):
+    pipe = tiny_pipeline()
+    latents, timestep = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor(50)
+    full = pipe.transformer(latents, timestep).sample
+    bad = pipe.transformer(latents, timestep, perturbed_layers=(2,), perturbation=perturbation).sample
+    assert (full - bad).abs().max() > 1e-3  # the degraded branch is another network
+    for scale in (1.0, 2.5):
+        guided = pipe._self_guided_noise(latents, timestep, None, scale, (2,), perturbation)
+        torch.testing.assert_close(guided, bad + scale * (full - bad))
+    torch.testing.assert_close(pipe._self_guided_noise(latents, timestep, None, 1.0, (2,), perturbation), full)
+
+
+def test_identity_attention_is_attention_when_all_tokens_are_equal_and_skip_is_the_identity():
+    block = tiny_pipeline().transformer.blocks[0]
+    cond = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
+    equal = torch.randn(2, 1, 32, generator=torch.Generator().manual_seed(3)).expand(2, 5, 32)
+    torch.testing.assert_close(block(equal, cond, "attention"), block(equal, cond))  # softmax rows average equal values
+    distinct = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(4))
+    assert (block(distinct, cond, "attention") - block(distinct, cond)).abs().max() > 1e-3
+    torch.testing.assert_close(block(distinct, cond, "skip"), distinct)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(perturbed_guidance_scale=0.5, perturbed_layers=[1]), "perturbed_guidance_scale"),
+        (dict(perturbed_guidance_scale="2", perturbed_layers=[1]), "perturbed_guidance_scale"),
+        (dict(perturbed_guidance_scale=2.0), "perturbed_layers"),
+        (dict(perturbed_guidance_scale=2.0, perturbed_layers=[0]), "perturbed_layers"),
+        (dict(perturbed_guidance_scale=2.0, perturbed_layers=[3]), "perturbed_layers"),
+        (dict(perturbed_guidance_scale=2.0, perturbed_layers=[1], perturbation="noise"), "perturbation"),
+    ],
+)
+def test_bad_self_guidance_arguments_are_refused_by_name(options, message):
+    with pytest.raises(ValueError, match=message):
+        sample(tiny_pipeline(), **options)
+
+
+def test_self_guidance_with_classifier_free_guidance_is_refused():
+    with pytest.raises(ValueError, match="classifier-free"):
+        sample(tiny_pipeline(num_classes=3), class_labels=1, guidance_scale=2.0, perturbed_guidance_scale=2.0, perturbed_layers=[1])
