@@ -44,7 +44,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,14 +211,34 @@ class Task:
         reward is its gain between attempts). Here 1 or 0; tasks with partial credit override it."""
         return float(self.verify(problem, completion, extract))
 
-    def rephrase(self, problem: Problem, rng: random.Random) -> Problem:
-        """An exact rephrasing of ``problem``: another question string with the same answer."""
+    @property
+    def rephrasing_styles(self) -> tuple[str, ...]:
+        """The styles :meth:`rephrase` draws from (the ``"rephrasing"`` metadata it writes); none here."""
+        return ()
+
+    def rephrase(self, problem: Problem, rng: random.Random, styles: Collection[str] | None = None) -> Problem:
+        """An exact rephrasing of ``problem``: another question string with the same answer, in one of
+        ``styles`` (``None``: any of :attr:`rephrasing_styles`)."""
         raise ValueError(f"task {self.name!r} has no exact rephrasings (needed by Co-Reward)")
 
-    def rephrasings(self, problems: list[Problem], seed: int) -> list[Problem]:
-        """One seeded rephrasing per problem (id ``<id>-r``, metadata ``original`` and ``rephrasing``)."""
+    def check_rephrasing_styles(self, styles: Collection[str] | None) -> None:
+        """Refuse ``styles`` (Co-Reward's ``rephrasings`` option) unless ``None`` or a non-empty subset of
+        :attr:`rephrasing_styles`."""
+        if styles is None:
+            return
+        unknown = sorted(set(styles) - set(self.rephrasing_styles))
+        if not styles or unknown:
+            raise ValueError(
+                f"rephrasings must be a non-empty list of {list(self.rephrasing_styles)} for task {self.name!r}, "
+                f"got {list(styles)}" + (f" (unknown: {unknown})" if unknown else "")
+            )
+
+    def rephrasings(self, problems: list[Problem], seed: int, styles: Collection[str] | None = None) -> list[Problem]:
+        """One seeded rephrasing per problem (id ``<id>-r``, metadata ``original`` and ``rephrasing``), each in
+        one of ``styles`` (checked by :meth:`check_rephrasing_styles`; ``None``: any the task has)."""
+        self.check_rephrasing_styles(styles)
         rng = random.Random(seed)
-        return [self.rephrase(problem, rng) for problem in problems]
+        return [self.rephrase(problem, rng, styles) for problem in problems]
 
 
 def rephrased(problem: Problem, question: str, style: str) -> Problem:
@@ -283,19 +303,23 @@ class ArithmeticTask(Task):
                 carry = total // 10
         return completion_text(steps, problem.answer)
 
-    def rephrase(self, problem: Problem, rng: random.Random) -> Problem:
+    @property
+    def rephrasing_styles(self) -> tuple[str, ...]:
+        return ("pad", "swap") if self.op == "add" else ("pad",)
+
+    def rephrase(self, problem: Problem, rng: random.Random, styles: Collection[str] | None = None) -> Problem:
         """Addition: ``b+a`` (``swap``) or both operands zero-padded to the same width (``pad``, one more
-        zero when they already have it), chosen at random among those that change the question;
+        zero when they already have it), chosen at random among those that change the question
+        (``styles=None``) or among ``styles`` (then the swap of ``a+a`` is ``a+a`` itself);
         multiplication: the multiplicand with a leading zero (``pad``). The answer is unchanged."""
         symbol = "+" if self.op == "add" else "*"
         left, right = problem.question.split(symbol)
         if self.op == "mul":
             return rephrased(problem, f"0{left}*{right}", "pad")
         width = max(len(left), len(right)) + (len(left) == len(right))
-        candidates = {"pad": f"{left.zfill(width)}+{right.zfill(width)}"}
-        if left != right:
-            candidates["swap"] = f"{right}+{left}"
-        style = rng.choice(sorted(candidates))
+        candidates = {"pad": f"{left.zfill(width)}+{right.zfill(width)}", "swap": f"{right}+{left}"}
+        allowed = [s for s in sorted(candidates) if (s in styles if styles is not None else candidates[s] != problem.question)]
+        style = rng.choice(allowed)
         return rephrased(problem, candidates[style], style)
 
     def step_accuracy(self, problem: Problem, completion: str) -> float:
@@ -391,9 +415,13 @@ class CountdownTask(Task):
     def worked_solution(self, problem: Problem) -> str:
         return completion_text(problem.metadata["solution"].split(","), problem.answer)
 
-    def rephrase(self, problem: Problem, rng: random.Random) -> Problem:
-        """The same numbers and target with the numbers in another order (``reorder``; unchanged only
-        when every number is the same)."""
+    @property
+    def rephrasing_styles(self) -> tuple[str, ...]:
+        return ("reorder",)
+
+    def rephrase(self, problem: Problem, rng: random.Random, styles: Collection[str] | None = None) -> Problem:
+        """The same numbers and target with the numbers in another order (``reorder``, the one style, so
+        ``styles`` changes nothing; unchanged only when every number is the same)."""
         numbers, target = problem.question.split(">")
         order = numbers.split(",")
         shuffled = list(order)
@@ -501,8 +529,13 @@ class JsonlTask(Task):
     def verify(self, problem: Problem, completion: str, extract: AnswerExtractor = extract_answer) -> bool:
         return answers_match(extract(completion), problem.answer, self.rel_tol, self.abs_tol)
 
-    def rephrase(self, problem: Problem, rng: random.Random) -> Problem:
-        """The line's own ``"rephrasing"`` field (an equivalent question written by the user)."""
+    @property
+    def rephrasing_styles(self) -> tuple[str, ...]:
+        return ("user",)
+
+    def rephrase(self, problem: Problem, rng: random.Random, styles: Collection[str] | None = None) -> Problem:
+        """The line's own ``"rephrasing"`` field (an equivalent question written by the user: ``user``, the
+        one style, so ``styles`` changes nothing)."""
         text = problem.metadata.get("rephrasing")
         if not isinstance(text, str) or not text.strip():
             raise ValueError(

@@ -21,7 +21,10 @@ answer gives no pseudo-label: the other phrasing's rollouts all get 0.
 
 Departure: the paper rephrases questions with an LLM; our arithmetic tasks rephrase exactly
 (operands swapped or zero-padded; countdown numbers reordered), so a pseudo-label is never wrong
-because the rephrasing changed the problem.
+because the rephrasing changed the problem. The paper's rewrites are meaning-preserving questions the
+policy reads as well as the original; ``rephrasings: [swap]`` keeps only the style the bundled v3 base
+does (validation: swap 0.580 vs plain 0.568 at 4 digits, zero-padded 0.273), so the rephrased group is
+not an out-of-distribution question (``configs/co_reward_arith_llama_v3_long.yaml``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,17 @@ from .rollout import Rollout
 
 @dataclass
 class CoRewardConfig(GRPOConfig):
-    """``problems_per_iteration`` original questions, each with one rephrasing: 2x as many groups as GRPO."""
+    """``problems_per_iteration`` original questions, each with one rephrasing: 2x as many groups as GRPO.
+
+    ``rephrasings``: the rephrasing styles drawn from (the task's :attr:`~selfgen.data.tasks.Task.rephrasing_styles`,
+    e.g. ``[swap]`` for additions); ``None``: every style the task has."""
+
+    rephrasings: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rephrasings is not None and not self.rephrasings:
+            raise ValueError("rephrasings must name at least one rephrasing style (or be left out for all of them)")
 
 
 def cross_vote_rewards(
@@ -129,13 +142,14 @@ class CoRewardTrainer(GRPOTrainer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.rephrased_eval_set = self.task.rephrasings(self.eval_set, EVAL_SEED)
+        self.rephrased_eval_set = self.task.rephrasings(self.eval_set, EVAL_SEED, self.config.rephrasings)
         self.label_logs: dict[str, float] = {}
 
     def problems(self, iteration: int) -> list[Problem]:
         """The iteration's originals followed by one rephrasing of each (group ``i + N`` rephrases group ``i``)."""
         originals = super().problems(iteration)
-        return originals + self.task.rephrasings(originals, derive_seed(self.config.seed, iteration, "rephrase"))
+        seed = derive_seed(self.config.seed, iteration, "rephrase")
+        return originals + self.task.rephrasings(originals, seed, self.config.rephrasings)
 
     def rewards(self, problems: list[Problem], rollouts: list[Rollout]) -> list[float]:
         half, size = len(problems) // 2, len(rollouts) // len(problems)

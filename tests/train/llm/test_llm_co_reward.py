@@ -122,3 +122,52 @@ def test_vote_ceiling_benchmark_pairs_majority_of_k_with_greedy(benchmark_module
     assert nested[4]["greedy"] == pytest.approx(0.5) and nested[4]["point"]["majority_at_k"] == pytest.approx(0.5)
     low, high = nested[2]["majority_minus_greedy"][1:]
     assert low <= -0.5 <= high
+
+
+def test_rephrasing_styles_restrict_the_draw_and_leave_the_default_draw_unchanged():
+    task = ArithmeticTask("add", 4, 4)
+    problems = task.sample(40, seed=5) + [Problem("1234+1234", "2468", "same")]
+    swapped = task.rephrasings(problems, seed=1, styles=["swap"])
+    assert {r.metadata["rephrasing"] for r in swapped} == {"swap"}
+    assert all(r.question == "+".join(p.question.split("+")[::-1]) for p, r in zip(problems, swapped))
+    padded = task.rephrasings(problems, seed=1, styles=["pad"])
+    assert all(r.question.startswith("0") and r.metadata["rephrasing"] == "pad" for r in padded)
+    # both styles named: the same draws as the default for every question the swap changes
+    both, default = task.rephrasings(problems[:40], 1, ["swap", "pad"]), task.rephrasings(problems[:40], 1)
+    assert [r.question for r in both] == [r.question for r in default]
+    assert task.rephrasings(problems[40:], 1)[0].metadata["rephrasing"] == "pad"  # a+a: the default never "swaps"
+
+
+@pytest.mark.parametrize("styles, match", [([], "rephrasings must"), (["reverse"], r"unknown: \['reverse'\]")])
+def test_rephrasings_option_refuses_empty_or_unknown_styles_naming_the_field(tmp_path, styles, match):
+    if not styles:
+        with pytest.raises(ValueError, match=match):
+            CoRewardConfig(output_dir=str(tmp_path), rephrasings=styles)
+        return
+    config = CoRewardConfig(output_dir=str(tmp_path), problems_per_iteration=2, eval_problems=2, rephrasings=styles)
+    with pytest.raises(ValueError, match=match):
+        CoRewardTrainer(model=str(ASSET), task="arith", config=config)
+    with pytest.raises(ValueError, match="rephrasings must"):
+        CountdownTask(num_numbers=3).check_rephrasing_styles(["swap"])
+
+
+def test_trainer_rephrases_with_the_configured_styles(tmp_path):
+    config = CoRewardConfig(output_dir=str(tmp_path), problems_per_iteration=8, eval_problems=4, rephrasings=["swap"])
+    trainer = CoRewardTrainer(model=str(ASSET), task="arith", config=config)
+    problems = trainer.problems(1)
+    assert {p.metadata["rephrasing"] for p in problems[8:] + trainer.rephrased_eval_set} == {"swap"}
+
+
+def test_v3_long_configs_are_a_matched_pair_with_swap_rephrasings():
+    """Co-Reward and GRPO at 8x the 40-step budget on v3: same rollouts, steps, lr; swap-only rephrasings."""
+    from selfgen.train.config import load_config
+    from selfgen.train.llm.grpo import GRPOConfig
+
+    configs = ASSET.parents[1] / "configs"
+    co = load_config(CoRewardConfig, configs / "co_reward_arith_llama_v3_long.yaml")
+    grpo = load_config(GRPOConfig, configs / "grpo_arith_llama_v3_long.yaml")
+    assert co.rephrasings == ["swap"] and co.model == grpo.model == "assets/lm-arith-llama-v3"
+    assert 2 * co.problems_per_iteration * co.samples_per_problem == grpo.problems_per_iteration * grpo.samples_per_problem
+    assert grpo.iterations * grpo.max_train_steps == 320
+    for field in ("iterations", "max_train_steps", "train_batch_size", "learning_rate", "beta", "seed", "min_digits", "max_digits"):
+        assert getattr(co, field) == getattr(grpo, field), field
