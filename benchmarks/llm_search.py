@@ -16,7 +16,8 @@ task (``--split test``: seed ``EVAL_SEED``, the recipe's own held-out set) or fr
 (``--split validation``: ``VALIDATION_SEED`` of ``benchmarks/llm_lengths.py``, for choosing settings).
 Each is answered by greedy decoding and by the test-time MCTS* of the config (search fields overridable:
 ``--step_temperature --num_rollouts --exploration --unvisited_bonus --roll_branch --roll_forward_steps
---answer --value_kind --value_aggregate``). Compute: wall seconds of greedy decoding and of the search, the greedy
+--answer --value_kind --value_aggregate``; ``--min_digits --max_digits`` set the problems' length, e.g. 5 and 5 for the
+next length up). Compute: wall seconds of greedy decoding and of the search, the greedy
 tokens, and the search's sampled steps, generated tokens and value rows (``ReSTMCTSTrainer.compute``). One search is scored under every answer rule of ``ReSTMCTSConfig.answer``:
 
 * ``search``: the highest value the search gave a complete solution (a tree terminal: its node value; a
@@ -54,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from llm_lengths import VALIDATION_SEED  # noqa: E402
 
 OVERRIDES = {"step_temperature": float, "num_rollouts": int, "exploration": float, "unvisited_bonus": float,
-             "roll_branch": int, "roll_forward_steps": int, "answer": str, "value_kind": str, "value_aggregate": str}
+             "roll_branch": int, "roll_forward_steps": int, "answer": str, "value_kind": str, "value_aggregate": str,
+             "min_digits": int, "max_digits": int}
 
 
 def model_paths(args: argparse.Namespace) -> tuple[Path, Path]:
