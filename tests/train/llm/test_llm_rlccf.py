@@ -90,3 +90,18 @@ def test_rlccf_config_errors_name_the_field():
         RLCCFConfig(num_models=2, member_seeds=[4, 4])
     with pytest.raises(ValueError, match="models"):
         RLCCFConfig(models=["assets/lm-arith"])
+
+
+def test_v3_long_config_is_the_v3_config_at_the_long_grpo_budget():
+    """Only the iterations (GRPO long's 40, 320 steps a member) and the output folder differ from the v3 config."""
+    from dataclasses import asdict
+
+    from selfgen.train.config import load_config
+    from selfgen.train.llm.grpo import GRPOConfig
+
+    configs = ASSET.parents[1] / "configs"
+    long, short = (asdict(load_config(RLCCFConfig, configs / f"rlccf_arith_llama_v3{tail}.yaml")) for tail in ("_long", ""))
+    grpo = load_config(GRPOConfig, configs / "grpo_arith_llama_v3_long.yaml")
+    assert {k for k in long if long[k] != short[k]} == {"iterations", "output_dir"}
+    for field in ("iterations", "max_train_steps", "problems_per_iteration", "samples_per_problem", "learning_rate"):
+        assert long[field] == getattr(grpo, field), field
