@@ -67,8 +67,8 @@ from torch import nn
 
 from .attention import Attention, AttentionBackendMixin
 
-FINAL_CONV_INITS = ("identity", "uvit")
-PERTURBATIONS = ("attention", "skip")  # self-guidance's degraded branch: identity attention map (PAG) or skipped block (SLG)  # the output conv's kernel: Dirac, or PyTorch's default as in U-ViT
+FINAL_CONV_INITS = ("identity", "uvit")  # the output conv's kernel: Dirac, or PyTorch's default as in U-ViT
+PERTURBATIONS = ("attention", "skip")  # self-guidance's degraded branch: identity attention map (PAG) or skipped block (SLG)
 
 
 @dataclass
