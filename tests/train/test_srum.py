@@ -168,8 +168,8 @@ def test_group_baseline_floor_spreads_its_share_of_the_weight_uniformly():
     rng = np.random.default_rng(0)
     noisy = rng.random((6, 3, 3)).astype(np.float32)
     above = np.maximum(noisy.reshape(3, 2, 3, 3) - noisy.reshape(3, 2, 3, 3).mean(1, keepdims=True), 0).reshape(noisy.shape)
-    assert np.array_equal(group_baseline(noisy, 2), group_baseline(noisy, 2, floor=0.0))
-    assert np.array_equal(group_baseline(noisy, 2), (above * (noisy.mean() / above.mean())).astype(np.float32))
+    np.testing.assert_allclose(group_baseline(noisy, 2, floor=0.0), group_baseline(noisy, 2), rtol=1e-6)
+    np.testing.assert_allclose(group_baseline(noisy, 2), above * (noisy.mean() / above.mean()), rtol=1e-6)
     with pytest.raises(ValueError, match="floor must be in"):
         group_baseline(maps, 2, floor=1.5)
     with pytest.raises(ValueError, match="reward_floor only applies"):
