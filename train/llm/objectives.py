@@ -213,24 +213,23 @@ def pad_sequences(rows: Sequence[Sequence[int]], value: int, left: bool = False)
     return torch.tensor(padded, dtype=torch.long)
 
 
-def sequence_batch(encoded: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``completion_mask`` of prompt+completion rows."""
-    ids = [prompt + completion for prompt, completion in encoded]
-    completion = [[0] * len(prompt) + [1] * len(completion) for prompt, completion in encoded]
-    return {
-        "input_ids": pad_sequences(ids, pad_token_id),
-        "attention_mask": pad_sequences([[1] * len(row) for row in ids], 0),
-        "completion_mask": pad_sequences(completion, 0),
-    }
-
-
 @dataclass
 class PackedSequence:
-    """Several consecutive examples in one training row (:func:`pack_pairs`): their token ids one after
+    """One training row of one or more consecutive examples (:func:`pack_pairs`): their token ids one after
     another (each ends with eos) and the mask of the tokens scored (each example's completion tokens)."""
 
     input_ids: list[int]
     completion_mask: list[int]
+
+    @classmethod
+    def of(cls, prompt: list[int], completion: list[int]) -> PackedSequence:
+        """The row of one ``(prompt, completion)`` example: only the completion is scored."""
+        return cls(prompt + completion, [0] * len(prompt) + [1] * len(completion))
+
+
+def sequence_batch(encoded: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``completion_mask`` of prompt+completion rows."""
+    return packed_batch([PackedSequence.of(prompt, completion) for prompt, completion in encoded], pad_token_id)
 
 
 def pack_pairs(encoded: Sequence[tuple[list[int], list[int]]], pack_length: int) -> list[PackedSequence]:
@@ -245,16 +244,17 @@ def pack_pairs(encoded: Sequence[tuple[list[int], list[int]]], pack_length: int)
         size = len(prompt) + len(completion)
         if size > pack_length:
             raise ValueError(f"an example of {size} tokens does not fit pack_length={pack_length}")
+        example = PackedSequence.of(prompt, completion)
         if not packed or len(packed[-1].input_ids) + size > pack_length:
             packed.append(PackedSequence([], []))
-        packed[-1].input_ids += prompt + completion
-        packed[-1].completion_mask += [0] * len(prompt) + [1] * len(completion)
+        packed[-1].input_ids += example.input_ids
+        packed[-1].completion_mask += example.completion_mask
     return packed
 
 
 def packed_batch(rows: Sequence[PackedSequence], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """:func:`sequence_batch`'s layout for :class:`PackedSequence` rows (right-padded); positions run
-    0..len-1 along each row, so the later examples of a row are trained at later positions."""
+    """Right-padded ``input_ids``, ``attention_mask`` and ``completion_mask`` of :class:`PackedSequence` rows;
+    positions run 0..len-1 along each row, so the later examples of a packed row are trained at later positions."""
     return {
         "input_ids": pad_sequences([row.input_ids for row in rows], pad_token_id),
         "attention_mask": pad_sequences([[1] * len(row.input_ids) for row in rows], 0),
